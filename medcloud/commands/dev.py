@@ -1,0 +1,126 @@
+"""`medcloud dev`: run MedCloud's main job on the embedded local cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medcloud.localcluster import binaries
+from medcloud.localcluster.cluster import (
+    ClusterOptions,
+    ClusterState,
+    LocalCluster,
+    iter_status,
+    stop_from_state,
+)
+from medcloud.localcluster.platform import PlatformInfo, start_platform
+from medcloud.localcluster.process import StartupError
+
+app = typer.Typer(help="Run MedCloud on a local cluster on 127.0.0.1 (like `kind`, without containers).")
+console = Console(stderr=True)
+out = Console(soft_wrap=True)  # export lines must never wrap
+
+
+def default_state_dir() -> Path:
+    configured = os.environ.get("MEDCLOUD_DEV_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "medcloud" / "dev"
+
+
+StateDir = Annotated[
+    Path,
+    typer.Option("--state-dir", help="Where data, certificates, kubeconfigs and logs live.", envvar="MEDCLOUD_DEV_DIR"),
+]
+
+
+@app.command()
+def build(
+    names: Annotated[list[str] | None, typer.Argument(help="Binaries to build (default: all).")] = None,
+) -> None:
+    """Build the local cluster's binaries into the cache (once; later runs reuse them)."""
+    try:
+        paths = binaries.ensure_binaries(names or list(binaries.ALL_BINARIES), progress=console.print)
+    except binaries.BuildError as exc:
+        console.print(f"[red]build failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    for name, path in paths.items():
+        out.print(f"{name}\t{path}")
+
+
+@app.command()
+def up(
+    state_dir: StateDir = default_state_dir(),  # noqa: B008 - typer reads defaults at definition time
+    nodes: Annotated[int, typer.Option(help="Fake (KWOK) nodes to create.")] = 3,
+    cluster_only: Annotated[
+        bool, typer.Option("--cluster-only", help="Start the servers only: no CRDs, operator or API.")
+    ] = False,
+) -> None:
+    """Start the local cluster with MedCloud's operator and API in the background; return once ready."""
+    cluster = LocalCluster(
+        state_dir, ClusterOptions(nodes=nodes, detach=True), progress=lambda m: console.print(f"[dim]{m}[/dim]")
+    )
+    platform: PlatformInfo | None = None
+    try:
+        with console.status("starting the MedCloud local cluster ..."):
+            state = cluster.start()
+            if not cluster_only:
+                platform = start_platform(cluster)
+    except (StartupError, binaries.BuildError, RuntimeError) as exc:
+        console.print(f"[red]dev up failed:[/red] {exc}")
+        console.print(f"logs: {state_dir / 'logs'}")
+        cluster.stop()
+        raise typer.Exit(1) from exc
+    _print_ready(state, platform)
+
+
+def _print_ready(state: ClusterState, platform: PlatformInfo | None) -> None:
+    console.print("[green]MedCloud is running on the local cluster.[/green]")
+    out.print(f"export KUBECONFIG={state.kubeconfig}")
+    if state.minio is not None:
+        out.print(f"export MEDCLOUD_MINIO_ENDPOINT=http://{state.minio.endpoint}")
+        out.print(f"export MEDCLOUD_MINIO_ACCESS_KEY={state.minio.access_key}")
+        out.print(f"export MEDCLOUD_MINIO_SECRET_KEY={state.minio.secret_key}")
+    if state.broker is not None:
+        out.print(f"export MEDCLOUD_MQTT=mqtts://{state.broker.host}:{state.broker.port}")
+    if platform is not None:
+        out.print(f"export MEDCLOUD_API={platform.api_url}")
+        out.print(f"export MEDCLOUD_TOKEN={platform.city_admin_token}")
+        console.print(f"operator metrics: {platform.operator_metrics}")
+        console.print("try: kubectl apply -f examples/   or   medcloud onboard hospital.yaml")
+    console.print(f"unprivileged identity: KUBECONFIG={state.user_kubeconfig}")
+    console.print(f"logs: {Path(state.state_dir) / 'logs'}   stop: medcloud dev down")
+
+
+@app.command()
+def status(state_dir: StateDir = default_state_dir()) -> None:  # noqa: B008
+    """Show which local servers run."""
+    rows = list(iter_status(state_dir))
+    if not rows:
+        console.print(f"no local cluster recorded in {state_dir}")
+        raise typer.Exit(1)
+    state = ClusterState.load(state_dir / LocalCluster.STATE_FILE)
+    table = Table("server", "pid", "port", "state")
+    for name, pid, alive in rows:
+        port = state.ports.get(name)
+        table.add_row(name, str(pid), str(port or ""), "[green]running[/green]" if alive else "[red]exited[/red]")
+    out.print(table)
+    out.print(f"KUBECONFIG={state.kubeconfig}")
+    if not all(alive for _, _, alive in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def down(state_dir: StateDir = default_state_dir()) -> None:  # noqa: B008
+    """Stop every local server and keep the state directory's logs."""
+    stopped = stop_from_state(state_dir)
+    if stopped:
+        console.print(f"stopped: {', '.join(stopped)}")
+    else:
+        console.print("nothing was running")

@@ -1,0 +1,79 @@
+"""`medcloud operator`: run the Kopf operator in the foreground.
+
+Settings come from ``MEDCLOUD_*`` environment variables (see
+``medcloud_operator.settings``); the options here override the few that
+decide how Kopf runs. ``python -m medcloud_operator`` runs the same command,
+which is what a container or `medcloud dev up` starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import kopf
+import typer
+
+from medcloud_operator.settings import OperatorSettings
+
+app = typer.Typer(help="Run the MedCloud operator.", add_completion=False)
+
+
+def operator_argv(*, standalone: bool = True, probe_port: int | None = None) -> list[str]:
+    """The command line of a detached operator process (for `medcloud dev up`); set KUBECONFIG in its env."""
+    argv = [sys.executable, "-m", "medcloud_operator"]
+    if standalone:
+        argv.append("--standalone")
+    if probe_port is not None:
+        argv += ["--liveness", f"http://127.0.0.1:{probe_port}/healthz"]
+    return argv
+
+
+@app.command()
+def run(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            help="Serve namespaced objects only here (repeat; globs like hospital-* work). Default: all namespaces.",
+        ),
+    ] = None,
+    standalone: Annotated[
+        bool, typer.Option("--standalone", help="No peering: for a single replica (also MEDCLOUD_STANDALONE).")
+    ] = False,
+    peering: Annotated[
+        str | None,
+        typer.Option("--peering", help="ClusterKopfPeering to coordinate replicas through (MEDCLOUD_PEERING_NAME)."),
+    ] = None,
+    liveness: Annotated[
+        str | None,
+        typer.Option(
+            "--liveness",
+            help="Probe endpoint, e.g. http://0.0.0.0:8080/healthz. Default: MEDCLOUD_PROBE_PORT on all addresses.",
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="json, full or plain (MEDCLOUD_LOG_FORMAT; default json).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log Kopf's own progress too.")] = False,
+) -> None:
+    """Run the operator until interrupted: reconcile Hospitals and repair their tenancy."""
+    settings = OperatorSettings()
+    namespaces = list(namespace or settings.namespaces)
+    standalone = standalone or settings.standalone
+    if liveness is None and settings.probe_port:
+        liveness = f"http://0.0.0.0:{settings.probe_port}/healthz"
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat[(log_format or settings.log_format).upper()])
+
+    # Imported here: importing registers the handlers, and only this command should.
+    from medcloud_operator import main  # noqa: F401
+
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=True if standalone else None,
+        peering_name=None if standalone else (peering or settings.peering_name),
+        priority=settings.peering_priority,
+        liveness_endpoint=liveness,
+    )

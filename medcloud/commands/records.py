@@ -1,0 +1,318 @@
+"""`medcloud records put/get/ls`: encrypted records in a RecordStore, from the command line.
+
+The store's S3 endpoint, bucket and credentials come from its credentials
+Secret (``status.secretRef``), read with your kubeconfig: you need ``get`` on
+that RecordStore and that Secret in the hospital namespace. Data keys come
+from one of two places:
+
+- the key service (the default): ``--key-service`` or the URL the Secret
+  names, with a bearer token (``--token``/``--token-file``) issued for the
+  key service's audience, e.g. ``kubectl create token app -n hospital-x
+  --audience medcloud-keyservice``; RBAC must grant ``get`` on
+  ``recordstores/keys`` for the store;
+- ``--direct-keys``, for the local development cluster only: the key ring
+  and the hospital KEK are read straight from the operator's namespace with
+  your kubeconfig, which therefore has to be a cluster administrator's.
+
+Either way records are encrypted and decrypted here, in this process;
+MinIO only ever sees ciphertext.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO, cast
+
+import typer
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from medcloud.keyservice.client import HttpKeyProvider
+from medcloud.models import GROUP, VERSION
+from medcloud.records.client import InMemoryKeyProvider, KeyProvider, RecordClient
+from medcloud.records.keys import RecordCryptoError
+from medcloud_operator import keyring
+from medcloud_operator.builders.recordstore import (
+    ACCESS_KEY_FIELD,
+    SECRET_KEY_FIELD,
+    Endpoint,
+    StoreNames,
+    decoded,
+)
+from medcloud_operator.kube import Kube
+
+app = typer.Typer(
+    help=(
+        "Put, get and list encrypted records in a RecordStore. Keys come from the key service "
+        "(--key-service and a token), or with --direct-keys from the cluster itself (local dev cluster, "
+        "admin kubeconfig only)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+class RecordsCommandError(RuntimeError):
+    """Something the user can fix: the message says what."""
+
+
+@dataclass(frozen=True)
+class StoreAccess:
+    """Where a RecordStore is and the credentials its Secret holds."""
+
+    namespace: str
+    store: str
+    bucket: str
+    endpoint: Endpoint
+    access_key: str
+    secret_key: str = ""
+    key_service_url: str | None = None
+
+    def __repr__(self) -> str:
+        return f"StoreAccess({self.namespace}/{self.store}, bucket={self.bucket}, endpoint={self.endpoint.url})"
+
+
+def store_access(api_client: client.ApiClient, namespace: str, store: str) -> StoreAccess:
+    """The store's bucket and credentials, from its status and its credentials Secret."""
+    custom = client.CustomObjectsApi(api_client)
+    try:
+        raw = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "recordstores", store)
+        body = cast(dict[str, Any], raw)
+    except ApiException as exc:
+        raise RecordsCommandError(f"cannot read RecordStore {namespace}/{store}: {exc.reason}") from None
+    status = body.get("status") or {}
+    secret_name = (status.get("secretRef") or {}).get("name")
+    if not secret_name or not status.get("bucket"):
+        phase = status.get("phase")
+        raise RecordsCommandError(f"RecordStore {namespace}/{store} is not provisioned yet (phase {phase})")
+    try:
+        secret = client.CoreV1Api(api_client).read_namespaced_secret(secret_name, namespace)
+    except ApiException as exc:
+        raise RecordsCommandError(f"cannot read Secret {namespace}/{secret_name}: {exc.reason}") from None
+    manifest = {"data": secret.data or {}}
+    endpoint, access, secret_key = (
+        decoded(manifest, "COSI_S3_ENDPOINT"),
+        decoded(manifest, ACCESS_KEY_FIELD),
+        decoded(manifest, SECRET_KEY_FIELD),
+    )
+    if not (endpoint and access and secret_key):
+        raise RecordsCommandError(f"Secret {namespace}/{secret_name} lacks the S3 endpoint or credentials")
+    return StoreAccess(
+        namespace=namespace,
+        store=store,
+        bucket=str(status["bucket"]),
+        endpoint=Endpoint.parse(endpoint),
+        access_key=access,
+        secret_key=secret_key,
+        key_service_url=decoded(manifest, "MEDCLOUD_KEY_SERVICE_URL"),
+    )
+
+
+def direct_key_provider(
+    api_client: client.ApiClient, namespace: str, store: str, operator_namespace: str = "medcloud-system"
+) -> InMemoryKeyProvider:
+    """The store's keys read straight from the operator namespace (cluster administrators, local dev)."""
+    names = StoreNames.of(namespace, store)
+    try:
+        return InMemoryKeyProvider(keyring.load(Kube(api_client), names, operator_namespace))
+    except ApiException as exc:
+        raise RecordsCommandError(
+            f"cannot read the keys of {namespace}/{store} from namespace {operator_namespace} ({exc.reason}); "
+            "--direct-keys needs a cluster administrator's kubeconfig. Use the key service instead."
+        ) from None
+    except (keyring.KeyRingMissingError, keyring.KeyRingInvalidError, keyring.KekVersionMissingError) as exc:
+        raise RecordsCommandError(str(exc)) from None
+
+
+def open_client(access: StoreAccess, keys: KeyProvider) -> RecordClient:
+    return RecordClient.connect(
+        access.endpoint.address,
+        access.access_key,
+        access.secret_key,
+        access.bucket,
+        keys,
+        secure=access.endpoint.secure,
+    )
+
+
+# --------------------------------------------------------------------------- options
+
+StoreArg = Annotated[str, typer.Argument(help="Name of the RecordStore.")]
+NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="The hospital namespace of the store.")]
+KubeconfigOpt = Annotated[
+    Path | None, typer.Option(help="Kubeconfig to read the store with; default: $KUBECONFIG or ~/.kube/config.")
+]
+KeyServiceOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MEDCLOUD_KEY_SERVICE_URL",
+        help="URL of the key service; default: the one the store's Secret names.",
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(envvar="MEDCLOUD_KEY_SERVICE_TOKEN", help="Bearer token for the key service (its audience)."),
+]
+TokenFileOpt = Annotated[Path | None, typer.Option(help="File holding the bearer token (re-read on every request).")]
+DirectOpt = Annotated[
+    bool,
+    typer.Option(
+        "--direct-keys",
+        help="Local dev cluster only: read the keys from the operator namespace with an admin kubeconfig.",
+    ),
+]
+OperatorNamespaceOpt = Annotated[str, typer.Option(help="Operator namespace, for --direct-keys.")]
+CAOpt = Annotated[Path | None, typer.Option(help="CA bundle to verify the key service's certificate.")]
+
+
+@dataclass(frozen=True)
+class KeySource:
+    key_service: str | None
+    token: str | None
+    token_file: Path | None
+    direct: bool
+    operator_namespace: str
+    ca_file: Path | None
+
+
+def _api_client(kubeconfig: Path | None) -> client.ApiClient:
+    # The kubernetes package leaves its config loaders unannotated.
+    api: client.ApiClient = config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None)  # type: ignore[no-untyped-call]
+    return api
+
+
+def _keys(api_client: client.ApiClient, access: StoreAccess, source: KeySource) -> KeyProvider:
+    if source.direct:
+        return direct_key_provider(api_client, access.namespace, access.store, source.operator_namespace)
+    url = source.key_service or access.key_service_url
+    if not url:
+        raise RecordsCommandError(
+            "no key service: pass --key-service (or MEDCLOUD_KEY_SERVICE_URL), or --direct-keys on a dev cluster"
+        )
+    if not (source.token or source.token_file):
+        raise RecordsCommandError(
+            "the key service needs a bearer token: --token, --token-file or MEDCLOUD_KEY_SERVICE_TOKEN"
+        )
+    return HttpKeyProvider(
+        url,
+        access.namespace,
+        access.store,
+        token=source.token if source.token_file is None else None,
+        token_file=source.token_file,
+        verify=str(source.ca_file) if source.ca_file else True,
+    )
+
+
+def _run(kubeconfig: Path | None, namespace: str, store: str, source: KeySource) -> RecordClient:
+    api_client = _api_client(kubeconfig)
+    access = store_access(api_client, namespace, store)
+    return open_client(access, _keys(api_client, access, source))
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@app.command()
+def put(
+    store: StoreArg,
+    name: Annotated[str, typer.Argument(help="Record name: an opaque identifier, never a patient's name.")],
+    source_file: Annotated[str, typer.Argument(metavar="FILE", help="File to store, or - for standard input.")],
+    namespace: NamespaceOpt,
+    content_type: Annotated[str, typer.Option(help="Content type of the record.")] = "application/octet-stream",
+    kubeconfig: KubeconfigOpt = None,
+    key_service: KeyServiceOpt = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    direct_keys: DirectOpt = False,
+    operator_namespace: OperatorNamespaceOpt = "medcloud-system",
+    ca_file: CAOpt = None,
+) -> None:
+    """Encrypt FILE into record NAME under the store's current data key."""
+    keys = KeySource(key_service, token, token_file, direct_keys, operator_namespace, ca_file)
+    try:
+        records = _run(kubeconfig, namespace, store, keys)
+        if source_file == "-":
+            info = records.put(name, cast(BinaryIO, sys.stdin.buffer), content_type=content_type)
+        else:
+            info = records.put_file(name, source_file, content_type=content_type)
+    except (RecordsCommandError, RecordCryptoError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"{info.name}\t{info.size} bytes\tkey version {info.key_version}\tversion id {info.version_id}")
+
+
+@app.command()
+def get(
+    store: StoreArg,
+    name: Annotated[str, typer.Argument(help="Record name.")],
+    target: Annotated[str, typer.Argument(metavar="FILE", help="Where to write the record, or - for standard output.")],
+    namespace: NamespaceOpt,
+    version_id: Annotated[str | None, typer.Option(help="An older version of the record (S3 version id).")] = None,
+    kubeconfig: KubeconfigOpt = None,
+    key_service: KeyServiceOpt = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    direct_keys: DirectOpt = False,
+    operator_namespace: OperatorNamespaceOpt = "medcloud-system",
+    ca_file: CAOpt = None,
+) -> None:
+    """Decrypt record NAME into FILE; the file appears only if every byte authenticated."""
+    keys = KeySource(key_service, token, token_file, direct_keys, operator_namespace, ca_file)
+    try:
+        records = _run(kubeconfig, namespace, store, keys)
+        if target == "-":
+            sys.stdout.buffer.write(records.get_bytes(name, version_id=version_id))
+            sys.stdout.buffer.flush()
+        else:
+            records.get_file(name, target, version_id=version_id)
+    except (RecordsCommandError, RecordCryptoError, OSError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command("ls")
+def list_records(
+    store: StoreArg,
+    namespace: NamespaceOpt,
+    prefix: Annotated[str, typer.Argument(help="Only records whose names start with this.")] = "",
+    kubeconfig: KubeconfigOpt = None,
+) -> None:
+    """List records: name, size, data-key version, content type, last modified. Needs no keys."""
+    try:
+        access = store_access(_api_client(kubeconfig), namespace, store)
+        records = open_client(access, _NoKeys(namespace, store))
+        rows = list(records.list(prefix))
+    except (RecordsCommandError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    for info in rows:
+        modified = info.last_modified.isoformat() if isinstance(info.last_modified, datetime) else "-"
+        size = "-" if info.size is None else str(info.size)
+        key = "-" if info.key_version is None else str(info.key_version)
+        typer.echo(f"{info.name}\t{size}\tkey {key}\t{info.content_type or '-'}\t{modified}")
+
+
+class _NoKeys:
+    """Listing reads metadata only: a key provider that is never asked for a key."""
+
+    def __init__(self, namespace: str, store: str) -> None:
+        self._namespace, self._store = namespace, store
+
+    @property
+    def hospital(self) -> str:
+        return StoreNames.of(self._namespace, self._store).hospital
+
+    @property
+    def store(self) -> str:
+        return self._store
+
+    def current_version(self) -> int:
+        raise RecordsCommandError("listing needs no key")
+
+    def data_key(self, version: int) -> bytes:
+        raise RecordsCommandError("listing needs no key")

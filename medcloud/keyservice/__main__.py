@@ -1,0 +1,28 @@
+"""``python -m medcloud.keyservice``: serve the key service (settings from ``MEDCLOUD_KEYSERVICE_*``)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from medcloud.keyservice.app import create_app
+from medcloud.keyservice.settings import KeyServiceSettings
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = KeyServiceSettings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
+        ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
+        # The access log names paths only, never headers; the audit log is the record that matters.
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Thin helpers that talk to the Kubernetes API; the decisions live elsewhere."""

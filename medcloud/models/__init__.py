@@ -1,0 +1,126 @@
+"""MedCloud's custom resources (API group medcloud.io, version v1alpha1) as pydantic models.
+
+These models are the single source of truth: ``medcloud crds generate``
+turns them into ``crds/*.yaml``.
+"""
+
+from __future__ import annotations
+
+from medcloud.models.appinstance import AppInstance, AppInstanceSpec, AppInstanceStatus, CatalogApp, Exposure
+from medcloud.models.common import (
+    API_VERSION,
+    GROUP,
+    VERSION,
+    Condition,
+    ConditionStatus,
+    CRDInfo,
+    ObjectMeta,
+    Phase,
+    PrinterColumn,
+    Resource,
+    ResourceRequirements,
+    StatusBase,
+    duration_days,
+    hospital_namespace,
+)
+from medcloud.models.consortium import Consortium, ConsortiumSpec, ConsortiumStatus, SharingCategory, SharingRule
+from medcloud.models.devicegateway import (
+    DeviceClass,
+    DeviceCounts,
+    DeviceGateway,
+    DeviceGatewaySpec,
+    DeviceGatewayStatus,
+    Protocol,
+)
+from medcloud.models.hospital import (
+    Hospital,
+    HospitalAdmins,
+    HospitalNetwork,
+    HospitalQuota,
+    HospitalSpec,
+    HospitalStatus,
+    KekRotation,
+    KeyEncryptionKey,
+    Tier,
+)
+from medcloud.models.recordstore import (
+    DeletionPolicy,
+    KeyRotation,
+    RecordClass,
+    RecordStore,
+    RecordStoreSpec,
+    RecordStoreStatus,
+    RecordStoreUsage,
+    Retention,
+    RetentionMode,
+    SecretReference,
+)
+
+KINDS: tuple[type[Resource], ...] = (Hospital, RecordStore, DeviceGateway, AppInstance, Consortium)
+"""Every MedCloud kind, in the order their CRDs are written and installed."""
+
+KINDS_BY_NAME: dict[str, type[Resource]] = {kind.__name__: kind for kind in KINDS}
+
+
+def parse_object(manifest: dict[str, object]) -> Resource:
+    """Parse any MedCloud object by its ``kind``."""
+    kind = manifest.get("kind")
+    if not isinstance(kind, str) or kind not in KINDS_BY_NAME:
+        raise ValueError(f"not a MedCloud kind: {kind!r}")
+    return KINDS_BY_NAME[kind].model_validate(manifest)
+
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "KINDS",
+    "KINDS_BY_NAME",
+    "VERSION",
+    "AppInstance",
+    "AppInstanceSpec",
+    "AppInstanceStatus",
+    "CRDInfo",
+    "CatalogApp",
+    "Condition",
+    "ConditionStatus",
+    "Consortium",
+    "ConsortiumSpec",
+    "ConsortiumStatus",
+    "DeletionPolicy",
+    "DeviceClass",
+    "DeviceCounts",
+    "DeviceGateway",
+    "DeviceGatewaySpec",
+    "DeviceGatewayStatus",
+    "Exposure",
+    "Hospital",
+    "HospitalAdmins",
+    "HospitalNetwork",
+    "HospitalQuota",
+    "HospitalSpec",
+    "HospitalStatus",
+    "KekRotation",
+    "KeyEncryptionKey",
+    "KeyRotation",
+    "ObjectMeta",
+    "Phase",
+    "PrinterColumn",
+    "Protocol",
+    "RecordClass",
+    "RecordStore",
+    "RecordStoreSpec",
+    "RecordStoreStatus",
+    "RecordStoreUsage",
+    "Resource",
+    "ResourceRequirements",
+    "Retention",
+    "RetentionMode",
+    "SecretReference",
+    "SharingCategory",
+    "SharingRule",
+    "StatusBase",
+    "Tier",
+    "duration_days",
+    "hospital_namespace",
+    "parse_object",
+]

@@ -1,0 +1,181 @@
+"""Consortium: the city medical alliance and its record-sharing agreements (cluster-scoped)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from medcloud.models.common import (
+    HOSPITAL_NAME_MAX,
+    PHASE_COLUMN,
+    READY_COLUMN,
+    CELRule,
+    CRDInfo,
+    HospitalName,
+    MedCloudModel,
+    PrinterColumn,
+    Resource,
+    StatusBase,
+    unique_items,
+)
+
+ANY_MEMBER = "*"
+
+HospitalOrAny = Annotated[
+    str,
+    Field(min_length=1, max_length=HOSPITAL_NAME_MAX, pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"),
+]
+"""A member hospital's name, or ``*`` for every member."""
+
+
+class SharingCategory(StrEnum):
+    """Category of records a sharing rule covers."""
+
+    EMR = "emr"
+    IMAGING = "imaging"
+    DEVICE_DATA = "device-data"
+    DOCUMENTS = "documents"
+    EXAM_RESULTS = "exam-results"
+    REFERRALS = "referrals"
+
+
+class SharingRule(MedCloudModel):
+    """Members listed in from share records of one category with members listed in to."""
+
+    category: SharingCategory = Field(
+        description="Record category: emr, imaging, device-data, documents, exam-results or referrals."
+    )
+    from_: list[HospitalOrAny] = Field(
+        alias="from",
+        min_length=1,
+        max_length=32,
+        description="Member hospitals whose records are shared, or * for every member.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    to: list[HospitalOrAny] = Field(
+        min_length=1,
+        max_length=32,
+        description="Member hospitals that may read those records, or * for every member.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    require_consent: bool = Field(
+        default=True,
+        description="Reads need the patient's recorded consent; each cross-institution read is audited either way.",
+    )
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _no_duplicates(cls, values: list[str]) -> list[str]:
+        return unique_items(values)
+
+
+_MAX_MEMBERS = 100
+
+_CONSENT_RULE = CELRule(
+    rule="!self.consentRequired || !has(self.sharing) || self.sharing.all(r, r.requireConsent)",
+    message=(
+        "a sharing rule cannot set requireConsent: false while spec.consentRequired is true; "
+        "set consentRequired: false first if the alliance's agreement allows it"
+    ),
+    reason="FieldValueForbidden",
+    field_path=".sharing",
+)
+
+
+class ConsortiumSpec(MedCloudModel):
+    """Desired state of a consortium."""
+
+    cel_rules: ClassVar[tuple[CELRule, ...]] = (
+        CELRule(
+            rule="self.leadHospital in self.members",
+            message_expression="'leadHospital ' + self.leadHospital + ' must be listed in members'",
+            field_path=".leadHospital",
+        ),
+        CELRule(
+            rule=(
+                "!has(self.sharing) || self.sharing.all(r, "
+                f"r.from.all(h, h == '{ANY_MEMBER}' || h in self.members) && "
+                f"r.to.all(h, h == '{ANY_MEMBER}' || h in self.members))"
+            ),
+            message_expression=(
+                "'sharing rules may only name member hospitals (' + self.members.join(', ') + "
+                "') or * for every member in from and to'"
+            ),
+            field_path=".sharing",
+        ),
+        _CONSENT_RULE,
+    )
+
+    display_name: str = Field(
+        min_length=1, max_length=128, description="Human-readable name of the alliance, e.g. Riverton Medical Alliance."
+    )
+    lead_hospital: HospitalName = Field(
+        description="Name of the lead Hospital (usually the city hospital); it must be one of members."
+    )
+    members: list[HospitalName] = Field(
+        min_length=1,
+        max_length=_MAX_MEMBERS,
+        description="Names of the member Hospitals, the lead included.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    sharing: list[SharingRule] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Which members share which record categories with whom.",
+    )
+    consent_required: bool = Field(
+        default=True,
+        description="Patient consent is required for every cross-institution read; rules cannot waive it while true.",
+    )
+
+    @field_validator("members")
+    @classmethod
+    def _no_duplicates(cls, values: list[str]) -> list[str]:
+        return unique_items(values)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> Self:
+        if self.lead_hospital not in self.members:
+            raise ValueError(f"leadHospital {self.lead_hospital} must be listed in members")
+        members = set(self.members)
+        for rule in self.sharing:
+            strangers = {h for h in (*rule.from_, *rule.to) if h != ANY_MEMBER and h not in members}
+            if strangers:
+                raise ValueError(f"sharing rules name hospitals that are not members: {', '.join(sorted(strangers))}")
+            if self.consent_required and not rule.require_consent:
+                raise ValueError("a sharing rule cannot set requireConsent: false while spec.consentRequired is true")
+        return self
+
+
+class ConsortiumStatus(StatusBase):
+    """Observed state of a consortium, written by the operator."""
+
+    member_count: int | None = Field(default=None, ge=0, description="Number of member hospitals.")
+    ready_members: int | None = Field(default=None, ge=0, description="Member hospitals whose tenant is Ready.")
+
+
+class Consortium(Resource):
+    """A city medical alliance: a lead hospital, its members, and which records they share under consent."""
+
+    crd: ClassVar[CRDInfo] = CRDInfo(
+        plural="consortia",
+        singular="consortium",
+        scope="Cluster",
+        short_names=("cons",),
+        printer_columns=(
+            PrinterColumn("Lead", ".spec.leadHospital", description="Lead hospital"),
+            PrinterColumn("Members", ".status.memberCount", type="integer", description="Member hospitals"),
+            PrinterColumn("Ready Members", ".status.readyMembers", type="integer", description="Ready members"),
+            PHASE_COLUMN,
+            READY_COLUMN,
+            PrinterColumn(
+                "Consent", ".spec.consentRequired", type="boolean", description="Consent required", priority=1
+            ),
+        ),
+    )
+
+    kind: Literal["Consortium"] = Field(default="Consortium", description="Kind of the object: Consortium.")
+    spec: ConsortiumSpec = Field(description="Desired state of the consortium.")
+    status: ConsortiumStatus | None = Field(default=None, description="Observed state, written by the operator.")

@@ -1,0 +1,246 @@
+"""What an AppInstance becomes: its config as a ConfigMap, a Deployment, a Service and, when exposed, an Ingress.
+
+Pure functions: the AppInstance as read from the API server, its parsed
+spec and what the handler found (the RecordStore's credentials Secret, the
+tenant's LimitRange) in; manifests and the next status out.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from medcloud.models import AppInstanceSpec, AppInstanceStatus
+from medcloud.models.common import ComputeResources
+from medcloud_operator.builders import devicegateway, workload
+from medcloud_operator.builders.workload import Ceiling, Dependency
+from medcloud_operator.catalog import CATALOG, WorkloadSettings, app_image
+from medcloud_operator.kube import Manifest
+from medcloud_operator.status import Check
+
+COMPONENT = "appinstance"
+"""``app.kubernetes.io/component`` of an app's children (and its pods)."""
+PREFIX = "app-"
+CONTAINER = "app"
+HTTP_PORT_NAME = "http"
+SERVICE_PORT = 80
+CONFIG_VOLUME = "config"
+CONFIG_DIR = "/etc/medcloud/config"
+"""Where the app reads ``spec.config``: one file per key (keys like ``audit.retention`` are no env names)."""
+
+
+def child_name(app: str) -> str:
+    """Name of the app's ConfigMap, Deployment, Service and Ingress (a DNS-1035 label)."""
+    return workload.child_name(PREFIX, app)
+
+
+def _labels(app: Manifest, spec: AppInstanceSpec) -> dict[str, str]:
+    meta = app["metadata"]
+    return workload.child_labels(
+        workload.hospital_of(meta["namespace"]), COMPONENT, meta["name"], spec.app, spec.version
+    )
+
+
+def _meta(app: Manifest, spec: AppInstanceSpec) -> Manifest:
+    return {
+        "name": child_name(app["metadata"]["name"]),
+        "namespace": app["metadata"]["namespace"],
+        "labels": _labels(app, spec),
+        "ownerReferences": [workload.owner_reference(app)],
+    }
+
+
+def url(app: Manifest, spec: AppInstanceSpec) -> str:
+    """Where the app is reached: its public host when exposed, else its Service inside the cluster."""
+    if spec.exposure.host:
+        return f"https://{spec.exposure.host}/"
+    return f"http://{workload.service_host(child_name(app['metadata']['name']), app['metadata']['namespace'])}/"
+
+
+def build_config_map(app: Manifest, spec: AppInstanceSpec) -> Manifest:
+    """``spec.config`` as it is, one key per file under /etc/medcloud/config."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(app, spec),
+        "data": dict(sorted(spec.config.items())),
+    }
+
+
+def _env(app: Manifest, spec: AppInstanceSpec) -> list[Manifest]:
+    namespace = app["metadata"]["namespace"]
+    env = [
+        {"name": "MEDCLOUD_APP", "value": spec.app.value},
+        {"name": "MEDCLOUD_APP_VERSION", "value": spec.version},
+        {"name": "MEDCLOUD_HOSPITAL", "value": workload.hospital_of(namespace)},
+        {"name": "MEDCLOUD_NAMESPACE", "value": namespace},
+        {"name": "MEDCLOUD_APP_URL", "value": url(app, spec)},
+        {"name": "MEDCLOUD_CONFIG_DIR", "value": CONFIG_DIR},
+        {"name": "MEDCLOUD_HTTP_PORT", "value": str(CATALOG[spec.app].port)},
+    ]
+    if spec.record_store is not None:
+        env.append({"name": "MEDCLOUD_RECORDSTORE", "value": spec.record_store})
+    if spec.device_gateway is not None:
+        gateway_service = devicegateway.child_name(spec.device_gateway)
+        env += [
+            {"name": "MEDCLOUD_DEVICE_GATEWAY", "value": spec.device_gateway},
+            {"name": "MEDCLOUD_DEVICE_GATEWAY_HOST", "value": workload.service_host(gateway_service, namespace)},
+        ]
+    return env
+
+
+def build_deployment(
+    app: Manifest, spec: AppInstanceSpec, credentials_secret: str | None, ceiling: Ceiling, settings: WorkloadSettings
+) -> Manifest:
+    """The app's pods: restricted, sized by the catalog within the LimitRange, wired to store and gateway.
+
+    ``credentials_secret`` is the RecordStore's credentials Secret (None: the app uses no store).
+    """
+    entry = CATALOG[spec.app]
+    name = app["metadata"]["name"]
+    resources = workload.fit_resources(
+        ComputeResources(cpu=entry.requests.cpu, memory=entry.requests.memory),
+        ComputeResources(cpu=entry.limits.cpu, memory=entry.limits.memory),
+        ceiling,
+    )
+    container: Manifest = {
+        "name": CONTAINER,
+        "image": app_image(spec.app, spec.version, settings),
+        "imagePullPolicy": settings.image_pull_policy,
+        "env": _env(app, spec),
+        "ports": [{"name": HTTP_PORT_NAME, "containerPort": entry.port, "protocol": "TCP"}],
+        "resources": resources,
+        "securityContext": workload.container_security_context(),
+        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}, workload.tmp_mount()],
+        **workload.http_probes(HTTP_PORT_NAME, entry.health_path),
+    }
+    if credentials_secret is not None:
+        # The store's bucket, endpoint and its own least-privilege keys (COSI
+        # and ObjectBucketClaim names both), as the RecordStore publishes them.
+        container["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
+    labels = _labels(app, spec)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(app, spec),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": workload.selector_labels(COMPONENT, name)},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    # Apps read their config at start: a changed config must roll the pods.
+                    "annotations": {workload.CONFIG_HASH_ANNOTATION: workload.config_hash(spec.config)},
+                },
+                "spec": workload.pod_spec_base(
+                    [container], [{"name": CONFIG_VOLUME, "configMap": {"name": child_name(name)}}]
+                ),
+            },
+        },
+    }
+
+
+def build_service(app: Manifest, spec: AppInstanceSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(app, spec),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": workload.selector_labels(COMPONENT, app["metadata"]["name"]),
+            "ports": [{"name": HTTP_PORT_NAME, "port": SERVICE_PORT, "targetPort": HTTP_PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+def build_ingress(app: Manifest, spec: AppInstanceSpec, settings: WorkloadSettings) -> Manifest | None:
+    """Only for ``spec.exposure.host``: the host routed to the Service, TLS with the controller's certificate.
+
+    The tenancy's network policies already admit the configured ingress
+    controller's namespace, and nothing else from outside.
+    """
+    host = spec.exposure.host
+    if host is None:
+        return None
+    ingress_spec: Manifest = {
+        "rules": [
+            {
+                "host": host,
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {
+                                "service": {
+                                    "name": child_name(app["metadata"]["name"]),
+                                    "port": {"name": HTTP_PORT_NAME},
+                                }
+                            },
+                        }
+                    ]
+                },
+            }
+        ],
+        "tls": [{"hosts": [host]}],
+    }
+    if settings.ingress_class:
+        ingress_spec["ingressClassName"] = settings.ingress_class
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": _meta(app, spec), "spec": ingress_spec}
+
+
+def build_app(
+    app: Manifest, spec: AppInstanceSpec, credentials_secret: str | None, ceiling: Ceiling, settings: WorkloadSettings
+) -> list[Manifest]:
+    """Every child of the app, in the order they are applied (the config before the pods that mount it)."""
+    objects = [
+        build_config_map(app, spec),
+        build_deployment(app, spec, credentials_secret, ceiling, settings),
+        build_service(app, spec),
+    ]
+    ingress = build_ingress(app, spec, settings)
+    if ingress is not None:
+        objects.append(ingress)
+    return objects
+
+
+def dependencies(spec: AppInstanceSpec, record_store: Manifest | None, gateway: Manifest | None) -> list[Dependency]:
+    """The RecordStore and DeviceGateway the spec names (with what was found of each)."""
+    found = []
+    if spec.record_store is not None:
+        found.append(Dependency("RecordStore", spec.record_store, "spec.recordStore", record_store))
+    if spec.device_gateway is not None:
+        found.append(Dependency("DeviceGateway", spec.device_gateway, "spec.deviceGateway", gateway))
+    return found
+
+
+def next_status(
+    previous: AppInstanceStatus,
+    *,
+    generation: int | None,
+    dependencies: Check | None,
+    available: Check | None,
+    failure: Check | None,
+    spec_failed: bool,
+    url: str | None,
+    ready_replicas: int | None,
+    now: datetime,
+) -> AppInstanceStatus:
+    """The app's status: conditions and phase, where it is reached, and its ready pods."""
+    shown_url = url if url is not None else previous.url
+    outcome = workload.next_outcome(
+        previous,
+        generation=generation,
+        dependencies=dependencies,
+        available=available,
+        failure=failure,
+        spec_failed=spec_failed,
+        ready_message=f"Serving at {shown_url}." if shown_url else "Serving.",
+        now=now,
+    )
+    return AppInstanceStatus(
+        phase=outcome.phase,
+        observed_generation=generation,
+        conditions=outcome.conditions,
+        url=shown_url,
+        ready_replicas=ready_replicas if ready_replicas is not None else previous.ready_replicas,
+    )

@@ -1,0 +1,216 @@
+"""What a DeviceGateway becomes: a Deployment of the gateway image and a Service with one port per protocol.
+
+Pure functions: the gateway as read from the API server, its parsed spec and
+what the handler found (the RecordStore's credentials Secret, the tenant's
+LimitRange) in; manifests and the next status out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus, Protocol
+from medcloud_operator.builders import workload
+from medcloud_operator.builders.workload import Ceiling, Dependency
+from medcloud_operator.catalog import WorkloadSettings, gateway_image
+from medcloud_operator.kube import Manifest
+from medcloud_operator.status import Check
+
+COMPONENT = "devicegateway"
+"""``app.kubernetes.io/component`` of a gateway's children (and its pods)."""
+NAME = "medcloud-gateway"
+"""``app.kubernetes.io/name`` of a gateway's children."""
+PREFIX = "gw-"
+CONTAINER = "gateway"
+HEALTH_PORT = 8080
+HEALTH_PORT_NAME = "health"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """How devices reach the gateway over one protocol."""
+
+    port: int
+    port_name: str
+    scheme: str
+
+
+LISTENERS: dict[Protocol, Listener] = {
+    # MQTT over TLS, the IANA port for secure MQTT; devices present client certificates.
+    Protocol.MQTT: Listener(8883, "mqtt", "mqtts"),
+    Protocol.HTTPS: Listener(8443, "https", "https"),
+    # HL7 v2 over MLLP, the IANA port for HL7 v2.
+    Protocol.HL7V2: Listener(2575, "mllp", "mllp"),
+}
+
+
+def child_name(gateway: str) -> str:
+    """Name of the gateway's Deployment and Service (a DNS-1035 label)."""
+    return workload.child_name(PREFIX, gateway)
+
+
+def endpoints(gateway: str, namespace: str, spec: DeviceGatewaySpec) -> dict[str, str]:
+    """Where devices connect, by protocol: URLs on the Service's DNS name."""
+    host = workload.service_host(child_name(gateway), namespace)
+    return {
+        protocol.value: f"{LISTENERS[protocol].scheme}://{host}:{LISTENERS[protocol].port}"
+        for protocol in sorted(spec.protocols)
+    }
+
+
+def _protocols(spec: DeviceGatewaySpec) -> list[Protocol]:
+    # The spec's order is the user's; sorting keeps the manifests stable when it is reordered.
+    return sorted(spec.protocols)
+
+
+def _env(namespace: str, hospital: str, spec: DeviceGatewaySpec) -> list[Manifest]:
+    env = [
+        {"name": "MEDCLOUD_HOSPITAL", "value": hospital},
+        {"name": "MEDCLOUD_NAMESPACE", "value": namespace},
+        {"name": "MEDCLOUD_RECORDSTORE", "value": spec.record_store},
+        {"name": "MEDCLOUD_GATEWAY_PROTOCOLS", "value": ",".join(p.value for p in _protocols(spec))},
+        {"name": "MEDCLOUD_GATEWAY_DEVICE_CLASSES", "value": ",".join(sorted(c.value for c in spec.device_classes))},
+        {"name": "MEDCLOUD_GATEWAY_HEALTH_PORT", "value": str(HEALTH_PORT)},
+    ]
+    for protocol in _protocols(spec):
+        env.append({"name": f"MEDCLOUD_GATEWAY_{protocol.value.upper()}_PORT", "value": str(LISTENERS[protocol].port)})
+    return env
+
+
+def build_deployment(
+    gateway: Manifest,
+    spec: DeviceGatewaySpec,
+    credentials_secret: str,
+    ceiling: Ceiling,
+    settings: WorkloadSettings,
+) -> Manifest:
+    """The gateway's pods: restricted, within the LimitRange, with the RecordStore's credentials in their env.
+
+    The credentials Secret carries the bucket, endpoint and the store's own
+    access keys (COSI and ObjectBucketClaim names both); the gateway writes
+    every normalised reading there, encrypted.
+    """
+    meta = gateway["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    hospital = workload.hospital_of(namespace)
+    resources = workload.checked_resources(spec.resources.requests, spec.resources.limits, ceiling, "spec.resources")
+    child_labels = workload.child_labels(hospital, COMPONENT, name, NAME, settings.gateway_version)
+    ports = [{"name": HEALTH_PORT_NAME, "containerPort": HEALTH_PORT, "protocol": "TCP"}] + [
+        {"name": LISTENERS[p].port_name, "containerPort": LISTENERS[p].port, "protocol": "TCP"}
+        for p in _protocols(spec)
+    ]
+    container = {
+        "name": CONTAINER,
+        "image": gateway_image(settings),
+        "imagePullPolicy": settings.image_pull_policy,
+        "env": _env(namespace, hospital, spec),
+        "envFrom": [{"secretRef": {"name": credentials_secret}}],
+        "ports": ports,
+        "resources": resources,
+        "securityContext": workload.container_security_context(),
+        "volumeMounts": [workload.tmp_mount()],
+        **workload.http_probes(HEALTH_PORT_NAME, "/healthz"),
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": child_name(name),
+            "namespace": namespace,
+            "labels": child_labels,
+            "ownerReferences": [workload.owner_reference(gateway)],
+        },
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": workload.selector_labels(COMPONENT, name)},
+            "template": {
+                "metadata": {"labels": child_labels},
+                "spec": workload.pod_spec_base([container], []),
+            },
+        },
+    }
+
+
+def build_service(gateway: Manifest, spec: DeviceGatewaySpec, settings: WorkloadSettings) -> Manifest:
+    """One port per accepted protocol, on the Service name the endpoints in status use."""
+    meta = gateway["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    hospital = workload.hospital_of(namespace)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": child_name(name),
+            "namespace": namespace,
+            "labels": workload.child_labels(hospital, COMPONENT, name, NAME, settings.gateway_version),
+            "ownerReferences": [workload.owner_reference(gateway)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": workload.selector_labels(COMPONENT, name),
+            "ports": [
+                {
+                    "name": LISTENERS[p].port_name,
+                    "port": LISTENERS[p].port,
+                    "targetPort": LISTENERS[p].port_name,
+                    "protocol": "TCP",
+                }
+                for p in _protocols(spec)
+            ],
+        },
+    }
+
+
+def build_gateway(
+    gateway: Manifest,
+    spec: DeviceGatewaySpec,
+    credentials_secret: str,
+    ceiling: Ceiling,
+    settings: WorkloadSettings,
+) -> list[Manifest]:
+    """Every child of the gateway, in the order they are applied."""
+    return [
+        build_deployment(gateway, spec, credentials_secret, ceiling, settings),
+        build_service(gateway, spec, settings),
+    ]
+
+
+def dependencies(spec: DeviceGatewaySpec, record_store: Manifest | None) -> list[Dependency]:
+    return [Dependency("RecordStore", spec.record_store, "spec.recordStore", record_store)]
+
+
+def next_status(
+    previous: DeviceGatewayStatus,
+    *,
+    generation: int | None,
+    dependencies: Check | None,
+    available: Check | None,
+    failure: Check | None,
+    spec_failed: bool,
+    endpoints: dict[str, str] | None,
+    now: datetime,
+) -> DeviceGatewayStatus:
+    """The gateway's status: conditions and phase, where devices connect, and device counts.
+
+    Device enrolment is a later feature: until the gateway reports them, the
+    counts are zero.
+    """
+    shown = endpoints if endpoints is not None else dict(previous.endpoints)
+    outcome = workload.next_outcome(
+        previous,
+        generation=generation,
+        dependencies=dependencies,
+        available=available,
+        failure=failure,
+        spec_failed=spec_failed,
+        ready_message=f"Accepting readings on {', '.join(sorted(shown)) or 'no protocol'}.",
+        now=now,
+    )
+    return DeviceGatewayStatus(
+        phase=outcome.phase,
+        observed_generation=generation,
+        conditions=outcome.conditions,
+        endpoints=shown,
+        devices=previous.devices or DeviceCounts(),
+    )

@@ -1,0 +1,336 @@
+"""What a Hospital's tenancy consists of, as plain manifests.
+
+Every function here is pure: a hospital name, its spec and the operator
+settings in, dictionaries in the API server's camelCase shape out. Manifests
+spell out every field the API server would otherwise default (protocols,
+policy types, RBAC subject API groups), so that comparing them with what the
+server returns needs no knowledge of server-side defaulting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medcloud.models import HospitalSpec, hospital_namespace
+from medcloud_operator import labels
+from medcloud_operator.quantities import quantity
+from medcloud_operator.settings import OperatorSettings
+
+Manifest = dict[str, Any]
+
+QUOTA_NAME = "medcloud-quota"
+LIMITS_NAME = "medcloud-limits"
+ADMIN_ROLE_NAME = "medcloud-hospital-admin"
+OPERATOR_BINDING_NAME = "medcloud-operator-tenant"
+"""RoleBinding giving the operator itself, in this namespace only, the tenant Secrets ClusterRole."""
+
+# Network policy names; each policy is one reason traffic is allowed.
+NP_DEFAULT_DENY = "medcloud-default-deny"
+NP_SAME_NAMESPACE = "medcloud-allow-same-namespace"
+NP_DNS = "medcloud-allow-dns-egress"
+NP_STORAGE = "medcloud-allow-record-storage-egress"
+NP_INGRESS_CONTROLLER = "medcloud-allow-ingress-controller"
+NP_CONSORTIUM = "medcloud-allow-consortium-ingress"
+NP_CONSORTIUM_EGRESS = "medcloud-allow-consortium-egress"
+NP_LISTED_NAMESPACES = "medcloud-allow-listed-namespaces"
+
+# Per-container defaults for pods that state no resources; Pod Security
+# `restricted` does not require them, the quota does (it counts requests).
+DEFAULT_CPU_REQUEST = "100m"
+DEFAULT_CPU_LIMIT = "500m"
+DEFAULT_MEMORY_REQUEST = "128Mi"
+DEFAULT_MEMORY_LIMIT = "512Mi"
+
+READ = ["get", "list", "watch"]
+WRITE = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
+LABEL_VALUE_MAX = 63
+
+
+class InvalidSpecError(ValueError):
+    """The spec passed schema validation but cannot be realised (a person must edit it)."""
+
+
+def _meta(name: str, hospital: str, namespace: str | None = None) -> Manifest:
+    meta: Manifest = {"name": name, "labels": labels.tenancy_labels(hospital)}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    return meta
+
+
+def _label_value(value: str, field: str) -> str:
+    if len(value) > LABEL_VALUE_MAX:
+        raise InvalidSpecError(
+            f"{field} {value!r} is longer than {LABEL_VALUE_MAX} characters and cannot be a label value; "
+            "use a shorter name"
+        )
+    return value
+
+
+def _not_above(default: str, ceiling: str) -> str:
+    """``default`` unless the quota is smaller, so the LimitRange never contradicts the quota."""
+    return ceiling if quantity(ceiling) < quantity(default) else default
+
+
+def build_namespace(name: str, spec: HospitalSpec, settings: OperatorSettings) -> Manifest:
+    """The tenant namespace, labelled for tracing, network selection and Pod Security ``restricted``."""
+    meta = _meta(hospital_namespace(name), name)
+    ns_labels: dict[str, str] = meta["labels"]
+    ns_labels[labels.TIER] = spec.tier.value
+    if spec.consortium:
+        ns_labels[labels.CONSORTIUM] = _label_value(spec.consortium, "spec.consortium")
+    for mode in ("enforce", "audit", "warn"):
+        ns_labels[f"pod-security.kubernetes.io/{mode}"] = "restricted"
+        ns_labels[f"pod-security.kubernetes.io/{mode}-version"] = settings.pod_security_version
+    meta["annotations"] = {
+        "medcloud.io/display-name": spec.display_name,
+        "medcloud.io/institution-code": spec.institution_code,
+    }
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+
+
+def build_resource_quota(name: str, spec: HospitalSpec) -> Manifest:
+    """The namespace's quota, from ``spec.quota`` (whose fields all have defaults)."""
+    quota = spec.quota
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": _meta(QUOTA_NAME, name, hospital_namespace(name)),
+        "spec": {
+            "hard": {
+                "requests.cpu": quota.cpu,
+                "requests.memory": quota.memory,
+                "requests.storage": quota.storage,
+                "pods": str(quota.pods),
+                "persistentvolumeclaims": str(quota.persistent_volume_claims),
+            }
+        },
+    }
+
+
+def build_limit_range(name: str, spec: HospitalSpec) -> Manifest:
+    """Defaults for containers that state no resources, and no container above the whole quota."""
+    quota = spec.quota
+    cpu_limit = _not_above(DEFAULT_CPU_LIMIT, quota.cpu)
+    memory_limit = _not_above(DEFAULT_MEMORY_LIMIT, quota.memory)
+    return {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": _meta(LIMITS_NAME, name, hospital_namespace(name)),
+        "spec": {
+            "limits": [
+                {
+                    "type": "Container",
+                    "default": {"cpu": cpu_limit, "memory": memory_limit},
+                    "defaultRequest": {
+                        "cpu": _not_above(DEFAULT_CPU_REQUEST, cpu_limit),
+                        "memory": _not_above(DEFAULT_MEMORY_REQUEST, memory_limit),
+                    },
+                    "max": {"cpu": quota.cpu, "memory": quota.memory},
+                }
+            ]
+        },
+    }
+
+
+def _policy(name: str, hospital: str, policy_types: list[str], **rules: Any) -> Manifest:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(name, hospital, hospital_namespace(hospital)),
+        "spec": {"podSelector": {}, "policyTypes": policy_types, **rules},
+    }
+
+
+def _namespace_peer(namespace: str) -> Manifest:
+    return {"namespaceSelector": {"matchLabels": {labels.NAMESPACE_NAME: namespace}}}
+
+
+def build_network_policies(name: str, spec: HospitalSpec, settings: OperatorSettings) -> list[Manifest]:
+    """Default deny in both directions, then one policy per allowed kind of traffic.
+
+    A policy that would have no peers is left out rather than written with an
+    empty peer list: an empty ``to``/``from`` means *everywhere*.
+    """
+    policies = [
+        _policy(NP_DEFAULT_DENY, name, ["Ingress", "Egress"]),
+        _policy(
+            NP_SAME_NAMESPACE,
+            name,
+            ["Ingress", "Egress"],
+            ingress=[{"from": [{"podSelector": {}}]}],
+            egress=[{"to": [{"podSelector": {}}]}],
+        ),
+        _policy(
+            NP_DNS,
+            name,
+            ["Egress"],
+            egress=[
+                {
+                    "to": [
+                        {
+                            **_namespace_peer(settings.dns_namespace),
+                            "podSelector": {"matchLabels": dict(settings.dns_pod_labels)},
+                        }
+                    ],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                }
+            ],
+        ),
+    ]
+    storage_peers: list[Manifest] = [{"ipBlock": {"cidr": cidr}} for cidr in settings.storage_cidrs]
+    if settings.storage_namespace:
+        storage_peers.append(_namespace_peer(settings.storage_namespace))
+    if storage_peers:
+        policies.append(
+            _policy(
+                NP_STORAGE,
+                name,
+                ["Egress"],
+                egress=[{"to": storage_peers, "ports": [{"protocol": "TCP", "port": settings.storage_port}]}],
+            )
+        )
+    if settings.ingress_namespace:
+        policies.append(
+            _policy(
+                NP_INGRESS_CONTROLLER,
+                name,
+                ["Ingress"],
+                ingress=[{"from": [_namespace_peer(settings.ingress_namespace)]}],
+            )
+        )
+    if spec.consortium:
+        # Only the operator labels namespaces with a consortium, and tenant
+        # admins cannot edit namespaces, so this selector cannot be forged.
+        members = {
+            "namespaceSelector": {"matchLabels": {labels.CONSORTIUM: _label_value(spec.consortium, "spec.consortium")}}
+        }
+        # Outgoing traffic to fellow members is always allowed: whether it gets
+        # in is each receiving hospital's own allowConsortiumIngress.
+        policies.append(_policy(NP_CONSORTIUM_EGRESS, name, ["Egress"], egress=[{"to": [members]}]))
+        if spec.network.allow_consortium_ingress:
+            policies.append(_policy(NP_CONSORTIUM, name, ["Ingress"], ingress=[{"from": [members]}]))
+    if spec.network.allow_from_namespaces:
+        selector = {
+            "matchExpressions": [
+                {
+                    "key": labels.NAMESPACE_NAME,
+                    "operator": "In",
+                    "values": sorted(set(spec.network.allow_from_namespaces)),
+                }
+            ]
+        }
+        policies.append(
+            _policy(NP_LISTED_NAMESPACES, name, ["Ingress"], ingress=[{"from": [{"namespaceSelector": selector}]}])
+        )
+    return policies
+
+
+def admin_rules() -> list[Manifest]:
+    """What a hospital administrator may do in the tenant namespace.
+
+    Left out on purpose: pods/exec, attach and port-forward (an interactive path
+    to patient data that bypasses the apps' audit trail), writes to network
+    policies, quotas, limit ranges and RBAC (the tenant's isolation and budget
+    are the operator's to keep), and anything cluster-scoped.
+    """
+    return [
+        {
+            "apiGroups": [""],
+            "resources": sorted(
+                ["configmaps", "persistentvolumeclaims", "pods", "secrets", "serviceaccounts", "services"]
+            ),
+            "verbs": WRITE,
+        },
+        {
+            "apiGroups": [""],
+            "resources": sorted(["endpoints", "events", "limitranges", "pods/log", "resourcequotas"]),
+            "verbs": READ,
+        },
+        {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": WRITE},
+        {
+            "apiGroups": ["apps"],
+            "resources": ["deployments/scale", "statefulsets/scale"],
+            "verbs": ["get", "patch", "update"],
+        },
+        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": READ},
+        {"apiGroups": ["batch"], "resources": ["cronjobs", "jobs"], "verbs": WRITE},
+        {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": WRITE},
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": WRITE},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": WRITE},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": READ},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings", "roles"], "verbs": READ},
+        {"apiGroups": ["medcloud.io"], "resources": ["appinstances", "devicegateways", "recordstores"], "verbs": WRITE},
+        {
+            "apiGroups": ["medcloud.io"],
+            "resources": ["appinstances/status", "devicegateways/status", "recordstores/status"],
+            "verbs": ["get"],
+        },
+    ]
+
+
+def build_admin_role(name: str) -> Manifest:
+    """The tenant administrator Role (namespaced: nothing cluster-wide)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(ADMIN_ROLE_NAME, name, hospital_namespace(name)),
+        "rules": admin_rules(),
+    }
+
+
+def build_admin_role_binding(name: str, spec: HospitalSpec) -> Manifest | None:
+    """Binds ``spec.admins`` to the admin Role; None when there are no admins (the binding is pruned)."""
+    subjects = [
+        {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}
+        for user in sorted(set(spec.admins.users))
+    ] + [
+        {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": group}
+        for group in sorted(set(spec.admins.groups))
+    ]
+    if not subjects:
+        return None
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(ADMIN_ROLE_NAME, name, hospital_namespace(name)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ADMIN_ROLE_NAME},
+        "subjects": subjects,
+    }
+
+
+def build_operator_role_binding(name: str, settings: OperatorSettings) -> Manifest:
+    """Binds the operator's own identity to the tenant Secrets ClusterRole, in this tenant namespace only.
+
+    RecordStores put their credentials Secrets here. Tenant namespaces come and
+    go with Hospitals, so the operator's static RBAC cannot name them; instead
+    of Secrets in every namespace it holds ``bind`` on exactly this ClusterRole
+    and grants itself Secrets namespace by namespace, as tenants are onboarded.
+    """
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(OPERATOR_BINDING_NAME, name, hospital_namespace(name)),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": settings.tenant_secrets_cluster_role,
+        },
+        "subjects": [settings.operator_subject()],
+    }
+
+
+def build_tenancy(name: str, spec: HospitalSpec, settings: OperatorSettings) -> list[Manifest]:
+    """Every object of the tenancy except the KEK, in the order they must be applied (namespace first)."""
+    objects = [
+        build_namespace(name, spec, settings),
+        build_resource_quota(name, spec),
+        build_limit_range(name, spec),
+        *build_network_policies(name, spec, settings),
+        build_admin_role(name),
+        build_operator_role_binding(name, settings),
+    ]
+    binding = build_admin_role_binding(name, spec)
+    if binding is not None:
+        objects.append(binding)
+    return objects

@@ -1,0 +1,48 @@
+"""What every handler shares for the life of the operator process, kept in Kopf's ``memo``."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
+
+import kopf
+
+from medcloud_operator.apply import OwnWrites
+from medcloud_operator.kube import Kube
+from medcloud_operator.settings import OperatorSettings
+
+MEMO_KEY = "medcloud"
+
+
+class KeyedLocks:
+    """One lock per object name, so two triggers for the same Hospital never reconcile it at once.
+
+    A Hospital's own handlers are serialised by Kopf, but its resync timer and
+    the watch events of its children arrive independently of them.
+    """
+
+    def __init__(self) -> None:
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+
+    def __call__(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks[key]
+
+
+@dataclass
+class OperatorContext:
+    settings: OperatorSettings
+    kube: Kube
+    own_writes: OwnWrites = field(default_factory=OwnWrites)
+    locks: KeyedLocks = field(default_factory=KeyedLocks)
+    metrics_server: WSGIServer | None = None
+
+
+def get_context(memo: kopf.Memo) -> OperatorContext:
+    ctx = memo.get(MEMO_KEY)
+    if not isinstance(ctx, OperatorContext):
+        raise RuntimeError("the operator context is missing: was the startup handler registered?")
+    return ctx

@@ -1,0 +1,138 @@
+"""Consortium handlers: report how many member Hospitals there are, how many are Ready, and who is missing.
+
+A Consortium owns no children; its status follows its members. Triggers,
+all funnelled into one ``reconcile`` (one LIST of Hospitals, a status write
+only when something changed):
+
+- the Consortium is created, changed or found at startup (Kopf's create/update/resume);
+- a Hospital changes, appears or goes away: the consortia that list it (an
+  index of consortia by member, so no listing) and the one its own
+  ``spec.consortium`` names are reconciled;
+- a resync timer, as a safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+from urllib3.exceptions import HTTPError
+
+from medcloud.models import GROUP, VERSION, ConditionStatus, ConsortiumSpec, ConsortiumStatus
+from medcloud_operator import events, metrics
+from medcloud_operator.builders.consortium import ConsortiumCondition, next_status
+from medcloud_operator.conditions import now_utc
+from medcloud_operator.context import OperatorContext, get_context
+from medcloud_operator.handlers.workload import RESYNC_SECONDS, write_status
+from medcloud_operator.kube import CONSORTIUM, HOSPITAL, Manifest
+
+KIND = CONSORTIUM.kind
+PLURAL = CONSORTIUM.plural
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+def _parse_status(raw: Any) -> ConsortiumStatus:
+    try:
+        return ConsortiumStatus.model_validate(raw or {})
+    except ValidationError:
+        return ConsortiumStatus()
+
+
+def reconcile(ctx: OperatorContext, name: str, logger: Logger) -> None:
+    """Recount one Consortium's members and write its status if it changed; raises Kopf errors for retries."""
+    with ctx.locks(f"{KIND}/{name}"), metrics.reconcile_timer(KIND):
+        body = ctx.kube.get(CONSORTIUM, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            _reconcile(ctx, body, logger)
+        except kopf.TemporaryError:
+            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_REQUEUE).inc()
+            raise
+        except Exception:
+            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_ERROR).inc()
+            raise
+        metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_SUCCESS).inc()
+
+
+def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
+    name, generation = body["metadata"]["name"], body["metadata"].get("generation")
+    previous = _parse_status(body.get("status"))
+    try:
+        spec = ConsortiumSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        # The CRD's schema and CEL rules admit only valid specs; this is a model/CRD mismatch.
+        metrics.RECONCILE_ERRORS.labels(kind=KIND, reason="InvalidSpec").inc()
+        raise kopf.PermanentError(f"the spec does not match the model: {exc}") from exc
+    try:
+        hospitals = {h["metadata"]["name"]: h for h in ctx.kube.list(HOSPITAL)}
+        new = next_status(previous, name=name, generation=generation, spec=spec, hospitals=hospitals, now=now_utc())
+        written = write_status(ctx.kube, CONSORTIUM, None, name, previous, new)
+    except (ApiException, HTTPError, OSError) as exc:
+        metrics.RECONCILE_ERRORS.labels(kind=KIND, reason="ApiFailed").inc()
+        raise kopf.TemporaryError(f"cannot read the member Hospitals or write the status: {exc}", delay=10) from exc
+    assert new.phase is not None
+    metrics.PHASES.set(KIND, name, new.phase)
+    if not written:
+        return
+    for type_ in (ConsortiumCondition.READY, ConsortiumCondition.MEMBERSHIP_CONSISTENT):
+        condition, before = new.condition(type_), previous.condition(type_)
+        if condition is None or (
+            before is not None and (before.status, before.reason) == (condition.status, condition.reason)
+        ):
+            continue
+        ok = condition.status is ConditionStatus.TRUE
+        events.post(body, events.NORMAL if ok else events.WARNING, condition.reason, condition.message)
+        logger.info("Consortium %s: %s %s: %s", name, type_, condition.reason, condition.message)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def consortium_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    reconcile(get_context(memo), name, logger)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+def consortium_resync(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    reconcile(get_context(memo), name, logger)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, id="consortium-deleted")
+def consortium_deleted(type: str | None, name: str, **_: Any) -> None:
+    if type == "DELETED":
+        metrics.PHASES.forget(KIND, name)
+
+
+MEMBER_INDEX = "consortia_by_member"
+"""The index's id, and the keyword argument Kopf passes it to every handler by."""
+
+
+@kopf.index(GROUP, VERSION, PLURAL, id=MEMBER_INDEX)
+def consortia_by_member(name: str, spec: kopf.Spec, **_: Any) -> dict[str, str]:
+    """Which consortia list which Hospital: a Hospital's events reach them without a LIST."""
+    return {str(member): name for member in spec.get("members") or []}
+
+
+@kopf.on.event(GROUP, VERSION, HOSPITAL.plural, id="consortium-members")
+def member_changed(
+    type: str | None, name: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+) -> None:
+    # Kopf passes every index as a keyword argument named after its function.
+    index: kopf.Index[str, str] = kwargs[MEMBER_INDEX]
+    if type is None:
+        # The initial listing at startup: the resume handlers reconcile every Consortium anyway.
+        return
+    claimed = (body.get("spec") or {}).get("consortium")
+    affected = set(index.get(name, [])) | ({str(claimed)} if claimed else set())
+    ctx = get_context(memo)
+    for consortium in sorted(affected):
+        try:
+            reconcile(ctx, consortium, logger)
+        except (kopf.PermanentError, kopf.TemporaryError) as exc:
+            # The Consortium's own handlers and timer retry it; the other consortia must still be recounted.
+            logger.debug("Consortium %s: %s", consortium, exc)

@@ -1,0 +1,428 @@
+"""Hospital handlers: read the Hospital, build its tenancy, apply it, write status.
+
+Triggers, all funnelled into one `reconcile`:
+
+- the Hospital is created, changed or found at startup (Kopf's create/update/resume);
+- a child of its tenancy changes or disappears (watch events on the child
+  kinds, by label): drift repair;
+- a resync timer, for what no watch reports (the KEK Secret is not watched:
+  the operator never streams Secret contents) and as a safety net.
+
+The tenancy includes the RoleBinding that grants the operator itself Secrets
+in the tenant namespace (for RecordStore credentials), so the operator's own
+RBAC needs no Secrets cluster-wide. ``spec.keyRotation.rotateNow`` growing
+adds a KEK version (see :mod:`medcloud_operator.kek`); RecordStores re-wrap
+their data keys under it on their next refresh.
+
+Deletion goes through a finalizer: refused while RecordStores remain in the
+tenant namespace, otherwise the namespace and then the KEK are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, NoReturn
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+from urllib3.exceptions import HTTPError
+
+from medcloud.models import (
+    GROUP,
+    VERSION,
+    ConditionStatus,
+    HospitalSpec,
+    HospitalStatus,
+    KeyEncryptionKey,
+    Phase,
+    hospital_namespace,
+)
+from medcloud_operator import OPERATOR_NAME, events, kek, labels, metrics
+from medcloud_operator.apply import Action, Applied, TerminatingError, apply, prune
+from medcloud_operator.builders.hospital import QUOTA_NAME, InvalidSpecError, build_tenancy
+from medcloud_operator.conditions import ConditionType, Reason, now_utc
+from medcloud_operator.context import OperatorContext, get_context
+from medcloud_operator.kube import (
+    HOSPITAL,
+    LIMIT_RANGE,
+    NAMESPACE,
+    NETWORK_POLICY,
+    RECORD_STORE,
+    RESOURCE_QUOTA,
+    ROLE,
+    ROLE_BINDING,
+    SECRET,
+    Kind,
+    Manifest,
+)
+from medcloud_operator.settings import OperatorSettings
+from medcloud_operator.status import (
+    Check,
+    next_hospital_status,
+    parse_hospital_status,
+    terminating_status,
+    write_status,
+)
+
+KIND = "Hospital"
+PLURAL = "hospitals"
+
+CHILD_KINDS: tuple[Kind, ...] = (NAMESPACE, RESOURCE_QUOTA, LIMIT_RANGE, NETWORK_POLICY, ROLE, ROLE_BINDING)
+"""Kinds of the tenancy objects; their watch events trigger drift repair."""
+PRUNED_KINDS: tuple[Kind, ...] = (RESOURCE_QUOTA, LIMIT_RANGE, NETWORK_POLICY, ROLE, ROLE_BINDING)
+"""Namespaced tenancy kinds: one the spec no longer asks for is deleted."""
+
+# The timer interval is fixed when the handlers are registered (Kopf takes a
+# number, not a callable), so it comes from the environment at import time.
+RESYNC_SECONDS = OperatorSettings().resync_seconds
+
+
+def _condition_for(kind: str) -> ConditionType:
+    if kind == NETWORK_POLICY.kind:
+        return ConditionType.NETWORK_ISOLATED
+    if kind == SECRET.kind:
+        return ConditionType.KEY_READY
+    return ConditionType.NAMESPACE_READY
+
+
+class ReconcileError(Exception):
+    """A classified reconcile failure: which condition it breaks, why, and whether it will heal."""
+
+    def __init__(self, reason: Reason, message: str, *, permanent: bool = False, delay: float = 10.0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.permanent = permanent
+        self.delay = delay
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def classify(exc: Exception, stage: ConditionType, settings: OperatorSettings) -> ReconcileError:
+    """Turn what went wrong into a reason a person can act on, and a retry decision."""
+    if isinstance(exc, ReconcileError):
+        return exc
+    if isinstance(exc, ValidationError | InvalidSpecError):
+        return ReconcileError(Reason.INVALID_SPEC, f"The spec cannot be realised: {exc}", permanent=True)
+    if isinstance(exc, kek.KekMissingError):
+        return ReconcileError(Reason.KEK_MISSING, str(exc), permanent=True)
+    if isinstance(exc, kek.KekInvalidError):
+        return ReconcileError(Reason.KEK_INVALID, f"{exc}; restore the Secret from backup.", permanent=True)
+    if isinstance(exc, TerminatingError):
+        return ReconcileError(Reason.NAMESPACE_TERMINATING, f"{exc}; waiting until it is gone.", delay=5)
+    if isinstance(exc, ApiException):
+        message = _api_message(exc)
+        if exc.status == 403:
+            return ReconcileError(
+                Reason.FORBIDDEN, f"The operator is not allowed to do this (fix its RBAC): {message}", delay=60
+            )
+        if exc.status in (400, 422):
+            return ReconcileError(
+                Reason.INVALID_SPEC, f"The API server rejected a child object: {message}", permanent=True
+            )
+        if exc.status == 404 and stage is ConditionType.KEY_READY:
+            return ReconcileError(
+                Reason.OPERATOR_NAMESPACE_MISSING,
+                f"Namespace {settings.operator_namespace} for KEK Secrets is missing: {message}",
+                delay=30,
+            )
+        return ReconcileError(Reason.APPLY_FAILED, f"The API server failed a request ({exc.status}): {message}")
+    if isinstance(exc, HTTPError | OSError):
+        return ReconcileError(Reason.APPLY_FAILED, f"The API server is unreachable: {exc}")
+    raise exc
+
+
+def _to_kopf_error(failure: ReconcileError) -> kopf.PermanentError | kopf.TemporaryError:
+    if failure.permanent:
+        return kopf.PermanentError(failure.message)
+    return kopf.TemporaryError(failure.message, delay=failure.delay)
+
+
+def _network_summary(objects: list[Manifest]) -> str:
+    names = sorted(o["metadata"]["name"] for o in objects if o["kind"] == NETWORK_POLICY.kind)
+    return f"Default deny in place; {len(names)} network policies: {', '.join(names)}."
+
+
+def reconcile(ctx: OperatorContext, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """Bring one Hospital's tenancy to its spec and report it; raises Kopf errors for retries."""
+    with ctx.locks(name), metrics.reconcile_timer(KIND):
+        body = ctx.kube.get(HOSPITAL, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            _reconcile(ctx, body, logger)
+        except kopf.TemporaryError:
+            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_REQUEUE).inc()
+            raise
+        except Exception:
+            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_ERROR).inc()
+            raise
+        metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_SUCCESS).inc()
+
+
+def _reconcile(ctx: OperatorContext, body: Manifest, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    settings, kube = ctx.settings, ctx.kube
+    name = body["metadata"]["name"]
+    generation = body["metadata"].get("generation")
+    namespace = hospital_namespace(name)
+    previous = parse_hospital_status(body.get("status"))
+    checks: dict[ConditionType, Check] = {}
+    results: list[Applied] = []
+    stage = ConditionType.NAMESPACE_READY
+    try:
+        spec = HospitalSpec.model_validate(body.get("spec") or {})
+        desired = build_tenancy(name, spec, settings)
+        for obj in desired:
+            stage = _condition_for(obj["kind"])
+            results.append(apply(kube, obj, ctx.own_writes))
+        stage = ConditionType.NETWORK_ISOLATED
+        results += prune(kube, PRUNED_KINDS, namespace, labels.tenancy_selector(name), desired)
+        checks[ConditionType.NAMESPACE_READY] = Check(
+            ConditionStatus.TRUE,
+            Reason.RECONCILED,
+            f"Namespace {namespace} has Pod Security restricted, quota, limits and admin access as specified.",
+        )
+        checks[ConditionType.NETWORK_ISOLATED] = Check(
+            ConditionStatus.TRUE, Reason.RECONCILED, _network_summary(desired)
+        )
+        stage = ConditionType.KEY_READY
+        state = kek.ensure(
+            kube,
+            name,
+            settings.operator_namespace,
+            _issued_version(previous.kek),
+            rotate_now=spec.key_rotation.rotate_now,
+            observed_rotate_now=previous.kek.observed_rotate_now if previous.kek is not None else 0,
+        )
+        key = state.current
+        checks[ConditionType.KEY_READY] = Check(
+            ConditionStatus.TRUE,
+            Reason.RECONCILED,
+            f"KEK version {key.version} is in place in namespace {settings.operator_namespace}"
+            + (f" (versions {_listed(state.versions)} kept)." if len(state.versions) > 1 else "."),
+        )
+    except ApiException as exc:
+        if exc.status == 409:
+            # Someone changed the object between our read and write: read again soon.
+            raise kopf.TemporaryError(f"conflict writing a child object: {_api_message(exc)}", delay=1) from exc
+        _fail(ctx, body, previous, generation, namespace, checks, stage, classify(exc, stage, settings), logger)
+    except Exception as exc:
+        _fail(ctx, body, previous, generation, namespace, checks, stage, classify(exc, stage, settings), logger)
+
+    quota = next((r.obj for r in results if r.kind == RESOURCE_QUOTA.kind and r.name == QUOTA_NAME), None)
+    kek_status = KeyEncryptionKey(
+        version=key.version,
+        created_at=key.created_at,
+        observed_rotate_now=state.observed_rotate_now,
+        versions=list(state.versions),
+    )
+    new = next_hospital_status(
+        previous,
+        generation=generation,
+        namespace=namespace,
+        checks=checks,
+        kek=kek_status,
+        quota_usage=((quota or {}).get("status") or {}).get("used") or {},
+        spec_failed=False,
+        now=now_utc(),
+    )
+    _report_changes(body, previous, generation, results, state, settings, logger)
+    if write_status(kube, HOSPITAL, name, previous, new) and new.phase is not previous.phase:
+        events.post(body, events.NORMAL, "Ready", new.message or "")
+        logger.info("Hospital %s is %s", name, new.phase)
+    assert new.phase is not None
+    metrics.PHASES.set(KIND, name, new.phase)
+    metrics.KEK_AGE.set(name, key.created_at)
+
+
+def _issued_version(current: KeyEncryptionKey | None) -> int | None:
+    return current.version if current is not None else None
+
+
+def _listed(versions: tuple[int, ...]) -> str:
+    return ", ".join(str(v) for v in versions)
+
+
+def _fail(
+    ctx: OperatorContext,
+    body: Manifest,
+    previous: HospitalStatus,
+    generation: int | None,
+    namespace: str,
+    checks: dict[ConditionType, Check],
+    stage: ConditionType,
+    failure: ReconcileError,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> NoReturn:
+    """Record a failure in status (and an Event when it is new), then raise the Kopf error that retries it."""
+    name = body["metadata"]["name"]
+    checks[stage] = Check(ConditionStatus.FALSE, failure.reason, failure.message)
+    new = next_hospital_status(
+        previous,
+        generation=generation,
+        namespace=namespace,
+        checks=checks,
+        kek=None,
+        quota_usage=None,
+        spec_failed=failure.reason is Reason.INVALID_SPEC,
+        now=now_utc(),
+    )
+    if write_status(ctx.kube, HOSPITAL, name, previous, new):
+        events.post(body, events.WARNING, failure.reason, failure.message)
+    metrics.RECONCILE_ERRORS.labels(kind=KIND, reason=failure.reason).inc()
+    assert new.phase is not None
+    metrics.PHASES.set(KIND, name, new.phase)
+    logger.warning("Hospital %s: %s: %s", name, failure.reason, failure.message)
+    raise _to_kopf_error(failure) from failure
+
+
+def _report_changes(
+    body: Manifest,
+    previous: HospitalStatus,
+    generation: int | None,
+    results: list[Applied],
+    key: kek.KekState,
+    settings: OperatorSettings,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """One Event per object that changed. A change while the spec stood still is drift being repaired."""
+    steady = previous.phase in (Phase.READY, Phase.DEGRADED) and previous.observed_generation == generation
+    for result in results:
+        if not result.changed:
+            continue
+        if steady and result.action is not Action.DELETED:
+            metrics.DRIFT_REPAIRS.labels(kind=result.kind).inc()
+            reason, what = "DriftRepaired", f"{result.describe()}: it had been changed or deleted outside the operator"
+        else:
+            reason, what = result.action.value.capitalize(), result.describe()
+        events.post(body, events.NORMAL, reason, what)
+        logger.info("%s", what)
+    if key.created:
+        message = f"KEK version {key.current.version} created in namespace {settings.operator_namespace}"
+        events.post(body, events.NORMAL, "KEKCreated", message)
+        logger.info("%s", message)
+    if key.rotated_from is not None:
+        message = (
+            f"KEK version {key.current.version} is now current (spec.keyRotation.rotateNow "
+            f"{key.observed_rotate_now}); version {key.rotated_from} and older are kept until every RecordStore "
+            "has re-wrapped its data keys"
+        )
+        events.post(body, events.NORMAL, "KEKRotated", message)
+        logger.info("%s", message)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def hospital_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    reconcile(get_context(memo), name, logger)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+def hospital_resync(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    reconcile(get_context(memo), name, logger)
+
+
+def child_changed(
+    type: str | None,  # Kopf passes the watch event type by this name
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """A tenancy child changed: reconcile its Hospital unless the change is the echo of our own write."""
+    if type is None:
+        # The initial listing at startup: the resume handler reconciles every Hospital anyway.
+        return
+    meta = body["metadata"]
+    hospital = (meta.get("labels") or {}).get(labels.HOSPITAL)
+    if not hospital:
+        return
+    ctx = get_context(memo)
+    if type != "DELETED" and ctx.own_writes.is_own(
+        body["kind"], meta.get("namespace"), meta["name"], meta.get("resourceVersion")
+    ):
+        return
+    logger.debug("%s %s %s: reconciling Hospital %s", body["kind"], meta["name"], type.lower(), hospital)
+    reconcile(ctx, hospital, logger)
+
+
+for _kind in CHILD_KINDS:
+    kopf.on.event(
+        _kind.api_version,
+        _kind.plural,
+        id=f"drift-{_kind.plural}",
+        labels={labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: labels.TENANCY, labels.HOSPITAL: kopf.PRESENT},
+    )(child_changed)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def hospital_deleted(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Offboard: refuse while RecordStores remain; else delete the namespace, wait for it, destroy the KEK."""
+    ctx = get_context(memo)
+    kube, settings = ctx.kube, ctx.settings
+    with ctx.locks(name), metrics.reconcile_timer(KIND):
+        body = kube.get(HOSPITAL, name)
+        if body is None:
+            return
+        generation = body["metadata"].get("generation")
+        previous = parse_hospital_status(body.get("status"))
+        namespace = hospital_namespace(name)
+        live_ns = kube.get(NAMESPACE, namespace)
+        ours = live_ns is not None and (live_ns["metadata"].get("labels") or {}).get(labels.HOSPITAL) == name
+        stores = _record_stores(ctx, namespace) if ours else []
+        if stores:
+            check = Check(
+                ConditionStatus.FALSE,
+                Reason.RECORD_STORES_PRESENT,
+                f"Deletion refused: {len(stores)} RecordStore(s) remain in namespace {namespace} "
+                f"({', '.join(stores)}). Delete them first; the Hospital is removed once none remain.",
+            )
+            refused = terminating_status(previous, generation=generation, check=check, now=now_utc())
+            if write_status(kube, HOSPITAL, name, previous, refused):
+                events.post(body, events.WARNING, check.reason, check.message)
+            metrics.RECONCILE_ERRORS.labels(kind=KIND, reason=check.reason).inc()
+            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_REQUEUE).inc()
+            metrics.PHASES.set(KIND, name, Phase.TERMINATING)
+            raise kopf.TemporaryError(check.message, delay=settings.deletion_retry_seconds)
+
+        check = Check(ConditionStatus.FALSE, Reason.DELETING, f"Removing namespace {namespace} and the tenant KEK.")
+        deleting = terminating_status(previous, generation=generation, check=check, now=now_utc())
+        if write_status(kube, HOSPITAL, name, previous, deleting):
+            events.post(body, events.NORMAL, check.reason, check.message)
+        metrics.PHASES.set(KIND, name, Phase.TERMINATING)
+        if ours and live_ns is not None:
+            if not live_ns["metadata"].get("deletionTimestamp"):
+                kube.delete(NAMESPACE, namespace)
+                logger.info("Deleting namespace %s", namespace)
+            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_REQUEUE).inc()
+            # Namespace deletion is asynchronous (the namespace controller empties it first).
+            raise kopf.TemporaryError(f"waiting for namespace {namespace} to be deleted", delay=2)
+        if kube.delete(SECRET, kek.secret_name(name), settings.operator_namespace):
+            events.post(body, events.NORMAL, "KEKDestroyed", f"KEK of {name} destroyed (crypto-shredded)")
+            logger.info("KEK of %s destroyed", name)
+        metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_SUCCESS).inc()
+        metrics.PHASES.forget(KIND, name)
+        metrics.KEK_AGE.forget(name)
+        ctx.own_writes.forget_namespace(namespace)
+
+
+def _record_stores(ctx: OperatorContext, namespace: str) -> list[str]:
+    """Names of the RecordStores in ``namespace``; none when the RecordStore CRD is not installed."""
+    try:
+        items = ctx.kube.list(RECORD_STORE, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return []
+        raise
+    return sorted(item["metadata"]["name"] for item in items)

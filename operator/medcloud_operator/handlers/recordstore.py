@@ -1,0 +1,669 @@
+"""RecordStore handlers: read the store, bring its bucket, credentials and keys to the spec, write status.
+
+Triggers, all funnelled into one `reconcile`:
+
+- the RecordStore is created, changed or found at startup (Kopf's create/update/resume);
+- a timer every ``MEDCLOUD_RECORDSTORE_REFRESH_SECONDS``: usage is counted
+  again, scheduled data-key rotations and hospital KEK rotations are picked
+  up, and an unreachable MinIO is noticed (and, once back, recovered from).
+
+A reconcile goes through three parts, each reported as a condition:
+
+1. StorageAvailable: the bucket (object lock, versioning, default retention, quota, owner tags);
+2. CredentialsReady: the Secret in the hospital namespace (the operator may write Secrets there through
+   the tenancy's RoleBinding, never cluster-wide), then the MinIO policy and user it describes;
+3. KeysReady: the data-key ring in the operator namespace, created once, re-wrapped when the
+   hospital's KEK version moves on, given a new data-key version when the period passes or
+   ``spec.keyRotation.rotateNow`` grows.
+
+Deletion goes through a finalizer: the store's MinIO user and policy and its
+credentials Secret are removed in any case; ``Retain`` keeps the bucket and
+the key ring, ``Shred`` replaces the key ring with a tombstone holding no key
+(crypto-shredding). Object lock keeps every version in the bucket until its
+retention ends either way.
+
+Key material never reaches a log line, an Event or the status: messages
+name versions, never keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NoReturn
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+from urllib3.exceptions import HTTPError
+
+from medcloud.models import GROUP, VERSION, ConditionStatus, DeletionPolicy, Phase, RecordStoreSpec, RecordStoreStatus
+from medcloud.records.keys import KeyRing
+from medcloud_operator import events, kek, keyring, metrics
+from medcloud_operator.builders.hospital import OPERATOR_BINDING_NAME
+from medcloud_operator.builders.recordstore import (
+    SECRET_KEY_FIELD,
+    InvalidStoreError,
+    LockRule,
+    StoreCondition,
+    StoreFacts,
+    StoreNames,
+    StoreReason,
+    bucket_policy,
+    build_credentials_secret,
+    decoded,
+    next_status,
+    parse_status,
+    quota_bytes,
+    rotation_reason,
+    secret_differs,
+    secret_is_ours,
+    terminating_status,
+)
+from medcloud_operator.conditions import now_utc
+from medcloud_operator.context import OperatorContext, get_context
+from medcloud_operator.kube import HOSPITAL, RECORD_STORE, SECRET, Kube, Manifest
+from medcloud_operator.status import Check, dump, merge_patch
+from medcloud_operator.storage import (
+    BucketConflictError,
+    Storage,
+    StorageError,
+    StorageRejectedError,
+    StorageSettings,
+    StorageUnavailableError,
+)
+
+KIND = "RecordStore"
+PLURAL = "recordstores"
+STORAGE_MEMO_KEY = "medcloud-recordstores"
+OBSERVED_ROTATE_NOW = "medcloud.io/observed-rotate-now"
+"""Annotation on the key ring Secret: the rotateNow value the ring's newest version answered.
+
+Kept with the ring, not only in status, so that a rotation and the record of
+having done it are one write: a lost status write never causes a second rotation.
+"""
+FORBIDDEN_RETRY_MAX_SECONDS = 60.0
+SECRET_KEY_LENGTH = 40  # MinIO accepts secret keys of 8 to 40 characters; the longest is the strongest.
+
+# Kopf takes the timer interval as a number when the handler registers, so
+# it comes from the environment at import time.
+REFRESH_SECONDS = StorageSettings().recordstore_refresh_seconds
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+@dataclass
+class StoreContext:
+    """What the RecordStore handlers share besides the operator's context; kept in Kopf's memo."""
+
+    settings: StorageSettings
+    storage: Storage | None
+
+
+def _store_context(memo: kopf.Memo) -> StoreContext:
+    found = memo.get(STORAGE_MEMO_KEY)
+    if not isinstance(found, StoreContext):
+        raise RuntimeError("the RecordStore context is missing: was configure_storage registered?")
+    return found
+
+
+@kopf.on.startup()
+def configure_storage(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    settings = StorageSettings()
+    storage = Storage(settings) if settings.configured else None
+    memo[STORAGE_MEMO_KEY] = StoreContext(settings=settings, storage=storage)
+    if storage is None:
+        logger.warning(
+            "No MinIO configured (MEDCLOUD_MINIO_ENDPOINT, _ACCESS_KEY, _SECRET_KEY): "
+            "RecordStores will report StorageNotConfigured"
+        )
+    else:
+        logger.info("RecordStores on MinIO at %s (tenants use %s)", storage.endpoint.url, storage.public_endpoint.url)
+
+
+@kopf.on.cleanup()
+def close_storage(memo: kopf.Memo, **_: Any) -> None:
+    found = memo.get(STORAGE_MEMO_KEY)
+    if isinstance(found, StoreContext) and found.storage is not None:
+        found.storage.close()
+
+
+# --------------------------------------------------------------------------- failures
+
+
+class StoreReconcileError(Exception):
+    """A classified failure: the condition it breaks, why, and how it is retried."""
+
+    def __init__(
+        self,
+        part: StoreCondition,
+        reason: StoreReason,
+        message: str,
+        *,
+        permanent: bool = False,
+        delay: float = 10.0,
+    ) -> None:
+        super().__init__(message)
+        self.part = part
+        self.reason = reason
+        self.message = message
+        self.permanent = permanent
+        self.delay = delay
+
+
+def backoff(retry: int, maximum: float) -> float:
+    """1, 2, 4, ... seconds, capped: a MinIO that restarts is found again quickly, a dead one is not hammered."""
+    return float(min(maximum, 2 ** min(retry, 16)))
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def classify(exc: Exception, stage: StoreCondition, retry: int, settings: StorageSettings) -> StoreReconcileError:
+    """Turn what went wrong into a condition a person can act on, and a retry decision."""
+    if isinstance(exc, StoreReconcileError):
+        return exc
+    if isinstance(exc, ValidationError | InvalidStoreError):
+        return StoreReconcileError(
+            stage, StoreReason.INVALID_SPEC, f"The spec cannot be realised: {exc}", permanent=True
+        )
+    if isinstance(exc, StorageUnavailableError):
+        return StoreReconcileError(
+            StoreCondition.STORAGE_AVAILABLE,
+            StoreReason.STORAGE_UNAVAILABLE,
+            f"MinIO is unavailable: {exc}",
+            delay=backoff(retry, settings.recordstore_retry_max_seconds),
+        )
+    if isinstance(exc, BucketConflictError):
+        return StoreReconcileError(StoreCondition.STORAGE_AVAILABLE, StoreReason.BUCKET_CONFLICT, str(exc), delay=300)
+    if isinstance(exc, StorageRejectedError):
+        return StoreReconcileError(StoreCondition.STORAGE_AVAILABLE, StoreReason.STORAGE_REJECTED, str(exc), delay=60)
+    if isinstance(exc, keyring.KekVersionMissingError | kek.KekMissingError):
+        return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEK_MISSING, str(exc), permanent=True)
+    if isinstance(exc, kek.KekInvalidError):
+        return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEK_INVALID, str(exc), permanent=True)
+    if isinstance(exc, keyring.KeyRingMissingError):
+        return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEYS_MISSING, str(exc), permanent=True)
+    if isinstance(exc, keyring.KeyRingInvalidError):
+        return StoreReconcileError(
+            StoreCondition.KEYS_READY, StoreReason.KEYS_INVALID, f"{exc}; restore it from backup.", permanent=True
+        )
+    if isinstance(exc, ApiException):
+        message = _api_message(exc)
+        if exc.status == 403:
+            forbidden = f"The operator is not allowed to do this (fix its RBAC): {message}"
+            if stage is StoreCondition.CREDENTIALS_READY:
+                # Secrets in a tenant namespace come from the tenancy's RoleBinding, which
+                # the Hospital writes and the API server's authorizer sees a moment later.
+                forbidden += (
+                    f". Secrets in a tenant namespace are granted by RoleBinding {OPERATOR_BINDING_NAME} there, "
+                    "which the Hospital's tenancy writes: check that the Hospital is Ready."
+                )
+            # Backoff, not a fixed minute: a binding that was just written takes effect within a second.
+            delay = backoff(retry, FORBIDDEN_RETRY_MAX_SECONDS)
+            return StoreReconcileError(stage, StoreReason.FORBIDDEN, forbidden, delay=delay)
+        failed = f"The API server failed a request ({exc.status}): {message}"
+        return StoreReconcileError(stage, StoreReason.APPLY_FAILED, failed)
+    if isinstance(exc, HTTPError | OSError):
+        return StoreReconcileError(stage, StoreReason.APPLY_FAILED, f"The API server is unreachable: {exc}")
+    raise exc
+
+
+def _to_kopf_error(failure: StoreReconcileError) -> kopf.PermanentError | kopf.TemporaryError:
+    if failure.permanent:
+        return kopf.PermanentError(failure.message)
+    return kopf.TemporaryError(failure.message, delay=failure.delay)
+
+
+# --------------------------------------------------------------------------- the parts
+
+
+@dataclass
+class Outcome:
+    """What one reconcile found and did."""
+
+    stage: StoreCondition = StoreCondition.STORAGE_AVAILABLE
+    """The part under way: where a failure that names no part of its own belongs."""
+    checks: dict[StoreCondition, Check] = field(default_factory=dict)
+    changes: list[tuple[str, str]] = field(default_factory=list)
+    """(Event reason, message) of everything that was written."""
+    facts: StoreFacts = field(default_factory=StoreFacts)
+
+
+def _check_hospital(kube: Kube, names: StoreNames, operator_namespace: str) -> tuple[Manifest, kek.Kek]:
+    """The hospital's KEK Secret and current KEK; the Hospital must exist and have issued one."""
+    hospital = kube.get(HOSPITAL, names.hospital)
+    if hospital is None:
+        raise StoreReconcileError(
+            StoreCondition.KEYS_READY,
+            StoreReason.HOSPITAL_NOT_READY,
+            f"Hospital {names.hospital} (of namespace {names.namespace}) does not exist.",
+            delay=10,
+        )
+    if not ((hospital.get("status") or {}).get("kek") or {}).get("version"):
+        raise StoreReconcileError(
+            StoreCondition.KEYS_READY,
+            StoreReason.HOSPITAL_NOT_READY,
+            f"Hospital {names.hospital} has no key-encryption key yet.",
+            delay=5,
+        )
+    secret = keyring.load_kek_secret(kube, names.hospital, operator_namespace)
+    return secret, kek.parse_secret(secret)
+
+
+def _ensure_credentials(
+    kube: Kube, names: StoreNames, storage: Storage, settings: StorageSettings
+) -> tuple[str, list[tuple[str, str]]]:
+    """The credentials Secret as it should be; the user's secret key is generated once and then kept."""
+    live = kube.get(SECRET, names.secret, names.namespace)
+    if live is not None and not secret_is_ours(live, names):
+        raise StoreReconcileError(
+            StoreCondition.CREDENTIALS_READY,
+            StoreReason.SECRET_CONFLICT,
+            f"Secret {names.namespace}/{names.secret} exists and was not written by the operator; "
+            "it is not overwritten. Rename or remove it.",
+            delay=60,
+        )
+    secret_key = decoded(live, SECRET_KEY_FIELD) if live is not None else None
+    changes: list[tuple[str, str]] = []
+    if not secret_key or len(secret_key) < 32:
+        secret_key = secrets.token_urlsafe(30)[:SECRET_KEY_LENGTH]
+    desired = build_credentials_secret(
+        names, storage.public_endpoint, storage.region, secret_key, key_service_url=settings.key_service_url
+    )
+    if live is None:
+        kube.create(desired)
+        changes.append(("CredentialsIssued", f"Secret {names.secret} with the credentials of user {names.user}"))
+    elif secret_differs(desired, live):
+        body = copy.deepcopy(live)
+        body["data"] = desired["data"]
+        meta = body["metadata"]
+        for part in ("labels", "annotations"):
+            meta[part] = {**(meta.get(part) or {}), **desired["metadata"][part]}
+        if body.get("type") != desired["type"]:
+            # A Secret's type cannot change in place.
+            kube.delete(SECRET, names.secret, names.namespace)
+            kube.create(desired)
+        else:
+            kube.replace(body)
+        changes.append(("CredentialsRepaired", f"Secret {names.secret} put back as the operator wrote it"))
+    return secret_key, changes
+
+
+@dataclass
+class RingState:
+    ring: KeyRing
+    observed_rotate_now: int
+    changes: list[tuple[str, str]]
+    rotated: bool
+
+
+def _ensure_ring(
+    kube: Kube,
+    names: StoreNames,
+    operator_namespace: str,
+    kek_secret: Manifest,
+    current: kek.Kek,
+    spec: RecordStoreSpec,
+    previous: RecordStoreStatus,
+    now: datetime,
+) -> RingState:
+    """Create, re-wrap and rotate the store's key ring; one write to its Secret at most."""
+    name = keyring.secret_name(names)
+    live = kube.get(SECRET, name, operator_namespace)
+    rotate_now = spec.key_rotation.rotate_now
+    if live is None:
+        if previous.key_version is not None:
+            raise keyring.KeyRingMissingError(
+                f"Secret {operator_namespace}/{name} with data keys up to version {previous.key_version} is gone; "
+                "records encrypted under them cannot be read. Restore the Secret from backup (it is never "
+                "regenerated, which would hide the loss)."
+            )
+        ring = KeyRing.create(
+            hospital=names.hospital, store=names.store, kek=current.material, kek_version=current.version, now=now
+        )
+        secret = keyring.build_secret(names, operator_namespace, ring.to_dict())
+        secret["metadata"]["annotations"][OBSERVED_ROTATE_NOW] = str(rotate_now)
+        kube.create(secret)
+        message = f"Data-key version 1 created, wrapped by KEK version {current.version}"
+        return RingState(ring, rotate_now, [("KeysCreated", message)], rotated=True)
+
+    data = keyring.ring_dict(live)
+    if data.get("shreddedAt") is not None:
+        raise StoreReconcileError(
+            StoreCondition.KEYS_READY,
+            StoreReason.KEYS_SHREDDED,
+            f"The keys of store {names.namespace}/{names.store} were crypto-shredded at {data['shreddedAt']}; "
+            f"its records can never be decrypted. Secret {operator_namespace}/{name} is the tombstone that "
+            "says so: delete it (an administrator) only to reuse this name for a new store beside the old bucket.",
+            permanent=True,
+        )
+    ring = keyring.open_ring(data, names, kek_secret)
+    annotations = live["metadata"].get("annotations") or {}
+    try:
+        observed = int(annotations.get(OBSERVED_ROTATE_NOW, rotate_now))
+    except ValueError:
+        observed = rotate_now
+    changes: list[tuple[str, str]] = []
+    if ring.kek_version > current.version:
+        raise kek.KekInvalidError(
+            f"the key ring is wrapped by KEK version {ring.kek_version} but the hospital's current KEK is "
+            f"version {current.version}: the KEK Secret was rolled back"
+        )
+    if ring.kek_version < current.version:
+        old = ring.kek_version
+        ring.rewrap(current.material, current.version)
+        rewrapped = f"Data keys 1..{max(ring.versions)} re-wrapped from KEK version {old} to {current.version}"
+        changes.append(("KeysRewrapped", rewrapped))
+    current_entry = next(e for e in ring.entries if e.version == ring.current_version)
+    reason = rotation_reason(spec.key_rotation, observed, current_entry.created_at, now)
+    rotated = False
+    if reason is not None:
+        version = ring.new_data_key_version(now=now)
+        rotated = True
+        changes.append(("KeyRotated", f"Data-key version {version} is now current: {reason}"))
+    if changes or observed != rotate_now:
+        body = copy.deepcopy(live)
+        body["data"] = keyring.build_secret(names, operator_namespace, ring.to_dict())["data"]
+        body["metadata"]["annotations"] = {**annotations, OBSERVED_ROTATE_NOW: str(rotate_now)}
+        kube.replace(body)
+    return RingState(ring, rotate_now, changes, rotated)
+
+
+def _reconcile_parts(
+    ctx: OperatorContext,
+    store: StoreContext,
+    body: Manifest,
+    previous: RecordStoreStatus,
+    outcome: Outcome,
+    *,
+    refresh_usage: bool,
+) -> None:
+    """The three parts in order; raises on the first that fails, after recording those that passed."""
+    kube, operator_namespace = ctx.kube, ctx.settings.operator_namespace
+    meta = body["metadata"]
+    spec = RecordStoreSpec.model_validate(body.get("spec") or {})
+    names = StoreNames.of(meta["namespace"], meta["name"])
+    outcome.stage = StoreCondition.KEYS_READY
+    kek_secret, current_kek = _check_hospital(kube, names, operator_namespace)
+
+    outcome.stage = StoreCondition.STORAGE_AVAILABLE
+    storage = store.storage
+    if storage is None:
+        raise StoreReconcileError(
+            StoreCondition.STORAGE_AVAILABLE,
+            StoreReason.STORAGE_NOT_CONFIGURED,
+            "The operator has no MinIO to provision on: set MEDCLOUD_MINIO_ENDPOINT, "
+            "MEDCLOUD_MINIO_ACCESS_KEY and MEDCLOUD_MINIO_SECRET_KEY.",
+            delay=300,
+        )
+    lock = LockRule.of(spec.retention)
+    for change in storage.ensure_bucket(names, lock, quota_bytes(spec.quota)):
+        outcome.changes.append(("BucketProvisioned", change))
+    outcome.checks[StoreCondition.STORAGE_AVAILABLE] = Check(
+        ConditionStatus.TRUE,
+        StoreReason.RECONCILED,
+        f"Bucket {names.bucket} on {storage.public_endpoint.url}: versioned, object lock {lock.mode} "
+        f"{lock.duration} {lock.unit.lower()}, quota {spec.quota}.",
+    )
+    outcome.facts = StoreFacts(
+        bucket=names.bucket, endpoint=storage.public_endpoint.url, secret=names.secret, retention=spec.retention
+    )
+
+    outcome.stage = StoreCondition.CREDENTIALS_READY
+    secret_key, changes = _ensure_credentials(kube, names, storage, store.settings)
+    outcome.changes += changes
+    for change in storage.ensure_access(names, bucket_policy(names.bucket), secret_key):
+        outcome.changes.append(("AccessProvisioned", change))
+    outcome.checks[StoreCondition.CREDENTIALS_READY] = Check(
+        ConditionStatus.TRUE,
+        StoreReason.RECONCILED,
+        f"User {names.user} may use bucket {names.bucket} only; its credentials are in Secret {names.secret}.",
+    )
+
+    outcome.stage = StoreCondition.KEYS_READY
+    now = now_utc()
+    ring_state = _ensure_ring(kube, names, operator_namespace, kek_secret, current_kek, spec, previous, now)
+    outcome.changes += ring_state.changes
+    ring = ring_state.ring
+    current_entry = next(e for e in ring.entries if e.version == ring.current_version)
+    outcome.checks[StoreCondition.KEYS_READY] = Check(
+        ConditionStatus.TRUE,
+        StoreReason.RECONCILED,
+        f"Data-key version {ring.current_version} is current ({len(ring.versions)} in the ring), "
+        f"wrapped by KEK version {ring.kek_version}.",
+    )
+    usage = previous.usage
+    if refresh_usage or usage is None or ring_state.rotated or previous.key_version != ring.current_version:
+        outcome.stage = StoreCondition.STORAGE_AVAILABLE
+        usage = storage.usage(names.bucket, ring.current_version)
+    outcome.facts = StoreFacts(
+        bucket=names.bucket,
+        endpoint=storage.public_endpoint.url,
+        secret=names.secret,
+        retention=spec.retention,
+        key_version=ring.current_version,
+        kek_version=ring.kek_version,
+        key_rotated_at=current_entry.created_at,
+        observed_rotate_now=ring_state.observed_rotate_now,
+        usage=usage,
+    )
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def write_status(kube: Kube, namespace: str, name: str, stored: RecordStoreStatus, new: RecordStoreStatus) -> bool:
+    """Patch the status subresource with what differs; True if a write was needed."""
+    patch = merge_patch(dump(stored), dump(new))
+    if not patch:
+        return False
+    kube.merge_patch(RECORD_STORE, name, {"status": patch}, namespace, subresource="status")
+    return True
+
+
+def reconcile(
+    ctx: OperatorContext,
+    store: StoreContext,
+    namespace: str,
+    name: str,
+    logger: Logger,
+    *,
+    refresh_usage: bool,
+    retry: int,
+) -> None:
+    """Bring one RecordStore to its spec and report it; raises Kopf errors for retries."""
+    with ctx.locks(f"{KIND}/{namespace}/{name}"), metrics.reconcile_timer(KIND):
+        body = ctx.kube.get(RECORD_STORE, name, namespace)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            _reconcile(ctx, store, body, logger, refresh_usage=refresh_usage, retry=retry)
+        except kopf.TemporaryError:
+            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_REQUEUE).inc()
+            raise
+        except Exception:
+            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_ERROR).inc()
+            raise
+        metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_SUCCESS).inc()
+
+
+def _reconcile(
+    ctx: OperatorContext, store: StoreContext, body: Manifest, logger: Logger, *, refresh_usage: bool, retry: int
+) -> None:
+    meta = body["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+    previous = parse_status(body.get("status"))
+    outcome = Outcome()
+    failure: StoreReconcileError | None = None
+    try:
+        _reconcile_parts(ctx, store, body, previous, outcome, refresh_usage=refresh_usage)
+    except ApiException as exc:
+        if exc.status == 409:
+            # Someone changed an object between our read and our write: read again soon.
+            raise kopf.TemporaryError(f"conflict writing an object: {_api_message(exc)}", delay=1) from exc
+        failure = classify(exc, outcome.stage, retry, store.settings)
+    except Exception as exc:
+        failure = classify(exc, outcome.stage, retry, store.settings)
+
+    if failure is not None:
+        outcome.checks[failure.part] = Check(ConditionStatus.FALSE, failure.reason, failure.message)
+    new = next_status(
+        previous,
+        generation=generation,
+        checks=outcome.checks,
+        facts=outcome.facts,
+        spec_failed=failure is not None and failure.reason is StoreReason.INVALID_SPEC,
+        now=now_utc(),
+    )
+    _report(body, previous, generation, outcome, logger)
+    written = write_status(ctx.kube, namespace, name, previous, new)
+    assert new.phase is not None
+    metrics.PHASES.set(KIND, f"{namespace}/{name}", new.phase)
+    if failure is not None:
+        _fail(body, failure, written, logger)
+    if written and new.phase is not previous.phase:
+        ready = new.condition(StoreCondition.READY)
+        events.post(body, events.NORMAL, new.phase.value, ready.message if ready else new.phase.value)
+        logger.info("RecordStore %s/%s is %s", namespace, name, new.phase)
+
+
+def _fail(body: Manifest, failure: StoreReconcileError, status_written: bool, logger: Logger) -> NoReturn:
+    """An Event when the failure is new (the status changed), a metric, a log line, then the Kopf error."""
+    meta = body["metadata"]
+    if status_written:
+        events.post(body, events.WARNING, failure.reason, failure.message)
+    metrics.RECONCILE_ERRORS.labels(kind=KIND, reason=failure.reason).inc()
+    logger.warning("RecordStore %s/%s: %s: %s", meta["namespace"], meta["name"], failure.reason, failure.message)
+    raise _to_kopf_error(failure) from failure
+
+
+def _report(
+    body: Manifest, previous: RecordStoreStatus, generation: int | None, outcome: Outcome, logger: Logger
+) -> None:
+    """One Event per thing written. A write while the spec stood still is drift being repaired."""
+    steady = previous.phase in (Phase.READY, Phase.DEGRADED) and previous.observed_generation == generation
+    for reason, message in outcome.changes:
+        if steady and reason in ("BucketProvisioned", "AccessProvisioned", "CredentialsRepaired"):
+            metrics.DRIFT_REPAIRS.labels(kind=KIND).inc()
+            reason = "DriftRepaired"
+        events.post(body, events.NORMAL, reason, message)
+        logger.info("%s", message)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def recordstore_changed(
+    namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any
+) -> None:
+    assert namespace is not None  # RecordStores are namespaced
+    reconcile(get_context(memo), _store_context(memo), namespace, name, logger, refresh_usage=False, retry=retry)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=REFRESH_SECONDS, initial_delay=REFRESH_SECONDS)
+def recordstore_refresh(namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    assert namespace is not None
+    retry = int(kwargs.get("retry") or 0)
+    reconcile(get_context(memo), _store_context(memo), namespace, name, logger, refresh_usage=True, retry=retry)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def recordstore_deleted(
+    namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any
+) -> None:
+    """Revoke the store's access; keep (Retain) or crypto-shred (Shred) its keys; the bucket stays."""
+    assert namespace is not None
+    ctx, store = get_context(memo), _store_context(memo)
+    kube = ctx.kube
+    with ctx.locks(f"{KIND}/{namespace}/{name}"), metrics.reconcile_timer(KIND):
+        body = kube.get(RECORD_STORE, name, namespace)
+        if body is None:
+            return
+        try:
+            names = StoreNames.of(namespace, name)
+        except InvalidStoreError:
+            # Never provisioned anything: a store outside a hospital namespace only ever failed.
+            metrics.PHASES.forget(KIND, f"{namespace}/{name}")
+            return
+        previous = parse_status(body.get("status"))
+        generation = body["metadata"].get("generation")
+        try:
+            policy = RecordStoreSpec.model_validate(body.get("spec") or {}).deletion_policy
+        except ValidationError:
+            policy = DeletionPolicy.RETAIN
+        keeps = "the key ring is kept" if policy is DeletionPolicy.RETAIN else "the keys are crypto-shredded"
+        message = f"Deleting ({policy.value}): revoking access to bucket {names.bucket}; {keeps}."
+        terminating = terminating_status(previous, generation=generation, message=message, now=now_utc())
+        write_status(kube, namespace, name, previous, terminating)
+        metrics.PHASES.set(KIND, f"{namespace}/{name}", Phase.TERMINATING)
+
+        revoked = _revoke(store, names, previous, retry)
+        live = kube.get(SECRET, names.secret, namespace)
+        if live is not None and secret_is_ours(live, names):
+            kube.delete(SECRET, names.secret, namespace)
+            revoked.append(f"Secret {names.secret} deleted")
+        for change in revoked:
+            logger.info("%s", change)
+
+        if policy is DeletionPolicy.SHRED:
+            shredded = _shred(kube, names, ctx.settings.operator_namespace)
+            if shredded:
+                text = (
+                    f"Keys of RecordStore {namespace}/{name} destroyed (crypto-shredding): its records in bucket "
+                    f"{names.bucket} can never be decrypted again. Object lock keeps the ciphertext until each "
+                    "version's retention ends."
+                )
+                events.post(body, events.WARNING, "KeysShredded", text)
+                logger.warning("%s", text)
+        else:
+            text = (
+                f"Access revoked; bucket {names.bucket} and the key ring are retained (deletionPolicy Retain). "
+                "A RecordStore of the same name in this namespace takes them over again."
+            )
+            events.post(body, events.NORMAL, "Retained", text)
+            logger.info("%s", text)
+        metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_SUCCESS).inc()
+        metrics.PHASES.forget(KIND, f"{namespace}/{name}")
+
+
+def _revoke(store: StoreContext, names: StoreNames, previous: RecordStoreStatus, retry: int) -> list[str]:
+    if store.storage is None:
+        if previous.bucket is not None:
+            raise kopf.TemporaryError(
+                f"cannot revoke user {names.user}: the operator has no MinIO configured", delay=60
+            )
+        return []
+    try:
+        return store.storage.revoke_access(names)
+    except StorageError as exc:
+        delay = backoff(retry, store.settings.recordstore_retry_max_seconds)
+        raise kopf.TemporaryError(f"cannot revoke user {names.user} yet: {exc}", delay=delay) from exc
+
+
+def _shred(kube: Kube, names: StoreNames, operator_namespace: str) -> bool:
+    """Replace the key ring with its tombstone; False when there was nothing (left) to shred."""
+    live = kube.get(SECRET, keyring.secret_name(names), operator_namespace)
+    if live is None:
+        return False
+    try:
+        data = keyring.ring_dict(live)
+    except keyring.KeyRingInvalidError:
+        data = {}
+    if data.get("shreddedAt") is not None:
+        return False
+    body = copy.deepcopy(live)
+    body["data"] = keyring.build_secret(names, operator_namespace, keyring.tombstone(names, data, now_utc()))["data"]
+    kube.replace(body)
+    return True

@@ -1,0 +1,152 @@
+"""The operator's entry point: ``kopf run -m medcloud_operator.main`` (or ``medcloud operator``).
+
+Importing this module registers every handler; the startup handler below
+tunes Kopf and builds what the handlers share.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from kubernetes import config
+from kubernetes.client.exceptions import ApiException
+
+from medcloud_operator import OPERATOR_NAME, health, labels, metrics
+from medcloud_operator.context import MEMO_KEY, OperatorContext, get_context
+from medcloud_operator.handlers import appinstance, consortium, devicegateway, hospital, recordstore, workload
+from medcloud_operator.kube import CLUSTER_KOPF_PEERING, Kube, load_configuration, new_api_client
+from medcloud_operator.settings import OperatorSettings
+
+# Registered by import; named here so the imports read as intentional.
+HANDLER_MODULES = (hospital, recordstore, workload, devicegateway, appinstance, consortium, health)
+
+KOPF_DEFAULT_PEERING = "default"
+STATE_PREFIX = "kopf.medcloud.io"
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Credentials from the in-cluster service account or ``$KUBECONFIG``, read now.
+
+    Kopf's own client-based login reads the kubeconfig path the kubernetes
+    library captured at import; this one honours ``KUBECONFIG`` as set when
+    the operator starts, so Kopf and the operator's client always agree.
+    """
+    try:
+        configuration = load_configuration()
+    except config.ConfigException as exc:
+        raise kopf.LoginError(f"no in-cluster service account and no usable kubeconfig: {exc}") from exc
+    header = configuration.get_api_key_with_prefix("BearerToken") or ""
+    scheme, _, token = header.rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    cfg = OperatorSettings()
+    logging.getLogger("medcloud_operator").setLevel(cfg.log_level)
+
+    # Peering: replicas coordinate through a ClusterKopfPeering object so that
+    # only the highest-priority one acts. Unless the command line chose
+    # (--standalone or --peering), use ours and make it mandatory: a replica
+    # that cannot see its peers must wait rather than act beside them.
+    if cfg.standalone:
+        settings.peering.standalone = True
+    elif not settings.peering.standalone and settings.peering.name == KOPF_DEFAULT_PEERING:
+        settings.peering.name = cfg.peering_name
+        settings.peering.mandatory = True
+
+    # Kopf's state lives in annotations: the CRDs' status schemas are
+    # structural, so anything Kopf wrote under status.kopf would be pruned.
+    settings.persistence.finalizer = "medcloud.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STATE_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=STATE_PREFIX, key="last-handled-configuration"
+    )
+
+    # Events are posted explicitly (one per change or failure), never from log
+    # lines: an idle operator must not write Events, and logs may be verbose.
+    settings.posting.loggers = False
+
+    # Watch timeouts. The API server closes a watch after its own random
+    # timeout, but a connection that dies silently (a NAT or load balancer
+    # dropping an idle flow) would otherwise hang forever, with the operator
+    # blind and every probe still green. A server-side timeout makes each
+    # watch end cleanly within minutes and resume from its resourceVersion;
+    # the client timeout is a little longer so the server's close wins.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 30
+    # Plain requests (reads, status patches) should fail fast and be retried
+    # rather than hold a handler for Kopf's default of minutes.
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 30
+
+    # Server-side selectors: of the namespaced child kinds, stream only what
+    # this operator manages (a cluster may hold thousands of Roles). Not for
+    # namespaces: Kopf also lists namespaces to resolve --namespace globs.
+    for kind in (*hospital.CHILD_KINDS, *appinstance.APPS.child_kinds, *devicegateway.GATEWAYS.child_kinds):
+        if kind.namespaced:
+            settings.watching.label_selectors[kind.api_version, kind.plural] = labels.managed_selector()
+
+    ctx = OperatorContext(settings=cfg, kube=Kube(new_api_client()))
+    if not settings.peering.standalone and settings.peering.clusterwide:
+        _ensure_peering_object(ctx.kube, settings.peering.name, logger)
+    if cfg.metrics_port:
+        ctx.metrics_server = metrics.serve(cfg.metrics_port, cfg.metrics_address)
+    memo[MEMO_KEY] = ctx
+    logger.info(
+        "%s started: operator namespace %s, metrics port %s, peering %s",
+        OPERATOR_NAME,
+        cfg.operator_namespace,
+        cfg.metrics_port or "off",
+        "off" if settings.peering.standalone else settings.peering.name,
+    )
+    if not cfg.storage_cidrs and not cfg.storage_namespace:
+        logger.warning(
+            "No record storage endpoint configured (MEDCLOUD_STORAGE_CIDRS / MEDCLOUD_STORAGE_NAMESPACE): "
+            "tenant workloads will not be able to reach it"
+        )
+
+
+def _ensure_peering_object(kube: Kube, name: str, logger: kopf.Logger) -> None:
+    """Create the ClusterKopfPeering object if missing.
+
+    Kopf pauses when the peering CRDs are missing, but a missing peering
+    *object* only makes its heartbeats fail quietly, and replicas would then
+    act side by side. Creating it here also lets `kubectl apply -f deploy/`
+    install the CRDs without a second pass for the object.
+    """
+    if kube.get(CLUSTER_KOPF_PEERING, name) is not None:
+        return
+    try:
+        kube.create(
+            {
+                "apiVersion": CLUSTER_KOPF_PEERING.api_version,
+                "kind": CLUSTER_KOPF_PEERING.kind,
+                "metadata": {"name": name},
+            }
+        )
+    except ApiException as exc:
+        if exc.status != 409:  # another replica created it first
+            raise
+    logger.info("Created ClusterKopfPeering %s", name)
+
+
+@kopf.on.cleanup()
+def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    ctx = get_context(memo)
+    if ctx.metrics_server is not None:
+        ctx.metrics_server.shutdown()
+        ctx.metrics_server.server_close()
+    ctx.kube.api_client.close()  # type: ignore[no-untyped-call]  # unannotated in the kubernetes library

@@ -1,0 +1,140 @@
+"""Status: compute the next one, and write it only when it differs from what is stored.
+
+Both sides go through the pydantic model and the same serialisation before
+they are compared, so formatting differences (a timestamp's spelling, a
+missing empty list) never cause a write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from medcloud.models import ConditionStatus, HospitalStatus, KeyEncryptionKey, Phase, StatusBase
+from medcloud_operator.conditions import ConditionType, Reason, find_condition, set_condition
+from medcloud_operator.kube import Kind, Kube
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one part of a reconcile, as a condition will show it."""
+
+    status: ConditionStatus
+    reason: Reason | str
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ConditionStatus.TRUE
+
+
+def dump(status: StatusBase) -> dict[str, Any]:
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def parse_hospital_status(raw: Mapping[str, Any] | None) -> HospitalStatus:
+    """The stored status; one the model cannot read counts as empty (and is then rewritten whole)."""
+    try:
+        return HospitalStatus.model_validate(raw or {})
+    except ValidationError:
+        return HospitalStatus()
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The smallest JSON merge patch (RFC 7386) turning ``old`` into ``new``; ``{}`` when equal.
+
+    Maps are patched key by key (a removed key becomes ``null``); lists and
+    scalars are replaced whole, as merge patch requires.
+    """
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        previous = old.get(key)
+        if isinstance(value, Mapping) and isinstance(previous, Mapping):
+            nested = merge_patch(previous, value)
+            if nested:
+                patch[key] = nested
+        elif previous != value or key not in old:
+            patch[key] = value
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+def next_hospital_status(
+    previous: HospitalStatus,
+    *,
+    generation: int | None,
+    namespace: str,
+    checks: Mapping[ConditionType, Check],
+    kek: KeyEncryptionKey | None,
+    quota_usage: Mapping[str, str] | None,
+    spec_failed: bool,
+    now: datetime,
+) -> HospitalStatus:
+    """The status after a reconcile whose parts came out as ``checks``.
+
+    Parts not in ``checks`` (not reached because an earlier one failed) keep
+    their previous condition. ``spec_failed`` (the spec cannot be realised as
+    written) makes the phase Failed; other failures are Degraded after the
+    tenant was once Ready, Provisioning before. Ready summarises the parts: True only when all
+    three are True; otherwise it carries the first failing part's reason.
+    """
+    conditions = list(previous.conditions)
+    for type_, check in checks.items():
+        conditions = set_condition(conditions, type_, check.status, check.reason, check.message, generation, now)
+    failing: Check | None = None
+    for part in (ConditionType.NAMESPACE_READY, ConditionType.NETWORK_ISOLATED, ConditionType.KEY_READY):
+        condition = find_condition(conditions, part)
+        if condition is None:
+            failing = Check(ConditionStatus.FALSE, Reason.PROVISIONING, "Provisioning the tenant.")
+            break
+        if condition.status is not ConditionStatus.TRUE:
+            failing = Check(condition.status, condition.reason, condition.message)
+            break
+    if failing is None:
+        ready = Check(ConditionStatus.TRUE, Reason.RECONCILED, f"Tenant namespace {namespace} is isolated and keyed.")
+        phase = Phase.READY
+    else:
+        ready = Check(ConditionStatus.FALSE, failing.reason, failing.message)
+        if spec_failed:
+            phase = Phase.FAILED
+        elif previous.phase in (Phase.READY, Phase.DEGRADED):
+            phase = Phase.DEGRADED
+        else:
+            phase = Phase.PROVISIONING
+    conditions = set_condition(
+        conditions, ConditionType.READY, ready.status, ready.reason, ready.message, generation, now
+    )
+    return HospitalStatus(
+        phase=phase,
+        observed_generation=generation,
+        conditions=conditions,
+        namespace=namespace,
+        kek=kek if kek is not None else previous.kek,
+        quota_usage=dict(quota_usage) if quota_usage is not None else dict(previous.quota_usage),
+        message=ready.message,
+    )
+
+
+def terminating_status(
+    previous: HospitalStatus, *, generation: int | None, check: Check, now: datetime
+) -> HospitalStatus:
+    """The status while a deletion is under way or refused: phase Terminating, Ready False."""
+    conditions = set_condition(
+        previous.conditions, ConditionType.READY, check.status, check.reason, check.message, generation, now
+    )
+    return previous.model_copy(update={"phase": Phase.TERMINATING, "conditions": conditions, "message": check.message})
+
+
+def write_status(kube: Kube, kind: Kind, name: str, stored: StatusBase | None, new: StatusBase) -> bool:
+    """Patch the status subresource with what differs from ``stored``; True if a write was needed."""
+    patch = merge_patch(dump(stored) if stored is not None else {}, dump(new))
+    if not patch:
+        return False
+    kube.merge_patch(kind, name, {"status": patch}, subresource="status")
+    return True

@@ -1,0 +1,401 @@
+"""Kopf peering against the real local cluster: of two operator replicas, only one ever acts.
+
+Two operator processes run side by side (``python -m medcloud_operator --peering
+<name>``, as a Deployment with two replicas would), each as its own identity
+bound to the operator's RBAC from deploy/operator-rbac.yaml, with distinct
+explicit priorities. The API server's audit log says who wrote what: the
+tenancy of a Hospital must be written by the higher-priority replica alone.
+When that replica stops, the standby must take over and serve the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from medcloud.kube.crds import install_crds
+from medcloud.localcluster.process import ServerProcess, free_port, log_tail
+from tests.support import wait_for
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION = "medcloud.io", "v1alpha1"
+PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL = "kopf.dev", "v1", "clusterkopfpeerings"
+OPERATOR_NAMESPACE = "medcloud-system"
+# Names from deploy/operator-rbac.yaml.
+OPERATOR_CLUSTER_ROLE = "medcloud-operator"
+OPERATOR_KEYS_ROLE = "medcloud-operator-keys"
+ACTIVE_USER, STANDBY_USER = "medcloud-operator-a", "medcloud-operator-b"
+# Both replicas are one operator: a group holds them, and that group is the
+# subject each tenant's RoleBinding medcloud-operator-tenant binds.
+OPERATOR_GROUP = "medcloud-operator-peering-test"
+ACTIVE_PRIORITY, STANDBY_PRIORITY = 200, 100
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+# What the tenancy of one Hospital is written as: (resource, subresource).
+TENANCY_WRITES = {
+    ("namespaces", ""),
+    ("resourcequotas", ""),
+    ("networkpolicies", ""),
+    ("roles", ""),
+    ("rolebindings", ""),  # medcloud-operator-tenant: the operator's Secrets in the tenant namespace
+    ("hospitals", "status"),
+}
+
+Json = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _raw(call: Any, *args: Any, **kwargs: Any) -> Json | None:
+    """The JSON the API server returned, or None on 404."""
+    try:
+        response = call(*args, _preload_content=False, **kwargs)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return json.loads(response.data)  # type: ignore[no-any-return]
+
+
+def _is_ready(hospital: Json | None) -> bool:
+    status = (hospital or {}).get("status") or {}
+    ready = [c for c in status.get("conditions", []) if c["type"] == "Ready"]
+    generation = (hospital or {}).get("metadata", {}).get("generation")
+    return bool(ready and ready[0]["status"] == "True" and status.get("observedGeneration") == generation)
+
+
+def _audit_lines(audit_log: Path) -> int:
+    with audit_log.open() as f:
+        return sum(1 for _ in f)
+
+
+def _writes(audit_log: Path, since_line: int, users: set[str]) -> list[Json]:
+    """Write requests (the audit policy logs only those) by ``users``, except to Kopf's peering objects.
+
+    Peering heartbeats are how replicas see each other, so every replica
+    writes them; everything else is acting on the cluster.
+    """
+    with audit_log.open() as f:
+        lines = f.readlines()[since_line:]
+    entries = [json.loads(line) for line in lines if line.strip()]
+    return [
+        e
+        for e in entries
+        if e["user"]["username"] in users
+        and e["verb"] in WRITE_VERBS
+        and (e.get("objectRef") or {}).get("apiGroup") != PEERING_GROUP
+    ]
+
+
+def _about(entry: Json, hospital: str) -> bool:
+    """Whether an audited write concerns ``hospital``'s tenancy."""
+    ref = entry.get("objectRef") or {}
+    ns = f"hospital-{hospital}"
+    return (
+        ref.get("namespace") == ns
+        or (ref.get("resource") == "namespaces" and ref.get("name") == ns)
+        or (ref.get("resource") == "hospitals" and ref.get("name") == hospital)
+        or (ref.get("resource") == "secrets" and ref.get("name") == f"kek-{hospital}")
+    )
+
+
+def _kinds(entries: list[Json]) -> set[tuple[str, str]]:
+    return {(e["objectRef"].get("resource", ""), e["objectRef"].get("subresource", "")) for e in entries}
+
+
+def _summary(entries: list[Json]) -> list[tuple[str, str, str]]:
+    return [(e["user"]["username"], e["verb"], json.dumps(e.get("objectRef"), sort_keys=True)) for e in entries]
+
+
+@dataclass
+class Replica:
+    """One operator process: its identity (API user and Kopf peer id), priority and log."""
+
+    user: str
+    peer_id: str
+    priority: int
+    probe_port: int
+    process: ServerProcess
+
+    @property
+    def log(self) -> Path:
+        return self.process.log_path
+
+    def healthy(self) -> bool:
+        if not self.process.running():
+            raise AssertionError(f"operator {self.user} exited:\n{log_tail(self.log)}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.probe_port}/healthz", timeout=2) as response:
+            return bool(response.status == 200)
+
+    def stop(self) -> int | None:
+        """SIGTERM (as Kubernetes stops a pod), SIGKILL after a grace period; the exit code."""
+        self.process.stop(grace=30)
+        if self.process.popen is None:
+            return None
+        # stop() may see the process as a zombie before reaping it: reap it for its exit code.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.popen.wait(timeout=10)
+        return self.process.popen.returncode
+
+
+def _start_replica(kubeconfig: Path, user: str, priority: int, peering: str, log_dir: Path, suffix: str) -> Replica:
+    metrics_port, probe_port = free_port(), free_port()
+    peer_id = f"{user}-{suffix}"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        # Kopf's peer identity; in a pod it is the pod's name.
+        "POD_ID": peer_id,
+        "MEDCLOUD_PEERING_PRIORITY": str(priority),
+        "MEDCLOUD_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
+        "MEDCLOUD_METRICS_PORT": str(metrics_port),
+        "MEDCLOUD_METRICS_ADDRESS": "127.0.0.1",
+        "MEDCLOUD_PROBE_PORT": str(probe_port),
+        "MEDCLOUD_STORAGE_CIDRS": json.dumps(["10.250.0.0/24"]),
+        "MEDCLOUD_DELETION_RETRY_SECONDS": "1",
+        "MEDCLOUD_OPERATOR_SUBJECT_KIND": "Group",
+        "MEDCLOUD_OPERATOR_SUBJECT_NAME": OPERATOR_GROUP,
+    }
+    process = ServerProcess(
+        name=f"operator {user}",
+        args=[
+            sys.executable,
+            "-m",
+            "medcloud_operator",
+            "--peering",
+            peering,
+            "--liveness",
+            f"http://127.0.0.1:{probe_port}/healthz",
+            "--log-format",
+            "plain",
+            "--verbose",
+        ],
+        log_path=log_dir / f"{user}.log",
+        env=env,
+        ports=(metrics_port, probe_port),
+        cwd=REPO,
+        die_with_parent=True,
+    )
+    process.start()
+    return Replica(user, peer_id, priority, probe_port, process)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def peering_cluster(local_cluster: Any, k8s_api_client: client.ApiClient) -> client.ApiClient:
+    """CRDs (ours and Kopf's peering ones), the operator's namespace and its RBAC."""
+    install_crds(k8s_api_client)
+    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "kopf-peering-crds.yaml"))
+    local_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev")
+    core = client.CoreV1Api(k8s_api_client)
+    if _raw(core.read_namespace, OPERATOR_NAMESPACE) is None:
+        core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator-rbac.yaml"))
+    return k8s_api_client
+
+
+@pytest.fixture
+def replica_kubeconfigs(local_cluster: Any, peering_cluster: client.ApiClient) -> Iterator[dict[str, Path]]:
+    """Two operator identities, each bound to exactly the operator's Roles; the bindings go afterwards."""
+    if getattr(local_cluster, "audit_log", None) is None:
+        pytest.skip("needs the local cluster's audit log")
+    rbac = client.RbacAuthorizationV1Api(peering_cluster)
+    name = f"medcloud-operator-peering-test-{uuid.uuid4().hex[:6]}"
+    subjects = [
+        {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user} for user in (ACTIVE_USER, STANDBY_USER)
+    ]
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_CLUSTER_ROLE},
+            "subjects": subjects,
+        }
+    )
+    try:
+        rbac.create_namespaced_role_binding(
+            OPERATOR_NAMESPACE,
+            {
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": OPERATOR_KEYS_ROLE},
+                "subjects": subjects,
+            },
+        )
+        yield {user: local_cluster.kubeconfig_for_user(user, (OPERATOR_GROUP,)) for user in (ACTIVE_USER, STANDBY_USER)}
+    finally:
+        with contextlib.suppress(ApiException):
+            rbac.delete_namespaced_role_binding(name, OPERATOR_NAMESPACE)
+        with contextlib.suppress(ApiException):
+            rbac.delete_cluster_role_binding(name)
+
+
+# --------------------------------------------------------------------------- test
+
+
+def test_only_the_highest_priority_replica_acts_and_the_standby_takes_over(
+    local_cluster: Any,
+    peering_cluster: client.ApiClient,
+    replica_kubeconfigs: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    audit_log: Path = local_cluster.audit_log
+    custom = client.CustomObjectsApi(peering_cluster)
+    suffix = uuid.uuid4().hex[:6]
+    peering = f"medcloud-peering-test-{suffix}"
+    replicas: list[Replica] = []
+    hospitals: list[str] = []
+    passed = False
+
+    def peers() -> dict[str, Json]:
+        body = _raw(custom.get_cluster_custom_object, PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, peering)
+        return dict((body or {}).get("status") or {})
+
+    def hospital(name: str) -> Json | None:
+        return _raw(custom.get_cluster_custom_object, GROUP, VERSION, "hospitals", name)
+
+    def create_hospital(prefix: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        custom.create_cluster_custom_object(
+            GROUP,
+            VERSION,
+            "hospitals",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Hospital",
+                "metadata": {"name": name},
+                "spec": {"displayName": f"Hospital {name}", "institutionCode": "PEER0001", "tier": "county"},
+            },
+        )
+        hospitals.append(name)
+        return name
+
+    def wait_ready(name: str) -> None:
+        wait_for(lambda: _is_ready(hospital(name)), f"Hospital {name} to be Ready", timeout=90)
+
+    def settled(users: set[str]) -> bool:
+        """No write by ``users`` for a couple of seconds (the last reconciles and status mirrors are done)."""
+        mark = _audit_lines(audit_log)
+        time.sleep(2)
+        return not _writes(audit_log, mark, users)
+
+    operators = {ACTIVE_USER, STANDBY_USER}
+    try:
+        # The active replica first, so the standby finds it already in the peering.
+        # (The order is not what keeps the standby quiet: with mandatory peering,
+        # Kopf keeps a replica paused until it has seen the peering's state.)
+        mark = _audit_lines(audit_log)
+        active = _start_replica(
+            replica_kubeconfigs[ACTIVE_USER], ACTIVE_USER, ACTIVE_PRIORITY, peering, tmp_path, suffix
+        )
+        replicas.append(active)
+        wait_for(active.healthy, "the active replica's liveness endpoint", timeout=90)
+        wait_for(lambda: active.peer_id in peers(), f"{active.peer_id} in ClusterKopfPeering {peering}")
+        standby = _start_replica(
+            replica_kubeconfigs[STANDBY_USER], STANDBY_USER, STANDBY_PRIORITY, peering, tmp_path, suffix
+        )
+        replicas.append(standby)
+        wait_for(standby.healthy, "the standby replica's liveness endpoint", timeout=90)
+        wait_for(lambda: standby.peer_id in peers(), f"{standby.peer_id} in ClusterKopfPeering {peering}")
+        assert {p: peers()[p]["priority"] for p in (active.peer_id, standby.peer_id)} == {
+            active.peer_id: ACTIVE_PRIORITY,
+            standby.peer_id: STANDBY_PRIORITY,
+        }
+
+        # One Hospital: the active replica builds its tenancy; the standby writes nothing at all.
+        first = create_hospital("peer-a")
+        wait_ready(first)
+        wait_for(lambda: (hospital(first) or {}).get("status", {}).get("quotaUsage"), "quota usage in status")
+        wait_for(lambda: settled(operators), "the operators to settle")
+        writes = _writes(audit_log, mark, operators)
+        by_active = [w for w in writes if w["user"]["username"] == ACTIVE_USER]
+        by_standby = [w for w in writes if w["user"]["username"] == STANDBY_USER]
+        assert by_standby == [], _summary(by_standby)
+        assert _kinds([w for w in by_active if _about(w, first)]) >= TENANCY_WRITES, _summary(by_active)
+        rbac = client.RbacAuthorizationV1Api(peering_cluster)
+        own = rbac.read_namespaced_role_binding("medcloud-operator-tenant", f"hospital-{first}")
+        assert [(s.kind, s.name) for s in own.subjects] == [("Group", OPERATOR_GROUP)]
+
+        # The active replica stops the way Kubernetes stops a pod. On a clean
+        # exit Kopf removes itself from the peering, so the standby need not
+        # wait for its lease to lapse.
+        exit_code = active.stop()
+        assert exit_code == 0, f"exit code {exit_code}:\n{log_tail(active.log)}"
+        wait_for(lambda: active.peer_id not in peers(), f"{active.peer_id} to leave ClusterKopfPeering {peering}")
+        assert standby.peer_id in peers()
+
+        # The next Hospital is served by the standby, now the only live replica.
+        mark = _audit_lines(audit_log)
+        second = create_hospital("peer-b")
+        wait_ready(second)
+        wait_for(lambda: settled(operators), "the remaining operator to settle")
+        writes = _writes(audit_log, mark, operators)
+        about_second = [w for w in writes if _about(w, second)]
+        assert {w["user"]["username"] for w in writes} <= {STANDBY_USER}, _summary(writes)
+        assert _kinds(about_second) >= TENANCY_WRITES, _summary(about_second)
+        assert standby.process.running(), log_tail(standby.log)
+        passed = True
+    finally:
+        try:
+            _delete_hospitals(custom, hospitals, hospital)
+        finally:
+            for replica in reversed(replicas):
+                replica.stop()
+            with contextlib.suppress(ApiException):
+                custom.delete_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, peering)
+            if not passed:
+                for replica in replicas:
+                    print(f"----- last lines of {replica.log} ({replica.user}) -----\n{log_tail(replica.log, 80)}")
+        if passed:
+            assert not [r.user for r in replicas if r.process.running()], "operator processes left running"
+
+
+def _gone(get: Callable[[str], Json | None], name: str) -> bool:
+    return get(name) is None
+
+
+def _delete_hospitals(custom: client.CustomObjectsApi, names: list[str], get: Callable[[str], Json | None]) -> None:
+    """Delete through the operator (its finalizer offboards the tenant); strip finalizers only if none acts."""
+    for name in names:
+        with contextlib.suppress(ApiException):
+            custom.delete_cluster_custom_object(GROUP, VERSION, "hospitals", name)
+    try:
+        for name in names:
+            wait_for(partial(_gone, get, name), f"Hospital {name} to be deleted", timeout=120)
+    finally:
+        # Last resort, when no operator was left to finish the offboarding: let the
+        # objects go and remove what they held, so later tests start clean.
+        core = client.CoreV1Api(custom.api_client)
+        for name in names:
+            if get(name) is None:
+                continue
+            with contextlib.suppress(ApiException):
+                custom.patch_cluster_custom_object(
+                    GROUP,
+                    VERSION,
+                    "hospitals",
+                    name,
+                    {"metadata": {"finalizers": None}},
+                    _content_type="application/merge-patch+json",
+                )
+            with contextlib.suppress(ApiException):
+                core.delete_namespace(f"hospital-{name}")
+            with contextlib.suppress(ApiException):
+                core.delete_namespaced_secret(f"kek-{name}", OPERATOR_NAMESPACE)

@@ -1,0 +1,624 @@
+"""AppInstances, DeviceGateways and Consortia against the real local cluster.
+
+The operator runs in-process (Kopf's KopfRunner) as its own identity, bound
+to nothing but deploy/operator-rbac.yaml and deploy/recordstore-operator-rbac.yaml,
+so these tests also prove that RBAC is enough. Every handler runs: Hospitals
+become tenants, RecordStores become Ready for real on the session's MinIO,
+and apps and gateways run as Deployments whose pods the scheduler places on
+KWOK nodes in a namespace that enforces Pod Security ``restricted``. Tests
+talk to the API server as admin through the kubernetes client, never
+through the operator's own code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kopf.testing import KopfRunner
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from medcloud.kube.crds import install_crds
+from medcloud.localcluster.cluster import MinioInfo
+from tests.support import wait_for
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION = "medcloud.io", "v1alpha1"
+OPERATOR_NAMESPACE = "medcloud-system"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-operator"
+SA_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}")
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+PLURALS = {
+    "Hospital": "hospitals",
+    "RecordStore": "recordstores",
+    "DeviceGateway": "devicegateways",
+    "AppInstance": "appinstances",
+    "Consortium": "consortia",
+}
+
+Json = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Json | None:
+    """The JSON the API server returned, or None on 404."""
+    try:
+        response = call(*args, _preload_content=False, **kwargs)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return json.loads(response.data)  # type: ignore[no-any-return]
+
+
+def condition(obj: Json | None, type_: str) -> Json | None:
+    for cond in ((obj or {}).get("status") or {}).get("conditions", []):
+        if cond["type"] == type_:
+            return cond  # type: ignore[no-any-return]
+    return None
+
+
+def is_ready(obj: Json | None) -> bool:
+    """Ready for the current spec, as the control API judges it."""
+    cond = condition(obj, "Ready")
+    generation = (obj or {}).get("metadata", {}).get("generation")
+    status = (obj or {}).get("status") or {}
+    return bool(
+        cond
+        and cond["status"] == "True"
+        and status.get("observedGeneration") == generation
+        and cond.get("observedGeneration") == generation
+        and status.get("phase") == "Ready"
+    )
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The sum of the series of one metric whose labels include ``labels`` (0 when absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        series, _, value = line.rpartition(" ")
+        found = dict(re.findall(r'(\w+)="([^"]*)"', series))
+        if series.split("{")[0] == name and all(found.get(k) == v for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+@dataclass
+class Cluster:
+    """Admin access to the cluster under test."""
+
+    api: client.ApiClient
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
+    @property
+    def net(self) -> client.NetworkingV1Api:
+        return client.NetworkingV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Json | None:
+        if namespace is None:
+            return raw(self.custom.get_cluster_custom_object, GROUP, VERSION, PLURALS[kind], name)
+        return raw(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURALS[kind], name)
+
+    def create(self, kind: str, name: str, spec: Json, namespace: str | None = None) -> None:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
+        if namespace is None:
+            self.custom.create_cluster_custom_object(GROUP, VERSION, PLURALS[kind], body)
+        else:
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], body)
+
+    def patch(self, kind: str, name: str, patch: Json, namespace: str) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURALS[kind], name, patch, _content_type="application/merge-patch+json"
+        )
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
+        with contextlib.suppress(ApiException):
+            if namespace is None:
+                self.custom.delete_cluster_custom_object(GROUP, VERSION, PLURALS[kind], name)
+            else:
+                self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], name)
+
+    def gone(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        return self.get(kind, name, namespace) is None
+
+    def deployment(self, namespace: str, name: str) -> Json | None:
+        return raw(self.apps.read_namespaced_deployment, name, namespace)
+
+    def service(self, namespace: str, name: str) -> Json | None:
+        return raw(self.core.read_namespaced_service, name, namespace)
+
+    def pods(self, namespace: str, selector: str) -> list[Json]:
+        return list((raw(self.core.list_namespaced_pod, namespace, label_selector=selector) or {}).get("items", []))
+
+    def events_about(self, kind: str, name: str, namespace: str = "default") -> list[Json]:
+        items = raw(self.core.list_namespaced_event, namespace, field_selector=f"involvedObject.name={name}")
+        return [e for e in (items or {}).get("items", []) if e["involvedObject"].get("kind") == kind]
+
+    def has_event(self, kind: str, name: str, reason: str, namespace: str = "default", type_: str = "Normal") -> bool:
+        return any(e["reason"] == reason and e["type"] == type_ for e in self.events_about(kind, name, namespace))
+
+    def wait_ready(self, kind: str, name: str, namespace: str | None = None, timeout: float = 90) -> Json:
+        def ready() -> Json | None:
+            obj = self.get(kind, name, namespace)
+            return obj if is_ready(obj) else None
+
+        return wait_for(ready, f"{kind} {namespace or ''}/{name} to be Ready", timeout)
+
+    def wait_condition(
+        self, kind: str, name: str, namespace: str | None, type_: str, status: str, reason: str, timeout: float = 60
+    ) -> Json:
+        def reached() -> Json | None:
+            obj = self.get(kind, name, namespace)
+            cond = condition(obj, type_)
+            return obj if cond and (cond["status"], cond["reason"]) == (status, reason) else None
+
+        return wait_for(reached, f"{kind} {name}: {type_}={status} ({reason})", timeout)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def cluster(k8s_api_client: client.ApiClient) -> Cluster:
+    install_crds(k8s_api_client)
+    return Cluster(k8s_api_client)
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(local_cluster: Any, cluster: Cluster) -> Iterator[Path]:
+    """The operator's own identity with exactly the RBAC of deploy/ (tenancy, workloads, RecordStores)."""
+    if raw(cluster.core.read_namespace, OPERATOR_NAMESPACE) is None:
+        cluster.core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator-rbac.yaml"))
+    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "recordstore-operator-rbac.yaml"))
+    path: Path = local_cluster.kubeconfig_for_user(OPERATOR_USER, SA_GROUPS)
+    yield path
+    # Other modules run the operator with deploy/operator-rbac.yaml alone.
+    local_cluster.kubectl(
+        "delete", "--ignore-not-found", "-f", str(REPO / "deploy" / "recordstore-operator-rbac.yaml"), check=False
+    )
+
+
+@dataclass
+class RunningOperator:
+    metrics_port: int
+    runner: KopfRunner
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+
+@pytest.fixture(scope="module")
+def operator(operator_kubeconfig: Path, minio_server: MinioInfo) -> Iterator[RunningOperator]:
+    metrics_port, probe_port = free_port(), free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KUBECONFIG", str(operator_kubeconfig))
+        env.setenv("MEDCLOUD_METRICS_PORT", str(metrics_port))
+        env.setenv("MEDCLOUD_METRICS_ADDRESS", "127.0.0.1")
+        env.setenv("MEDCLOUD_STORAGE_CIDRS", json.dumps(["127.0.0.1/32"]))
+        env.setenv("MEDCLOUD_MINIO_ENDPOINT", f"http://{minio_server.endpoint}")
+        env.setenv("MEDCLOUD_MINIO_ACCESS_KEY", minio_server.access_key)
+        env.setenv("MEDCLOUD_MINIO_SECRET_KEY", minio_server.secret_key)
+        env.setenv("MEDCLOUD_DELETION_RETRY_SECONDS", "1")
+        env.setenv("MEDCLOUD_APP_IMAGE_PREFIX", "registry.test.example/apps")
+        args = [
+            "run",
+            "--standalone",
+            "--all-namespaces",
+            "--verbose",
+            f"--liveness=http://127.0.0.1:{probe_port}/healthz",
+            "-m",
+            "medcloud_operator.main",
+        ]
+        with KopfRunner(args, timeout=60) as runner:
+
+            def healthy() -> bool:
+                with urllib.request.urlopen(f"http://127.0.0.1:{probe_port}/healthz", timeout=2) as r:
+                    return bool(r.status == 200)
+
+            wait_for(healthy, "the operator's liveness endpoint", timeout=60)
+            yield RunningOperator(metrics_port, runner)
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+
+
+class Made:
+    """Everything the tests create; removed (workloads, stores, hospitals, consortia) when the module ends."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.hospitals: list[str] = []
+        self.consortia: list[str] = []
+
+    def hospital(self, prefix: str = "h", *, name: str | None = None, **spec: Any) -> str:
+        """A new Hospital (named ``name``, else uniquely after ``prefix``), once Ready; returns its name."""
+        name = name or f"{prefix}-{uuid.uuid4().hex[:6]}"
+        self.cluster.create(
+            "Hospital",
+            name,
+            {"displayName": f"Hospital {name}", "institutionCode": "TEST0001", "tier": "county", **spec},
+        )
+        self.hospitals.append(name)
+        self.cluster.wait_ready("Hospital", name)
+        return name
+
+    def store(self, namespace: str, name: str) -> None:
+        spec = {"recordClass": "device-data", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
+        self.cluster.create("RecordStore", name, spec, namespace)
+
+    def consortium(self, name: str, members: list[str]) -> None:
+        spec = {"displayName": f"Alliance {name}", "leadHospital": members[0], "members": members}
+        self.cluster.create("Consortium", name, spec)
+        self.consortia.append(name)
+
+    def cleanup(self) -> None:
+        for name in self.consortia:
+            self.cluster.delete("Consortium", name)
+        for hospital in self.hospitals:
+            namespace = f"hospital-{hospital}"
+            for kind in ("AppInstance", "DeviceGateway", "RecordStore"):
+                listed = raw(
+                    self.cluster.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURALS[kind]
+                )
+                for item in (listed or {}).get("items", []):
+                    self.cluster.delete(kind, item["metadata"]["name"], namespace)
+        for hospital in self.hospitals:
+            # Deletion is refused while RecordStores remain; it goes through once they are gone.
+            self.cluster.delete("Hospital", hospital)
+        for hospital in self.hospitals:
+            wait_for(partial(self.cluster.gone, "Hospital", hospital), f"Hospital {hospital} gone", 180)
+        for name in self.consortia:
+            wait_for(partial(self.cluster.gone, "Consortium", name), f"Consortium {name} gone", 60)
+
+
+@pytest.fixture(scope="module")
+def made(cluster: Cluster, operator: RunningOperator) -> Iterator[Made]:
+    tracker = Made(cluster)
+    try:
+        yield tracker
+    finally:
+        tracker.cleanup()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    hospital: str
+    namespace: str
+    store: str
+
+
+@pytest.fixture(scope="module")
+def tenant(cluster: Cluster, made: Made) -> Tenant:
+    """A Ready hospital with a Ready RecordStore, shared by the tests."""
+    hospital = made.hospital("clinic", quota={"cpu": "8", "memory": "16Gi"})
+    namespace = f"hospital-{hospital}"
+    made.store(namespace, "device-data")
+    cluster.wait_ready("RecordStore", "device-data", namespace)
+    return Tenant(hospital, namespace, "device-data")
+
+
+def running_on_kwok(cluster: Cluster, namespace: str, selector: str, count: int) -> list[Json]:
+    def running() -> list[Json] | None:
+        pods = [p for p in cluster.pods(namespace, selector) if not p["metadata"].get("deletionTimestamp")]
+        ok = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        return ok if len(ok) == count else None
+
+    pods = wait_for(running, f"{count} pods ({selector}) Running", 90)
+    for pod in pods:
+        node = raw(cluster.core.read_node, pod["spec"]["nodeName"]) or {}
+        assert node["metadata"]["annotations"].get("kwok.x-k8s.io/node") == "fake"
+    return pods
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_a_gateway_and_an_app_become_ready_with_pods_running(cluster: Cluster, made: Made, tenant: Tenant) -> None:
+    ns = tenant.namespace
+    cluster.create(
+        "DeviceGateway",
+        "wards",
+        {"protocols": ["mqtt", "https", "hl7v2"], "deviceClasses": ["ecg", "spo2"], "recordStore": tenant.store},
+        ns,
+    )
+    cluster.create(
+        "AppInstance",
+        "consult",
+        {
+            "app": "remote-consultation",
+            "version": "1.8.0",
+            "replicas": 2,
+            "recordStore": tenant.store,
+            "deviceGateway": "wards",
+            "exposure": {"host": "consult.clinic.test.example"},
+            "config": {"language": "zh-CN", "audit.retention": "30y"},
+        },
+        ns,
+    )
+    gateway = cluster.wait_ready("DeviceGateway", "wards", ns)
+    app = cluster.wait_ready("AppInstance", "consult", ns)
+
+    # The gateway: where devices connect, one Service port per protocol, counts zero until enrolment exists.
+    host = f"gw-wards.{ns}.svc"
+    assert gateway["status"]["endpoints"] == {
+        "hl7v2": f"mllp://{host}:2575",
+        "https": f"https://{host}:8443",
+        "mqtt": f"mqtts://{host}:8883",
+    }
+    assert gateway["status"]["devices"] == {"enrolled": 0, "revoked": 0, "active": 0}
+    assert (condition(gateway, "DependenciesReady") or {})["status"] == "True"
+    service = cluster.service(ns, "gw-wards")
+    assert service is not None
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"mqtt": 8883, "https": 8443, "mllp": 2575}
+    running_on_kwok(cluster, ns, "app.kubernetes.io/component=devicegateway,app.kubernetes.io/instance=wards", 1)
+
+    # The app: its pods, its URL, its wiring, its config and its Ingress.
+    assert app["status"]["readyReplicas"] == 2
+    assert app["status"]["url"] == "https://consult.clinic.test.example/"
+    pods = running_on_kwok(cluster, ns, "app.kubernetes.io/component=appinstance,app.kubernetes.io/instance=consult", 2)
+    store = cluster.get("RecordStore", tenant.store, ns)
+    assert store is not None
+    secret = store["status"]["secretRef"]["name"]
+    deployment = cluster.deployment(ns, "app-consult")
+    assert deployment is not None
+    meta_labels = deployment["metadata"]["labels"]
+    assert meta_labels["app.kubernetes.io/managed-by"] == "medcloud-operator"
+    assert meta_labels["medcloud.io/hospital"] == tenant.hospital
+    assert meta_labels["app.kubernetes.io/component"] == "appinstance"
+    assert deployment["metadata"]["ownerReferences"][0]["uid"] == app["metadata"]["uid"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.test.example/apps/remote-consultation:1.8.0"
+    assert container["envFrom"] == [{"secretRef": {"name": secret}}]
+    assert raw(cluster.core.read_namespaced_secret, secret, ns) is not None
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MEDCLOUD_DEVICE_GATEWAY_HOST"] == host
+    # The pods the namespace's Pod Security admission let in are restricted ones.
+    for pod in pods:
+        ctx = pod["spec"]["containers"][0]["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    config_map = raw(cluster.core.read_namespaced_config_map, "app-consult", ns)
+    assert config_map is not None
+    assert config_map["data"] == {"language": "zh-CN", "audit.retention": "30y"}
+    ingress = raw(cluster.net.read_namespaced_ingress, "app-consult", ns)
+    assert ingress is not None
+    assert ingress["spec"]["rules"][0]["host"] == "consult.clinic.test.example"
+    wait_for(lambda: cluster.has_event("AppInstance", "consult", "Ready", ns), "a Ready event on the app")
+
+    # Internal only once the host is removed: the Ingress goes, the URL names the Service.
+    cluster.patch("AppInstance", "consult", {"spec": {"exposure": {"host": None}}}, ns)
+    app = cluster.wait_ready("AppInstance", "consult", ns)
+    assert app["status"]["url"] == f"http://app-consult.{ns}.svc/"
+    assert raw(cluster.net.read_namespaced_ingress, "app-consult", ns) is None
+
+    # Deleting the app lets the garbage collector remove its children (owner references).
+    cluster.delete("AppInstance", "consult", ns)
+    wait_for(lambda: cluster.deployment(ns, "app-consult") is None, "the app's Deployment to be collected", 90)
+    wait_for(lambda: cluster.service(ns, "app-consult") is None, "the app's Service to be collected", 90)
+
+
+def test_a_missing_record_store_is_reported_until_it_exists(cluster: Cluster, made: Made, tenant: Tenant) -> None:
+    ns = tenant.namespace
+    cluster.create("AppInstance", "referrals", {"app": "referrals", "version": "3.0.0", "recordStore": "later"}, ns)
+    app = cluster.wait_condition("AppInstance", "referrals", ns, "DependenciesReady", "False", "RecordStoreNotFound")
+    deps = condition(app, "DependenciesReady") or {}
+    assert "RecordStore later (spec.recordStore) does not exist" in deps["message"]
+    ready = condition(app, "Ready") or {}
+    assert (ready["status"], ready["reason"]) == ("False", "RecordStoreNotFound")
+    assert app["status"]["phase"] == "Pending"
+    assert app["status"]["observedGeneration"] == app["metadata"]["generation"]
+    wait_for(
+        lambda: cluster.has_event("AppInstance", "referrals", "RecordStoreNotFound", ns, "Warning"),
+        "a Warning event naming the missing store",
+    )
+
+    # The store appears and becomes Ready: the app follows without being touched.
+    made.store(ns, "later")
+    cluster.wait_ready("RecordStore", "later", ns)
+    app = cluster.wait_ready("AppInstance", "referrals", ns)
+    assert (condition(app, "DependenciesReady") or {})["reason"] == "DependenciesReady"
+    cluster.delete("AppInstance", "referrals", ns)
+
+
+def test_children_deleted_or_edited_by_hand_are_put_back(
+    cluster: Cluster, tenant: Tenant, operator: RunningOperator
+) -> None:
+    ns = tenant.namespace
+    cluster.create("AppInstance", "booking", {"app": "appointments", "version": "1.0.0", "replicas": 1}, ns)
+    cluster.create(
+        "DeviceGateway", "home", {"protocols": ["mqtt"], "deviceClasses": ["glucose"], "recordStore": tenant.store}, ns
+    )
+    cluster.wait_ready("AppInstance", "booking", ns)
+    cluster.wait_ready("DeviceGateway", "home", ns)
+    before = sample(operator.metrics(), "medcloud_drift_repairs_total")
+
+    original = cluster.deployment(ns, "app-booking")
+    assert original is not None
+    cluster.apps.delete_namespaced_deployment("app-booking", ns)
+
+    def recreated() -> Json | None:
+        found = cluster.deployment(ns, "app-booking")
+        return found if found and found["metadata"]["uid"] != original["metadata"]["uid"] else None
+
+    wait_for(recreated, "the deleted Deployment to be put back")
+    cluster.wait_ready("AppInstance", "booking", ns)
+    running_on_kwok(cluster, ns, "app.kubernetes.io/component=appinstance,app.kubernetes.io/instance=booking", 1)
+
+    # Loosen the gateway's pods and scale them, and open its Service up to the node ports.
+    cluster.apps.patch_namespaced_deployment(
+        "gw-home",
+        ns,
+        {"spec": {"replicas": 4, "template": {"spec": {"automountServiceAccountToken": True}}}},
+        _content_type="application/merge-patch+json",
+    )
+    cluster.core.patch_namespaced_service(
+        "gw-home", ns, {"spec": {"type": "NodePort"}}, _content_type="application/merge-patch+json"
+    )
+
+    def repaired() -> bool:
+        deployment = cluster.deployment(ns, "gw-home") or {}
+        service = cluster.service(ns, "gw-home") or {}
+        spec = deployment.get("spec") or {}
+        return (
+            spec.get("replicas") == 1
+            and spec["template"]["spec"].get("automountServiceAccountToken") is False
+            and service.get("spec", {}).get("type") == "ClusterIP"
+        )
+
+    wait_for(repaired, "the hand-made changes to be reverted")
+    cluster.wait_ready("DeviceGateway", "home", ns)
+    assert sample(operator.metrics(), "medcloud_drift_repairs_total") - before >= 3
+    assert cluster.has_event("DeviceGateway", "home", "DriftRepaired", ns)
+    assert cluster.has_event("AppInstance", "booking", "DriftRepaired", ns)
+
+
+def _operator_writes(audit_log: Path, since_line: int) -> list[Json]:
+    with audit_log.open() as f:
+        lines = f.readlines()[since_line:]
+    entries = [json.loads(line) for line in lines if line.strip()]
+    return [e for e in entries if e["user"]["username"] == OPERATOR_USER and e["verb"] in WRITE_VERBS]
+
+
+def _audit_lines(audit_log: Path) -> int:
+    with audit_log.open() as f:
+        return sum(1 for _ in f)
+
+
+def test_a_reconcile_with_nothing_changed_writes_nothing(
+    cluster: Cluster, local_cluster: Any, tenant: Tenant, operator: RunningOperator
+) -> None:
+    ns = tenant.namespace
+    cluster.create("AppInstance", "cards", {"app": "insurance-card", "version": "1.0.0", "replicas": 1}, ns)
+    cluster.create(
+        "DeviceGateway", "ward-b", {"protocols": ["https"], "deviceClasses": ["ecg"], "recordStore": tenant.store}, ns
+    )
+    cluster.wait_ready("AppInstance", "cards", ns)
+    cluster.wait_ready("DeviceGateway", "ward-b", ns)
+    audit_log: Path | None = getattr(local_cluster, "audit_log", None)
+
+    def quiet_for_two_seconds() -> bool:
+        writes = sample(operator.metrics(), "medcloud_api_writes_total")
+        time.sleep(2)
+        return sample(operator.metrics(), "medcloud_api_writes_total") == writes
+
+    wait_for(quiet_for_two_seconds, "the operator to settle")
+    mark = _audit_lines(audit_log) if audit_log is not None else 0
+    text = operator.metrics()
+    writes = sample(text, "medcloud_api_writes_total")
+    reconciles = {
+        kind: sample(text, "medcloud_reconcile_total", kind=kind, result="success")
+        for kind in ("AppInstance", "DeviceGateway")
+    }
+
+    def reconciled(kind: str, count: float) -> Callable[[], bool]:
+        return lambda: sample(operator.metrics(), "medcloud_reconcile_total", kind=kind, result="success") >= count
+
+    # Someone else's change to a child, touching nothing the operator owns: each triggers a full reconcile.
+    for kind, deployment in (("AppInstance", "app-cards"), ("DeviceGateway", "gw-ward-b")):
+        for i in range(2):
+            cluster.apps.patch_namespaced_deployment(
+                deployment,
+                ns,
+                {"metadata": {"annotations": {"test.medcloud.io/touch": str(i)}}},
+                _content_type="application/merge-patch+json",
+            )
+            wait_for(reconciled(kind, reconciles[kind] + i + 1), f"{kind} reconcile {i + 1} after a foreign change")
+    assert sample(operator.metrics(), "medcloud_api_writes_total") == writes
+    if audit_log is not None:
+        found = _operator_writes(audit_log, mark)
+        assert found == [], [(w["verb"], w["objectRef"]) for w in found]
+
+
+def test_resources_above_the_tenants_limit_fail_with_a_reason(cluster: Cluster, tenant: Tenant) -> None:
+    ns = tenant.namespace
+    # The tenant's quota is 8 CPUs, so its LimitRange lets no container have more.
+    resources = {"requests": {"cpu": "1", "memory": "256Mi"}, "limits": {"cpu": "12", "memory": "1Gi"}}
+    cluster.create(
+        "DeviceGateway",
+        "greedy",
+        {"protocols": ["mqtt"], "deviceClasses": ["ecg"], "recordStore": tenant.store, "resources": resources},
+        ns,
+    )
+    gateway = cluster.wait_condition("DeviceGateway", "greedy", ns, "Ready", "False", "InvalidSpec")
+    assert gateway["status"]["phase"] == "Failed"
+    assert "spec.resources.limits.cpu 12 is above" in (condition(gateway, "Ready") or {})["message"]
+    assert cluster.deployment(ns, "gw-greedy") is None
+    wait_for(lambda: cluster.has_event("DeviceGateway", "greedy", "InvalidSpec", ns, "Warning"), "a Warning event")
+    cluster.delete("DeviceGateway", "greedy", ns)
+
+
+def test_a_consortium_reports_its_members(cluster: Cluster, made: Made, tenant: Tenant) -> None:
+    name = f"alliance-{uuid.uuid4().hex[:6]}"
+    county = made.hospital("county", consortium=name)
+    late = f"late-{uuid.uuid4().hex[:6]}"
+    made.consortium(name, [county, tenant.hospital, late])
+
+    cons = cluster.wait_condition("Consortium", name, None, "Ready", "False", "MembersMissing")
+    assert cons["status"]["memberCount"] == 3
+    assert cons["status"]["readyMembers"] == 2
+    assert cons["status"]["phase"] == "Pending"
+    assert late in (condition(cons, "Ready") or {})["message"]
+    # The shared tenant names no consortium: its network policies would not admit the alliance.
+    membership = condition(cons, "MembershipConsistent") or {}
+    assert (membership["status"], membership["reason"]) == ("False", "MembershipMismatch")
+    assert tenant.hospital in membership["message"]
+    wait_for(lambda: cluster.has_event("Consortium", name, "MembersMissing", type_="Warning"), "a Warning event")
+
+    # The missing member is onboarded: the Consortium follows the Hospital's events.
+    made.hospital(name=late, consortium=name)
+    cons = cluster.wait_ready("Consortium", name)
+    assert cons["status"]["readyMembers"] == 3
+    assert cons["status"]["observedGeneration"] == cons["metadata"]["generation"]
+    wait_for(lambda: cluster.has_event("Consortium", name, "AllMembersReady"), "an event when all are Ready")
+
+
+def test_metrics_count_the_new_kinds(cluster: Cluster, tenant: Tenant, operator: RunningOperator) -> None:
+    cluster.create(
+        "AppInstance", "metrics", {"app": "appointments", "version": "1.0.0", "replicas": 0}, tenant.namespace
+    )
+    app = cluster.wait_ready("AppInstance", "metrics", tenant.namespace)
+    assert "stopped" in (condition(app, "Available") or {})["message"]
+    text = operator.metrics()
+    for kind in ("AppInstance", "DeviceGateway", "Consortium"):
+        assert sample(text, "medcloud_reconcile_total", kind=kind, result="success") >= 1, kind
+        assert sample(text, "medcloud_reconcile_duration_seconds_count", kind=kind) >= 1, kind
+    assert sample(text, "medcloud_resources", kind="AppInstance", phase="Ready") >= 1
+    assert sample(text, "medcloud_api_writes_total", kind="Deployment", verb="create") >= 1
+    cluster.delete("AppInstance", "metrics", tenant.namespace)

@@ -1,0 +1,82 @@
+"""`medcloud onboard`: reading the file, and parsing the progress stream (no cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medcloud.commands.onboard import OnboardFileError, ProgressView, iter_sse, request_from_documents
+from medcloud_api.plan import reference_errors, resolve
+from medcloud_api.schemas import HospitalCreate
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_example_manifests_become_a_valid_request() -> None:
+    body = request_from_documents(yaml.safe_load_all((EXAMPLES / "hospital-township-maple.yaml").read_text()))
+
+    assert body["name"] == "township-maple"
+    assert [s["name"] for s in body["recordStores"]] == ["emr"]
+    assert [g["name"] for g in body["deviceGateways"]] == ["clinic"]
+    assert [a["name"] for a in body["apps"]] == ["appointments", "referrals", "insurance-card"]
+    resolved = resolve(HospitalCreate.model_validate(body))
+    assert reference_errors(resolved) == []
+
+
+def test_a_hospital_alone_asks_for_the_tier_profile() -> None:
+    hospital = {"apiVersion": "medcloud.io/v1alpha1", "kind": "Hospital", "metadata": {"name": "m"}, "spec": {"a": 1}}
+    assert request_from_documents([hospital]) == {"name": "m", "spec": {"a": 1}}
+
+
+def test_a_request_body_passes_through() -> None:
+    assert request_from_documents([{"name": "m", "spec": {}}]) == {"name": "m", "spec": {}}
+
+
+@pytest.mark.parametrize(
+    ("docs", "message"),
+    [
+        ([], "empty"),
+        ([{"kind": "RecordStore", "metadata": {"name": "emr"}}], "exactly one Hospital"),
+        (
+            [
+                {"kind": "Hospital", "metadata": {"name": "m"}},
+                {"kind": "RecordStore", "metadata": {"name": "emr", "namespace": "hospital-other"}},
+            ],
+            "not hospital-m",
+        ),
+        (
+            [{"kind": "Hospital", "metadata": {"name": "m"}}, {"kind": "Consortium", "metadata": {"name": "c"}}],
+            "Consortium",
+        ),
+    ],
+)
+def test_files_that_are_not_one_hospital_are_refused(docs: list[dict[str, object]], message: str) -> None:
+    with pytest.raises(OnboardFileError, match=message):
+        request_from_documents(docs)
+
+
+def test_server_sent_events_are_parsed_with_comments_and_multi_line_data() -> None:
+    stream = [
+        ": keep-alive",
+        "",
+        "id: 1",
+        "event: layer",
+        'data: {"kind":"RecordStore","name":"emr","state":"Ready","layer":"stores"}',
+        "",
+        "event: note",
+        "data: one",
+        "data: two",
+        "",
+        "data: trailing without blank line",
+    ]
+    events = list(iter_sse(stream))
+
+    assert [(e.event, e.id) for e in events] == [("layer", "1"), ("note", "1"), ("message", "1")]
+    assert events[0].json()["state"] == "Ready"
+    assert events[1].data == "one\ntwo"
+
+    view = ProgressView("maple")
+    view.update(events[0])
+    assert view.rows[("RecordStore", "emr")]["state"] == "Ready"

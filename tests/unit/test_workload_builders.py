@@ -1,0 +1,649 @@
+"""AppInstance, DeviceGateway and Consortium builders: resources in, manifests and status out (no cluster)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from medcloud.models import (
+    AppInstanceSpec,
+    AppInstanceStatus,
+    CatalogApp,
+    ConditionStatus,
+    ConsortiumSpec,
+    ConsortiumStatus,
+    DeviceGatewaySpec,
+    DeviceGatewayStatus,
+    Phase,
+)
+from medcloud.models.common import parse_quantity
+from medcloud_operator.builders import appinstance as app_b
+from medcloud_operator.builders import consortium as cons_b
+from medcloud_operator.builders import devicegateway as gw_b
+from medcloud_operator.builders import workload as w
+from medcloud_operator.builders.recordstore import credentials_secret_name
+from medcloud_operator.catalog import CATALOG, WorkloadSettings, app_image, gateway_image
+from medcloud_operator.status import Check, dump
+
+NS = "hospital-riverton"
+T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+Json = dict[str, Any]
+
+
+def body(kind: str, name: str, spec: Json, namespace: str = NS) -> Json:
+    return {
+        "apiVersion": "medcloud.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "generation": 1},
+        "spec": spec,
+    }
+
+
+def app_spec(**overrides: Any) -> AppInstanceSpec:
+    raw: Json = {"app": "emr-sharing", "version": "2.3.1", "replicas": 2, "recordStore": "emr"}
+    raw.update(overrides)
+    return AppInstanceSpec.model_validate(raw)
+
+
+def gw_spec(**overrides: Any) -> DeviceGatewaySpec:
+    raw: Json = {"protocols": ["mqtt", "https"], "deviceClasses": ["ecg", "spo2"], "recordStore": "device-data"}
+    raw.update(overrides)
+    return DeviceGatewaySpec.model_validate(raw)
+
+
+def build_app(spec: AppInstanceSpec, name: str = "emr", *, ceiling: w.Ceiling | None = None, **settings: Any) -> Json:
+    objects = app_b.build_app(
+        body("AppInstance", name, spec.model_dump(by_alias=True, exclude_none=True)),
+        spec,
+        credentials_secret_name(spec.record_store) if spec.record_store else None,
+        ceiling or w.Ceiling(),
+        WorkloadSettings(**settings),
+    )
+    return {o["kind"]: o for o in objects}
+
+
+def build_gw(spec: DeviceGatewaySpec, name: str = "wards", *, ceiling: w.Ceiling | None = None) -> Json:
+    objects = gw_b.build_gateway(
+        body("DeviceGateway", name, spec.model_dump(by_alias=True, exclude_none=True)),
+        spec,
+        credentials_secret_name(spec.record_store),
+        ceiling or w.Ceiling(),
+        WorkloadSettings(),
+    )
+    return {o["kind"]: o for o in objects}
+
+
+def pod(deployment: Json) -> Json:
+    return deployment["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- Pod Security "restricted"
+
+# The volume types the restricted profile admits.
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_violations(pod_spec: Json) -> list[str]:
+    """What the Pod Security Standards' ``restricted`` profile (baseline included) would refuse in a pod spec."""
+    found = []
+    pod_ctx = pod_spec.get("securityContext") or {}
+    for host in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod_spec.get(host):
+            found.append(host)
+    for volume in pod_spec.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {kinds}")
+    for container in pod_spec["containers"]:
+        ctx = container.get("securityContext") or {}
+        where = container["name"]
+        if ctx.get("privileged"):
+            found.append(f"{where}: privileged")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{where}: allowPrivilegeEscalation must be false")
+        if ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is not True:
+            found.append(f"{where}: runAsNonRoot must be true")
+        if ctx.get("runAsUser", pod_ctx.get("runAsUser")) == 0:
+            found.append(f"{where}: runAsUser 0")
+        seccomp = (ctx.get("seccompProfile") or pod_ctx.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{where}: seccompProfile {seccomp}")
+        caps = ctx.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            found.append(f"{where}: capabilities must drop ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            found.append(f"{where}: adds capabilities")
+        if any(p.get("hostPort") for p in container.get("ports") or []):
+            found.append(f"{where}: hostPort")
+    return found
+
+
+def test_the_checker_catches_what_restricted_refuses() -> None:
+    # The checker must be able to fail, or the tests below prove nothing.
+    deployment = build_app(app_spec())["Deployment"]
+    spec = pod(deployment)
+    spec["hostNetwork"] = True
+    spec["volumes"].append({"name": "root", "hostPath": {"path": "/"}})
+    ctx = spec["containers"][0]["securityContext"]
+    ctx["allowPrivilegeEscalation"] = True
+    ctx["capabilities"] = {"add": ["SYS_ADMIN"]}
+    del ctx["runAsNonRoot"]
+    del spec["securityContext"]["runAsNonRoot"]
+    del ctx["seccompProfile"]
+    del spec["securityContext"]["seccompProfile"]
+    assert len(restricted_violations(spec)) == 7
+
+
+@pytest.mark.parametrize("app", list(CatalogApp))
+def test_every_catalog_app_runs_restricted(app: CatalogApp) -> None:
+    needs_store = CATALOG[app].needs_record_store
+    spec = app_spec(app=app.value, recordStore="emr" if needs_store else None, deviceGateway="wards")
+    assert restricted_violations(pod(build_app(spec)["Deployment"])) == []
+
+
+def test_the_gateway_runs_restricted() -> None:
+    assert restricted_violations(pod(build_gw(gw_spec(protocols=["mqtt", "https", "hl7v2"]))["Deployment"])) == []
+
+
+def test_pods_hold_no_api_token_and_write_only_to_scratch_space() -> None:
+    spec = pod(build_app(app_spec())["Deployment"])
+    assert spec["automountServiceAccountToken"] is False
+    container = spec["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["privileged"] is False
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/etc/medcloud/config"]["readOnly"] is True
+    assert "/tmp" in mounts
+
+
+# --------------------------------------------------------------------------- catalog and images
+
+
+def test_the_catalog_covers_every_app_with_limits_at_least_the_requests() -> None:
+    assert set(CATALOG) == set(CatalogApp)
+    for entry in CATALOG.values():
+        assert parse_quantity(entry.limits.cpu) >= parse_quantity(entry.requests.cpu)
+        assert parse_quantity(entry.limits.memory) >= parse_quantity(entry.requests.memory)
+    assert CATALOG[CatalogApp.EMR_SHARING].needs_record_store
+    assert not CATALOG[CatalogApp.APPOINTMENTS].needs_record_store
+
+
+def test_images_come_from_the_configured_prefix_and_the_spec_version() -> None:
+    assert (
+        app_image(CatalogApp.REFERRALS, "3.0.0", WorkloadSettings()) == "registry.medcloud.local/apps/referrals:3.0.0"
+    )
+    prefixed = WorkloadSettings(app_image_prefix="harbor.city.example/medcloud/")
+    assert app_image(CatalogApp.REFERRALS, "3.0.0", prefixed) == "harbor.city.example/medcloud/referrals:3.0.0"
+    # Build metadata is not allowed in a tag.
+    assert app_image(CatalogApp.REFERRALS, "3.0.0+build.7", WorkloadSettings()).endswith(":3.0.0_build.7")
+    assert gateway_image(WorkloadSettings(gateway_version="1.2.0")) == "registry.medcloud.local/medcloud-gateway:1.2.0"
+    deployment = build_app(app_spec(version="2.4.0"))["Deployment"]
+    assert pod(deployment)["containers"][0]["image"] == "registry.medcloud.local/apps/emr-sharing:2.4.0"
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDCLOUD_APP_IMAGE_PREFIX", "registry.example/apps")
+    monkeypatch.setenv("MEDCLOUD_GATEWAY_VERSION", "9.9.9")
+    settings = WorkloadSettings()
+    assert (settings.app_image_prefix, settings.gateway_version) == ("registry.example/apps", "9.9.9")
+
+
+# --------------------------------------------------------------------------- AppInstance
+
+
+def test_every_app_child_is_labelled_owned_and_named_after_the_app() -> None:
+    children = build_app(app_spec(exposure={"host": "emr.riverton.example"}))
+    assert set(children) == {"ConfigMap", "Deployment", "Service", "Ingress"}
+    for child in children.values():
+        meta = child["metadata"]
+        assert meta["name"] == "app-emr"
+        assert meta["namespace"] == NS
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "medcloud-operator"
+        assert meta["labels"]["medcloud.io/hospital"] == "riverton"
+        assert meta["labels"]["app.kubernetes.io/component"] == "appinstance"
+        assert meta["labels"]["app.kubernetes.io/name"] == "emr-sharing"
+        assert meta["labels"]["app.kubernetes.io/version"] == "2.3.1"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "medcloud.io/v1alpha1",
+                "kind": "AppInstance",
+                "name": "emr",
+                "uid": "uid-emr",
+                "controller": True,
+                "blockOwnerDeletion": False,
+            }
+        ]
+    deployment, service = children["Deployment"], children["Service"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["selector"] == selector
+    # The selector is immutable: it must not carry the version, which changes on upgrade.
+    assert "app.kubernetes.io/version" not in selector
+
+
+def test_an_ingress_only_when_a_host_is_set() -> None:
+    assert "Ingress" not in build_app(app_spec())
+    ingress = build_app(app_spec(exposure={"host": "emr.riverton.example"}), ingress_class="nginx")["Ingress"]
+    rule = ingress["spec"]["rules"][0]
+    assert rule["host"] == "emr.riverton.example"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "app-emr", "port": {"name": "http"}}
+    assert ingress["spec"]["tls"] == [{"hosts": ["emr.riverton.example"]}]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert "ingressClassName" not in build_app(app_spec(exposure={"host": "emr.riverton.example"}))["Ingress"]["spec"]
+
+
+def test_the_app_service_publishes_the_http_port() -> None:
+    service = build_app(app_spec())["Service"]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    container = pod(build_app(app_spec())["Deployment"])["containers"][0]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["readinessProbe"]["httpGet"]["port"] == "http"
+
+
+def test_the_app_is_wired_to_its_store_credentials_and_gateway_service() -> None:
+    container = pod(build_app(app_spec(deviceGateway="wards"))["Deployment"])["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["envFrom"] == [{"secretRef": {"name": "emr-credentials"}}]
+    assert env["MEDCLOUD_RECORDSTORE"] == "emr"
+    assert env["MEDCLOUD_DEVICE_GATEWAY"] == "wards"
+    # The gateway's own Service, by the name the gateway builder gives it.
+    assert env["MEDCLOUD_DEVICE_GATEWAY_HOST"] == f"{gw_b.child_name('wards')}.{NS}.svc"
+    assert env["MEDCLOUD_HOSPITAL"] == "riverton"
+    assert env["MEDCLOUD_APP_URL"] == f"http://app-emr.{NS}.svc/"
+
+
+def test_an_app_without_a_store_gets_no_credentials() -> None:
+    container = pod(build_app(app_spec(app="appointments", recordStore=None))["Deployment"])["containers"][0]
+    assert "envFrom" not in container
+    assert not {"MEDCLOUD_RECORDSTORE", "MEDCLOUD_DEVICE_GATEWAY"} & {e["name"] for e in container["env"]}
+
+
+def test_config_is_a_config_map_and_a_change_rolls_the_pods() -> None:
+    config = {"language": "zh-CN", "audit.retention": "30y"}
+    children = build_app(app_spec(config=config))
+    assert children["ConfigMap"]["data"] == config
+    volumes = {v["name"]: v for v in pod(children["Deployment"])["volumes"]}
+    assert volumes["config"] == {"name": "config", "configMap": {"name": "app-emr"}}
+
+    def config_hash(spec: AppInstanceSpec) -> str:
+        return str(
+            build_app(spec)["Deployment"]["spec"]["template"]["metadata"]["annotations"]["medcloud.io/config-hash"]
+        )
+
+    assert config_hash(app_spec(config=config)) == config_hash(app_spec(config=dict(reversed(config.items()))))
+    assert config_hash(app_spec(config=config)) != config_hash(app_spec(config={**config, "language": "en"}))
+
+
+def test_catalog_resources_are_lowered_to_fit_a_small_tenant_never_raised() -> None:
+    container = pod(build_app(app_spec())["Deployment"])["containers"][0]
+    assert container["resources"] == {
+        "requests": {"cpu": "250m", "memory": "512Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    small = pod(build_app(app_spec(), ceiling=w.Ceiling(cpu="200m", memory="256Mi"))["Deployment"])["containers"][0]
+    assert small["resources"] == {
+        "requests": {"cpu": "200m", "memory": "256Mi"},
+        "limits": {"cpu": "200m", "memory": "256Mi"},
+    }
+    roomy = pod(build_app(app_spec(), ceiling=w.Ceiling(cpu="64", memory="256Gi"))["Deployment"])["containers"][0]
+    assert roomy["resources"] == container["resources"]
+
+
+def test_the_ceiling_is_read_from_the_tenants_limit_range() -> None:
+    limit_range = {"spec": {"limits": [{"type": "Container", "max": {"cpu": "4", "memory": "8Gi"}}]}}
+    assert w.Ceiling.of(limit_range) == w.Ceiling(cpu="4", memory="8Gi")
+    assert w.Ceiling.of(None) == w.Ceiling()
+
+
+def test_replicas_follow_the_spec() -> None:
+    assert build_app(app_spec(replicas=0))["Deployment"]["spec"]["replicas"] == 0
+    assert build_app(app_spec(replicas=5))["Deployment"]["spec"]["replicas"] == 5
+
+
+def test_long_or_dotted_names_give_valid_distinct_child_names() -> None:
+    names = {app_b.child_name(n) for n in ("emr", "emr.sharing", "emr-sharing", "a" * 200, "a" * 199 + "b", "9lives")}
+    assert len(names) == 6
+    for name in names:
+        assert len(name) <= 63, name
+        assert re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", name), name
+    value = w.label_value("x" * 100)
+    assert len(value) <= 63
+    assert value != w.label_value("x" * 99 + "y")
+
+
+def test_workloads_outside_a_hospital_namespace_are_refused() -> None:
+    spec = app_spec()
+    with pytest.raises(w.InvalidWorkloadError, match="not a hospital's tenant namespace"):
+        app_b.build_app(
+            body("AppInstance", "emr", {}, namespace="default"), spec, None, w.Ceiling(), WorkloadSettings()
+        )
+
+
+# --------------------------------------------------------------------------- DeviceGateway
+
+
+def test_the_gateway_exposes_one_port_per_protocol() -> None:
+    children = build_gw(gw_spec(protocols=["hl7v2", "mqtt", "https"]))
+    service = children["Service"]
+    assert service["metadata"]["name"] == "gw-wards"
+    # In protocol order whatever the spec's order, so reordering the spec changes nothing.
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("mllp", 2575, "mllp"),
+        ("https", 8443, "https"),
+        ("mqtt", 8883, "mqtt"),
+    ]
+    container = pod(children["Deployment"])["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "health": 8080,
+        "https": 8443,
+        "mllp": 2575,
+        "mqtt": 8883,
+    }
+    only_mqtt = build_gw(gw_spec(protocols=["mqtt"]))["Service"]
+    assert [p["port"] for p in only_mqtt["spec"]["ports"]] == [8883]
+
+
+def test_gateway_endpoints_name_the_service() -> None:
+    assert gw_b.endpoints("wards", NS, gw_spec(protocols=["mqtt", "https", "hl7v2"])) == {
+        "hl7v2": f"mllp://gw-wards.{NS}.svc:2575",
+        "https": f"https://gw-wards.{NS}.svc:8443",
+        "mqtt": f"mqtts://gw-wards.{NS}.svc:8883",
+    }
+
+
+def test_the_gateway_is_wired_to_its_record_store_and_labelled() -> None:
+    deployment = build_gw(gw_spec())["Deployment"]
+    container = pod(deployment)["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MEDCLOUD_RECORDSTORE"] == "device-data"
+    assert env["MEDCLOUD_GATEWAY_PROTOCOLS"] == "https,mqtt"
+    assert env["MEDCLOUD_GATEWAY_DEVICE_CLASSES"] == "ecg,spo2"
+    assert env["MEDCLOUD_GATEWAY_MQTT_PORT"] == "8883"
+    assert container["envFrom"] == [{"secretRef": {"name": "device-data-credentials"}}]
+    assert container["image"] == gateway_image(WorkloadSettings())
+    labels = deployment["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "devicegateway"
+    assert labels["medcloud.io/hospital"] == "riverton"
+    assert labels["app.kubernetes.io/managed-by"] == "medcloud-operator"
+
+
+def test_gateway_resources_are_the_specs_and_refused_above_the_ceiling() -> None:
+    spec = gw_spec(resources={"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}})
+    container = pod(build_gw(spec, ceiling=w.Ceiling(cpu="4", memory="8Gi"))["Deployment"])["containers"][0]
+    assert container["resources"] == {
+        "requests": {"cpu": "500m", "memory": "512Mi"},
+        "limits": {"cpu": "2", "memory": "1Gi"},
+    }
+    with pytest.raises(w.InvalidWorkloadError, match=r"spec.resources.limits.cpu 2 is above .* \(1500m"):
+        build_gw(spec, ceiling=w.Ceiling(cpu="1500m", memory="8Gi"))
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+def deployment_status(**status: Any) -> Json:
+    return {"metadata": {"generation": 2}, "spec": {"replicas": 2}, "status": {"observedGeneration": 2, **status}}
+
+
+def rollout(deployment: Json, *, written: bool = False) -> Check:
+    check = w.judge_rollout(deployment, written=written)
+    assert check is not None
+    return check
+
+
+def test_rollout_is_judged_like_kubectl_rollout_status() -> None:
+    fresh = {"metadata": {"generation": 1}, "spec": {"replicas": 2}}
+    assert rollout(fresh, written=True).reason == w.WorkloadReason.ROLLING_OUT
+    assert rollout(deployment_status(updatedReplicas=1, replicas=2)).message == "1 of 2 pods updated."
+    assert rollout(deployment_status(updatedReplicas=2, replicas=3)).reason == w.WorkloadReason.ROLLING_OUT
+    assert rollout(deployment_status(updatedReplicas=2, replicas=2, availableReplicas=1)).message == (
+        "1 of 2 pods available."
+    )
+    done = rollout(deployment_status(updatedReplicas=2, replicas=2, availableReplicas=2, readyReplicas=2))
+    assert (done.status, done.reason) == (ConditionStatus.TRUE, w.WorkloadReason.ROLLOUT_COMPLETE)
+    stopped = rollout({"metadata": {"generation": 1}, "spec": {"replicas": 0}, "status": {"observedGeneration": 1}})
+    assert stopped.ok
+    assert "stopped" in stopped.message
+
+
+def test_a_change_by_someone_else_not_yet_seen_by_the_controller_says_nothing_new() -> None:
+    # An annotation added by hand bumps a Deployment's generation; until its controller looks,
+    # the previous verdict stands (no flapping to "rolling out" and back).
+    behind = {"metadata": {"generation": 3}, "spec": {"replicas": 2}, "status": {"observedGeneration": 2}}
+    assert w.judge_rollout(behind, written=False) is None
+    # After the operator's own write it is a rollout under way.
+    assert rollout(behind, written=True).reason == w.WorkloadReason.ROLLING_OUT
+    ready = app_status(AppInstanceStatus(), dependencies=TRUE, available=AVAILABLE, ready_replicas=2)
+    assert dump(app_status(ready, dependencies=TRUE, available=None, ready_replicas=2)) == dump(ready)
+
+
+def test_refused_and_stuck_pods_are_named() -> None:
+    refused = rollout(
+        deployment_status(
+            conditions=[
+                {
+                    "type": "ReplicaFailure",
+                    "status": "True",
+                    "reason": "FailedCreate",
+                    "message": 'pods "app-emr-1" is forbidden: exceeded quota: medcloud-quota',
+                }
+            ]
+        )
+    )
+    assert refused.reason == w.WorkloadReason.REPLICA_FAILURE
+    assert "exceeded quota" in refused.message
+    stuck = rollout(
+        deployment_status(conditions=[{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}])
+    )
+    assert stuck.reason == w.WorkloadReason.PROGRESS_DEADLINE_EXCEEDED
+
+
+def ready_store(ready: bool = True) -> Json:
+    status = "True" if ready else "False"
+    return {
+        "status": {
+            "phase": "Ready" if ready else "Degraded",
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": status,
+                    "reason": "Reconciled" if ready else "StorageUnavailable",
+                    "message": "" if ready else "MinIO is unavailable",
+                    "lastTransitionTime": "2026-05-01T08:00:00Z",
+                }
+            ],
+        }
+    }
+
+
+def test_dependencies_missing_or_not_ready_say_which_and_why() -> None:
+    spec = app_spec(deviceGateway="wards")
+    missing = w.judge_dependencies(app_b.dependencies(spec, None, ready_store()))
+    assert (missing.status, missing.reason) == (ConditionStatus.FALSE, "RecordStoreNotFound")
+    assert "RecordStore emr (spec.recordStore) does not exist" in missing.message
+    not_ready = w.judge_dependencies(app_b.dependencies(spec, ready_store(), ready_store(False)))
+    assert not_ready.reason == "DeviceGatewayNotReady"
+    assert "DeviceGateway wards is not Ready (phase Degraded): MinIO is unavailable" in not_ready.message
+    unreadable = w.judge_dependencies(app_b.dependencies(spec, {"status": {"conditions": "nonsense"}}, ready_store()))
+    assert unreadable.reason == "RecordStoreNotReady"
+    fine = w.judge_dependencies(app_b.dependencies(spec, ready_store(), ready_store()))
+    assert fine.ok
+    assert fine.message == "RecordStore emr and DeviceGateway wards Ready."
+    alone = w.judge_dependencies(app_b.dependencies(app_spec(app="appointments", recordStore=None), None, None))
+    assert (alone.status, alone.reason) == (ConditionStatus.TRUE, "NoDependencies")
+
+
+def test_the_stores_secret_name_comes_from_its_status_or_its_naming_rule() -> None:
+    assert w.credentials_secret("emr", None) == credentials_secret_name("emr")
+    assert w.credentials_secret("emr", {"status": {"secretRef": {"name": "custom"}}}) == "custom"
+
+
+TRUE = Check(ConditionStatus.TRUE, "Fine", "fine")
+ROLLING = Check(ConditionStatus.FALSE, w.WorkloadReason.ROLLING_OUT, "0 of 2 pods available.")
+MISSING = Check(ConditionStatus.FALSE, w.WorkloadReason.RECORD_STORE_NOT_FOUND, "RecordStore emr does not exist")
+AVAILABLE = Check(ConditionStatus.TRUE, w.WorkloadReason.ROLLOUT_COMPLETE, "2 of 2 pods available.")
+
+
+def app_status(previous: AppInstanceStatus, *, now: datetime = T0, **parts: Any) -> AppInstanceStatus:
+    args: Json = {"dependencies": None, "available": None, "failure": None, "spec_failed": False, "ready_replicas": 0}
+    args.update(parts)
+    return app_b.next_status(previous, generation=1, url="https://emr.example/", now=now, **args)
+
+
+def conditions(status: AppInstanceStatus | DeviceGatewayStatus | ConsortiumStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status.value, c.reason) for c in status.conditions}
+
+
+def test_phases_from_pending_through_ready_to_degraded() -> None:
+    pending = app_status(AppInstanceStatus(), dependencies=MISSING, available=ROLLING)
+    assert pending.phase is Phase.PENDING
+    assert conditions(pending)["Ready"] == ("False", "RecordStoreNotFound")
+    assert conditions(pending)["DependenciesReady"] == ("False", "RecordStoreNotFound")
+    rolling = app_status(pending, dependencies=TRUE, available=ROLLING)
+    assert rolling.phase is Phase.PROVISIONING
+    assert conditions(rolling)["Ready"] == ("False", "RollingOut")
+    ready = app_status(rolling, dependencies=TRUE, available=AVAILABLE, ready_replicas=2)
+    assert ready.phase is Phase.READY
+    assert ready.is_ready()
+    assert ready.ready_replicas == 2
+    assert ready.url == "https://emr.example/"
+    assert ready.observed_generation == 1
+    assert all(c.observed_generation == 1 for c in ready.conditions)
+    degraded = app_status(ready, dependencies=MISSING, available=AVAILABLE)
+    assert degraded.phase is Phase.DEGRADED
+
+
+def test_a_failure_shows_in_available_and_ready_and_keeps_what_was_not_reached() -> None:
+    before = app_status(AppInstanceStatus(), dependencies=TRUE, available=AVAILABLE, ready_replicas=2)
+    failure = Check(ConditionStatus.FALSE, w.WorkloadReason.FORBIDDEN, "not allowed")
+    after = app_status(before, failure=failure, ready_replicas=None)
+    assert conditions(after) == {
+        "DependenciesReady": ("True", "Fine"),
+        "Available": ("False", "Forbidden"),
+        "Ready": ("False", "Forbidden"),
+    }
+    assert after.phase is Phase.DEGRADED
+    assert after.ready_replicas == 2
+    invalid = Check(ConditionStatus.FALSE, w.WorkloadReason.INVALID_SPEC, "above the LimitRange")
+    assert app_status(AppInstanceStatus(), failure=invalid, spec_failed=True).phase is Phase.FAILED
+
+
+def test_refused_pods_degrade_at_once() -> None:
+    refused = Check(ConditionStatus.FALSE, w.WorkloadReason.REPLICA_FAILURE, "exceeded quota")
+    assert app_status(AppInstanceStatus(), dependencies=TRUE, available=refused).phase is Phase.DEGRADED
+
+
+def test_the_same_findings_later_give_the_same_status_so_nothing_is_written() -> None:
+    first = app_status(AppInstanceStatus(), dependencies=TRUE, available=AVAILABLE, ready_replicas=2)
+    again = app_status(first, dependencies=TRUE, available=AVAILABLE, ready_replicas=2, now=T0 + timedelta(hours=1))
+    assert dump(again) == dump(first)
+    gw = gw_b.next_status(
+        DeviceGatewayStatus(),
+        generation=1,
+        dependencies=TRUE,
+        available=AVAILABLE,
+        failure=None,
+        spec_failed=False,
+        endpoints={"mqtt": "mqtts://gw-wards.hospital-riverton.svc:8883"},
+        now=T0,
+    )
+    gw_again = gw_b.next_status(
+        gw,
+        generation=1,
+        dependencies=TRUE,
+        available=AVAILABLE,
+        failure=None,
+        spec_failed=False,
+        endpoints=None,
+        now=T0,
+    )
+    assert dump(gw_again) == dump(gw)
+    # Enrolment is a later feature: the counts are there, and zero.
+    assert gw.devices is not None
+    assert (gw.devices.enrolled, gw.devices.revoked, gw.devices.active) == (0, 0, 0)
+    assert gw.endpoints == {"mqtt": "mqtts://gw-wards.hospital-riverton.svc:8883"}
+    assert gw.phase is Phase.READY
+
+
+# --------------------------------------------------------------------------- Consortium
+
+
+def hospital(name: str, *, ready: bool = True, consortium: str | None = "riverton") -> Json:
+    spec = {"consortium": consortium} if consortium else {}
+    return {"metadata": {"name": name}, "spec": spec, **ready_store(ready)}
+
+
+def consortium_spec(members: list[str]) -> ConsortiumSpec:
+    return ConsortiumSpec.model_validate({"displayName": "Riverton", "leadHospital": members[0], "members": members})
+
+
+def cons_status(previous: ConsortiumStatus, members: list[str], hospitals: list[Json]) -> ConsortiumStatus:
+    return cons_b.next_status(
+        previous,
+        name="riverton",
+        generation=3,
+        spec=consortium_spec(members),
+        hospitals={h["metadata"]["name"]: h for h in hospitals},
+        now=T0,
+    )
+
+
+def test_a_consortium_counts_its_ready_members_and_lists_the_missing() -> None:
+    members = ["city", "county", "township", "village"]
+    status = cons_status(ConsortiumStatus(), members, [hospital("city"), hospital("county", ready=False)])
+    assert (status.member_count, status.ready_members) == (4, 1)
+    ready = status.condition("Ready")
+    assert ready is not None
+    assert ready.reason == "MembersMissing"
+    assert "township, village" in ready.message
+    assert "Not Ready: county" in ready.message
+    assert status.phase is Phase.PENDING
+    assert status.observed_generation == 3
+
+    coming = cons_status(status, members, [hospital(h, ready=h != "village") for h in members])
+    assert conditions(coming)["Ready"] == ("False", "MembersNotReady")
+    assert coming.ready_members == 3
+    assert coming.phase is Phase.PROVISIONING
+
+    all_ready = cons_status(coming, members, [hospital(h) for h in members])
+    assert conditions(all_ready)["Ready"] == ("True", "AllMembersReady")
+    assert all_ready.ready_members == 4
+    assert all_ready.phase is Phase.READY
+    gone = cons_status(all_ready, members, [hospital(h) for h in members[:3]])
+    assert gone.phase is Phase.DEGRADED
+
+
+def test_membership_must_agree_with_the_hospitals_own_spec() -> None:
+    hospitals = [hospital("city"), hospital("county", consortium="elsewhere"), hospital("stray")]
+    status = cons_status(ConsortiumStatus(), ["city", "county"], hospitals)
+    membership = status.condition("MembershipConsistent")
+    assert membership is not None
+    assert membership.reason == "MembershipMismatch"
+    assert "county" in membership.message
+    assert "stray" in membership.message
+    # Not Ready is about members being up; agreement is reported beside it.
+    assert conditions(status)["Ready"] == ("True", "AllMembersReady")
+    agreed = cons_status(ConsortiumStatus(), ["city"], [hospital("city")])
+    assert conditions(agreed)["MembershipConsistent"] == ("True", "Consistent")
+
+
+def test_long_member_lists_are_shortened_in_messages() -> None:
+    members = [f"clinic-{i:03d}" for i in range(40)]
+    status = cons_status(ConsortiumStatus(), members, [])
+    ready = status.condition("Ready")
+    assert ready is not None
+    assert "and 30 more" in ready.message

@@ -6,6 +6,7 @@ import typer
 
 from medcloud.commands import api, crds, dev, onboard, records
 from medcloud.commands import operator as operator_command
+from medcloud_gateway import command as gateway_command
 
 app = typer.Typer(
     name="medcloud",
@@ -19,6 +20,7 @@ app.add_typer(records.app, name="records")
 app.command("api")(api.serve)
 app.command("onboard")(onboard.run)
 app.command("operator")(operator_command.run)
+app.command("gateway")(gateway_command.run)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,99 @@
+"""HTTPS: ``POST /v1/readings`` with a JSON reading or a FHIR Observation, plus health and metrics.
+
+Two apps: the readings app on the HTTPS port (it also answers the health
+endpoints), and the health app on the plain health port that the kubelet probes
+and Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Header, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from medcloud.models import Protocol
+from medcloud_gateway.ingest import Ingestor
+from medcloud_gateway.metrics import Result
+
+MAX_BODY_BYTES = 64 * 1024
+"""A reading is a few hundred bytes; anything near this is not one."""
+
+Readiness = Callable[[], list[str]]
+"""What is not ready yet (empty: ready)."""
+
+_STATUS = {Result.STORED: 201, Result.REJECTED: 422, Result.FAILED: 503}
+
+
+def _health_router(ingestor: Ingestor, readiness: Readiness) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    def readyz() -> JSONResponse:
+        waiting = readiness()
+        if waiting:
+            return JSONResponse({"status": "not ready", "waiting": waiting}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @router.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(ingestor.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def _readings_router(ingestor: Ingestor) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["readings"])
+
+    @router.post(
+        "/readings",
+        status_code=201,
+        responses={
+            201: {"description": "Stored as an encrypted FHIR Observation."},
+            413: {"description": "Body too large to be a reading."},
+            422: {"description": "Not a reading this gateway takes; `error` says why. Nothing was stored."},
+            503: {"description": "A good reading that could not be stored now; send it again later."},
+        },
+    )
+    async def post_reading(request: Request, content_length: Annotated[int | None, Header()] = None) -> JSONResponse:
+        """Store one reading: a device reading (``deviceId``, ``patient``, ``kind``, ...) or a FHIR Observation."""
+        if content_length is not None and content_length > MAX_BODY_BYTES:
+            ingestor.reject(Protocol.HTTPS, "body too large")
+            return JSONResponse({"result": "rejected", "error": "body too large"}, status_code=413)
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            ingestor.reject(Protocol.HTTPS, "body too large")
+            return JSONResponse({"result": "rejected", "error": "body too large"}, status_code=413)
+        payload: Any = body
+        try:
+            decoded = json.loads(body)
+        except ValueError:
+            pass  # ingest_payload names the problem
+        else:
+            if isinstance(decoded, dict):
+                payload = decoded
+        outcome = await asyncio.to_thread(ingestor.ingest_payload, Protocol.HTTPS, payload)
+        return JSONResponse(outcome.as_json(), status_code=_STATUS[outcome.result])
+
+    return router
+
+
+def create_readings_app(ingestor: Ingestor, readiness: Readiness) -> FastAPI:
+    app = FastAPI(title="MedCloud device gateway", version="v1", docs_url=None, redoc_url=None)
+    app.include_router(_readings_router(ingestor))
+    app.include_router(_health_router(ingestor, readiness))
+    return app
+
+
+def create_health_app(ingestor: Ingestor, readiness: Readiness) -> FastAPI:
+    app = FastAPI(title="MedCloud device gateway health", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(_health_router(ingestor, readiness))
+    return app

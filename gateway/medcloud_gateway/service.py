@@ -1,0 +1,179 @@
+"""The gateway process: every enabled listener, health and metrics, until told to stop.
+
+:func:`connect_records` builds the record client the way a gateway pod has it
+(the store's credentials Secret, keys from the key service); :class:`Gateway`
+takes any :class:`~medcloud_gateway.ingest.Ingestor`, so tests give it one over a
+local key ring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import certifi
+import urllib3
+import uvicorn
+from minio import Minio
+
+from medcloud.keyservice.client import HttpKeyProvider
+from medcloud.models import Protocol
+from medcloud.records.client import RecordClient
+from medcloud_gateway.http import create_health_app, create_readings_app
+from medcloud_gateway.ingest import Ingestor
+from medcloud_gateway.metrics import GatewayMetrics
+from medcloud_gateway.mllp import MllpServer
+from medcloud_gateway.mqtt import BrokerConnection, MqttListener
+from medcloud_gateway.settings import GatewaySettings
+from medcloud_operator.builders.recordstore import Endpoint
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to the gateway: several run in one loop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def connect_records(settings: GatewaySettings) -> RecordClient:
+    """The RecordStore's client: its own S3 credentials, data keys from the key service."""
+    if not settings.key_service_url:
+        raise ValueError("MEDCLOUD_KEY_SERVICE_URL is not set: the gateway gets its data keys from the key service")
+    endpoint = Endpoint.parse(settings.s3_endpoint)
+    tls: dict[str, Any] = {"ca_cert_data": settings.s3_ca_pem} if settings.s3_ca_pem else {"ca_certs": certifi.where()}
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5.0, read=30.0),
+        cert_reqs="CERT_REQUIRED",
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+        **tls,
+    )
+    minio = Minio(
+        endpoint.address,
+        access_key=settings.access_key,
+        secret_key=settings.secret_key.get_secret_value(),
+        secure=endpoint.secure,
+        http_client=http,
+    )
+    keys = HttpKeyProvider(
+        settings.key_service_url,
+        settings.namespace,
+        settings.record_store,
+        token_file=settings.key_service_token_file,
+        verify=str(settings.key_service_ca_file) if settings.key_service_ca_file else True,
+    )
+    return RecordClient(minio, settings.bucket, keys)
+
+
+def broker_connection(settings: GatewaySettings) -> BrokerConnection:
+    assert settings.mqtt_ca_file
+    assert settings.mqtt_cert_file
+    assert settings.mqtt_key_file
+    return BrokerConnection(
+        host=settings.mqtt_broker_host,
+        port=settings.broker_port,
+        ca_file=settings.mqtt_ca_file,
+        cert_file=settings.mqtt_cert_file,
+        key_file=settings.mqtt_key_file,
+        client_id=settings.mqtt_client_id or f"medcloud-gateway-{socket.gethostname()}",
+        share_group=settings.mqtt_share_group,
+        publish_errors=settings.mqtt_publish_errors,
+    )
+
+
+class Gateway:
+    """The listeners of one gateway process over one ingestor."""
+
+    def __init__(self, settings: GatewaySettings, ingestor: Ingestor) -> None:
+        self.settings = settings
+        self.ingestor = ingestor
+        enabled = set(settings.protocols)
+        self.mllp = (
+            MllpServer(ingestor, settings.host, settings.hl7v2_port, local=settings.local_zone)
+            if Protocol.HL7V2 in enabled
+            else None
+        )
+        self.mqtt = MqttListener(ingestor, broker_connection(settings)) if Protocol.MQTT in enabled else None
+        self._servers: list[_Server] = [
+            self._http_server(create_health_app(ingestor, self.readiness), settings.health_port)
+        ]
+        self._https: _Server | None = None
+        if Protocol.HTTPS in enabled:
+            app = create_readings_app(ingestor, self.readiness)
+            self._https = self._http_server(app, settings.https_port, settings.tls_cert_file, settings.tls_key_file)
+            self._servers.append(self._https)
+
+    def _http_server(self, app: Any, port: int, certfile: Path | None = None, keyfile: Path | None = None) -> _Server:
+        config = uvicorn.Config(
+            app,
+            host=self.settings.host,
+            port=port,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+            # Logging is the process's (command.py); no lifespan: the gateway starts its own parts.
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        return _Server(config)
+
+    def readiness(self) -> list[str]:
+        """What is not up yet; empty when every enabled protocol takes readings."""
+        waiting = []
+        if self.mqtt is not None and not self.mqtt.subscribed.is_set():
+            waiting.append("mqtt: not subscribed to the broker")
+        if self.mllp is not None and not self.mllp.serving:
+            waiting.append("hl7v2: MLLP listener not started")
+        if self._https is not None and not self._https.started:
+            waiting.append("https: listener not started")
+        return waiting
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then close every listener."""
+        tasks = [asyncio.create_task(server.serve(), name="http") for server in self._servers]
+        if self.mllp is not None:
+            await self.mllp.start()
+        if self.mqtt is not None:
+            tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt"))
+        log.info("gateway for %s/%s: %s", self.settings.namespace, self.settings.record_store, self.describe())
+        waiter = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not waiter and task.exception() is not None:
+                    raise RuntimeError(f"{task.get_name()} stopped") from task.exception()
+        finally:
+            waiter.cancel()
+            for server in self._servers:
+                server.should_exit = True
+            if self.mllp is not None:
+                await self.mllp.stop()
+            for task in tasks:
+                if task.get_name() == "mqtt":
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def describe(self) -> str:
+        s = self.settings
+        parts = [f"health http://{s.host}:{s.health_port}"]
+        if self._https is not None:
+            scheme = "https" if s.tls_cert_file else "http"
+            parts.append(f"readings {scheme}://{s.host}:{s.https_port}/v1/readings")
+        if self.mllp is not None:
+            parts.append(f"hl7v2 mllp://{s.host}:{s.hl7v2_port}")
+        if self.mqtt is not None:
+            parts.append(f"mqtt subscriber of mqtts://{s.mqtt_broker_host}:{s.broker_port}")
+        return ", ".join(parts)
+
+
+def build_gateway(settings: GatewaySettings) -> Gateway:
+    """A gateway as a pod runs it: its RecordStore through the key service."""
+    ingestor = Ingestor(connect_records(settings), GatewayMetrics(), frozenset(settings.device_classes))
+    return Gateway(settings, ingestor)

@@ -22,8 +22,9 @@ from medcloud.localcluster.platform import PlatformInfo, start_platform
 from medcloud.localcluster.process import StartupError
 
 app = typer.Typer(help="Run MedCloud on a local cluster on 127.0.0.1 (like `kind`, without containers).")
-console = Console(stderr=True)
-out = Console(soft_wrap=True)  # export lines must never wrap
+# Neither wraps: export lines and the commands shown on stderr must stay copyable.
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def default_state_dir() -> Path:
@@ -59,10 +60,10 @@ def up(
     state_dir: StateDir = default_state_dir(),  # noqa: B008 - typer reads defaults at definition time
     nodes: Annotated[int, typer.Option(help="Fake (KWOK) nodes to create.")] = 3,
     cluster_only: Annotated[
-        bool, typer.Option("--cluster-only", help="Start the servers only: no CRDs, operator or API.")
+        bool, typer.Option("--cluster-only", help="Start the servers only: no CRDs, key service, operator or API.")
     ] = False,
 ) -> None:
-    """Start the local cluster with MedCloud's operator and API in the background; return once ready."""
+    """Start the local cluster with MedCloud's key service, operator and API in the background; return once ready."""
     cluster = LocalCluster(
         state_dir, ClusterOptions(nodes=nodes, detach=True), progress=lambda m: console.print(f"[dim]{m}[/dim]")
     )
@@ -92,8 +93,16 @@ def _print_ready(state: ClusterState, platform: PlatformInfo | None) -> None:
     if platform is not None:
         out.print(f"export MEDCLOUD_API={platform.api_url}")
         out.print(f"export MEDCLOUD_TOKEN={platform.city_admin_token}")
+        # `medcloud records` reads this (the stores' Secrets name the same URL).
+        out.print(f"export MEDCLOUD_KEY_SERVICE_URL={platform.key_service_url}")
         console.print(f"operator metrics: {platform.operator_metrics}")
         console.print("try: kubectl apply -f examples/   or   medcloud onboard hospital.yaml")
+        console.print(
+            f"record keys: a token for audience {platform.key_service_audience} of an account granted "
+            "`get recordstores/keys` (docs/local-cluster.md), e.g.\n"
+            f"  export MEDCLOUD_KEY_SERVICE_TOKEN=$(kubectl create token APP -n NAMESPACE "
+            f"--audience {platform.key_service_audience})"
+        )
     console.print(f"unprivileged identity: KUBECONFIG={state.user_kubeconfig}")
     console.print(f"logs: {Path(state.state_dir) / 'logs'}   stop: medcloud dev down")
 
@@ -108,10 +117,13 @@ def status(state_dir: StateDir = default_state_dir()) -> None:  # noqa: B008
     state = ClusterState.load(state_dir / LocalCluster.STATE_FILE)
     table = Table("server", "pid", "port", "state")
     for name, pid, alive in rows:
-        port = state.ports.get(name)
+        # The operator holds two ports (metrics, probes); its metrics port is the one people look for.
+        port = state.ports.get(name) or state.ports.get(f"{name}-metrics")
         table.add_row(name, str(pid), str(port or ""), "[green]running[/green]" if alive else "[red]exited[/red]")
     out.print(table)
     out.print(f"KUBECONFIG={state.kubeconfig}")
+    for name, url in (state.extra.get("urls") or {}).items():
+        out.print(f"{name}: {url}")
     if not all(alive for _, _, alive in rows):
         raise typer.Exit(1)
 

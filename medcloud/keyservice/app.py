@@ -147,6 +147,19 @@ def create_app(settings: KeyServiceSettings | None = None, api_client: client.Ap
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
+        """The process serves requests; says nothing about the cluster, so an outage restarts nothing."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False, responses={503: {}})
+    def readyz() -> dict[str, str]:
+        """The cluster answers, and RBAC grants the service what unwrapping needs (reviews, Secrets by name)."""
+        try:
+            missing = service.authorizer.missing_permissions(settings.operator_namespace)
+        except (ApiException, HTTPError, OSError) as exc:
+            reason = f"HTTP {exc.status}" if isinstance(exc, ApiException) else type(exc).__name__
+            raise HTTPException(503, f"the Kubernetes API cannot be asked ({reason})") from None
+        if missing:
+            raise HTTPException(503, f"the key service's identity may not: {', '.join(missing)}")
         return {"status": "ok"}
 
     @app.get(

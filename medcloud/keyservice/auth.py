@@ -62,6 +62,35 @@ class Authorizer:
             extra={k: list(v) for k, v in (user.extra or {}).items()},
         )
 
+    def missing_permissions(self, operator_namespace: str) -> list[str]:
+        """What the service's own identity lacks of what it needs (empty when nothing), by SelfSubjectAccessReview.
+
+        Any authenticated identity may ask about itself, so this works before
+        the service's RBAC is in place and names what is missing.
+        """
+        needed = {
+            "create tokenreviews": client.V1ResourceAttributes(
+                group="authentication.k8s.io", resource="tokenreviews", verb="create"
+            ),
+            "create subjectaccessreviews": client.V1ResourceAttributes(
+                group="authorization.k8s.io", resource="subjectaccessreviews", verb="create"
+            ),
+            f"get secrets in namespace {operator_namespace}": client.V1ResourceAttributes(
+                resource="secrets", verb="get", namespace=operator_namespace
+            ),
+        }
+        missing = []
+        for what, attributes in needed.items():
+            review = self._authz.create_self_subject_access_review(
+                client.V1SelfSubjectAccessReview(
+                    spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes)
+                ),
+                _request_timeout=self._timeout,
+            )
+            if not (review.status and review.status.allowed):
+                missing.append(what)
+        return missing
+
     def may_get_keys(self, caller: Caller, namespace: str, store: str) -> tuple[bool, str]:
         """Whether RBAC lets ``caller`` get the keys of ``namespace/store``; (allowed, reason)."""
         attributes = client.V1ResourceAttributes(

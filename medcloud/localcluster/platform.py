@@ -1,9 +1,12 @@
-"""MedCloud itself on the local cluster: CRDs, RBAC, the operator and the control API.
+"""MedCloud itself on the local cluster: CRDs, RBAC, the key service, the operator and the control API.
 
-`medcloud dev up` runs this after the servers are up. The operator and the API
-run as local processes, each with a service-account token bound by the same
-least-privilege RBAC manifests a real install uses (`deploy/*.yaml`), so a
-missing permission shows up here, not first in production.
+`medcloud dev up` runs this after the servers are up. The key service, the
+operator and the API run as local processes, each with a service-account
+token bound by the same least-privilege RBAC manifests a real install uses
+(`deploy/*.yaml`), so a missing permission shows up here, not first in
+production. The key service starts first: the operator writes its URL into
+every RecordStore's credentials Secret (``MEDCLOUD_KEY_SERVICE_URL``), which
+is where `medcloud records` and other record clients look for it.
 """
 
 from __future__ import annotations
@@ -16,12 +19,18 @@ from pathlib import Path
 
 from kubernetes import client, config
 
+from medcloud.keyservice.settings import DEFAULT_AUDIENCE
 from medcloud.kube.crds import install_crds
 from medcloud.localcluster.cluster import LocalCluster
 from medcloud.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud.localcluster.process import free_port
 
 SYSTEM_NAMESPACE = "medcloud-system"
+# The identities the platform's processes run as (deploy/*-rbac.yaml), and the
+# city administrator whose token `dev up` prints for the control API.
+SERVICE_ACCOUNTS = ("medcloud-operator", "medcloud-api", "medcloud-keyservice")
+CITY_ADMIN = "city-admin"
+KEY_SERVICE_AUDIENCE = DEFAULT_AUDIENCE
 # One day: a dev session; `dev up` again issues fresh tokens.
 TOKEN_SECONDS = 86400
 
@@ -39,12 +48,20 @@ class PlatformInfo:
     api_url: str
     city_admin_token: str
     operator_metrics: str
+    key_service_url: str
+    key_service_audience: str = KEY_SERVICE_AUDIENCE
 
 
-def service_account_token(api: client.ApiClient, name: str, namespace: str = SYSTEM_NAMESPACE) -> str:
-    """A bound token for a service account, through the TokenRequest API."""
+def service_account_token(
+    api: client.ApiClient,
+    name: str,
+    namespace: str = SYSTEM_NAMESPACE,
+    audiences: list[str] | None = None,
+    seconds: int = TOKEN_SECONDS,
+) -> str:
+    """A bound token for a service account, through the TokenRequest API (default audience: the API server)."""
     request = client.AuthenticationV1TokenRequest(
-        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=TOKEN_SECONDS)
+        spec=client.V1TokenRequestSpec(audiences=audiences or [], expiration_seconds=seconds)
     )
     response = client.CoreV1Api(api).create_namespaced_service_account_token(name, namespace, request)
     if response.status is None or not response.status.token:
@@ -58,7 +75,7 @@ def _http_ok(url: str) -> bool:
 
 
 def start_platform(cluster: LocalCluster, python: str = sys.executable) -> PlatformInfo:
-    """Install MedCloud into the running local cluster and start the operator and the API."""
+    """Install MedCloud into the running local cluster and start the key service, the operator and the API."""
     state = cluster.state
     assert state is not None, "start the cluster first"
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
@@ -67,7 +84,7 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
         install_crds(api)
         cluster.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)
         cluster.kubectl("apply", "-f", str(deploy_dir()))
-        tokens = {sa: service_account_token(api, sa) for sa in ("medcloud-operator", "medcloud-api", "city-admin")}
+        tokens = {sa: service_account_token(api, sa) for sa in (*SERVICE_ACCOUNTS, CITY_ADMIN)}
     finally:
         api.close()
 
@@ -79,11 +96,27 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
             ),
         )
         for sa, token in tokens.items()
-        if sa != "city-admin"
+        if sa != CITY_ADMIN
     }
     base_env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "PYTHONUNBUFFERED": "1"}
-    metrics_port, probe_port, api_port = free_port(), free_port(), free_port()
-    state.ports.update({"operator-metrics": metrics_port, "operator-probe": probe_port, "api": api_port})
+    metrics_port, probe_port, api_port, keys_port = free_port(), free_port(), free_port(), free_port()
+    state.ports.update(
+        {"operator-metrics": metrics_port, "operator-probe": probe_port, "api": api_port, "keyservice": keys_port}
+    )
+
+    # The key service first: the operator advertises its URL in the stores' Secrets.
+    key_service_url = f"http://127.0.0.1:{keys_port}"
+    keys_env = {
+        **base_env,
+        "MEDCLOUD_KEYSERVICE_KUBECONFIG": str(kubeconfigs["medcloud-keyservice"]),
+        "MEDCLOUD_KEYSERVICE_OPERATOR_NAMESPACE": SYSTEM_NAMESPACE,
+        "MEDCLOUD_KEYSERVICE_AUDIENCE": KEY_SERVICE_AUDIENCE,
+        "MEDCLOUD_KEYSERVICE_HOST": "127.0.0.1",
+        "MEDCLOUD_KEYSERVICE_PORT": str(keys_port),
+    }
+    keys = cluster.spawn("keyservice", [python, "-m", "medcloud.keyservice"], (keys_port,), env=keys_env)
+    # /readyz answers once the cluster grants the service's RBAC (reviews, Secrets), which takes a moment to apply.
+    keys.wait_ready(lambda: _http_ok(f"{key_service_url}/readyz"), 60)
 
     operator_env = {
         **base_env,
@@ -93,6 +126,7 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
         "MEDCLOUD_METRICS_ADDRESS": "127.0.0.1",
         "MEDCLOUD_PROBE_PORT": str(probe_port),
         "MEDCLOUD_STANDALONE": "true",
+        "MEDCLOUD_KEY_SERVICE_URL": key_service_url,
         **storage_env(cluster),
     }
     operator = cluster.spawn(
@@ -111,24 +145,39 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
     }
     api_proc = cluster.spawn("api", [python, "-m", "medcloud.cli", "api"], (api_port,), env=api_env)
     api_proc.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{api_port}/readyz"), 60)
-    cluster.save_state()
-    return PlatformInfo(
+    info = PlatformInfo(
         api_url=f"http://127.0.0.1:{api_port}",
-        city_admin_token=tokens["city-admin"],
+        city_admin_token=tokens[CITY_ADMIN],
         operator_metrics=f"http://127.0.0.1:{metrics_port}/metrics",
+        key_service_url=key_service_url,
     )
+    # For `dev status`: where each service answers (no tokens: state.json is not the place for them).
+    state.extra["urls"] = {
+        "api": info.api_url,
+        "keyservice": info.key_service_url,
+        "operator-metrics": info.operator_metrics,
+    }
+    state.extra["keyServiceAudience"] = info.key_service_audience
+    cluster.save_state()
+    return info
 
 
 def storage_env(cluster: LocalCluster) -> dict[str, str]:
-    """Where the operator finds the record storage (MinIO) and its root credentials."""
+    """Where the operator finds the record storage (MinIO) and its root credentials.
+
+    ``MEDCLOUD_MINIO_*`` are what the operator's StorageSettings read (buckets,
+    users, the stores' credentials Secrets); ``MEDCLOUD_STORAGE_*`` are the
+    OperatorSettings that let tenants reach that endpoint through their network
+    policies.
+    """
     state = cluster.state
     if state is None or state.minio is None:
         return {}
+    scheme = "https" if state.minio.secure else "http"
     return {
-        "MEDCLOUD_STORAGE_ENDPOINT": state.minio.endpoint,
-        "MEDCLOUD_STORAGE_ACCESS_KEY": state.minio.access_key,
-        "MEDCLOUD_STORAGE_SECRET_KEY": state.minio.secret_key,
-        "MEDCLOUD_STORAGE_SECURE": "false",
+        "MEDCLOUD_MINIO_ENDPOINT": f"{scheme}://{state.minio.endpoint}",
+        "MEDCLOUD_MINIO_ACCESS_KEY": state.minio.access_key,
+        "MEDCLOUD_MINIO_SECRET_KEY": state.minio.secret_key,
         "MEDCLOUD_STORAGE_CIDRS": json.dumps(["127.0.0.1/32"]),
         "MEDCLOUD_STORAGE_PORT": str(state.minio.port),
     }

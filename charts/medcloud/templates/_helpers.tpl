@@ -66,10 +66,13 @@ app.kubernetes.io/component: {{ . }}
 {{/*
 The ServiceAccount a component runs as: created by the chart (named after the
 release unless a name is given), or an existing one reused by name.
-Called with (dict "ctx" $ "component" "operator"|"api").
+Called with (dict "ctx" $ "component" "operator"|"api"), or for the key
+service (dict "ctx" $ "component" "keyservice" "values" "keyService"): its
+objects are named "-keyservice" (as in deploy/keyservice-rbac.yaml) while its
+values live under keyService.
 */}}
 {{- define "medcloud.serviceAccountName" -}}
-{{- $sa := (index .ctx.Values .component).serviceAccount -}}
+{{- $sa := (index .ctx.Values (default .component .values)).serviceAccount -}}
 {{- if $sa.create -}}
 {{- default (printf "%s-%s" (include "medcloud.fullname" .ctx) .component) $sa.name -}}
 {{- else -}}
@@ -84,6 +87,16 @@ Called with (dict "ctx" $ "component" "operator"|"api").
 {{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The key service's in-cluster URL, through its Service: https when
+keyService.tls.secretName is set. What the operator writes into the stores'
+credentials Secrets unless operator.config.keyServiceUrl says otherwise.
+*/}}
+{{- define "medcloud.keyServiceUrl" -}}
+{{- $ks := .Values.keyService -}}
+{{- printf "%s://%s-keyservice.%s.svc:%d" (ternary "https" "http" (not (empty $ks.tls.secretName))) (include "medcloud.fullname" .) .Release.Namespace (int $ks.service.port) -}}
 {{- end -}}
 
 {{/* Name of the ClusterKopfPeering (or KopfPeerings) the operator replicas coordinate through. */}}
@@ -119,10 +132,11 @@ Called with (dict "prefix" "MEDCLOUD_" "config" .Values.operator.config).
 {{/*
 Pod anti-affinity that prefers one replica per node, used when the user sets
 no affinity: losing a node should never take every replica with it.
-Called with (dict "ctx" $ "component" "operator"|"api").
+Called with (dict "ctx" $ "component" "operator"|"api") or, for the key
+service, (dict "ctx" $ "component" "keyservice" "values" "keyService").
 */}}
 {{- define "medcloud.affinity" -}}
-{{- $values := index .ctx.Values .component -}}
+{{- $values := index .ctx.Values (default .component .values) -}}
 {{- if $values.affinity -}}
 {{ toYaml $values.affinity }}
 {{- else -}}

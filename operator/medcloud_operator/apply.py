@@ -97,6 +97,11 @@ class OwnWrites:
             for key in [k for k in self._versions if k[1] == namespace or (k[0] == "Namespace" and k[2] == namespace)]:
                 del self._versions[key]
 
+    def forget(self, kind: str, namespace: str | None, name: str) -> None:
+        """Drop what was recorded for one object (it was deleted)."""
+        with self._lock:
+            self._versions.pop((kind, namespace, name), None)
+
     def is_own(self, kind: str, namespace: str | None, name: str, resource_version: str | None) -> bool:
         with self._lock:
             return resource_version is not None and self._versions.get((kind, namespace, name)) == resource_version
@@ -225,8 +230,11 @@ def apply(kube: Kube, desired: Manifest, own_writes: OwnWrites | None = None) ->
     return Applied(kind.kind, name, namespace, action, written)
 
 
-def prune(kube: Kube, kinds: tuple[Kind, ...], namespace: str, selector: str, desired: list[Manifest]) -> list[Applied]:
-    """Delete objects of ``kinds`` in ``namespace`` that match ``selector`` but are no longer desired."""
+def prune(
+    kube: Kube, kinds: tuple[Kind, ...], namespace: str | None, selector: str, desired: list[Manifest]
+) -> list[Applied]:
+    """Delete objects of ``kinds`` in ``namespace`` (None: cluster-scoped kinds) that match ``selector`` but are
+    no longer desired."""
     wanted = {(d["kind"], d["metadata"]["name"]) for d in desired}
     removed = []
     for kind in kinds:

@@ -70,35 +70,22 @@ def set_condition(
     ``lastTransitionTime`` becomes ``now`` only when the condition is new or its
     status changes; a changed reason or message alone keeps the old time.
     """
-    result: list[Condition] = []
-    found = False
-    for existing in conditions:
-        if existing.type != type_:
-            result.append(existing)
-            continue
-        found = True
-        transition = existing.last_transition_time if existing.status == status else now
-        result.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=str(reason),
-                message=message,
-                last_transition_time=transition,
-                observed_generation=observed_generation,
-            )
+
+    def updated(transition: datetime) -> Condition:
+        return Condition(
+            type=type_,
+            status=status,
+            reason=str(reason),
+            message=message,
+            last_transition_time=transition,
+            observed_generation=observed_generation,
         )
-    if not found:
-        result.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=str(reason),
-                message=message,
-                last_transition_time=now,
-                observed_generation=observed_generation,
-            )
-        )
+
+    result = [
+        updated(c.last_transition_time if c.status == status else now) if c.type == type_ else c for c in conditions
+    ]
+    if not any(c.type == type_ for c in conditions):
+        result.append(updated(now))
     return result
 
 

@@ -70,6 +70,17 @@ ROLE_BINDING = Kind(
     owned_fields=("subjects", "roleRef"),
     immutable_fields=("roleRef",),
 )
+CLUSTER_ROLE = Kind(
+    "rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", namespaced=False, owned_fields=("rules",)
+)
+CLUSTER_ROLE_BINDING = Kind(
+    "rbac.authorization.k8s.io/v1",
+    "ClusterRoleBinding",
+    "clusterrolebindings",
+    namespaced=False,
+    owned_fields=("subjects", "roleRef"),
+    immutable_fields=("roleRef",),
+)
 CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps", namespaced=True, owned_fields=("data", "binaryData"))
 SERVICE = Kind("v1", "Service", "services", namespaced=True, defaulted_fields=("spec",))
 DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments", namespaced=True, defaulted_fields=("spec",))
@@ -91,6 +102,8 @@ KINDS: dict[tuple[str, str], Kind] = {
         NETWORK_POLICY,
         ROLE,
         ROLE_BINDING,
+        CLUSTER_ROLE,
+        CLUSTER_ROLE_BINDING,
         CONFIG_MAP,
         SERVICE,
         DEPLOYMENT,

@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from medcloud_operator import OPERATOR_NAME, health, labels, metrics
 from medcloud_operator.context import MEMO_KEY, OperatorContext, get_context
 from medcloud_operator.handlers import appinstance, consortium, devicegateway, hospital, recordstore, workload
-from medcloud_operator.kube import CLUSTER_KOPF_PEERING, Kube, load_configuration, new_api_client
+from medcloud_operator.kube import CLUSTER_KOPF_PEERING, NAMESPACE, Kube, load_configuration, new_api_client
 from medcloud_operator.settings import OperatorSettings
 
 # Registered by import; named here so the imports read as intentional.
@@ -92,11 +92,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
 
-    # Server-side selectors: of the namespaced child kinds, stream only what
-    # this operator manages (a cluster may hold thousands of Roles). Not for
-    # namespaces: Kopf also lists namespaces to resolve --namespace globs.
+    # Server-side selectors: of the child kinds, stream only what this
+    # operator manages (a cluster may hold thousands of Roles and
+    # ClusterRoles). Not for namespaces: Kopf also lists namespaces to
+    # resolve --namespace globs.
     for kind in (*hospital.CHILD_KINDS, *appinstance.APPS.child_kinds, *devicegateway.GATEWAYS.child_kinds):
-        if kind.namespaced:
+        if kind is not NAMESPACE:
             settings.watching.label_selectors[kind.api_version, kind.plural] = labels.managed_selector()
 
     ctx = OperatorContext(settings=cfg, kube=Kube(new_api_client()))

@@ -7,14 +7,14 @@ missing empty list) never cause a write.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from medcloud.models import ConditionStatus, HospitalStatus, KeyEncryptionKey, Phase, StatusBase
+from medcloud.models import Condition, ConditionStatus, HospitalStatus, KeyEncryptionKey, Phase, StatusBase
 from medcloud_operator.conditions import ConditionType, Reason, find_condition, set_condition
 from medcloud_operator.kube import Kind, Kube
 
@@ -36,12 +36,16 @@ def dump(status: StatusBase) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def parse_hospital_status(raw: Mapping[str, Any] | None) -> HospitalStatus:
+S = TypeVar("S", bound=StatusBase)
+Part = TypeVar("Part", bound=str)
+
+
+def parse_status(model: type[S], raw: Mapping[str, Any] | None) -> S:
     """The stored status; one the model cannot read counts as empty (and is then rewritten whole)."""
     try:
-        return HospitalStatus.model_validate(raw or {})
+        return model.model_validate(raw or {})
     except ValidationError:
-        return HospitalStatus()
+        return model()
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -65,39 +69,48 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
     return patch
 
 
-def next_hospital_status(
-    previous: HospitalStatus,
+@dataclass(frozen=True)
+class Summary:
+    """Conditions and phase after a reconcile made of parts (the kind's own status fields are added by the caller)."""
+
+    conditions: list[Condition]
+    ready: Check
+    phase: Phase
+
+
+def summarise(
+    previous: StatusBase,
     *,
     generation: int | None,
-    namespace: str,
-    checks: Mapping[ConditionType, Check],
-    kek: KeyEncryptionKey | None,
-    quota_usage: Mapping[str, str] | None,
+    checks: Mapping[Part, Check],
+    parts: Sequence[Part],
     spec_failed: bool,
+    provisioning: Check,
+    ready: Check,
     now: datetime,
-) -> HospitalStatus:
-    """The status after a reconcile whose parts came out as ``checks``.
+) -> Summary:
+    """The conditions and phase for parts that came out as ``checks``.
 
     Parts not in ``checks`` (not reached because an earlier one failed) keep
-    their previous condition. ``spec_failed`` (the spec cannot be realised as
-    written) makes the phase Failed; other failures are Degraded after the
-    tenant was once Ready, Provisioning before. Ready summarises the parts: True only when all
-    three are True; otherwise it carries the first failing part's reason.
+    their previous condition; a part never reported is ``provisioning``.
+    Ready is ``ready`` when every part in ``parts`` is True, otherwise False
+    with the first failing part's reason and message. ``spec_failed`` (the
+    spec cannot be realised as written) makes the phase Failed; other
+    failures are Degraded after the object was once Ready, Provisioning before.
     """
     conditions = list(previous.conditions)
     for type_, check in checks.items():
         conditions = set_condition(conditions, type_, check.status, check.reason, check.message, generation, now)
     failing: Check | None = None
-    for part in (ConditionType.NAMESPACE_READY, ConditionType.NETWORK_ISOLATED, ConditionType.KEY_READY):
+    for part in parts:
         condition = find_condition(conditions, part)
         if condition is None:
-            failing = Check(ConditionStatus.FALSE, Reason.PROVISIONING, "Provisioning the tenant.")
+            failing = provisioning
             break
         if condition.status is not ConditionStatus.TRUE:
             failing = Check(condition.status, condition.reason, condition.message)
             break
     if failing is None:
-        ready = Check(ConditionStatus.TRUE, Reason.RECONCILED, f"Tenant namespace {namespace} is isolated and keyed.")
         phase = Phase.READY
     else:
         ready = Check(ConditionStatus.FALSE, failing.reason, failing.message)
@@ -110,14 +123,45 @@ def next_hospital_status(
     conditions = set_condition(
         conditions, ConditionType.READY, ready.status, ready.reason, ready.message, generation, now
     )
+    return Summary(conditions=conditions, ready=ready, phase=phase)
+
+
+HOSPITAL_PARTS = (ConditionType.NAMESPACE_READY, ConditionType.NETWORK_ISOLATED, ConditionType.KEY_READY)
+
+
+def next_hospital_status(
+    previous: HospitalStatus,
+    *,
+    generation: int | None,
+    namespace: str,
+    checks: Mapping[ConditionType, Check],
+    kek: KeyEncryptionKey | None,
+    quota_usage: Mapping[str, str] | None,
+    spec_failed: bool,
+    now: datetime,
+) -> HospitalStatus:
+    """The status after a reconcile whose parts came out as ``checks`` (see ``summarise``).
+
+    Ready is True only when all three parts are True.
+    """
+    summary = summarise(
+        previous,
+        generation=generation,
+        checks=checks,
+        parts=HOSPITAL_PARTS,
+        spec_failed=spec_failed,
+        provisioning=Check(ConditionStatus.FALSE, Reason.PROVISIONING, "Provisioning the tenant."),
+        ready=Check(ConditionStatus.TRUE, Reason.RECONCILED, f"Tenant namespace {namespace} is isolated and keyed."),
+        now=now,
+    )
     return HospitalStatus(
-        phase=phase,
+        phase=summary.phase,
         observed_generation=generation,
-        conditions=conditions,
+        conditions=summary.conditions,
         namespace=namespace,
         kek=kek if kek is not None else previous.kek,
         quota_usage=dict(quota_usage) if quota_usage is not None else dict(previous.quota_usage),
-        message=ready.message,
+        message=summary.ready.message,
     )
 
 
@@ -131,10 +175,12 @@ def terminating_status(
     return previous.model_copy(update={"phase": Phase.TERMINATING, "conditions": conditions, "message": check.message})
 
 
-def write_status(kube: Kube, kind: Kind, name: str, stored: StatusBase | None, new: StatusBase) -> bool:
+def write_status(
+    kube: Kube, kind: Kind, name: str, stored: StatusBase | None, new: StatusBase, namespace: str | None = None
+) -> bool:
     """Patch the status subresource with what differs from ``stored``; True if a write was needed."""
     patch = merge_patch(dump(stored) if stored is not None else {}, dump(new))
     if not patch:
         return False
-    kube.merge_patch(kind, name, {"status": patch}, subresource="status")
+    kube.merge_patch(kind, name, {"status": patch}, namespace, subresource="status")
     return True

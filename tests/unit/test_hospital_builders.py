@@ -323,3 +323,62 @@ def test_builders_are_pure() -> None:
     spec = make_spec(admins={"users": ["li"]})
     cfg = settings()
     assert b.build_tenancy("riverton", spec, cfg) == b.build_tenancy("riverton", spec, cfg)
+
+
+UID = "6f1c2a9e-0000-4000-8000-000000000001"
+
+
+def test_admin_cluster_role_lets_admins_get_and_watch_this_hospital_only() -> None:
+    role = b.build_admin_cluster_role("riverton", UID)
+    meta = role["metadata"]
+    assert (role["kind"], meta["name"]) == ("ClusterRole", "medcloud:hospital:riverton:admin")
+    assert "namespace" not in meta
+    assert meta["labels"]["app.kubernetes.io/component"] == "tenancy"
+    assert meta["labels"]["medcloud.io/hospital"] == "riverton"
+    # Cluster-scoped, like its owner: the garbage collector revokes it should the Hospital go without the operator.
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "medcloud.io/v1alpha1",
+            "kind": "Hospital",
+            "name": "riverton",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": False,
+        }
+    ]
+    # By name: no list (a plain list names no object), no writes, nothing else cluster-wide.
+    assert role["rules"] == [
+        {
+            "apiGroups": ["medcloud.io"],
+            "resources": ["hospitals"],
+            "resourceNames": ["riverton"],
+            "verbs": ["get", "watch"],
+        }
+    ]
+
+
+def test_admin_cluster_role_binding_binds_the_same_admins_as_the_namespace() -> None:
+    spec = make_spec(admins={"users": ["zhang@riverton", "li@riverton", "li@riverton"], "groups": ["riverton-it"]})
+    binding = b.build_admin_cluster_role_binding("riverton", spec, UID)
+    namespaced = b.build_admin_role_binding("riverton", spec)
+    assert binding is not None
+    assert namespaced is not None
+    assert (binding["kind"], binding["metadata"]["name"]) == ("ClusterRoleBinding", "medcloud:hospital:riverton:admin")
+    assert "namespace" not in binding["metadata"]
+    assert binding["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "medcloud:hospital:riverton:admin",
+    }
+    assert binding["subjects"] == namespaced["subjects"]
+    assert [s["name"] for s in binding["subjects"]] == ["li@riverton", "zhang@riverton", "riverton-it"]
+
+
+def test_admin_cluster_access_is_the_role_and_a_binding_only_while_there_are_admins() -> None:
+    with_admins = b.build_admin_cluster_access("riverton", make_spec(admins={"groups": ["riverton-it"]}), UID)
+    assert [o["kind"] for o in with_admins] == ["ClusterRole", "ClusterRoleBinding"]
+    assert b.build_admin_cluster_role_binding("riverton", make_spec(), UID) is None
+    assert [o["kind"] for o in b.build_admin_cluster_access("riverton", make_spec(), UID)] == ["ClusterRole"]
+    spec = make_spec(admins={"users": ["li"]})
+    assert b.build_admin_cluster_access("riverton", spec, UID) == b.build_admin_cluster_access("riverton", spec, UID)

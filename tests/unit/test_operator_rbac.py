@@ -33,15 +33,23 @@ def test_no_wildcards_and_no_cluster_wide_secrets() -> None:
             assert "*" not in rule["verbs"]
             assert "*" not in rule["resources"]
             assert "secrets" not in rule["resources"], role["metadata"]["name"]
-            assert "clusterrolebindings" not in rule["resources"]
-            if "clusterroles" in rule["resources"]:
-                # Only binding the tenant Secrets role, by name: never writing or escalating ClusterRoles.
-                assert rule == {
-                    "apiGroups": ["rbac.authorization.k8s.io"],
-                    "resources": ["clusterroles"],
-                    "verbs": ["bind"],
-                    "resourceNames": [TENANT_SECRETS],
-                }
+            if {"clusterroles", "clusterrolebindings"} & set(rule["resources"]):
+                # Binding the tenant Secrets role, by name; and writing the Hospital admins' ClusterRoles and
+                # their bindings, which the escalation check limits to what the operator holds: never
+                # `escalate` on ClusterRoles, never `bind` on another ClusterRole.
+                assert rule in (
+                    {
+                        "apiGroups": ["rbac.authorization.k8s.io"],
+                        "resources": ["clusterroles"],
+                        "verbs": ["bind"],
+                        "resourceNames": [TENANT_SECRETS],
+                    },
+                    {
+                        "apiGroups": ["rbac.authorization.k8s.io"],
+                        "resources": ["clusterroles", "clusterrolebindings"],
+                        "verbs": ["get", "list", "watch", "create", "update", "delete"],
+                    },
+                ), rule
 
 
 def test_escalate_only_on_namespaced_roles_and_bind_only_named_roles() -> None:
@@ -88,6 +96,24 @@ def test_the_operator_binds_the_role_deploy_grants_to_the_account_deploy_creates
     ]
 
 
+def test_the_operator_holds_everything_a_hospital_admin_cluster_role_grants() -> None:
+    """RBAC lets the operator write that ClusterRole and bind it only because it holds its rules, cluster-wide."""
+    from medcloud_operator.builders.hospital import build_admin_cluster_role
+
+    operator = next(d for d in documents() if d["kind"] == "ClusterRole")
+    # On every object of the kind: a rule limited by resourceNames would not cover another Hospital's name.
+    held = [r for r in operator["rules"] if not r.get("resourceNames")]
+    role = build_admin_cluster_role("riverton", "0000-uid")
+    for rule in role["rules"]:
+        assert rule["resourceNames"] == ["riverton"]
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert any(
+                        group in h["apiGroups"] and resource in h["resources"] and verb in h["verbs"] for h in held
+                    ), (group, resource, verb)
+
+
 def test_secrets_only_in_the_operator_namespace_and_never_listed() -> None:
     roles = [d for d in documents() if d["kind"] == "Role"]
     secret_rules = [r for role in roles for r in role["rules"] if "secrets" in r["resources"]]
@@ -126,3 +152,15 @@ def test_the_operator_never_creates_or_deletes_what_users_own() -> None:
     granted = _granted()
     for kind in ("hospitals", "recordstores", "devicegateways", "appinstances", "consortia"):
         assert not {"create", "delete", "deletecollection"} & granted.get(("medcloud.io", kind), set()), kind
+
+
+def test_city_admins_get_no_record_keys() -> None:
+    """Data keys are an explicit grant per store: the city admin role names its resources, never "*"."""
+    (role,) = [d for d in documents("city-admin-rbac.yaml") if d["kind"] == "ClusterRole"]
+    for rule in role["rules"]:
+        assert "*" not in rule["resources"]
+        assert not any(resource.startswith("recordstores/") for resource in rule["resources"])
+    medcloud = [r for r in role["rules"] if "medcloud.io" in r["apiGroups"]]
+    assert {res for r in medcloud for res in r["resources"]} == {
+        "hospitals", "recordstores", "devicegateways", "appinstances", "consortia",
+    }  # fmt: skip

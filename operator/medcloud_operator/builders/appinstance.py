@@ -7,15 +7,14 @@ tenant's LimitRange) in; manifests and the next status out.
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import Unpack
 
 from medcloud.models import AppInstanceSpec, AppInstanceStatus
 from medcloud.models.common import ComputeResources
 from medcloud_operator.builders import devicegateway, workload
-from medcloud_operator.builders.workload import Ceiling, Dependency
+from medcloud_operator.builders.workload import Ceiling, Dependency, Findings
 from medcloud_operator.catalog import CATALOG, WorkloadSettings, app_image
 from medcloud_operator.kube import Manifest
-from medcloud_operator.status import Check
 
 COMPONENT = "appinstance"
 """``app.kubernetes.io/component`` of an app's children (and its pods)."""
@@ -214,32 +213,15 @@ def dependencies(spec: AppInstanceSpec, record_store: Manifest | None, gateway: 
 
 
 def next_status(
-    previous: AppInstanceStatus,
-    *,
-    generation: int | None,
-    dependencies: Check | None,
-    available: Check | None,
-    failure: Check | None,
-    spec_failed: bool,
-    url: str | None,
-    ready_replicas: int | None,
-    now: datetime,
+    previous: AppInstanceStatus, *, url: str | None, ready_replicas: int | None, **findings: Unpack[Findings]
 ) -> AppInstanceStatus:
     """The app's status: conditions and phase, where it is reached, and its ready pods."""
     shown_url = url if url is not None else previous.url
-    outcome = workload.next_outcome(
-        previous,
-        generation=generation,
-        dependencies=dependencies,
-        available=available,
-        failure=failure,
-        spec_failed=spec_failed,
-        ready_message=f"Serving at {shown_url}." if shown_url else "Serving.",
-        now=now,
-    )
+    ready_message = f"Serving at {shown_url}." if shown_url else "Serving."
+    outcome = workload.next_outcome(previous, ready_message=ready_message, **findings)
     return AppInstanceStatus(
         phase=outcome.phase,
-        observed_generation=generation,
+        observed_generation=findings["generation"],
         conditions=outcome.conditions,
         url=shown_url,
         ready_replicas=ready_replicas if ready_replicas is not None else previous.ready_replicas,

@@ -8,14 +8,13 @@ LimitRange) in; manifests and the next status out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from typing import Unpack
 
 from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus, Protocol
 from medcloud_operator.builders import workload
-from medcloud_operator.builders.workload import Ceiling, Dependency
+from medcloud_operator.builders.workload import Ceiling, Dependency, Findings
 from medcloud_operator.catalog import WorkloadSettings, gateway_image
 from medcloud_operator.kube import Manifest
-from medcloud_operator.status import Check
 
 COMPONENT = "devicegateway"
 """``app.kubernetes.io/component`` of a gateway's children (and its pods)."""
@@ -181,15 +180,7 @@ def dependencies(spec: DeviceGatewaySpec, record_store: Manifest | None) -> list
 
 
 def next_status(
-    previous: DeviceGatewayStatus,
-    *,
-    generation: int | None,
-    dependencies: Check | None,
-    available: Check | None,
-    failure: Check | None,
-    spec_failed: bool,
-    endpoints: dict[str, str] | None,
-    now: datetime,
+    previous: DeviceGatewayStatus, *, endpoints: dict[str, str] | None, **findings: Unpack[Findings]
 ) -> DeviceGatewayStatus:
     """The gateway's status: conditions and phase, where devices connect, and device counts.
 
@@ -197,19 +188,11 @@ def next_status(
     counts are zero.
     """
     shown = endpoints if endpoints is not None else dict(previous.endpoints)
-    outcome = workload.next_outcome(
-        previous,
-        generation=generation,
-        dependencies=dependencies,
-        available=available,
-        failure=failure,
-        spec_failed=spec_failed,
-        ready_message=f"Accepting readings on {', '.join(sorted(shown)) or 'no protocol'}.",
-        now=now,
-    )
+    ready_message = f"Accepting readings on {', '.join(sorted(shown)) or 'no protocol'}."
+    outcome = workload.next_outcome(previous, ready_message=ready_message, **findings)
     return DeviceGatewayStatus(
         phase=outcome.phase,
-        observed_generation=generation,
+        observed_generation=findings["generation"],
         conditions=outcome.conditions,
         endpoints=shown,
         devices=previous.devices or DeviceCounts(),

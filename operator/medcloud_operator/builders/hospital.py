@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medcloud.models import HospitalSpec, hospital_namespace
+from medcloud.models import API_VERSION, HospitalSpec, hospital_namespace
 from medcloud_operator import labels
 from medcloud_operator.quantities import quantity
 from medcloud_operator.settings import OperatorSettings
@@ -23,6 +23,8 @@ LIMITS_NAME = "medcloud-limits"
 ADMIN_ROLE_NAME = "medcloud-hospital-admin"
 OPERATOR_BINDING_NAME = "medcloud-operator-tenant"
 """RoleBinding giving the operator itself, in this namespace only, the tenant Secrets ClusterRole."""
+HOSPITAL_READ_VERBS = ["get", "watch"]
+"""What ``spec.admins`` may do with their own (cluster-scoped) Hospital object, by name."""
 
 # Network policy names; each policy is one reason traffic is allowed.
 NP_DEFAULT_DENY = "medcloud-default-deny"
@@ -279,15 +281,20 @@ def build_admin_role(name: str) -> Manifest:
     }
 
 
-def build_admin_role_binding(name: str, spec: HospitalSpec) -> Manifest | None:
-    """Binds ``spec.admins`` to the admin Role; None when there are no admins (the binding is pruned)."""
-    subjects = [
+def _admin_subjects(spec: HospitalSpec) -> list[Manifest]:
+    """``spec.admins`` as RBAC subjects: users, then groups, each sorted and once."""
+    return [
         {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}
         for user in sorted(set(spec.admins.users))
     ] + [
         {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": group}
         for group in sorted(set(spec.admins.groups))
     ]
+
+
+def build_admin_role_binding(name: str, spec: HospitalSpec) -> Manifest | None:
+    """Binds ``spec.admins`` to the admin Role; None when there are no admins (the binding is pruned)."""
+    subjects = _admin_subjects(spec)
     if not subjects:
         return None
     return {
@@ -297,6 +304,86 @@ def build_admin_role_binding(name: str, spec: HospitalSpec) -> Manifest | None:
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ADMIN_ROLE_NAME},
         "subjects": subjects,
     }
+
+
+def admin_cluster_role_name(name: str) -> str:
+    """The ClusterRole (and ClusterRoleBinding) that lets the Hospital's admins read the Hospital itself."""
+    return f"medcloud:hospital:{name}:admin"
+
+
+def _owned_by_hospital(name: str, uid: str) -> Manifest:
+    """Cluster-scoped metadata traced to the Hospital by labels, like the tenancy, and by an owner reference.
+
+    The reference (allowed: both are cluster-scoped) lets the garbage
+    collector revoke the grant should the Hospital ever go without the
+    operator's deletion handler (a finalizer removed by force); these objects
+    hold no data, so the cascade the tenancy avoids is what is wanted here.
+    """
+    meta = _meta(admin_cluster_role_name(name), name)
+    meta["ownerReferences"] = [
+        {
+            "apiVersion": API_VERSION,
+            "kind": "Hospital",
+            "name": name,
+            "uid": uid,
+            "controller": True,
+            "blockOwnerDeletion": False,
+        }
+    ]
+    return meta
+
+
+def build_admin_cluster_role(name: str, uid: str) -> Manifest:
+    """Get and watch on this one Hospital, by name: what the control API asks of its admins to show and follow it.
+
+    The Hospital is cluster-scoped, so the namespaced admin Role cannot grant
+    it. ``list`` is left out: a rule with ``resourceNames`` never authorizes
+    listing the collection (the request names no object), only a list or
+    watch narrowed to this name by ``fieldSelector=metadata.name``, and the
+    control API's listing checks ``get`` per Hospital instead. The operator
+    may write this role because it holds these verbs on every Hospital
+    itself (RBAC's escalation check).
+    """
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": _owned_by_hospital(name, uid),
+        "rules": [
+            {
+                "apiGroups": ["medcloud.io"],
+                "resources": ["hospitals"],
+                "resourceNames": [name],
+                "verbs": HOSPITAL_READ_VERBS,
+            }
+        ],
+    }
+
+
+def build_admin_cluster_role_binding(name: str, spec: HospitalSpec, uid: str) -> Manifest | None:
+    """Binds ``spec.admins`` to the Hospital's admin ClusterRole; None when there are no admins (it is pruned)."""
+    subjects = _admin_subjects(spec)
+    if not subjects:
+        return None
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": _owned_by_hospital(name, uid),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": admin_cluster_role_name(name),
+        },
+        "subjects": subjects,
+    }
+
+
+def build_admin_cluster_access(name: str, spec: HospitalSpec, uid: str) -> list[Manifest]:
+    """The cluster-scoped part of admin access (the role, then its binding when there are admins).
+
+    ``uid`` is the Hospital's, for the owner references.
+    """
+    binding = build_admin_cluster_role_binding(name, spec, uid)
+    return [build_admin_cluster_role(name, uid), *([binding] if binding is not None else [])]
 
 
 def build_operator_role_binding(name: str, settings: OperatorSettings) -> Manifest:

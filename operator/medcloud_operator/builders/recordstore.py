@@ -24,8 +24,6 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import ValidationError
-
 from medcloud.models import (
     ConditionStatus,
     KeyRotation,
@@ -40,7 +38,7 @@ from medcloud.models.common import HOSPITAL_NAMESPACE_PREFIX, parse_quantity
 from medcloud_operator import OPERATOR_NAME, labels
 from medcloud_operator.conditions import set_condition
 from medcloud_operator.kube import Manifest
-from medcloud_operator.status import Check
+from medcloud_operator.status import Check, summarise
 
 COMPONENT = "recordstore"
 """``app.kubernetes.io/component`` of the objects a RecordStore owns."""
@@ -330,7 +328,7 @@ SECRET_KEY_FIELD = "COSI_S3_ACCESS_SECRET_KEY"  # noqa: S105 - a key name, not a
 ACCESS_KEY_FIELD = "COSI_S3_ACCESS_KEY_ID"
 
 
-def credentials_data(
+def build_credentials_secret(
     names: StoreNames,
     endpoint: Endpoint,
     region: str,
@@ -338,8 +336,8 @@ def credentials_data(
     *,
     ca_pem: str | None = None,
     key_service_url: str | None = None,
-) -> dict[str, str]:
-    """The Secret's values in clear: COSI (v1alpha2) keys, ObjectBucketClaim keys, and MedCloud's own.
+) -> Manifest:
+    """The credentials Secret in the hospital namespace: COSI (v1alpha2) keys, ObjectBucketClaim keys, MedCloud's own.
 
     Both conventions so that off-the-shelf consumers (backup tools, database
     operators) take the Secret as it is. COSI publishes a URL, the OBC keys a
@@ -367,20 +365,6 @@ def credentials_data(
         data["COSI_CERTIFICATE_AUTHORITY"] = ca_pem
     if key_service_url:
         data["MEDCLOUD_KEY_SERVICE_URL"] = key_service_url
-    return data
-
-
-def build_credentials_secret(
-    names: StoreNames,
-    endpoint: Endpoint,
-    region: str,
-    secret_key: str,
-    *,
-    ca_pem: str | None = None,
-    key_service_url: str | None = None,
-) -> Manifest:
-    """The credentials Secret in the hospital namespace."""
-    data = credentials_data(names, endpoint, region, secret_key, ca_pem=ca_pem, key_service_url=key_service_url)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -477,14 +461,6 @@ def usage(versions: Iterable[StoredVersion], current_key_version: int | None) ->
 # --------------------------------------------------------------------------- status
 
 
-def parse_status(raw: Mapping[str, Any] | None) -> RecordStoreStatus:
-    """The stored status; one the model cannot read counts as empty (and is rewritten whole)."""
-    try:
-        return RecordStoreStatus.model_validate(raw or {})
-    except ValidationError:
-        return RecordStoreStatus()
-
-
 @dataclass(frozen=True)
 class StoreFacts:
     """What one reconcile learnt; None leaves the previous status value in place."""
@@ -517,41 +493,25 @@ def next_status(
     when a store that was Ready lost a part, Provisioning before it was ever
     Ready.
     """
-    conditions = list(previous.conditions)
-    for type_, check in checks.items():
-        conditions = set_condition(conditions, type_, check.status, check.reason, check.message, generation, now)
-    failing: Check | None = None
-    for part in PARTS:
-        condition = next((c for c in conditions if c.type == part), None)
-        if condition is None:
-            failing = Check(ConditionStatus.FALSE, StoreReason.PROVISIONING, "Provisioning the record store.")
-            break
-        if condition.status is not ConditionStatus.TRUE:
-            failing = Check(condition.status, condition.reason, condition.message)
-            break
     bucket = facts.bucket or previous.bucket
-    if failing is None:
-        ready = Check(
+    summary = summarise(
+        previous,
+        generation=generation,
+        checks=checks,
+        parts=PARTS,
+        spec_failed=spec_failed,
+        provisioning=Check(ConditionStatus.FALSE, StoreReason.PROVISIONING, "Provisioning the record store."),
+        ready=Check(
             ConditionStatus.TRUE,
             StoreReason.RECONCILED,
             f"Bucket {bucket} is locked and versioned, its credentials are issued and its keys are current.",
-        )
-        phase = Phase.READY
-    else:
-        ready = Check(ConditionStatus.FALSE, failing.reason, failing.message)
-        if spec_failed:
-            phase = Phase.FAILED
-        elif previous.phase in (Phase.READY, Phase.DEGRADED):
-            phase = Phase.DEGRADED
-        else:
-            phase = Phase.PROVISIONING
-    conditions = set_condition(
-        conditions, StoreCondition.READY, ready.status, ready.reason, ready.message, generation, now
+        ),
+        now=now,
     )
     return RecordStoreStatus(
-        phase=phase,
+        phase=summary.phase,
         observed_generation=generation,
-        conditions=conditions,
+        conditions=summary.conditions,
         bucket=bucket,
         endpoint=facts.endpoint or previous.endpoint,
         secret_ref=SecretReference(name=facts.secret) if facts.secret else previous.secret_ref,

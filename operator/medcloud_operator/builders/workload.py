@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import ValidationError
 
@@ -417,6 +417,17 @@ class Outcome:
     conditions: list[Condition]
     phase: Phase
     ready: Check
+
+
+class Findings(TypedDict):
+    """What one reconcile found: the arguments ``next_outcome`` and each kind's ``next_status`` share."""
+
+    generation: int | None
+    dependencies: Check | None
+    available: Check | None
+    failure: Check | None
+    spec_failed: bool
+    now: datetime
 
 
 def next_outcome(

@@ -13,7 +13,6 @@ only when something changed):
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import kopf
@@ -26,42 +25,23 @@ from medcloud_operator import events, metrics
 from medcloud_operator.builders.consortium import ConsortiumCondition, next_status
 from medcloud_operator.conditions import now_utc
 from medcloud_operator.context import OperatorContext, get_context
-from medcloud_operator.handlers.workload import RESYNC_SECONDS, write_status
+from medcloud_operator.handlers.common import Logger, reconcile_object
+from medcloud_operator.handlers.workload import RESYNC_SECONDS
 from medcloud_operator.kube import CONSORTIUM, HOSPITAL, Manifest
+from medcloud_operator.status import parse_status, write_status
 
 KIND = CONSORTIUM.kind
 PLURAL = CONSORTIUM.plural
 
-Logger = logging.Logger | logging.LoggerAdapter[Any]
-
-
-def _parse_status(raw: Any) -> ConsortiumStatus:
-    try:
-        return ConsortiumStatus.model_validate(raw or {})
-    except ValidationError:
-        return ConsortiumStatus()
-
 
 def reconcile(ctx: OperatorContext, name: str, logger: Logger) -> None:
     """Recount one Consortium's members and write its status if it changed; raises Kopf errors for retries."""
-    with ctx.locks(f"{KIND}/{name}"), metrics.reconcile_timer(KIND):
-        body = ctx.kube.get(CONSORTIUM, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        try:
-            _reconcile(ctx, body, logger)
-        except kopf.TemporaryError:
-            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_REQUEUE).inc()
-            raise
-        except Exception:
-            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_ERROR).inc()
-            raise
-        metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_SUCCESS).inc()
+    reconcile_object(ctx, CONSORTIUM, name, None, lambda body: _reconcile(ctx, body, logger))
 
 
 def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
     name, generation = body["metadata"]["name"], body["metadata"].get("generation")
-    previous = _parse_status(body.get("status"))
+    previous = parse_status(ConsortiumStatus, body.get("status"))
     try:
         spec = ConsortiumSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
@@ -71,7 +51,7 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
     try:
         hospitals = {h["metadata"]["name"]: h for h in ctx.kube.list(HOSPITAL)}
         new = next_status(previous, name=name, generation=generation, spec=spec, hospitals=hospitals, now=now_utc())
-        written = write_status(ctx.kube, CONSORTIUM, None, name, previous, new)
+        written = write_status(ctx.kube, CONSORTIUM, name, previous, new)
     except (ApiException, HTTPError, OSError) as exc:
         metrics.RECONCILE_ERRORS.labels(kind=KIND, reason="ApiFailed").inc()
         raise kopf.TemporaryError(f"cannot read the member Hospitals or write the status: {exc}", delay=10) from exc

@@ -20,14 +20,11 @@ tenant namespace, otherwise the namespace and then the KEK are removed.
 
 from __future__ import annotations
 
-import json
-import logging
 from typing import Any, NoReturn
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
-from urllib3.exceptions import HTTPError
 
 from medcloud.models import (
     GROUP,
@@ -40,11 +37,30 @@ from medcloud.models import (
     hospital_namespace,
 )
 from medcloud_operator import OPERATOR_NAME, events, kek, labels, metrics
-from medcloud_operator.apply import Action, Applied, TerminatingError, apply, prune
-from medcloud_operator.builders.hospital import QUOTA_NAME, InvalidSpecError, build_tenancy
+from medcloud_operator.apply import Applied, TerminatingError, apply, prune
+from medcloud_operator.builders.hospital import (
+    QUOTA_NAME,
+    InvalidSpecError,
+    admin_cluster_role_name,
+    build_admin_cluster_access,
+    build_tenancy,
+)
 from medcloud_operator.conditions import ConditionType, Reason, now_utc
 from medcloud_operator.context import OperatorContext, get_context
+from medcloud_operator.handlers.common import (
+    Logger,
+    ReconcileError,
+    api_message,
+    classify_request,
+    handling,
+    reconcile_object,
+    register_drift_handlers,
+    report_applied,
+    retry_on_conflict,
+)
 from medcloud_operator.kube import (
+    CLUSTER_ROLE,
+    CLUSTER_ROLE_BINDING,
     HOSPITAL,
     LIMIT_RANGE,
     NAMESPACE,
@@ -58,21 +74,26 @@ from medcloud_operator.kube import (
     Manifest,
 )
 from medcloud_operator.settings import OperatorSettings
-from medcloud_operator.status import (
-    Check,
-    next_hospital_status,
-    parse_hospital_status,
-    terminating_status,
-    write_status,
-)
+from medcloud_operator.status import Check, next_hospital_status, parse_status, terminating_status, write_status
 
 KIND = "Hospital"
 PLURAL = "hospitals"
 
-CHILD_KINDS: tuple[Kind, ...] = (NAMESPACE, RESOURCE_QUOTA, LIMIT_RANGE, NETWORK_POLICY, ROLE, ROLE_BINDING)
+CHILD_KINDS: tuple[Kind, ...] = (
+    NAMESPACE,
+    RESOURCE_QUOTA,
+    LIMIT_RANGE,
+    NETWORK_POLICY,
+    ROLE,
+    ROLE_BINDING,
+    CLUSTER_ROLE,
+    CLUSTER_ROLE_BINDING,
+)
 """Kinds of the tenancy objects; their watch events trigger drift repair."""
 PRUNED_KINDS: tuple[Kind, ...] = (RESOURCE_QUOTA, LIMIT_RANGE, NETWORK_POLICY, ROLE, ROLE_BINDING)
 """Namespaced tenancy kinds: one the spec no longer asks for is deleted."""
+CLUSTER_PRUNED_KINDS: tuple[Kind, ...] = (CLUSTER_ROLE, CLUSTER_ROLE_BINDING)
+"""Cluster-scoped tenancy kinds (the admins' access to the Hospital itself): likewise deleted when not asked for."""
 
 # The timer interval is fixed when the handlers are registered (Kopf takes a
 # number, not a callable), so it comes from the environment at import time.
@@ -87,24 +108,6 @@ def _condition_for(kind: str) -> ConditionType:
     return ConditionType.NAMESPACE_READY
 
 
-class ReconcileError(Exception):
-    """A classified reconcile failure: which condition it breaks, why, and whether it will heal."""
-
-    def __init__(self, reason: Reason, message: str, *, permanent: bool = False, delay: float = 10.0) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.permanent = permanent
-        self.delay = delay
-
-
-def _api_message(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return str(exc.reason)
-
-
 def classify(exc: Exception, stage: ConditionType, settings: OperatorSettings) -> ReconcileError:
     """Turn what went wrong into a reason a person can act on, and a retry decision."""
     if isinstance(exc, ReconcileError):
@@ -117,32 +120,16 @@ def classify(exc: Exception, stage: ConditionType, settings: OperatorSettings) -
         return ReconcileError(Reason.KEK_INVALID, f"{exc}; restore the Secret from backup.", permanent=True)
     if isinstance(exc, TerminatingError):
         return ReconcileError(Reason.NAMESPACE_TERMINATING, f"{exc}; waiting until it is gone.", delay=5)
-    if isinstance(exc, ApiException):
-        message = _api_message(exc)
-        if exc.status == 403:
-            return ReconcileError(
-                Reason.FORBIDDEN, f"The operator is not allowed to do this (fix its RBAC): {message}", delay=60
-            )
-        if exc.status in (400, 422):
-            return ReconcileError(
-                Reason.INVALID_SPEC, f"The API server rejected a child object: {message}", permanent=True
-            )
-        if exc.status == 404 and stage is ConditionType.KEY_READY:
-            return ReconcileError(
-                Reason.OPERATOR_NAMESPACE_MISSING,
-                f"Namespace {settings.operator_namespace} for KEK Secrets is missing: {message}",
-                delay=30,
-            )
-        return ReconcileError(Reason.APPLY_FAILED, f"The API server failed a request ({exc.status}): {message}")
-    if isinstance(exc, HTTPError | OSError):
-        return ReconcileError(Reason.APPLY_FAILED, f"The API server is unreachable: {exc}")
-    raise exc
-
-
-def _to_kopf_error(failure: ReconcileError) -> kopf.PermanentError | kopf.TemporaryError:
-    if failure.permanent:
-        return kopf.PermanentError(failure.message)
-    return kopf.TemporaryError(failure.message, delay=failure.delay)
+    if isinstance(exc, ApiException) and exc.status == 404 and stage is ConditionType.KEY_READY:
+        return ReconcileError(
+            Reason.OPERATOR_NAMESPACE_MISSING,
+            f"Namespace {settings.operator_namespace} for KEK Secrets is missing: {api_message(exc)}",
+            delay=30,
+        )
+    failure = classify_request(exc, Reason)
+    if failure is None:
+        raise exc
+    return failure
 
 
 def _network_summary(objects: list[Manifest]) -> str:
@@ -150,40 +137,31 @@ def _network_summary(objects: list[Manifest]) -> str:
     return f"Default deny in place; {len(names)} network policies: {', '.join(names)}."
 
 
-def reconcile(ctx: OperatorContext, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+def reconcile(ctx: OperatorContext, name: str, logger: Logger) -> None:
     """Bring one Hospital's tenancy to its spec and report it; raises Kopf errors for retries."""
-    with ctx.locks(name), metrics.reconcile_timer(KIND):
-        body = ctx.kube.get(HOSPITAL, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        try:
-            _reconcile(ctx, body, logger)
-        except kopf.TemporaryError:
-            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_REQUEUE).inc()
-            raise
-        except Exception:
-            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_ERROR).inc()
-            raise
-        metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_SUCCESS).inc()
+    reconcile_object(ctx, HOSPITAL, name, None, lambda body: _reconcile(ctx, body, logger))
 
 
-def _reconcile(ctx: OperatorContext, body: Manifest, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
     settings, kube = ctx.settings, ctx.kube
     name = body["metadata"]["name"]
     generation = body["metadata"].get("generation")
     namespace = hospital_namespace(name)
-    previous = parse_hospital_status(body.get("status"))
+    previous = parse_status(HospitalStatus, body.get("status"))
     checks: dict[ConditionType, Check] = {}
     results: list[Applied] = []
     stage = ConditionType.NAMESPACE_READY
     try:
         spec = HospitalSpec.model_validate(body.get("spec") or {})
         desired = build_tenancy(name, spec, settings)
-        for obj in desired:
+        cluster_wide = build_admin_cluster_access(name, spec, body["metadata"]["uid"])
+        for obj in (*desired, *cluster_wide):
             stage = _condition_for(obj["kind"])
             results.append(apply(kube, obj, ctx.own_writes))
         stage = ConditionType.NETWORK_ISOLATED
         results += prune(kube, PRUNED_KINDS, namespace, labels.tenancy_selector(name), desired)
+        stage = ConditionType.NAMESPACE_READY
+        results += prune(kube, CLUSTER_PRUNED_KINDS, None, labels.tenancy_selector(name), cluster_wide)
         checks[ConditionType.NAMESPACE_READY] = Check(
             ConditionStatus.TRUE,
             Reason.RECONCILED,
@@ -209,9 +187,7 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: logging.Logger | lo
             + (f" (versions {_listed(state.versions)} kept)." if len(state.versions) > 1 else "."),
         )
     except ApiException as exc:
-        if exc.status == 409:
-            # Someone changed the object between our read and write: read again soon.
-            raise kopf.TemporaryError(f"conflict writing a child object: {_api_message(exc)}", delay=1) from exc
+        retry_on_conflict(exc, "a child object")
         _fail(ctx, body, previous, generation, namespace, checks, stage, classify(exc, stage, settings), logger)
     except Exception as exc:
         _fail(ctx, body, previous, generation, namespace, checks, stage, classify(exc, stage, settings), logger)
@@ -259,11 +235,11 @@ def _fail(
     checks: dict[ConditionType, Check],
     stage: ConditionType,
     failure: ReconcileError,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
+    logger: Logger,
 ) -> NoReturn:
     """Record a failure in status (and an Event when it is new), then raise the Kopf error that retries it."""
     name = body["metadata"]["name"]
-    checks[stage] = Check(ConditionStatus.FALSE, failure.reason, failure.message)
+    checks[stage] = failure.check
     new = next_hospital_status(
         previous,
         generation=generation,
@@ -280,7 +256,7 @@ def _fail(
     assert new.phase is not None
     metrics.PHASES.set(KIND, name, new.phase)
     logger.warning("Hospital %s: %s: %s", name, failure.reason, failure.message)
-    raise _to_kopf_error(failure) from failure
+    raise failure.to_kopf() from failure
 
 
 def _report_changes(
@@ -290,20 +266,10 @@ def _report_changes(
     results: list[Applied],
     key: kek.KekState,
     settings: OperatorSettings,
-    logger: logging.Logger | logging.LoggerAdapter[Any],
+    logger: Logger,
 ) -> None:
-    """One Event per object that changed. A change while the spec stood still is drift being repaired."""
-    steady = previous.phase in (Phase.READY, Phase.DEGRADED) and previous.observed_generation == generation
-    for result in results:
-        if not result.changed:
-            continue
-        if steady and result.action is not Action.DELETED:
-            metrics.DRIFT_REPAIRS.labels(kind=result.kind).inc()
-            reason, what = "DriftRepaired", f"{result.describe()}: it had been changed or deleted outside the operator"
-        else:
-            reason, what = result.action.value.capitalize(), result.describe()
-        events.post(body, events.NORMAL, reason, what)
-        logger.info("%s", what)
+    """One Event per object that changed (drift repaired, or the spec's doing), and per KEK created or rotated."""
+    report_applied(body, previous, generation, results, logger)
     if key.created:
         message = f"KEK version {key.current.version} created in namespace {settings.operator_namespace}"
         events.post(body, events.NORMAL, "KEKCreated", message)
@@ -333,37 +299,23 @@ def hospital_resync(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -
     reconcile(get_context(memo), name, logger)
 
 
-def child_changed(
-    type: str | None,  # Kopf passes the watch event type by this name
-    body: kopf.Body,
-    memo: kopf.Memo,
-    logger: kopf.Logger,
-    **_: Any,
-) -> None:
-    """A tenancy child changed: reconcile its Hospital unless the change is the echo of our own write."""
-    if type is None:
-        # The initial listing at startup: the resume handler reconciles every Hospital anyway.
-        return
-    meta = body["metadata"]
-    hospital = (meta.get("labels") or {}).get(labels.HOSPITAL)
-    if not hospital:
-        return
-    ctx = get_context(memo)
-    if type != "DELETED" and ctx.own_writes.is_own(
-        body["kind"], meta.get("namespace"), meta["name"], meta.get("resourceVersion")
-    ):
-        return
-    logger.debug("%s %s %s: reconciling Hospital %s", body["kind"], meta["name"], type.lower(), hospital)
+def _hospital_of(child: kopf.Body) -> str | None:
+    return (child["metadata"].get("labels") or {}).get(labels.HOSPITAL) or None
+
+
+def _repair(ctx: OperatorContext, memo: kopf.Memo, hospital: str, namespace: str | None, logger: Logger) -> None:
     reconcile(ctx, hospital, logger)
 
 
-for _kind in CHILD_KINDS:
-    kopf.on.event(
-        _kind.api_version,
-        _kind.plural,
-        id=f"drift-{_kind.plural}",
-        labels={labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: labels.TENANCY, labels.HOSPITAL: kopf.PRESENT},
-    )(child_changed)
+# A tenancy child changed: reconcile its Hospital unless the change is the echo of our own write.
+register_drift_handlers(
+    CHILD_KINDS,
+    id_prefix="drift",
+    labels={labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: labels.TENANCY, labels.HOSPITAL: kopf.PRESENT},
+    owner_kind=KIND,
+    owner_of=_hospital_of,
+    reconcile=_repair,
+)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -371,12 +323,12 @@ def hospital_deleted(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) 
     """Offboard: refuse while RecordStores remain; else delete the namespace, wait for it, destroy the KEK."""
     ctx = get_context(memo)
     kube, settings = ctx.kube, ctx.settings
-    with ctx.locks(name), metrics.reconcile_timer(KIND):
+    with handling(ctx, HOSPITAL, name):
         body = kube.get(HOSPITAL, name)
         if body is None:
             return
         generation = body["metadata"].get("generation")
-        previous = parse_hospital_status(body.get("status"))
+        previous = parse_status(HospitalStatus, body.get("status"))
         namespace = hospital_namespace(name)
         live_ns = kube.get(NAMESPACE, namespace)
         ours = live_ns is not None and (live_ns["metadata"].get("labels") or {}).get(labels.HOSPITAL) == name
@@ -401,6 +353,7 @@ def hospital_deleted(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) 
         if write_status(kube, HOSPITAL, name, previous, deleting):
             events.post(body, events.NORMAL, check.reason, check.message)
         metrics.PHASES.set(KIND, name, Phase.TERMINATING)
+        _revoke_admin_cluster_access(ctx, name, logger)
         if ours and live_ns is not None:
             if not live_ns["metadata"].get("deletionTimestamp"):
                 kube.delete(NAMESPACE, namespace)
@@ -415,6 +368,19 @@ def hospital_deleted(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) 
         metrics.PHASES.forget(KIND, name)
         metrics.KEK_AGE.forget(name)
         ctx.own_writes.forget_namespace(namespace)
+
+
+def _revoke_admin_cluster_access(ctx: OperatorContext, name: str, logger: Logger) -> None:
+    """The admins' access to the Hospital object goes as the offboarding starts (their Role goes with the namespace).
+
+    The owner references would have the garbage collector do it once the
+    Hospital is gone; deleting them here does not wait for the namespace.
+    """
+    role = admin_cluster_role_name(name)
+    for kind in (CLUSTER_ROLE_BINDING, CLUSTER_ROLE):
+        if ctx.kube.delete(kind, role):
+            logger.info("%s %s deleted", kind.kind, role)
+        ctx.own_writes.forget(kind.kind, None, role)
 
 
 def _record_stores(ctx: OperatorContext, namespace: str) -> list[str]:

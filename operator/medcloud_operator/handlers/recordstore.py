@@ -29,8 +29,6 @@ name versions, never keys.
 from __future__ import annotations
 
 import copy
-import json
-import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,7 +55,6 @@ from medcloud_operator.builders.recordstore import (
     build_credentials_secret,
     decoded,
     next_status,
-    parse_status,
     quota_bytes,
     rotation_reason,
     secret_differs,
@@ -66,8 +63,17 @@ from medcloud_operator.builders.recordstore import (
 )
 from medcloud_operator.conditions import now_utc
 from medcloud_operator.context import OperatorContext, get_context
+from medcloud_operator.handlers.common import (
+    Logger,
+    ReconcileError,
+    api_message,
+    handling,
+    is_steady,
+    reconcile_object,
+    retry_on_conflict,
+)
 from medcloud_operator.kube import HOSPITAL, RECORD_STORE, SECRET, Kube, Manifest
-from medcloud_operator.status import Check, dump, merge_patch
+from medcloud_operator.status import Check, parse_status, write_status
 from medcloud_operator.storage import (
     BucketConflictError,
     Storage,
@@ -92,8 +98,6 @@ SECRET_KEY_LENGTH = 40  # MinIO accepts secret keys of 8 to 40 characters; the l
 # Kopf takes the timer interval as a number when the handler registers, so
 # it comes from the environment at import time.
 REFRESH_SECONDS = StorageSettings().recordstore_refresh_seconds
-
-Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 @dataclass
@@ -135,7 +139,7 @@ def close_storage(memo: kopf.Memo, **_: Any) -> None:
 # --------------------------------------------------------------------------- failures
 
 
-class StoreReconcileError(Exception):
+class StoreReconcileError(ReconcileError):
     """A classified failure: the condition it breaks, why, and how it is retried."""
 
     def __init__(
@@ -147,24 +151,13 @@ class StoreReconcileError(Exception):
         permanent: bool = False,
         delay: float = 10.0,
     ) -> None:
-        super().__init__(message)
+        super().__init__(reason, message, permanent=permanent, delay=delay)
         self.part = part
-        self.reason = reason
-        self.message = message
-        self.permanent = permanent
-        self.delay = delay
 
 
 def backoff(retry: int, maximum: float) -> float:
     """1, 2, 4, ... seconds, capped: a MinIO that restarts is found again quickly, a dead one is not hammered."""
     return float(min(maximum, 2 ** min(retry, 16)))
-
-
-def _api_message(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return str(exc.reason)
 
 
 def classify(exc: Exception, stage: StoreCondition, retry: int, settings: StorageSettings) -> StoreReconcileError:
@@ -197,7 +190,7 @@ def classify(exc: Exception, stage: StoreCondition, retry: int, settings: Storag
             StoreCondition.KEYS_READY, StoreReason.KEYS_INVALID, f"{exc}; restore it from backup.", permanent=True
         )
     if isinstance(exc, ApiException):
-        message = _api_message(exc)
+        message = api_message(exc)
         if exc.status == 403:
             forbidden = f"The operator is not allowed to do this (fix its RBAC): {message}"
             if stage is StoreCondition.CREDENTIALS_READY:
@@ -215,12 +208,6 @@ def classify(exc: Exception, stage: StoreCondition, retry: int, settings: Storag
     if isinstance(exc, HTTPError | OSError):
         return StoreReconcileError(stage, StoreReason.APPLY_FAILED, f"The API server is unreachable: {exc}")
     raise exc
-
-
-def _to_kopf_error(failure: StoreReconcileError) -> kopf.PermanentError | kopf.TemporaryError:
-    if failure.permanent:
-        return kopf.PermanentError(failure.message)
-    return kopf.TemporaryError(failure.message, delay=failure.delay)
 
 
 # --------------------------------------------------------------------------- the parts
@@ -461,15 +448,6 @@ def _reconcile_parts(
 # --------------------------------------------------------------------------- reconcile
 
 
-def write_status(kube: Kube, namespace: str, name: str, stored: RecordStoreStatus, new: RecordStoreStatus) -> bool:
-    """Patch the status subresource with what differs; True if a write was needed."""
-    patch = merge_patch(dump(stored), dump(new))
-    if not patch:
-        return False
-    kube.merge_patch(RECORD_STORE, name, {"status": patch}, namespace, subresource="status")
-    return True
-
-
 def reconcile(
     ctx: OperatorContext,
     store: StoreContext,
@@ -481,19 +459,13 @@ def reconcile(
     retry: int,
 ) -> None:
     """Bring one RecordStore to its spec and report it; raises Kopf errors for retries."""
-    with ctx.locks(f"{KIND}/{namespace}/{name}"), metrics.reconcile_timer(KIND):
-        body = ctx.kube.get(RECORD_STORE, name, namespace)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        try:
-            _reconcile(ctx, store, body, logger, refresh_usage=refresh_usage, retry=retry)
-        except kopf.TemporaryError:
-            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_REQUEUE).inc()
-            raise
-        except Exception:
-            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_ERROR).inc()
-            raise
-        metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_SUCCESS).inc()
+    reconcile_object(
+        ctx,
+        RECORD_STORE,
+        name,
+        namespace,
+        lambda body: _reconcile(ctx, store, body, logger, refresh_usage=refresh_usage, retry=retry),
+    )
 
 
 def _reconcile(
@@ -501,21 +473,19 @@ def _reconcile(
 ) -> None:
     meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
-    previous = parse_status(body.get("status"))
+    previous = parse_status(RecordStoreStatus, body.get("status"))
     outcome = Outcome()
     failure: StoreReconcileError | None = None
     try:
         _reconcile_parts(ctx, store, body, previous, outcome, refresh_usage=refresh_usage)
     except ApiException as exc:
-        if exc.status == 409:
-            # Someone changed an object between our read and our write: read again soon.
-            raise kopf.TemporaryError(f"conflict writing an object: {_api_message(exc)}", delay=1) from exc
+        retry_on_conflict(exc, "an object")
         failure = classify(exc, outcome.stage, retry, store.settings)
     except Exception as exc:
         failure = classify(exc, outcome.stage, retry, store.settings)
 
     if failure is not None:
-        outcome.checks[failure.part] = Check(ConditionStatus.FALSE, failure.reason, failure.message)
+        outcome.checks[failure.part] = failure.check
     new = next_status(
         previous,
         generation=generation,
@@ -525,7 +495,7 @@ def _reconcile(
         now=now_utc(),
     )
     _report(body, previous, generation, outcome, logger)
-    written = write_status(ctx.kube, namespace, name, previous, new)
+    written = write_status(ctx.kube, RECORD_STORE, name, previous, new, namespace)
     assert new.phase is not None
     metrics.PHASES.set(KIND, f"{namespace}/{name}", new.phase)
     if failure is not None:
@@ -543,14 +513,14 @@ def _fail(body: Manifest, failure: StoreReconcileError, status_written: bool, lo
         events.post(body, events.WARNING, failure.reason, failure.message)
     metrics.RECONCILE_ERRORS.labels(kind=KIND, reason=failure.reason).inc()
     logger.warning("RecordStore %s/%s: %s: %s", meta["namespace"], meta["name"], failure.reason, failure.message)
-    raise _to_kopf_error(failure) from failure
+    raise failure.to_kopf() from failure
 
 
 def _report(
     body: Manifest, previous: RecordStoreStatus, generation: int | None, outcome: Outcome, logger: Logger
 ) -> None:
     """One Event per thing written. A write while the spec stood still is drift being repaired."""
-    steady = previous.phase in (Phase.READY, Phase.DEGRADED) and previous.observed_generation == generation
+    steady = is_steady(previous, generation)
     for reason, message in outcome.changes:
         if steady and reason in ("BucketProvisioned", "AccessProvisioned", "CredentialsRepaired"):
             metrics.DRIFT_REPAIRS.labels(kind=KIND).inc()
@@ -587,7 +557,7 @@ def recordstore_deleted(
     assert namespace is not None
     ctx, store = get_context(memo), _store_context(memo)
     kube = ctx.kube
-    with ctx.locks(f"{KIND}/{namespace}/{name}"), metrics.reconcile_timer(KIND):
+    with handling(ctx, RECORD_STORE, name, namespace):
         body = kube.get(RECORD_STORE, name, namespace)
         if body is None:
             return
@@ -597,7 +567,7 @@ def recordstore_deleted(
             # Never provisioned anything: a store outside a hospital namespace only ever failed.
             metrics.PHASES.forget(KIND, f"{namespace}/{name}")
             return
-        previous = parse_status(body.get("status"))
+        previous = parse_status(RecordStoreStatus, body.get("status"))
         generation = body["metadata"].get("generation")
         try:
             policy = RecordStoreSpec.model_validate(body.get("spec") or {}).deletion_policy
@@ -606,7 +576,7 @@ def recordstore_deleted(
         keeps = "the key ring is kept" if policy is DeletionPolicy.RETAIN else "the keys are crypto-shredded"
         message = f"Deleting ({policy.value}): revoking access to bucket {names.bucket}; {keeps}."
         terminating = terminating_status(previous, generation=generation, message=message, now=now_utc())
-        write_status(kube, namespace, name, previous, terminating)
+        write_status(kube, RECORD_STORE, name, previous, terminating, namespace)
         metrics.PHASES.set(KIND, f"{namespace}/{name}", Phase.TERMINATING)
 
         revoked = _revoke(store, names, previous, retry)

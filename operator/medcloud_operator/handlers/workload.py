@@ -1,4 +1,4 @@
-"""What the AppInstance and DeviceGateway handlers share: one reconcile, failures, drift repair, status writes.
+"""The skeleton of the AppInstance and DeviceGateway handlers: one reconcile, failures, drift repair, triggers.
 
 Both kinds are a Deployment (and a Service, ...) in a hospital's namespace,
 wired to other MedCloud resources there. A reconcile, whatever triggered it:
@@ -12,8 +12,9 @@ wired to other MedCloud resources there. A reconcile, whatever triggered it:
 3. judges the Deployment's rollout and the dependencies, and writes the
    status only when it changed.
 
-The triggers are registered by each kind's module: Kopf's create, update and
-resume; watch events on the children (drift repair) and on what the
+Each kind's module describes the kind as a ``Workload`` (its builder, what
+it reads, its status) and hands it to ``register``, which registers the
+triggers: Kopf's create, update and resume; watch events on the children (drift repair) and on what the
 workload depends on (its RecordStore, DeviceGateway and the tenant's
 LimitRange); and a resync timer, as a safety net that also retries a
 failure seen while handling another object's event (Kopf retries only a
@@ -23,8 +24,6 @@ timer, so deleting a workload waits for the operator to remove it.
 
 from __future__ import annotations
 
-import json
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,20 +32,34 @@ from typing import Any, Generic, NoReturn, TypeVar
 import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
-from urllib3.exceptions import HTTPError
 
-from medcloud.models import ConditionStatus, Phase, StatusBase
+from medcloud.models import GROUP, VERSION, ConditionStatus, StatusBase
 from medcloud_operator import OPERATOR_NAME, events, labels, metrics
-from medcloud_operator.apply import Action, Applied, TerminatingError, apply, prune
+from medcloud_operator.apply import Applied, TerminatingError, apply, prune
 from medcloud_operator.builders.hospital import LIMITS_NAME
-from medcloud_operator.builders.workload import InvalidWorkloadError, WorkloadReason, child_selector, judge_rollout
+from medcloud_operator.builders.workload import (
+    Findings,
+    InvalidWorkloadError,
+    WorkloadReason,
+    child_selector,
+    judge_rollout,
+)
 from medcloud_operator.catalog import WorkloadSettings
+from medcloud_operator.conditions import now_utc
 from medcloud_operator.context import OperatorContext, get_context
+from medcloud_operator.handlers.common import (
+    Logger,
+    ReconcileError,
+    classify_request,
+    reconcile_object,
+    register_drift_handlers,
+    report_applied,
+    retry_on_conflict,
+)
 from medcloud_operator.kube import DEPLOYMENT, LIMIT_RANGE, Kind, Kube, Manifest
 from medcloud_operator.settings import OperatorSettings
-from medcloud_operator.status import Check, dump, merge_patch
+from medcloud_operator.status import Check, parse_status, write_status
 
-Logger = logging.Logger | logging.LoggerAdapter[Any]
 SETTINGS_MEMO_KEY = "medcloud-workloads"
 
 # Kopf fixes a timer's interval when the handler registers, so it is read from
@@ -81,7 +94,11 @@ S = TypeVar("S", bound=StatusBase)
 
 
 class Workload(ABC, Generic[P, S]):
-    """One kind of workload: how its children are planned and its status is computed."""
+    """One kind of workload: what it reads, how its children are planned and how its status is computed.
+
+    ``register`` turns an instance into the kind's Kopf handlers; the kind's
+    module holds the instance and what differs between kinds.
+    """
 
     kind: Kind
     component: str
@@ -89,96 +106,52 @@ class Workload(ABC, Generic[P, S]):
     child_kinds: tuple[Kind, ...]
     pruned_kinds: tuple[Kind, ...] = ()
     """Child kinds that exist only for some specs: one no longer desired is deleted."""
+    status_model: type[S]
+    depends_on: tuple[tuple[str, Kind], ...]
+    """Spec fields naming an object in the workload's namespace that it reads, with that object's kind:
+    the object's events reconcile the workload."""
 
     @abstractmethod
     def plan(self, kube: Kube, settings: WorkloadSettings, body: Manifest) -> P:
         """Read what the resource is wired to and build its children; raise for an unrealisable spec."""
 
     @abstractmethod
+    def next_status(self, previous: S, findings: Findings, plan: P | None, deployment: Manifest | None) -> S:
+        """The status after a reconcile; ``plan`` and ``deployment`` are None when it failed before them."""
+
     def parse_status(self, raw: Mapping[str, Any] | None) -> S:
         """The stored status; one the model cannot read counts as empty."""
+        return parse_status(self.status_model, raw)
 
-    @abstractmethod
-    def next_status(
-        self,
-        previous: S,
-        *,
-        generation: int | None,
-        plan: P | None,
-        deployment: Manifest | None,
-        available: Check | None,
-        failure: Check | None,
-        spec_failed: bool,
-    ) -> S:
-        """The status after a reconcile; ``plan``, ``deployment`` and ``available`` are None when it failed before
-        them (``available`` also when the rollout cannot be judged yet)."""
+    @property
+    def handler_prefix(self) -> str:
+        """Kopf handler ids start with it (``appinstance_changed``); they name the handlers in Kopf's logs."""
+        return self.kind.kind.lower()
+
+    @property
+    def index_id(self) -> str:
+        """The id of the index of workloads by what they read, and the keyword Kopf passes it to handlers by."""
+        return f"{self.kind.plural}_by_dependency"
 
 
 # --------------------------------------------------------------------------- failures
 
 
-class WorkloadError(Exception):
-    """A classified reconcile failure: why, and whether it will heal."""
-
-    def __init__(self, reason: WorkloadReason, message: str, *, permanent: bool = False, delay: float = 10.0) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.permanent = permanent
-        self.delay = delay
-
-    @property
-    def check(self) -> Check:
-        return Check(ConditionStatus.FALSE, self.reason, self.message)
-
-
-def _api_message(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return str(exc.reason)
-
-
-def classify(exc: Exception) -> WorkloadError:
+def classify(exc: Exception) -> ReconcileError:
     """Turn what went wrong into a reason a person can act on, and a retry decision."""
-    if isinstance(exc, WorkloadError):
+    if isinstance(exc, ReconcileError):
         return exc
     if isinstance(exc, ValidationError | InvalidWorkloadError):
-        return WorkloadError(WorkloadReason.INVALID_SPEC, f"The spec cannot be realised: {exc}", permanent=True)
+        return ReconcileError(WorkloadReason.INVALID_SPEC, f"The spec cannot be realised: {exc}", permanent=True)
     if isinstance(exc, TerminatingError):
-        return WorkloadError(WorkloadReason.APPLY_FAILED, f"{exc}; waiting until it is gone.", delay=5)
-    if isinstance(exc, ApiException):
-        message = _api_message(exc)
-        if exc.status == 403:
-            return WorkloadError(
-                WorkloadReason.FORBIDDEN, f"The operator is not allowed to do this (fix its RBAC): {message}", delay=60
-            )
-        if exc.status in (400, 422):
-            return WorkloadError(
-                WorkloadReason.INVALID_SPEC, f"The API server rejected a child object: {message}", permanent=True
-            )
-        return WorkloadError(WorkloadReason.APPLY_FAILED, f"The API server failed a request ({exc.status}): {message}")
-    if isinstance(exc, HTTPError | OSError):
-        return WorkloadError(WorkloadReason.APPLY_FAILED, f"The API server is unreachable: {exc}")
-    raise exc
-
-
-def _to_kopf_error(failure: WorkloadError) -> kopf.PermanentError | kopf.TemporaryError:
-    if failure.permanent:
-        return kopf.PermanentError(failure.message)
-    return kopf.TemporaryError(failure.message, delay=failure.delay)
+        return ReconcileError(WorkloadReason.APPLY_FAILED, f"{exc}; waiting until it is gone.", delay=5)
+    failure = classify_request(exc, WorkloadReason)
+    if failure is None:
+        raise exc
+    return failure
 
 
 # --------------------------------------------------------------------------- reconcile
-
-
-def write_status(kube: Kube, kind: Kind, namespace: str | None, name: str, stored: StatusBase, new: StatusBase) -> bool:
-    """Patch the status subresource with what differs from ``stored``; True if a write was needed."""
-    patch = merge_patch(dump(stored), dump(new))
-    if not patch:
-        return False
-    kube.merge_patch(kind, name, {"status": patch}, namespace, subresource="status")
-    return True
 
 
 def reconcile(
@@ -190,20 +163,9 @@ def reconcile(
     logger: Logger,
 ) -> None:
     """Bring one workload to its spec and report it; raises Kopf errors for retries."""
-    kind = workload.kind.kind
-    with ctx.locks(f"{kind}/{namespace}/{name}"), metrics.reconcile_timer(kind):
-        body = ctx.kube.get(workload.kind, name, namespace)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        try:
-            _reconcile(ctx, settings, workload, body, logger)
-        except kopf.TemporaryError:
-            metrics.RECONCILE_TOTAL.labels(kind=kind, result=metrics.RESULT_REQUEUE).inc()
-            raise
-        except Exception:
-            metrics.RECONCILE_TOTAL.labels(kind=kind, result=metrics.RESULT_ERROR).inc()
-            raise
-        metrics.RECONCILE_TOTAL.labels(kind=kind, result=metrics.RESULT_SUCCESS).inc()
+    reconcile_object(
+        ctx, workload.kind, name, namespace, lambda body: _reconcile(ctx, settings, workload, body, logger)
+    )
 
 
 def _reconcile(
@@ -217,7 +179,7 @@ def _reconcile(
     plan: Plan | None = None
     deployment: Manifest | None = None
     available: Check | None = None
-    failure: WorkloadError | None = None
+    failure: ReconcileError | None = None
     try:
         plan = workload.plan(kube, settings, body)
         for obj in plan.desired:
@@ -228,24 +190,22 @@ def _reconcile(
         deployment = applied.obj
         available = judge_rollout(deployment, written=applied.changed)
     except ApiException as exc:
-        if exc.status == 409:
-            # Someone changed the object between our read and write: read again soon.
-            raise kopf.TemporaryError(f"conflict writing a child object: {_api_message(exc)}", delay=1) from exc
+        retry_on_conflict(exc, "a child object")
         failure = classify(exc)
     except Exception as exc:
         failure = classify(exc)
 
-    new = workload.next_status(
-        previous,
+    findings = Findings(
         generation=generation,
-        plan=plan,
-        deployment=deployment,
+        dependencies=plan.dependencies if plan is not None else None,
         available=available,
         failure=failure.check if failure is not None else None,
         spec_failed=failure is not None and failure.reason is WorkloadReason.INVALID_SPEC,
+        now=now_utc(),
     )
-    _report_changes(body, previous, generation, results, logger)
-    written = write_status(kube, workload.kind, namespace, name, previous, new)
+    new = workload.next_status(previous, findings, plan, deployment)
+    report_applied(body, previous, generation, results, logger)
+    written = write_status(kube, workload.kind, name, previous, new, namespace)
     assert new.phase is not None
     metrics.PHASES.set(workload.kind.kind, f"{namespace}/{name}", new.phase)
     if failure is not None:
@@ -274,54 +234,54 @@ def _report_readiness(body: Manifest, previous: StatusBase, new: StatusBase, log
     )
 
 
-def _fail(body: Manifest, failure: WorkloadError, status_written: bool, logger: Logger) -> NoReturn:
+def _fail(body: Manifest, failure: ReconcileError, status_written: bool, logger: Logger) -> NoReturn:
     """An Event when the failure is new (the status changed), a metric, a log line, then the Kopf error."""
     meta = body["metadata"]
     if status_written:
         events.post(body, events.WARNING, failure.reason, failure.message)
     metrics.RECONCILE_ERRORS.labels(kind=body["kind"], reason=failure.reason).inc()
     logger.warning("%s %s/%s: %s: %s", body["kind"], meta["namespace"], meta["name"], failure.reason, failure.message)
-    raise _to_kopf_error(failure) from failure
-
-
-def _report_changes(
-    body: Manifest, previous: StatusBase, generation: int | None, results: list[Applied], logger: Logger
-) -> None:
-    """One Event per child that changed. A change while the spec stood still is drift being repaired."""
-    steady = previous.phase in (Phase.READY, Phase.DEGRADED) and previous.observed_generation == generation
-    for result in results:
-        if not result.changed:
-            continue
-        if steady and result.action is not Action.DELETED:
-            metrics.DRIFT_REPAIRS.labels(kind=result.kind).inc()
-            reason, what = "DriftRepaired", f"{result.describe()}: it had been changed or deleted outside the operator"
-        else:
-            reason, what = result.action.value.capitalize(), result.describe()
-        events.post(body, events.NORMAL, reason, what)
-        logger.info("%s", what)
+    raise failure.to_kopf() from failure
 
 
 # --------------------------------------------------------------------------- triggers
 
 
-def reconcile_quietly(
-    ctx: OperatorContext,
-    settings: WorkloadSettings,
-    workload: Workload[Any, Any],
-    namespace: str,
-    name: str,
-    logger: Logger,
-) -> None:
-    """Reconcile a workload on behalf of another object's event.
+def register(workload: Workload[Any, Any]) -> None:
+    """Register every trigger of one workload kind: its own events, a resync timer, its children, what it reads."""
+    plural, prefix = workload.kind.plural, workload.handler_prefix
 
-    A failure is already in the workload's status and its Events, and the
-    workload's own handlers and timer retry it; it must not stop the
-    remaining dependents of the same event from being reconciled.
-    """
-    try:
-        reconcile(ctx, settings, workload, namespace, name, logger)
-    except (kopf.TemporaryError, kopf.PermanentError) as exc:
-        logger.debug("%s %s/%s: %s", workload.kind.kind, namespace, name, exc)
+    def changed(namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+        assert namespace is not None  # workloads are namespaced
+        reconcile(get_context(memo), workload_settings(memo), workload, namespace, name, logger)
+
+    for cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
+        cause(GROUP, VERSION, plural, id=f"{prefix}_changed")(changed)
+    kopf.timer(GROUP, VERSION, plural, id=f"{prefix}_resync", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)(
+        changed
+    )
+
+    def deleted(type: str | None, namespace: str | None, name: str, **_: Any) -> None:
+        if type == "DELETED":
+            # Out of ``medcloud_resources``; its children go with it (owner references).
+            metrics.PHASES.forget(workload.kind.kind, f"{namespace}/{name}")
+
+    kopf.on.event(GROUP, VERSION, plural, id=f"{prefix}-deleted")(deleted)
+
+    def by_dependency(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[DependencyKey, str]:
+        """Which workloads read which objects and LimitRange: the objects' events reach them without a LIST."""
+        if namespace is None:
+            return {}
+        found = {
+            (namespace, kind.kind, str(spec[field])): name for field, kind in workload.depends_on if spec.get(field)
+        }
+        # The tenant's LimitRange is every workload's ceiling.
+        found[(namespace, LIMIT_RANGE.kind, LIMITS_NAME)] = name
+        return found
+
+    kopf.index(GROUP, VERSION, plural, id=workload.index_id)(by_dependency)
+    _register_dependency_handlers(workload)
+    _register_drift_handlers(workload)
 
 
 def owner_of(body: Mapping[str, Any], kind: Kind) -> str | None:
@@ -332,61 +292,38 @@ def owner_of(body: Mapping[str, Any], kind: Kind) -> str | None:
     return None
 
 
-def register_drift_handlers(workload: Workload[Any, Any]) -> None:
+def _register_drift_handlers(workload: Workload[Any, Any]) -> None:
     """Watch the workload's children: a child changed or deleted by someone else reconciles its owner."""
 
-    def child_changed(
-        type: str | None,  # Kopf passes the watch event type by this name
-        body: kopf.Body,
-        memo: kopf.Memo,
-        logger: kopf.Logger,
-        **_: Any,
-    ) -> None:
-        if type is None:
-            # The initial listing at startup: the resume handlers reconcile every owner anyway.
-            return
-        meta = body["metadata"]
-        owner = owner_of(body, workload.kind)
-        namespace = meta.get("namespace")
-        if owner is None or namespace is None:
-            return
-        ctx = get_context(memo)
-        if type != "DELETED" and ctx.own_writes.is_own(
-            body["kind"], namespace, meta["name"], meta.get("resourceVersion")
-        ):
-            return
-        logger.debug("%s %s %s: reconciling %s %s", body["kind"], meta["name"], type.lower(), workload.kind.kind, owner)
+    def owner(body: kopf.Body) -> str | None:
+        return owner_of(body, workload.kind) if body["metadata"].get("namespace") else None
+
+    def repair(ctx: OperatorContext, memo: kopf.Memo, owner: str, namespace: str | None, logger: Logger) -> None:
+        assert namespace is not None  # owner() found none outside a namespace
         reconcile(ctx, workload_settings(memo), workload, namespace, owner, logger)
 
-    for kind in workload.child_kinds:
-        kopf.on.event(
-            kind.api_version,
-            kind.plural,
-            id=f"drift-{workload.component}-{kind.plural}",
-            labels={labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: workload.component},
-        )(child_changed)
+    register_drift_handlers(
+        workload.child_kinds,
+        id_prefix=f"drift-{workload.component}",
+        labels={labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: workload.component},
+        owner_kind=workload.kind.kind,
+        owner_of=owner,
+        reconcile=repair,
+    )
 
 
 DependencyKey = tuple[str, str, str]
 """(namespace, kind, name) of an object workloads depend on, as their index is keyed."""
 
 
-def dependency_keys(namespace: str, name: str, depends_on: list[tuple[Kind, str]]) -> dict[DependencyKey, str]:
-    """Index entries of one workload: each object it reads, and the tenant's LimitRange (its ceiling)."""
-    found = {(namespace, kind.kind, dependency): name for kind, dependency in depends_on}
-    found[(namespace, LIMIT_RANGE.kind, LIMITS_NAME)] = name
-    return found
-
-
-def register_dependency_handlers(workload: Workload[Any, Any], index_id: str, kinds: tuple[Kind, ...]) -> None:
+def _register_dependency_handlers(workload: Workload[Any, Any]) -> None:
     """Watch what workloads depend on: a change reconciles the workloads that the index says read it.
 
-    The index (``index_id``, built by the kind's module from each workload's
-    spec with ``dependency_keys``) makes this a lookup, never a LIST. The
-    tenant's LimitRange is watched by label, like the Hospital handler does.
+    The index makes this a lookup, never a LIST. The tenant's LimitRange is
+    watched by label, like the Hospital handler does.
     """
 
-    def register(kind: Kind) -> None:
+    def register_kind(kind: Kind) -> None:
         def dependency_changed(
             type: str | None,  # Kopf passes the watch event type by this name
             namespace: str | None,
@@ -399,20 +336,21 @@ def register_dependency_handlers(workload: Workload[Any, Any], index_id: str, ki
                 # The initial listing at startup: the resume handlers reconcile every workload anyway.
                 return
             # Kopf passes every index to every handler, as a keyword argument named by its id.
-            index: kopf.Index[DependencyKey, str] = kwargs[index_id]
+            index: kopf.Index[DependencyKey, str] = kwargs[workload.index_id]
             ctx, settings = get_context(memo), workload_settings(memo)
             for owner in sorted(set(index.get((namespace, kind.kind, name), []))):
-                reconcile_quietly(ctx, settings, workload, namespace, owner, logger)
+                try:
+                    reconcile(ctx, settings, workload, namespace, owner, logger)
+                except (kopf.TemporaryError, kopf.PermanentError) as exc:
+                    # Already in the workload's status and Events, and its own handlers and timer
+                    # retry it; the remaining dependents of this event must still be reconciled.
+                    logger.debug("%s %s/%s: %s", workload.kind.kind, namespace, owner, exc)
 
         filters = {labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: labels.TENANCY} if kind is LIMIT_RANGE else None
         kopf.on.event(
             kind.api_version, kind.plural, id=f"{workload.component}-dependency-{kind.plural}", labels=filters
         )(dependency_changed)
 
-    for kind in (*kinds, LIMIT_RANGE):
-        register(kind)
-
-
-def forget(workload: Workload[Any, Any], namespace: str | None, name: str) -> None:
-    """Drop a deleted workload from ``medcloud_resources`` (its children go with it: owner references)."""
-    metrics.PHASES.forget(workload.kind.kind, f"{namespace}/{name}")
+    for _field, kind in workload.depends_on:
+        register_kind(kind)
+    register_kind(LIMIT_RANGE)

@@ -29,5 +29,5 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]
   echo "$digest" > "$stamp"
 fi
 
-echo "==> local cluster binaries (cold build: ~30-40 min on 2 cores; cached afterwards)"
+echo "==> local cluster binaries (cold build: ~10-25 min on 2 cores; cached afterwards)"
 "$VENV/bin/medcloud" dev build >/dev/null

@@ -1,7 +1,8 @@
-"""Small helpers shared by the integration tests."""
+"""Small helpers shared by the tests: polling, and byte streams that hash what passes through them."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -27,3 +28,32 @@ def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60.0, in
                 return result
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+
+
+class PatternReader:
+    """``total`` bytes of ``block`` over and over, produced on the fly and hashed as they are read."""
+
+    def __init__(self, total: int, block: bytes) -> None:
+        self.remaining = total
+        self.digest = hashlib.sha256()
+        self._block = block
+
+    def read(self, size: int = -1) -> bytes:
+        size = min(self.remaining, len(self._block) if size < 0 else min(size, len(self._block)))
+        self.remaining -= size
+        data = self._block[:size]
+        self.digest.update(data)
+        return data
+
+
+class HashingWriter:
+    """A sink that keeps only the hash and the count of the bytes written to it."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.count += len(data)
+        return len(data)

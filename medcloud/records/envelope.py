@@ -71,6 +71,7 @@ from medcloud.records.keys import (
 )
 
 __all__ = [
+    "BUFFER_POOL_LIMIT",
     "DEFAULT_SEGMENT_SIZE",
     "FORMAT_VERSION",
     "HEADER_SIZE",
@@ -292,6 +293,8 @@ class _Sealer:
 
 
 _EMPTY = memoryview(b"")
+# Most bytes of buffers the process keeps between records (see _BufferPool).
+BUFFER_POOL_LIMIT = 16 * 1024 * 1024
 _PROBE_SIZE = 64 * 1024
 # Largest staging buffer an EncryptingReader allocates; larger reads join fresh segments instead.
 _MAX_STAGE = 64 * 1024 * 1024
@@ -384,7 +387,7 @@ class _BufferPool:
     change what plaintext lingers in process memory.
     """
 
-    _MAX_BYTES = 16 * 1024 * 1024
+    _MAX_BYTES = BUFFER_POOL_LIMIT
     _MIN_BYTES = 128 * 1024
 
     def __init__(self) -> None:

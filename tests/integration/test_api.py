@@ -6,13 +6,15 @@ instead). Callers are real service accounts with real tokens (TokenRequest);
 their rights come from RBAC objects this module creates:
 
 - ``city-admin``: a ClusterRole granting everything in medcloud.io;
-- ``admin-a``: get/watch on Hospital A alone (a ClusterRole with
-  ``resourceNames``) plus a RoleBinding in A's namespace for its stores,
-  gateways and apps, so a hospital admin sees and changes only their hospital;
+- ``admin-a``: in Hospital A's ``spec.admins``, so the operator grants it
+  get/watch on Hospital A alone (a ClusterRole with ``resourceNames``) and the
+  tenant admin Role in A's namespace: a hospital admin sees and changes only
+  their hospital;
 - ``nobody``: authenticated, granted nothing.
 
 The real operator (``medcloud_operator``, run by KopfRunner as its own
-identity with the RBAC in deploy/) reconciles everything the API writes:
+identity with the RBAC in deploy/: the ``operator`` fixture of
+tests/integration/conftest.py) reconciles everything the API writes:
 tenants, RecordStores (buckets on the real MinIO), DeviceGateways and
 AppInstances (Deployments whose pods KWOK's fake nodes run). Every readiness
 the tests see is the operator's; no test writes a status.
@@ -23,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,45 +37,40 @@ import httpx
 import pytest
 import uvicorn
 import yaml
-from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
 
 from medcloud.cli import app as cli_app
 from medcloud.commands.onboard import ServerSentEvent, iter_sse
-from medcloud.kube.crds import install_crds
-from medcloud.localcluster.cluster import MinioInfo
+from medcloud.localcluster.process import free_port
 from medcloud.models import Tier
 from medcloud_api.config import APISettings
 from medcloud_api.main import create_app
 from medcloud_api.profiles import default_profile
+from tests.operator_support import (
+    GROUP,
+    OPERATOR_NAMESPACE,
+    PLURALS,
+    REPO,
+    SA_GROUPS,
+    VERSION,
+    ClusterAdmin,
+    Json,
+    RunningOperator,
+)
 from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[2]
-GROUP, VERSION = "medcloud.io", "v1alpha1"
 RUN = uuid.uuid4().hex[:5]
-SYSTEM_NAMESPACE = "medcloud-system"
-OPERATOR_USER = f"system:serviceaccount:{SYSTEM_NAMESPACE}:medcloud-operator"
-API_USER = f"system:serviceaccount:{SYSTEM_NAMESPACE}:medcloud-api"
+API_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-api"
 CALLERS_NAMESPACE = f"medcloud-api-test-{RUN}"
 HOSPITAL_A, HOSPITAL_B = f"a-{RUN}", f"b-{RUN}"
 PROBLEM = "application/problem+json"
-PLURALS = {"Hospital": "hospitals", "RecordStore": "recordstores", "DeviceGateway": "devicegateways",
-           "AppInstance": "appinstances", "Consortium": "consortia"}  # fmt: skip
-
-Json = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sa_user(name: str) -> str:
@@ -95,27 +91,8 @@ def app_entry(app: str, version: str = "1.0.0", **spec: Any) -> Json:
     return {"name": app, "spec": {"app": app, "version": version, **spec}}
 
 
-class Admin:
+class Admin(ClusterAdmin):
     """The cluster as its administrator sees it (the kubernetes client, never the API under test)."""
-
-    def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.rbac = client.RbacAuthorizationV1Api(api)
-
-    def get(self, kind: str, name: str, namespace: str | None = None) -> Json | None:
-        try:
-            if namespace is None:
-                found = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURALS[kind], name)
-            else:
-                found = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        assert isinstance(found, dict)
-        return found
 
     def names(self, kind: str, namespace: str | None = None) -> list[str]:
         if namespace is None:
@@ -124,24 +101,9 @@ class Admin:
             listed = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind])
         return sorted(o["metadata"]["name"] for o in listed["items"])
 
-    def create(self, kind: str, name: str, spec: Json, namespace: str | None = None) -> None:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
-        if namespace is None:
-            self.custom.create_cluster_custom_object(GROUP, VERSION, PLURALS[kind], body)
-        else:
-            body["metadata"]["namespace"] = namespace
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], body)
-
     def wait_gone(self, kind: str, name: str, namespace: str | None = None, timeout: float = 90) -> None:
         """Until the object is gone: the operator holds finalizers, so a deletion takes a moment."""
-        wait_for(lambda: self.get(kind, name, namespace) is None, f"{kind} {name} to be gone", timeout=timeout)
-
-    def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
-        with contextlib.suppress(ApiException):
-            if namespace is None:
-                self.custom.delete_cluster_custom_object(GROUP, VERSION, PLURALS[kind], name)
-            else:
-                self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], name)
+        wait_for(partial(self.gone, kind, name, namespace), f"{kind} {name} to be gone", timeout=timeout)
 
     def token(self, service_account: str) -> str:
         request = client.AuthenticationV1TokenRequest(
@@ -226,49 +188,16 @@ def refs(items: list[Json]) -> list[tuple[str, str]]:
     return [(r["kind"], r["name"]) for r in items]
 
 
-def _gone(admin: Admin, name: str) -> bool:
-    return admin.get("Hospital", name) is None
-
-
 # --------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
-def admin(k8s_api_client: client.ApiClient) -> Admin:
-    install_crds(k8s_api_client)
+def admin(k8s_api_client: client.ApiClient, crds: None) -> Admin:
     return Admin(k8s_api_client)
 
 
 @pytest.fixture(scope="module")
-def operator(local_cluster: Any, admin: Admin, minio_server: MinioInfo) -> Iterator[KopfRunner]:
-    """The real operator, with its least-privilege RBAC and the real MinIO, for the whole module."""
-    with contextlib.suppress(ApiException):
-        admin.core.create_namespace({"metadata": {"name": SYSTEM_NAMESPACE}})
-    rbac = [REPO / "deploy" / "operator-rbac.yaml", REPO / "deploy" / "recordstore-operator-rbac.yaml"]
-    for path in rbac:
-        local_cluster.kubectl("apply", "-f", str(path))
-    kubeconfig = local_cluster.kubeconfig_for_user(
-        OPERATOR_USER, ("system:serviceaccounts", f"system:serviceaccounts:{SYSTEM_NAMESPACE}")
-    )
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("KUBECONFIG", str(kubeconfig))
-        env.setenv("MEDCLOUD_METRICS_PORT", "0")
-        env.setenv("MEDCLOUD_STORAGE_CIDRS", json.dumps(["127.0.0.1/32"]))
-        env.setenv("MEDCLOUD_MINIO_ENDPOINT", f"http://{minio_server.endpoint}")
-        env.setenv("MEDCLOUD_MINIO_ACCESS_KEY", minio_server.access_key)
-        env.setenv("MEDCLOUD_MINIO_SECRET_KEY", minio_server.secret_key)
-        env.setenv("MEDCLOUD_DELETION_RETRY_SECONDS", "1")
-        env.setenv("MEDCLOUD_APP_IMAGE_PREFIX", "registry.test.example/apps")
-        args = ["run", "--standalone", "--all-namespaces", "-m", "medcloud_operator.main"]
-        with KopfRunner(args, timeout=120) as runner:
-            yield runner
-    assert runner.exception is None, runner.output
-    # As the operator's own tests do: other modules run it with deploy/operator-rbac.yaml alone.
-    local_cluster.kubectl("delete", "--ignore-not-found", "-f", str(rbac[1]), check=False)
-
-
-@pytest.fixture(scope="module")
-def cleanup(admin: Admin, operator: KopfRunner) -> Iterator[set[str]]:
+def cleanup(admin: Admin, operator: RunningOperator) -> Iterator[set[str]]:
     """Names of Hospitals to offboard at the end, while the operator still runs (it holds their finalizers)."""
     names: set[str] = set()
     yield names
@@ -280,11 +209,11 @@ def cleanup(admin: Admin, operator: KopfRunner) -> Iterator[set[str]]:
                     admin.delete(kind, child, namespace)
         admin.delete("Hospital", name)
     for name in sorted(names):
-        wait_for(partial(_gone, admin, name), f"Hospital {name} to be offboarded", timeout=120)
+        wait_for(partial(admin.gone, "Hospital", name), f"Hospital {name} to be offboarded", timeout=120)
 
 
 @pytest.fixture(scope="module")
-def api_url(local_cluster: Any, operator: KopfRunner) -> Iterator[str]:
+def api_url(local_cluster: Any, operator: RunningOperator) -> Iterator[str]:
     settings = APISettings(kubeconfig=local_cluster.kubeconfig, namespace_wait_seconds=60, events_heartbeat_seconds=1)
     with serve(create_app(settings)) as url:
         yield url
@@ -311,24 +240,11 @@ def callers(admin: Admin) -> Iterator[dict[str, Caller]]:
     admin.core.create_namespace({"metadata": {"name": CALLERS_NAMESPACE}})
     for sa in ("city-admin", "admin-a", "nobody"):
         admin.core.create_namespaced_service_account(CALLERS_NAMESPACE, {"metadata": {"name": sa}})
-    roles = {
-        f"{prefix}-city-admin": [{"apiGroups": [GROUP], "resources": ["*"], "verbs": ["*"]}],
-        # A hospital admin reads their own Hospital (the cluster-scoped object) and nothing else cluster-wide.
-        f"{prefix}-hospital-a": [
-            {"apiGroups": [GROUP], "resources": ["hospitals"], "resourceNames": [HOSPITAL_A], "verbs": ["get", "watch"]}
-        ],
-        # What a hospital admin may do inside their tenant namespace (bound there by a RoleBinding).
-        f"{prefix}-tenant-admin": [
-            {
-                "apiGroups": [GROUP],
-                "resources": ["recordstores", "devicegateways", "appinstances"],
-                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
-            }
-        ],
-    }
+    # admin-a's rights are the operator's doing: it is in Hospital A's spec.admins (see ``tenants``).
+    roles = {f"{prefix}-city-admin": [{"apiGroups": [GROUP], "resources": ["*"], "verbs": ["*"]}]}
     for name, rules in roles.items():
         admin.rbac.create_cluster_role(_cluster_role(name, rules))
-    bindings = {f"{prefix}-city-admin": "city-admin", f"{prefix}-hospital-a": "admin-a"}
+    bindings = {f"{prefix}-city-admin": "city-admin"}
     for role, sa in bindings.items():
         admin.rbac.create_cluster_role_binding(
             {
@@ -358,25 +274,29 @@ def callers(admin: Admin) -> Iterator[dict[str, Caller]]:
 
 @pytest.fixture(scope="module")
 def tenants(http: httpx.Client, admin: Admin, callers: dict[str, Caller], cleanup: set[str]) -> dict[str, Json]:
-    """Hospitals A (township) and B (village) onboarded by the city admin with their tiers' profiles."""
-    bodies = {HOSPITAL_A: hospital_body(HOSPITAL_A, "township"), HOSPITAL_B: hospital_body(HOSPITAL_B, "village")}
+    """Hospitals A (township) and B (village) onboarded by the city admin with their tiers' profiles.
+
+    A names admin-a in ``spec.admins``: the operator binds it to the tenant admin Role in A's namespace and
+    to a ClusterRole that reads Hospital A alone, which is all a hospital admin has.
+    """
+    admins = {"admins": {"users": [sa_user("admin-a")]}}
+    bodies = {
+        HOSPITAL_A: hospital_body(HOSPITAL_A, "township", spec=admins),
+        HOSPITAL_B: hospital_body(HOSPITAL_B, "village"),
+    }
     for name, body in bodies.items():
         cleanup.add(name)
         response = http.post("/v1/hospitals", json=body, headers=callers["city-admin"].headers)
         assert response.status_code == 201, response.text
-    role = f"medcloud-api-test-{RUN}-tenant-admin"
-    admin.rbac.create_namespaced_role_binding(
-        f"hospital-{HOSPITAL_A}",
-        {
-            "metadata": {"name": role},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": _subject("admin-a"),
-        },
-    )
     groups = ["system:serviceaccounts", f"system:serviceaccounts:{CALLERS_NAMESPACE}", "system:authenticated"]
+    namespace = f"hospital-{HOSPITAL_A}"
     wait_for(
-        lambda: admin.can(sa_user("admin-a"), groups, "list", "appinstances", namespace=f"hospital-{HOSPITAL_A}"),
-        "admin-a's RoleBinding",
+        lambda: (
+            admin.can(sa_user("admin-a"), groups, "get", "hospitals", name=HOSPITAL_A)
+            and admin.can(sa_user("admin-a"), groups, "list", "appinstances", namespace=namespace)
+        ),
+        "the operator to grant admin-a Hospital A",
+        timeout=120,
     )
     return bodies
 
@@ -560,7 +480,7 @@ def test_repeating_an_onboarding_changes_nothing_and_a_conflicting_one_is_409_wi
     conflict = problem(http.post("/v1/hospitals", json=changed, headers=city.headers), 409, "conflict")
 
     assert [(d["object"]["kind"], d["path"], d["requested"], d["existing"]) for d in conflict["differences"]] == [
-        ("Hospital", "spec.admins.users", ["li"], []),
+        ("Hospital", "spec.admins.users", ["li"], [sa_user("admin-a")]),
         ("Hospital", "spec.displayName", "Renamed", f"Test {HOSPITAL_A}"),
     ]
     assert "Nothing was changed" in conflict["detail"]
@@ -998,7 +918,7 @@ def test_the_api_works_with_exactly_the_rbac_of_deploy_api_rbac(
     local_cluster: Any, admin: Admin, callers: dict[str, Caller], cleanup: set[str]
 ) -> None:
     local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "api-rbac.yaml"))
-    groups = ("system:serviceaccounts", f"system:serviceaccounts:{SYSTEM_NAMESPACE}")
+    groups = SA_GROUPS
     kubeconfig = local_cluster.kubeconfig_for_user(API_USER, groups)
     wait_for(lambda: admin.can(API_USER, list(groups), "create", "hospitals"), "the API's RBAC")
     forbidden = [("list", "secrets", "", ""), ("create", "namespaces", "", ""), ("patch", "hospitals", GROUP, "status"),

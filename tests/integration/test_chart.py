@@ -2,10 +2,12 @@
 
 - ``helm lint --strict`` passes, and ``helm template`` renders with the
   default values and with every optional part on.
-- Its RBAC grants exactly the rules of ``deploy/*.yaml``, rule for rule.
-- The environment it gives the operator and the API is what their settings
-  classes read, and every setting they have is either set or deliberately
-  left at its default.
+- Its RBAC grants exactly the rules of ``deploy/*.yaml``, rule for rule
+  (the key service's included).
+- The environment it gives the operator, the API and the key service is what
+  their settings classes read, and every setting they have is either set or
+  deliberately left at its default; the operator names the chart's key
+  service in the stores' Secrets unless told another URL.
 - Values that break the schema (or a rule the schema cannot express) are
   refused by ``helm template`` with a message naming the value.
 - Every value in ``values.yaml`` is commented, and the schema says the same.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import uuid
 from collections import Counter
@@ -81,8 +84,10 @@ EVERYTHING_ON: dict[str, Any] = {
         "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
         "apiFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
         "egress": {"enabled": True, "apiServerCidrs": ["10.96.0.1/32", "192.168.10.0/24"]},
+        "keyServiceFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateways"}}}],
     },
     "operator": {"config": {"storageCidrs": ["10.20.0.0/24"], "storageNamespace": "minio"}},
+    "keyService": {"tls": {"secretName": "medcloud-keyservice-tls"}},
 }
 
 
@@ -159,17 +164,17 @@ def test_helm_lint_strict_passes(values: dict[str, Any], tmp_path: Path) -> None
     assert "0 chart(s) failed" in proc.stdout
 
 
-def test_default_values_render_operator_api_and_rbac_and_no_monitoring() -> None:
+def test_default_values_render_operator_api_key_service_and_rbac_and_no_monitoring() -> None:
     docs = render()
     assert kinds(docs) == Counter(
         {
-            "ServiceAccount": 2,
+            "ServiceAccount": 3,
             "ClusterRole": 5,  # operator, operator-tenant-secrets, operator-recordstores, api, city-admin
-            "ClusterRoleBinding": 3,
-            "Role": 1,
-            "RoleBinding": 1,
-            "Deployment": 2,
-            "Service": 2,  # the API, and the operator's headless metrics Service
+            "ClusterRoleBinding": 4,  # ... and the key service's system:auth-delegator
+            "Role": 2,  # the operator's and the key service's, for key Secrets
+            "RoleBinding": 2,
+            "Deployment": 3,
+            "Service": 3,  # the API, the key service, and the operator's headless metrics Service
         }
     )
     for doc in docs:
@@ -184,6 +189,11 @@ def test_default_values_render_operator_api_and_rbac_and_no_monitoring() -> None
     operator = one(docs, "Deployment", "medcloud-operator")
     assert container(operator)["command"] == ["medcloud", "operator"]
     assert container(one(docs, "Deployment", "medcloud-api"))["command"] == ["medcloud", "api"]
+    assert container(one(docs, "Deployment", "medcloud-keyservice"))["command"] == [
+        "python",
+        "-m",
+        "medcloud.keyservice",
+    ]
 
 
 def test_monitoring_enabled_renders_service_monitors_rule_and_dashboard() -> None:
@@ -281,7 +291,7 @@ def test_object_names_stay_within_kubernetes_limits_for_a_long_release_name() ->
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["medcloud-operator", "medcloud-api"])
+@pytest.mark.parametrize("name", ["medcloud-operator", "medcloud-api", "medcloud-keyservice"])
 def test_pods_run_restricted(name: str) -> None:
     deployment = one(render(), "Deployment", name)
     pod = deployment["spec"]["template"]["spec"]
@@ -324,11 +334,10 @@ def test_api_probes() -> None:
 
 # What the chart does with each file of deploy/. A new file there fails
 # test_every_deploy_file_is_accounted_for until someone decides.
-MIRRORED = ("operator-rbac.yaml", "recordstore-operator-rbac.yaml", "api-rbac.yaml")
+MIRRORED = ("operator-rbac.yaml", "recordstore-operator-rbac.yaml", "api-rbac.yaml", "keyservice-rbac.yaml")
 NOT_MIRRORED = {
     "kopf-peering-crds.yaml": "CRDs: shipped in charts/medcloud/crds (tests/unit/test_chart_crds.py)",
     "city-admin-rbac.yaml": "its ClusterRole is mirrored below; its ServiceAccount and binding are for dev up only",
-    "keyservice-rbac.yaml": "the chart does not deploy the key service yet",
 }
 RBAC_KINDS = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount")
 
@@ -380,17 +389,25 @@ def test_rbac_follows_release_name_and_namespace() -> None:
     docs = render(release="riverton", namespace="city-ops")
     for doc in docs:
         if doc["kind"] in ("ClusterRoleBinding", "RoleBinding"):
-            assert doc["roleRef"]["name"].startswith("riverton-medcloud-")
+            # The one built-in role bound: the key service's TokenReviews and SubjectAccessReviews.
+            assert doc["roleRef"]["name"].startswith("riverton-medcloud-") or (
+                doc["metadata"]["name"] == "riverton-medcloud-keyservice-auth-delegator"
+                and doc["roleRef"]["name"] == "system:auth-delegator"
+            )
             for subject in doc["subjects"]:
                 assert subject["namespace"] == "city-ops"
-                assert subject["name"] in {"riverton-medcloud-operator", "riverton-medcloud-api"}
+                assert subject["name"] in {
+                    "riverton-medcloud-operator",
+                    "riverton-medcloud-api",
+                    "riverton-medcloud-keyservice",
+                }
     role = one(docs, "Role", "riverton-medcloud-operator-keys")
     assert role["metadata"]["namespace"] == "city-ops"
+    assert one(docs, "Role", "riverton-medcloud-keyservice-keys")["metadata"]["namespace"] == "city-ops"
     # The operator binds its tenant Secrets ClusterRole by the release's name, and is told that name.
     one(docs, "ClusterRole", "riverton-medcloud-operator-tenant-secrets")
-    bind = [
-        r for r in one(docs, "ClusterRole", "riverton-medcloud-operator")["rules"] if "clusterroles" in r["resources"]
-    ]
+    operator_rules = one(docs, "ClusterRole", "riverton-medcloud-operator")["rules"]
+    bind = [r for r in operator_rules if "clusterroles" in r["resources"] and "bind" in r["verbs"]]
     assert bind == [
         {
             "apiGroups": ["rbac.authorization.k8s.io"],
@@ -414,17 +431,22 @@ def test_reused_service_accounts_are_bound_and_not_created() -> None:
         {
             "operator": {"serviceAccount": {"create": False, "name": "existing-operator"}},
             "api": {"serviceAccount": {"create": False, "name": "existing-api"}},
+            "keyService": {"serviceAccount": {"create": False, "name": "existing-keyservice"}},
         }
     )
     assert kinds(docs)["ServiceAccount"] == 0
     subjects = {s["name"] for d in docs if d["kind"].endswith("Binding") for s in d["subjects"]}
-    assert subjects == {"existing-operator", "existing-api"}
+    assert subjects == {"existing-operator", "existing-api", "existing-keyservice"}
     accounts = {
         d["metadata"]["name"]: d["spec"]["template"]["spec"]["serviceAccountName"]
         for d in docs
         if d["kind"] == "Deployment"
     }
-    assert accounts == {"medcloud-operator": "existing-operator", "medcloud-api": "existing-api"}
+    assert accounts == {
+        "medcloud-operator": "existing-operator",
+        "medcloud-api": "existing-api",
+        "medcloud-keyservice": "existing-keyservice",
+    }
 
 
 def test_rbac_create_false_renders_no_rbac() -> None:
@@ -457,6 +479,7 @@ OPERATOR_DEFAULTED = {
     "peering_priority": "random per replica, so exactly one of the peered replicas acts",
 }
 API_DEFAULTED = {"kubeconfig": "unset, so the API uses its in-cluster ServiceAccount"}
+KEYSERVICE_DEFAULTED = {"kubeconfig": "unset, so the key service uses its in-cluster ServiceAccount"}
 
 
 def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -569,6 +592,173 @@ def test_standalone_operator_and_namespaced_peering() -> None:
 
 
 # ---------------------------------------------------------------------------
+# The key service
+# ---------------------------------------------------------------------------
+
+
+def _operator_env(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> dict[str, str]:
+    deployment = one(render(values, namespace=namespace), "Deployment", "medcloud-operator")
+    return env_of(deployment, {"metadata.name": "medcloud-operator-abc", "metadata.namespace": namespace})
+
+
+def test_key_service_environment_is_read_by_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medcloud.keyservice.settings import KeyServiceSettings
+
+    values = {
+        "keyService": {
+            "port": 9443,
+            "audience": "keys.city.example",
+            "kubeTimeoutSeconds": 4.5,
+            "tls": {"secretName": "keyservice-tls"},
+        }
+    }
+    deployment = one(render(values, namespace="city-ops"), "Deployment", "medcloud-keyservice")
+    env = env_of(deployment, {"metadata.namespace": "city-ops"})
+    for field in KeyServiceSettings.model_fields:
+        monkeypatch.delenv(f"MEDCLOUD_KEYSERVICE_{field.upper()}", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = KeyServiceSettings()
+    assert settings.host == "0.0.0.0"  # noqa: S104 - reachable through the Service
+    assert settings.port == 9443
+    # The KEK and key ring Secrets are where the operator keeps them: the release namespace.
+    assert settings.operator_namespace == "city-ops"
+    assert settings.audience == "keys.city.example"
+    assert settings.kube_timeout_seconds == 4.5
+    assert str(settings.tls_cert_file) == "/etc/medcloud/keyservice-tls/tls.crt"
+    assert str(settings.tls_key_file) == "/etc/medcloud/keyservice-tls/tls.key"
+    mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
+    assert mounts["tls"]["mountPath"] == "/etc/medcloud/keyservice-tls"
+    assert mounts["tls"]["readOnly"] is True
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "keyservice-tls"
+    set_by_chart = {n.removeprefix("MEDCLOUD_KEYSERVICE_").lower() for n in env}
+    fields = set(KeyServiceSettings.model_fields)
+    assert set_by_chart <= fields, set_by_chart - fields
+    assert fields - set_by_chart == set(KEYSERVICE_DEFAULTED), (
+        "key service settings the chart neither sets nor defaults"
+    )
+
+
+def test_key_service_probes_port_and_service() -> None:
+    docs = render()
+    deployment = one(docs, "Deployment", "medcloud-keyservice")
+    main = container(deployment)
+    assert main["ports"] == [{"name": "keys", "containerPort": 8443, "protocol": "TCP"}]
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "keys", "scheme": "HTTP"}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "keys", "scheme": "HTTP"}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert main["resources"]["requests"]
+    assert main["resources"]["limits"]["memory"]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "medcloud-keyservice"
+    service = one(docs, "Service", "medcloud-keyservice")
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8443, "targetPort": "keys", "protocol": "TCP"}]
+    # The Service selects the key service's pods and nothing else.
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    for other in ("medcloud-operator", "medcloud-api"):
+        labels = one(docs, "Deployment", other)["spec"]["template"]["metadata"]["labels"]
+        assert not service["spec"]["selector"].items() <= labels.items()
+
+    tls = render({"keyService": {"tls": {"secretName": "keyservice-tls"}}})
+    main = container(one(tls, "Deployment", "medcloud-keyservice"))
+    assert main["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert main["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert one(tls, "Service", "medcloud-keyservice")["spec"]["ports"][0]["name"] == "https"
+
+
+def test_operator_names_the_charts_key_service_unless_told_another() -> None:
+    assert _operator_env()["MEDCLOUD_KEY_SERVICE_URL"] == "http://medcloud-keyservice.medcloud-system.svc:8443"
+    tls = {"keyService": {"tls": {"secretName": "t"}, "service": {"port": 443}}}
+    assert _operator_env(tls, namespace="city-ops")["MEDCLOUD_KEY_SERVICE_URL"] == (
+        "https://medcloud-keyservice.city-ops.svc:443"
+    )
+    # An explicit URL wins, and appears once.
+    explicit = {"operator": {"config": {"keyServiceUrl": "https://keys.city.example"}}}
+    deployment = one(render(explicit), "Deployment", "medcloud-operator")
+    names = [e["name"] for e in container(deployment)["env"]]
+    assert names.count("MEDCLOUD_KEY_SERVICE_URL") == 1
+    assert _operator_env(explicit)["MEDCLOUD_KEY_SERVICE_URL"] == "https://keys.city.example"
+    # Without the chart's key service the operator names none (unless told).
+    assert "MEDCLOUD_KEY_SERVICE_URL" not in _operator_env({"keyService": {"enabled": False}})
+    disabled_explicit = {"keyService": {"enabled": False}, **explicit}
+    assert _operator_env(disabled_explicit)["MEDCLOUD_KEY_SERVICE_URL"] == "https://keys.city.example"
+
+
+def test_the_url_the_operator_names_is_the_key_service_service() -> None:
+    release, namespace = "riverton", "city-ops"
+    docs = render(release=release, namespace=namespace)
+    env = env_of(
+        one(docs, "Deployment", "riverton-medcloud-operator"), {"metadata.name": "p", "metadata.namespace": namespace}
+    )
+    service = one(docs, "Service", "riverton-medcloud-keyservice")
+    port = service["spec"]["ports"][0]["port"]
+    assert env["MEDCLOUD_KEY_SERVICE_URL"] == f"http://{service['metadata']['name']}.{namespace}.svc:{port}"
+
+
+def test_key_service_disabled_renders_none_of_it() -> None:
+    docs = render({"keyService": {"enabled": False}, "networkPolicy": {"enabled": True}})
+    assert not [d for d in docs if "keyservice" in d["metadata"]["name"]]
+    assert kinds(docs)["Deployment"] == 2
+
+
+def test_key_service_network_policy_admits_tenants_the_release_namespace_and_listed_peers_only() -> None:
+    docs = render(EVERYTHING_ON)
+    policy = one(docs, "NetworkPolicy", "medcloud-keyservice")
+    deployment = one(docs, "Deployment", "medcloud-keyservice")
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "keys"}]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchExpressions": [{"key": "medcloud.io/hospital", "operator": "Exists"}]}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateways"}}},
+    ]
+    # The label it selects tenants by is the one the operator puts on tenant namespaces.
+    from medcloud_operator import labels
+
+    assert labels.HOSPITAL == "medcloud.io/hospital"
+    # Egress, when restricted: DNS and the Kubernetes API, no storage and nothing else.
+    egress_cidrs = {p["ipBlock"]["cidr"] for r in policy["spec"]["egress"] for p in r["to"] if "ipBlock" in p}
+    assert egress_cidrs == {"10.96.0.1/32", "192.168.10.0/24"}
+    # Off by default, like the chart's other policies.
+    assert not [d for d in render() if d["kind"] == "NetworkPolicy"]
+
+
+def test_notes_name_the_key_service_and_warn_without_tls(tmp_path: Path) -> None:
+    # NOTES.txt renders only on install, which needs a cluster. A copy of the chart renders the same
+    # text inside a ConfigMap, so `helm template` shows it.
+    chart = tmp_path / "medcloud"
+    shutil.copytree(CHART, chart)
+    body = (chart / "templates" / "NOTES.txt").read_text(encoding="utf-8")
+    (chart / "templates" / "_notes_body.tpl").write_text('{{- define "test.notes" -}}\n' + body + "\n{{- end -}}\n")
+    (chart / "templates" / "notes-under-test.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
+        '  notes: {{ include "test.notes" . | toJson }}\n'
+    )
+
+    def notes(values: dict[str, Any]) -> str:
+        proc = helm(
+            "template", RELEASE, str(chart), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
+            "--show-only", "templates/notes-under-test.yaml", "--values", "-", input=yaml.safe_dump(values),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return str(yaml.safe_load(proc.stdout)["data"]["notes"])
+
+    plain = notes({})
+    assert "Key service: http://medcloud-keyservice.medcloud-system.svc:8443" in plain
+    assert 'audience "medcloud-keyservice"' in plain
+    assert "WARNING: keyService.tls.secretName is empty" in plain
+    tls = notes({"keyService": {"tls": {"secretName": "t"}}})
+    assert "Key service: https://medcloud-keyservice.medcloud-system.svc:8443" in tls
+    assert "WARNING" not in tls
+    assert "Key service" not in notes({"keyService": {"enabled": False}})
+
+
+# ---------------------------------------------------------------------------
 # Values: schema, comments and refusals
 # ---------------------------------------------------------------------------
 
@@ -588,6 +778,14 @@ INVALID_VALUES = [
     pytest.param({"api": {"replicaCount": "two"}}, "at '/api/replicaCount': got string, want integer", id="type"),
     pytest.param({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy'", id="pull-policy"),
     pytest.param({"image": {"digest": "latest"}}, "at '/image/digest'", id="digest"),
+    pytest.param(
+        {"keyService": {"audiance": "x"}},
+        "at '/keyService': additional properties 'audiance' not allowed",
+        id="ks-typo",
+    ),
+    pytest.param({"keyService": {"audience": ""}}, "at '/keyService/audience'", id="ks-empty-audience"),
+    pytest.param({"keyService": {"port": 0}}, "at '/keyService/port'", id="ks-port"),
+    pytest.param({"keyService": {"enabled": "yes"}}, "at '/keyService/enabled'", id="ks-enabled-type"),
     pytest.param(
         {"operator": {"config": {"storageCidrs": ["minio.local"]}}}, "at '/operator/config/storageCidrs/0'", id="cidr"
     ),

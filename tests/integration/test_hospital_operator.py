@@ -10,11 +10,9 @@ own code.
 from __future__ import annotations
 
 import base64
-import contextlib
 import ipaddress
 import json
 import re
-import socket
 import time
 import urllib.request
 import uuid
@@ -25,50 +23,42 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kopf.testing import KopfRunner
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from medcloud.kube.crds import install_crds
+from tests.operator_support import (
+    GROUP,
+    OPERATOR_NAMESPACE,
+    OPERATOR_USER,
+    REPO,
+    SA_GROUPS,
+    VERSION,
+    ClusterAdmin,
+    Json,
+    RunningOperator,
+    audit_lines,
+    audit_writes,
+    condition,
+    hospital_spec,
+    is_ready,
+    raw,
+    run_operator,
+    sample,
+)
 from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[2]
-GROUP, VERSION = "medcloud.io", "v1alpha1"
-OPERATOR_NAMESPACE = "medcloud-system"
-# The identity deploy/operator-rbac.yaml binds; a client certificate with this
-# name authenticates as that service account's user name.
-OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-operator"
-OPERATOR_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}")
-# What the tenancy binds that identity to in each tenant namespace (defaults of OperatorSettings).
+# What the tenancy binds the operator's identity to in each tenant namespace (defaults of OperatorSettings).
 OPERATOR_BINDING = "medcloud-operator-tenant"
 TENANT_SECRETS_ROLE = "medcloud-operator-tenant-secrets"
 STORAGE_CIDR = "10.250.0.0/24"
 STORAGE_PORT = 9000
-WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
-
-Json = dict[str, Any]
+# The operator's settings here: the Hospital handlers alone, no RecordStore storage.
+TENANCY_ENV = {"MEDCLOUD_STORAGE_CIDRS": json.dumps([STORAGE_CIDR]), "MEDCLOUD_STORAGE_PORT": str(STORAGE_PORT)}
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Json | None:
-    """The JSON the API server returned, or None on 404."""
-    try:
-        response = call(*args, _preload_content=False, **kwargs)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return json.loads(response.data)  # type: ignore[no-any-return]
 
 
 def status_code(call: Callable[[], Any]) -> int:
@@ -80,30 +70,11 @@ def status_code(call: Callable[[], Any]) -> int:
     return 200
 
 
-@dataclass
-class Cluster:
+class Cluster(ClusterAdmin):
     """Admin access to the cluster under test."""
 
-    api: client.ApiClient
-
-    @property
-    def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.api)
-
-    @property
-    def custom(self) -> client.CustomObjectsApi:
-        return client.CustomObjectsApi(self.api)
-
-    @property
-    def net(self) -> client.NetworkingV1Api:
-        return client.NetworkingV1Api(self.api)
-
-    @property
-    def rbac(self) -> client.RbacAuthorizationV1Api:
-        return client.RbacAuthorizationV1Api(self.api)
-
     def hospital(self, name: str) -> Json | None:
-        return raw(self.custom.get_cluster_custom_object, GROUP, VERSION, "hospitals", name)
+        return self.get("Hospital", name)
 
     def patch_hospital(self, name: str, patch: Json) -> None:
         self.custom.patch_cluster_custom_object(
@@ -120,10 +91,6 @@ class Cluster:
     def kek_secret(self, hospital: str) -> Json | None:
         return raw(self.core.read_namespaced_secret, f"kek-{hospital}", OPERATOR_NAMESPACE)
 
-    def events_about(self, hospital: str) -> list[Json]:
-        items = raw(self.core.list_namespaced_event, "default", field_selector=f"involvedObject.name={hospital}")
-        return [e for e in (items or {}).get("items", []) if e["involvedObject"].get("kind") == "Hospital"]
-
     def touch_quota(self, namespace: str, value: str) -> None:
         """A write by someone else that changes nothing the operator owns: it triggers a reconcile."""
         self.core.patch_namespaced_resource_quota(
@@ -139,109 +106,23 @@ def operator_may(cluster: Cluster, verb: str, namespace: str, name: str | None =
     attributes: Json = {"verb": verb, "resource": "secrets", "namespace": namespace}
     if name is not None:
         attributes["name"] = name
-    review = {"spec": {"user": OPERATOR_USER, "groups": list(OPERATOR_GROUPS), "resourceAttributes": attributes}}
+    review = {"spec": {"user": OPERATOR_USER, "groups": list(SA_GROUPS), "resourceAttributes": attributes}}
     result = client.AuthorizationV1Api(cluster.api).create_subject_access_review(review)
     return bool(result.status.allowed)
-
-
-def condition(hospital: Json | None, type_: str) -> Json | None:
-    for cond in ((hospital or {}).get("status") or {}).get("conditions", []):
-        if cond["type"] == type_:
-            return cond  # type: ignore[no-any-return]
-    return None
-
-
-def is_ready(hospital: Json | None) -> bool:
-    cond = condition(hospital, "Ready")
-    generation = (hospital or {}).get("metadata", {}).get("generation")
-    observed = ((hospital or {}).get("status") or {}).get("observedGeneration")
-    return bool(cond and cond["status"] == "True" and observed == generation)
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return str(response.read().decode())
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one series in a Prometheus text exposition (0 when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        series, _, value = line.rpartition(" ")
-        found = dict(re.findall(r'(\w+)="([^"]*)"', series))
-        if series.split("{")[0] == name and all(found.get(k) == v for k, v in labels.items()):
-            return float(value)
-    return 0.0
 
 
 # --------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
-def cluster(k8s_api_client: client.ApiClient) -> Cluster:
-    install_crds(k8s_api_client)
+def cluster(k8s_api_client: client.ApiClient, crds: None) -> Cluster:
     return Cluster(k8s_api_client)
 
 
-@pytest.fixture(scope="module")
-def operator_kubeconfig(local_cluster: Any, cluster: Cluster) -> Path:
-    """The operator's own identity, with exactly the RBAC of deploy/operator-rbac.yaml."""
-    if cluster.namespace(OPERATOR_NAMESPACE) is None:
-        cluster.core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
-    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator-rbac.yaml"))
-    path: Path = local_cluster.kubeconfig_for_user(OPERATOR_USER, OPERATOR_GROUPS)
-    return path
-
-
-@dataclass
-class RunningOperator:
-    metrics_port: int
-    probe_port: int
-    runner: KopfRunner
-
-    def metrics(self) -> str:
-        return scrape(self.metrics_port)
-
-
-@contextlib.contextmanager
-def run_operator(
-    kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, *, standalone: bool = True
-) -> Iterator[RunningOperator]:
-    """The operator in a thread of this process, until the block ends."""
-    metrics_port, probe_port = free_port(), free_port()
-    with monkeypatch.context() as env:
-        env.setenv("KUBECONFIG", str(kubeconfig))
-        env.setenv("MEDCLOUD_METRICS_PORT", str(metrics_port))
-        env.setenv("MEDCLOUD_METRICS_ADDRESS", "127.0.0.1")
-        env.setenv("MEDCLOUD_STORAGE_CIDRS", json.dumps([STORAGE_CIDR]))
-        env.setenv("MEDCLOUD_STORAGE_PORT", str(STORAGE_PORT))
-        env.setenv("MEDCLOUD_DELETION_RETRY_SECONDS", "1")
-        args = [
-            "run",
-            *(["--standalone"] if standalone else []),
-            "--all-namespaces",
-            "--verbose",
-            f"--liveness=http://127.0.0.1:{probe_port}/healthz",
-            "-m",
-            "medcloud_operator.main",
-        ]
-        with KopfRunner(args, timeout=60) as runner:
-            running = RunningOperator(metrics_port, probe_port, runner)
-
-            def healthy() -> bool:
-                with urllib.request.urlopen(f"http://127.0.0.1:{probe_port}/healthz", timeout=2) as r:
-                    return bool(r.status == 200)
-
-            wait_for(healthy, "the operator's liveness endpoint", timeout=60)
-            yield running
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
-
-
 @pytest.fixture
-def operator(operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningOperator]:
-    with run_operator(operator_kubeconfig, monkeypatch) as running:
+def operator(operator_kubeconfig: Path) -> Iterator[RunningOperator]:
+    """The operator with deploy/operator-rbac.yaml alone, for one test."""
+    with run_operator(operator_kubeconfig, TENANCY_ENV) as running:
         yield running
 
 
@@ -255,21 +136,14 @@ def hospitals(cluster: Cluster, operator: RunningOperator) -> Iterator[HospitalF
 
     def create(prefix: str = "h", **spec: Any) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "Hospital",
-            "metadata": {"name": name},
-            "spec": {"displayName": f"Hospital {name}", "institutionCode": "TEST0001", "tier": "county", **spec},
-        }
-        cluster.custom.create_cluster_custom_object(GROUP, VERSION, "hospitals", body)
+        cluster.create("Hospital", name, hospital_spec(name, **spec))
         created.append(name)
         return name
 
     yield create
     for name in created:
         _delete_record_stores(cluster, f"hospital-{name}")
-        with contextlib.suppress(ApiException):
-            cluster.custom.delete_cluster_custom_object(GROUP, VERSION, "hospitals", name)
+        cluster.delete("Hospital", name)
     for name in created:
         wait_for(gone(cluster, name), f"Hospital {name} to be deleted", timeout=120)
 
@@ -281,10 +155,7 @@ def gone(cluster: Cluster, name: str) -> Callable[[], bool]:
 def _delete_record_stores(cluster: Cluster, namespace: str) -> None:
     stores = raw(cluster.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, "recordstores") or {}
     for store in stores.get("items", []):
-        with contextlib.suppress(ApiException):
-            cluster.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, "recordstores", store["metadata"]["name"]
-            )
+        cluster.delete("RecordStore", store["metadata"]["name"], namespace)
 
 
 def wait_ready(cluster: Cluster, name: str) -> Json:
@@ -382,7 +253,7 @@ def test_a_hospital_becomes_ready_with_every_child_as_specified(cluster: Cluster
     assert quota_usage["pods"] == "0"
 
     def reported() -> list[Json] | None:
-        found = cluster.events_about(name)
+        found = cluster.events_about("Hospital", name)
         return found if {"KEKCreated", "Ready"} <= {e["reason"] for e in found} else None
 
     events = wait_for(reported, "Events about the Hospital")
@@ -429,7 +300,7 @@ def _may_bind(cluster: Cluster, namespace: str, cluster_role: str) -> bool:
         "name": cluster_role,
         "namespace": namespace,
     }
-    review = {"spec": {"user": OPERATOR_USER, "groups": list(OPERATOR_GROUPS), "resourceAttributes": attributes}}
+    review = {"spec": {"user": OPERATOR_USER, "groups": list(SA_GROUPS), "resourceAttributes": attributes}}
     return bool(client.AuthorizationV1Api(cluster.api).create_subject_access_review(review).status.allowed)
 
 
@@ -538,7 +409,7 @@ def test_children_edited_or_deleted_by_hand_are_put_back(
         lambda: raw(cluster.rbac.read_namespaced_role_binding, OPERATOR_BINDING, ns) is not None,
         "the operator's binding to be put back",
     )
-    assert "DriftRepaired" in {e["reason"] for e in cluster.events_about(name)}
+    assert "DriftRepaired" in {e["reason"] for e in cluster.events_about("Hospital", name)}
 
 
 def test_hospital_admins_manage_their_own_namespace_only(
@@ -576,6 +447,101 @@ def test_hospital_admins_manage_their_own_namespace_only(
     assert status_code(lambda: alice.read_namespaced_secret(f"kek-{a}", OPERATOR_NAMESPACE)) == 403
     assert status_code(lambda: alice.list_namespace()) == 403
     assert status_code(lambda: alice.delete_namespace(ns_a)) == 403
+
+
+def test_hospital_admins_read_their_own_hospital_object_and_no_other(
+    cluster: Cluster, hospitals: HospitalFactory, local_cluster: Any
+) -> None:
+    """The Hospital is cluster-scoped: a ClusterRole naming it, bound to spec.admins, lets them get and watch it."""
+    a = hospitals("read-a", admins={"users": ["carol@a"]})
+    b = hospitals("read-b", admins={"groups": ["b-admins"]})
+    wait_ready(cluster, a)
+    wait_ready(cluster, b)
+    access = f"medcloud:hospital:{a}:admin"
+
+    def as_user(user: str, groups: tuple[str, ...] = ()) -> client.CustomObjectsApi:
+        kubeconfig = local_cluster.kubeconfig_for_user(user, groups)
+        return client.CustomObjectsApi(config.new_client_from_config(config_file=str(kubeconfig)))
+
+    def get(api: client.CustomObjectsApi, name: str) -> int:
+        return status_code(lambda: api.get_cluster_custom_object(GROUP, VERSION, "hospitals", name))
+
+    def watch(api: client.CustomObjectsApi, name: str) -> int:
+        """A watch of the one Hospital (what `kubectl get --watch` and the API's progress stream ask for)."""
+
+        def request() -> None:
+            response: Any = api.list_cluster_custom_object(
+                GROUP, VERSION, "hospitals", field_selector=f"metadata.name={name}", watch=True,
+                timeout_seconds=1, _preload_content=False,
+            )  # fmt: skip
+            response.read()
+            response.release_conn()
+
+        return status_code(request)
+
+    carol, dave, bob = as_user("carol@a"), as_user("dave@a"), as_user("bob@b", ("b-admins",))
+    wait_for(lambda: get(carol, a) == 200, "carol (admin of A) to read Hospital A")
+    assert watch(carol, a) == 200
+    assert get(carol, b) == 403
+    assert watch(carol, b) == 403
+    assert status_code(lambda: carol.list_cluster_custom_object(GROUP, VERSION, "hospitals")) == 403
+    quota = {"spec": {"quota": {"cpu": "64"}}}
+    patch = partial(carol.patch_cluster_custom_object, GROUP, VERSION, "hospitals", a, quota)
+    assert status_code(lambda: patch(_content_type="application/merge-patch+json")) == 403, "the quota is the city's"
+    wait_for(lambda: get(bob, b) == 200, "bob (of group b-admins) to read Hospital B")
+    assert get(bob, a) == 403
+    assert get(dave, a) == 403
+
+    role = raw(cluster.rbac.read_cluster_role, access)
+    binding = raw(cluster.rbac.read_cluster_role_binding, access)
+    assert role is not None
+    assert binding is not None
+    assert role["rules"] == [
+        {"apiGroups": ["medcloud.io"], "resources": ["hospitals"], "resourceNames": [a], "verbs": ["get", "watch"]}
+    ]
+    uid = (cluster.hospital(a) or {})["metadata"]["uid"]
+    for child in (role, binding):
+        assert child["metadata"]["labels"]["medcloud.io/hospital"] == a
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "medcloud-operator"
+        owners = child["metadata"]["ownerReferences"]
+        assert [(r["kind"], r["name"], r["uid"]) for r in owners] == [("Hospital", a, uid)]
+    assert binding["roleRef"]["name"] == access
+    assert [(s["kind"], s["name"]) for s in binding["subjects"]] == [("User", "carol@a")]
+
+    # The grant follows spec.admins.
+    cluster.patch_hospital(a, {"spec": {"admins": {"users": ["dave@a"]}}})
+    wait_for(lambda: get(dave, a) == 200 and get(carol, a) == 403, "the grant to move from carol to dave")
+    moved = raw(cluster.rbac.read_cluster_role_binding, access) or {}
+    assert [(s["kind"], s["name"]) for s in moved["subjects"]] == [("User", "dave@a")]
+
+    # Widened or removed by hand, it is put back.
+    cluster.rbac.patch_cluster_role(
+        access,
+        {"rules": [{"apiGroups": ["medcloud.io"], "resources": ["hospitals"], "verbs": ["get", "list", "watch"]}]},
+        _content_type="application/merge-patch+json",
+    )
+    cluster.rbac.delete_cluster_role_binding(access)
+
+    def reverted() -> bool:
+        rules = (raw(cluster.rbac.read_cluster_role, access) or {}).get("rules")
+        return rules == role["rules"] and raw(cluster.rbac.read_cluster_role_binding, access) is not None
+
+    wait_for(reverted, "the hand-made changes to be reverted")
+    wait_for(lambda: get(dave, a) == 200 and get(dave, b) == 403, "dave to read A again, and still not B")
+
+    # No admins left: the binding goes (the role stays, bound to no one).
+    cluster.patch_hospital(a, {"spec": {"admins": {"users": []}}})
+    wait_for(lambda: raw(cluster.rbac.read_cluster_role_binding, access) is None, "the binding to be removed")
+    assert raw(cluster.rbac.read_cluster_role, access) is not None
+    wait_for(lambda: get(dave, a) == 403, "dave to lose Hospital A")
+
+    # Offboarding removes both.
+    cluster.patch_hospital(a, {"spec": {"admins": {"users": ["dave@a"]}}})
+    wait_for(lambda: raw(cluster.rbac.read_cluster_role_binding, access) is not None, "the binding to be back")
+    cluster.delete("Hospital", a)
+    wait_for(gone(cluster, a), f"Hospital {a} to be deleted", timeout=120)
+    assert raw(cluster.rbac.read_cluster_role, access) is None
+    assert raw(cluster.rbac.read_cluster_role_binding, access) is None
 
 
 # A small evaluator of the Kubernetes NetworkPolicy semantics the operator uses,
@@ -699,24 +665,10 @@ def test_network_policies_say_what_the_specs_say(cluster: Cluster, hospitals: Ho
     assert not allowed(pa, outside("internet", ip="8.8.8.8"), 443)
 
 
-def _operator_writes(audit_log: Path, since_line: int) -> list[Json]:
-    """Audit entries (writes only, by the cluster's audit policy) made by the operator's identity."""
-    with audit_log.open() as f:
-        lines = f.readlines()[since_line:]
-    entries = [json.loads(line) for line in lines if line.strip()]
-    return [e for e in entries if e["user"]["username"] == OPERATOR_USER and e["verb"] in WRITE_VERBS]
-
-
-def _audit_lines(audit_log: Path) -> int:
-    with audit_log.open() as f:
-        return sum(1 for _ in f)
-
-
 def test_an_idle_operator_writes_nothing(
     cluster: Cluster,
     local_cluster: Any,
     operator_kubeconfig: Path,
-    monkeypatch: pytest.MonkeyPatch,
     hospitals: HospitalFactory,
     operator: RunningOperator,
 ) -> None:
@@ -731,12 +683,12 @@ def test_an_idle_operator_writes_nothing(
     # Settle: the first reconciles and the quota controller's status update are done
     # once the operator has sent no write for a while.
     def settled() -> bool:
-        mark = _audit_lines(audit_log)
+        mark = audit_lines(audit_log)
         time.sleep(2)
-        return not _operator_writes(audit_log, mark)
+        return not audit_writes(audit_log, mark)
 
     wait_for(settled, "the operator to settle")
-    mark = _audit_lines(audit_log)
+    mark = audit_lines(audit_log)
     writes_before = operator.metrics()
     reconciles = sample(writes_before, "medcloud_reconcile_total", kind="Hospital", result="success")
 
@@ -752,7 +704,7 @@ def test_an_idle_operator_writes_nothing(
         wait_for(reconciled(reconciles + i + 1), f"reconcile {i + 1} after a foreign change")
     # A restarted operator reconciles every Hospital on startup (Kopf's resume).
     stopped_reconciles = sample(operator.metrics(), "medcloud_reconcile_total", kind="Hospital", result="success")
-    with run_operator(operator_kubeconfig, monkeypatch) as second:
+    with run_operator(operator_kubeconfig, TENANCY_ENV) as second:
         wait_for(
             lambda: (
                 sample(second.metrics(), "medcloud_reconcile_total", kind="Hospital", result="success")
@@ -761,7 +713,7 @@ def test_an_idle_operator_writes_nothing(
             "the restarted operator to reconcile",
         )
 
-    writes = _operator_writes(audit_log, mark)
+    writes = audit_writes(audit_log, mark)
     assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]
     assert sample(operator.metrics(), "medcloud_api_writes_total") == sample(writes_before, "medcloud_api_writes_total")
 
@@ -790,9 +742,7 @@ def test_deletion_is_refused_while_record_stores_exist(cluster: Cluster, hospita
     assert cluster.namespace(ns) is not None
     assert cluster.kek_secret(name) is not None
     wait_for(
-        lambda: any(
-            e["reason"] == "RecordStoresPresent" and e["type"] == "Warning" for e in cluster.events_about(name)
-        ),
+        lambda: cluster.has_event("Hospital", name, "RecordStoresPresent", type_="Warning"),
         "a Warning event saying why",
     )
 
@@ -865,7 +815,9 @@ def test_kek_rotation_on_demand_adds_a_version_once_and_keeps_the_old_one(
     assert (data["v1"], data["v1-created-at"]) == (before["data"]["v1"], before["data"]["v1-created-at"])
     assert secret["metadata"]["annotations"]["medcloud.io/observed-rotate-now"] == "1"
     assert data["v2"] not in json.dumps(hospital)
-    wait_for(lambda: "KEKRotated" in {e["reason"] for e in cluster.events_about(name)}, "a KEKRotated event")
+    wait_for(
+        lambda: "KEKRotated" in {e["reason"] for e in cluster.events_about("Hospital", name)}, "a KEKRotated event"
+    )
 
     # One rotation per request: further reconciles leave the Secret alone.
     version = secret["metadata"]["resourceVersion"]
@@ -930,14 +882,14 @@ def test_metrics_endpoint_shows_the_documented_series(
 
 
 def test_with_peering_the_operator_announces_itself_and_acts(
-    cluster: Cluster, local_cluster: Any, operator_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, local_cluster: Any, operator_kubeconfig: Path
 ) -> None:
     local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "kopf-peering-crds.yaml"))
     local_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev")
     # The operator creates the peering object itself; start from none.
     local_cluster.kubectl("delete", "clusterkopfpeering", "medcloud", "--ignore-not-found")
     name = f"peered-{uuid.uuid4().hex[:6]}"
-    with run_operator(operator_kubeconfig, monkeypatch, standalone=False):
+    with run_operator(operator_kubeconfig, TENANCY_ENV, standalone=False):
 
         def announced() -> Json | None:
             peering = raw(cluster.custom.get_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings", "medcloud")
@@ -945,17 +897,7 @@ def test_with_peering_the_operator_announces_itself_and_acts(
 
         peering = wait_for(announced, "the operator's heartbeat in ClusterKopfPeering medcloud")
         assert len(peering["status"]) == 1
-        cluster.custom.create_cluster_custom_object(
-            GROUP,
-            VERSION,
-            "hospitals",
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "Hospital",
-                "metadata": {"name": name},
-                "spec": {"displayName": "Peered", "institutionCode": "PEER0001", "tier": "village"},
-            },
-        )
+        cluster.create("Hospital", name, {"displayName": "Peered", "institutionCode": "PEER0001", "tier": "village"})
         try:
             wait_ready(cluster, name)
         finally:

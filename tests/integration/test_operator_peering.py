@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,16 +27,26 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from medcloud.kube.crds import install_crds
 from medcloud.localcluster.process import ServerProcess, free_port, log_tail
+from tests.operator_support import (
+    GROUP,
+    OPERATOR_NAMESPACE,
+    REPO,
+    VERSION,
+    ClusterAdmin,
+    Json,
+    audit_lines,
+    audit_writes,
+    healthz,
+    hospital_spec,
+    is_ready,
+    raw,
+)
 from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[2]
-GROUP, VERSION = "medcloud.io", "v1alpha1"
 PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL = "kopf.dev", "v1", "clusterkopfpeerings"
-OPERATOR_NAMESPACE = "medcloud-system"
 # Names from deploy/operator-rbac.yaml.
 OPERATOR_CLUSTER_ROLE = "medcloud-operator"
 OPERATOR_KEYS_ROLE = "medcloud-operator-keys"
@@ -46,7 +55,6 @@ ACTIVE_USER, STANDBY_USER = "medcloud-operator-a", "medcloud-operator-b"
 # subject each tenant's RoleBinding medcloud-operator-tenant binds.
 OPERATOR_GROUP = "medcloud-operator-peering-test"
 ACTIVE_PRIORITY, STANDBY_PRIORITY = 200, 100
-WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 # What the tenancy of one Hospital is written as: (resource, subresource).
 TENANCY_WRITES = {
     ("namespaces", ""),
@@ -57,33 +65,8 @@ TENANCY_WRITES = {
     ("hospitals", "status"),
 }
 
-Json = dict[str, Any]
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _raw(call: Any, *args: Any, **kwargs: Any) -> Json | None:
-    """The JSON the API server returned, or None on 404."""
-    try:
-        response = call(*args, _preload_content=False, **kwargs)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return json.loads(response.data)  # type: ignore[no-any-return]
-
-
-def _is_ready(hospital: Json | None) -> bool:
-    status = (hospital or {}).get("status") or {}
-    ready = [c for c in status.get("conditions", []) if c["type"] == "Ready"]
-    generation = (hospital or {}).get("metadata", {}).get("generation")
-    return bool(ready and ready[0]["status"] == "True" and status.get("observedGeneration") == generation)
-
-
-def _audit_lines(audit_log: Path) -> int:
-    with audit_log.open() as f:
-        return sum(1 for _ in f)
 
 
 def _writes(audit_log: Path, since_line: int, users: set[str]) -> list[Json]:
@@ -92,16 +75,8 @@ def _writes(audit_log: Path, since_line: int, users: set[str]) -> list[Json]:
     Peering heartbeats are how replicas see each other, so every replica
     writes them; everything else is acting on the cluster.
     """
-    with audit_log.open() as f:
-        lines = f.readlines()[since_line:]
-    entries = [json.loads(line) for line in lines if line.strip()]
-    return [
-        e
-        for e in entries
-        if e["user"]["username"] in users
-        and e["verb"] in WRITE_VERBS
-        and (e.get("objectRef") or {}).get("apiGroup") != PEERING_GROUP
-    ]
+    entries = audit_writes(audit_log, since_line, users)
+    return [e for e in entries if (e.get("objectRef") or {}).get("apiGroup") != PEERING_GROUP]
 
 
 def _about(entry: Json, hospital: str) -> bool:
@@ -141,8 +116,7 @@ class Replica:
     def healthy(self) -> bool:
         if not self.process.running():
             raise AssertionError(f"operator {self.user} exited:\n{log_tail(self.log)}")
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.probe_port}/healthz", timeout=2) as response:
-            return bool(response.status == 200)
+        return healthz(self.probe_port)
 
     def stop(self) -> int | None:
         """SIGTERM (as Kubernetes stops a pod), SIGKILL after a grace period; the exit code."""
@@ -201,15 +175,10 @@ def _start_replica(kubeconfig: Path, user: str, priority: int, peering: str, log
 
 
 @pytest.fixture(scope="module")
-def peering_cluster(local_cluster: Any, k8s_api_client: client.ApiClient) -> client.ApiClient:
+def peering_cluster(local_cluster: Any, k8s_api_client: client.ApiClient, operator_rbac: None) -> client.ApiClient:
     """CRDs (ours and Kopf's peering ones), the operator's namespace and its RBAC."""
-    install_crds(k8s_api_client)
     local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "kopf-peering-crds.yaml"))
     local_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev")
-    core = client.CoreV1Api(k8s_api_client)
-    if _raw(core.read_namespace, OPERATOR_NAMESPACE) is None:
-        core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
-    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator-rbac.yaml"))
     return k8s_api_client
 
 
@@ -257,7 +226,8 @@ def test_only_the_highest_priority_replica_acts_and_the_standby_takes_over(
     tmp_path: Path,
 ) -> None:
     audit_log: Path = local_cluster.audit_log
-    custom = client.CustomObjectsApi(peering_cluster)
+    admin = ClusterAdmin(peering_cluster)
+    custom = admin.custom
     suffix = uuid.uuid4().hex[:6]
     peering = f"medcloud-peering-test-{suffix}"
     replicas: list[Replica] = []
@@ -265,34 +235,24 @@ def test_only_the_highest_priority_replica_acts_and_the_standby_takes_over(
     passed = False
 
     def peers() -> dict[str, Json]:
-        body = _raw(custom.get_cluster_custom_object, PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, peering)
+        body = raw(custom.get_cluster_custom_object, PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, peering)
         return dict((body or {}).get("status") or {})
 
     def hospital(name: str) -> Json | None:
-        return _raw(custom.get_cluster_custom_object, GROUP, VERSION, "hospitals", name)
+        return admin.get("Hospital", name)
 
     def create_hospital(prefix: str) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-        custom.create_cluster_custom_object(
-            GROUP,
-            VERSION,
-            "hospitals",
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "Hospital",
-                "metadata": {"name": name},
-                "spec": {"displayName": f"Hospital {name}", "institutionCode": "PEER0001", "tier": "county"},
-            },
-        )
+        admin.create("Hospital", name, hospital_spec(name, institutionCode="PEER0001"))
         hospitals.append(name)
         return name
 
     def wait_ready(name: str) -> None:
-        wait_for(lambda: _is_ready(hospital(name)), f"Hospital {name} to be Ready", timeout=90)
+        wait_for(lambda: is_ready(hospital(name)), f"Hospital {name} to be Ready", timeout=90)
 
     def settled(users: set[str]) -> bool:
         """No write by ``users`` for a couple of seconds (the last reconciles and status mirrors are done)."""
-        mark = _audit_lines(audit_log)
+        mark = audit_lines(audit_log)
         time.sleep(2)
         return not _writes(audit_log, mark, users)
 
@@ -301,7 +261,7 @@ def test_only_the_highest_priority_replica_acts_and_the_standby_takes_over(
         # The active replica first, so the standby finds it already in the peering.
         # (The order is not what keeps the standby quiet: with mandatory peering,
         # Kopf keeps a replica paused until it has seen the peering's state.)
-        mark = _audit_lines(audit_log)
+        mark = audit_lines(audit_log)
         active = _start_replica(
             replica_kubeconfigs[ACTIVE_USER], ACTIVE_USER, ACTIVE_PRIORITY, peering, tmp_path, suffix
         )
@@ -342,7 +302,7 @@ def test_only_the_highest_priority_replica_acts_and_the_standby_takes_over(
         assert standby.peer_id in peers()
 
         # The next Hospital is served by the standby, now the only live replica.
-        mark = _audit_lines(audit_log)
+        mark = audit_lines(audit_log)
         second = create_hospital("peer-b")
         wait_ready(second)
         wait_for(lambda: settled(operators), "the remaining operator to settle")

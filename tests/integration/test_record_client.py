@@ -18,8 +18,16 @@ from minio import Minio
 
 from medcloud.records import client as client_module
 from medcloud.records.client import InMemoryKeyProvider, RecordClient
-from medcloud.records.envelope import HEADER_SIZE, MAGIC, TAG_SIZE, RecordIntegrityError, ciphertext_length
+from medcloud.records.envelope import (
+    BUFFER_POOL_LIMIT,
+    HEADER_SIZE,
+    MAGIC,
+    TAG_SIZE,
+    RecordIntegrityError,
+    ciphertext_length,
+)
 from medcloud.records.keys import KeyRing, generate_kek
+from tests.support import HashingWriter, PatternReader
 
 pytestmark = pytest.mark.minio
 
@@ -54,8 +62,8 @@ def ring() -> KeyRing:
     return KeyRing.create(hospital="city-hospital", store="inpatient", kek=generate_kek())
 
 
-@pytest.fixture
-def records(minio_server: Any, bucket: str, ring: KeyRing) -> RecordClient:
+def _connect(minio_server: Any, bucket: str, ring: KeyRing, **options: Any) -> RecordClient:
+    """A record client on ``bucket`` of the real MinIO, as its root user, with ``ring``'s keys."""
     return RecordClient.connect(
         minio_server.endpoint,
         minio_server.access_key,
@@ -63,7 +71,13 @@ def records(minio_server: Any, bucket: str, ring: KeyRing) -> RecordClient:
         bucket,
         InMemoryKeyProvider(ring),
         secure=minio_server.secure,
+        **options,
     )
+
+
+@pytest.fixture
+def records(minio_server: Any, bucket: str, ring: KeyRing) -> RecordClient:
+    return _connect(minio_server, bucket, ring)
 
 
 def _raw(root: Minio, bucket: str, name: str) -> tuple[bytes, dict[str, str]]:
@@ -86,33 +100,16 @@ def _put_raw(root: Minio, bucket: str, name: str, body: bytes, meta: dict[str, s
     root.put_object(bucket, name, io.BytesIO(body), len(body), metadata=dict(meta))
 
 
-class _PatternReader:
+def _marked_block() -> bytes:
+    """One MiB of pattern with a known marker in it."""
+    block = bytearray(hashlib.sha256(b"pattern").digest() * (MIB // 32))
+    block[1000 : 1000 + len(MARKER)] = MARKER
+    return bytes(block)
+
+
+def _pattern(total: int) -> PatternReader:
     """``total`` bytes made on the fly (a known marker in every MiB), hashed as they are read."""
-
-    def __init__(self, total: int) -> None:
-        self.remaining = total
-        self.digest = hashlib.sha256()
-        block = bytearray(hashlib.sha256(b"pattern").digest() * (MIB // 32))
-        block[1000 : 1000 + len(MARKER)] = MARKER
-        self._block = bytes(block)
-
-    def read(self, size: int = -1) -> bytes:
-        size = min(self.remaining, len(self._block) if size < 0 else min(size, len(self._block)))
-        self.remaining -= size
-        data = self._block[:size]
-        self.digest.update(data)
-        return data
-
-
-class _HashingWriter:
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-        self.count = 0
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.count += len(data)
-        return len(data)
+    return PatternReader(total, _marked_block())
 
 
 def _observation(marker: str) -> dict[str, Any]:
@@ -137,8 +134,8 @@ def test_no_plaintext_at_rest(records: RecordClient, root: Minio, bucket: str) -
     assert fhir.name == "fhir/Observation/bp-0001.json"
     records.put("notes/small.txt", b"note: " + MARKER, content_type="text/plain")
     # Several segments, the marker in each; one known-length and one streamed of unknown length.
-    records.put("scans/known.bin", _PatternReader(3 * MIB + 7), length=3 * MIB + 7)
-    records.put("scans/streamed.bin", iter(_PatternReader(3 * MIB + 7).read, b""))
+    records.put("scans/known.bin", _pattern(3 * MIB + 7), length=3 * MIB + 7)
+    records.put("scans/streamed.bin", iter(_pattern(3 * MIB + 7).read, b""))
 
     names = {"fhir/Observation/bp-0001.json", "notes/small.txt", "scans/known.bin", "scans/streamed.bin"}
     assert {info.name for info in records.list()} == names
@@ -162,30 +159,26 @@ def test_large_round_trip_in_bounded_memory(
     minio_server: Any, bucket: str, ring: KeyRing, size: int, known_length: bool
 ) -> None:
     part = 5 * MIB  # the SDK's minimum part, what it picks itself for a known length this size
-    records = RecordClient.connect(
-        minio_server.endpoint,
-        minio_server.access_key,
-        minio_server.secret_key,
-        bucket,
-        InMemoryKeyProvider(ring),
-        secure=minio_server.secure,
-        part_size=part,
-    )
-    source = _PatternReader(size)
-    sink = _HashingWriter()
+    records = _connect(minio_server, bucket, ring, part_size=part)
+    source = _pattern(size)
+    sink = HashingWriter()
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
         info = records.put("big/scan.dcm", source, length=size if known_length else None)
         put_peak = tracemalloc.get_traced_memory()[1]
+        # What the put left allocated: the envelope's buffer pool keeps staging buffers for the
+        # next record (bounded, whatever the records' sizes). The get is charged only its own peak.
+        held_after_put = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
         got = records.get("big/scan.dcm", sink)
-        get_peak = tracemalloc.get_traced_memory()[1]
+        held_after_get, peak = tracemalloc.get_traced_memory()
+        get_peak = peak - held_after_put
     finally:
         tracemalloc.stop()
     label = f"{size // MIB} MiB, {'known' if known_length else 'unknown'} length"
     print(f"\n{label}: put peak {put_peak / MIB:.1f} MiB, ", end="")
-    print(f"get peak {get_peak / MIB:.1f} MiB")
+    print(f"get peak {get_peak / MIB:.1f} MiB, held between records {held_after_get / MIB:.1f} MiB")
     assert sink.count == size
     assert sink.digest.digest() == source.digest.digest()
     assert info.key_version == got.key_version == 1
@@ -198,6 +191,7 @@ def test_large_round_trip_in_bounded_memory(
     # parts uploading in parallel, plus a few segment buffers.
     assert put_peak < 7 * part + 8 * MIB
     assert get_peak < 8 * MIB
+    assert max(held_after_put, held_after_get) <= BUFFER_POOL_LIMIT + MIB, "pooled buffers stay within the pool's cap"
 
 
 def test_list_rotation_and_kek_rewrap(records: RecordClient, ring: KeyRing) -> None:
@@ -308,13 +302,6 @@ def test_another_store_cannot_read_the_records(
 ) -> None:
     records.put("x.txt", b"for inpatient only")
     other = KeyRing.create(hospital="city-hospital", store="outpatient", kek=generate_kek())
-    intruder = RecordClient.connect(
-        minio_server.endpoint,
-        minio_server.access_key,
-        minio_server.secret_key,
-        bucket,
-        InMemoryKeyProvider(other),
-        secure=minio_server.secure,
-    )
+    intruder = _connect(minio_server, bucket, other)
     with pytest.raises(RecordIntegrityError, match="content key failed to unwrap"):
         intruder.get_bytes("x.txt")

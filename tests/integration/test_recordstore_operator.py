@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import os
-import socket
 import threading
 import urllib.request
 import uuid
@@ -32,7 +31,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from kopf.testing import KopfRunner
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from minio import Minio, MinioAdmin
@@ -45,24 +43,36 @@ from medcloud.commands.records import StoreAccess, direct_key_provider, open_cli
 from medcloud.keyservice.app import create_app
 from medcloud.keyservice.client import HttpKeyProvider, KeyAccessDeniedError
 from medcloud.keyservice.settings import KeyServiceSettings
-from medcloud.kube.crds import install_crds
 from medcloud.localcluster.cluster import ClusterOptions, LocalCluster, MinioInfo
-from medcloud.localcluster.process import ServerProcess
+from medcloud.localcluster.process import ServerProcess, free_port
 from medcloud.records.client import RecordClient
 from medcloud.records.keys import KeyRing, KeyShreddedError, KeyUnwrapError
 from medcloud_operator.builders.recordstore import StoreNames, bucket_policy, normalized_policy
+from tests.operator_support import (
+    GROUP,
+    OPERATOR_NAMESPACE,
+    REPO,
+    SA_GROUPS,
+    VERSION,
+    ClusterAdmin,
+    Json,
+    RunningOperator,
+    audit_lines,
+    audit_writes,
+    condition,
+    hospital_spec,
+    is_ready,
+    raw,
+    run_operator,
+    sample,
+    storage_env,
+)
 from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[2]
-GROUP, VERSION = "medcloud.io", "v1alpha1"
-OPERATOR_NAMESPACE = "medcloud-system"
-OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-operator"
 KEYSERVICE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-keyservice"
-SA_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}")
 AUDIENCE = "medcloud-keyservice"
-WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 REFRESH_SECONDS = 2.0
 
 # Kopf fixes a timer's interval when the handler registers, i.e. when the
@@ -71,66 +81,27 @@ REFRESH_SECONDS = 2.0
 # makes the RecordStore timer tick every two seconds for the whole run.
 os.environ.setdefault("MEDCLOUD_RECORDSTORE_REFRESH_SECONDS", str(REFRESH_SECONDS))
 
-Json = dict[str, Any]
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Json | None:
-    """The JSON the API server returned, or None on 404."""
-    try:
-        response = call(*args, _preload_content=False, **kwargs)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return json.loads(response.data)  # type: ignore[no-any-return]
-
-
-def condition(obj: Json | None, type_: str) -> Json | None:
-    for cond in ((obj or {}).get("status") or {}).get("conditions", []):
-        if cond["type"] == type_:
-            return cond  # type: ignore[no-any-return]
-    return None
 
 
 def secret_values(secret: Json) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
 
-@dataclass
-class Cluster:
+def store_spec(**spec: Any) -> Json:
+    """A RecordStore's spec: documents kept a day in governance mode, with ``spec`` on top."""
+    return {"recordClass": "documents", "retention": {"mode": "GOVERNANCE", "period": "1d"}, **spec}
+
+
+class Cluster(ClusterAdmin):
     """Admin access to the cluster under test."""
 
-    api: client.ApiClient
-
-    @property
-    def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.api)
-
-    @property
-    def custom(self) -> client.CustomObjectsApi:
-        return client.CustomObjectsApi(self.api)
-
-    def gone(self, hospital: str) -> bool:
-        return self.hospital(hospital) is None
-
-    @property
-    def rbac(self) -> client.RbacAuthorizationV1Api:
-        return client.RbacAuthorizationV1Api(self.api)
-
     def hospital(self, name: str) -> Json | None:
-        return raw(self.custom.get_cluster_custom_object, GROUP, VERSION, "hospitals", name)
+        return self.get("Hospital", name)
 
     def store(self, namespace: str, name: str) -> Json | None:
-        return raw(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "recordstores", name)
+        return self.get("RecordStore", name, namespace)
 
     def patch_store(self, namespace: str, name: str, patch: Json) -> None:
         self.custom.patch_namespaced_custom_object(
@@ -144,13 +115,6 @@ class Cluster:
         secret = self.secret(OPERATOR_NAMESPACE, f"keys-{StoreNames.of(namespace, store).bucket}")
         assert secret is not None
         return json.loads(base64.b64decode(secret["data"]["keyring.json"]))  # type: ignore[no-any-return]
-
-    def events_about(self, namespace: str, name: str) -> list[Json]:
-        items = raw(self.core.list_namespaced_event, namespace, field_selector=f"involvedObject.name={name}")
-        return [e for e in (items or {}).get("items", []) if e["involvedObject"].get("kind") == "RecordStore"]
-
-    def has_event(self, namespace: str, name: str, reason: str, type_: str = "Normal") -> bool:
-        return any(e["reason"] == reason and e["type"] == type_ for e in self.events_about(namespace, name))
 
 
 @dataclass
@@ -225,8 +189,7 @@ def refused(call: Callable[[], Any]) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(k8s_api_client: client.ApiClient) -> Cluster:
-    install_crds(k8s_api_client)
+def cluster(k8s_api_client: client.ApiClient, crds: None) -> Cluster:
     return Cluster(k8s_api_client)
 
 
@@ -244,73 +207,17 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateMinio]:
 
 
 @pytest.fixture(scope="module")
-def operator_kubeconfig(local_cluster: Any, cluster: Cluster) -> Iterator[Path]:
-    """The operator's own identity with exactly the RBAC of deploy/."""
-    if raw(cluster.core.read_namespace, OPERATOR_NAMESPACE) is None:
-        cluster.core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
-    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator-rbac.yaml"))
-    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "recordstore-operator-rbac.yaml"))
-    path: Path = local_cluster.kubeconfig_for_user(OPERATOR_USER, SA_GROUPS)
-    yield path
-    # Other modules run the operator with deploy/operator-rbac.yaml alone.
-    local_cluster.kubectl(
-        "delete", "--ignore-not-found", "-f", str(REPO / "deploy" / "recordstore-operator-rbac.yaml"), check=False
-    )
-
-
-@dataclass
-class RunningOperator:
-    metrics_port: int
-    runner: KopfRunner
-
-    def reconciles(self) -> float:
-        """medcloud_reconcile_total{kind="RecordStore",result="success"}."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        for line in text.splitlines():
-            if line.startswith("medcloud_reconcile_total{") and 'kind="RecordStore"' in line and "success" in line:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-
-@pytest.fixture(scope="module")
-def operator(operator_kubeconfig: Path, storage: PrivateMinio) -> Iterator[RunningOperator]:
+def operator(store_operator_kubeconfig: Path, storage: PrivateMinio) -> Iterator[RunningOperator]:
+    """The whole operator with this module's MinIO as RecordStore storage, for the module."""
     from medcloud_operator.handlers import recordstore
 
     assert recordstore.REFRESH_SECONDS == REFRESH_SECONDS, (
         "the operator was imported before this module set MEDCLOUD_RECORDSTORE_REFRESH_SECONDS; "
         "run this module in a fresh process"
     )
-    metrics_port, probe_port = free_port(), free_port()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("KUBECONFIG", str(operator_kubeconfig))
-        env.setenv("MEDCLOUD_METRICS_PORT", str(metrics_port))
-        env.setenv("MEDCLOUD_METRICS_ADDRESS", "127.0.0.1")
-        env.setenv("MEDCLOUD_STORAGE_CIDRS", json.dumps(["127.0.0.1/32"]))
-        env.setenv("MEDCLOUD_MINIO_ENDPOINT", storage.url)
-        env.setenv("MEDCLOUD_MINIO_ACCESS_KEY", storage.info.access_key)
-        env.setenv("MEDCLOUD_MINIO_SECRET_KEY", storage.info.secret_key)
-        env.setenv("MEDCLOUD_RECORDSTORE_RETRY_MAX_SECONDS", "2")
-        env.setenv("MEDCLOUD_DELETION_RETRY_SECONDS", "1")
-        args = [
-            "run",
-            "--standalone",
-            "--all-namespaces",
-            "--verbose",
-            f"--liveness=http://127.0.0.1:{probe_port}/healthz",
-            "-m",
-            "medcloud_operator.main",
-        ]
-        with KopfRunner(args, timeout=60) as runner:
-
-            def healthy() -> bool:
-                with urllib.request.urlopen(f"http://127.0.0.1:{probe_port}/healthz", timeout=2) as r:
-                    return bool(r.status == 200)
-
-            wait_for(healthy, "the operator's liveness endpoint", timeout=60)
-            yield RunningOperator(metrics_port, runner)
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
+    env = {**storage_env(storage.info), "MEDCLOUD_RECORDSTORE_RETRY_MAX_SECONDS": "2"}
+    with run_operator(store_operator_kubeconfig, env) as running:
+        yield running
 
 
 class Tenants:
@@ -324,13 +231,7 @@ class Tenants:
     def hospital(self, prefix: str = "h") -> str:
         """A new Hospital, Ready with its KEK; returns its tenant namespace."""
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "Hospital",
-            "metadata": {"name": name},
-            "spec": {"displayName": f"Hospital {name}", "institutionCode": "TEST0001", "tier": "county"},
-        }
-        self.cluster.custom.create_cluster_custom_object(GROUP, VERSION, "hospitals", body)
+        self.cluster.create("Hospital", name, hospital_spec(name))
         self.hospitals.append(name)
 
         def ready() -> bool:
@@ -343,38 +244,24 @@ class Tenants:
 
     def store(self, namespace: str, prefix: str = "rs", **spec: Any) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "RecordStore",
-            "metadata": {"name": name},
-            "spec": {"recordClass": "documents", "retention": {"mode": "GOVERNANCE", "period": "1d"}, **spec},
-        }
-        self.cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recordstores", body)
+        self.cluster.create("RecordStore", name, store_spec(**spec), namespace)
         self.stores.append((namespace, name))
         return name
 
     def recreate(self, namespace: str, name: str, **spec: Any) -> None:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "RecordStore",
-            "metadata": {"name": name},
-            "spec": {"recordClass": "documents", "retention": {"mode": "GOVERNANCE", "period": "1d"}, **spec},
-        }
-        self.cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "recordstores", body)
+        self.cluster.create("RecordStore", name, store_spec(**spec), namespace)
 
     def delete_store(self, namespace: str, name: str) -> None:
-        with contextlib.suppress(ApiException):
-            self.cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "recordstores", name)
+        self.cluster.delete("RecordStore", name, namespace)
         wait_for(lambda: self.cluster.store(namespace, name) is None, f"RecordStore {name} to be deleted", 120)
 
     def cleanup(self) -> None:
         for namespace, name in self.stores:
             self.delete_store(namespace, name)
         for name in self.hospitals:
-            with contextlib.suppress(ApiException):
-                self.cluster.custom.delete_cluster_custom_object(GROUP, VERSION, "hospitals", name)
+            self.cluster.delete("Hospital", name)
         for name in self.hospitals:
-            wait_for(partial(self.cluster.gone, name), f"Hospital {name} to be deleted", 180)
+            wait_for(partial(self.cluster.gone, "Hospital", name), f"Hospital {name} to be deleted", 180)
 
 
 @pytest.fixture(scope="module")
@@ -395,11 +282,7 @@ def hospital(tenants: Tenants) -> str:
 def wait_ready(cluster: Cluster, namespace: str, name: str, timeout: float = 60) -> Json:
     def ready() -> Json | None:
         store = cluster.store(namespace, name)
-        cond = condition(store, "Ready")
-        status = (store or {}).get("status") or {}
-        generation = (store or {}).get("metadata", {}).get("generation")
-        fine = cond and cond["status"] == "True" and status.get("observedGeneration") == generation
-        return store if fine and status.get("phase") == "Ready" else None
+        return store if is_ready(store) and ((store or {}).get("status") or {}).get("phase") == "Ready" else None
 
     return wait_for(ready, f"RecordStore {namespace}/{name} to be Ready", timeout)
 
@@ -416,18 +299,6 @@ def records_for(cluster: Cluster, namespace: str, store: str) -> RecordClient:
     """A record client with the store's own credentials and its keys read as a cluster admin (dev path)."""
     access = store_access(cluster.api, namespace, store)
     return open_client(access, direct_key_provider(cluster.api, namespace, store, OPERATOR_NAMESPACE))
-
-
-def _audit_lines(audit_log: Path) -> int:
-    with audit_log.open() as f:
-        return sum(1 for _ in f)
-
-
-def _operator_writes(audit_log: Path, since_line: int) -> list[Json]:
-    with audit_log.open() as f:
-        lines = f.readlines()[since_line:]
-    entries = [json.loads(line) for line in lines if line.strip()]
-    return [e for e in entries if e["user"]["username"] == OPERATOR_USER and e["verb"] in WRITE_VERBS]
 
 
 # --------------------------------------------------------------------------- provisioning
@@ -493,11 +364,11 @@ def test_a_record_store_becomes_ready_with_bucket_user_policy_and_secret(
     tenant_types = {s.type for s in cluster.core.list_namespaced_secret(hospital).items}
     assert not tenant_types & {"medcloud.io/keyring", "medcloud.io/kek"}
     data_key = direct_key_provider(cluster.api, hospital, name).data_key(1)
-    seen = json.dumps(cluster.store(hospital, name)) + json.dumps(cluster.events_about(hospital, name))
+    seen = json.dumps(cluster.store(hospital, name)) + json.dumps(cluster.events_about("RecordStore", name, hospital))
     for spelling in (base64.b64encode(data_key).decode(), data_key.hex()):
         assert spelling not in seen
     for reason in ("BucketProvisioned", "CredentialsIssued", "KeysCreated", "Ready"):
-        assert cluster.has_event(hospital, name, reason), reason
+        assert cluster.has_event("RecordStore", name, reason, hospital), reason
 
 
 def test_a_reconcile_with_nothing_to_change_writes_nothing(
@@ -512,32 +383,31 @@ def test_a_reconcile_with_nothing_to_change_writes_nothing(
     names = StoreNames.of(hospital, name)
     wait_ready(cluster, hospital, name)
     admin = storage.admin()
-    wait_for(lambda: cluster.has_event(hospital, name, "Ready"), "the Ready event")
+    wait_for(lambda: cluster.has_event("RecordStore", name, "Ready", hospital), "the Ready event")
     audit_log = getattr(local_cluster, "audit_log", None)
-    mark = _audit_lines(audit_log) if audit_log is not None else 0
-    before = (
-        cluster.store(hospital, name)["metadata"]["resourceVersion"],
-        cluster.secret(hospital, names.secret)["metadata"]["resourceVersion"],
-        cluster.secret(OPERATOR_NAMESPACE, f"keys-{names.bucket}")["metadata"]["resourceVersion"],
-        admin.user_info(names.user),  # carries updatedAt
-        # MinIO lists a policy's actions in no fixed order: compare what they mean.
-        normalized_policy(json.loads(admin.policy_info(names.policy))),
-    )
-    reconciles = operator.reconciles()
-    wait_for(lambda: operator.reconciles() >= reconciles + 3, "three timer reconciles", timeout=60)
-    after = (
-        cluster.store(hospital, name)["metadata"]["resourceVersion"],
-        cluster.secret(hospital, names.secret)["metadata"]["resourceVersion"],
-        cluster.secret(OPERATOR_NAMESPACE, f"keys-{names.bucket}")["metadata"]["resourceVersion"],
-        admin.user_info(names.user),  # carries updatedAt
-        # MinIO lists a policy's actions in no fixed order: compare what they mean.
-        normalized_policy(json.loads(admin.policy_info(names.policy))),
-    )
-    assert after == before
+    mark = audit_lines(audit_log) if audit_log is not None else 0
+
+    def state() -> tuple[Any, ...]:
+        return (
+            cluster.store(hospital, name)["metadata"]["resourceVersion"],
+            cluster.secret(hospital, names.secret)["metadata"]["resourceVersion"],
+            cluster.secret(OPERATOR_NAMESPACE, f"keys-{names.bucket}")["metadata"]["resourceVersion"],
+            admin.user_info(names.user),  # carries updatedAt
+            # MinIO lists a policy's actions in no fixed order: compare what they mean.
+            normalized_policy(json.loads(admin.policy_info(names.policy))),
+        )
+
+    def reconciles() -> float:
+        return sample(operator.metrics(), "medcloud_reconcile_total", kind="RecordStore", result="success")
+
+    before = state()
+    done = reconciles()
+    wait_for(lambda: reconciles() >= done + 3, "three timer reconciles", timeout=60)
+    assert state() == before
     if audit_log is not None:
         # This store, its Secrets and its Events (named after it); other stores may change meanwhile.
         ours = (name, f"keys-{names.bucket}")
-        writes = [w for w in _operator_writes(audit_log, mark) if w["objectRef"].get("name", "").startswith(ours)]
+        writes = [w for w in audit_writes(audit_log, mark) if w["objectRef"].get("name", "").startswith(ours)]
         assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]
 
 
@@ -568,7 +438,7 @@ def test_drifted_credentials_are_put_back_and_the_secret_key_is_kept(
         "AccessDenied",
         "InvalidAccessKeyId",
     )
-    wait_for(lambda: cluster.has_event(hospital, name, "CredentialsIssued"), "an Event saying so")
+    wait_for(lambda: cluster.has_event("RecordStore", name, "CredentialsIssued", hospital), "an Event saying so")
 
 
 def test_a_store_outside_a_hospital_namespace_fails_with_a_reason(
@@ -690,7 +560,7 @@ def test_records_survive_data_key_and_kek_rotation_and_status_counts_them(
     wait_status(cluster, namespace, name, "2 objects on the older key", usage_is(2, 2))
     assert put("r3") == 2
     wait_status(cluster, namespace, name, "3 objects, 2 on older keys", usage_is(3, 2))
-    assert cluster.has_event(namespace, name, "KeyRotated")
+    assert cluster.has_event("RecordStore", name, "KeyRotated", namespace)
 
     # A second store of the same hospital, with a record of its own, re-wraps too.
     other = tenants.store(namespace, "imaging")
@@ -725,7 +595,7 @@ def test_records_survive_data_key_and_kek_rotation_and_status_counts_them(
     assert base64.b64decode(kek_secret["data"]["v1"]) == old_kek, "the old KEK version is kept"
     store = wait_status(cluster, namespace, name, "KEK version 2", lambda s: s.get("kekVersion") == 2)
     assert store["status"]["keyVersion"] == 2, "a KEK rotation is not a data-key rotation"
-    assert cluster.has_event(namespace, name, "KeysRewrapped")
+    assert cluster.has_event("RecordStore", name, "KeysRewrapped", namespace)
     ring = cluster.ring(namespace, name)
     assert ring["kekVersion"] == 2
     assert [k["version"] for k in ring["dataKeys"]] == [1, 2]
@@ -783,7 +653,9 @@ def test_minio_stopped_and_restarted_degrades_then_recovers_without_losing_recor
         assert "MinIO is unavailable" in available["message"]
         assert "127.0.0.1" in available["message"] or "Connection" in available["message"]
         assert (ready["status"], ready["reason"]) == ("False", "StorageUnavailable")
-        wait_for(lambda: cluster.has_event(hospital, name, "StorageUnavailable", "Warning"), "a Warning event")
+        wait_for(
+            lambda: cluster.has_event("RecordStore", name, "StorageUnavailable", hospital, "Warning"), "a Warning event"
+        )
     finally:
         storage.start()
 
@@ -831,7 +703,9 @@ def test_shred_destroys_the_keys_and_says_so(
 
     tenants.delete_store(hospital, name)
     tenants.stores.remove((hospital, name))
-    wait_for(lambda: cluster.has_event(hospital, name, "KeysShredded", "Warning"), "a Warning event saying so")
+    wait_for(
+        lambda: cluster.has_event("RecordStore", name, "KeysShredded", hospital, "Warning"), "a Warning event saying so"
+    )
     ring = cluster.ring(hospital, name)
     assert ring["dataKeys"] == []
     assert ring["shreddedAt"]
@@ -873,7 +747,7 @@ def test_retain_keeps_bucket_and_keys_for_a_store_of_the_same_name(
     first = store_access(cluster.api, hospital, name)
 
     tenants.delete_store(hospital, name)
-    wait_for(lambda: cluster.has_event(hospital, name, "Retained"), "an Event saying what was kept")
+    wait_for(lambda: cluster.has_event("RecordStore", name, "Retained", hospital), "an Event saying what was kept")
     assert cluster.ring(hospital, name) == ring_before
     assert cluster.secret(hospital, names.secret) is None
     assert refused(lambda: storage.as_store(first).bucket_exists(names.bucket)) == "InvalidAccessKeyId"

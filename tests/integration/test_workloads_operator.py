@@ -12,12 +12,7 @@ through the operator's own code.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
-import socket
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,135 +21,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kopf.testing import KopfRunner
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from medcloud.kube.crds import install_crds
-from medcloud.localcluster.cluster import MinioInfo
+from tests.operator_support import (
+    GROUP,
+    PLURALS,
+    VERSION,
+    ClusterAdmin,
+    Json,
+    RunningOperator,
+    api_ready,
+    audit_lines,
+    audit_writes,
+    condition,
+    hospital_spec,
+    raw,
+    sample,
+)
 from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
-
-REPO = Path(__file__).resolve().parents[2]
-GROUP, VERSION = "medcloud.io", "v1alpha1"
-OPERATOR_NAMESPACE = "medcloud-system"
-OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-operator"
-SA_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}")
-WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
-PLURALS = {
-    "Hospital": "hospitals",
-    "RecordStore": "recordstores",
-    "DeviceGateway": "devicegateways",
-    "AppInstance": "appinstances",
-    "Consortium": "consortia",
-}
-
-Json = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Json | None:
-    """The JSON the API server returned, or None on 404."""
-    try:
-        response = call(*args, _preload_content=False, **kwargs)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return json.loads(response.data)  # type: ignore[no-any-return]
-
-
-def condition(obj: Json | None, type_: str) -> Json | None:
-    for cond in ((obj or {}).get("status") or {}).get("conditions", []):
-        if cond["type"] == type_:
-            return cond  # type: ignore[no-any-return]
-    return None
-
-
-def is_ready(obj: Json | None) -> bool:
-    """Ready for the current spec, as the control API judges it."""
-    cond = condition(obj, "Ready")
-    generation = (obj or {}).get("metadata", {}).get("generation")
-    status = (obj or {}).get("status") or {}
-    return bool(
-        cond
-        and cond["status"] == "True"
-        and status.get("observedGeneration") == generation
-        and cond.get("observedGeneration") == generation
-        and status.get("phase") == "Ready"
-    )
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The sum of the series of one metric whose labels include ``labels`` (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        series, _, value = line.rpartition(" ")
-        found = dict(re.findall(r'(\w+)="([^"]*)"', series))
-        if series.split("{")[0] == name and all(found.get(k) == v for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
-@dataclass
-class Cluster:
+class Cluster(ClusterAdmin):
     """Admin access to the cluster under test."""
-
-    api: client.ApiClient
-
-    @property
-    def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.api)
-
-    @property
-    def apps(self) -> client.AppsV1Api:
-        return client.AppsV1Api(self.api)
-
-    @property
-    def net(self) -> client.NetworkingV1Api:
-        return client.NetworkingV1Api(self.api)
-
-    @property
-    def custom(self) -> client.CustomObjectsApi:
-        return client.CustomObjectsApi(self.api)
-
-    def get(self, kind: str, name: str, namespace: str | None = None) -> Json | None:
-        if namespace is None:
-            return raw(self.custom.get_cluster_custom_object, GROUP, VERSION, PLURALS[kind], name)
-        return raw(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURALS[kind], name)
-
-    def create(self, kind: str, name: str, spec: Json, namespace: str | None = None) -> None:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
-        if namespace is None:
-            self.custom.create_cluster_custom_object(GROUP, VERSION, PLURALS[kind], body)
-        else:
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], body)
 
     def patch(self, kind: str, name: str, patch: Json, namespace: str) -> None:
         self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURALS[kind], name, patch, _content_type="application/merge-patch+json"
         )
-
-    def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
-        with contextlib.suppress(ApiException):
-            if namespace is None:
-                self.custom.delete_cluster_custom_object(GROUP, VERSION, PLURALS[kind], name)
-            else:
-                self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[kind], name)
-
-    def gone(self, kind: str, name: str, namespace: str | None = None) -> bool:
-        return self.get(kind, name, namespace) is None
 
     def deployment(self, namespace: str, name: str) -> Json | None:
         return raw(self.apps.read_namespaced_deployment, name, namespace)
@@ -165,17 +63,10 @@ class Cluster:
     def pods(self, namespace: str, selector: str) -> list[Json]:
         return list((raw(self.core.list_namespaced_pod, namespace, label_selector=selector) or {}).get("items", []))
 
-    def events_about(self, kind: str, name: str, namespace: str = "default") -> list[Json]:
-        items = raw(self.core.list_namespaced_event, namespace, field_selector=f"involvedObject.name={name}")
-        return [e for e in (items or {}).get("items", []) if e["involvedObject"].get("kind") == kind]
-
-    def has_event(self, kind: str, name: str, reason: str, namespace: str = "default", type_: str = "Normal") -> bool:
-        return any(e["reason"] == reason and e["type"] == type_ for e in self.events_about(kind, name, namespace))
-
     def wait_ready(self, kind: str, name: str, namespace: str | None = None, timeout: float = 90) -> Json:
         def ready() -> Json | None:
             obj = self.get(kind, name, namespace)
-            return obj if is_ready(obj) else None
+            return obj if api_ready(obj) else None
 
         return wait_for(ready, f"{kind} {namespace or ''}/{name} to be Ready", timeout)
 
@@ -194,68 +85,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(k8s_api_client: client.ApiClient) -> Cluster:
-    install_crds(k8s_api_client)
+def cluster(k8s_api_client: client.ApiClient, crds: None) -> Cluster:
     return Cluster(k8s_api_client)
-
-
-@pytest.fixture(scope="module")
-def operator_kubeconfig(local_cluster: Any, cluster: Cluster) -> Iterator[Path]:
-    """The operator's own identity with exactly the RBAC of deploy/ (tenancy, workloads, RecordStores)."""
-    if raw(cluster.core.read_namespace, OPERATOR_NAMESPACE) is None:
-        cluster.core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
-    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator-rbac.yaml"))
-    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "recordstore-operator-rbac.yaml"))
-    path: Path = local_cluster.kubeconfig_for_user(OPERATOR_USER, SA_GROUPS)
-    yield path
-    # Other modules run the operator with deploy/operator-rbac.yaml alone.
-    local_cluster.kubectl(
-        "delete", "--ignore-not-found", "-f", str(REPO / "deploy" / "recordstore-operator-rbac.yaml"), check=False
-    )
-
-
-@dataclass
-class RunningOperator:
-    metrics_port: int
-    runner: KopfRunner
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            return str(response.read().decode())
-
-
-@pytest.fixture(scope="module")
-def operator(operator_kubeconfig: Path, minio_server: MinioInfo) -> Iterator[RunningOperator]:
-    metrics_port, probe_port = free_port(), free_port()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("KUBECONFIG", str(operator_kubeconfig))
-        env.setenv("MEDCLOUD_METRICS_PORT", str(metrics_port))
-        env.setenv("MEDCLOUD_METRICS_ADDRESS", "127.0.0.1")
-        env.setenv("MEDCLOUD_STORAGE_CIDRS", json.dumps(["127.0.0.1/32"]))
-        env.setenv("MEDCLOUD_MINIO_ENDPOINT", f"http://{minio_server.endpoint}")
-        env.setenv("MEDCLOUD_MINIO_ACCESS_KEY", minio_server.access_key)
-        env.setenv("MEDCLOUD_MINIO_SECRET_KEY", minio_server.secret_key)
-        env.setenv("MEDCLOUD_DELETION_RETRY_SECONDS", "1")
-        env.setenv("MEDCLOUD_APP_IMAGE_PREFIX", "registry.test.example/apps")
-        args = [
-            "run",
-            "--standalone",
-            "--all-namespaces",
-            "--verbose",
-            f"--liveness=http://127.0.0.1:{probe_port}/healthz",
-            "-m",
-            "medcloud_operator.main",
-        ]
-        with KopfRunner(args, timeout=60) as runner:
-
-            def healthy() -> bool:
-                with urllib.request.urlopen(f"http://127.0.0.1:{probe_port}/healthz", timeout=2) as r:
-                    return bool(r.status == 200)
-
-            wait_for(healthy, "the operator's liveness endpoint", timeout=60)
-            yield RunningOperator(metrics_port, runner)
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
 
 
 class Made:
@@ -269,11 +100,7 @@ class Made:
     def hospital(self, prefix: str = "h", *, name: str | None = None, **spec: Any) -> str:
         """A new Hospital (named ``name``, else uniquely after ``prefix``), once Ready; returns its name."""
         name = name or f"{prefix}-{uuid.uuid4().hex[:6]}"
-        self.cluster.create(
-            "Hospital",
-            name,
-            {"displayName": f"Hospital {name}", "institutionCode": "TEST0001", "tier": "county", **spec},
-        )
+        self.cluster.create("Hospital", name, hospital_spec(name, **spec))
         self.hospitals.append(name)
         self.cluster.wait_ready("Hospital", name)
         return name
@@ -509,18 +336,6 @@ def test_children_deleted_or_edited_by_hand_are_put_back(
     assert cluster.has_event("AppInstance", "booking", "DriftRepaired", ns)
 
 
-def _operator_writes(audit_log: Path, since_line: int) -> list[Json]:
-    with audit_log.open() as f:
-        lines = f.readlines()[since_line:]
-    entries = [json.loads(line) for line in lines if line.strip()]
-    return [e for e in entries if e["user"]["username"] == OPERATOR_USER and e["verb"] in WRITE_VERBS]
-
-
-def _audit_lines(audit_log: Path) -> int:
-    with audit_log.open() as f:
-        return sum(1 for _ in f)
-
-
 def test_a_reconcile_with_nothing_changed_writes_nothing(
     cluster: Cluster, local_cluster: Any, tenant: Tenant, operator: RunningOperator
 ) -> None:
@@ -539,7 +354,7 @@ def test_a_reconcile_with_nothing_changed_writes_nothing(
         return sample(operator.metrics(), "medcloud_api_writes_total") == writes
 
     wait_for(quiet_for_two_seconds, "the operator to settle")
-    mark = _audit_lines(audit_log) if audit_log is not None else 0
+    mark = audit_lines(audit_log) if audit_log is not None else 0
     text = operator.metrics()
     writes = sample(text, "medcloud_api_writes_total")
     reconciles = {
@@ -562,7 +377,7 @@ def test_a_reconcile_with_nothing_changed_writes_nothing(
             wait_for(reconciled(kind, reconciles[kind] + i + 1), f"{kind} reconcile {i + 1} after a foreign change")
     assert sample(operator.metrics(), "medcloud_api_writes_total") == writes
     if audit_log is not None:
-        found = _operator_writes(audit_log, mark)
+        found = audit_writes(audit_log, mark)
         assert found == [], [(w["verb"], w["objectRef"]) for w in found]
 
 

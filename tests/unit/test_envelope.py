@@ -32,6 +32,7 @@ from medcloud.records.envelope import (
     verify_metadata,
 )
 from medcloud.records.keys import KeyShreddedError, UnknownKeyVersionError, generate_data_key
+from tests.support import HashingWriter, PatternReader
 
 S = 64  # small segments make multi-segment tamper tests cheap
 KEY = generate_data_key()
@@ -460,31 +461,8 @@ STREAM_SIZE = 256 * MIB
 PEAK_LIMIT = 16 * MIB
 
 
-class _PatternReader:
-    """A 256 MiB plaintext produced on the fly, hashed as it is read."""
-
-    def __init__(self, total: int) -> None:
-        self.remaining = total
-        self.digest = hashlib.sha256()
-        self._block = hashlib.sha256(b"seed").digest() * 2048  # 64 KiB, not all-zero
-
-    def read(self, size: int = -1) -> bytes:
-        size = min(self.remaining, len(self._block) if size < 0 else min(size, len(self._block)))
-        self.remaining -= size
-        data = self._block[:size]
-        self.digest.update(data)
-        return data
-
-
-class _HashingWriter:
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-        self.count = 0
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.count += len(data)
-        return len(data)
+# A 256 MiB plaintext is produced on the fly from this block, hashed as it is read.
+SEED_BLOCK = hashlib.sha256(b"seed").digest() * 2048  # 64 KiB, not all-zero
 
 
 def _measure_peak(run: Callable[[], None], monkeypatch: pytest.MonkeyPatch) -> int:
@@ -502,8 +480,8 @@ def _measure_peak(run: Callable[[], None], monkeypatch: pytest.MonkeyPatch) -> i
 
 @pytest.mark.timeout(600)
 def test_256_mib_stream_in_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    source = _PatternReader(STREAM_SIZE)
-    sink = _HashingWriter()
+    source = PatternReader(STREAM_SIZE, SEED_BLOCK)
+    sink = HashingWriter()
 
     def run() -> None:
         ciphertext = encrypt_chunks(source, KEY, 1, associated_data=AD)
@@ -521,8 +499,8 @@ def test_256_mib_through_encrypting_reader_in_bounded_memory(monkeypatch: pytest
     # The put path: the S3 SDK reads the EncryptingReader in 5 MiB parts. Budget: each read
     # assembles its part and copies it out as bytes (2 x 5 MiB), plus about one segment per
     # stage on both sides; the same 16 MiB bound still fails by far if anything buffers the stream.
-    source = _PatternReader(STREAM_SIZE)
-    sink = _HashingWriter()
+    source = PatternReader(STREAM_SIZE, SEED_BLOCK)
+    sink = HashingWriter()
     part = 5 * MIB
 
     def run() -> None:

@@ -1,0 +1,71 @@
+"""Fixtures for the modules that run the operator: its CRDs, its RBAC, its own identity, and the operator itself.
+
+The operator runs in-process (Kopf's KopfRunner, see tests/operator_support.py)
+as its own identity: a client certificate for the operator's service account
+user, bound to nothing but the RBAC in deploy/, so the tests that use it also
+prove that RBAC is enough. ``operator`` here is the whole operator with every
+handler and the session's MinIO; a module that needs another configuration
+defines its own ``operator``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from medcloud.kube.crds import install_crds
+from medcloud.localcluster.cluster import MinioInfo
+from tests.operator_support import (
+    OPERATOR_NAMESPACE,
+    OPERATOR_USER,
+    REPO,
+    SA_GROUPS,
+    RunningOperator,
+    raw,
+    run_operator,
+    storage_env,
+)
+
+
+@pytest.fixture(scope="module")
+def crds(k8s_api_client: client.ApiClient) -> None:
+    """MedCloud's CRDs, installed for the module."""
+    install_crds(k8s_api_client)
+
+
+@pytest.fixture(scope="module")
+def operator_rbac(local_cluster: Any, k8s_api_client: client.ApiClient, crds: None) -> None:
+    """The operator's namespace and the RBAC of deploy/operator-rbac.yaml (tenancy)."""
+    core = client.CoreV1Api(k8s_api_client)
+    if raw(core.read_namespace, OPERATOR_NAMESPACE) is None:
+        core.create_namespace({"metadata": {"name": OPERATOR_NAMESPACE}})
+    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator-rbac.yaml"))
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(local_cluster: Any, operator_rbac: None) -> Path:
+    """The operator's own identity, with exactly the RBAC of deploy/operator-rbac.yaml."""
+    path: Path = local_cluster.kubeconfig_for_user(OPERATOR_USER, SA_GROUPS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store_operator_kubeconfig(local_cluster: Any, operator_kubeconfig: Path) -> Iterator[Path]:
+    """The same identity with deploy/recordstore-operator-rbac.yaml too: the RBAC every handler needs."""
+    store_rbac = str(REPO / "deploy" / "recordstore-operator-rbac.yaml")
+    local_cluster.kubectl("apply", "-f", store_rbac)
+    yield operator_kubeconfig
+    # Other modules run the operator with deploy/operator-rbac.yaml alone.
+    local_cluster.kubectl("delete", "--ignore-not-found", "-f", store_rbac, check=False)
+
+
+@pytest.fixture(scope="module")
+def operator(store_operator_kubeconfig: Path, minio_server: MinioInfo) -> Iterator[RunningOperator]:
+    """The whole operator, every handler, with the session's MinIO as RecordStore storage, for the module."""
+    env = {**storage_env(minio_server), "MEDCLOUD_APP_IMAGE_PREFIX": "registry.test.example/apps"}
+    with run_operator(store_operator_kubeconfig, env, timeout=120) as running:
+        yield running

@@ -10,12 +10,14 @@ defines its own ``operator``.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
+from minio import Minio
 
 from medcloud.kube.crds import install_crds
 from medcloud.localcluster.cluster import MinioInfo
@@ -69,3 +71,28 @@ def operator(store_operator_kubeconfig: Path, minio_server: MinioInfo) -> Iterat
     env = {**storage_env(minio_server), "MEDCLOUD_APP_IMAGE_PREFIX": "registry.test.example/apps"}
     with run_operator(store_operator_kubeconfig, env, timeout=120) as running:
         yield running
+
+
+@pytest.fixture
+def root(minio_server: MinioInfo) -> Minio:
+    """MinIO with the root credentials: to make buckets and to read raw objects."""
+    return Minio(
+        minio_server.endpoint,
+        access_key=minio_server.access_key,
+        secret_key=minio_server.secret_key,
+        secure=minio_server.secure,
+    )
+
+
+@pytest.fixture
+def bucket(root: Minio, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh bucket for one test (named after its module), emptied and removed afterwards."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
+    name = f"{module}-{uuid.uuid4().hex[:12]}"
+    root.make_bucket(name)
+    try:
+        yield name
+    finally:
+        for obj in root.list_objects(name, recursive=True):
+            root.remove_object(name, obj.object_name)
+        root.remove_bucket(name)

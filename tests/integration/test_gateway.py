@@ -46,28 +46,6 @@ WHEN = "2024-05-01T08:30:00+08:00"
 
 
 @pytest.fixture
-def root(minio_server: MinioInfo) -> Minio:
-    return Minio(
-        minio_server.endpoint,
-        access_key=minio_server.access_key,
-        secret_key=minio_server.secret_key,
-        secure=minio_server.secure,
-    )
-
-
-@pytest.fixture
-def bucket(root: Minio) -> Iterator[str]:
-    name = f"gateway-{uuid.uuid4().hex[:12]}"
-    root.make_bucket(name)
-    try:
-        yield name
-    finally:
-        for obj in root.list_objects(name, recursive=True):
-            root.remove_object(name, obj.object_name)
-        root.remove_bucket(name)
-
-
-@pytest.fixture
 def records(minio_server: MinioInfo, bucket: str) -> RecordClient:
     ring = KeyRing.create(hospital="city-hospital", store="vitals", kek=generate_kek())
     return RecordClient.connect(

@@ -7,8 +7,6 @@ import io
 import json
 import os
 import tracemalloc
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,28 +31,6 @@ pytestmark = pytest.mark.minio
 
 MIB = 1024 * 1024
 MARKER = b"MEDCLOUD-PLAINTEXT-MARKER-3f9c2a"
-
-
-@pytest.fixture
-def root(minio_server: Any) -> Minio:
-    return Minio(
-        minio_server.endpoint,
-        access_key=minio_server.access_key,
-        secret_key=minio_server.secret_key,
-        secure=minio_server.secure,
-    )
-
-
-@pytest.fixture
-def bucket(root: Minio) -> Iterator[str]:
-    name = f"records-{uuid.uuid4().hex[:12]}"
-    root.make_bucket(name)
-    try:
-        yield name
-    finally:
-        for obj in root.list_objects(name, recursive=True):
-            root.remove_object(name, obj.object_name)
-        root.remove_bucket(name)
 
 
 @pytest.fixture

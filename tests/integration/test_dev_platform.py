@@ -39,6 +39,7 @@ from medcloud.localcluster.platform import (
     start_platform,
 )
 from medcloud.localcluster.process import pid_alive
+from tests.operator_support import ClusterAdmin
 from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -49,22 +50,11 @@ Json = dict[str, Any]
 
 
 @dataclass
-class DevPlatform:
+class DevPlatform(ClusterAdmin):
+    """The platform ``dev up`` started, and admin access to its cluster."""
+
     cluster: LocalCluster
     info: PlatformInfo
-    api: client.ApiClient
-
-    @property
-    def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(self.api)
-
-    @property
-    def custom(self) -> client.CustomObjectsApi:
-        return client.CustomObjectsApi(self.api)
-
-    @property
-    def rbac(self) -> client.RbacAuthorizationV1Api:
-        return client.RbacAuthorizationV1Api(self.api)
 
     def token(self, namespace: str, account: str, audience: str = KEY_SERVICE_AUDIENCE) -> str:
         """A real bound token of a service account (made if missing), from the TokenRequest API."""
@@ -103,7 +93,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevPlatform]:
     try:
         info = start_platform(cluster)
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-        yield DevPlatform(cluster, info, api)
+        yield DevPlatform(api, cluster, info)
     finally:
         if api is not None:
             api.close()

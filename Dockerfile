@@ -1,5 +1,6 @@
-# The medcloud image: one image for the operator (`medcloud operator`) and the
-# control API (`medcloud api`); the Helm chart picks the command.
+# The medcloud image: one image for the operator (`medcloud operator`), the
+# control API (`medcloud api`), the device gateway (`medcloud gateway`) and the
+# key service (`medcloud keyservice`); the Helm chart picks the command.
 #
 #   docker build -t registry.example.org/medcloud/medcloud:0.1.0 .
 #
@@ -15,6 +16,8 @@ COPY medcloud ./medcloud
 COPY operator ./operator
 COPY api ./api
 COPY gateway ./gateway
+COPY keyservice ./keyservice
+COPY cli ./cli
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim

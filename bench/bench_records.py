@@ -38,9 +38,9 @@ from pathlib import Path
 
 from minio import Minio
 
-from medcloud.localcluster.cluster import ClusterOptions, LocalCluster
 from medcloud.records.client import InMemoryKeyProvider, RecordClient, _ResponseBody
 from medcloud.records.keys import KeyRing, generate_kek
+from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from medcloud.localcluster import binaries
-from medcloud.localcluster.cluster import BrokerInfo, ClusterOptions, LocalCluster, MinioInfo
+from medcloud_cli.localcluster import binaries
+from medcloud_cli.localcluster.cluster import BrokerInfo, ClusterOptions, LocalCluster, MinioInfo
 
 
 class ExistingCluster:

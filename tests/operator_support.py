@@ -25,8 +25,8 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from medcloud.localcluster.cluster import MinioInfo
-from medcloud.localcluster.process import free_port
+from medcloud_cli.localcluster.cluster import MinioInfo
+from medcloud_cli.localcluster.process import free_port
 from tests.support import wait_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,9 +14,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from medcloud.auth import Caller, medcloud_resource
 from medcloud.models import Resource
 from medcloud_api.config import APISettings
-from medcloud_api.kube import Kube, User
+from medcloud_api.kube import Kube
 from medcloud_api.problems import ProblemError, unauthorized
 
 
@@ -47,11 +48,11 @@ def current_user(
     kube: KubeDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> User:
+) -> Caller:
     """The caller, as the cluster authenticates their bearer token."""
     if credentials is None or not credentials.credentials.strip():
         raise unauthorized("a bearer token is required: Authorization: Bearer <token>")
-    user = kube.review_token(credentials.credentials.strip(), settings.token_audiences)
+    user = kube.reviews.authenticate(credentials.credentials.strip(), settings.token_audiences)
     if user is None:
         raise unauthorized("the cluster did not accept the bearer token (expired, revoked or not a token)")
     # For the audit line: who made the request, never their token.
@@ -59,7 +60,7 @@ def current_user(
     return user
 
 
-CurrentUser = Annotated[User, Depends(current_user)]
+CurrentUser = Annotated[Caller, Depends(current_user)]
 
 
 def _describe(verb: str, resource: str, namespace: str | None, name: str | None) -> str:
@@ -74,7 +75,7 @@ def _describe(verb: str, resource: str, namespace: str | None, name: str | None)
 class Authorizer:
     """Asks the cluster (SubjectAccessReview) whether the caller may act; answers are kept for one request."""
 
-    def __init__(self, kube: Kube, user: User) -> None:
+    def __init__(self, kube: Kube, user: Caller) -> None:
         self.kube = kube
         self.user = user
         self._answers: dict[tuple[str, str, str | None, str | None], tuple[bool, str]] = {}
@@ -82,7 +83,9 @@ class Authorizer:
     def allowed(self, verb: str, resource: str, namespace: str | None = None, name: str | None = None) -> bool:
         key = (verb, resource, namespace, name)
         if key not in self._answers:
-            self._answers[key] = self.kube.review_access(self.user, verb, resource, namespace, name)
+            self._answers[key] = self.kube.reviews.may(
+                self.user, medcloud_resource(resource, verb, namespace=namespace, name=name)
+            )
         return self._answers[key][0]
 
     def authorize(self, verb: str, resource: str, namespace: str | None = None, name: str | None = None) -> None:

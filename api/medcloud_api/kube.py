@@ -1,4 +1,4 @@
-"""Thin access to the Kubernetes API: MedCloud's custom resources, TokenReview and SubjectAccessReview.
+"""Thin access to the Kubernetes API: MedCloud's custom resources (reviews through :mod:`medcloud.auth`).
 
 Nothing here decides anything; it only moves dictionaries between the API
 server and the routers. Custom objects stay plain dictionaries in the API
@@ -9,29 +9,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from medcloud.auth import Reviews
+from medcloud.kube.client import Manifest
 from medcloud.models import GROUP, VERSION, Resource
 from medcloud_api import FIELD_MANAGER
 from medcloud_api.config import APISettings
 
-Manifest = dict[str, Any]
-
 REPLACE_ATTEMPTS = 5
-
-
-@dataclass(frozen=True)
-class User:
-    """A caller as the cluster authenticated it (TokenReview status.user)."""
-
-    username: str
-    uid: str = ""
-    groups: tuple[str, ...] = ()
-    extra: dict[str, list[str]] = field(default_factory=dict)
 
 
 def new_api_client(settings: APISettings) -> client.ApiClient:
@@ -70,8 +59,7 @@ class Kube:
         self.api_client = api_client
         self.timeout = timeout
         self.custom = client.CustomObjectsApi(api_client)
-        self.authn = client.AuthenticationV1Api(api_client)
-        self.authz = client.AuthorizationV1Api(api_client)
+        self.reviews = Reviews(api_client, timeout)
 
     # ------------------------------------------------------------ resources
     def get(self, kind: type[Resource], name: str, namespace: str | None = None) -> Manifest | None:
@@ -246,39 +234,3 @@ class Kube:
             )
         for event in stream:
             yield cast(Manifest, event)
-
-    # ------------------------------------------------------- authentication
-    def review_token(self, token: str, audiences: list[str]) -> User | None:
-        """The user a bearer token belongs to, or None when the cluster does not accept it."""
-        spec = client.V1TokenReviewSpec(token=token, audiences=audiences or None)
-        review = self.authn.create_token_review(client.V1TokenReview(spec=spec), _request_timeout=self.timeout)
-        status = review.status
-        if status is None or not status.authenticated or status.user is None or not status.user.username:
-            return None
-        user = status.user
-        return User(
-            username=str(user.username),
-            uid=user.uid or "",
-            groups=tuple(user.groups or ()),
-            extra={k: list(v) for k, v in (user.extra or {}).items()},
-        )
-
-    def review_access(
-        self, user: User, verb: str, resource: str, namespace: str | None = None, name: str | None = None
-    ) -> tuple[bool, str]:
-        """Whether RBAC (or whatever authorizes the cluster) lets ``user`` do it; (allowed, reason)."""
-        attributes = client.V1ResourceAttributes(
-            group=GROUP, version=VERSION, resource=resource, verb=verb, namespace=namespace, name=name
-        )
-        spec = client.V1SubjectAccessReviewSpec(
-            user=user.username,
-            uid=user.uid or None,
-            groups=list(user.groups) or None,
-            extra=user.extra or None,
-            resource_attributes=attributes,
-        )
-        review = self.authz.create_subject_access_review(
-            client.V1SubjectAccessReview(spec=spec), _request_timeout=self.timeout
-        )
-        status = review.status
-        return bool(status and status.allowed and not status.denied), (status.reason or "") if status else ""

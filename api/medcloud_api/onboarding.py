@@ -19,8 +19,9 @@ from typing import Any
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from medcloud.kube.client import Manifest
 from medcloud.models import Hospital
-from medcloud_api.kube import Kube, Manifest, is_namespace_missing
+from medcloud_api.kube import Kube, is_namespace_missing
 from medcloud_api.plan import Desired, conflicts, differences
 from medcloud_api.problems import ProblemError, from_kubernetes
 from medcloud_api.schemas import Difference, ObjectRef

@@ -16,9 +16,9 @@ import binascii
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-Manifest = dict[str, Any]
+from medcloud.kube.client import Manifest
+
 Fetch = Callable[[str | None, int], tuple[list[Manifest], str | None]]
 """(kubernetes continue token, chunk size) -> (items, next kubernetes continue token)."""
 

@@ -21,16 +21,16 @@ import urllib3
 import uvicorn
 from minio import Minio
 
-from medcloud.keyservice.client import HttpKeyProvider
 from medcloud.models import Protocol
 from medcloud.records.client import RecordClient
+from medcloud.records.keyclient import HttpKeyProvider
+from medcloud.tenancy.credentials import Endpoint
 from medcloud_gateway.http import create_health_app, create_readings_app
 from medcloud_gateway.ingest import Ingestor
 from medcloud_gateway.metrics import GatewayMetrics
 from medcloud_gateway.mllp import MllpServer
 from medcloud_gateway.mqtt import BrokerConnection, MqttListener
 from medcloud_gateway.settings import GatewaySettings
-from medcloud_operator.builders.recordstore import Endpoint
 
 log = logging.getLogger(__name__)
 

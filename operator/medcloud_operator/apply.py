@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from medcloud_operator import labels
-from medcloud_operator.kube import Kind, Kube, Manifest, kind_of
+from medcloud.kube.client import Kind, Manifest, kind_of
+from medcloud.tenancy import labels
+from medcloud_operator.kube import Kube
 from medcloud_operator.quantities import quantity
 
 # Maps whose values are resource quantities, in the kinds the operator writes

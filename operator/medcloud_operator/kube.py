@@ -1,244 +1,29 @@
-"""A thin JSON client for the few kinds the operator writes.
+"""The operator's Kubernetes client: :class:`medcloud.kube.client.Kube` writing as ``medcloud-operator``.
 
-It sits on the kubernetes client's ``ApiClient`` (so kubeconfig, in-cluster
-credentials and TLS work as everywhere else) but speaks plain dictionaries in
-the API server's camelCase, the same shape the builders produce, instead of
-the generated model classes. Every write carries the field manager
-``medcloud-operator`` and is counted in ``medcloud_api_writes_total``.
+Every write carries the field manager ``medcloud-operator`` and is counted in
+``medcloud_api_writes_total``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
-from typing import Any, cast
-from urllib.parse import quote
+from kubernetes import client
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-
+from medcloud.kube import client as kube_client
+from medcloud.kube.client import Kind
 from medcloud_operator import OPERATOR_NAME, metrics
 
-Manifest = dict[str, Any]
+
+def _count_write(kind: Kind, verb: str) -> None:
+    metrics.API_WRITES.labels(kind=kind.kind, verb=verb).inc()
 
 
-@dataclass(frozen=True)
-class Kind:
-    """Where a kind lives in the API and which of its top-level fields the operator owns."""
+class Kube(kube_client.Kube):
+    """The shared JSON client with the operator's field manager and write metrics."""
 
-    api_version: str
-    kind: str
-    plural: str
-    namespaced: bool
-    owned_fields: tuple[str, ...] = ()
-    """Top-level fields (besides metadata) replaced wholesale when they differ."""
-    immutable_fields: tuple[str, ...] = ()
-    """Top-level fields the API server refuses to change: a difference means delete and re-create."""
-    defaulted_fields: tuple[str, ...] = ()
-    """Top-level fields the API server completes with defaults and allocations (a Deployment's or a
-    Service's ``spec``): they match when every value the operator sets is there, whatever the server
-    added, and are replaced whole (and completed again by the server) when one is not."""
-
-    def base_path(self) -> str:
-        return "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
-
-    def collection_path(self, namespace: str | None = None) -> str:
-        if self.namespaced:
-            if not namespace:
-                raise ValueError(f"{self.kind} is namespaced: a namespace is required")
-            return f"{self.base_path()}/namespaces/{quote(namespace, safe='')}/{self.plural}"
-        return f"{self.base_path()}/{self.plural}"
-
-    def object_path(self, name: str, namespace: str | None = None) -> str:
-        return f"{self.collection_path(namespace)}/{quote(name, safe='')}"
-
-
-NAMESPACE = Kind("v1", "Namespace", "namespaces", namespaced=False)
-RESOURCE_QUOTA = Kind("v1", "ResourceQuota", "resourcequotas", namespaced=True, owned_fields=("spec",))
-LIMIT_RANGE = Kind("v1", "LimitRange", "limitranges", namespaced=True, owned_fields=("spec",))
-SECRET = Kind("v1", "Secret", "secrets", namespaced=True)
-NETWORK_POLICY = Kind(
-    "networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", namespaced=True, owned_fields=("spec",)
-)
-ROLE = Kind("rbac.authorization.k8s.io/v1", "Role", "roles", namespaced=True, owned_fields=("rules",))
-ROLE_BINDING = Kind(
-    "rbac.authorization.k8s.io/v1",
-    "RoleBinding",
-    "rolebindings",
-    namespaced=True,
-    owned_fields=("subjects", "roleRef"),
-    immutable_fields=("roleRef",),
-)
-CLUSTER_ROLE = Kind(
-    "rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", namespaced=False, owned_fields=("rules",)
-)
-CLUSTER_ROLE_BINDING = Kind(
-    "rbac.authorization.k8s.io/v1",
-    "ClusterRoleBinding",
-    "clusterrolebindings",
-    namespaced=False,
-    owned_fields=("subjects", "roleRef"),
-    immutable_fields=("roleRef",),
-)
-CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps", namespaced=True, owned_fields=("data", "binaryData"))
-SERVICE = Kind("v1", "Service", "services", namespaced=True, defaulted_fields=("spec",))
-DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments", namespaced=True, defaulted_fields=("spec",))
-INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses", namespaced=True, defaulted_fields=("spec",))
-HOSPITAL = Kind("medcloud.io/v1alpha1", "Hospital", "hospitals", namespaced=False)
-RECORD_STORE = Kind("medcloud.io/v1alpha1", "RecordStore", "recordstores", namespaced=True)
-DEVICE_GATEWAY = Kind("medcloud.io/v1alpha1", "DeviceGateway", "devicegateways", namespaced=True)
-APP_INSTANCE = Kind("medcloud.io/v1alpha1", "AppInstance", "appinstances", namespaced=True)
-CONSORTIUM = Kind("medcloud.io/v1alpha1", "Consortium", "consortia", namespaced=False)
-CLUSTER_KOPF_PEERING = Kind("kopf.dev/v1", "ClusterKopfPeering", "clusterkopfpeerings", namespaced=False)
-
-KINDS: dict[tuple[str, str], Kind] = {
-    (k.api_version, k.kind): k
-    for k in (
-        NAMESPACE,
-        RESOURCE_QUOTA,
-        LIMIT_RANGE,
-        SECRET,
-        NETWORK_POLICY,
-        ROLE,
-        ROLE_BINDING,
-        CLUSTER_ROLE,
-        CLUSTER_ROLE_BINDING,
-        CONFIG_MAP,
-        SERVICE,
-        DEPLOYMENT,
-        INGRESS,
-        HOSPITAL,
-        RECORD_STORE,
-        DEVICE_GATEWAY,
-        APP_INSTANCE,
-        CONSORTIUM,
-        CLUSTER_KOPF_PEERING,
-    )
-}
-
-
-def kind_of(manifest: Manifest) -> Kind:
-    try:
-        return KINDS[(manifest["apiVersion"], manifest["kind"])]
-    except KeyError:
-        raise ValueError(f"the operator does not manage {manifest.get('apiVersion')}/{manifest.get('kind')}") from None
-
-
-def load_configuration() -> client.Configuration:
-    """Client configuration: the in-cluster service account, else ``$KUBECONFIG`` (read now, not at import).
-
-    The kubernetes library captures ``KUBECONFIG`` when it is imported; reading
-    it at call time lets one process (tests, `medcloud dev up`) point the
-    operator at a cluster chosen later.
-    """
-    configuration = client.Configuration()
-    # The kubernetes library leaves its config loaders (and RESTResponse.read) unannotated.
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        kubeconfig = os.environ.get("KUBECONFIG") or None
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return configuration
+    def __init__(self, api_client: client.ApiClient) -> None:
+        super().__init__(api_client, field_manager=OPERATOR_NAME, on_write=_count_write)
 
 
 def new_api_client() -> client.ApiClient:
     """An API client that names itself ``medcloud-operator`` in the API server's logs."""
-    api = client.ApiClient(load_configuration())
-    api.user_agent = f"{OPERATOR_NAME}/python"
-    return api
-
-
-class Kube:
-    """GET, LIST, POST, PUT, PATCH (merge) and DELETE of plain manifests."""
-
-    def __init__(self, api_client: client.ApiClient) -> None:
-        self.api_client = api_client
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Manifest | None = None,
-        query: list[tuple[str, str]] | None = None,
-        content_type: str = "application/json",
-    ) -> Manifest:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        request = self.api_client.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api_client.call_api(*request)
-        response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status <= 299:
-            raise ApiException.from_response(http_resp=response, body=None, data=None)
-        raw = response.data
-        return cast(Manifest, json.loads(raw)) if raw else {}
-
-    def get(self, kind: Kind, name: str, namespace: str | None = None) -> Manifest | None:
-        """The live object, or None when it does not exist."""
-        try:
-            return self._request("GET", kind.object_path(name, namespace))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None) -> list[Manifest]:
-        query = [("labelSelector", label_selector)] if label_selector else []
-        result = self._request("GET", kind.collection_path(namespace), query=query)
-        return cast(list[Manifest], result.get("items") or [])
-
-    def create(self, manifest: Manifest) -> Manifest:
-        kind = kind_of(manifest)
-        namespace = manifest["metadata"].get("namespace")
-        created = self._request(
-            "POST", kind.collection_path(namespace), body=manifest, query=[("fieldManager", OPERATOR_NAME)]
-        )
-        metrics.API_WRITES.labels(kind=kind.kind, verb="create").inc()
-        return created
-
-    def replace(self, manifest: Manifest) -> Manifest:
-        """PUT: carries ``metadata.resourceVersion``, so a concurrent change fails with 409 instead of being lost."""
-        kind = kind_of(manifest)
-        meta = manifest["metadata"]
-        replaced = self._request(
-            "PUT",
-            kind.object_path(meta["name"], meta.get("namespace")),
-            body=manifest,
-            query=[("fieldManager", OPERATOR_NAME)],
-        )
-        metrics.API_WRITES.labels(kind=kind.kind, verb="update").inc()
-        return replaced
-
-    def merge_patch(
-        self, kind: Kind, name: str, patch: Manifest, namespace: str | None = None, subresource: str | None = None
-    ) -> Manifest:
-        path = kind.object_path(name, namespace) + (f"/{subresource}" if subresource else "")
-        patched = self._request(
-            "PATCH",
-            path,
-            body=patch,
-            query=[("fieldManager", OPERATOR_NAME)],
-            content_type="application/merge-patch+json",
-        )
-        metrics.API_WRITES.labels(kind=kind.kind, verb="patch").inc()
-        return patched
-
-    def delete(self, kind: Kind, name: str, namespace: str | None = None) -> bool:
-        """Delete; False when it was already gone."""
-        try:
-            self._request("DELETE", kind.object_path(name, namespace))
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        metrics.API_WRITES.labels(kind=kind.kind, verb="delete").inc()
-        return True
+    return kube_client.new_api_client(OPERATOR_NAME)

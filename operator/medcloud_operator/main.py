@@ -13,10 +13,12 @@ import kopf
 from kubernetes import config
 from kubernetes.client.exceptions import ApiException
 
-from medcloud_operator import OPERATOR_NAME, health, labels, metrics
+from medcloud.kube.client import CLUSTER_KOPF_PEERING, NAMESPACE, load_configuration
+from medcloud.tenancy import labels
+from medcloud_operator import OPERATOR_NAME, health, metrics
 from medcloud_operator.context import MEMO_KEY, OperatorContext, get_context
 from medcloud_operator.handlers import appinstance, consortium, devicegateway, hospital, recordstore, workload
-from medcloud_operator.kube import CLUSTER_KOPF_PEERING, NAMESPACE, Kube, load_configuration, new_api_client
+from medcloud_operator.kube import Kube, new_api_client
 from medcloud_operator.settings import OperatorSettings
 
 # Registered by import; named here so the imports read as intentional.

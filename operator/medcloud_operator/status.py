@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from medcloud.kube.client import Kind
 from medcloud.models import Condition, ConditionStatus, HospitalStatus, KeyEncryptionKey, Phase, StatusBase
-from medcloud_operator.conditions import ConditionType, Reason, find_condition, set_condition
-from medcloud_operator.kube import Kind, Kube
+from medcloud.models.conditions import find_condition, set_condition
+from medcloud_operator.conditions import ConditionType, Reason
+from medcloud_operator.kube import Kube
 
 
 @dataclass(frozen=True)

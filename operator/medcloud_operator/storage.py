@@ -36,14 +36,9 @@ from urllib3.util import Retry, Timeout
 
 from medcloud.models import RecordStoreUsage
 from medcloud.records.envelope import META_KEY_VERSION
-from medcloud_operator.builders.recordstore import (
-    Endpoint,
-    LockRule,
-    StoredVersion,
-    StoreNames,
-    normalized_policy,
-    usage,
-)
+from medcloud.tenancy.credentials import Endpoint
+from medcloud.tenancy.store import StoreNames
+from medcloud_operator.builders.recordstore import LockRule, StoredVersion, normalized_policy, usage
 
 
 class StorageSettings(BaseSettings):

@@ -20,7 +20,7 @@ from kubernetes import client
 from minio import Minio
 
 from medcloud.kube.crds import install_crds
-from medcloud.localcluster.cluster import MinioInfo
+from medcloud_cli.localcluster.cluster import MinioInfo
 from tests.operator_support import (
     OPERATOR_NAMESPACE,
     OPERATOR_USER,

@@ -41,13 +41,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
 
-from medcloud.cli import app as cli_app
-from medcloud.commands.onboard import ServerSentEvent, iter_sse
-from medcloud.localcluster.process import free_port
 from medcloud.models import Tier
 from medcloud_api.config import APISettings
 from medcloud_api.main import create_app
 from medcloud_api.profiles import default_profile
+from medcloud_cli.commands.onboard import ServerSentEvent, iter_sse
+from medcloud_cli.localcluster.process import free_port
+from medcloud_cli.main import app as cli_app
 from tests.operator_support import (
     GROUP,
     OPERATOR_NAMESPACE,

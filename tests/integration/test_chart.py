@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 import yaml
 
-from medcloud.localcluster import binaries
+from medcloud_cli.localcluster import binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "medcloud"
@@ -189,11 +189,7 @@ def test_default_values_render_operator_api_key_service_and_rbac_and_no_monitori
     operator = one(docs, "Deployment", "medcloud-operator")
     assert container(operator)["command"] == ["medcloud", "operator"]
     assert container(one(docs, "Deployment", "medcloud-api"))["command"] == ["medcloud", "api"]
-    assert container(one(docs, "Deployment", "medcloud-keyservice"))["command"] == [
-        "python",
-        "-m",
-        "medcloud.keyservice",
-    ]
+    assert container(one(docs, "Deployment", "medcloud-keyservice"))["command"] == ["medcloud", "keyservice"]
 
 
 def test_monitoring_enabled_renders_service_monitors_rule_and_dashboard() -> None:
@@ -602,7 +598,7 @@ def _operator_env(values: dict[str, Any] | None = None, namespace: str = NAMESPA
 
 
 def test_key_service_environment_is_read_by_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from medcloud.keyservice.settings import KeyServiceSettings
+    from medcloud_keyservice.settings import KeyServiceSettings
 
     values = {
         "keyService": {
@@ -718,7 +714,7 @@ def test_key_service_network_policy_admits_tenants_the_release_namespace_and_lis
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateways"}}},
     ]
     # The label it selects tenants by is the one the operator puts on tenant namespaces.
-    from medcloud_operator import labels
+    from medcloud.tenancy import labels
 
     assert labels.HOSPITAL == "medcloud.io/hospital"
     # Egress, when restricted: DNS and the Kubernetes API, no storage and nothing else.

@@ -1,7 +1,7 @@
 """`medcloud dev up`'s platform: the key service runs next to the operator and the API, and records work through it.
 
 This module starts a private local cluster and calls the function `dev up`
-calls (:func:`medcloud.localcluster.platform.start_platform`), so the key
+calls (:func:`medcloud_cli.localcluster.platform.start_platform`), so the key
 service, the operator and the API run as separate processes with their own
 service-account tokens and the RBAC of ``deploy/*.yaml``, exactly as after
 `medcloud dev up`. The servers die with the test process (they are not
@@ -27,18 +27,18 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
 
-from medcloud.cli import app as medcloud_cli
-from medcloud.commands.records import open_client, store_access
-from medcloud.keyservice.client import HttpKeyProvider, KeyAccessDeniedError
-from medcloud.localcluster.cluster import ClusterOptions, ClusterState, LocalCluster
-from medcloud.localcluster.platform import (
+from medcloud.records.keyclient import HttpKeyProvider, KeyAccessDeniedError
+from medcloud_cli.commands.records import open_client, store_access
+from medcloud_cli.localcluster.cluster import ClusterOptions, ClusterState, LocalCluster
+from medcloud_cli.localcluster.platform import (
     KEY_SERVICE_AUDIENCE,
     SYSTEM_NAMESPACE,
     PlatformInfo,
     service_account_token,
     start_platform,
 )
-from medcloud.localcluster.process import pid_alive
+from medcloud_cli.localcluster.process import pid_alive
+from medcloud_cli.main import app as medcloud_cli
 from tests.operator_support import ClusterAdmin
 from tests.support import wait_for
 
@@ -157,7 +157,7 @@ def _audit_lines(dev: DevPlatform) -> list[Json]:
     log = dev.cluster.log_dir / "keyservice.log"
     lines = []
     for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("{") and '"event":"medcloud.keyservice.unwrap"' in line:
+        if line.startswith("{") and '"event":"medcloud_keyservice.unwrap"' in line:
             lines.append(json.loads(line))
     return lines
 

@@ -26,12 +26,12 @@ from fhir.resources.R4B.observation import Observation
 from minio import Minio
 from paho.mqtt.enums import CallbackAPIVersion
 
-from medcloud.localcluster.cluster import BrokerInfo, MinioInfo
-from medcloud.localcluster.pki import CertificateAuthority
-from medcloud.localcluster.process import free_port
 from medcloud.models import Protocol
 from medcloud.records.client import InMemoryKeyProvider, RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
+from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
+from medcloud_cli.localcluster.pki import CertificateAuthority
+from medcloud_cli.localcluster.process import free_port
 from medcloud_gateway.hl7v2 import MllpDecoder, frame
 from medcloud_gateway.ingest import Ingestor
 from medcloud_gateway.metrics import GatewayMetrics, Result

@@ -18,14 +18,14 @@ from minio.commonconfig import GOVERNANCE
 from minio.retention import Retention
 from paho.mqtt.enums import CallbackAPIVersion
 
-from medcloud.localcluster.cluster import (
+from medcloud_cli.localcluster.cluster import (
     UNPRIVILEGED_USER,
     BrokerInfo,
     ClusterOptions,
     LocalCluster,
     MinioInfo,
 )
-from medcloud.localcluster.process import pid_alive, port_is_free
+from medcloud_cli.localcluster.process import pid_alive, port_is_free
 from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster

@@ -27,7 +27,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from medcloud.localcluster.process import ServerProcess, free_port, log_tail
+from medcloud_cli.localcluster.process import ServerProcess, free_port, log_tail
 from tests.operator_support import (
     GROUP,
     OPERATOR_NAMESPACE,

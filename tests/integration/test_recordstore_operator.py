@@ -38,16 +38,17 @@ from minio.credentials.providers import StaticProvider
 from minio.error import S3Error
 from typer.testing import CliRunner
 
-from medcloud.cli import app as medcloud_cli
-from medcloud.commands.records import StoreAccess, direct_key_provider, open_client, store_access
-from medcloud.keyservice.app import create_app
-from medcloud.keyservice.client import HttpKeyProvider, KeyAccessDeniedError
-from medcloud.keyservice.settings import KeyServiceSettings
-from medcloud.localcluster.cluster import ClusterOptions, LocalCluster, MinioInfo
-from medcloud.localcluster.process import ServerProcess, free_port
 from medcloud.records.client import RecordClient
+from medcloud.records.keyclient import HttpKeyProvider, KeyAccessDeniedError
 from medcloud.records.keys import KeyRing, KeyShreddedError, KeyUnwrapError
-from medcloud_operator.builders.recordstore import StoreNames, bucket_policy, normalized_policy
+from medcloud.tenancy.store import StoreNames
+from medcloud_cli.commands.records import StoreAccess, direct_key_provider, open_client, store_access
+from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, MinioInfo
+from medcloud_cli.localcluster.process import ServerProcess, free_port
+from medcloud_cli.main import app as medcloud_cli
+from medcloud_keyservice.app import create_app
+from medcloud_keyservice.settings import KeyServiceSettings
+from medcloud_operator.builders.recordstore import bucket_policy, normalized_policy
 from tests.operator_support import (
     GROUP,
     OPERATOR_NAMESPACE,
@@ -825,13 +826,13 @@ def key_service(local_cluster: Any, cluster: Cluster, operator: RunningOperator)
 
 
 def _audit_lines_of(caplog: pytest.LogCaptureFixture) -> list[Json]:
-    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "medcloud.keyservice.audit"]
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "medcloud_keyservice.audit"]
 
 
 def test_the_key_service_unwraps_for_authorised_callers_only_and_audits_each(
     cluster: Cluster, tenants: Tenants, hospital: str, key_service: KeyService, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="medcloud.keyservice.audit")
+    caplog.set_level(logging.INFO, logger="medcloud_keyservice.audit")
     name, other = tenants.store(hospital, "shared"), tenants.store(hospital, "other")
     wait_ready(cluster, hospital, name)
     wait_ready(cluster, hospital, other)

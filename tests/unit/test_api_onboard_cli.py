@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medcloud.commands.onboard import OnboardFileError, ProgressView, iter_sse, request_from_documents
 from medcloud_api.plan import reference_errors, resolve
 from medcloud_api.schemas import HospitalCreate
+from medcloud_cli.commands.onboard import OnboardFileError, ProgressView, iter_sse, request_from_documents
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from medcloud.models import Condition, ConditionStatus, HospitalStatus, KeyEncryptionKey, Phase
-from medcloud_operator.conditions import ConditionType, Reason, find_condition, set_condition
+from medcloud.models.conditions import find_condition, set_condition
+from medcloud_operator.conditions import ConditionType, Reason
 from medcloud_operator.status import Check, dump, merge_patch, next_hospital_status, terminating_status
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -11,8 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from medcloud import crdgen
-from medcloud.commands.crds import app as crds_app
 from medcloud.models import KINDS, Consortium, DeviceGateway, Hospital, RecordStore, Resource
+from medcloud_cli.commands.crds import app as crds_app
 
 CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
 

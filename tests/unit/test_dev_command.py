@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medcloud.cli import app as medcloud_cli
-from medcloud.commands import dev
-from medcloud.localcluster.cluster import ClusterState, LocalCluster, MinioInfo
-from medcloud.localcluster.platform import KEY_SERVICE_AUDIENCE, PlatformInfo, storage_env
+from medcloud_cli.commands import dev
+from medcloud_cli.localcluster.cluster import ClusterState, LocalCluster, MinioInfo
+from medcloud_cli.localcluster.platform import KEY_SERVICE_AUDIENCE, PlatformInfo, storage_env
+from medcloud_cli.main import app as medcloud_cli
 
 
 def _state(tmp_path: Path) -> ClusterState:

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from medcloud_operator import kek
-from medcloud_operator.kube import SECRET, Kind, Manifest
+from medcloud.kube.client import SECRET, Kind, Manifest
+from medcloud.tenancy import kek
+from medcloud_operator.kek import KekMissingError, KekState, ensure_kek
 
 
 def test_generated_keys_are_256_bits_and_distinct() -> None:
@@ -101,8 +102,8 @@ class FakeKube:
         return self._stamp(live)
 
 
-def _ensure(kube: FakeKube, issued: int | None, rotate_now: int, observed: int = 0) -> kek.KekState:
-    return kek.ensure(
+def _ensure(kube: FakeKube, issued: int | None, rotate_now: int, observed: int = 0) -> KekState:
+    return ensure_kek(
         kube,
         "riverton",
         "medcloud-system",
@@ -116,7 +117,7 @@ def test_rotation_adds_a_version_keeps_the_old_ones_and_happens_once_per_request
     kube = FakeKube()
     first = _ensure(kube, None, rotate_now=0)
     assert (first.created, first.current.version, first.versions, first.observed_rotate_now) == (True, 1, (1,), 0)
-    assert _ensure(kube, 1, rotate_now=0) == kek.KekState(first.current, (1,), 0)
+    assert _ensure(kube, 1, rotate_now=0) == KekState(first.current, (1,), 0)
     assert kube.writes == ["create"], "nothing to do writes nothing"
 
     rotated = _ensure(kube, 1, rotate_now=1)
@@ -149,7 +150,7 @@ def test_a_first_key_adopts_the_requested_counter_and_an_old_secret_falls_back_t
 
 
 def test_a_lost_kek_is_reported_and_not_rotated_into_existence() -> None:
-    with pytest.raises(kek.KekMissingError):
+    with pytest.raises(KekMissingError):
         _ensure(FakeKube(), 3, rotate_now=1)
 
 

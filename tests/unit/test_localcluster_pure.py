@@ -9,9 +9,9 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from medcloud.localcluster import binaries
-from medcloud.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
-from medcloud.localcluster.pki import CertificateAuthority
+from medcloud_cli.localcluster import binaries
+from medcloud_cli.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
+from medcloud_cli.localcluster.pki import CertificateAuthority
 
 GOMOD_EXCERPT = """module k8s.io/kubernetes
 

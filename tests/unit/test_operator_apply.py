@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from medcloud.kube.client import NAMESPACE, NETWORK_POLICY, RESOURCE_QUOTA, ROLE_BINDING
 from medcloud_operator.apply import OwnWrites, differences, merged, normalize
-from medcloud_operator.kube import NAMESPACE, NETWORK_POLICY, RESOURCE_QUOTA, ROLE_BINDING
 
 DESIRED_QUOTA: dict[str, Any] = {
     "apiVersion": "v1",

@@ -9,36 +9,40 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from medcloud.kube.client import Manifest
 from medcloud.models import ConditionStatus, KeyRotation, Phase, RecordStoreStatus, Retention, RetentionMode
 from medcloud.records.keys import KeyRing, generate_kek
-from medcloud_operator import kek, keyring
-from medcloud_operator.builders.recordstore import (
+from medcloud.tenancy import kek, keyring
+from medcloud.tenancy.credentials import (
     ACCESS_KEY_FIELD,
     SECRET_KEY_FIELD,
     Endpoint,
+    build_credentials_secret,
+    decoded,
+    secret_differs,
+    secret_is_ours,
+)
+from medcloud.tenancy.store import (
     InvalidStoreError,
+    StoreNames,
+    bucket_name,
+    credentials_secret_name,
+    hospital_of_namespace,
+)
+from medcloud_operator.builders.recordstore import (
     LockRule,
     StoreCondition,
     StoredVersion,
     StoreFacts,
-    StoreNames,
     StoreReason,
-    bucket_name,
     bucket_policy,
-    build_credentials_secret,
-    credentials_secret_name,
-    decoded,
-    hospital_of_namespace,
     next_status,
     normalized_policy,
     quota_bytes,
     rotation_reason,
-    secret_differs,
-    secret_is_ours,
     terminating_status,
     usage,
 )
-from medcloud_operator.kube import Manifest
 from medcloud_operator.status import Check
 
 # S3's rules: 3-63 characters, lowercase letters, digits, dots and dashes,

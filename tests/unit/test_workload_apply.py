@@ -12,12 +12,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from medcloud.kube.client import CONFIG_MAP, DEPLOYMENT, INGRESS, SERVICE
 from medcloud.models import AppInstanceSpec
 from medcloud_operator.apply import covers, differences, merged
 from medcloud_operator.builders import appinstance as app_b
 from medcloud_operator.builders import workload as w
 from medcloud_operator.catalog import WorkloadSettings
-from medcloud_operator.kube import CONFIG_MAP, DEPLOYMENT, INGRESS, SERVICE
 
 Json = dict[str, Any]
 NS = "hospital-riverton"

@@ -20,11 +20,11 @@ from medcloud.models import (
     Phase,
 )
 from medcloud.models.common import parse_quantity
+from medcloud.tenancy.store import credentials_secret_name
 from medcloud_operator.builders import appinstance as app_b
 from medcloud_operator.builders import consortium as cons_b
 from medcloud_operator.builders import devicegateway as gw_b
 from medcloud_operator.builders import workload as w
-from medcloud_operator.builders.recordstore import credentials_secret_name
 from medcloud_operator.catalog import CATALOG, WorkloadSettings, app_image, gateway_image
 from medcloud_operator.status import Check, dump
 

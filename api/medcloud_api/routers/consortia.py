@@ -7,11 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 
+from medcloud.kube.client import Manifest
 from medcloud.models import Consortium, Hospital
 from medcloud.models.common import DNS1123_SUBDOMAIN_PATTERN
 from medcloud_api import problems
 from medcloud_api.deps import Authorizer, Authz, KubeDep, current_user
-from medcloud_api.kube import Kube, Manifest
+from medcloud_api.kube import Kube
 from medcloud_api.problems import not_found
 from medcloud_api.readiness import judge
 from medcloud_api.schemas import (

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from kubernetes.client.exceptions import ApiException
 
+from medcloud.kube.client import Manifest
 from medcloud.models import (
     API_VERSION,
     KINDS_BY_NAME,
@@ -28,7 +29,7 @@ from medcloud.models import (
 from medcloud.models.common import DNS1123_LABEL_PATTERN, DNS1123_SUBDOMAIN_PATTERN, HOSPITAL_NAME_MAX
 from medcloud_api import FIELD_MANAGER, onboarding, pagination, problems
 from medcloud_api.deps import Authorizer, Authz, KubeDep, SettingsDep, current_user
-from medcloud_api.kube import Kube, Manifest
+from medcloud_api.kube import Kube
 from medcloud_api.plan import (
     CREATED_BY,
     app_reference_errors,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Unpack
 
+from medcloud.kube.client import Manifest
 from medcloud.models import AppInstanceSpec, AppInstanceStatus
 from medcloud.models.common import ComputeResources
 from medcloud_operator.builders import devicegateway, workload
 from medcloud_operator.builders.workload import Ceiling, Dependency, Findings
 from medcloud_operator.catalog import CATALOG, WorkloadSettings, app_image
-from medcloud_operator.kube import Manifest
 
 COMPONENT = "appinstance"
 """``app.kubernetes.io/component`` of an app's children (and its pods)."""

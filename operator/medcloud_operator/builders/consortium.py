@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 
+from medcloud.kube.client import Manifest
 from medcloud.models import ConditionStatus, ConsortiumSpec, ConsortiumStatus, Phase
+from medcloud.models.conditions import set_condition
 from medcloud_operator.builders.workload import status_of
-from medcloud_operator.conditions import set_condition
-from medcloud_operator.kube import Manifest
 from medcloud_operator.status import Check
 
 NAMES_SHOWN = 10

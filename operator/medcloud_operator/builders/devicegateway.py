@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Unpack
 
+from medcloud.kube.client import Manifest
 from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus, Protocol
 from medcloud_operator.builders import workload
 from medcloud_operator.builders.workload import Ceiling, Dependency, Findings
 from medcloud_operator.catalog import WorkloadSettings, gateway_image
-from medcloud_operator.kube import Manifest
 
 COMPONENT = "devicegateway"
 """``app.kubernetes.io/component`` of a gateway's children (and its pods)."""

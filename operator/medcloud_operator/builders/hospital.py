@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from medcloud.kube.client import Manifest
 from medcloud.models import API_VERSION, HospitalSpec, hospital_namespace
-from medcloud_operator import labels
+from medcloud.tenancy import labels
 from medcloud_operator.quantities import quantity
 from medcloud_operator.settings import OperatorSettings
-
-Manifest = dict[str, Any]
 
 QUOTA_NAME = "medcloud-quota"
 LIMITS_NAME = "medcloud-limits"

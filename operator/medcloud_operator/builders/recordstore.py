@@ -1,28 +1,19 @@
-"""Pure builders of a RecordStore: names, the bucket's lock and policy, the credentials Secret, rotation, status.
+"""Pure builders of a RecordStore: the bucket's lock and policy, rotation, usage, status.
 
 Nothing here talks to Kubernetes or MinIO. The handler
 (``handlers/recordstore.py``) reads the world, calls these functions and
-writes what they return; ``storage.py`` carries out the MinIO side.
-
-Naming: one RecordStore is one bucket, one MinIO user and one policy, all
-derived from ``(hospital, store)`` only, so a RecordStore deleted with
-``Retain`` and created again under the same name finds its bucket and keys
-again. Every derived name ends in a hash of the pair: ``hospital "a-b", store
-"c"`` and ``hospital "a", store "b-c"`` read alike once joined by a dash, and
-without the hash two tenants could be handed the same bucket.
+writes what they return; ``storage.py`` carries out the MinIO side. The
+store's names and its credentials Secret are the tenancy contract
+(:mod:`medcloud.tenancy.store`, :mod:`medcloud.tenancy.credentials`).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
 from medcloud.models import (
     ConditionStatus,
@@ -34,33 +25,9 @@ from medcloud.models import (
     SecretReference,
     duration_days,
 )
-from medcloud.models.common import HOSPITAL_NAMESPACE_PREFIX, parse_quantity
-from medcloud_operator import OPERATOR_NAME, labels
-from medcloud_operator.conditions import set_condition
-from medcloud_operator.kube import Manifest
+from medcloud.models.common import parse_quantity
+from medcloud.models.conditions import set_condition
 from medcloud_operator.status import Check, summarise
-
-COMPONENT = "recordstore"
-"""``app.kubernetes.io/component`` of the objects a RecordStore owns."""
-STORE_LABEL = "medcloud.io/recordstore"
-STORE_ANNOTATION = "medcloud.io/recordstore"
-"""Store names are DNS subdomains (up to 253 characters); labels hold 63, so the full name is an annotation."""
-
-BUCKET_MAX = 63
-HASH_HEX = 16
-# S3 reserves these prefixes (AWS rejects them; MinIO follows S3's rules).
-_RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
-_SECRET_NAME_MAX = 253
-CREDENTIALS_SUFFIX = "-credentials"
-
-# Tags on the bucket naming its owner: a bucket tagged for another store is never adopted.
-TAG_HOSPITAL = "medcloud.io/hospital"
-TAG_NAMESPACE = "medcloud.io/namespace"
-TAG_STORE = "medcloud.io/recordstore"
-
-
-class InvalidStoreError(ValueError):
-    """The RecordStore cannot be realised where or as it is written (not a hospital namespace, ...)."""
 
 
 class StoreCondition(StrEnum):
@@ -112,101 +79,6 @@ class StoreReason(StrEnum):
     KEYS_SHREDDED = "KeysShredded"
     """The store's keys were crypto-shredded; a store of this name cannot get keys again."""
     DELETING = "Deleting"
-
-
-# --------------------------------------------------------------------------- names
-
-
-def hospital_of_namespace(namespace: str) -> str:
-    """The Hospital whose tenant namespace this is (``hospital-<name>``)."""
-    if not namespace.startswith(HOSPITAL_NAMESPACE_PREFIX) or len(namespace) == len(HOSPITAL_NAMESPACE_PREFIX):
-        raise InvalidStoreError(
-            f"RecordStores live in a hospital's namespace ({HOSPITAL_NAMESPACE_PREFIX}<hospital>), not in {namespace}"
-        )
-    return namespace[len(HOSPITAL_NAMESPACE_PREFIX) :]
-
-
-def _digest(hospital: str, store: str) -> str:
-    # "/" appears in neither a hospital name (DNS label) nor a store name (DNS
-    # subdomain), so distinct pairs always hash distinct strings.
-    return hashlib.sha256(f"{hospital}/{store}".encode()).hexdigest()
-
-
-def bucket_name(hospital: str, store: str) -> str:
-    """``<hospital>-<store>-<16 hex>``, shortened to S3's 63 characters; dots become dashes.
-
-    Dots are legal in bucket names but break virtual-host TLS certificates.
-    The hash keeps names distinct however the readable part is shortened.
-    """
-    suffix = _digest(hospital, store)[:HASH_HEX]
-    readable = re.sub(r"[^a-z0-9-]", "-", f"{hospital}-{store}".lower())
-    if readable.startswith(_RESERVED_BUCKET_PREFIXES):
-        readable = f"mc-{readable}"
-    readable = re.sub(r"-{2,}", "-", readable)[: BUCKET_MAX - HASH_HEX - 1].strip("-")
-    return f"{readable}-{suffix}"
-
-
-def user_name(bucket: str) -> str:
-    """The store's MinIO user (access key): the bucket's name, so each user reads as the bucket it may use."""
-    return bucket
-
-
-def policy_name(bucket: str) -> str:
-    return f"recordstore-{bucket}"
-
-
-def credentials_secret_name(store: str) -> str:
-    """``<store>-credentials``; a very long store name is shortened and given a hash."""
-    name = f"{store}{CREDENTIALS_SUFFIX}"
-    if len(name) <= _SECRET_NAME_MAX:
-        return name
-    short = hashlib.sha256(store.encode()).hexdigest()[:HASH_HEX]
-    keep = _SECRET_NAME_MAX - len(CREDENTIALS_SUFFIX) - HASH_HEX - 1
-    return f"{store[:keep].rstrip('.-')}-{short}{CREDENTIALS_SUFFIX}"
-
-
-@dataclass(frozen=True)
-class StoreNames:
-    """Everything derived from where a RecordStore lives and what it is called."""
-
-    namespace: str
-    store: str
-    hospital: str
-    bucket: str
-    user: str
-    policy: str
-    secret: str
-
-    @classmethod
-    def of(cls, namespace: str, store: str) -> StoreNames:
-        hospital = hospital_of_namespace(namespace)
-        bucket = bucket_name(hospital, store)
-        return cls(
-            namespace=namespace,
-            store=store,
-            hospital=hospital,
-            bucket=bucket,
-            user=user_name(bucket),
-            policy=policy_name(bucket),
-            secret=credentials_secret_name(store),
-        )
-
-    @property
-    def key(self) -> str:
-        """Lock key: never equal to a Hospital's (those have no slash)."""
-        return f"RecordStore/{self.namespace}/{self.store}"
-
-    def owner_tags(self) -> dict[str, str]:
-        return {TAG_HOSPITAL: self.hospital, TAG_NAMESPACE: self.namespace, TAG_STORE: self.store}
-
-
-def store_labels(hospital: str) -> dict[str, str]:
-    return {
-        labels.MANAGED_BY: OPERATOR_NAME,
-        labels.PART_OF: "medcloud",
-        labels.COMPONENT: COMPONENT,
-        labels.HOSPITAL: hospital,
-    }
 
 
 # --------------------------------------------------------------------------- the bucket
@@ -295,118 +167,6 @@ def normalized_policy(policy: Mapping[str, Any]) -> list[tuple[str, tuple[str, .
 
     statements = policy.get("Statement") or []
     return sorted((str(s.get("Effect")), as_tuple(s.get("Action")), as_tuple(s.get("Resource"))) for s in statements)
-
-
-# --------------------------------------------------------------------------- the credentials Secret
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where tenants reach the object store: ``http(s)://host:port``."""
-
-    url: str
-    host: str
-    port: int
-    secure: bool
-
-    @classmethod
-    def parse(cls, url: str) -> Endpoint:
-        parts = urlsplit(url if "://" in url else f"https://{url}")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) endpoint URL: {url!r}")
-        secure = parts.scheme == "https"
-        port = parts.port or (443 if secure else 80)
-        return cls(url=f"{parts.scheme}://{parts.netloc}", host=parts.hostname, port=port, secure=secure)
-
-    @property
-    def address(self) -> str:
-        """``host:port``, what the minio SDK and most S3 clients take with a separate TLS flag."""
-        return f"{self.host}:{self.port}"
-
-
-SECRET_KEY_FIELD = "COSI_S3_ACCESS_SECRET_KEY"  # noqa: S105 - a key name, not a secret
-ACCESS_KEY_FIELD = "COSI_S3_ACCESS_KEY_ID"
-
-
-def build_credentials_secret(
-    names: StoreNames,
-    endpoint: Endpoint,
-    region: str,
-    secret_key: str,
-    *,
-    ca_pem: str | None = None,
-    key_service_url: str | None = None,
-) -> Manifest:
-    """The credentials Secret in the hospital namespace: COSI (v1alpha2) keys, ObjectBucketClaim keys, MedCloud's own.
-
-    Both conventions so that off-the-shelf consumers (backup tools, database
-    operators) take the Secret as it is. COSI publishes a URL, the OBC keys a
-    host and port; the MedCloud keys name the store for the record client.
-    """
-    data = {
-        "COSI_PROTOCOL": "S3",
-        "COSI_S3_BUCKET_ID": names.bucket,
-        "COSI_S3_ENDPOINT": endpoint.url,
-        "COSI_S3_REGION": region,
-        "COSI_S3_ADDRESSING_STYLE": "path",
-        ACCESS_KEY_FIELD: names.user,
-        SECRET_KEY_FIELD: secret_key,
-        "BUCKET_NAME": names.bucket,
-        "BUCKET_HOST": endpoint.host,
-        "BUCKET_PORT": str(endpoint.port),
-        "BUCKET_REGION": region,
-        "AWS_ACCESS_KEY_ID": names.user,
-        "AWS_SECRET_ACCESS_KEY": secret_key,
-        "MEDCLOUD_HOSPITAL": names.hospital,
-        "MEDCLOUD_RECORDSTORE": names.store,
-        "MEDCLOUD_S3_SECURE": "true" if endpoint.secure else "false",
-    }
-    if ca_pem:
-        data["COSI_CERTIFICATE_AUTHORITY"] = ca_pem
-    if key_service_url:
-        data["MEDCLOUD_KEY_SERVICE_URL"] = key_service_url
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": names.secret,
-            "namespace": names.namespace,
-            "labels": store_labels(names.hospital),
-            "annotations": {STORE_ANNOTATION: names.store},
-        },
-        "data": {k: base64.b64encode(v.encode()).decode() for k, v in sorted(data.items())},
-    }
-
-
-def secret_is_ours(secret: Manifest, names: StoreNames) -> bool:
-    meta = secret.get("metadata") or {}
-    return (meta.get("labels") or {}).get(labels.COMPONENT) == COMPONENT and (meta.get("annotations") or {}).get(
-        STORE_ANNOTATION
-    ) == names.store
-
-
-def decoded(secret: Manifest, key: str) -> str | None:
-    """One value of a Secret in clear, or None when absent or not base64 text."""
-    raw = (secret.get("data") or {}).get(key)
-    if raw is None:
-        return None
-    try:
-        return base64.b64decode(raw, validate=True).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def secret_differs(desired: Manifest, live: Manifest) -> bool:
-    """True when the live Secret's data, type or MedCloud labels are not what the operator wants."""
-    if (live.get("data") or {}) != desired["data"] or live.get("type") != desired["type"]:
-        return True
-    live_meta = live.get("metadata") or {}
-    for part in ("labels", "annotations"):
-        wanted, have = desired["metadata"].get(part) or {}, live_meta.get(part) or {}
-        if any(have.get(k) != v for k, v in wanted.items()):
-            return True
-    return False
 
 
 # --------------------------------------------------------------------------- keys

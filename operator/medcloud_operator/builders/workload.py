@@ -18,13 +18,14 @@ from typing import Any, TypedDict
 
 from pydantic import ValidationError
 
+from medcloud.kube.client import Manifest
 from medcloud.models import Condition, ConditionStatus, Phase, StatusBase
 from medcloud.models.common import HOSPITAL_NAMESPACE_PREFIX, ComputeResources, parse_quantity
-from medcloud_operator import OPERATOR_NAME, labels
+from medcloud.models.conditions import find_condition, set_condition
+from medcloud.tenancy import labels
+from medcloud.tenancy.store import credentials_secret_name
+from medcloud_operator import OPERATOR_NAME
 from medcloud_operator.builders.hospital import LIMITS_NAME
-from medcloud_operator.builders.recordstore import credentials_secret_name
-from medcloud_operator.conditions import find_condition, set_condition
-from medcloud_operator.kube import Manifest
 from medcloud_operator.status import Check
 
 NAME_LABEL = "app.kubernetes.io/name"

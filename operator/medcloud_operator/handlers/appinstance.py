@@ -19,6 +19,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medcloud.kube.client import (
+    APP_INSTANCE,
+    CONFIG_MAP,
+    DEPLOYMENT,
+    DEVICE_GATEWAY,
+    INGRESS,
+    LIMIT_RANGE,
+    RECORD_STORE,
+    SERVICE,
+    Manifest,
+)
 from medcloud.models import AppInstanceSpec, AppInstanceStatus
 from medcloud_operator.builders import appinstance as builder
 from medcloud_operator.builders.hospital import LIMITS_NAME
@@ -32,18 +43,7 @@ from medcloud_operator.builders.workload import (
 )
 from medcloud_operator.catalog import WorkloadSettings
 from medcloud_operator.handlers.workload import Plan, Workload, register
-from medcloud_operator.kube import (
-    APP_INSTANCE,
-    CONFIG_MAP,
-    DEPLOYMENT,
-    DEVICE_GATEWAY,
-    INGRESS,
-    LIMIT_RANGE,
-    RECORD_STORE,
-    SERVICE,
-    Kube,
-    Manifest,
-)
+from medcloud_operator.kube import Kube
 
 
 @dataclass(frozen=True)

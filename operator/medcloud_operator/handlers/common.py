@@ -19,13 +19,13 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from medcloud.kube.client import Kind, Manifest
 from medcloud.models import ConditionStatus, Phase, StatusBase
 from medcloud_operator import events, metrics
 from medcloud_operator.apply import Action, Applied
 from medcloud_operator.builders.workload import WorkloadReason
 from medcloud_operator.conditions import Reason
 from medcloud_operator.context import OperatorContext, get_context
-from medcloud_operator.kube import Kind, Manifest
 from medcloud_operator.status import Check
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]

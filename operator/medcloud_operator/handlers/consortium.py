@@ -20,14 +20,14 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
+from medcloud.kube.client import CONSORTIUM, HOSPITAL, Manifest
 from medcloud.models import GROUP, VERSION, ConditionStatus, ConsortiumSpec, ConsortiumStatus
+from medcloud.models.conditions import now_utc
 from medcloud_operator import events, metrics
 from medcloud_operator.builders.consortium import ConsortiumCondition, next_status
-from medcloud_operator.conditions import now_utc
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import Logger, reconcile_object
 from medcloud_operator.handlers.workload import RESYNC_SECONDS
-from medcloud_operator.kube import CONSORTIUM, HOSPITAL, Manifest
 from medcloud_operator.status import parse_status, write_status
 
 KIND = CONSORTIUM.kind

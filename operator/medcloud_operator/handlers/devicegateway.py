@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medcloud.kube.client import DEPLOYMENT, DEVICE_GATEWAY, LIMIT_RANGE, RECORD_STORE, SERVICE, Manifest
 from medcloud.models import DeviceGatewaySpec, DeviceGatewayStatus
 from medcloud_operator.builders import devicegateway as builder
 from medcloud_operator.builders.hospital import LIMITS_NAME
 from medcloud_operator.builders.workload import Ceiling, Findings, credentials_secret, hospital_of, judge_dependencies
 from medcloud_operator.catalog import WorkloadSettings
 from medcloud_operator.handlers.workload import Plan, Workload, register
-from medcloud_operator.kube import DEPLOYMENT, DEVICE_GATEWAY, LIMIT_RANGE, RECORD_STORE, SERVICE, Kube, Manifest
+from medcloud_operator.kube import Kube
 
 
 @dataclass(frozen=True)

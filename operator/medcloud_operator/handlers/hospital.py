@@ -26,39 +26,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from medcloud.models import (
-    GROUP,
-    VERSION,
-    ConditionStatus,
-    HospitalSpec,
-    HospitalStatus,
-    KeyEncryptionKey,
-    Phase,
-    hospital_namespace,
-)
-from medcloud_operator import OPERATOR_NAME, events, kek, labels, metrics
-from medcloud_operator.apply import Applied, TerminatingError, apply, prune
-from medcloud_operator.builders.hospital import (
-    QUOTA_NAME,
-    InvalidSpecError,
-    admin_cluster_role_name,
-    build_admin_cluster_access,
-    build_tenancy,
-)
-from medcloud_operator.conditions import ConditionType, Reason, now_utc
-from medcloud_operator.context import OperatorContext, get_context
-from medcloud_operator.handlers.common import (
-    Logger,
-    ReconcileError,
-    api_message,
-    classify_request,
-    handling,
-    reconcile_object,
-    register_drift_handlers,
-    report_applied,
-    retry_on_conflict,
-)
-from medcloud_operator.kube import (
+from medcloud.kube.client import (
     CLUSTER_ROLE,
     CLUSTER_ROLE_BINDING,
     HOSPITAL,
@@ -73,6 +41,41 @@ from medcloud_operator.kube import (
     Kind,
     Manifest,
 )
+from medcloud.models import (
+    GROUP,
+    VERSION,
+    ConditionStatus,
+    HospitalSpec,
+    HospitalStatus,
+    KeyEncryptionKey,
+    Phase,
+    hospital_namespace,
+)
+from medcloud.models.conditions import now_utc
+from medcloud.tenancy import kek, labels
+from medcloud_operator import OPERATOR_NAME, events, metrics
+from medcloud_operator.apply import Applied, TerminatingError, apply, prune
+from medcloud_operator.builders.hospital import (
+    QUOTA_NAME,
+    InvalidSpecError,
+    admin_cluster_role_name,
+    build_admin_cluster_access,
+    build_tenancy,
+)
+from medcloud_operator.conditions import ConditionType, Reason
+from medcloud_operator.context import OperatorContext, get_context
+from medcloud_operator.handlers.common import (
+    Logger,
+    ReconcileError,
+    api_message,
+    classify_request,
+    handling,
+    reconcile_object,
+    register_drift_handlers,
+    report_applied,
+    retry_on_conflict,
+)
+from medcloud_operator.kek import KekMissingError, KekState, ensure_kek
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.status import Check, next_hospital_status, parse_status, terminating_status, write_status
 
@@ -114,7 +117,7 @@ def classify(exc: Exception, stage: ConditionType, settings: OperatorSettings) -
         return exc
     if isinstance(exc, ValidationError | InvalidSpecError):
         return ReconcileError(Reason.INVALID_SPEC, f"The spec cannot be realised: {exc}", permanent=True)
-    if isinstance(exc, kek.KekMissingError):
+    if isinstance(exc, KekMissingError):
         return ReconcileError(Reason.KEK_MISSING, str(exc), permanent=True)
     if isinstance(exc, kek.KekInvalidError):
         return ReconcileError(Reason.KEK_INVALID, f"{exc}; restore the Secret from backup.", permanent=True)
@@ -171,7 +174,7 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
             ConditionStatus.TRUE, Reason.RECONCILED, _network_summary(desired)
         )
         stage = ConditionType.KEY_READY
-        state = kek.ensure(
+        state = ensure_kek(
             kube,
             name,
             settings.operator_namespace,
@@ -264,7 +267,7 @@ def _report_changes(
     previous: HospitalStatus,
     generation: int | None,
     results: list[Applied],
-    key: kek.KekState,
+    key: KekState,
     settings: OperatorSettings,
     logger: Logger,
 ) -> None:

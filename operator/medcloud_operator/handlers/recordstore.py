@@ -39,29 +39,32 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
+from medcloud.kube.client import HOSPITAL, RECORD_STORE, SECRET, Manifest
 from medcloud.models import GROUP, VERSION, ConditionStatus, DeletionPolicy, Phase, RecordStoreSpec, RecordStoreStatus
+from medcloud.models.conditions import now_utc
 from medcloud.records.keys import KeyRing
-from medcloud_operator import events, kek, keyring, metrics
+from medcloud.tenancy import kek, keyring
+from medcloud.tenancy.credentials import (
+    SECRET_KEY_FIELD,
+    build_credentials_secret,
+    decoded,
+    secret_differs,
+    secret_is_ours,
+)
+from medcloud.tenancy.store import InvalidStoreError, StoreNames
+from medcloud_operator import events, metrics
 from medcloud_operator.builders.hospital import OPERATOR_BINDING_NAME
 from medcloud_operator.builders.recordstore import (
-    SECRET_KEY_FIELD,
-    InvalidStoreError,
     LockRule,
     StoreCondition,
     StoreFacts,
-    StoreNames,
     StoreReason,
     bucket_policy,
-    build_credentials_secret,
-    decoded,
     next_status,
     quota_bytes,
     rotation_reason,
-    secret_differs,
-    secret_is_ours,
     terminating_status,
 )
-from medcloud_operator.conditions import now_utc
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import (
     Logger,
@@ -72,7 +75,8 @@ from medcloud_operator.handlers.common import (
     reconcile_object,
     retry_on_conflict,
 )
-from medcloud_operator.kube import HOSPITAL, RECORD_STORE, SECRET, Kube, Manifest
+from medcloud_operator.kek import KekMissingError
+from medcloud_operator.kube import Kube
 from medcloud_operator.status import Check, parse_status, write_status
 from medcloud_operator.storage import (
     BucketConflictError,
@@ -179,7 +183,7 @@ def classify(exc: Exception, stage: StoreCondition, retry: int, settings: Storag
         return StoreReconcileError(StoreCondition.STORAGE_AVAILABLE, StoreReason.BUCKET_CONFLICT, str(exc), delay=300)
     if isinstance(exc, StorageRejectedError):
         return StoreReconcileError(StoreCondition.STORAGE_AVAILABLE, StoreReason.STORAGE_REJECTED, str(exc), delay=60)
-    if isinstance(exc, keyring.KekVersionMissingError | kek.KekMissingError):
+    if isinstance(exc, keyring.KekVersionMissingError | KekMissingError):
         return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEK_MISSING, str(exc), permanent=True)
     if isinstance(exc, kek.KekInvalidError):
         return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEK_INVALID, str(exc), permanent=True)

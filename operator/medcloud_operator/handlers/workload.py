@@ -33,8 +33,11 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from medcloud.kube.client import DEPLOYMENT, LIMIT_RANGE, Kind, Manifest
 from medcloud.models import GROUP, VERSION, ConditionStatus, StatusBase
-from medcloud_operator import OPERATOR_NAME, events, labels, metrics
+from medcloud.models.conditions import now_utc
+from medcloud.tenancy import labels
+from medcloud_operator import OPERATOR_NAME, events, metrics
 from medcloud_operator.apply import Applied, TerminatingError, apply, prune
 from medcloud_operator.builders.hospital import LIMITS_NAME
 from medcloud_operator.builders.workload import (
@@ -45,7 +48,6 @@ from medcloud_operator.builders.workload import (
     judge_rollout,
 )
 from medcloud_operator.catalog import WorkloadSettings
-from medcloud_operator.conditions import now_utc
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import (
     Logger,
@@ -56,7 +58,7 @@ from medcloud_operator.handlers.common import (
     report_applied,
     retry_on_conflict,
 )
-from medcloud_operator.kube import DEPLOYMENT, LIMIT_RANGE, Kind, Kube, Manifest
+from medcloud_operator.kube import Kube
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.status import Check, parse_status, write_status
 

@@ -1,6 +1,6 @@
 """One structured JSON line per key request: who asked, for which store and key version, and what they got.
 
-Never the key, never the token. Written to the ``medcloud.keyservice.audit``
+Never the key, never the token. Written to the ``medcloud_keyservice.audit``
 logger at INFO, one JSON object per line, so a log pipeline can ship it to
 the audit store without parsing free text.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-log = logging.getLogger("medcloud.keyservice.audit")
+log = logging.getLogger("medcloud_keyservice.audit")
 
-EVENT = "medcloud.keyservice.unwrap"
+EVENT = "medcloud_keyservice.unwrap"
 
 
 class Result(StrEnum):

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from medcloud.keyservice.settings import DEFAULT_AUDIENCE
 from medcloud.kube.crds import install_crds
-from medcloud.localcluster.cluster import LocalCluster
-from medcloud.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
-from medcloud.localcluster.process import free_port
+from medcloud_cli.localcluster.cluster import LocalCluster
+from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
+from medcloud_cli.localcluster.process import free_port
+from medcloud_keyservice.settings import DEFAULT_AUDIENCE
 
 SYSTEM_NAMESPACE = "medcloud-system"
 # The identities the platform's processes run as (deploy/*-rbac.yaml), and the
@@ -114,7 +114,7 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
         "MEDCLOUD_KEYSERVICE_HOST": "127.0.0.1",
         "MEDCLOUD_KEYSERVICE_PORT": str(keys_port),
     }
-    keys = cluster.spawn("keyservice", [python, "-m", "medcloud.keyservice"], (keys_port,), env=keys_env)
+    keys = cluster.spawn("keyservice", [python, "-m", "medcloud_keyservice"], (keys_port,), env=keys_env)
     # /readyz answers once the cluster grants the service's RBAC (reviews, Secrets), which takes a moment to apply.
     keys.wait_ready(lambda: _http_ok(f"{key_service_url}/readyz"), 60)
 
@@ -143,7 +143,7 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
         "MEDCLOUD_API_HOST": "127.0.0.1",
         "MEDCLOUD_API_PORT": str(api_port),
     }
-    api_proc = cluster.spawn("api", [python, "-m", "medcloud.cli", "api"], (api_port,), env=api_env)
+    api_proc = cluster.spawn("api", [python, "-m", "medcloud_cli.main", "api"], (api_port,), env=api_env)
     api_proc.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{api_port}/readyz"), 60)
     info = PlatformInfo(
         api_url=f"http://127.0.0.1:{api_port}",

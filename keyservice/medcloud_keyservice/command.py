@@ -1,16 +1,17 @@
-"""``python -m medcloud.keyservice``: serve the key service (settings from ``MEDCLOUD_KEYSERVICE_*``)."""
+"""`medcloud keyservice`: serve the key service (settings from ``MEDCLOUD_KEYSERVICE_*``)."""
 
 from __future__ import annotations
 
 import logging
 
-import uvicorn
 
-from medcloud.keyservice.app import create_app
-from medcloud.keyservice.settings import KeyServiceSettings
+def run() -> None:
+    """Serve the key service: a RecordStore's data keys, for callers the cluster authorises, every answer audited."""
+    import uvicorn
 
+    from medcloud_keyservice.app import create_app
+    from medcloud_keyservice.settings import KeyServiceSettings
 
-def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = KeyServiceSettings()
     uvicorn.run(
@@ -22,7 +23,3 @@ def main() -> None:
         # The access log names paths only, never headers; the audit log is the record that matters.
         access_log=False,
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -12,7 +12,7 @@ not exist; 410 once the store's keys were crypto-shredded; 503 when the KEK
 or key ring cannot be read. Authorisation comes first, so a caller without
 the grant learns nothing about which stores exist.
 
-Every answer is audited (see :mod:`medcloud.keyservice.audit`) and carries
+Every answer is audited (see :mod:`medcloud_keyservice.audit`) and carries
 ``Cache-Control: no-store``: a key must not sit in a proxy's cache.
 """
 
@@ -31,18 +31,21 @@ from pydantic.alias_generators import to_camel
 from starlette.responses import Response
 from urllib3.exceptions import HTTPError
 
-from medcloud.keyservice import audit
-from medcloud.keyservice.audit import Result, UnwrapRecord
-from medcloud.keyservice.auth import Authorizer, Caller
-from medcloud.keyservice.settings import KeyServiceSettings
+from medcloud.auth import Caller
+from medcloud.kube.client import Kube, new_api_client
 from medcloud.records.keys import KeyRing, KeyShreddedError, UnknownKeyVersionError
-from medcloud_operator import kek, keyring
-from medcloud_operator.builders.recordstore import InvalidStoreError, StoreNames
-from medcloud_operator.kube import Kube, new_api_client
+from medcloud.tenancy import kek, keyring
+from medcloud.tenancy.store import InvalidStoreError, StoreNames
+from medcloud_keyservice import audit
+from medcloud_keyservice.access import Authorizer
+from medcloud_keyservice.audit import Result, UnwrapRecord
+from medcloud_keyservice.settings import KeyServiceSettings
 
-log = logging.getLogger("medcloud.keyservice")
+log = logging.getLogger("medcloud_keyservice")
 
 CURRENT = "current"
+SERVICE_NAME = "medcloud-keyservice"
+"""Field manager and user agent of the key service (it only reads)."""
 
 
 class DataKey(BaseModel):
@@ -79,7 +82,7 @@ class KeyService:
 
     def __init__(self, settings: KeyServiceSettings, api_client: client.ApiClient) -> None:
         self.settings = settings
-        self.kube = Kube(api_client)
+        self.kube = Kube(api_client, field_manager=SERVICE_NAME)
         self.authorizer = Authorizer(api_client, settings.audience, settings.kube_timeout_seconds)
 
     def caller(self, credentials: HTTPAuthorizationCredentials | None) -> Caller:
@@ -129,7 +132,7 @@ def _client_from(settings: KeyServiceSettings) -> client.ApiClient:
         # The kubernetes package leaves its config loaders unannotated.
         api: client.ApiClient = config.new_client_from_config(config_file=str(settings.kubeconfig))  # type: ignore[no-untyped-call]
         return api
-    return new_api_client()
+    return new_api_client(SERVICE_NAME)
 
 
 def create_app(settings: KeyServiceSettings | None = None, api_client: client.ApiClient | None = None) -> FastAPI:

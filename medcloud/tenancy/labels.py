@@ -7,7 +7,8 @@ collector cascade into deleting a tenant namespace full of medical records.
 
 from __future__ import annotations
 
-from medcloud_operator import OPERATOR_NAME
+OPERATOR_NAME = "medcloud-operator"
+"""Field manager, user agent and ``app.kubernetes.io/managed-by`` value of everything the operator writes."""
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 PART_OF = "app.kubernetes.io/part-of"

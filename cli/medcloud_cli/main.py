@@ -1,12 +1,18 @@
-"""The `medcloud` command: one entry point, one sub-command group per concern."""
+"""The `medcloud` command: one entry point, one sub-command per deployable and per concern.
+
+The roof of the layout: it imports each deployable's own command (operator,
+api, gateway, keyservice) and the local cluster; nothing imports it.
+"""
 
 from __future__ import annotations
 
 import typer
 
-from medcloud.commands import api, crds, dev, onboard, records
-from medcloud.commands import operator as operator_command
+from medcloud_api import command as api_command
+from medcloud_cli.commands import crds, dev, onboard, records
 from medcloud_gateway import command as gateway_command
+from medcloud_keyservice import command as keyservice_command
+from medcloud_operator import command as operator_command
 
 app = typer.Typer(
     name="medcloud",
@@ -17,10 +23,11 @@ app = typer.Typer(
 app.add_typer(dev.app, name="dev")
 app.add_typer(crds.app, name="crds")
 app.add_typer(records.app, name="records")
-app.command("api")(api.serve)
+app.command("api")(api_command.serve)
 app.command("onboard")(onboard.run)
 app.command("operator")(operator_command.run)
 app.command("gateway")(gateway_command.run)
+app.command("keyservice")(keyservice_command.run)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,8 +7,8 @@ whom RBAC allows ``get`` on ``recordstores/keys`` for that store
 (SubjectAccessReview). Why this design, and what it does and does not
 protect against: ``docs/threat-model.md``.
 
-- :func:`medcloud.keyservice.app.create_app` builds the FastAPI app;
-- :class:`medcloud.keyservice.client.HttpKeyProvider` is the record client's
+- :func:`medcloud_keyservice.app.create_app` builds the FastAPI app;
+- :class:`medcloud.records.keyclient.HttpKeyProvider` is the record client's
   :class:`~medcloud.records.client.KeyProvider` that calls it;
-- ``python -m medcloud.keyservice`` serves it.
+- ``medcloud keyservice`` (or ``python -m medcloud_keyservice``) serves it.
 """

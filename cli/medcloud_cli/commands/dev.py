@@ -10,16 +10,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medcloud.localcluster import binaries
-from medcloud.localcluster.cluster import (
+from medcloud_cli.localcluster import binaries
+from medcloud_cli.localcluster.cluster import (
     ClusterOptions,
     ClusterState,
     LocalCluster,
     iter_status,
     stop_from_state,
 )
-from medcloud.localcluster.platform import PlatformInfo, start_platform
-from medcloud.localcluster.process import StartupError
+from medcloud_cli.localcluster.platform import PlatformInfo, start_platform
+from medcloud_cli.localcluster.process import StartupError
 
 app = typer.Typer(help="Run MedCloud on a local cluster on 127.0.0.1 (like `kind`, without containers).")
 # Neither wraps: export lines and the commands shown on stderr must stay copyable.

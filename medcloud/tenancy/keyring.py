@@ -27,10 +27,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from medcloud.kube.client import SECRET, Kube, Manifest
 from medcloud.records.keys import KeyRing, KeyUnwrapError
-from medcloud_operator import kek
-from medcloud_operator.builders.recordstore import STORE_ANNOTATION, StoreNames, store_labels
-from medcloud_operator.kube import SECRET, Kube, Manifest
+from medcloud.tenancy import kek
+from medcloud.tenancy.store import STORE_ANNOTATION, StoreNames, store_labels
 
 SECRET_TYPE = "medcloud.io/keyring"  # noqa: S105 - the name of a Secret type, not a secret
 DATA_KEY = "keyring.json"

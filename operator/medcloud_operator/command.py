@@ -1,4 +1,4 @@
-"""`medcloud operator`: run the Kopf operator in the foreground.
+"""`medcloud operator`: run the Kopf operator in the foreground (the operator's own entry point).
 
 Settings come from ``MEDCLOUD_*`` environment variables (see
 ``medcloud_operator.settings``); the options here override the few that
@@ -8,7 +8,6 @@ which is what a container or `medcloud dev up` starts.
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import kopf
@@ -17,16 +16,6 @@ import typer
 from medcloud_operator.settings import OperatorSettings
 
 app = typer.Typer(help="Run the MedCloud operator.", add_completion=False)
-
-
-def operator_argv(*, standalone: bool = True, probe_port: int | None = None) -> list[str]:
-    """The command line of a detached operator process (for `medcloud dev up`); set KUBECONFIG in its env."""
-    argv = [sys.executable, "-m", "medcloud_operator"]
-    if standalone:
-        argv.append("--standalone")
-    if probe_port is not None:
-        argv += ["--liveness", f"http://127.0.0.1:{probe_port}/healthz"]
-    return argv
 
 
 @app.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from medcloud.localcluster.pki import KeyPair
+from medcloud_cli.localcluster.pki import KeyPair
 
 
 def _b64(path: Path) -> str:

@@ -25,10 +25,10 @@ from typing import Any
 
 import yaml
 
-from medcloud.localcluster import binaries
-from medcloud.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
-from medcloud.localcluster.pki import CertificateAuthority, KeyPair, service_account_signer
-from medcloud.localcluster.process import (
+from medcloud_cli.localcluster import binaries
+from medcloud_cli.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
+from medcloud_cli.localcluster.pki import CertificateAuthority, KeyPair, service_account_signer
+from medcloud_cli.localcluster.process import (
     ServerProcess,
     StartupError,
     free_port,

@@ -30,19 +30,14 @@ import typer
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from medcloud.keyservice.client import HttpKeyProvider
+from medcloud.kube.client import Kube
 from medcloud.models import GROUP, VERSION
 from medcloud.records.client import InMemoryKeyProvider, KeyProvider, RecordClient
+from medcloud.records.keyclient import HttpKeyProvider
 from medcloud.records.keys import RecordCryptoError
-from medcloud_operator import keyring
-from medcloud_operator.builders.recordstore import (
-    ACCESS_KEY_FIELD,
-    SECRET_KEY_FIELD,
-    Endpoint,
-    StoreNames,
-    decoded,
-)
-from medcloud_operator.kube import Kube
+from medcloud.tenancy import keyring
+from medcloud.tenancy.credentials import ACCESS_KEY_FIELD, SECRET_KEY_FIELD, Endpoint, decoded
+from medcloud.tenancy.store import StoreNames
 
 app = typer.Typer(
     help=(
@@ -117,7 +112,9 @@ def direct_key_provider(
     """The store's keys read straight from the operator namespace (cluster administrators, local dev)."""
     names = StoreNames.of(namespace, store)
     try:
-        return InMemoryKeyProvider(keyring.load(Kube(api_client), names, operator_namespace))
+        return InMemoryKeyProvider(
+            keyring.load(Kube(api_client, field_manager="medcloud-cli"), names, operator_namespace)
+        )
     except ApiException as exc:
         raise RecordsCommandError(
             f"cannot read the keys of {namespace}/{store} from namespace {operator_namespace} ({exc.reason}); "

@@ -22,10 +22,12 @@ dev-status:
 manifests: bootstrap
 	$(BIN)/medcloud crds generate
 
+# lint-imports: the layout's import rule (pyproject.toml [tool.importlinter], docs/architecture.md).
 lint: bootstrap
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 unit: bootstrap
 	$(BIN)/pytest tests/unit

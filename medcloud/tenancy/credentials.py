@@ -43,6 +43,8 @@ class Endpoint:
 
 SECRET_KEY_FIELD = "COSI_S3_ACCESS_SECRET_KEY"  # noqa: S105 - a key name, not a secret
 ACCESS_KEY_FIELD = "COSI_S3_ACCESS_KEY_ID"
+KEY_SERVICE_URL_FIELD = "MEDCLOUD_KEY_SERVICE_URL"
+"""Where the store's data keys are served; the workloads mounting the Secret see it as this variable."""
 
 
 def build_credentials_secret(
@@ -81,7 +83,7 @@ def build_credentials_secret(
     if ca_pem:
         data["COSI_CERTIFICATE_AUTHORITY"] = ca_pem
     if key_service_url:
-        data["MEDCLOUD_KEY_SERVICE_URL"] = key_service_url
+        data[KEY_SERVICE_URL_FIELD] = key_service_url
     return {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -332,7 +332,7 @@ def test_api_probes() -> None:
 # test_every_deploy_file_is_accounted_for until someone decides.
 MIRRORED = ("operator-rbac.yaml", "recordstore-operator-rbac.yaml", "api-rbac.yaml", "keyservice-rbac.yaml")
 NOT_MIRRORED = {
-    "kopf-peering-crds.yaml": "CRDs: shipped in charts/medcloud/crds (tests/unit/test_chart_crds.py)",
+    "kopf-peering-crds.yaml": "CRDs: shipped in charts/medcloud/crds (tests/unit/medcloud/test_chart_crds.py)",
     "city-admin-rbac.yaml": "its ClusterRole is mirrored below; its ServiceAccount and binding are for dev up only",
 }
 RBAC_KINDS = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount")

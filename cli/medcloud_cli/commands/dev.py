@@ -10,12 +10,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medcloud_cli import environment as env
 from medcloud_cli.localcluster import binaries
 from medcloud_cli.localcluster.cluster import (
+    KEPT_STATE,
     ClusterOptions,
     ClusterState,
     LocalCluster,
+    NotAStateDirError,
     iter_status,
+    purge_state,
     stop_from_state,
 )
 from medcloud_cli.localcluster.platform import PlatformInfo, start_platform
@@ -28,7 +32,7 @@ out = Console(soft_wrap=True)
 
 
 def default_state_dir() -> Path:
-    configured = os.environ.get("MEDCLOUD_DEV_DIR")
+    configured = os.environ.get(env.DEV_DIR)
     if configured:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -37,7 +41,7 @@ def default_state_dir() -> Path:
 
 StateDir = Annotated[
     Path,
-    typer.Option("--state-dir", help="Where data, certificates, kubeconfigs and logs live.", envvar="MEDCLOUD_DEV_DIR"),
+    typer.Option("--state-dir", help="Where data, certificates, kubeconfigs and logs live.", envvar=env.DEV_DIR),
 ]
 
 
@@ -83,24 +87,23 @@ def up(
 
 def _print_ready(state: ClusterState, platform: PlatformInfo | None) -> None:
     console.print("[green]MedCloud is running on the local cluster.[/green]")
-    out.print(f"export KUBECONFIG={state.kubeconfig}")
+    out.print(f"export {env.KUBECONFIG}={state.kubeconfig}")
     if state.minio is not None:
-        out.print(f"export MEDCLOUD_MINIO_ENDPOINT=http://{state.minio.endpoint}")
-        out.print(f"export MEDCLOUD_MINIO_ACCESS_KEY={state.minio.access_key}")
-        out.print(f"export MEDCLOUD_MINIO_SECRET_KEY={state.minio.secret_key}")
+        out.print(f"export {env.MINIO_ENDPOINT}=http://{state.minio.endpoint}")
+        out.print(f"export {env.MINIO_ACCESS_KEY}={state.minio.access_key}")
+        out.print(f"export {env.MINIO_SECRET_KEY}={state.minio.secret_key}")
     if state.broker is not None:
-        out.print(f"export MEDCLOUD_MQTT=mqtts://{state.broker.host}:{state.broker.port}")
+        out.print(f"export {env.MQTT_URL}=mqtts://{state.broker.host}:{state.broker.port}")
     if platform is not None:
-        out.print(f"export MEDCLOUD_API={platform.api_url}")
-        out.print(f"export MEDCLOUD_TOKEN={platform.city_admin_token}")
-        # `medcloud records` reads this (the stores' Secrets name the same URL).
-        out.print(f"export MEDCLOUD_KEY_SERVICE_URL={platform.key_service_url}")
+        out.print(f"export {env.API_URL}={platform.api_url}")
+        out.print(f"export {env.API_TOKEN}={platform.city_admin_token}")
+        out.print(f"export {env.KEY_SERVICE_URL}={platform.key_service_url}")
         console.print(f"operator metrics: {platform.operator_metrics}")
         console.print("try: kubectl apply -f examples/   or   medcloud onboard hospital.yaml")
         console.print(
             f"record keys: a token for audience {platform.key_service_audience} of an account granted "
             "`get recordstores/keys` (docs/local-cluster.md), e.g.\n"
-            f"  export MEDCLOUD_KEY_SERVICE_TOKEN=$(kubectl create token APP -n NAMESPACE "
+            f"  export {env.KEY_SERVICE_TOKEN}=$(kubectl create token APP -n NAMESPACE "
             f"--audience {platform.key_service_audience})"
         )
     console.print(f"unprivileged identity: KUBECONFIG={state.user_kubeconfig}")
@@ -129,10 +132,29 @@ def status(state_dir: StateDir = default_state_dir()) -> None:  # noqa: B008
 
 
 @app.command()
-def down(state_dir: StateDir = default_state_dir()) -> None:  # noqa: B008
-    """Stop every local server and keep the state directory's logs."""
+def down(
+    state_dir: StateDir = default_state_dir(),  # noqa: B008
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Also delete the state directory: the next `dev up` starts empty.")
+    ] = False,
+) -> None:
+    """Stop every local server. The state directory stays (the next `dev up` resumes it) unless --purge."""
     stopped = stop_from_state(state_dir)
     if stopped:
         console.print(f"stopped: {', '.join(stopped)}")
     else:
         console.print("nothing was running")
+    if purge:
+        try:
+            purged = purge_state(state_dir)
+        except NotAStateDirError as exc:
+            console.print(f"[red]not purged:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        console.print(f"deleted {state_dir}" if purged else f"nothing to delete at {state_dir}")
+        return
+    if state_dir.exists():
+        console.print(f"kept in {state_dir}:")
+        for entry, what in KEPT_STATE:
+            if (state_dir / entry).exists():
+                console.print(f"  {entry}/: {what}")
+        console.print("start clean: medcloud dev down --purge")

@@ -9,6 +9,7 @@ Server-Sent Events stream until the hospital is Ready or fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from medcloud.models import hospital_namespace
+from medcloud_cli import environment as env
 
 console = Console(stderr=True)
 out = Console()
@@ -140,6 +142,10 @@ class ProgressView:
         elif sse.event == "readiness":
             self.summary = f"[bold]{payload.get('state')}[/bold]: {payload.get('summary')}"
 
+    def finish(self) -> None:
+        """The stream is done: drop the running summary, which the verdict line would only repeat."""
+        self.summary = ""
+
     def render(self) -> Group:
         table = Table(title=f"Onboarding {self.name}", expand=False)
         for column in ("layer", "kind", "name", "state", "message"):
@@ -153,7 +159,7 @@ class ProgressView:
                 Text(state, style=STATE_STYLES.get(state, "")),
                 str(payload.get("message") or ""),
             )
-        return Group(table, Text.from_markup(self.summary))
+        return Group(table, Text.from_markup(self.summary)) if self.summary else Group(table)
 
 
 def print_problem(response: httpx.Response) -> None:
@@ -175,37 +181,56 @@ def print_problem(response: httpx.Response) -> None:
         )
 
 
-def follow(http: httpx.Client, name: str, timeout: float) -> str:
-    """Show progress until the stream's done event; the result (Ready, Failed, Timeout, ...)."""
+def show_progress(name: str, events: Iterable[ServerSentEvent], screen: Console) -> tuple[str, str]:
+    """Draw the components table on ``screen`` until the stream's done event; its (result, detail).
+
+    On a terminal the table is redrawn live; anywhere else (a pipe, a CI log)
+    it is printed once, at the end. Either way it ends with a newline, and the
+    verdict is left to the one line :func:`verdict` prints.
+    """
     view = ProgressView(name)
     result, detail = "Error", "the progress stream ended without a result"
-    with (
-        Live(view.render(), console=console, refresh_per_second=4) as live,
-        http.stream("GET", f"/v1/hospitals/{name}/events", params={"timeout": timeout}) as response,
-    ):
-        if response.status_code != 200:
-            response.read()
-            print_problem(response)
-            return "Error"
-        for sse in iter_sse(response.iter_lines()):
+    live = Live(view.render(), console=screen, refresh_per_second=4) if screen.is_terminal else None
+    with live or contextlib.nullcontext():
+        for sse in events:
             if sse.event == "done":
                 payload = sse.json()
                 result, detail = str(payload.get("result")), str(payload.get("detail") or "")
                 break
             view.update(sse)
+            if live is not None:
+                live.update(view.render())
+        view.finish()
+        if live is not None:
             live.update(view.render())
+    if live is None:
+        screen.print(view.render())
+    return result, detail
+
+
+def verdict(name: str, result: str, detail: str) -> str:
+    """The one line that ends `medcloud onboard`: the hospital, its result and why."""
     style = "green" if result == "Ready" else "red"
-    out.print(f"[{style}]{name}: {result}[/{style}] {detail}")
+    return f"[{style}]{name}: {result}[/{style}] {detail}".rstrip()
+
+
+def follow(http: httpx.Client, name: str, timeout: float) -> str:
+    """Show progress until the stream's done event; the result (Ready, Failed, Timeout, ...)."""
+    with http.stream("GET", f"/v1/hospitals/{name}/events", params={"timeout": timeout}) as response:
+        if response.status_code != 200:
+            response.read()
+            print_problem(response)
+            return "Error"
+        result, detail = show_progress(name, iter_sse(response.iter_lines()), console)
+    out.print(verdict(name, result, detail))
     return result
 
 
 def run(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Request body or manifests (YAML).")],
-    api: Annotated[
-        str, typer.Option(envvar="MEDCLOUD_API_URL", help="URL of the control API.")
-    ] = "http://127.0.0.1:8080",
+    api: Annotated[str, typer.Option(envvar=env.API_URL, help="URL of the control API.")] = "http://127.0.0.1:8080",
     token: Annotated[
-        str, typer.Option(envvar="MEDCLOUD_TOKEN", help="Bearer token, e.g. from `kubectl create token`.")
+        str, typer.Option(envvar=env.API_TOKEN, help="Bearer token, e.g. from `kubectl create token`.")
     ] = "",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for Ready.")] = 600.0,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow progress until Ready or failure.")] = True,
@@ -214,7 +239,7 @@ def run(
     """Onboard a hospital through the control API and show each layer come up."""
     if not token:
         console.print(
-            "[red]a token is required[/red]: --token or MEDCLOUD_TOKEN (e.g. `kubectl create token city-admin`)"
+            f"[red]a token is required[/red]: --token or {env.API_TOKEN} (e.g. `kubectl create token city-admin`)"
         )
         raise typer.Exit(2)
     try:

@@ -36,8 +36,9 @@ from medcloud.records.client import InMemoryKeyProvider, KeyProvider, RecordClie
 from medcloud.records.keyclient import HttpKeyProvider
 from medcloud.records.keys import RecordCryptoError
 from medcloud.tenancy import keyring
-from medcloud.tenancy.credentials import ACCESS_KEY_FIELD, SECRET_KEY_FIELD, Endpoint, decoded
+from medcloud.tenancy.credentials import ACCESS_KEY_FIELD, KEY_SERVICE_URL_FIELD, SECRET_KEY_FIELD, Endpoint, decoded
 from medcloud.tenancy.store import StoreNames
+from medcloud_cli import environment as env
 
 app = typer.Typer(
     help=(
@@ -102,7 +103,7 @@ def store_access(api_client: client.ApiClient, namespace: str, store: str) -> St
         endpoint=Endpoint.parse(endpoint),
         access_key=access,
         secret_key=secret_key,
-        key_service_url=decoded(manifest, "MEDCLOUD_KEY_SERVICE_URL"),
+        key_service_url=decoded(manifest, KEY_SERVICE_URL_FIELD),
     )
 
 
@@ -145,13 +146,13 @@ KubeconfigOpt = Annotated[
 KeyServiceOpt = Annotated[
     str | None,
     typer.Option(
-        envvar="MEDCLOUD_KEY_SERVICE_URL",
+        envvar=env.KEY_SERVICE_URL,
         help="URL of the key service; default: the one the store's Secret names.",
     ),
 ]
 TokenOpt = Annotated[
     str | None,
-    typer.Option(envvar="MEDCLOUD_KEY_SERVICE_TOKEN", help="Bearer token for the key service (its audience)."),
+    typer.Option(envvar=env.KEY_SERVICE_TOKEN, help="Bearer token for the key service (its audience)."),
 ]
 TokenFileOpt = Annotated[Path | None, typer.Option(help="File holding the bearer token (re-read on every request).")]
 DirectOpt = Annotated[
@@ -187,11 +188,11 @@ def _keys(api_client: client.ApiClient, access: StoreAccess, source: KeySource) 
     url = source.key_service or access.key_service_url
     if not url:
         raise RecordsCommandError(
-            "no key service: pass --key-service (or MEDCLOUD_KEY_SERVICE_URL), or --direct-keys on a dev cluster"
+            f"no key service: pass --key-service (or {env.KEY_SERVICE_URL}), or --direct-keys on a dev cluster"
         )
     if not (source.token or source.token_file):
         raise RecordsCommandError(
-            "the key service needs a bearer token: --token, --token-file or MEDCLOUD_KEY_SERVICE_TOKEN"
+            f"the key service needs a bearer token: --token, --token-file or {env.KEY_SERVICE_TOKEN}"
         )
     return HttpKeyProvider(
         url,

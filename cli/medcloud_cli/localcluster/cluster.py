@@ -586,6 +586,35 @@ def stop_from_state(state_dir: Path, grace: float = 10.0) -> list[str]:
     return stopped
 
 
+KEPT_STATE = (
+    ("etcd", "the cluster's data (every Hospital, RecordStore, ... comes back with the next `dev up`)"),
+    ("minio-data", "MinIO's buckets (the encrypted records)"),
+    ("pki", "certificates and keys"),
+    ("logs", "the servers' logs"),
+)
+"""What `medcloud dev down` leaves in the state directory, and why a person would care."""
+
+
+class NotAStateDirError(RuntimeError):
+    """The directory does not look like a local cluster's state: it is never deleted."""
+
+
+def purge_state(state_dir: Path) -> bool:
+    """Delete the state directory of a stopped local cluster; False when there was none.
+
+    Only a directory the local cluster made is deleted (it holds the state
+    file, its PKI or its etcd data): a mistyped ``--state-dir`` never costs
+    anyone their files.
+    """
+    if not state_dir.exists():
+        return False
+    marks = (LocalCluster.STATE_FILE, "pki", "etcd")
+    if not state_dir.is_dir() or not any((state_dir / mark).exists() for mark in marks):
+        raise NotAStateDirError(f"{state_dir} holds no local cluster state ({', '.join(marks)}); not deleting it")
+    shutil.rmtree(state_dir)
+    return True
+
+
 def iter_status(state_dir: Path) -> Iterator[tuple[str, int, bool]]:
     """(name, pid, alive) for each server recorded in ``state_dir``."""
     path = state_dir / LocalCluster.STATE_FILE

@@ -8,7 +8,7 @@ import yaml
 
 from medcloud_api.sharing import member_flows
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "consortium.yaml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "consortium.yaml"
 
 
 def flows(member: str, direction: int) -> dict[str, list[str]]:

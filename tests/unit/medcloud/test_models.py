@@ -33,7 +33,7 @@ from medcloud.models import (
 )
 from medcloud.models.common import parse_quantity
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def example_documents() -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CRDS = ROOT / "crds"
 CHART_CRDS = ROOT / "charts" / "medcloud" / "crds"
 PEERING_FILE = "kopf.dev_peerings.yaml"

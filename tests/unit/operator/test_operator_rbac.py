@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 MANIFEST = DEPLOY / "operator-rbac.yaml"
 OPERATOR_FILES = ("operator-rbac.yaml", "recordstore-operator-rbac.yaml")
 TENANT_SECRETS = "medcloud-operator-tenant-secrets"

@@ -14,7 +14,7 @@ from medcloud import crdgen
 from medcloud.models import KINDS, Consortium, DeviceGateway, Hospital, RecordStore, Resource
 from medcloud_cli.commands.crds import app as crds_app
 
-CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
+CRDS_DIR = Path(__file__).resolve().parents[3] / "crds"
 
 
 def nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 
 from medcloud_api.plan import reference_errors, resolve
 from medcloud_api.schemas import HospitalCreate
-from medcloud_cli.commands.onboard import OnboardFileError, ProgressView, iter_sse, request_from_documents
+from medcloud_cli.commands.onboard import (
+    OnboardFileError,
+    ProgressView,
+    iter_sse,
+    request_from_documents,
+    show_progress,
+    verdict,
+)
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def test_example_manifests_become_a_valid_request() -> None:
@@ -80,3 +89,33 @@ def test_server_sent_events_are_parsed_with_comments_and_multi_line_data() -> No
     view = ProgressView("maple")
     view.update(events[0])
     assert view.rows[("RecordStore", "emr")]["state"] == "Ready"
+
+
+def test_the_last_line_is_the_verdict_once_and_ends_with_a_newline() -> None:
+    """As a pipe or CI log shows it (stderr and stdout in one stream): no `...readyvillage-oak: Ready ...`."""
+    stream = [
+        "event: layer",
+        'data: {"layer":"tenancy","kind":"Hospital","name":"village-oak","state":"Ready","message":"ok"}',
+        "",
+        "event: readiness",
+        'data: {"state":"Provisioning","summary":"5 of 6 components are ready"}',
+        "",
+        "event: readiness",
+        'data: {"state":"Ready","summary":"all 6 components are ready"}',
+        "",
+        "event: done",
+        'data: {"result":"Ready","detail":"all 6 components are ready"}',
+        "",
+    ]
+    merged = io.StringIO()
+    stderr, stdout = Console(file=merged, width=160), Console(file=merged, width=160)
+
+    result, detail = show_progress("village-oak", iter_sse(stream), stderr)
+    stdout.print(verdict("village-oak", result, detail))
+
+    text = merged.getvalue()
+    assert (result, detail) == ("Ready", "all 6 components are ready")
+    assert text.endswith("\n")
+    assert text.count("all 6 components are ready") == 1, text
+    assert text.splitlines()[-1] == "village-oak: Ready all 6 components are ready"
+    assert "Onboarding village-oak" in text, "the table of components is still shown"

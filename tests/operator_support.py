@@ -27,6 +27,8 @@ from kubernetes.client.exceptions import ApiException
 
 from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.process import free_port
+from medcloud_operator.main import build_registry
+from medcloud_operator.settings import OperatorSettings
 from tests.support import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,10 +248,10 @@ def run_operator(
             "--all-namespaces",
             "--verbose",
             f"--liveness=http://127.0.0.1:{probe_port}/healthz",
-            "-m",
-            "medcloud_operator.main",
         ]
-        with KopfRunner(args, timeout=timeout) as runner:
+        # The settings are read now, from the environment above, as `medcloud operator` reads them at start.
+        registry = build_registry(OperatorSettings())
+        with KopfRunner(args, timeout=timeout, registry=registry) as runner:
             wait_for(partial(healthz, probe_port), "the operator's liveness endpoint", timeout=60)
             yield RunningOperator(metrics_port, probe_port, runner)
     assert runner.exception is None, runner.output

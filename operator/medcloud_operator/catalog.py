@@ -12,41 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from medcloud import __version__
 from medcloud.models import CatalogApp
 from medcloud.models.appinstance import APPS_NEEDING_RECORD_STORE
-
-
-class WorkloadSettings(BaseSettings):
-    """Images and publishing of the workloads the operator runs; each field is ``MEDCLOUD_<FIELD>``."""
-
-    model_config = SettingsConfigDict(env_prefix="MEDCLOUD_", extra="ignore")
-
-    app_image_prefix: str = Field(
-        default="registry.medcloud.local/apps",
-        min_length=1,
-        description="Registry path of the catalog apps' images: <prefix>/<app>:<version>.",
-    )
-    gateway_image: str = Field(
-        default="registry.medcloud.local/medcloud-gateway",
-        min_length=1,
-        description="Image (without tag) every DeviceGateway runs.",
-    )
-    gateway_version: str = Field(
-        default=__version__, min_length=1, description="Tag of the device gateway image; MedCloud's own version."
-    )
-    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
-        default="IfNotPresent", description="Pull policy of app and gateway containers."
-    )
-    ingress_class: str | None = Field(
-        default=None,
-        description="ingressClassName of the Ingresses of exposed apps; unset: the cluster's default class.",
-    )
+from medcloud_operator.settings import WorkloadSettings
 
 
 @dataclass(frozen=True)

@@ -55,10 +55,11 @@ def run(
         liveness = f"http://0.0.0.0:{settings.probe_port}/healthz"
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat[(log_format or settings.log_format).upper()])
 
-    # Imported here: importing registers the handlers, and only this command should.
-    from medcloud_operator import main  # noqa: F401
+    # Imported here: the handlers (and what they import) load only when the operator runs.
+    from medcloud_operator.main import build_registry
 
     kopf.run(
+        registry=build_registry(settings),
         clusterwide=not namespaces,
         namespaces=namespaces,
         standalone=True if standalone else None,

@@ -1,4 +1,10 @@
-"""What every handler shares for the life of the operator process, kept in Kopf's ``memo``."""
+"""What every handler shares for the life of the operator process, kept in Kopf's ``memo``: one context.
+
+It is built once, by the startup handler (``medcloud_operator.main``), from
+the settings read at start: the Kubernetes client, the MinIO client (None
+when the operator has no MinIO), the record of the operator's own writes,
+per-object locks and the metrics server.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import kopf
 from medcloud_operator.apply import OwnWrites
 from medcloud_operator.kube import Kube
 from medcloud_operator.settings import OperatorSettings
+from medcloud_operator.storage import Storage
 
 MEMO_KEY = "medcloud"
 
@@ -36,6 +43,8 @@ class KeyedLocks:
 class OperatorContext:
     settings: OperatorSettings
     kube: Kube
+    storage: Storage | None = None
+    """The MinIO client; None when the settings name no MinIO (RecordStores then report StorageNotConfigured)."""
     own_writes: OwnWrites = field(default_factory=OwnWrites)
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     metrics_server: WSGIServer | None = None

@@ -14,10 +14,14 @@ import kopf
 
 from medcloud_operator import metrics
 from medcloud_operator.context import get_context
+from medcloud_operator.settings import OperatorSettings
 
 
-@kopf.on.probe(id="hospitals")
 def hospitals_by_phase(memo: kopf.Memo, **_: Any) -> dict[str, int]:
     """Hospitals this replica has reconciled, by phase (fails if startup did not build the context)."""
     get_context(memo)
     return metrics.PHASES.counts("Hospital")
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    kopf.on.probe(id="hospitals", registry=registry)(hospitals_by_phase)

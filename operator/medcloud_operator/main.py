@@ -1,11 +1,15 @@
-"""The operator's entry point: ``kopf run -m medcloud_operator.main`` (or ``medcloud operator``).
+"""The operator's handlers, registered once the settings are read: :func:`build_registry`.
 
-Importing this module registers every handler; the startup handler below
-tunes Kopf and builds what the handlers share.
+`medcloud operator` (``medcloud_operator.command``) reads the settings once,
+builds the registry with them and runs Kopf on it. Importing this module
+registers nothing and reads no environment: Kopf takes a timer's interval
+when the handler is registered, so registering waits for the settings.
+The startup handler tunes Kopf and builds the one context the handlers share.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -17,18 +21,29 @@ from medcloud.kube.client import CLUSTER_KOPF_PEERING, NAMESPACE, load_configura
 from medcloud.tenancy import labels
 from medcloud_operator import OPERATOR_NAME, health, metrics
 from medcloud_operator.context import MEMO_KEY, OperatorContext, get_context
-from medcloud_operator.handlers import appinstance, consortium, devicegateway, hospital, recordstore, workload
+from medcloud_operator.handlers import appinstance, consortium, devicegateway, hospital, recordstore
 from medcloud_operator.kube import Kube, new_api_client
 from medcloud_operator.settings import OperatorSettings
+from medcloud_operator.storage import Storage
 
-# Registered by import; named here so the imports read as intentional.
-HANDLER_MODULES = (hospital, recordstore, workload, devicegateway, appinstance, consortium, health)
+# Each registers its kind's handlers (``register(registry, settings)``).
+HANDLER_MODULES = (hospital, recordstore, devicegateway, appinstance, consortium, health)
 
 KOPF_DEFAULT_PEERING = "default"
 STATE_PREFIX = "kopf.medcloud.io"
 
 
-@kopf.on.login()
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """Every handler of the operator, registered with ``settings`` (read once, at start)."""
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(id="login", registry=registry)(login)
+    kopf.on.startup(id="configure", registry=registry)(functools.partial(configure, operator_settings=settings))
+    kopf.on.cleanup(id="shutdown", registry=registry)(shutdown)
+    for module in HANDLER_MODULES:
+        module.register(registry, settings)
+    return registry
+
+
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """Credentials from the in-cluster service account or ``$KUBECONFIG``, read now.
 
@@ -53,9 +68,15 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     )
 
 
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    cfg = OperatorSettings()
+def configure(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    operator_settings: OperatorSettings,
+    **_: Any,
+) -> None:
+    """Tune Kopf (``settings``) and build the handlers' one context from the operator's settings."""
+    cfg = operator_settings
     logging.getLogger("medcloud_operator").setLevel(cfg.log_level)
 
     # Peering: replicas coordinate through a ClusterKopfPeering object so that
@@ -102,7 +123,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
         if kind is not NAMESPACE:
             settings.watching.label_selectors[kind.api_version, kind.plural] = labels.managed_selector()
 
-    ctx = OperatorContext(settings=cfg, kube=Kube(new_api_client()))
+    storage = Storage(cfg) if cfg.configured else None
+    ctx = OperatorContext(settings=cfg, kube=Kube(new_api_client()), storage=storage)
     if not settings.peering.standalone and settings.peering.clusterwide:
         _ensure_peering_object(ctx.kube, settings.peering.name, logger)
     if cfg.metrics_port:
@@ -120,6 +142,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Log
             "No record storage endpoint configured (MEDCLOUD_STORAGE_CIDRS / MEDCLOUD_STORAGE_NAMESPACE): "
             "tenant workloads will not be able to reach it"
         )
+    if storage is None:
+        logger.warning(
+            "No MinIO configured (MEDCLOUD_MINIO_ENDPOINT, _ACCESS_KEY, _SECRET_KEY): "
+            "RecordStores will report StorageNotConfigured"
+        )
+    else:
+        logger.info("RecordStores on MinIO at %s (tenants use %s)", storage.endpoint.url, storage.public_endpoint.url)
+    logger.info("Apps from %s/<app>:<version>; gateways run %s", cfg.app_image_prefix, cfg.gateway_image)
 
 
 def _ensure_peering_object(kube: Kube, name: str, logger: kopf.Logger) -> None:
@@ -146,9 +176,10 @@ def _ensure_peering_object(kube: Kube, name: str, logger: kopf.Logger) -> None:
     logger.info("Created ClusterKopfPeering %s", name)
 
 
-@kopf.on.cleanup()
 def shutdown(memo: kopf.Memo, **_: Any) -> None:
     ctx = get_context(memo)
+    if ctx.storage is not None:
+        ctx.storage.close()
     if ctx.metrics_server is not None:
         ctx.metrics_server.shutdown()
         ctx.metrics_server.server_close()

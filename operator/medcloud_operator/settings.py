@@ -1,15 +1,90 @@
-"""The operator's settings, read from ``MEDCLOUD_*`` environment variables."""
+"""The operator's settings: one object, read from ``MEDCLOUD_*`` environment variables once, at start.
+
+:class:`OperatorSettings` is the whole; :class:`WorkloadSettings` and
+:class:`StorageSettings` are the parts that the workload builders and the
+MinIO client take (the whole is each of them, so it can be passed as either).
+Nothing reads the environment at import time: `medcloud operator` reads it
+and registers the handlers with what it read (``medcloud_operator.main``).
+"""
 
 from __future__ import annotations
 
 import secrets
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from medcloud import __version__
 
-class OperatorSettings(BaseSettings):
+
+class WorkloadSettings(BaseModel):
+    """Images and publishing of the workloads the operator runs (apps and device gateways)."""
+
+    app_image_prefix: str = Field(
+        default="registry.medcloud.local/apps",
+        min_length=1,
+        description="Registry path of the catalog apps' images: <prefix>/<app>:<version>.",
+    )
+    gateway_image: str = Field(
+        default="registry.medcloud.local/medcloud-gateway",
+        min_length=1,
+        description="Image (without tag) every DeviceGateway runs.",
+    )
+    gateway_version: str = Field(
+        default=__version__, min_length=1, description="Tag of the device gateway image; MedCloud's own version."
+    )
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
+        default="IfNotPresent", description="Pull policy of app and gateway containers."
+    )
+    ingress_class: str | None = Field(
+        default=None,
+        description="ingressClassName of the Ingresses of exposed apps; unset: the cluster's default class.",
+    )
+
+
+class StorageSettings(BaseModel):
+    """How the operator reaches MinIO and how often it looks at each RecordStore."""
+
+    minio_endpoint: str | None = Field(
+        default=None,
+        description="URL the operator reaches MinIO at, e.g. https://minio.medcloud-storage.svc:9000. Unset: "
+        "RecordStores report StorageNotConfigured.",
+    )
+    minio_access_key: str | None = Field(default=None, description="MinIO user with admin rights (from a Secret).")
+    minio_secret_key: SecretStr | None = Field(default=None, description="Its secret key (from a Secret).")
+    minio_region: str = Field(default="us-east-1", description="Region MinIO reports; written into the Secrets.")
+    minio_ca_file: str | None = Field(default=None, description="CA bundle for MinIO's TLS certificate.")
+    minio_public_endpoint: str | None = Field(
+        default=None,
+        description="URL tenants reach MinIO at, written into credentials Secrets; default: minio_endpoint.",
+    )
+    minio_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Read timeout of one MinIO request; connecting gives up after 5 seconds."
+    )
+    key_service_url: str | None = Field(
+        default=None,
+        description="URL of the key service, written into credentials Secrets as MEDCLOUD_KEY_SERVICE_URL.",
+    )
+    recordstore_refresh_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "How often every RecordStore is reconciled without events: usage is re-counted (a listing of "
+            "the bucket), scheduled key rotations and KEK rotations are picked up, and a lost MinIO is "
+            "noticed. Read once, when handlers register."
+        ),
+    )
+    recordstore_retry_max_seconds: float = Field(
+        default=300.0, gt=0, description="Longest wait between retries while MinIO is unavailable."
+    )
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.minio_endpoint and self.minio_access_key and self.minio_secret_key)
+
+
+class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
     """Everything an operator deployment may tune; each field is ``MEDCLOUD_<FIELD>`` in the environment.
 
     Lists and maps are JSON in the environment, e.g.

@@ -10,8 +10,9 @@ of three errors the handler turns into conditions:
   lack a permission or a value is invalid; retried slowly, needs a person.
 - :class:`BucketConflictError`: the bucket exists but is not this store's.
 
-The operator's own MinIO credentials (root or an admin user) come from the
-environment (``MEDCLOUD_MINIO_*``), which a deployment fills from a Secret.
+The operator's own MinIO credentials (root or an admin user) come from its
+settings (``MEDCLOUD_MINIO_*``, :class:`medcloud_operator.settings.StorageSettings`),
+which a deployment fills from a Secret.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from minio.credentials.providers import StaticProvider
 from minio.error import InvalidResponseError, MinioAdminException, S3Error, ServerError
 from minio.objectlockconfig import ObjectLockConfig
 from minio.versioningconfig import VersioningConfig
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from urllib3.util import Retry, Timeout
 
 from medcloud.models import RecordStoreUsage
@@ -39,49 +38,7 @@ from medcloud.records.envelope import META_KEY_VERSION
 from medcloud.tenancy.credentials import Endpoint
 from medcloud.tenancy.store import StoreNames
 from medcloud_operator.builders.recordstore import LockRule, StoredVersion, normalized_policy, usage
-
-
-class StorageSettings(BaseSettings):
-    """How the operator reaches MinIO and how often it looks at each RecordStore (``MEDCLOUD_<FIELD>``)."""
-
-    model_config = SettingsConfigDict(env_prefix="MEDCLOUD_", extra="ignore")
-
-    minio_endpoint: str | None = Field(
-        default=None,
-        description="URL the operator reaches MinIO at, e.g. https://minio.medcloud-storage.svc:9000. Unset: "
-        "RecordStores report StorageNotConfigured.",
-    )
-    minio_access_key: str | None = Field(default=None, description="MinIO user with admin rights (from a Secret).")
-    minio_secret_key: SecretStr | None = Field(default=None, description="Its secret key (from a Secret).")
-    minio_region: str = Field(default="us-east-1", description="Region MinIO reports; written into the Secrets.")
-    minio_ca_file: str | None = Field(default=None, description="CA bundle for MinIO's TLS certificate.")
-    minio_public_endpoint: str | None = Field(
-        default=None,
-        description="URL tenants reach MinIO at, written into credentials Secrets; default: minio_endpoint.",
-    )
-    minio_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="Read timeout of one MinIO request; connecting gives up after 5 seconds."
-    )
-    key_service_url: str | None = Field(
-        default=None,
-        description="URL of the key service, written into credentials Secrets as MEDCLOUD_KEY_SERVICE_URL.",
-    )
-    recordstore_refresh_seconds: float = Field(
-        default=300.0,
-        gt=0,
-        description=(
-            "How often every RecordStore is reconciled without events: usage is re-counted (a listing of "
-            "the bucket), scheduled key rotations and KEK rotations are picked up, and a lost MinIO is "
-            "noticed. Read once, when handlers register."
-        ),
-    )
-    recordstore_retry_max_seconds: float = Field(
-        default=300.0, gt=0, description="Longest wait between retries while MinIO is unavailable."
-    )
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.minio_endpoint and self.minio_access_key and self.minio_secret_key)
+from medcloud_operator.settings import StorageSettings
 
 
 class StorageError(RuntimeError):

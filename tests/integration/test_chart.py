@@ -480,7 +480,6 @@ KEYSERVICE_DEFAULTED = {"kubeconfig": "unset, so the key service uses its in-clu
 
 def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from medcloud_operator.settings import OperatorSettings
-    from medcloud_operator.storage import StorageSettings
 
     values = {
         "operator": {
@@ -501,13 +500,13 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
     }
     deployment = one(render(values), "Deployment", "medcloud-operator")
     env = env_of(deployment, {"metadata.name": "medcloud-operator-abc", "metadata.namespace": NAMESPACE})
-    fields = set(OperatorSettings.model_fields) | set(StorageSettings.model_fields)
+    fields = set(OperatorSettings.model_fields)
     # Only what the chart sets may count: drop settings this shell happens to carry.
     for field in fields:
         monkeypatch.delenv(f"MEDCLOUD_{field.upper()}", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    settings, storage = OperatorSettings(), StorageSettings()
+    settings = storage = OperatorSettings()
 
     assert settings.operator_namespace == NAMESPACE
     assert settings.namespaces == ["hospital-a", "hospital-b"]

@@ -76,10 +76,9 @@ KEYSERVICE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-keyservi
 AUDIENCE = "medcloud-keyservice"
 REFRESH_SECONDS = 2.0
 
-# Kopf fixes a timer's interval when the handler registers, i.e. when the
-# operator's modules are first imported in this process. Test modules are all
+# The operator reads its settings each time it starts. Test modules are all
 # imported (collected) before any test starts an operator, so setting it here
-# makes the RecordStore timer tick every two seconds for the whole run.
+# makes the RecordStore timer tick every two seconds for every operator of the run.
 os.environ.setdefault("MEDCLOUD_RECORDSTORE_REFRESH_SECONDS", str(REFRESH_SECONDS))
 
 
@@ -210,13 +209,11 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateMinio]:
 @pytest.fixture(scope="module")
 def operator(store_operator_kubeconfig: Path, storage: PrivateMinio) -> Iterator[RunningOperator]:
     """The whole operator with this module's MinIO as RecordStore storage, for the module."""
-    from medcloud_operator.handlers import recordstore
-
-    assert recordstore.REFRESH_SECONDS == REFRESH_SECONDS, (
-        "the operator was imported before this module set MEDCLOUD_RECORDSTORE_REFRESH_SECONDS; "
-        "run this module in a fresh process"
-    )
-    env = {**storage_env(storage.info), "MEDCLOUD_RECORDSTORE_RETRY_MAX_SECONDS": "2"}
+    env = {
+        **storage_env(storage.info),
+        "MEDCLOUD_RECORDSTORE_RETRY_MAX_SECONDS": "2",
+        "MEDCLOUD_RECORDSTORE_REFRESH_SECONDS": str(REFRESH_SECONDS),
+    }
     with run_operator(store_operator_kubeconfig, env) as running:
         yield running
 

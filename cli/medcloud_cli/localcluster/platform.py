@@ -37,7 +37,7 @@ TOKEN_SECONDS = 86400
 
 def deploy_dir() -> Path:
     """The repository's deploy/ folder (the RBAC manifests a real install applies too)."""
-    path = Path(__file__).resolve().parents[2] / "deploy"
+    path = Path(__file__).resolve().parents[3] / "deploy"
     if not path.is_dir():
         raise FileNotFoundError(f"{path} not found: `medcloud dev up` runs from a source checkout")
     return path

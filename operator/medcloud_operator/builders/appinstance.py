@@ -14,7 +14,8 @@ from medcloud.models import AppInstanceSpec, AppInstanceStatus
 from medcloud.models.common import ComputeResources
 from medcloud_operator.builders import devicegateway, workload
 from medcloud_operator.builders.workload import Ceiling, Dependency, Findings
-from medcloud_operator.catalog import CATALOG, WorkloadSettings, app_image
+from medcloud_operator.catalog import CATALOG, app_image
+from medcloud_operator.settings import WorkloadSettings
 
 COMPONENT = "appinstance"
 """``app.kubernetes.io/component`` of an app's children (and its pods)."""

@@ -14,7 +14,8 @@ from medcloud.kube.client import Manifest
 from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus, Protocol
 from medcloud_operator.builders import workload
 from medcloud_operator.builders.workload import Ceiling, Dependency, Findings
-from medcloud_operator.catalog import WorkloadSettings, gateway_image
+from medcloud_operator.catalog import gateway_image
+from medcloud_operator.settings import WorkloadSettings
 
 COMPONENT = "devicegateway"
 """``app.kubernetes.io/component`` of a gateway's children (and its pods)."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import kopf
+
 from medcloud.kube.client import (
     APP_INSTANCE,
     CONFIG_MAP,
@@ -41,9 +43,10 @@ from medcloud_operator.builders.workload import (
     judge_dependencies,
     ready_replicas,
 )
-from medcloud_operator.catalog import WorkloadSettings
-from medcloud_operator.handlers.workload import Plan, Workload, register
+from medcloud_operator.handlers import workload
+from medcloud_operator.handlers.workload import Plan, Workload
 from medcloud_operator.kube import Kube
+from medcloud_operator.settings import OperatorSettings, WorkloadSettings
 
 
 @dataclass(frozen=True)
@@ -85,4 +88,7 @@ class AppWorkload(Workload[AppPlan, AppInstanceStatus]):
 
 
 APPS = AppWorkload()
-register(APPS)
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    workload.register(registry, settings, APPS)

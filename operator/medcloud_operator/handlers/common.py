@@ -145,6 +145,7 @@ def report_applied(
 
 
 def register_drift_handlers(
+    registry: kopf.OperatorRegistry,
     child_kinds: Iterable[Kind],
     *,
     id_prefix: str,
@@ -185,6 +186,6 @@ def register_drift_handlers(
         reconcile(ctx, memo, owner, namespace, logger)
 
     for kind in child_kinds:
-        kopf.on.event(kind.api_version, kind.plural, id=f"{id_prefix}-{kind.plural}", labels=dict(labels))(
-            child_changed
-        )
+        kopf.on.event(
+            kind.api_version, kind.plural, id=f"{id_prefix}-{kind.plural}", labels=dict(labels), registry=registry
+        )(child_changed)

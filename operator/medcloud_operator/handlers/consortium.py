@@ -27,7 +27,7 @@ from medcloud_operator import events, metrics
 from medcloud_operator.builders.consortium import ConsortiumCondition, next_status
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import Logger, reconcile_object
-from medcloud_operator.handlers.workload import RESYNC_SECONDS
+from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.status import parse_status, write_status
 
 KIND = CONSORTIUM.kind
@@ -70,19 +70,14 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
         logger.info("Consortium %s: %s %s: %s", name, type_, condition.reason, condition.message)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
 def consortium_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     reconcile(get_context(memo), name, logger)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 def consortium_resync(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     reconcile(get_context(memo), name, logger)
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL, id="consortium-deleted")
 def consortium_deleted(type: str | None, name: str, **_: Any) -> None:
     if type == "DELETED":
         metrics.PHASES.forget(KIND, name)
@@ -92,13 +87,11 @@ MEMBER_INDEX = "consortia_by_member"
 """The index's id, and the keyword argument Kopf passes it to every handler by."""
 
 
-@kopf.index(GROUP, VERSION, PLURAL, id=MEMBER_INDEX)
 def consortia_by_member(name: str, spec: kopf.Spec, **_: Any) -> dict[str, str]:
     """Which consortia list which Hospital: a Hospital's events reach them without a LIST."""
     return {str(member): name for member in spec.get("members") or []}
 
 
-@kopf.on.event(GROUP, VERSION, HOSPITAL.plural, id="consortium-members")
 def member_changed(
     type: str | None, name: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
@@ -116,3 +109,21 @@ def member_changed(
         except (kopf.PermanentError, kopf.TemporaryError) as exc:
             # The Consortium's own handlers and timer retry it; the other consortia must still be recounted.
             logger.debug("Consortium %s: %s", consortium, exc)
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    """The Consortium's triggers: its own events, a resync timer, and its member Hospitals' events."""
+    for cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
+        cause(GROUP, VERSION, PLURAL, id="consortium_changed", registry=registry)(consortium_changed)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="consortium_resync",
+        interval=settings.resync_seconds,
+        initial_delay=settings.resync_seconds,
+        registry=registry,
+    )(consortium_resync)
+    kopf.on.event(GROUP, VERSION, PLURAL, id="consortium-deleted", registry=registry)(consortium_deleted)
+    kopf.index(GROUP, VERSION, PLURAL, id=MEMBER_INDEX, registry=registry)(consortia_by_member)
+    kopf.on.event(GROUP, VERSION, HOSPITAL.plural, id="consortium-members", registry=registry)(member_changed)

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import kopf
+
 from medcloud.kube.client import DEPLOYMENT, DEVICE_GATEWAY, LIMIT_RANGE, RECORD_STORE, SERVICE, Manifest
 from medcloud.models import DeviceGatewaySpec, DeviceGatewayStatus
 from medcloud_operator.builders import devicegateway as builder
 from medcloud_operator.builders.hospital import LIMITS_NAME
 from medcloud_operator.builders.workload import Ceiling, Findings, credentials_secret, hospital_of, judge_dependencies
-from medcloud_operator.catalog import WorkloadSettings
-from medcloud_operator.handlers.workload import Plan, Workload, register
+from medcloud_operator.handlers import workload
+from medcloud_operator.handlers.workload import Plan, Workload
 from medcloud_operator.kube import Kube
+from medcloud_operator.settings import OperatorSettings, WorkloadSettings
 
 
 @dataclass(frozen=True)
@@ -59,4 +62,7 @@ class GatewayWorkload(Workload[GatewayPlan, DeviceGatewayStatus]):
 
 
 GATEWAYS = GatewayWorkload()
-register(GATEWAYS)
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    workload.register(registry, settings, GATEWAYS)

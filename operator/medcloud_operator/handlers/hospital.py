@@ -98,10 +98,6 @@ PRUNED_KINDS: tuple[Kind, ...] = (RESOURCE_QUOTA, LIMIT_RANGE, NETWORK_POLICY, R
 CLUSTER_PRUNED_KINDS: tuple[Kind, ...] = (CLUSTER_ROLE, CLUSTER_ROLE_BINDING)
 """Cluster-scoped tenancy kinds (the admins' access to the Hospital itself): likewise deleted when not asked for."""
 
-# The timer interval is fixed when the handlers are registered (Kopf takes a
-# number, not a callable), so it comes from the environment at import time.
-RESYNC_SECONDS = OperatorSettings().resync_seconds
-
 
 def _condition_for(kind: str) -> ConditionType:
     if kind == NETWORK_POLICY.kind:
@@ -290,14 +286,36 @@ def _report_changes(
 # --------------------------------------------------------------------------- handlers
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    """The Hospital's triggers: its own events, a resync timer, its tenancy's children, its deletion."""
+    for cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
+        cause(GROUP, VERSION, PLURAL, id="hospital_changed", registry=registry)(hospital_changed)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="hospital_resync",
+        interval=settings.resync_seconds,
+        initial_delay=settings.resync_seconds,
+        registry=registry,
+    )(hospital_resync)
+    # A tenancy child changed: reconcile its Hospital unless the change is the echo of our own write.
+    register_drift_handlers(
+        registry,
+        CHILD_KINDS,
+        id_prefix="drift",
+        labels={labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: labels.TENANCY, labels.HOSPITAL: kopf.PRESENT},
+        owner_kind=KIND,
+        owner_of=_hospital_of,
+        reconcile=_repair,
+    )
+    kopf.on.delete(GROUP, VERSION, PLURAL, id="hospital_deleted", registry=registry)(hospital_deleted)
+
+
 def hospital_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     reconcile(get_context(memo), name, logger)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 def hospital_resync(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     reconcile(get_context(memo), name, logger)
 
@@ -310,18 +328,6 @@ def _repair(ctx: OperatorContext, memo: kopf.Memo, hospital: str, namespace: str
     reconcile(ctx, hospital, logger)
 
 
-# A tenancy child changed: reconcile its Hospital unless the change is the echo of our own write.
-register_drift_handlers(
-    CHILD_KINDS,
-    id_prefix="drift",
-    labels={labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: labels.TENANCY, labels.HOSPITAL: kopf.PRESENT},
-    owner_kind=KIND,
-    owner_of=_hospital_of,
-    reconcile=_repair,
-)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL)
 def hospital_deleted(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Offboard: refuse while RecordStores remain; else delete the namespace, wait for it, destroy the KEK."""
     ctx = get_context(memo)

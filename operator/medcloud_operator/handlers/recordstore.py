@@ -28,10 +28,7 @@ name versions, never keys.
 
 from __future__ import annotations
 
-import copy
-import secrets
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, NoReturn
 
 import kopf
@@ -42,17 +39,12 @@ from urllib3.exceptions import HTTPError
 from medcloud.kube.client import HOSPITAL, RECORD_STORE, SECRET, Manifest
 from medcloud.models import GROUP, VERSION, ConditionStatus, DeletionPolicy, Phase, RecordStoreSpec, RecordStoreStatus
 from medcloud.models.conditions import now_utc
-from medcloud.records.keys import KeyRing
 from medcloud.tenancy import kek, keyring
 from medcloud.tenancy.credentials import (
-    SECRET_KEY_FIELD,
-    build_credentials_secret,
-    decoded,
-    secret_differs,
     secret_is_ours,
 )
 from medcloud.tenancy.store import InvalidStoreError, StoreNames
-from medcloud_operator import events, metrics
+from medcloud_operator import events, metrics, storesecrets
 from medcloud_operator.builders.hospital import OPERATOR_BINDING_NAME
 from medcloud_operator.builders.recordstore import (
     LockRule,
@@ -62,7 +54,6 @@ from medcloud_operator.builders.recordstore import (
     bucket_policy,
     next_status,
     quota_bytes,
-    rotation_reason,
     terminating_status,
 )
 from medcloud_operator.context import OperatorContext, get_context
@@ -77,67 +68,18 @@ from medcloud_operator.handlers.common import (
 )
 from medcloud_operator.kek import KekMissingError
 from medcloud_operator.kube import Kube
+from medcloud_operator.settings import OperatorSettings, StorageSettings
 from medcloud_operator.status import Check, parse_status, write_status
 from medcloud_operator.storage import (
     BucketConflictError,
-    Storage,
     StorageError,
     StorageRejectedError,
-    StorageSettings,
     StorageUnavailableError,
 )
 
 KIND = "RecordStore"
 PLURAL = "recordstores"
-STORAGE_MEMO_KEY = "medcloud-recordstores"
-OBSERVED_ROTATE_NOW = "medcloud.io/observed-rotate-now"
-"""Annotation on the key ring Secret: the rotateNow value the ring's newest version answered.
-
-Kept with the ring, not only in status, so that a rotation and the record of
-having done it are one write: a lost status write never causes a second rotation.
-"""
 FORBIDDEN_RETRY_MAX_SECONDS = 60.0
-SECRET_KEY_LENGTH = 40  # MinIO accepts secret keys of 8 to 40 characters; the longest is the strongest.
-
-# Kopf takes the timer interval as a number when the handler registers, so
-# it comes from the environment at import time.
-REFRESH_SECONDS = StorageSettings().recordstore_refresh_seconds
-
-
-@dataclass
-class StoreContext:
-    """What the RecordStore handlers share besides the operator's context; kept in Kopf's memo."""
-
-    settings: StorageSettings
-    storage: Storage | None
-
-
-def _store_context(memo: kopf.Memo) -> StoreContext:
-    found = memo.get(STORAGE_MEMO_KEY)
-    if not isinstance(found, StoreContext):
-        raise RuntimeError("the RecordStore context is missing: was configure_storage registered?")
-    return found
-
-
-@kopf.on.startup()
-def configure_storage(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    settings = StorageSettings()
-    storage = Storage(settings) if settings.configured else None
-    memo[STORAGE_MEMO_KEY] = StoreContext(settings=settings, storage=storage)
-    if storage is None:
-        logger.warning(
-            "No MinIO configured (MEDCLOUD_MINIO_ENDPOINT, _ACCESS_KEY, _SECRET_KEY): "
-            "RecordStores will report StorageNotConfigured"
-        )
-    else:
-        logger.info("RecordStores on MinIO at %s (tenants use %s)", storage.endpoint.url, storage.public_endpoint.url)
-
-
-@kopf.on.cleanup()
-def close_storage(memo: kopf.Memo, **_: Any) -> None:
-    found = memo.get(STORAGE_MEMO_KEY)
-    if isinstance(found, StoreContext) and found.storage is not None:
-        found.storage.close()
 
 
 # --------------------------------------------------------------------------- failures
@@ -187,6 +129,10 @@ def classify(exc: Exception, stage: StoreCondition, retry: int, settings: Storag
         return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEK_MISSING, str(exc), permanent=True)
     if isinstance(exc, kek.KekInvalidError):
         return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEK_INVALID, str(exc), permanent=True)
+    if isinstance(exc, storesecrets.SecretConflictError):
+        return StoreReconcileError(StoreCondition.CREDENTIALS_READY, StoreReason.SECRET_CONFLICT, str(exc), delay=60)
+    if isinstance(exc, storesecrets.RingShreddedError):
+        return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEYS_SHREDDED, str(exc), permanent=True)
     if isinstance(exc, keyring.KeyRingMissingError):
         return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEYS_MISSING, str(exc), permanent=True)
     if isinstance(exc, keyring.KeyRingInvalidError):
@@ -250,128 +196,8 @@ def _check_hospital(kube: Kube, names: StoreNames, operator_namespace: str) -> t
     return secret, kek.parse_secret(secret)
 
 
-def _ensure_credentials(
-    kube: Kube, names: StoreNames, storage: Storage, settings: StorageSettings
-) -> tuple[str, list[tuple[str, str]]]:
-    """The credentials Secret as it should be; the user's secret key is generated once and then kept."""
-    live = kube.get(SECRET, names.secret, names.namespace)
-    if live is not None and not secret_is_ours(live, names):
-        raise StoreReconcileError(
-            StoreCondition.CREDENTIALS_READY,
-            StoreReason.SECRET_CONFLICT,
-            f"Secret {names.namespace}/{names.secret} exists and was not written by the operator; "
-            "it is not overwritten. Rename or remove it.",
-            delay=60,
-        )
-    secret_key = decoded(live, SECRET_KEY_FIELD) if live is not None else None
-    changes: list[tuple[str, str]] = []
-    if not secret_key or len(secret_key) < 32:
-        secret_key = secrets.token_urlsafe(30)[:SECRET_KEY_LENGTH]
-    desired = build_credentials_secret(
-        names, storage.public_endpoint, storage.region, secret_key, key_service_url=settings.key_service_url
-    )
-    if live is None:
-        kube.create(desired)
-        changes.append(("CredentialsIssued", f"Secret {names.secret} with the credentials of user {names.user}"))
-    elif secret_differs(desired, live):
-        body = copy.deepcopy(live)
-        body["data"] = desired["data"]
-        meta = body["metadata"]
-        for part in ("labels", "annotations"):
-            meta[part] = {**(meta.get(part) or {}), **desired["metadata"][part]}
-        if body.get("type") != desired["type"]:
-            # A Secret's type cannot change in place.
-            kube.delete(SECRET, names.secret, names.namespace)
-            kube.create(desired)
-        else:
-            kube.replace(body)
-        changes.append(("CredentialsRepaired", f"Secret {names.secret} put back as the operator wrote it"))
-    return secret_key, changes
-
-
-@dataclass
-class RingState:
-    ring: KeyRing
-    observed_rotate_now: int
-    changes: list[tuple[str, str]]
-    rotated: bool
-
-
-def _ensure_ring(
-    kube: Kube,
-    names: StoreNames,
-    operator_namespace: str,
-    kek_secret: Manifest,
-    current: kek.Kek,
-    spec: RecordStoreSpec,
-    previous: RecordStoreStatus,
-    now: datetime,
-) -> RingState:
-    """Create, re-wrap and rotate the store's key ring; one write to its Secret at most."""
-    name = keyring.secret_name(names)
-    live = kube.get(SECRET, name, operator_namespace)
-    rotate_now = spec.key_rotation.rotate_now
-    if live is None:
-        if previous.key_version is not None:
-            raise keyring.KeyRingMissingError(
-                f"Secret {operator_namespace}/{name} with data keys up to version {previous.key_version} is gone; "
-                "records encrypted under them cannot be read. Restore the Secret from backup (it is never "
-                "regenerated, which would hide the loss)."
-            )
-        ring = KeyRing.create(
-            hospital=names.hospital, store=names.store, kek=current.material, kek_version=current.version, now=now
-        )
-        secret = keyring.build_secret(names, operator_namespace, ring.to_dict())
-        secret["metadata"]["annotations"][OBSERVED_ROTATE_NOW] = str(rotate_now)
-        kube.create(secret)
-        message = f"Data-key version 1 created, wrapped by KEK version {current.version}"
-        return RingState(ring, rotate_now, [("KeysCreated", message)], rotated=True)
-
-    data = keyring.ring_dict(live)
-    if data.get("shreddedAt") is not None:
-        raise StoreReconcileError(
-            StoreCondition.KEYS_READY,
-            StoreReason.KEYS_SHREDDED,
-            f"The keys of store {names.namespace}/{names.store} were crypto-shredded at {data['shreddedAt']}; "
-            f"its records can never be decrypted. Secret {operator_namespace}/{name} is the tombstone that "
-            "says so: delete it (an administrator) only to reuse this name for a new store beside the old bucket.",
-            permanent=True,
-        )
-    ring = keyring.open_ring(data, names, kek_secret)
-    annotations = live["metadata"].get("annotations") or {}
-    try:
-        observed = int(annotations.get(OBSERVED_ROTATE_NOW, rotate_now))
-    except ValueError:
-        observed = rotate_now
-    changes: list[tuple[str, str]] = []
-    if ring.kek_version > current.version:
-        raise kek.KekInvalidError(
-            f"the key ring is wrapped by KEK version {ring.kek_version} but the hospital's current KEK is "
-            f"version {current.version}: the KEK Secret was rolled back"
-        )
-    if ring.kek_version < current.version:
-        old = ring.kek_version
-        ring.rewrap(current.material, current.version)
-        rewrapped = f"Data keys 1..{max(ring.versions)} re-wrapped from KEK version {old} to {current.version}"
-        changes.append(("KeysRewrapped", rewrapped))
-    current_entry = next(e for e in ring.entries if e.version == ring.current_version)
-    reason = rotation_reason(spec.key_rotation, observed, current_entry.created_at, now)
-    rotated = False
-    if reason is not None:
-        version = ring.new_data_key_version(now=now)
-        rotated = True
-        changes.append(("KeyRotated", f"Data-key version {version} is now current: {reason}"))
-    if changes or observed != rotate_now:
-        body = copy.deepcopy(live)
-        body["data"] = keyring.build_secret(names, operator_namespace, ring.to_dict())["data"]
-        body["metadata"]["annotations"] = {**annotations, OBSERVED_ROTATE_NOW: str(rotate_now)}
-        kube.replace(body)
-    return RingState(ring, rotate_now, changes, rotated)
-
-
 def _reconcile_parts(
     ctx: OperatorContext,
-    store: StoreContext,
     body: Manifest,
     previous: RecordStoreStatus,
     outcome: Outcome,
@@ -387,7 +213,7 @@ def _reconcile_parts(
     kek_secret, current_kek = _check_hospital(kube, names, operator_namespace)
 
     outcome.stage = StoreCondition.STORAGE_AVAILABLE
-    storage = store.storage
+    storage = ctx.storage
     if storage is None:
         raise StoreReconcileError(
             StoreCondition.STORAGE_AVAILABLE,
@@ -410,7 +236,7 @@ def _reconcile_parts(
     )
 
     outcome.stage = StoreCondition.CREDENTIALS_READY
-    secret_key, changes = _ensure_credentials(kube, names, storage, store.settings)
+    secret_key, changes = storesecrets.ensure_credentials(kube, names, storage, ctx.settings)
     outcome.changes += changes
     for change in storage.ensure_access(names, bucket_policy(names.bucket), secret_key):
         outcome.changes.append(("AccessProvisioned", change))
@@ -422,7 +248,7 @@ def _reconcile_parts(
 
     outcome.stage = StoreCondition.KEYS_READY
     now = now_utc()
-    ring_state = _ensure_ring(kube, names, operator_namespace, kek_secret, current_kek, spec, previous, now)
+    ring_state = storesecrets.ensure_ring(kube, names, operator_namespace, kek_secret, current_kek, spec, previous, now)
     outcome.changes += ring_state.changes
     ring = ring_state.ring
     current_entry = next(e for e in ring.entries if e.version == ring.current_version)
@@ -454,7 +280,6 @@ def _reconcile_parts(
 
 def reconcile(
     ctx: OperatorContext,
-    store: StoreContext,
     namespace: str,
     name: str,
     logger: Logger,
@@ -468,25 +293,23 @@ def reconcile(
         RECORD_STORE,
         name,
         namespace,
-        lambda body: _reconcile(ctx, store, body, logger, refresh_usage=refresh_usage, retry=retry),
+        lambda body: _reconcile(ctx, body, logger, refresh_usage=refresh_usage, retry=retry),
     )
 
 
-def _reconcile(
-    ctx: OperatorContext, store: StoreContext, body: Manifest, logger: Logger, *, refresh_usage: bool, retry: int
-) -> None:
+def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger, *, refresh_usage: bool, retry: int) -> None:
     meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], meta.get("generation")
     previous = parse_status(RecordStoreStatus, body.get("status"))
     outcome = Outcome()
     failure: StoreReconcileError | None = None
     try:
-        _reconcile_parts(ctx, store, body, previous, outcome, refresh_usage=refresh_usage)
+        _reconcile_parts(ctx, body, previous, outcome, refresh_usage=refresh_usage)
     except ApiException as exc:
         retry_on_conflict(exc, "an object")
-        failure = classify(exc, outcome.stage, retry, store.settings)
+        failure = classify(exc, outcome.stage, retry, ctx.settings)
     except Exception as exc:
-        failure = classify(exc, outcome.stage, retry, store.settings)
+        failure = classify(exc, outcome.stage, retry, ctx.settings)
 
     if failure is not None:
         outcome.checks[failure.part] = failure.check
@@ -536,30 +359,25 @@ def _report(
 # --------------------------------------------------------------------------- handlers
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
 def recordstore_changed(
     namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any
 ) -> None:
     assert namespace is not None  # RecordStores are namespaced
-    reconcile(get_context(memo), _store_context(memo), namespace, name, logger, refresh_usage=False, retry=retry)
+    reconcile(get_context(memo), namespace, name, logger, refresh_usage=False, retry=retry)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=REFRESH_SECONDS, initial_delay=REFRESH_SECONDS)
 def recordstore_refresh(namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     assert namespace is not None
     retry = int(kwargs.get("retry") or 0)
-    reconcile(get_context(memo), _store_context(memo), namespace, name, logger, refresh_usage=True, retry=retry)
+    reconcile(get_context(memo), namespace, name, logger, refresh_usage=True, retry=retry)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
 def recordstore_deleted(
     namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any
 ) -> None:
     """Revoke the store's access; keep (Retain) or crypto-shred (Shred) its keys; the bucket stays."""
     assert namespace is not None
-    ctx, store = get_context(memo), _store_context(memo)
+    ctx = get_context(memo)
     kube = ctx.kube
     with handling(ctx, RECORD_STORE, name, namespace):
         body = kube.get(RECORD_STORE, name, namespace)
@@ -583,7 +401,7 @@ def recordstore_deleted(
         write_status(kube, RECORD_STORE, name, previous, terminating, namespace)
         metrics.PHASES.set(KIND, f"{namespace}/{name}", Phase.TERMINATING)
 
-        revoked = _revoke(store, names, previous, retry)
+        revoked = _revoke(ctx, names, previous, retry)
         live = kube.get(SECRET, names.secret, namespace)
         if live is not None and secret_is_ours(live, names):
             kube.delete(SECRET, names.secret, namespace)
@@ -592,7 +410,7 @@ def recordstore_deleted(
             logger.info("%s", change)
 
         if policy is DeletionPolicy.SHRED:
-            shredded = _shred(kube, names, ctx.settings.operator_namespace)
+            shredded = storesecrets.shred(kube, names, ctx.settings.operator_namespace)
             if shredded:
                 text = (
                     f"Keys of RecordStore {namespace}/{name} destroyed (crypto-shredding): its records in bucket "
@@ -612,32 +430,31 @@ def recordstore_deleted(
         metrics.PHASES.forget(KIND, f"{namespace}/{name}")
 
 
-def _revoke(store: StoreContext, names: StoreNames, previous: RecordStoreStatus, retry: int) -> list[str]:
-    if store.storage is None:
+def _revoke(ctx: OperatorContext, names: StoreNames, previous: RecordStoreStatus, retry: int) -> list[str]:
+    if ctx.storage is None:
         if previous.bucket is not None:
             raise kopf.TemporaryError(
                 f"cannot revoke user {names.user}: the operator has no MinIO configured", delay=60
             )
         return []
     try:
-        return store.storage.revoke_access(names)
+        return ctx.storage.revoke_access(names)
     except StorageError as exc:
-        delay = backoff(retry, store.settings.recordstore_retry_max_seconds)
+        delay = backoff(retry, ctx.settings.recordstore_retry_max_seconds)
         raise kopf.TemporaryError(f"cannot revoke user {names.user} yet: {exc}", delay=delay) from exc
 
 
-def _shred(kube: Kube, names: StoreNames, operator_namespace: str) -> bool:
-    """Replace the key ring with its tombstone; False when there was nothing (left) to shred."""
-    live = kube.get(SECRET, keyring.secret_name(names), operator_namespace)
-    if live is None:
-        return False
-    try:
-        data = keyring.ring_dict(live)
-    except keyring.KeyRingInvalidError:
-        data = {}
-    if data.get("shreddedAt") is not None:
-        return False
-    body = copy.deepcopy(live)
-    body["data"] = keyring.build_secret(names, operator_namespace, keyring.tombstone(names, data, now_utc()))["data"]
-    kube.replace(body)
-    return True
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    """The RecordStore's triggers: its own events, the refresh timer, its deletion."""
+    for cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
+        cause(GROUP, VERSION, PLURAL, id="recordstore_changed", registry=registry)(recordstore_changed)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="recordstore_refresh",
+        interval=settings.recordstore_refresh_seconds,
+        initial_delay=settings.recordstore_refresh_seconds,
+        registry=registry,
+    )(recordstore_refresh)
+    kopf.on.delete(GROUP, VERSION, PLURAL, id="recordstore_deleted", registry=registry)(recordstore_deleted)

@@ -47,7 +47,6 @@ from medcloud_operator.builders.workload import (
     child_selector,
     judge_rollout,
 )
-from medcloud_operator.catalog import WorkloadSettings
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import (
     Logger,
@@ -59,28 +58,8 @@ from medcloud_operator.handlers.common import (
     retry_on_conflict,
 )
 from medcloud_operator.kube import Kube
-from medcloud_operator.settings import OperatorSettings
+from medcloud_operator.settings import OperatorSettings, WorkloadSettings
 from medcloud_operator.status import Check, parse_status, write_status
-
-SETTINGS_MEMO_KEY = "medcloud-workloads"
-
-# Kopf fixes a timer's interval when the handler registers, so it is read from
-# the environment at import time (the same setting as the Hospital resync).
-RESYNC_SECONDS = OperatorSettings().resync_seconds
-
-
-@kopf.on.startup()
-def configure_workloads(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    settings = WorkloadSettings()
-    memo[SETTINGS_MEMO_KEY] = settings
-    logger.info("Apps from %s/<app>:<version>; gateways run %s", settings.app_image_prefix, settings.gateway_image)
-
-
-def workload_settings(memo: kopf.Memo) -> WorkloadSettings:
-    found = memo.get(SETTINGS_MEMO_KEY)
-    if not isinstance(found, WorkloadSettings):
-        raise RuntimeError("the workload settings are missing: was configure_workloads registered?")
-    return found
 
 
 @dataclass(frozen=True)
@@ -249,26 +228,33 @@ def _fail(body: Manifest, failure: ReconcileError, status_written: bool, logger:
 # --------------------------------------------------------------------------- triggers
 
 
-def register(workload: Workload[Any, Any]) -> None:
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, workload: Workload[Any, Any]) -> None:
     """Register every trigger of one workload kind: its own events, a resync timer, its children, what it reads."""
     plural, prefix = workload.kind.plural, workload.handler_prefix
 
     def changed(namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
         assert namespace is not None  # workloads are namespaced
-        reconcile(get_context(memo), workload_settings(memo), workload, namespace, name, logger)
+        ctx = get_context(memo)
+        reconcile(ctx, ctx.settings, workload, namespace, name, logger)
 
     for cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
-        cause(GROUP, VERSION, plural, id=f"{prefix}_changed")(changed)
-    kopf.timer(GROUP, VERSION, plural, id=f"{prefix}_resync", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)(
-        changed
-    )
+        cause(GROUP, VERSION, plural, id=f"{prefix}_changed", registry=registry)(changed)
+    kopf.timer(
+        GROUP,
+        VERSION,
+        plural,
+        id=f"{prefix}_resync",
+        interval=settings.resync_seconds,
+        initial_delay=settings.resync_seconds,
+        registry=registry,
+    )(changed)
 
     def deleted(type: str | None, namespace: str | None, name: str, **_: Any) -> None:
         if type == "DELETED":
             # Out of ``medcloud_resources``; its children go with it (owner references).
             metrics.PHASES.forget(workload.kind.kind, f"{namespace}/{name}")
 
-    kopf.on.event(GROUP, VERSION, plural, id=f"{prefix}-deleted")(deleted)
+    kopf.on.event(GROUP, VERSION, plural, id=f"{prefix}-deleted", registry=registry)(deleted)
 
     def by_dependency(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[DependencyKey, str]:
         """Which workloads read which objects and LimitRange: the objects' events reach them without a LIST."""
@@ -281,9 +267,9 @@ def register(workload: Workload[Any, Any]) -> None:
         found[(namespace, LIMIT_RANGE.kind, LIMITS_NAME)] = name
         return found
 
-    kopf.index(GROUP, VERSION, plural, id=workload.index_id)(by_dependency)
-    _register_dependency_handlers(workload)
-    _register_drift_handlers(workload)
+    kopf.index(GROUP, VERSION, plural, id=workload.index_id, registry=registry)(by_dependency)
+    _register_dependency_handlers(registry, workload)
+    _register_drift_handlers(registry, workload)
 
 
 def owner_of(body: Mapping[str, Any], kind: Kind) -> str | None:
@@ -294,7 +280,7 @@ def owner_of(body: Mapping[str, Any], kind: Kind) -> str | None:
     return None
 
 
-def _register_drift_handlers(workload: Workload[Any, Any]) -> None:
+def _register_drift_handlers(registry: kopf.OperatorRegistry, workload: Workload[Any, Any]) -> None:
     """Watch the workload's children: a child changed or deleted by someone else reconciles its owner."""
 
     def owner(body: kopf.Body) -> str | None:
@@ -302,9 +288,10 @@ def _register_drift_handlers(workload: Workload[Any, Any]) -> None:
 
     def repair(ctx: OperatorContext, memo: kopf.Memo, owner: str, namespace: str | None, logger: Logger) -> None:
         assert namespace is not None  # owner() found none outside a namespace
-        reconcile(ctx, workload_settings(memo), workload, namespace, owner, logger)
+        reconcile(ctx, ctx.settings, workload, namespace, owner, logger)
 
     register_drift_handlers(
+        registry,
         workload.child_kinds,
         id_prefix=f"drift-{workload.component}",
         labels={labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: workload.component},
@@ -318,7 +305,7 @@ DependencyKey = tuple[str, str, str]
 """(namespace, kind, name) of an object workloads depend on, as their index is keyed."""
 
 
-def _register_dependency_handlers(workload: Workload[Any, Any]) -> None:
+def _register_dependency_handlers(registry: kopf.OperatorRegistry, workload: Workload[Any, Any]) -> None:
     """Watch what workloads depend on: a change reconciles the workloads that the index says read it.
 
     The index makes this a lookup, never a LIST. The tenant's LimitRange is
@@ -339,7 +326,8 @@ def _register_dependency_handlers(workload: Workload[Any, Any]) -> None:
                 return
             # Kopf passes every index to every handler, as a keyword argument named by its id.
             index: kopf.Index[DependencyKey, str] = kwargs[workload.index_id]
-            ctx, settings = get_context(memo), workload_settings(memo)
+            ctx = get_context(memo)
+            settings = ctx.settings
             for owner in sorted(set(index.get((namespace, kind.kind, name), []))):
                 try:
                     reconcile(ctx, settings, workload, namespace, owner, logger)
@@ -350,7 +338,11 @@ def _register_dependency_handlers(workload: Workload[Any, Any]) -> None:
 
         filters = {labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: labels.TENANCY} if kind is LIMIT_RANGE else None
         kopf.on.event(
-            kind.api_version, kind.plural, id=f"{workload.component}-dependency-{kind.plural}", labels=filters
+            kind.api_version,
+            kind.plural,
+            id=f"{workload.component}-dependency-{kind.plural}",
+            labels=filters,
+            registry=registry,
         )(dependency_changed)
 
     for _field, kind in workload.depends_on:

@@ -64,18 +64,17 @@ def test_dev_status_lists_the_key_service_and_its_url(tmp_path: Path) -> None:
 def test_storage_env_is_what_the_operator_settings_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """`dev up`'s operator must see MinIO, or no RecordStore (and so no key) ever gets provisioned."""
     from medcloud_operator.settings import OperatorSettings
-    from medcloud_operator.storage import StorageSettings
 
     cluster = LocalCluster(tmp_path)
     cluster.state = _state(tmp_path)
     env = storage_env(cluster)
-    fields = set(StorageSettings.model_fields) | set(OperatorSettings.model_fields)
+    fields = set(OperatorSettings.model_fields)
     for field in fields:
         monkeypatch.delenv(f"MEDCLOUD_{field.upper()}", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert {n.removeprefix("MEDCLOUD_").lower() for n in env} <= fields, "a variable no settings class reads"
-    storage = StorageSettings()
+    assert {n.removeprefix("MEDCLOUD_").lower() for n in env} <= fields, "a variable no setting reads"
+    storage = OperatorSettings()
     assert storage.configured
     assert storage.minio_endpoint == "http://127.0.0.1:9000"
     assert OperatorSettings().storage_port == 9000

@@ -13,7 +13,7 @@ from medcloud_gateway.mqtt import device_of, subscription
 from medcloud_gateway.settings import GatewaySettings
 from medcloud_operator.builders.devicegateway import build_deployment
 from medcloud_operator.builders.workload import Ceiling
-from medcloud_operator.catalog import WorkloadSettings
+from medcloud_operator.settings import WorkloadSettings
 
 SECRET_ENV = {
     "COSI_S3_ENDPOINT": "https://minio.medcloud-system.svc:9000",

@@ -17,7 +17,7 @@ from medcloud.models import AppInstanceSpec
 from medcloud_operator.apply import covers, differences, merged
 from medcloud_operator.builders import appinstance as app_b
 from medcloud_operator.builders import workload as w
-from medcloud_operator.catalog import WorkloadSettings
+from medcloud_operator.settings import WorkloadSettings
 
 Json = dict[str, Any]
 NS = "hospital-riverton"

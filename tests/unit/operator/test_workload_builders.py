@@ -25,7 +25,8 @@ from medcloud_operator.builders import appinstance as app_b
 from medcloud_operator.builders import consortium as cons_b
 from medcloud_operator.builders import devicegateway as gw_b
 from medcloud_operator.builders import workload as w
-from medcloud_operator.catalog import CATALOG, WorkloadSettings, app_image, gateway_image
+from medcloud_operator.catalog import CATALOG, app_image, gateway_image
+from medcloud_operator.settings import OperatorSettings, WorkloadSettings
 from medcloud_operator.status import Check, dump
 
 NS = "hospital-riverton"
@@ -196,7 +197,7 @@ def test_images_come_from_the_configured_prefix_and_the_spec_version() -> None:
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDCLOUD_APP_IMAGE_PREFIX", "registry.example/apps")
     monkeypatch.setenv("MEDCLOUD_GATEWAY_VERSION", "9.9.9")
-    settings = WorkloadSettings()
+    settings = OperatorSettings()
     assert (settings.app_image_prefix, settings.gateway_version) == ("registry.example/apps", "9.9.9")
 
 

@@ -20,7 +20,7 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from medcloud.kube.client import Manifest
-from medcloud.models import Hospital
+from medcloud.models import Hospital, Phase
 from medcloud_api.kube import Kube, is_namespace_missing
 from medcloud_api.plan import Desired, conflicts, differences
 from medcloud_api.problems import ProblemError, from_kubernetes
@@ -87,7 +87,7 @@ def _tenant_failure(kube: Kube, hospital: str) -> str | None:
     """The operator's message when it has given up on the Hospital (phase Failed), else None."""
     found = kube.get(Hospital, hospital)
     status = (found or {}).get("status") or {}
-    if status.get("phase") != "Failed":
+    if status.get("phase") != Phase.FAILED:
         return None
     return str(status.get("message") or "the Hospital is Failed")
 

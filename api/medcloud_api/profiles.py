@@ -16,8 +16,8 @@ from medcloud.models import (
     CatalogApp,
     DeviceClass,
     DeviceGatewaySpec,
+    DeviceProtocol,
     HospitalQuota,
-    Protocol,
     RecordClass,
     RecordStoreSpec,
     Retention,
@@ -55,7 +55,7 @@ def _store(record_class: RecordClass, period: str, quota: str) -> RecordStoreReq
     )
 
 
-def _gateway(name: str, protocols: list[Protocol], classes: list[DeviceClass]) -> DeviceGatewayRequest:
+def _gateway(name: str, protocols: list[DeviceProtocol], classes: list[DeviceClass]) -> DeviceGatewayRequest:
     # Device readings go to their own store, apart from the EMR, as their
     # class decides who may share them (Consortium category device-data).
     spec = DeviceGatewaySpec(protocols=protocols, device_classes=classes, record_store=RecordClass.DEVICE_DATA.value)
@@ -84,7 +84,7 @@ def _hospital(quota: HospitalQuota, documents: bool) -> Profile:
         stores.append(_store(RecordClass.DOCUMENTS, INPATIENT_YEARS, "1Ti"))
     wards = _gateway(
         "wards",
-        [Protocol.MQTT, Protocol.HL7V2],
+        [DeviceProtocol.MQTT, DeviceProtocol.HL7V2],
         [DeviceClass.ECG, DeviceClass.BLOOD_PRESSURE, DeviceClass.SPO2, DeviceClass.TEMPERATURE, DeviceClass.GLUCOSE],
     )
     apps = [
@@ -128,7 +128,7 @@ def default_profile(tier: Tier) -> Profile:
         case Tier.TOWNSHIP:
             clinic = _gateway(
                 "clinic",
-                [Protocol.HTTPS, Protocol.MQTT],
+                [DeviceProtocol.HTTPS, DeviceProtocol.MQTT],
                 [DeviceClass.BLOOD_PRESSURE, DeviceClass.GLUCOSE, DeviceClass.SPO2, DeviceClass.WEIGHT_SCALE],
             )
             return _clinic(
@@ -139,7 +139,7 @@ def default_profile(tier: Tier) -> Profile:
         case Tier.COMMUNITY:
             home = _gateway(
                 "home-care",
-                [Protocol.HTTPS, Protocol.MQTT],
+                [DeviceProtocol.HTTPS, DeviceProtocol.MQTT],
                 [DeviceClass.BLOOD_PRESSURE, DeviceClass.GLUCOSE, DeviceClass.SPO2, DeviceClass.WEARABLE],
             )
             return _clinic(
@@ -149,7 +149,9 @@ def default_profile(tier: Tier) -> Profile:
             )
         case Tier.VILLAGE:
             home = _gateway(
-                "home-care", [Protocol.HTTPS], [DeviceClass.BLOOD_PRESSURE, DeviceClass.GLUCOSE, DeviceClass.WEARABLE]
+                "home-care",
+                [DeviceProtocol.HTTPS],
+                [DeviceClass.BLOOD_PRESSURE, DeviceClass.GLUCOSE, DeviceClass.WEARABLE],
             )
             return _clinic(
                 HospitalQuota(cpu="4", memory="16Gi", storage="200Gi", pods=50, persistent_volume_claims=10),

@@ -1,6 +1,7 @@
 """How far each object of a hospital has come, and one overall readiness across the layers.
 
-Pure functions over objects as the API server returns them. A component is
+Pure functions over objects as the API server returns them, compared against
+the models' own vocabulary (:class:`~medcloud.models.Phase`, the Ready condition). A component is
 Ready only when its Ready condition is True *for its current spec*: a status
 the operator wrote for an older generation says nothing about the spec the
 city just changed.
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from medcloud.models import hospital_namespace
+from medcloud.models import READY, ConditionStatus, Phase, hospital_namespace
 from medcloud_api.schemas import ComponentView, ConditionView, HospitalSummary, HospitalView, Layer, Readiness, State
 
 LAYERS: dict[str, Layer] = {
@@ -24,12 +25,12 @@ LAYERS: dict[str, Layer] = {
 LAYER_ORDER: dict[Layer, int] = {"tenant": 0, "stores": 1, "gateways": 2, "apps": 3}
 
 _PHASE_STATES: dict[str, State] = {
-    "Pending": "Pending",
-    "Provisioning": "Provisioning",
-    "Ready": "Provisioning",  # a Ready phase without a current Ready condition is not ready yet
-    "Degraded": "Degraded",
-    "Failed": "Failed",
-    "Terminating": "Terminating",
+    Phase.PENDING: "Pending",
+    Phase.PROVISIONING: "Provisioning",
+    Phase.READY: "Provisioning",  # a Ready phase without a current Ready condition is not ready yet
+    Phase.DEGRADED: "Degraded",
+    Phase.FAILED: "Failed",
+    Phase.TERMINATING: "Terminating",
 }
 
 
@@ -38,7 +39,7 @@ def _int(value: Any) -> int | None:
 
 
 def _ready_condition(conditions: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == "Ready"), None)
+    return next((c for c in conditions if c.get("type") == READY), None)
 
 
 def judge(obj: Mapping[str, Any]) -> tuple[State, bool, str | None]:
@@ -56,9 +57,9 @@ def judge(obj: Mapping[str, Any]) -> tuple[State, bool, str | None]:
     if meta.get("deletionTimestamp"):
         return "Terminating", False, message or "being deleted"
     phase = status.get("phase")
-    if phase == "Failed":
+    if phase == Phase.FAILED:
         return "Failed", False, message
-    if ready_condition is not None and ready_condition.get("status") == "True" and current:
+    if ready_condition is not None and ready_condition.get("status") == ConditionStatus.TRUE and current:
         return "Ready", True, message
     if phase in _PHASE_STATES:
         return _PHASE_STATES[phase], False, message

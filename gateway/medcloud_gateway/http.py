@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from medcloud.models import Protocol
+from medcloud.models import DeviceProtocol
 from medcloud_gateway.ingest import Ingestor
 from medcloud_gateway.metrics import Result
 
@@ -66,11 +66,11 @@ def _readings_router(ingestor: Ingestor) -> APIRouter:
     async def post_reading(request: Request, content_length: Annotated[int | None, Header()] = None) -> JSONResponse:
         """Store one reading: a device reading (``deviceId``, ``patient``, ``kind``, ...) or a FHIR Observation."""
         if content_length is not None and content_length > MAX_BODY_BYTES:
-            ingestor.reject(Protocol.HTTPS, "body too large")
+            ingestor.reject(DeviceProtocol.HTTPS, "body too large")
             return JSONResponse({"result": "rejected", "error": "body too large"}, status_code=413)
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
-            ingestor.reject(Protocol.HTTPS, "body too large")
+            ingestor.reject(DeviceProtocol.HTTPS, "body too large")
             return JSONResponse({"result": "rejected", "error": "body too large"}, status_code=413)
         payload: Any = body
         try:
@@ -80,7 +80,7 @@ def _readings_router(ingestor: Ingestor) -> APIRouter:
         else:
             if isinstance(decoded, dict):
                 payload = decoded
-        outcome = await asyncio.to_thread(ingestor.ingest_payload, Protocol.HTTPS, payload)
+        outcome = await asyncio.to_thread(ingestor.ingest_payload, DeviceProtocol.HTTPS, payload)
         return JSONResponse(outcome.as_json(), status_code=_STATUS[outcome.result])
 
     return router

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from medcloud.models import DeviceClass
-from medcloud.models import Protocol as Transport
+from medcloud.models import DeviceProtocol as Transport
 from medcloud.records.client import RecordInfo
 from medcloud_gateway.metrics import GatewayMetrics, Result
 from medcloud_gateway.normalize import check_accepted, from_observation, to_observation

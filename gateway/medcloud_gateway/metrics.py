@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter
 
-from medcloud.models import Protocol
+from medcloud.models import DeviceProtocol
 
 
 class Result(StrEnum):
@@ -30,14 +30,14 @@ class GatewayMetrics:
             registry=self.registry,
         )
         # Every series exists from the start, so a rate over a result that never happened is 0, not absent.
-        for protocol in Protocol:
+        for protocol in DeviceProtocol:
             for result in Result:
                 self.readings.labels(protocol.value, result.value)
 
-    def count(self, protocol: Protocol, result: Result, amount: int = 1) -> None:
+    def count(self, protocol: DeviceProtocol, result: Result, amount: int = 1) -> None:
         self.readings.labels(protocol.value, result.value).inc(amount)
 
-    def value(self, protocol: Protocol, result: Result) -> float:
+    def value(self, protocol: DeviceProtocol, result: Result) -> float:
         """The counter's current value (tests and the CLI's summary read it)."""
         sample = self.registry.get_sample_value(
             "medcloud_gateway_readings_total", {"protocol": protocol.value, "result": result.value}

@@ -13,7 +13,7 @@ import logging
 import uuid
 from datetime import UTC, datetime, tzinfo
 
-from medcloud.models import Protocol
+from medcloud.models import DeviceProtocol
 from medcloud_gateway.hl7v2 import (
     AckCode,
     Header,
@@ -69,13 +69,13 @@ class MllpServer:
             result = parse_oru(text, local=self._local)
         except (UnicodeDecodeError, Hl7Error) as exc:
             reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
-            self._ingestor.reject(Protocol.HL7V2, reason)
+            self._ingestor.reject(DeviceProtocol.HL7V2, reason)
             return self._ack(header, AckCode.REJECT, reason)
         if result.errors:
             for error in result.errors:
-                self._ingestor.reject(Protocol.HL7V2, error)
+                self._ingestor.reject(DeviceProtocol.HL7V2, error)
             return self._ack(header, AckCode.ERROR, "; ".join(result.errors))
-        outcomes = self._ingestor.ingest_all(Protocol.HL7V2, result.readings)
+        outcomes = self._ingestor.ingest_all(DeviceProtocol.HL7V2, result.readings)
         problems = [o.error for o in outcomes if not o.stored and o.error]
         if problems:
             # Some may be stored already; a resend lands on the same record names (stable ids).
@@ -96,7 +96,7 @@ class MllpServer:
                     writer.write(frame(ack))
                     await writer.drain()
         except MllpFramingError as exc:
-            self._ingestor.metrics.count(Protocol.HL7V2, Result.REJECTED)
+            self._ingestor.metrics.count(DeviceProtocol.HL7V2, Result.REJECTED)
             log.warning("closing MLLP connection from %s: %s", peer, exc)
         except ConnectionError as exc:
             log.info("MLLP connection from %s lost: %s", peer, exc)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiomqtt
 
-from medcloud.models import Protocol
+from medcloud.models import DeviceProtocol
 from medcloud_gateway.ingest import Ingestor, Outcome
 from medcloud_gateway.readings import DEVICE_ID_PATTERN
 
@@ -106,11 +106,13 @@ class MqttListener:
         topic = message.topic.value
         device_id = device_of(topic)
         if device_id is None:
-            self._ingestor.reject(Protocol.MQTT, f"topic {topic!r} is not devices/<deviceId>/readings")
+            self._ingestor.reject(DeviceProtocol.MQTT, f"topic {topic!r} is not devices/<deviceId>/readings")
             return
         raw = message.payload
         payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw if raw is not None else "")
-        outcome = await asyncio.to_thread(self._ingestor.ingest_payload, Protocol.MQTT, payload, device_id=device_id)
+        outcome = await asyncio.to_thread(
+            self._ingestor.ingest_payload, DeviceProtocol.MQTT, payload, device_id=device_id
+        )
         if not outcome.stored and self._broker.publish_errors:
             await self._report(client, device_id, outcome)
 

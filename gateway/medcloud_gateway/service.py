@@ -21,7 +21,7 @@ import urllib3
 import uvicorn
 from minio import Minio
 
-from medcloud.models import Protocol
+from medcloud.models import DeviceProtocol
 from medcloud.records.client import RecordClient
 from medcloud.records.keyclient import HttpKeyProvider
 from medcloud.tenancy.credentials import Endpoint
@@ -97,15 +97,15 @@ class Gateway:
         enabled = set(settings.protocols)
         self.mllp = (
             MllpServer(ingestor, settings.host, settings.hl7v2_port, local=settings.local_zone)
-            if Protocol.HL7V2 in enabled
+            if DeviceProtocol.HL7V2 in enabled
             else None
         )
-        self.mqtt = MqttListener(ingestor, broker_connection(settings)) if Protocol.MQTT in enabled else None
+        self.mqtt = MqttListener(ingestor, broker_connection(settings)) if DeviceProtocol.MQTT in enabled else None
         self._servers: list[_Server] = [
             self._http_server(create_health_app(ingestor, self.readiness), settings.health_port)
         ]
         self._https: _Server | None = None
-        if Protocol.HTTPS in enabled:
+        if DeviceProtocol.HTTPS in enabled:
             app = create_readings_app(ingestor, self.readiness)
             self._https = self._http_server(app, settings.https_port, settings.tls_cert_file, settings.tls_key_file)
             self._servers.append(self._https)

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from medcloud.models import DeviceClass, Protocol
+from medcloud.models import DeviceClass, DeviceProtocol
 
 DEFAULT_TOKEN_FILE = Path("/var/run/secrets/medcloud/keyservice/token")
 
@@ -37,8 +37,8 @@ class GatewaySettings(BaseSettings):
     hospital: str = Field(validation_alias="MEDCLOUD_HOSPITAL", description="The tenant (Hospital) name.")
     namespace: str = Field(validation_alias="MEDCLOUD_NAMESPACE", description="The hospital's namespace.")
     record_store: str = Field(validation_alias="MEDCLOUD_RECORDSTORE", description="RecordStore receiving readings.")
-    protocols: Annotated[list[Protocol], NoDecode] = Field(
-        default_factory=lambda: list(Protocol), validation_alias="MEDCLOUD_GATEWAY_PROTOCOLS", min_length=1
+    protocols: Annotated[list[DeviceProtocol], NoDecode] = Field(
+        default_factory=lambda: list(DeviceProtocol), validation_alias="MEDCLOUD_GATEWAY_PROTOCOLS", min_length=1
     )
     device_classes: Annotated[list[DeviceClass], NoDecode] = Field(
         default_factory=lambda: list(DeviceClass), validation_alias="MEDCLOUD_GATEWAY_DEVICE_CLASSES", min_length=1
@@ -99,7 +99,7 @@ class GatewaySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _complete(self) -> GatewaySettings:
-        if Protocol.MQTT in self.protocols:
+        if DeviceProtocol.MQTT in self.protocols:
             missing = [
                 name
                 for name, value in (

@@ -23,20 +23,31 @@ from medcloud.models.common import (
     duration_days,
     hospital_namespace,
 )
-from medcloud.models.consortium import Consortium, ConsortiumSpec, ConsortiumStatus, SharingCategory, SharingRule
+from medcloud.models.conditions import READY, Reason
+from medcloud.models.consortium import (
+    Consortium,
+    ConsortiumCondition,
+    ConsortiumReason,
+    ConsortiumSpec,
+    ConsortiumStatus,
+    SharingCategory,
+    SharingRule,
+)
 from medcloud.models.devicegateway import (
     DeviceClass,
     DeviceCounts,
     DeviceGateway,
     DeviceGatewaySpec,
     DeviceGatewayStatus,
-    Protocol,
+    DeviceProtocol,
 )
 from medcloud.models.hospital import (
     Hospital,
     HospitalAdmins,
+    HospitalCondition,
     HospitalNetwork,
     HospitalQuota,
+    HospitalReason,
     HospitalSpec,
     HospitalStatus,
     KekRotation,
@@ -48,6 +59,8 @@ from medcloud.models.recordstore import (
     KeyRotation,
     RecordClass,
     RecordStore,
+    RecordStoreCondition,
+    RecordStoreReason,
     RecordStoreSpec,
     RecordStoreStatus,
     RecordStoreUsage,
@@ -55,6 +68,7 @@ from medcloud.models.recordstore import (
     RetentionMode,
     SecretReference,
 )
+from medcloud.models.workload import WorkloadCondition, WorkloadReason
 
 KINDS: tuple[type[Resource], ...] = (Hospital, RecordStore, DeviceGateway, AppInstance, Consortium)
 """Every MedCloud kind, in the order their CRDs are written and installed."""
@@ -75,6 +89,7 @@ __all__ = [
     "GROUP",
     "KINDS",
     "KINDS_BY_NAME",
+    "READY",
     "VERSION",
     "AppInstance",
     "AppInstanceSpec",
@@ -84,6 +99,8 @@ __all__ = [
     "Condition",
     "ConditionStatus",
     "Consortium",
+    "ConsortiumCondition",
+    "ConsortiumReason",
     "ConsortiumSpec",
     "ConsortiumStatus",
     "DeletionPolicy",
@@ -92,11 +109,14 @@ __all__ = [
     "DeviceGateway",
     "DeviceGatewaySpec",
     "DeviceGatewayStatus",
+    "DeviceProtocol",
     "Exposure",
     "Hospital",
     "HospitalAdmins",
+    "HospitalCondition",
     "HospitalNetwork",
     "HospitalQuota",
+    "HospitalReason",
     "HospitalSpec",
     "HospitalStatus",
     "KekRotation",
@@ -105,9 +125,11 @@ __all__ = [
     "ObjectMeta",
     "Phase",
     "PrinterColumn",
-    "Protocol",
+    "Reason",
     "RecordClass",
     "RecordStore",
+    "RecordStoreCondition",
+    "RecordStoreReason",
     "RecordStoreSpec",
     "RecordStoreStatus",
     "RecordStoreUsage",
@@ -120,6 +142,8 @@ __all__ = [
     "SharingRule",
     "StatusBase",
     "Tier",
+    "WorkloadCondition",
+    "WorkloadReason",
     "duration_days",
     "hospital_namespace",
     "parse_object",

@@ -179,3 +179,26 @@ class Consortium(Resource):
     kind: Literal["Consortium"] = Field(default="Consortium", description="Kind of the object: Consortium.")
     spec: ConsortiumSpec = Field(description="Desired state of the consortium.")
     status: ConsortiumStatus | None = Field(default=None, description="Observed state, written by the operator.")
+
+
+class ConsortiumCondition(StrEnum):
+    """The conditions a Consortium reports."""
+
+    READY = "Ready"
+    """Every member Hospital exists and is Ready."""
+    MEMBERSHIP_CONSISTENT = "MembershipConsistent"
+    """Members name this consortium in their own spec.consortium, and no Hospital claims it unlisted."""
+
+
+class ConsortiumReason(StrEnum):
+    """Reasons only a Consortium reports."""
+
+    ALL_MEMBERS_READY = "AllMembersReady"
+    MEMBERS_MISSING = "MembersMissing"
+    """A listed member has no Hospital: onboard it, or remove it from spec.members."""
+    MEMBERS_NOT_READY = "MembersNotReady"
+    """Listed Hospitals exist but are not Ready: their own conditions say why."""
+    CONSISTENT = "Consistent"
+    MEMBERSHIP_MISMATCH = "MembershipMismatch"
+    """A member's spec.consortium names another (or none), so its network policies do not admit fellow
+    members; or a Hospital names this consortium without being listed."""

@@ -22,7 +22,7 @@ from medcloud.models.common import (
 )
 
 
-class Protocol(StrEnum):
+class DeviceProtocol(StrEnum):
     """Transport a device uses to deliver readings."""
 
     MQTT = "mqtt"
@@ -45,7 +45,7 @@ class DeviceClass(StrEnum):
 class DeviceGatewaySpec(MedCloudModel):
     """Desired state of a device gateway."""
 
-    protocols: list[Protocol] = Field(
+    protocols: list[DeviceProtocol] = Field(
         min_length=1,
         max_length=3,
         description="Protocols the gateway accepts readings on: mqtt, https and/or hl7v2 (MLLP). At least one.",

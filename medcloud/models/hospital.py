@@ -244,3 +244,26 @@ class Hospital(Resource):
         if not self.metadata.name:
             raise ValueError("a Hospital without metadata.name has no namespace")
         return hospital_namespace(self.metadata.name)
+
+
+class HospitalCondition(StrEnum):
+    """The conditions a Hospital reports; Ready summarises the others."""
+
+    READY = "Ready"
+    NAMESPACE_READY = "NamespaceReady"
+    """Namespace, Pod Security labels, quota, limit range and admin RBAC are as specified."""
+    NETWORK_ISOLATED = "NetworkIsolated"
+    """Default-deny network policies and the allowed exceptions are in place."""
+    KEY_READY = "KeyReady"
+    """The tenant key-encryption key exists in the operator's namespace."""
+
+
+class HospitalReason(StrEnum):
+    """Reasons only a Hospital reports (the shared ones are :class:`medcloud.models.conditions.Reason`)."""
+
+    NAMESPACE_TERMINATING = "NamespaceTerminating"
+    """A namespace of the same name is still being deleted; the operator waits."""
+    OPERATOR_NAMESPACE_MISSING = "OperatorNamespaceMissing"
+    """The operator's own namespace (for KEK Secrets) does not exist."""
+    RECORD_STORES_PRESENT = "RecordStoresPresent"
+    """Deletion is refused while RecordStores remain in the tenant namespace."""

@@ -245,3 +245,38 @@ class RecordStore(Resource):
     kind: Literal["RecordStore"] = Field(default="RecordStore", description="Kind of the object: RecordStore.")
     spec: RecordStoreSpec = Field(description="Desired state of the record store.")
     status: RecordStoreStatus | None = Field(default=None, description="Observed state, written by the operator.")
+
+
+class RecordStoreCondition(StrEnum):
+    """The conditions a RecordStore reports; Ready summarises the other three."""
+
+    READY = "Ready"
+    STORAGE_AVAILABLE = "StorageAvailable"
+    """The object store answers and the bucket has versioning, object lock, quota and its access policy."""
+    CREDENTIALS_READY = "CredentialsReady"
+    """The store's own MinIO user works and its credentials Secret is in the hospital namespace."""
+    KEYS_READY = "KeysReady"
+    """The data-key ring exists in the operator namespace, wrapped by the hospital's current KEK."""
+
+
+class RecordStoreReason(StrEnum):
+    """Reasons only a RecordStore reports (the shared ones are :class:`medcloud.models.conditions.Reason`)."""
+
+    STORAGE_UNAVAILABLE = "StorageUnavailable"
+    """MinIO did not answer or failed (network error, 5xx); the operator retries with backoff."""
+    STORAGE_NOT_CONFIGURED = "StorageNotConfigured"
+    """The operator has no MinIO endpoint or admin credentials (MEDCLOUD_MINIO_*)."""
+    STORAGE_REJECTED = "StorageRejected"
+    """MinIO refused a request (4xx): the operator's MinIO credentials lack a permission, or a value is invalid."""
+    BUCKET_CONFLICT = "BucketConflict"
+    """The bucket exists but belongs to another store or lacks object lock; it is never taken over."""
+    SECRET_CONFLICT = "SecretConflict"  # noqa: S105 - a condition reason, not a secret
+    """A Secret of the credentials' name exists and was not written by the operator; it is never overwritten."""
+    HOSPITAL_NOT_READY = "HospitalNotReady"
+    """The Hospital of the namespace does not exist or has no KEK yet."""
+    KEYS_MISSING = "KeysMissing"
+    """The key ring Secret is gone although keys were issued: restore it from backup (never regenerated)."""
+    KEYS_INVALID = "KeysInvalid"
+    """The key ring Secret does not parse or its keys do not unwrap under the KEK: restore it from backup."""
+    KEYS_SHREDDED = "KeysShredded"
+    """The store's keys were crypto-shredded; a store of this name cannot get keys again."""

@@ -1,4 +1,4 @@
-"""Status: compute the next one, and write it only when it differs from what is stored.
+"""Status of every kind: summarise the parts into Ready and a phase, and write it only when it differs.
 
 Both sides go through the pydantic model and the same serialisation before
 they are compared, so formatting differences (a timestamp's spelling, a
@@ -15,9 +15,8 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from medcloud.kube.client import Kind
-from medcloud.models import Condition, ConditionStatus, HospitalStatus, KeyEncryptionKey, Phase, StatusBase
-from medcloud.models.conditions import find_condition, set_condition
-from medcloud_operator.conditions import ConditionType, Reason
+from medcloud.models import READY, Condition, ConditionStatus, Phase, StatusBase
+from medcloud.models.conditions import Reason, find_condition, set_condition
 from medcloud_operator.kube import Kube
 
 
@@ -122,59 +121,8 @@ def summarise(
             phase = Phase.DEGRADED
         else:
             phase = Phase.PROVISIONING
-    conditions = set_condition(
-        conditions, ConditionType.READY, ready.status, ready.reason, ready.message, generation, now
-    )
+    conditions = set_condition(conditions, READY, ready.status, ready.reason, ready.message, generation, now)
     return Summary(conditions=conditions, ready=ready, phase=phase)
-
-
-HOSPITAL_PARTS = (ConditionType.NAMESPACE_READY, ConditionType.NETWORK_ISOLATED, ConditionType.KEY_READY)
-
-
-def next_hospital_status(
-    previous: HospitalStatus,
-    *,
-    generation: int | None,
-    namespace: str,
-    checks: Mapping[ConditionType, Check],
-    kek: KeyEncryptionKey | None,
-    quota_usage: Mapping[str, str] | None,
-    spec_failed: bool,
-    now: datetime,
-) -> HospitalStatus:
-    """The status after a reconcile whose parts came out as ``checks`` (see ``summarise``).
-
-    Ready is True only when all three parts are True.
-    """
-    summary = summarise(
-        previous,
-        generation=generation,
-        checks=checks,
-        parts=HOSPITAL_PARTS,
-        spec_failed=spec_failed,
-        provisioning=Check(ConditionStatus.FALSE, Reason.PROVISIONING, "Provisioning the tenant."),
-        ready=Check(ConditionStatus.TRUE, Reason.RECONCILED, f"Tenant namespace {namespace} is isolated and keyed."),
-        now=now,
-    )
-    return HospitalStatus(
-        phase=summary.phase,
-        observed_generation=generation,
-        conditions=summary.conditions,
-        namespace=namespace,
-        kek=kek if kek is not None else previous.kek,
-        quota_usage=dict(quota_usage) if quota_usage is not None else dict(previous.quota_usage),
-        message=summary.ready.message,
-    )
-
-
-def terminating_status(
-    previous: HospitalStatus, *, generation: int | None, check: Check, now: datetime
-) -> HospitalStatus:
-    """The status while a deletion is under way or refused: phase Terminating, Ready False."""
-    conditions = set_condition(
-        previous.conditions, ConditionType.READY, check.status, check.reason, check.message, generation, now
-    )
-    return previous.model_copy(update={"phase": Phase.TERMINATING, "conditions": conditions, "message": check.message})
 
 
 def write_status(

@@ -26,7 +26,7 @@ from fhir.resources.R4B.observation import Observation
 from minio import Minio
 from paho.mqtt.enums import CallbackAPIVersion
 
-from medcloud.models import Protocol
+from medcloud.models import DeviceProtocol
 from medcloud.records.client import InMemoryKeyProvider, RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
@@ -227,7 +227,7 @@ def test_mqtt_readings_become_encrypted_fhir_observations(
     assert [c["code"] for c in spo2["code"]["coding"]] == ["2708-6", "59408-5"]
     assert spo2["valueQuantity"] == {"value": 97, "unit": "%", "system": UCUM, "code": "%"}
     assert spo2["subject"] == {"reference": "Patient/p-1001"}
-    assert gateway.metrics.value(Protocol.MQTT, Result.STORED) == 2
+    assert gateway.metrics.value(DeviceProtocol.MQTT, Result.STORED) == 2
     # MinIO holds ciphertext only.
     for obj in root.list_objects(records.bucket, recursive=True):
         response = root.get_object(records.bucket, obj.object_name)
@@ -264,8 +264,8 @@ def test_bad_mqtt_reading_is_reported_on_the_error_topic_and_stored_nowhere(
         watcher.disconnect()
     assert report == {"result": "rejected", "error": "unit 'permille' is not known for spo2 (UCUM units accepted: %)"}
     assert observation["effectiveDateTime"] == "2024-05-01T08:31:00+08:00"
-    assert gateway.metrics.value(Protocol.MQTT, Result.REJECTED) == 1
-    assert gateway.metrics.value(Protocol.MQTT, Result.STORED) == 1
+    assert gateway.metrics.value(DeviceProtocol.MQTT, Result.REJECTED) == 1
+    assert gateway.metrics.value(DeviceProtocol.MQTT, Result.STORED) == 1
 
 
 # ----------------------------------------------------------------------------- HL7 v2 over MLLP
@@ -294,7 +294,7 @@ def test_hl7_oru_over_mllp_is_stored_and_acknowledged(gateway: Running, records:
     assert temperature["valueQuantity"] == {"value": 37.2, "unit": "Cel", "system": UCUM, "code": "Cel"}
     assert temperature["subject"] == {"reference": "Patient/p-2002"}
     assert temperature["effectiveDateTime"] == "2024-05-01T08:30:00+08:00"
-    assert gateway.metrics.value(Protocol.HL7V2, Result.STORED) == 2
+    assert gateway.metrics.value(DeviceProtocol.HL7V2, Result.STORED) == 2
 
 
 def test_bad_hl7_oru_is_answered_ae_and_stored_nowhere(gateway: Running, records: RecordClient) -> None:
@@ -309,7 +309,7 @@ def test_bad_hl7_oru_is_answered_ae_and_stored_nowhere(gateway: Running, records
     assert msa[:3] == ["MSA", "AE", "MSG-2"]
     assert msa[3].startswith("OBX 2: LOINC code 8478-0 is not a LOINC code this gateway maps")
     assert stored(records) == []
-    assert gateway.metrics.value(Protocol.HL7V2, Result.REJECTED) == 1
+    assert gateway.metrics.value(DeviceProtocol.HL7V2, Result.REJECTED) == 1
     assert gateway.send_hl7("MSH|^~\\&|X|Y|||20240501||ADT^A01|M3|P|2.5\r").split("\r")[1].startswith("MSA|AR|M3|")
 
 
@@ -356,7 +356,7 @@ def test_bad_https_reading_is_refused_and_stored_nowhere(gateway: Running, recor
     assert not_json.status_code == 422
     assert not_json.json()["error"].startswith("not JSON")
     assert stored(records) == []
-    assert gateway.metrics.value(Protocol.HTTPS, Result.REJECTED) == 2
+    assert gateway.metrics.value(DeviceProtocol.HTTPS, Result.REJECTED) == 2
 
 
 def test_health_readiness_and_metrics_on_the_health_port(gateway: Running) -> None:

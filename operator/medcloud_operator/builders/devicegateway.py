@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Unpack
 
 from medcloud.kube.client import Manifest
-from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus, Protocol
+from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus, DeviceProtocol
 from medcloud_operator.builders import workload
 from medcloud_operator.builders.workload import Ceiling, Dependency, Findings
 from medcloud_operator.catalog import gateway_image
@@ -36,12 +36,12 @@ class Listener:
     scheme: str
 
 
-LISTENERS: dict[Protocol, Listener] = {
+LISTENERS: dict[DeviceProtocol, Listener] = {
     # MQTT over TLS, the IANA port for secure MQTT; devices present client certificates.
-    Protocol.MQTT: Listener(8883, "mqtt", "mqtts"),
-    Protocol.HTTPS: Listener(8443, "https", "https"),
+    DeviceProtocol.MQTT: Listener(8883, "mqtt", "mqtts"),
+    DeviceProtocol.HTTPS: Listener(8443, "https", "https"),
     # HL7 v2 over MLLP, the IANA port for HL7 v2.
-    Protocol.HL7V2: Listener(2575, "mllp", "mllp"),
+    DeviceProtocol.HL7V2: Listener(2575, "mllp", "mllp"),
 }
 
 
@@ -59,7 +59,7 @@ def endpoints(gateway: str, namespace: str, spec: DeviceGatewaySpec) -> dict[str
     }
 
 
-def _protocols(spec: DeviceGatewaySpec) -> list[Protocol]:
+def _protocols(spec: DeviceGatewaySpec) -> list[DeviceProtocol]:
     # The spec's order is the user's; sorting keeps the manifests stable when it is reordered.
     return sorted(spec.protocols)
 

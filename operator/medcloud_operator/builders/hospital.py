@@ -9,13 +9,26 @@ server returns needs no knowledge of server-side defaulting.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from medcloud.kube.client import Manifest
-from medcloud.models import API_VERSION, HospitalSpec, hospital_namespace
+from medcloud.models import (
+    API_VERSION,
+    ConditionStatus,
+    HospitalCondition,
+    HospitalSpec,
+    HospitalStatus,
+    KeyEncryptionKey,
+    Phase,
+    hospital_namespace,
+)
+from medcloud.models.conditions import Reason, set_condition
 from medcloud.tenancy import labels
 from medcloud_operator.quantities import quantity
 from medcloud_operator.settings import OperatorSettings
+from medcloud_operator.status import Check, summarise
 
 QUOTA_NAME = "medcloud-quota"
 LIMITS_NAME = "medcloud-limits"
@@ -420,3 +433,55 @@ def build_tenancy(name: str, spec: HospitalSpec, settings: OperatorSettings) -> 
     if binding is not None:
         objects.append(binding)
     return objects
+
+
+# --------------------------------------------------------------------------- status
+
+
+HOSPITAL_PARTS = (HospitalCondition.NAMESPACE_READY, HospitalCondition.NETWORK_ISOLATED, HospitalCondition.KEY_READY)
+
+
+def next_status(
+    previous: HospitalStatus,
+    *,
+    generation: int | None,
+    namespace: str,
+    checks: Mapping[HospitalCondition, Check],
+    kek: KeyEncryptionKey | None,
+    quota_usage: Mapping[str, str] | None,
+    spec_failed: bool,
+    now: datetime,
+) -> HospitalStatus:
+    """The status after a reconcile whose parts came out as ``checks`` (see ``summarise``).
+
+    Ready is True only when all three parts are True.
+    """
+    summary = summarise(
+        previous,
+        generation=generation,
+        checks=checks,
+        parts=HOSPITAL_PARTS,
+        spec_failed=spec_failed,
+        provisioning=Check(ConditionStatus.FALSE, Reason.PROVISIONING, "Provisioning the tenant."),
+        ready=Check(ConditionStatus.TRUE, Reason.RECONCILED, f"Tenant namespace {namespace} is isolated and keyed."),
+        now=now,
+    )
+    return HospitalStatus(
+        phase=summary.phase,
+        observed_generation=generation,
+        conditions=summary.conditions,
+        namespace=namespace,
+        kek=kek if kek is not None else previous.kek,
+        quota_usage=dict(quota_usage) if quota_usage is not None else dict(previous.quota_usage),
+        message=summary.ready.message,
+    )
+
+
+def terminating_status(
+    previous: HospitalStatus, *, generation: int | None, check: Check, now: datetime
+) -> HospitalStatus:
+    """The status while a deletion is under way or refused: phase Terminating, Ready False."""
+    conditions = set_condition(
+        previous.conditions, HospitalCondition.READY, check.status, check.reason, check.message, generation, now
+    )
+    return previous.model_copy(update={"phase": Phase.TERMINATING, "conditions": conditions, "message": check.message})

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from medcloud.models import (
     ConditionStatus,
     KeyRotation,
     Phase,
+    Reason,
+    RecordStoreCondition,
     RecordStoreStatus,
     RecordStoreUsage,
     Retention,
@@ -29,56 +30,11 @@ from medcloud.models.common import parse_quantity
 from medcloud.models.conditions import set_condition
 from medcloud_operator.status import Check, summarise
 
-
-class StoreCondition(StrEnum):
-    """The conditions a RecordStore reports; Ready summarises the other three."""
-
-    READY = "Ready"
-    STORAGE_AVAILABLE = "StorageAvailable"
-    """The object store answers and the bucket has versioning, object lock, quota and its access policy."""
-    CREDENTIALS_READY = "CredentialsReady"
-    """The store's own MinIO user works and its credentials Secret is in the hospital namespace."""
-    KEYS_READY = "KeysReady"
-    """The data-key ring exists in the operator namespace, wrapped by the hospital's current KEK."""
-
-
-PARTS = (StoreCondition.STORAGE_AVAILABLE, StoreCondition.CREDENTIALS_READY, StoreCondition.KEYS_READY)
-
-
-class StoreReason(StrEnum):
-    """Why a RecordStore condition is what it is."""
-
-    RECONCILED = "Reconciled"
-    PROVISIONING = "Provisioning"
-    INVALID_SPEC = "InvalidSpec"
-    """The spec or the store's namespace cannot be realised; edit or move the RecordStore."""
-    STORAGE_UNAVAILABLE = "StorageUnavailable"
-    """MinIO did not answer or failed (network error, 5xx); the operator retries with backoff."""
-    STORAGE_NOT_CONFIGURED = "StorageNotConfigured"
-    """The operator has no MinIO endpoint or admin credentials (MEDCLOUD_MINIO_*)."""
-    STORAGE_REJECTED = "StorageRejected"
-    """MinIO refused a request (4xx): the operator's MinIO credentials lack a permission, or a value is invalid."""
-    BUCKET_CONFLICT = "BucketConflict"
-    """The bucket exists but belongs to another store or lacks object lock; it is never taken over."""
-    SECRET_CONFLICT = "SecretConflict"  # noqa: S105 - a condition reason, not a secret
-    """A Secret of the credentials' name exists and was not written by the operator; it is never overwritten."""
-    APPLY_FAILED = "ApplyFailed"
-    """The API server refused or failed a write; the operator retries."""
-    FORBIDDEN = "Forbidden"
-    """The operator's RBAC lacks a permission (deploy/recordstore-operator-rbac.yaml)."""
-    HOSPITAL_NOT_READY = "HospitalNotReady"
-    """The Hospital of the namespace does not exist or has no KEK yet."""
-    KEK_MISSING = "KEKMissing"
-    """The hospital's KEK Secret, or the KEK version that wraps the key ring, is gone: restore it from backup."""
-    KEK_INVALID = "KEKInvalid"
-    """The KEK Secret is unreadable, or older than the KEK that wrapped the key ring."""
-    KEYS_MISSING = "KeysMissing"
-    """The key ring Secret is gone although keys were issued: restore it from backup (never regenerated)."""
-    KEYS_INVALID = "KeysInvalid"
-    """The key ring Secret does not parse or its keys do not unwrap under the KEK: restore it from backup."""
-    KEYS_SHREDDED = "KeysShredded"
-    """The store's keys were crypto-shredded; a store of this name cannot get keys again."""
-    DELETING = "Deleting"
+PARTS = (
+    RecordStoreCondition.STORAGE_AVAILABLE,
+    RecordStoreCondition.CREDENTIALS_READY,
+    RecordStoreCondition.KEYS_READY,
+)
 
 
 # --------------------------------------------------------------------------- the bucket
@@ -240,7 +196,7 @@ def next_status(
     previous: RecordStoreStatus,
     *,
     generation: int | None,
-    checks: Mapping[StoreCondition, Check],
+    checks: Mapping[RecordStoreCondition, Check],
     facts: StoreFacts,
     spec_failed: bool,
     now: datetime,
@@ -260,10 +216,10 @@ def next_status(
         checks=checks,
         parts=PARTS,
         spec_failed=spec_failed,
-        provisioning=Check(ConditionStatus.FALSE, StoreReason.PROVISIONING, "Provisioning the record store."),
+        provisioning=Check(ConditionStatus.FALSE, Reason.PROVISIONING, "Provisioning the record store."),
         ready=Check(
             ConditionStatus.TRUE,
-            StoreReason.RECONCILED,
+            Reason.RECONCILED,
             f"Bucket {bucket} is locked and versioned, its credentials are issued and its keys are current.",
         ),
         now=now,
@@ -292,9 +248,9 @@ def terminating_status(
     """The status while the store is being deleted: phase Terminating, Ready False."""
     conditions = set_condition(
         previous.conditions,
-        StoreCondition.READY,
+        RecordStoreCondition.READY,
         ConditionStatus.FALSE,
-        StoreReason.DELETING,
+        Reason.DELETING,
         message,
         generation,
         now,

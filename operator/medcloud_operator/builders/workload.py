@@ -13,13 +13,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, TypedDict
 
 from pydantic import ValidationError
 
 from medcloud.kube.client import Manifest
-from medcloud.models import Condition, ConditionStatus, Phase, StatusBase
+from medcloud.models import Condition, ConditionStatus, Phase, Reason, StatusBase, WorkloadCondition, WorkloadReason
 from medcloud.models.common import HOSPITAL_NAMESPACE_PREFIX, ComputeResources, parse_quantity
 from medcloud.models.conditions import find_condition, set_condition
 from medcloud.tenancy import labels
@@ -47,42 +46,6 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 class InvalidWorkloadError(ValueError):
     """The resource passed schema validation but cannot be realised where or as it is written."""
-
-
-class WorkloadCondition(StrEnum):
-    """The conditions an AppInstance or DeviceGateway reports; Ready summarises the other two."""
-
-    READY = "Ready"
-    DEPENDENCIES_READY = "DependenciesReady"
-    """The RecordStore (and DeviceGateway) the workload is wired to exist and are Ready."""
-    AVAILABLE = "Available"
-    """The Deployment is applied and rolled out: every desired pod is updated and available."""
-
-
-class WorkloadReason(StrEnum):
-    """Why a workload condition is what it is; each names what a person can check or do."""
-
-    RECONCILED = "Reconciled"
-    PROVISIONING = "Provisioning"
-    NO_DEPENDENCIES = "NoDependencies"
-    DEPENDENCIES_READY = "DependenciesReady"
-    RECORD_STORE_NOT_FOUND = "RecordStoreNotFound"
-    RECORD_STORE_NOT_READY = "RecordStoreNotReady"
-    DEVICE_GATEWAY_NOT_FOUND = "DeviceGatewayNotFound"
-    DEVICE_GATEWAY_NOT_READY = "DeviceGatewayNotReady"
-    ROLLOUT_COMPLETE = "RolloutComplete"
-    ROLLING_OUT = "RollingOut"
-    """Pods are being created, updated or replaced; nothing to do but wait."""
-    REPLICA_FAILURE = "ReplicaFailure"
-    """Pods are refused (quota, LimitRange, Pod Security): the message says by whom and why."""
-    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
-    """The rollout made no progress for 10 minutes (image missing, pods crashing, no room on nodes)."""
-    INVALID_SPEC = "InvalidSpec"
-    """The spec cannot be realised as written (outside a hospital namespace, above the LimitRange): edit it."""
-    APPLY_FAILED = "ApplyFailed"
-    """The API server refused or failed a write; the operator retries."""
-    FORBIDDEN = "Forbidden"
-    """The operator's RBAC lacks a permission (deploy/operator-rbac.yaml); the operator retries."""
 
 
 # --------------------------------------------------------------------------- names and labels
@@ -458,7 +421,7 @@ def next_outcome(
             conditions = set_condition(conditions, type_, check.status, check.reason, check.message, generation, now)
     ready = failure or _first_failing(conditions)
     if ready is None:
-        ready = Check(ConditionStatus.TRUE, WorkloadReason.RECONCILED, ready_message)
+        ready = Check(ConditionStatus.TRUE, Reason.RECONCILED, ready_message)
     conditions = set_condition(
         conditions, WorkloadCondition.READY, ready.status, ready.reason, ready.message, generation, now
     )
@@ -480,7 +443,7 @@ def _first_failing(conditions: Sequence[Condition]) -> Check | None:
     for type_ in (WorkloadCondition.DEPENDENCIES_READY, WorkloadCondition.AVAILABLE):
         condition = find_condition(conditions, type_)
         if condition is None:
-            return Check(ConditionStatus.FALSE, WorkloadReason.PROVISIONING, "Provisioning.")
+            return Check(ConditionStatus.FALSE, Reason.PROVISIONING, "Provisioning.")
         if condition.status is not ConditionStatus.TRUE:
             return Check(condition.status, condition.reason, condition.message)
     return None

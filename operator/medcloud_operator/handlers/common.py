@@ -21,10 +21,9 @@ from urllib3.exceptions import HTTPError
 
 from medcloud.kube.client import Kind, Manifest
 from medcloud.models import ConditionStatus, Phase, StatusBase
+from medcloud.models.conditions import Reason
 from medcloud_operator import events, metrics
 from medcloud_operator.apply import Action, Applied
-from medcloud_operator.builders.workload import WorkloadReason
-from medcloud_operator.conditions import Reason
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.status import Check
 
@@ -67,24 +66,21 @@ def retry_on_conflict(exc: ApiException, what: str) -> None:
         raise kopf.TemporaryError(f"conflict writing {what}: {api_message(exc)}", delay=1) from exc
 
 
-def classify_request(exc: Exception, reasons: type[Reason] | type[WorkloadReason]) -> ReconcileError | None:
-    """A failed request to the API server, as every kind that writes children sees it; None for anything else.
-
-    ``reasons`` is the kind's vocabulary (each has Forbidden, InvalidSpec and ApplyFailed).
-    """
+def classify_request(exc: Exception) -> ReconcileError | None:
+    """A failed request to the API server, as every kind that writes children sees it; None for anything else."""
     if isinstance(exc, ApiException):
         message = api_message(exc)
         if exc.status == 403:
             return ReconcileError(
-                reasons.FORBIDDEN, f"The operator is not allowed to do this (fix its RBAC): {message}", delay=60
+                Reason.FORBIDDEN, f"The operator is not allowed to do this (fix its RBAC): {message}", delay=60
             )
         if exc.status in (400, 422):
             return ReconcileError(
-                reasons.INVALID_SPEC, f"The API server rejected a child object: {message}", permanent=True
+                Reason.INVALID_SPEC, f"The API server rejected a child object: {message}", permanent=True
             )
-        return ReconcileError(reasons.APPLY_FAILED, f"The API server failed a request ({exc.status}): {message}")
+        return ReconcileError(Reason.APPLY_FAILED, f"The API server failed a request ({exc.status}): {message}")
     if isinstance(exc, HTTPError | OSError):
-        return ReconcileError(reasons.APPLY_FAILED, f"The API server is unreachable: {exc}")
+        return ReconcileError(Reason.APPLY_FAILED, f"The API server is unreachable: {exc}")
     return None
 
 

@@ -21,12 +21,12 @@ from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
 from medcloud.kube.client import CONSORTIUM, HOSPITAL, Manifest
-from medcloud.models import GROUP, VERSION, ConditionStatus, ConsortiumSpec, ConsortiumStatus
+from medcloud.models import GROUP, VERSION, ConditionStatus, ConsortiumCondition, ConsortiumSpec, ConsortiumStatus
 from medcloud.models.conditions import now_utc
 from medcloud_operator import events, metrics
-from medcloud_operator.builders.consortium import ConsortiumCondition, next_status
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import Logger, reconcile_object
+from medcloud_operator.membership import next_status
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.status import parse_status, write_status
 

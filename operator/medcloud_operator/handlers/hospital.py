@@ -45,13 +45,15 @@ from medcloud.models import (
     GROUP,
     VERSION,
     ConditionStatus,
+    HospitalCondition,
+    HospitalReason,
     HospitalSpec,
     HospitalStatus,
     KeyEncryptionKey,
     Phase,
     hospital_namespace,
 )
-from medcloud.models.conditions import now_utc
+from medcloud.models.conditions import Reason, now_utc
 from medcloud.tenancy import kek, labels
 from medcloud_operator import OPERATOR_NAME, events, metrics
 from medcloud_operator.apply import Applied, TerminatingError, apply, prune
@@ -61,8 +63,9 @@ from medcloud_operator.builders.hospital import (
     admin_cluster_role_name,
     build_admin_cluster_access,
     build_tenancy,
+    next_status,
+    terminating_status,
 )
-from medcloud_operator.conditions import ConditionType, Reason
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import (
     Logger,
@@ -77,7 +80,7 @@ from medcloud_operator.handlers.common import (
 )
 from medcloud_operator.kek import KekMissingError, KekState, ensure_kek
 from medcloud_operator.settings import OperatorSettings
-from medcloud_operator.status import Check, next_hospital_status, parse_status, terminating_status, write_status
+from medcloud_operator.status import Check, parse_status, write_status
 
 KIND = "Hospital"
 PLURAL = "hospitals"
@@ -99,15 +102,15 @@ CLUSTER_PRUNED_KINDS: tuple[Kind, ...] = (CLUSTER_ROLE, CLUSTER_ROLE_BINDING)
 """Cluster-scoped tenancy kinds (the admins' access to the Hospital itself): likewise deleted when not asked for."""
 
 
-def _condition_for(kind: str) -> ConditionType:
+def _condition_for(kind: str) -> HospitalCondition:
     if kind == NETWORK_POLICY.kind:
-        return ConditionType.NETWORK_ISOLATED
+        return HospitalCondition.NETWORK_ISOLATED
     if kind == SECRET.kind:
-        return ConditionType.KEY_READY
-    return ConditionType.NAMESPACE_READY
+        return HospitalCondition.KEY_READY
+    return HospitalCondition.NAMESPACE_READY
 
 
-def classify(exc: Exception, stage: ConditionType, settings: OperatorSettings) -> ReconcileError:
+def classify(exc: Exception, stage: HospitalCondition, settings: OperatorSettings) -> ReconcileError:
     """Turn what went wrong into a reason a person can act on, and a retry decision."""
     if isinstance(exc, ReconcileError):
         return exc
@@ -118,14 +121,14 @@ def classify(exc: Exception, stage: ConditionType, settings: OperatorSettings) -
     if isinstance(exc, kek.KekInvalidError):
         return ReconcileError(Reason.KEK_INVALID, f"{exc}; restore the Secret from backup.", permanent=True)
     if isinstance(exc, TerminatingError):
-        return ReconcileError(Reason.NAMESPACE_TERMINATING, f"{exc}; waiting until it is gone.", delay=5)
-    if isinstance(exc, ApiException) and exc.status == 404 and stage is ConditionType.KEY_READY:
+        return ReconcileError(HospitalReason.NAMESPACE_TERMINATING, f"{exc}; waiting until it is gone.", delay=5)
+    if isinstance(exc, ApiException) and exc.status == 404 and stage is HospitalCondition.KEY_READY:
         return ReconcileError(
-            Reason.OPERATOR_NAMESPACE_MISSING,
+            HospitalReason.OPERATOR_NAMESPACE_MISSING,
             f"Namespace {settings.operator_namespace} for KEK Secrets is missing: {api_message(exc)}",
             delay=30,
         )
-    failure = classify_request(exc, Reason)
+    failure = classify_request(exc)
     if failure is None:
         raise exc
     return failure
@@ -147,9 +150,9 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
     generation = body["metadata"].get("generation")
     namespace = hospital_namespace(name)
     previous = parse_status(HospitalStatus, body.get("status"))
-    checks: dict[ConditionType, Check] = {}
+    checks: dict[HospitalCondition, Check] = {}
     results: list[Applied] = []
-    stage = ConditionType.NAMESPACE_READY
+    stage = HospitalCondition.NAMESPACE_READY
     try:
         spec = HospitalSpec.model_validate(body.get("spec") or {})
         desired = build_tenancy(name, spec, settings)
@@ -157,19 +160,19 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
         for obj in (*desired, *cluster_wide):
             stage = _condition_for(obj["kind"])
             results.append(apply(kube, obj, ctx.own_writes))
-        stage = ConditionType.NETWORK_ISOLATED
+        stage = HospitalCondition.NETWORK_ISOLATED
         results += prune(kube, PRUNED_KINDS, namespace, labels.tenancy_selector(name), desired)
-        stage = ConditionType.NAMESPACE_READY
+        stage = HospitalCondition.NAMESPACE_READY
         results += prune(kube, CLUSTER_PRUNED_KINDS, None, labels.tenancy_selector(name), cluster_wide)
-        checks[ConditionType.NAMESPACE_READY] = Check(
+        checks[HospitalCondition.NAMESPACE_READY] = Check(
             ConditionStatus.TRUE,
             Reason.RECONCILED,
             f"Namespace {namespace} has Pod Security restricted, quota, limits and admin access as specified.",
         )
-        checks[ConditionType.NETWORK_ISOLATED] = Check(
+        checks[HospitalCondition.NETWORK_ISOLATED] = Check(
             ConditionStatus.TRUE, Reason.RECONCILED, _network_summary(desired)
         )
-        stage = ConditionType.KEY_READY
+        stage = HospitalCondition.KEY_READY
         state = ensure_kek(
             kube,
             name,
@@ -179,7 +182,7 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
             observed_rotate_now=previous.kek.observed_rotate_now if previous.kek is not None else 0,
         )
         key = state.current
-        checks[ConditionType.KEY_READY] = Check(
+        checks[HospitalCondition.KEY_READY] = Check(
             ConditionStatus.TRUE,
             Reason.RECONCILED,
             f"KEK version {key.version} is in place in namespace {settings.operator_namespace}"
@@ -198,7 +201,7 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
         observed_rotate_now=state.observed_rotate_now,
         versions=list(state.versions),
     )
-    new = next_hospital_status(
+    new = next_status(
         previous,
         generation=generation,
         namespace=namespace,
@@ -231,15 +234,15 @@ def _fail(
     previous: HospitalStatus,
     generation: int | None,
     namespace: str,
-    checks: dict[ConditionType, Check],
-    stage: ConditionType,
+    checks: dict[HospitalCondition, Check],
+    stage: HospitalCondition,
     failure: ReconcileError,
     logger: Logger,
 ) -> NoReturn:
     """Record a failure in status (and an Event when it is new), then raise the Kopf error that retries it."""
     name = body["metadata"]["name"]
     checks[stage] = failure.check
-    new = next_hospital_status(
+    new = next_status(
         previous,
         generation=generation,
         namespace=namespace,
@@ -345,7 +348,7 @@ def hospital_deleted(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) 
         if stores:
             check = Check(
                 ConditionStatus.FALSE,
-                Reason.RECORD_STORES_PRESENT,
+                HospitalReason.RECORD_STORES_PRESENT,
                 f"Deletion refused: {len(stores)} RecordStore(s) remain in namespace {namespace} "
                 f"({', '.join(stores)}). Delete them first; the Hospital is removed once none remain.",
             )

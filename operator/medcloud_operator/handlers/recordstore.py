@@ -37,7 +37,18 @@ from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
 from medcloud.kube.client import HOSPITAL, RECORD_STORE, SECRET, Manifest
-from medcloud.models import GROUP, VERSION, ConditionStatus, DeletionPolicy, Phase, RecordStoreSpec, RecordStoreStatus
+from medcloud.models import (
+    GROUP,
+    VERSION,
+    ConditionStatus,
+    DeletionPolicy,
+    Phase,
+    Reason,
+    RecordStoreCondition,
+    RecordStoreReason,
+    RecordStoreSpec,
+    RecordStoreStatus,
+)
 from medcloud.models.conditions import now_utc
 from medcloud.tenancy import kek, keyring
 from medcloud.tenancy.credentials import (
@@ -48,9 +59,7 @@ from medcloud_operator import events, metrics, storesecrets
 from medcloud_operator.builders.hospital import OPERATOR_BINDING_NAME
 from medcloud_operator.builders.recordstore import (
     LockRule,
-    StoreCondition,
     StoreFacts,
-    StoreReason,
     bucket_policy,
     next_status,
     quota_bytes,
@@ -90,8 +99,8 @@ class StoreReconcileError(ReconcileError):
 
     def __init__(
         self,
-        part: StoreCondition,
-        reason: StoreReason,
+        part: RecordStoreCondition,
+        reason: Reason | RecordStoreReason,
         message: str,
         *,
         permanent: bool = False,
@@ -106,44 +115,55 @@ def backoff(retry: int, maximum: float) -> float:
     return float(min(maximum, 2 ** min(retry, 16)))
 
 
-def classify(exc: Exception, stage: StoreCondition, retry: int, settings: StorageSettings) -> StoreReconcileError:
+def classify(exc: Exception, stage: RecordStoreCondition, retry: int, settings: StorageSettings) -> StoreReconcileError:
     """Turn what went wrong into a condition a person can act on, and a retry decision."""
     if isinstance(exc, StoreReconcileError):
         return exc
     if isinstance(exc, ValidationError | InvalidStoreError):
-        return StoreReconcileError(
-            stage, StoreReason.INVALID_SPEC, f"The spec cannot be realised: {exc}", permanent=True
-        )
+        return StoreReconcileError(stage, Reason.INVALID_SPEC, f"The spec cannot be realised: {exc}", permanent=True)
     if isinstance(exc, StorageUnavailableError):
         return StoreReconcileError(
-            StoreCondition.STORAGE_AVAILABLE,
-            StoreReason.STORAGE_UNAVAILABLE,
+            RecordStoreCondition.STORAGE_AVAILABLE,
+            RecordStoreReason.STORAGE_UNAVAILABLE,
             f"MinIO is unavailable: {exc}",
             delay=backoff(retry, settings.recordstore_retry_max_seconds),
         )
     if isinstance(exc, BucketConflictError):
-        return StoreReconcileError(StoreCondition.STORAGE_AVAILABLE, StoreReason.BUCKET_CONFLICT, str(exc), delay=300)
+        return StoreReconcileError(
+            RecordStoreCondition.STORAGE_AVAILABLE, RecordStoreReason.BUCKET_CONFLICT, str(exc), delay=300
+        )
     if isinstance(exc, StorageRejectedError):
-        return StoreReconcileError(StoreCondition.STORAGE_AVAILABLE, StoreReason.STORAGE_REJECTED, str(exc), delay=60)
+        return StoreReconcileError(
+            RecordStoreCondition.STORAGE_AVAILABLE, RecordStoreReason.STORAGE_REJECTED, str(exc), delay=60
+        )
     if isinstance(exc, keyring.KekVersionMissingError | KekMissingError):
-        return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEK_MISSING, str(exc), permanent=True)
+        return StoreReconcileError(RecordStoreCondition.KEYS_READY, Reason.KEK_MISSING, str(exc), permanent=True)
     if isinstance(exc, kek.KekInvalidError):
-        return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEK_INVALID, str(exc), permanent=True)
+        return StoreReconcileError(RecordStoreCondition.KEYS_READY, Reason.KEK_INVALID, str(exc), permanent=True)
     if isinstance(exc, storesecrets.SecretConflictError):
-        return StoreReconcileError(StoreCondition.CREDENTIALS_READY, StoreReason.SECRET_CONFLICT, str(exc), delay=60)
+        return StoreReconcileError(
+            RecordStoreCondition.CREDENTIALS_READY, RecordStoreReason.SECRET_CONFLICT, str(exc), delay=60
+        )
     if isinstance(exc, storesecrets.RingShreddedError):
-        return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEYS_SHREDDED, str(exc), permanent=True)
+        return StoreReconcileError(
+            RecordStoreCondition.KEYS_READY, RecordStoreReason.KEYS_SHREDDED, str(exc), permanent=True
+        )
     if isinstance(exc, keyring.KeyRingMissingError):
-        return StoreReconcileError(StoreCondition.KEYS_READY, StoreReason.KEYS_MISSING, str(exc), permanent=True)
+        return StoreReconcileError(
+            RecordStoreCondition.KEYS_READY, RecordStoreReason.KEYS_MISSING, str(exc), permanent=True
+        )
     if isinstance(exc, keyring.KeyRingInvalidError):
         return StoreReconcileError(
-            StoreCondition.KEYS_READY, StoreReason.KEYS_INVALID, f"{exc}; restore it from backup.", permanent=True
+            RecordStoreCondition.KEYS_READY,
+            RecordStoreReason.KEYS_INVALID,
+            f"{exc}; restore it from backup.",
+            permanent=True,
         )
     if isinstance(exc, ApiException):
         message = api_message(exc)
         if exc.status == 403:
             forbidden = f"The operator is not allowed to do this (fix its RBAC): {message}"
-            if stage is StoreCondition.CREDENTIALS_READY:
+            if stage is RecordStoreCondition.CREDENTIALS_READY:
                 # Secrets in a tenant namespace come from the tenancy's RoleBinding, which
                 # the Hospital writes and the API server's authorizer sees a moment later.
                 forbidden += (
@@ -152,11 +172,11 @@ def classify(exc: Exception, stage: StoreCondition, retry: int, settings: Storag
                 )
             # Backoff, not a fixed minute: a binding that was just written takes effect within a second.
             delay = backoff(retry, FORBIDDEN_RETRY_MAX_SECONDS)
-            return StoreReconcileError(stage, StoreReason.FORBIDDEN, forbidden, delay=delay)
+            return StoreReconcileError(stage, Reason.FORBIDDEN, forbidden, delay=delay)
         failed = f"The API server failed a request ({exc.status}): {message}"
-        return StoreReconcileError(stage, StoreReason.APPLY_FAILED, failed)
+        return StoreReconcileError(stage, Reason.APPLY_FAILED, failed)
     if isinstance(exc, HTTPError | OSError):
-        return StoreReconcileError(stage, StoreReason.APPLY_FAILED, f"The API server is unreachable: {exc}")
+        return StoreReconcileError(stage, Reason.APPLY_FAILED, f"The API server is unreachable: {exc}")
     raise exc
 
 
@@ -167,9 +187,9 @@ def classify(exc: Exception, stage: StoreCondition, retry: int, settings: Storag
 class Outcome:
     """What one reconcile found and did."""
 
-    stage: StoreCondition = StoreCondition.STORAGE_AVAILABLE
+    stage: RecordStoreCondition = RecordStoreCondition.STORAGE_AVAILABLE
     """The part under way: where a failure that names no part of its own belongs."""
-    checks: dict[StoreCondition, Check] = field(default_factory=dict)
+    checks: dict[RecordStoreCondition, Check] = field(default_factory=dict)
     changes: list[tuple[str, str]] = field(default_factory=list)
     """(Event reason, message) of everything that was written."""
     facts: StoreFacts = field(default_factory=StoreFacts)
@@ -180,15 +200,15 @@ def _check_hospital(kube: Kube, names: StoreNames, operator_namespace: str) -> t
     hospital = kube.get(HOSPITAL, names.hospital)
     if hospital is None:
         raise StoreReconcileError(
-            StoreCondition.KEYS_READY,
-            StoreReason.HOSPITAL_NOT_READY,
+            RecordStoreCondition.KEYS_READY,
+            RecordStoreReason.HOSPITAL_NOT_READY,
             f"Hospital {names.hospital} (of namespace {names.namespace}) does not exist.",
             delay=10,
         )
     if not ((hospital.get("status") or {}).get("kek") or {}).get("version"):
         raise StoreReconcileError(
-            StoreCondition.KEYS_READY,
-            StoreReason.HOSPITAL_NOT_READY,
+            RecordStoreCondition.KEYS_READY,
+            RecordStoreReason.HOSPITAL_NOT_READY,
             f"Hospital {names.hospital} has no key-encryption key yet.",
             delay=5,
         )
@@ -209,15 +229,15 @@ def _reconcile_parts(
     meta = body["metadata"]
     spec = RecordStoreSpec.model_validate(body.get("spec") or {})
     names = StoreNames.of(meta["namespace"], meta["name"])
-    outcome.stage = StoreCondition.KEYS_READY
+    outcome.stage = RecordStoreCondition.KEYS_READY
     kek_secret, current_kek = _check_hospital(kube, names, operator_namespace)
 
-    outcome.stage = StoreCondition.STORAGE_AVAILABLE
+    outcome.stage = RecordStoreCondition.STORAGE_AVAILABLE
     storage = ctx.storage
     if storage is None:
         raise StoreReconcileError(
-            StoreCondition.STORAGE_AVAILABLE,
-            StoreReason.STORAGE_NOT_CONFIGURED,
+            RecordStoreCondition.STORAGE_AVAILABLE,
+            RecordStoreReason.STORAGE_NOT_CONFIGURED,
             "The operator has no MinIO to provision on: set MEDCLOUD_MINIO_ENDPOINT, "
             "MEDCLOUD_MINIO_ACCESS_KEY and MEDCLOUD_MINIO_SECRET_KEY.",
             delay=300,
@@ -225,9 +245,9 @@ def _reconcile_parts(
     lock = LockRule.of(spec.retention)
     for change in storage.ensure_bucket(names, lock, quota_bytes(spec.quota)):
         outcome.changes.append(("BucketProvisioned", change))
-    outcome.checks[StoreCondition.STORAGE_AVAILABLE] = Check(
+    outcome.checks[RecordStoreCondition.STORAGE_AVAILABLE] = Check(
         ConditionStatus.TRUE,
-        StoreReason.RECONCILED,
+        Reason.RECONCILED,
         f"Bucket {names.bucket} on {storage.public_endpoint.url}: versioned, object lock {lock.mode} "
         f"{lock.duration} {lock.unit.lower()}, quota {spec.quota}.",
     )
@@ -235,32 +255,32 @@ def _reconcile_parts(
         bucket=names.bucket, endpoint=storage.public_endpoint.url, secret=names.secret, retention=spec.retention
     )
 
-    outcome.stage = StoreCondition.CREDENTIALS_READY
+    outcome.stage = RecordStoreCondition.CREDENTIALS_READY
     secret_key, changes = storesecrets.ensure_credentials(kube, names, storage, ctx.settings)
     outcome.changes += changes
     for change in storage.ensure_access(names, bucket_policy(names.bucket), secret_key):
         outcome.changes.append(("AccessProvisioned", change))
-    outcome.checks[StoreCondition.CREDENTIALS_READY] = Check(
+    outcome.checks[RecordStoreCondition.CREDENTIALS_READY] = Check(
         ConditionStatus.TRUE,
-        StoreReason.RECONCILED,
+        Reason.RECONCILED,
         f"User {names.user} may use bucket {names.bucket} only; its credentials are in Secret {names.secret}.",
     )
 
-    outcome.stage = StoreCondition.KEYS_READY
+    outcome.stage = RecordStoreCondition.KEYS_READY
     now = now_utc()
     ring_state = storesecrets.ensure_ring(kube, names, operator_namespace, kek_secret, current_kek, spec, previous, now)
     outcome.changes += ring_state.changes
     ring = ring_state.ring
     current_entry = next(e for e in ring.entries if e.version == ring.current_version)
-    outcome.checks[StoreCondition.KEYS_READY] = Check(
+    outcome.checks[RecordStoreCondition.KEYS_READY] = Check(
         ConditionStatus.TRUE,
-        StoreReason.RECONCILED,
+        Reason.RECONCILED,
         f"Data-key version {ring.current_version} is current ({len(ring.versions)} in the ring), "
         f"wrapped by KEK version {ring.kek_version}.",
     )
     usage = previous.usage
     if refresh_usage or usage is None or ring_state.rotated or previous.key_version != ring.current_version:
-        outcome.stage = StoreCondition.STORAGE_AVAILABLE
+        outcome.stage = RecordStoreCondition.STORAGE_AVAILABLE
         usage = storage.usage(names.bucket, ring.current_version)
     outcome.facts = StoreFacts(
         bucket=names.bucket,
@@ -318,7 +338,7 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger, *, refresh_
         generation=generation,
         checks=outcome.checks,
         facts=outcome.facts,
-        spec_failed=failure is not None and failure.reason is StoreReason.INVALID_SPEC,
+        spec_failed=failure is not None and failure.reason is Reason.INVALID_SPEC,
         now=now_utc(),
     )
     _report(body, previous, generation, outcome, logger)
@@ -328,7 +348,7 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger, *, refresh_
     if failure is not None:
         _fail(body, failure, written, logger)
     if written and new.phase is not previous.phase:
-        ready = new.condition(StoreCondition.READY)
+        ready = new.condition(RecordStoreCondition.READY)
         events.post(body, events.NORMAL, new.phase.value, ready.message if ready else new.phase.value)
         logger.info("RecordStore %s/%s is %s", namespace, name, new.phase)
 

@@ -34,19 +34,14 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from medcloud.kube.client import DEPLOYMENT, LIMIT_RANGE, Kind, Manifest
-from medcloud.models import GROUP, VERSION, ConditionStatus, StatusBase
+from medcloud.models import GROUP, VERSION, ConditionStatus, Reason, StatusBase
 from medcloud.models.conditions import now_utc
+from medcloud.models.workload import WorkloadReason
 from medcloud.tenancy import labels
 from medcloud_operator import OPERATOR_NAME, events, metrics
 from medcloud_operator.apply import Applied, TerminatingError, apply, prune
 from medcloud_operator.builders.hospital import LIMITS_NAME
-from medcloud_operator.builders.workload import (
-    Findings,
-    InvalidWorkloadError,
-    WorkloadReason,
-    child_selector,
-    judge_rollout,
-)
+from medcloud_operator.builders.workload import Findings, InvalidWorkloadError, child_selector, judge_rollout
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import (
     Logger,
@@ -123,10 +118,10 @@ def classify(exc: Exception) -> ReconcileError:
     if isinstance(exc, ReconcileError):
         return exc
     if isinstance(exc, ValidationError | InvalidWorkloadError):
-        return ReconcileError(WorkloadReason.INVALID_SPEC, f"The spec cannot be realised: {exc}", permanent=True)
+        return ReconcileError(Reason.INVALID_SPEC, f"The spec cannot be realised: {exc}", permanent=True)
     if isinstance(exc, TerminatingError):
-        return ReconcileError(WorkloadReason.APPLY_FAILED, f"{exc}; waiting until it is gone.", delay=5)
-    failure = classify_request(exc, WorkloadReason)
+        return ReconcileError(Reason.APPLY_FAILED, f"{exc}; waiting until it is gone.", delay=5)
+    failure = classify_request(exc)
     if failure is None:
         raise exc
     return failure
@@ -181,7 +176,7 @@ def _reconcile(
         dependencies=plan.dependencies if plan is not None else None,
         available=available,
         failure=failure.check if failure is not None else None,
-        spec_failed=failure is not None and failure.reason is WorkloadReason.INVALID_SPEC,
+        spec_failed=failure is not None and failure.reason is Reason.INVALID_SPEC,
         now=now_utc(),
     )
     new = workload.next_status(previous, findings, plan, deployment)
@@ -195,7 +190,7 @@ def _reconcile(
         _report_readiness(body, previous, new, logger)
 
 
-QUIET_REASONS = frozenset({WorkloadReason.ROLLING_OUT, WorkloadReason.PROVISIONING})
+QUIET_REASONS = frozenset({WorkloadReason.ROLLING_OUT, Reason.PROVISIONING})
 """Not Ready for these is the normal way up: a Normal Event, not a Warning."""
 
 

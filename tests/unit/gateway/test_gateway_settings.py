@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from medcloud.models import DeviceClass, DeviceGatewaySpec, Protocol
+from medcloud.models import DeviceClass, DeviceGatewaySpec, DeviceProtocol
 from medcloud_gateway.mqtt import device_of, subscription
 from medcloud_gateway.settings import GatewaySettings
 from medcloud_operator.builders.devicegateway import build_deployment
@@ -54,7 +54,7 @@ def test_reads_what_the_operator_sets(monkeypatch: pytest.MonkeyPatch) -> None:
     got = settings(monkeypatch, {**operator_env(), **SECRET_ENV, **TLS_ENV})
     assert got.namespace == "hospital-city"
     assert got.record_store == "vitals"
-    assert set(got.protocols) == {Protocol.MQTT, Protocol.HL7V2, Protocol.HTTPS}
+    assert set(got.protocols) == {DeviceProtocol.MQTT, DeviceProtocol.HL7V2, DeviceProtocol.HTTPS}
     assert set(got.device_classes) == {DeviceClass.SPO2, DeviceClass.BLOOD_PRESSURE}
     assert (got.health_port, got.https_port, got.hl7v2_port, got.mqtt_port) == (8080, 8443, 2575, 8883)
     assert got.bucket == "city-hospital-inpatient"
@@ -71,7 +71,7 @@ def test_mqtt_without_tls_files_is_refused_naming_them(monkeypatch: pytest.Monke
 
 def test_without_mqtt_no_broker_settings_are_needed(monkeypatch: pytest.MonkeyPatch) -> None:
     got = settings(monkeypatch, {**operator_env(), **SECRET_ENV, "MEDCLOUD_GATEWAY_PROTOCOLS": "https,hl7v2"})
-    assert got.protocols == [Protocol.HTTPS, Protocol.HL7V2]
+    assert got.protocols == [DeviceProtocol.HTTPS, DeviceProtocol.HL7V2]
 
 
 def test_unknown_protocol_or_zone_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from medcloud.models import Condition, ConditionStatus, HospitalStatus, KeyEncryptionKey, Phase
-from medcloud.models.conditions import find_condition, set_condition
-from medcloud_operator.conditions import ConditionType, Reason
-from medcloud_operator.status import Check, dump, merge_patch, next_hospital_status, terminating_status
+from medcloud.models import (
+    Condition,
+    ConditionStatus,
+    HospitalCondition,
+    HospitalReason,
+    HospitalStatus,
+    KeyEncryptionKey,
+    Phase,
+)
+from medcloud.models.conditions import Reason, find_condition, set_condition
+from medcloud_operator.builders.hospital import next_status as next_hospital_status
+from medcloud_operator.builders.hospital import terminating_status
+from medcloud_operator.status import Check, dump, merge_patch
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
@@ -60,11 +69,11 @@ def test_setting_the_input_does_not_mutate_it() -> None:
     assert original == [ready(TRUE, at=T0)]
 
 
-def all_true() -> dict[ConditionType, Check]:
+def all_true() -> dict[HospitalCondition, Check]:
     return {
-        ConditionType.NAMESPACE_READY: Check(TRUE, Reason.RECONCILED, "ns"),
-        ConditionType.NETWORK_ISOLATED: Check(TRUE, Reason.RECONCILED, "net"),
-        ConditionType.KEY_READY: Check(TRUE, Reason.RECONCILED, "key"),
+        HospitalCondition.NAMESPACE_READY: Check(TRUE, Reason.RECONCILED, "ns"),
+        HospitalCondition.NETWORK_ISOLATED: Check(TRUE, Reason.RECONCILED, "net"),
+        HospitalCondition.KEY_READY: Check(TRUE, Reason.RECONCILED, "key"),
     }
 
 
@@ -72,7 +81,7 @@ KEK = KeyEncryptionKey(version=1, created_at=T0)
 
 
 def reconciled(
-    previous: HospitalStatus, now: datetime, checks: dict[ConditionType, Check] | None = None
+    previous: HospitalStatus, now: datetime, checks: dict[HospitalCondition, Check] | None = None
 ) -> HospitalStatus:
     return next_hospital_status(
         previous,
@@ -105,7 +114,7 @@ def test_a_second_reconcile_with_nothing_changed_needs_no_write() -> None:
 
 def test_a_failing_part_makes_ready_false_with_its_reason() -> None:
     checks = all_true()
-    checks[ConditionType.NETWORK_ISOLATED] = Check(FALSE, Reason.FORBIDDEN, "not allowed to write network policies")
+    checks[HospitalCondition.NETWORK_ISOLATED] = Check(FALSE, Reason.FORBIDDEN, "not allowed to write network policies")
     status = reconciled(HospitalStatus(), T0, checks)
     ready_cond = status.condition("Ready")
     assert ready_cond is not None
@@ -116,13 +125,13 @@ def test_a_failing_part_makes_ready_false_with_its_reason() -> None:
 
 def test_a_failure_after_ready_is_degraded_and_an_unrealisable_spec_is_failed() -> None:
     was_ready = reconciled(HospitalStatus(), T0)
-    broken = {ConditionType.KEY_READY: Check(FALSE, Reason.KEK_MISSING, "gone")}
+    broken = {HospitalCondition.KEY_READY: Check(FALSE, Reason.KEK_MISSING, "gone")}
     assert reconciled(was_ready, T1, broken).phase is Phase.DEGRADED
     failed = next_hospital_status(
         HospitalStatus(),
         generation=1,
         namespace="hospital-a",
-        checks={ConditionType.NAMESPACE_READY: Check(FALSE, Reason.INVALID_SPEC, "bad")},
+        checks={HospitalCondition.NAMESPACE_READY: Check(FALSE, Reason.INVALID_SPEC, "bad")},
         kek=None,
         quota_usage=None,
         spec_failed=True,
@@ -133,7 +142,7 @@ def test_a_failure_after_ready_is_degraded_and_an_unrealisable_spec_is_failed() 
 
 def test_parts_not_reached_keep_their_previous_condition() -> None:
     was_ready = reconciled(HospitalStatus(), T0)
-    status = reconciled(was_ready, T1, {ConditionType.NAMESPACE_READY: Check(FALSE, Reason.APPLY_FAILED, "5xx")})
+    status = reconciled(was_ready, T1, {HospitalCondition.NAMESPACE_READY: Check(FALSE, Reason.APPLY_FAILED, "5xx")})
     key = status.condition("KeyReady")
     assert key is not None
     assert key.status is TRUE
@@ -143,7 +152,7 @@ def test_parts_not_reached_keep_their_previous_condition() -> None:
 def test_terminating_keeps_the_rest_of_the_status() -> None:
     was_ready = reconciled(HospitalStatus(), T0)
     status = terminating_status(
-        was_ready, generation=2, check=Check(FALSE, Reason.RECORD_STORES_PRESENT, "2 remain"), now=T1
+        was_ready, generation=2, check=Check(FALSE, HospitalReason.RECORD_STORES_PRESENT, "2 remain"), now=T1
     )
     assert status.phase is Phase.TERMINATING
     assert status.kek == KEK

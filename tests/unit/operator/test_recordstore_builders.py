@@ -10,7 +10,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from medcloud.kube.client import Manifest
-from medcloud.models import ConditionStatus, KeyRotation, Phase, RecordStoreStatus, Retention, RetentionMode
+from medcloud.models import (
+    ConditionStatus,
+    KeyRotation,
+    Phase,
+    Reason,
+    RecordStoreCondition,
+    RecordStoreReason,
+    RecordStoreStatus,
+    Retention,
+    RetentionMode,
+)
 from medcloud.records.keys import KeyRing, generate_kek
 from medcloud.tenancy import kek, keyring
 from medcloud.tenancy.credentials import (
@@ -31,10 +41,8 @@ from medcloud.tenancy.store import (
 )
 from medcloud_operator.builders.recordstore import (
     LockRule,
-    StoreCondition,
     StoredVersion,
     StoreFacts,
-    StoreReason,
     bucket_policy,
     next_status,
     normalized_policy,
@@ -244,11 +252,11 @@ def test_usage_counts_versions_bytes_and_the_rotation_backlog() -> None:
 
 # --------------------------------------------------------------------------- status
 
-OK = Check(ConditionStatus.TRUE, StoreReason.RECONCILED, "fine")
+OK = Check(ConditionStatus.TRUE, Reason.RECONCILED, "fine")
 ALL_OK = {
-    StoreCondition.STORAGE_AVAILABLE: OK,
-    StoreCondition.CREDENTIALS_READY: OK,
-    StoreCondition.KEYS_READY: OK,
+    RecordStoreCondition.STORAGE_AVAILABLE: OK,
+    RecordStoreCondition.CREDENTIALS_READY: OK,
+    RecordStoreCondition.KEYS_READY: OK,
 }
 FACTS = StoreFacts(
     bucket="riverton-emr-0123456789abcdef",
@@ -278,12 +286,14 @@ def test_all_parts_true_make_a_ready_store_with_its_facts() -> None:
 
 def test_storage_lost_after_ready_is_degraded_and_says_why_then_recovers() -> None:
     ready = next_status(RecordStoreStatus(), generation=1, checks=ALL_OK, facts=FACTS, spec_failed=False, now=NOW)
-    down = Check(ConditionStatus.FALSE, StoreReason.STORAGE_UNAVAILABLE, "MinIO is unavailable: connection refused")
+    down = Check(
+        ConditionStatus.FALSE, RecordStoreReason.STORAGE_UNAVAILABLE, "MinIO is unavailable: connection refused"
+    )
     later = NOW + timedelta(minutes=1)
     degraded = next_status(
         ready,
         generation=1,
-        checks={StoreCondition.STORAGE_AVAILABLE: down},
+        checks={RecordStoreCondition.STORAGE_AVAILABLE: down},
         facts=StoreFacts(),
         spec_failed=False,
         now=later,
@@ -312,21 +322,21 @@ def test_reasserting_the_same_conditions_changes_nothing() -> None:
 
 
 def test_a_failure_before_ever_ready_is_provisioning_and_a_bad_spec_fails() -> None:
-    missing = Check(ConditionStatus.FALSE, StoreReason.HOSPITAL_NOT_READY, "no KEK yet")
+    missing = Check(ConditionStatus.FALSE, RecordStoreReason.HOSPITAL_NOT_READY, "no KEK yet")
     waiting = next_status(
         RecordStoreStatus(),
         generation=1,
-        checks={StoreCondition.KEYS_READY: missing},
+        checks={RecordStoreCondition.KEYS_READY: missing},
         facts=StoreFacts(),
         spec_failed=False,
         now=NOW,
     )
     assert waiting.phase is Phase.PROVISIONING
-    invalid = Check(ConditionStatus.FALSE, StoreReason.INVALID_SPEC, "not a hospital namespace")
+    invalid = Check(ConditionStatus.FALSE, Reason.INVALID_SPEC, "not a hospital namespace")
     failed = next_status(
         RecordStoreStatus(),
         generation=1,
-        checks={StoreCondition.STORAGE_AVAILABLE: invalid},
+        checks={RecordStoreCondition.STORAGE_AVAILABLE: invalid},
         facts=StoreFacts(),
         spec_failed=True,
         now=NOW,

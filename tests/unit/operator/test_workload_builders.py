@@ -18,11 +18,13 @@ from medcloud.models import (
     DeviceGatewaySpec,
     DeviceGatewayStatus,
     Phase,
+    Reason,
+    WorkloadReason,
 )
 from medcloud.models.common import parse_quantity
 from medcloud.tenancy.store import credentials_secret_name
+from medcloud_operator import membership as cons_b
 from medcloud_operator.builders import appinstance as app_b
-from medcloud_operator.builders import consortium as cons_b
 from medcloud_operator.builders import devicegateway as gw_b
 from medcloud_operator.builders import workload as w
 from medcloud_operator.catalog import CATALOG, app_image, gateway_image
@@ -408,14 +410,14 @@ def rollout(deployment: Json, *, written: bool = False) -> Check:
 
 def test_rollout_is_judged_like_kubectl_rollout_status() -> None:
     fresh = {"metadata": {"generation": 1}, "spec": {"replicas": 2}}
-    assert rollout(fresh, written=True).reason == w.WorkloadReason.ROLLING_OUT
+    assert rollout(fresh, written=True).reason == WorkloadReason.ROLLING_OUT
     assert rollout(deployment_status(updatedReplicas=1, replicas=2)).message == "1 of 2 pods updated."
-    assert rollout(deployment_status(updatedReplicas=2, replicas=3)).reason == w.WorkloadReason.ROLLING_OUT
+    assert rollout(deployment_status(updatedReplicas=2, replicas=3)).reason == WorkloadReason.ROLLING_OUT
     assert rollout(deployment_status(updatedReplicas=2, replicas=2, availableReplicas=1)).message == (
         "1 of 2 pods available."
     )
     done = rollout(deployment_status(updatedReplicas=2, replicas=2, availableReplicas=2, readyReplicas=2))
-    assert (done.status, done.reason) == (ConditionStatus.TRUE, w.WorkloadReason.ROLLOUT_COMPLETE)
+    assert (done.status, done.reason) == (ConditionStatus.TRUE, WorkloadReason.ROLLOUT_COMPLETE)
     stopped = rollout({"metadata": {"generation": 1}, "spec": {"replicas": 0}, "status": {"observedGeneration": 1}})
     assert stopped.ok
     assert "stopped" in stopped.message
@@ -427,7 +429,7 @@ def test_a_change_by_someone_else_not_yet_seen_by_the_controller_says_nothing_ne
     behind = {"metadata": {"generation": 3}, "spec": {"replicas": 2}, "status": {"observedGeneration": 2}}
     assert w.judge_rollout(behind, written=False) is None
     # After the operator's own write it is a rollout under way.
-    assert rollout(behind, written=True).reason == w.WorkloadReason.ROLLING_OUT
+    assert rollout(behind, written=True).reason == WorkloadReason.ROLLING_OUT
     ready = app_status(AppInstanceStatus(), dependencies=TRUE, available=AVAILABLE, ready_replicas=2)
     assert dump(app_status(ready, dependencies=TRUE, available=None, ready_replicas=2)) == dump(ready)
 
@@ -445,12 +447,12 @@ def test_refused_and_stuck_pods_are_named() -> None:
             ]
         )
     )
-    assert refused.reason == w.WorkloadReason.REPLICA_FAILURE
+    assert refused.reason == WorkloadReason.REPLICA_FAILURE
     assert "exceeded quota" in refused.message
     stuck = rollout(
         deployment_status(conditions=[{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}])
     )
-    assert stuck.reason == w.WorkloadReason.PROGRESS_DEADLINE_EXCEEDED
+    assert stuck.reason == WorkloadReason.PROGRESS_DEADLINE_EXCEEDED
 
 
 def ready_store(ready: bool = True) -> Json:
@@ -494,9 +496,9 @@ def test_the_stores_secret_name_comes_from_its_status_or_its_naming_rule() -> No
 
 
 TRUE = Check(ConditionStatus.TRUE, "Fine", "fine")
-ROLLING = Check(ConditionStatus.FALSE, w.WorkloadReason.ROLLING_OUT, "0 of 2 pods available.")
-MISSING = Check(ConditionStatus.FALSE, w.WorkloadReason.RECORD_STORE_NOT_FOUND, "RecordStore emr does not exist")
-AVAILABLE = Check(ConditionStatus.TRUE, w.WorkloadReason.ROLLOUT_COMPLETE, "2 of 2 pods available.")
+ROLLING = Check(ConditionStatus.FALSE, WorkloadReason.ROLLING_OUT, "0 of 2 pods available.")
+MISSING = Check(ConditionStatus.FALSE, WorkloadReason.RECORD_STORE_NOT_FOUND, "RecordStore emr does not exist")
+AVAILABLE = Check(ConditionStatus.TRUE, WorkloadReason.ROLLOUT_COMPLETE, "2 of 2 pods available.")
 
 
 def app_status(previous: AppInstanceStatus, *, now: datetime = T0, **parts: Any) -> AppInstanceStatus:
@@ -530,7 +532,7 @@ def test_phases_from_pending_through_ready_to_degraded() -> None:
 
 def test_a_failure_shows_in_available_and_ready_and_keeps_what_was_not_reached() -> None:
     before = app_status(AppInstanceStatus(), dependencies=TRUE, available=AVAILABLE, ready_replicas=2)
-    failure = Check(ConditionStatus.FALSE, w.WorkloadReason.FORBIDDEN, "not allowed")
+    failure = Check(ConditionStatus.FALSE, Reason.FORBIDDEN, "not allowed")
     after = app_status(before, failure=failure, ready_replicas=None)
     assert conditions(after) == {
         "DependenciesReady": ("True", "Fine"),
@@ -539,12 +541,12 @@ def test_a_failure_shows_in_available_and_ready_and_keeps_what_was_not_reached()
     }
     assert after.phase is Phase.DEGRADED
     assert after.ready_replicas == 2
-    invalid = Check(ConditionStatus.FALSE, w.WorkloadReason.INVALID_SPEC, "above the LimitRange")
+    invalid = Check(ConditionStatus.FALSE, Reason.INVALID_SPEC, "above the LimitRange")
     assert app_status(AppInstanceStatus(), failure=invalid, spec_failed=True).phase is Phase.FAILED
 
 
 def test_refused_pods_degrade_at_once() -> None:
-    refused = Check(ConditionStatus.FALSE, w.WorkloadReason.REPLICA_FAILURE, "exceeded quota")
+    refused = Check(ConditionStatus.FALSE, WorkloadReason.REPLICA_FAILURE, "exceeded quota")
     assert app_status(AppInstanceStatus(), dependencies=TRUE, available=refused).phase is Phase.DEGRADED
 
 

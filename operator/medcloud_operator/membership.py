@@ -11,35 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from enum import StrEnum
 
 from medcloud.kube.client import Manifest
-from medcloud.models import ConditionStatus, ConsortiumSpec, ConsortiumStatus, Phase
+from medcloud.models import (
+    ConditionStatus,
+    ConsortiumCondition,
+    ConsortiumReason,
+    ConsortiumSpec,
+    ConsortiumStatus,
+    Phase,
+)
 from medcloud.models.conditions import set_condition
 from medcloud_operator.builders.workload import status_of
 from medcloud_operator.status import Check
 
 NAMES_SHOWN = 10
 """Names listed in a message before "and N more": a condition message stays readable for 100 members."""
-
-
-class ConsortiumCondition(StrEnum):
-    READY = "Ready"
-    """Every member Hospital exists and is Ready."""
-    MEMBERSHIP_CONSISTENT = "MembershipConsistent"
-    """Members name this consortium in their own spec.consortium, and no Hospital claims it unlisted."""
-
-
-class ConsortiumReason(StrEnum):
-    ALL_MEMBERS_READY = "AllMembersReady"
-    MEMBERS_MISSING = "MembersMissing"
-    """A listed member has no Hospital: onboard it, or remove it from spec.members."""
-    MEMBERS_NOT_READY = "MembersNotReady"
-    """Listed Hospitals exist but are not Ready: their own conditions say why."""
-    CONSISTENT = "Consistent"
-    MEMBERSHIP_MISMATCH = "MembershipMismatch"
-    """A member's spec.consortium names another (or none), so its network policies do not admit fellow
-    members; or a Hospital names this consortium without being listed."""
 
 
 def names(items: Sequence[str]) -> str:

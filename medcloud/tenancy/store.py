@@ -44,13 +44,13 @@ class InvalidStoreError(ValueError):
     """The RecordStore cannot be realised where or as it is written (not a hospital namespace, ...)."""
 
 
-def hospital_of_namespace(namespace: str) -> str:
-    """The Hospital whose tenant namespace this is (``hospital-<name>``)."""
-    if not namespace.startswith(HOSPITAL_NAMESPACE_PREFIX) or len(namespace) == len(HOSPITAL_NAMESPACE_PREFIX):
-        raise InvalidStoreError(
-            f"RecordStores live in a hospital's namespace ({HOSPITAL_NAMESPACE_PREFIX}<hospital>), not in {namespace}"
-        )
-    return namespace[len(HOSPITAL_NAMESPACE_PREFIX) :]
+def hospital_of_namespace(namespace: str) -> str | None:
+    """The Hospital whose tenant namespace this is (``hospital-<name>``); None for any other namespace.
+
+    Each caller says in its own words why it needs a hospital's namespace.
+    """
+    hospital = namespace.removeprefix(HOSPITAL_NAMESPACE_PREFIX)
+    return hospital if hospital and hospital != namespace else None
 
 
 def _digest(hospital: str, store: str) -> str:
@@ -107,6 +107,11 @@ class StoreNames:
     @classmethod
     def of(cls, namespace: str, store: str) -> StoreNames:
         hospital = hospital_of_namespace(namespace)
+        if hospital is None:
+            raise InvalidStoreError(
+                f"RecordStores live in a hospital's namespace ({HOSPITAL_NAMESPACE_PREFIX}<hospital>), "
+                f"not in {namespace}"
+            )
         bucket = bucket_name(hospital, store)
         return cls(
             namespace=namespace,

@@ -22,7 +22,7 @@ from medcloud.models import Condition, ConditionStatus, Phase, Reason, StatusBas
 from medcloud.models.common import HOSPITAL_NAMESPACE_PREFIX, ComputeResources, parse_quantity
 from medcloud.models.conditions import find_condition, set_condition
 from medcloud.tenancy import labels
-from medcloud.tenancy.store import credentials_secret_name
+from medcloud.tenancy.store import credentials_secret_name, hospital_of_namespace
 from medcloud_operator import OPERATOR_NAME
 from medcloud_operator.builders.hospital import LIMITS_NAME
 from medcloud_operator.status import Check
@@ -53,8 +53,8 @@ class InvalidWorkloadError(ValueError):
 
 def hospital_of(namespace: str) -> str:
     """The Hospital whose tenant namespace this is (``hospital-<name>``)."""
-    hospital = namespace.removeprefix(HOSPITAL_NAMESPACE_PREFIX)
-    if hospital == namespace or not hospital:
+    hospital = hospital_of_namespace(namespace)
+    if hospital is None:
         raise InvalidWorkloadError(
             f"namespace {namespace} is not a hospital's tenant namespace ({HOSPITAL_NAMESPACE_PREFIX}<hospital>): "
             "apps and device gateways run only inside a hospital"

@@ -1,10 +1,15 @@
-"""What the handlers of every kind share: the reconcile frame, failures, and the Events of what was written.
+"""The reconcile frame every kind (Hospital, RecordStore, DeviceGateway, AppInstance, Consortium) runs in.
 
-A reconcile, whatever the kind, runs under the object's lock and the
-duration metric, reads the object (nothing to do when it is gone or being
-deleted), and counts its result in ``medcloud_reconcile_total``. A failure is
-classified into a reason a person can act on and a retry decision, which
-becomes Kopf's permanent or temporary error.
+- Triggers (:func:`register_triggers`): created, changed or found at startup, and a resync timer,
+  all funnelled into the kind's one ``reconcile``.
+- The frame (:func:`reconcile_object`): under the object's lock and the duration metric, read the
+  object (nothing to do when it is gone or being deleted), reconcile it, count the result in
+  ``medcloud_reconcile_total``.
+- Failures: classified into a :class:`ReconcileError` (a reason a person can act on, and a retry
+  decision); :func:`raise_failure` reports it (an Event when new, a metric, a log line) and raises
+  Kopf's permanent or temporary error.
+- Drift: watch events on children reconcile their owner (:func:`register_drift_handlers`), and
+  :func:`report_applied` posts one Event per child written.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -116,6 +121,47 @@ def reconcile_object(
             metrics.RECONCILE_TOTAL.labels(kind=kind.kind, result=metrics.RESULT_ERROR).inc()
             raise
         metrics.RECONCILE_TOTAL.labels(kind=kind.kind, result=metrics.RESULT_SUCCESS).inc()
+
+
+def register_triggers(
+    registry: kopf.OperatorRegistry,
+    kind: Kind,
+    *,
+    changed: Callable[..., None],
+    resync: Callable[..., None],
+    interval: float,
+    prefix: str | None = None,
+    resync_id: str | None = None,
+) -> None:
+    """A kind's own triggers: create, update and resume call ``changed``; a timer every ``interval`` ``resync``.
+
+    Handler ids (``<prefix>_changed``, ``<prefix>_resync``) name the handlers in Kopf's logs and in
+    its progress annotations, so they stay as they are once released.
+    """
+    group, version = kind.api_version.split("/")
+    prefix = prefix or kind.kind.lower()
+    for cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
+        cause(group, version, kind.plural, id=f"{prefix}_changed", registry=registry)(changed)
+    kopf.timer(
+        group,
+        version,
+        kind.plural,
+        id=resync_id or f"{prefix}_resync",
+        interval=interval,
+        initial_delay=interval,
+        registry=registry,
+    )(resync)
+
+
+def raise_failure(body: Manifest, failure: ReconcileError, status_written: bool, logger: Logger) -> NoReturn:
+    """An Event when the failure is new (the status changed), a metric, a log line, then the Kopf error."""
+    meta = body["metadata"]
+    where = f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
+    if status_written:
+        events.post(body, events.WARNING, failure.reason, failure.message)
+    metrics.RECONCILE_ERRORS.labels(kind=body["kind"], reason=failure.reason).inc()
+    logger.warning("%s %s: %s: %s", body["kind"], where, failure.reason, failure.message)
+    raise failure.to_kopf() from failure
 
 
 def is_steady(previous: StatusBase, generation: int | None) -> bool:

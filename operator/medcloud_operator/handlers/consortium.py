@@ -22,10 +22,16 @@ from urllib3.exceptions import HTTPError
 
 from medcloud.kube.client import CONSORTIUM, HOSPITAL, Manifest
 from medcloud.models import GROUP, VERSION, ConditionStatus, ConsortiumCondition, ConsortiumSpec, ConsortiumStatus
-from medcloud.models.conditions import now_utc
+from medcloud.models.conditions import Reason, now_utc
 from medcloud_operator import events, metrics
 from medcloud_operator.context import OperatorContext, get_context
-from medcloud_operator.handlers.common import Logger, reconcile_object
+from medcloud_operator.handlers.common import (
+    Logger,
+    ReconcileError,
+    raise_failure,
+    reconcile_object,
+    register_triggers,
+)
 from medcloud_operator.membership import next_status
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.status import parse_status, write_status
@@ -46,15 +52,15 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
         spec = ConsortiumSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         # The CRD's schema and CEL rules admit only valid specs; this is a model/CRD mismatch.
-        metrics.RECONCILE_ERRORS.labels(kind=KIND, reason="InvalidSpec").inc()
-        raise kopf.PermanentError(f"the spec does not match the model: {exc}") from exc
+        failure = ReconcileError(Reason.INVALID_SPEC, f"the spec does not match the model: {exc}", permanent=True)
+        raise_failure(body, failure, False, logger)
     try:
         hospitals = {h["metadata"]["name"]: h for h in ctx.kube.list(HOSPITAL)}
         new = next_status(previous, name=name, generation=generation, spec=spec, hospitals=hospitals, now=now_utc())
         written = write_status(ctx.kube, CONSORTIUM, name, previous, new)
     except (ApiException, HTTPError, OSError) as exc:
-        metrics.RECONCILE_ERRORS.labels(kind=KIND, reason="ApiFailed").inc()
-        raise kopf.TemporaryError(f"cannot read the member Hospitals or write the status: {exc}", delay=10) from exc
+        message = f"cannot read the member Hospitals or write the status: {exc}"
+        raise_failure(body, ReconcileError(Reason.APPLY_FAILED, message, delay=10), False, logger)
     assert new.phase is not None
     metrics.PHASES.set(KIND, name, new.phase)
     if not written:
@@ -71,10 +77,6 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
 
 
 def consortium_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    reconcile(get_context(memo), name, logger)
-
-
-def consortium_resync(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     reconcile(get_context(memo), name, logger)
 
 
@@ -113,17 +115,9 @@ def member_changed(
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     """The Consortium's triggers: its own events, a resync timer, and its member Hospitals' events."""
-    for cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
-        cause(GROUP, VERSION, PLURAL, id="consortium_changed", registry=registry)(consortium_changed)
-    kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="consortium_resync",
-        interval=settings.resync_seconds,
-        initial_delay=settings.resync_seconds,
-        registry=registry,
-    )(consortium_resync)
+    register_triggers(
+        registry, CONSORTIUM, changed=consortium_changed, resync=consortium_changed, interval=settings.resync_seconds
+    )
     kopf.on.event(GROUP, VERSION, PLURAL, id="consortium-deleted", registry=registry)(consortium_deleted)
     kopf.index(GROUP, VERSION, PLURAL, id=MEMBER_INDEX, registry=registry)(consortia_by_member)
     kopf.on.event(GROUP, VERSION, HOSPITAL.plural, id="consortium-members", registry=registry)(member_changed)

@@ -73,8 +73,10 @@ from medcloud_operator.handlers.common import (
     api_message,
     classify_request,
     handling,
+    raise_failure,
     reconcile_object,
     register_drift_handlers,
+    register_triggers,
     report_applied,
     retry_on_conflict,
 )
@@ -252,13 +254,10 @@ def _fail(
         spec_failed=failure.reason is Reason.INVALID_SPEC,
         now=now_utc(),
     )
-    if write_status(ctx.kube, HOSPITAL, name, previous, new):
-        events.post(body, events.WARNING, failure.reason, failure.message)
-    metrics.RECONCILE_ERRORS.labels(kind=KIND, reason=failure.reason).inc()
+    written = write_status(ctx.kube, HOSPITAL, name, previous, new)
     assert new.phase is not None
     metrics.PHASES.set(KIND, name, new.phase)
-    logger.warning("Hospital %s: %s: %s", name, failure.reason, failure.message)
-    raise failure.to_kopf() from failure
+    raise_failure(body, failure, written, logger)
 
 
 def _report_changes(
@@ -291,17 +290,9 @@ def _report_changes(
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     """The Hospital's triggers: its own events, a resync timer, its tenancy's children, its deletion."""
-    for cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
-        cause(GROUP, VERSION, PLURAL, id="hospital_changed", registry=registry)(hospital_changed)
-    kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="hospital_resync",
-        interval=settings.resync_seconds,
-        initial_delay=settings.resync_seconds,
-        registry=registry,
-    )(hospital_resync)
+    register_triggers(
+        registry, HOSPITAL, changed=hospital_changed, resync=hospital_changed, interval=settings.resync_seconds
+    )
     # A tenancy child changed: reconcile its Hospital unless the change is the echo of our own write.
     register_drift_handlers(
         registry,
@@ -316,10 +307,6 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
 
 
 def hospital_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    reconcile(get_context(memo), name, logger)
-
-
-def hospital_resync(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     reconcile(get_context(memo), name, logger)
 
 

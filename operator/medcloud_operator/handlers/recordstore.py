@@ -29,7 +29,7 @@ name versions, never keys.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -72,7 +72,9 @@ from medcloud_operator.handlers.common import (
     api_message,
     handling,
     is_steady,
+    raise_failure,
     reconcile_object,
+    register_triggers,
     retry_on_conflict,
 )
 from medcloud_operator.kek import KekMissingError
@@ -346,21 +348,11 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger, *, refresh_
     assert new.phase is not None
     metrics.PHASES.set(KIND, f"{namespace}/{name}", new.phase)
     if failure is not None:
-        _fail(body, failure, written, logger)
+        raise_failure(body, failure, written, logger)
     if written and new.phase is not previous.phase:
         ready = new.condition(RecordStoreCondition.READY)
         events.post(body, events.NORMAL, new.phase.value, ready.message if ready else new.phase.value)
         logger.info("RecordStore %s/%s is %s", namespace, name, new.phase)
-
-
-def _fail(body: Manifest, failure: StoreReconcileError, status_written: bool, logger: Logger) -> NoReturn:
-    """An Event when the failure is new (the status changed), a metric, a log line, then the Kopf error."""
-    meta = body["metadata"]
-    if status_written:
-        events.post(body, events.WARNING, failure.reason, failure.message)
-    metrics.RECONCILE_ERRORS.labels(kind=KIND, reason=failure.reason).inc()
-    logger.warning("RecordStore %s/%s: %s: %s", meta["namespace"], meta["name"], failure.reason, failure.message)
-    raise failure.to_kopf() from failure
 
 
 def _report(
@@ -466,15 +458,12 @@ def _revoke(ctx: OperatorContext, names: StoreNames, previous: RecordStoreStatus
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     """The RecordStore's triggers: its own events, the refresh timer, its deletion."""
-    for cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
-        cause(GROUP, VERSION, PLURAL, id="recordstore_changed", registry=registry)(recordstore_changed)
-    kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="recordstore_refresh",
+    register_triggers(
+        registry,
+        RECORD_STORE,
+        changed=recordstore_changed,
+        resync=recordstore_refresh,
         interval=settings.recordstore_refresh_seconds,
-        initial_delay=settings.recordstore_refresh_seconds,
-        registry=registry,
-    )(recordstore_refresh)
+        resync_id="recordstore_refresh",
+    )
     kopf.on.delete(GROUP, VERSION, PLURAL, id="recordstore_deleted", registry=registry)(recordstore_deleted)

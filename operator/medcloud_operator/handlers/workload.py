@@ -27,7 +27,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, TypeVar
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -47,8 +47,10 @@ from medcloud_operator.handlers.common import (
     Logger,
     ReconcileError,
     classify_request,
+    raise_failure,
     reconcile_object,
     register_drift_handlers,
+    register_triggers,
     report_applied,
     retry_on_conflict,
 )
@@ -185,7 +187,7 @@ def _reconcile(
     assert new.phase is not None
     metrics.PHASES.set(workload.kind.kind, f"{namespace}/{name}", new.phase)
     if failure is not None:
-        _fail(body, failure, written, logger)
+        raise_failure(body, failure, written, logger)
     if written:
         _report_readiness(body, previous, new, logger)
 
@@ -210,16 +212,6 @@ def _report_readiness(body: Manifest, previous: StatusBase, new: StatusBase, log
     )
 
 
-def _fail(body: Manifest, failure: ReconcileError, status_written: bool, logger: Logger) -> NoReturn:
-    """An Event when the failure is new (the status changed), a metric, a log line, then the Kopf error."""
-    meta = body["metadata"]
-    if status_written:
-        events.post(body, events.WARNING, failure.reason, failure.message)
-    metrics.RECONCILE_ERRORS.labels(kind=body["kind"], reason=failure.reason).inc()
-    logger.warning("%s %s/%s: %s: %s", body["kind"], meta["namespace"], meta["name"], failure.reason, failure.message)
-    raise failure.to_kopf() from failure
-
-
 # --------------------------------------------------------------------------- triggers
 
 
@@ -232,17 +224,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, worklo
         ctx = get_context(memo)
         reconcile(ctx, ctx.settings, workload, namespace, name, logger)
 
-    for cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
-        cause(GROUP, VERSION, plural, id=f"{prefix}_changed", registry=registry)(changed)
-    kopf.timer(
-        GROUP,
-        VERSION,
-        plural,
-        id=f"{prefix}_resync",
-        interval=settings.resync_seconds,
-        initial_delay=settings.resync_seconds,
-        registry=registry,
-    )(changed)
+    register_triggers(
+        registry, workload.kind, changed=changed, resync=changed, interval=settings.resync_seconds, prefix=prefix
+    )
 
     def deleted(type: str | None, namespace: str | None, name: str, **_: Any) -> None:
         if type == "DELETED":

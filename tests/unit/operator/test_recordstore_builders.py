@@ -79,8 +79,9 @@ def test_names_follow_from_namespace_and_store() -> None:
 
 @pytest.mark.parametrize("namespace", ["default", "hospital-", "riverton", "kube-system"])
 def test_a_store_outside_a_hospital_namespace_is_refused(namespace: str) -> None:
+    assert hospital_of_namespace(namespace) is None
     with pytest.raises(InvalidStoreError, match="hospital"):
-        hospital_of_namespace(namespace)
+        StoreNames.of(namespace, "emr")
 
 
 def test_joined_names_that_read_alike_get_different_buckets() -> None:

@@ -1,0 +1,54 @@
+"""The operator's handlers are registered from the settings read at start, under the ids Kopf already knows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from medcloud_operator.main import build_registry
+from medcloud_operator.settings import OperatorSettings
+
+# Kopf keeps handler progress under these ids (annotations on every object): renaming one is a migration.
+CHANGE_HANDLERS = {
+    "appinstance_changed",
+    "consortium_changed",
+    "devicegateway_changed",
+    "hospital_changed",
+    "hospital_deleted",
+    "recordstore_changed",
+    "recordstore_deleted",
+}
+TIMERS = {"appinstance_resync", "consortium_resync", "devicegateway_resync", "hospital_resync", "recordstore_refresh"}
+INDEXES = {"appinstances_by_dependency", "consortia_by_member", "devicegateways_by_dependency"}
+
+
+def test_every_kind_registers_its_triggers_under_the_released_ids() -> None:
+    registry = build_registry(OperatorSettings())
+
+    assert {h.id for h in registry._changing.get_all_handlers()} == CHANGE_HANDLERS
+    assert {h.id for h in registry._spawning.get_all_handlers()} == TIMERS
+    assert {h.id for h in registry._indexing.get_all_handlers()} == INDEXES
+    watching = {h.id for h in registry._watching.get_all_handlers()}
+    assert {"consortium-members", "drift-namespaces", "drift-appinstance-deployments"} <= watching
+    assert {"configure", "login", "shutdown", "hospitals"} == {h.id for h in registry._activities.get_all_handlers()}
+
+
+def test_timer_intervals_come_from_the_settings_given_not_from_import_time() -> None:
+    registry = build_registry(OperatorSettings(resync_seconds=7, recordstore_refresh_seconds=3))
+
+    intervals = {h.id: getattr(h, "interval", None) for h in registry._spawning.get_all_handlers()}
+    assert intervals == {timer: 3.0 if timer == "recordstore_refresh" else 7.0 for timer in TIMERS}
+
+
+def test_importing_the_operator_reads_no_environment() -> None:
+    """A setting that cannot be parsed fails when the operator starts, never when a module is imported."""
+    env = {**os.environ, "MEDCLOUD_RESYNC_SECONDS": "not a number"}
+    imports = "import medcloud_operator.main, medcloud_operator.handlers.recordstore, medcloud_operator.command"
+    imported = subprocess.run([sys.executable, "-c", imports], env=env, capture_output=True, text=True, timeout=60)
+    assert imported.returncode == 0, imported.stderr
+
+    start = "from medcloud_operator.settings import OperatorSettings; OperatorSettings()"
+    started = subprocess.run([sys.executable, "-c", start], env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode != 0
+    assert "resync_seconds" in started.stderr

@@ -90,3 +90,15 @@ def test_the_contract_breaks_when_a_deployable_imports_the_cli(tmp_path: Path) -
     result = _break_the_contract(tmp_path, "medcloud_operator", "medcloud_cli")
     assert result.returncode != 0
     assert "medcloud_operator.upward -> medcloud_cli" in result.stdout
+
+
+def test_the_readme_layout_table_matches_the_folders() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    listed = {line.split("`")[1].rstrip("/"): line for line in rows}
+    for folder, row in listed.items():
+        assert (ROOT / folder).is_dir() or "being written" in row, f"README lists {folder}/, which does not exist"
+    packages = {p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("*/medcloud_*/__init__.py")}
+    packages.add("medcloud")
+    assert packages <= set(listed), f"README's layout table misses {sorted(packages - set(listed))}"

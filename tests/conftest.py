@@ -20,7 +20,7 @@ import pytest
 from kubernetes import client, config
 
 from medcloud_cli.localcluster import binaries
-from medcloud_cli.localcluster.cluster import BrokerInfo, ClusterOptions, LocalCluster, MinioInfo
+from medcloud_cli.localcluster.cluster import BrokerInfo, ClusterOptions, LocalCluster, MinioInfo, run_kubectl
 
 
 class ExistingCluster:
@@ -35,16 +35,7 @@ class ExistingCluster:
         self, *args: str, check: bool = True, kubeconfig: Path | None = None, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         kubectl = binaries.locate("kubectl") or Path("kubectl")
-        proc = subprocess.run(
-            [str(kubectl), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-            input=input,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-        return proc
+        return run_kubectl(kubectl, kubeconfig or self.kubeconfig, *args, check=check, input=input)
 
     def kubeconfig_for_user(self, user: str, groups: tuple[str, ...] = ()) -> Path:
         pytest.skip("minting client certificates needs the local cluster's CA")

@@ -1,13 +1,29 @@
-"""Small helpers shared by the tests: polling, and byte streams that hash what passes through them."""
+"""Small helpers shared by the tests: polling, a record client on the real MinIO, and hashing byte streams."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from medcloud.records.client import InMemoryKeyProvider, RecordClient
+from medcloud.records.keys import KeyRing
 
 T = TypeVar("T")
+
+
+def connect_records(minio_server: Any, bucket: str, ring: KeyRing, **options: Any) -> RecordClient:
+    """A record client on ``bucket`` of the real MinIO, as its root user, with ``ring``'s keys."""
+    return RecordClient.connect(
+        minio_server.endpoint,
+        minio_server.access_key,
+        minio_server.secret_key,
+        bucket,
+        InMemoryKeyProvider(ring),
+        secure=minio_server.secure,
+        **options,
+    )
 
 
 def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2) -> T:

@@ -111,13 +111,13 @@ class Kube:
         items, _, _ = self.list_page(kind, namespace)
         return sorted(items, key=lambda o: str(o["metadata"]["name"]))
 
-    def create(self, kind: type[Resource], manifest: Manifest) -> Manifest:
+    def _write_options(self) -> dict[str, Any]:
+        """What every write sends: our field manager, strict validation, the timeout."""
         # Strict: an unknown field is an error, never a silently dropped setting.
-        kwargs: dict[str, Any] = {
-            "field_manager": FIELD_MANAGER,
-            "field_validation": "Strict",
-            "_request_timeout": self.timeout,
-        }
+        return {"field_manager": FIELD_MANAGER, "field_validation": "Strict", "_request_timeout": self.timeout}
+
+    def create(self, kind: type[Resource], manifest: Manifest) -> Manifest:
+        kwargs = self._write_options()
         if kind.crd.namespaced:
             namespace = manifest["metadata"]["namespace"]
             result = self.custom.create_namespaced_custom_object(
@@ -130,11 +130,7 @@ class Kube:
     def replace(self, kind: type[Resource], manifest: Manifest) -> Manifest:
         """Update with the manifest's resourceVersion: a concurrent change answers 409, never a lost update."""
         name = manifest["metadata"]["name"]
-        kwargs: dict[str, Any] = {
-            "field_manager": FIELD_MANAGER,
-            "field_validation": "Strict",
-            "_request_timeout": self.timeout,
-        }
+        kwargs = self._write_options()
         if kind.crd.namespaced:
             namespace = manifest["metadata"]["namespace"]
             result = self.custom.replace_namespaced_custom_object(
@@ -167,12 +163,7 @@ class Kube:
                     raise
 
     def merge_patch(self, kind: type[Resource], name: str, patch: Manifest, namespace: str | None = None) -> Manifest:
-        kwargs: dict[str, Any] = {
-            "field_manager": FIELD_MANAGER,
-            "field_validation": "Strict",
-            "_content_type": "application/merge-patch+json",
-            "_request_timeout": self.timeout,
-        }
+        kwargs = {**self._write_options(), "_content_type": "application/merge-patch+json"}
         if kind.crd.namespaced:
             assert namespace is not None
             result = self.custom.patch_namespaced_custom_object(

@@ -27,7 +27,7 @@ from minio import Minio
 from paho.mqtt.enums import CallbackAPIVersion
 
 from medcloud.models import DeviceProtocol
-from medcloud.records.client import InMemoryKeyProvider, RecordClient
+from medcloud.records.client import RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
@@ -37,7 +37,7 @@ from medcloud_gateway.ingest import Ingestor
 from medcloud_gateway.metrics import GatewayMetrics, Result
 from medcloud_gateway.service import Gateway
 from medcloud_gateway.settings import GatewaySettings
-from tests.support import wait_for
+from tests.support import connect_records, wait_for
 
 pytestmark = [pytest.mark.minio, pytest.mark.broker]
 
@@ -48,14 +48,7 @@ WHEN = "2024-05-01T08:30:00+08:00"
 @pytest.fixture
 def records(minio_server: MinioInfo, bucket: str) -> RecordClient:
     ring = KeyRing.create(hospital="city-hospital", store="vitals", kek=generate_kek())
-    return RecordClient.connect(
-        minio_server.endpoint,
-        minio_server.access_key,
-        minio_server.secret_key,
-        bucket,
-        InMemoryKeyProvider(ring),
-        secure=minio_server.secure,
-    )
+    return connect_records(minio_server, bucket, ring)
 
 
 @pytest.fixture

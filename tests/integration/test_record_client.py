@@ -15,7 +15,7 @@ import urllib3.connection
 from minio import Minio
 
 from medcloud.records import client as client_module
-from medcloud.records.client import InMemoryKeyProvider, RecordClient
+from medcloud.records.client import RecordClient
 from medcloud.records.envelope import (
     BUFFER_POOL_LIMIT,
     HEADER_SIZE,
@@ -25,7 +25,7 @@ from medcloud.records.envelope import (
     ciphertext_length,
 )
 from medcloud.records.keys import KeyRing, generate_kek
-from tests.support import HashingWriter, PatternReader
+from tests.support import HashingWriter, PatternReader, connect_records
 
 pytestmark = pytest.mark.minio
 
@@ -38,22 +38,9 @@ def ring() -> KeyRing:
     return KeyRing.create(hospital="city-hospital", store="inpatient", kek=generate_kek())
 
 
-def _connect(minio_server: Any, bucket: str, ring: KeyRing, **options: Any) -> RecordClient:
-    """A record client on ``bucket`` of the real MinIO, as its root user, with ``ring``'s keys."""
-    return RecordClient.connect(
-        minio_server.endpoint,
-        minio_server.access_key,
-        minio_server.secret_key,
-        bucket,
-        InMemoryKeyProvider(ring),
-        secure=minio_server.secure,
-        **options,
-    )
-
-
 @pytest.fixture
 def records(minio_server: Any, bucket: str, ring: KeyRing) -> RecordClient:
-    return _connect(minio_server, bucket, ring)
+    return connect_records(minio_server, bucket, ring)
 
 
 def _raw(root: Minio, bucket: str, name: str) -> tuple[bytes, dict[str, str]]:
@@ -135,7 +122,7 @@ def test_large_round_trip_in_bounded_memory(
     minio_server: Any, bucket: str, ring: KeyRing, size: int, known_length: bool
 ) -> None:
     part = 5 * MIB  # the SDK's minimum part, what it picks itself for a known length this size
-    records = _connect(minio_server, bucket, ring, part_size=part)
+    records = connect_records(minio_server, bucket, ring, part_size=part)
     source = _pattern(size)
     sink = HashingWriter()
     tracemalloc.start()
@@ -278,6 +265,6 @@ def test_another_store_cannot_read_the_records(
 ) -> None:
     records.put("x.txt", b"for inpatient only")
     other = KeyRing.create(hospital="city-hospital", store="outpatient", kek=generate_kek())
-    intruder = _connect(minio_server, bucket, other)
+    intruder = connect_records(minio_server, bucket, other)
     with pytest.raises(RecordIntegrityError, match="content key failed to unwrap"):
         intruder.get_bytes("x.txt")

@@ -16,6 +16,7 @@ import json
 import secrets
 import shutil
 import ssl
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -498,18 +499,7 @@ class LocalCluster:
 
     # ------------------------------------------------------------- kubectl
     def kubectl(self, *args: str, check: bool = True, kubeconfig: Path | None = None, input: str | None = None) -> Any:
-        import subprocess
-
-        proc = subprocess.run(
-            [str(self.binary("kubectl")), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-            input=input,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-        return proc
+        return run_kubectl(self.binary("kubectl"), kubeconfig or self.kubeconfig, *args, check=check, input=input)
 
     def _kubectl_apply(self, manifest: dict[str, Any]) -> None:
         self.kubectl("apply", "-f", "-", input=json.dumps(manifest))
@@ -584,6 +574,22 @@ def stop_from_state(state_dir: Path, grace: float = 10.0) -> list[str]:
             stopped.append(name)
     path.unlink()
     return stopped
+
+
+def run_kubectl(
+    kubectl: Path, kubeconfig: Path, *args: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``kubectl --kubeconfig=... ARGS``; with ``check``, a failure raises with kubectl's own words."""
+    proc = subprocess.run(
+        [str(kubectl), f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
 
 
 KEPT_STATE = (

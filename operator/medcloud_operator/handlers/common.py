@@ -164,6 +164,15 @@ def raise_failure(body: Manifest, failure: ReconcileError, status_written: bool,
     raise failure.to_kopf() from failure
 
 
+def announce(body: Manifest, reason: str, message: str, logger: Logger, *, warning: bool = False) -> None:
+    """One Event on ``body`` and one log line, saying the same thing."""
+    events.post(body, events.WARNING if warning else events.NORMAL, reason, message)
+    if warning:
+        logger.warning("%s", message)
+    else:
+        logger.info("%s", message)
+
+
 def is_steady(previous: StatusBase, generation: int | None) -> bool:
     """The object was Ready (or Degraded) at this generation: a write now repairs drift, not a spec change."""
     return previous.phase in (Phase.READY, Phase.DEGRADED) and previous.observed_generation == generation
@@ -182,8 +191,7 @@ def report_applied(
             reason, what = "DriftRepaired", f"{result.describe()}: it had been changed or deleted outside the operator"
         else:
             reason, what = result.action.value.capitalize(), result.describe()
-        events.post(body, events.NORMAL, reason, what)
-        logger.info("%s", what)
+        announce(body, reason, what, logger)
 
 
 def register_drift_handlers(

@@ -70,6 +70,7 @@ from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import (
     Logger,
     ReconcileError,
+    announce,
     api_message,
     classify_request,
     handling,
@@ -273,16 +274,14 @@ def _report_changes(
     report_applied(body, previous, generation, results, logger)
     if key.created:
         message = f"KEK version {key.current.version} created in namespace {settings.operator_namespace}"
-        events.post(body, events.NORMAL, "KEKCreated", message)
-        logger.info("%s", message)
+        announce(body, "KEKCreated", message, logger)
     if key.rotated_from is not None:
         message = (
             f"KEK version {key.current.version} is now current (spec.keyRotation.rotateNow "
             f"{key.observed_rotate_now}); version {key.rotated_from} and older are kept until every RecordStore "
             "has re-wrapped its data keys"
         )
-        events.post(body, events.NORMAL, "KEKRotated", message)
-        logger.info("%s", message)
+        announce(body, "KEKRotated", message, logger)
 
 
 # --------------------------------------------------------------------------- handlers

@@ -69,6 +69,7 @@ from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import (
     Logger,
     ReconcileError,
+    announce,
     api_message,
     handling,
     is_steady,
@@ -364,8 +365,7 @@ def _report(
         if steady and reason in ("BucketProvisioned", "AccessProvisioned", "CredentialsRepaired"):
             metrics.DRIFT_REPAIRS.labels(kind=KIND).inc()
             reason = "DriftRepaired"
-        events.post(body, events.NORMAL, reason, message)
-        logger.info("%s", message)
+        announce(body, reason, message, logger)
 
 
 # --------------------------------------------------------------------------- handlers
@@ -429,15 +429,13 @@ def recordstore_deleted(
                     f"{names.bucket} can never be decrypted again. Object lock keeps the ciphertext until each "
                     "version's retention ends."
                 )
-                events.post(body, events.WARNING, "KeysShredded", text)
-                logger.warning("%s", text)
+                announce(body, "KeysShredded", text, logger, warning=True)
         else:
             text = (
                 f"Access revoked; bucket {names.bucket} and the key ring are retained (deletionPolicy Retain). "
                 "A RecordStore of the same name in this namespace takes them over again."
             )
-            events.post(body, events.NORMAL, "Retained", text)
-            logger.info("%s", text)
+            announce(body, "Retained", text, logger)
         metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_SUCCESS).inc()
         metrics.PHASES.forget(KIND, f"{namespace}/{name}")
 

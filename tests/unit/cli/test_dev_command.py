@@ -26,16 +26,19 @@ def _state(tmp_path: Path) -> ClusterState:
     )
 
 
-def test_dev_up_prints_the_key_service_url_and_how_to_get_a_token(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    platform = PlatformInfo(
-        api_url="http://127.0.0.1:8001",
+def _platform(api_url: str) -> PlatformInfo:
+    return PlatformInfo(
+        api_url=api_url,
         city_admin_token="tok",
         operator_metrics="http://127.0.0.1:9090/metrics",
         key_service_url="http://127.0.0.1:8443",
     )
-    dev._print_ready(_state(tmp_path), platform)
+
+
+def test_dev_up_prints_the_key_service_url_and_how_to_get_a_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev._print_ready(_state(tmp_path), _platform("http://127.0.0.1:8001"))
     captured = capsys.readouterr()
     exports = [line for line in captured.out.splitlines() if line.startswith("export ")]
     # The variable `medcloud records` reads, on stdout (so `eval "$(medcloud dev up)"` picks it up).
@@ -102,13 +105,7 @@ def _envvars_read_by_commands() -> dict[str, set[str]]:
 
 def test_dev_up_exports_the_names_the_commands_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`eval "$(medcloud dev up)"`, then `medcloud onboard` reaches the API `dev up` started (not 127.0.0.1:8080)."""
-    platform = PlatformInfo(
-        api_url="http://127.0.0.1:43001",
-        city_admin_token="tok",
-        operator_metrics="http://127.0.0.1:9090/metrics",
-        key_service_url="http://127.0.0.1:8443",
-    )
-    dev._print_ready(_state(tmp_path), platform)
+    dev._print_ready(_state(tmp_path), _platform("http://127.0.0.1:43001"))
     exports = dict(
         line.removeprefix("export ").split("=", 1)
         for line in capsys.readouterr().out.splitlines()

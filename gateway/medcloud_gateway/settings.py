@@ -20,6 +20,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from medcloud.models import DeviceClass, DeviceProtocol
+from medcloud.tenancy import gateway as gateway_env
+from medcloud.tenancy.credentials import ACCESS_KEY_FIELD, KEY_SERVICE_URL_FIELD, SECRET_KEY_FIELD
 
 DEFAULT_TOKEN_FILE = Path("/var/run/secrets/medcloud/keyservice/token")
 
@@ -34,29 +36,29 @@ def _split(value: Any) -> Any:
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    hospital: str = Field(validation_alias="MEDCLOUD_HOSPITAL", description="The tenant (Hospital) name.")
-    namespace: str = Field(validation_alias="MEDCLOUD_NAMESPACE", description="The hospital's namespace.")
-    record_store: str = Field(validation_alias="MEDCLOUD_RECORDSTORE", description="RecordStore receiving readings.")
+    hospital: str = Field(validation_alias=gateway_env.HOSPITAL, description="The tenant (Hospital) name.")
+    namespace: str = Field(validation_alias=gateway_env.NAMESPACE, description="The hospital's namespace.")
+    record_store: str = Field(validation_alias=gateway_env.RECORD_STORE, description="RecordStore receiving readings.")
     protocols: Annotated[list[DeviceProtocol], NoDecode] = Field(
-        default_factory=lambda: list(DeviceProtocol), validation_alias="MEDCLOUD_GATEWAY_PROTOCOLS", min_length=1
+        default_factory=lambda: list(DeviceProtocol), validation_alias=gateway_env.PROTOCOLS, min_length=1
     )
     device_classes: Annotated[list[DeviceClass], NoDecode] = Field(
-        default_factory=lambda: list(DeviceClass), validation_alias="MEDCLOUD_GATEWAY_DEVICE_CLASSES", min_length=1
+        default_factory=lambda: list(DeviceClass), validation_alias=gateway_env.DEVICE_CLASSES, min_length=1
     )
     # Every address in the pod: the Service forwards to the pod IP.
     host: str = Field(default="0.0.0.0", validation_alias="MEDCLOUD_GATEWAY_HOST")  # noqa: S104
-    health_port: int = Field(default=8080, ge=1, le=65535, validation_alias="MEDCLOUD_GATEWAY_HEALTH_PORT")
-    mqtt_port: int = Field(default=8883, ge=1, le=65535, validation_alias="MEDCLOUD_GATEWAY_MQTT_PORT")
-    https_port: int = Field(default=8443, ge=1, le=65535, validation_alias="MEDCLOUD_GATEWAY_HTTPS_PORT")
-    hl7v2_port: int = Field(default=2575, ge=1, le=65535, validation_alias="MEDCLOUD_GATEWAY_HL7V2_PORT")
+    health_port: int = Field(default=8080, ge=1, le=65535, validation_alias=gateway_env.HEALTH_PORT)
+    mqtt_port: int = Field(default=8883, ge=1, le=65535, validation_alias=gateway_env.PORT[DeviceProtocol.MQTT])
+    https_port: int = Field(default=8443, ge=1, le=65535, validation_alias=gateway_env.PORT[DeviceProtocol.HTTPS])
+    hl7v2_port: int = Field(default=2575, ge=1, le=65535, validation_alias=gateway_env.PORT[DeviceProtocol.HL7V2])
 
     # The RecordStore's credentials Secret (COSI keys).
     s3_endpoint: str = Field(validation_alias="COSI_S3_ENDPOINT")
     bucket: str = Field(validation_alias="COSI_S3_BUCKET_ID")
-    access_key: str = Field(validation_alias="COSI_S3_ACCESS_KEY_ID")
-    secret_key: SecretStr = Field(validation_alias="COSI_S3_ACCESS_SECRET_KEY")
+    access_key: str = Field(validation_alias=ACCESS_KEY_FIELD)
+    secret_key: SecretStr = Field(validation_alias=SECRET_KEY_FIELD)
     s3_ca_pem: str | None = Field(default=None, validation_alias="COSI_CERTIFICATE_AUTHORITY")
-    key_service_url: str | None = Field(default=None, validation_alias="MEDCLOUD_KEY_SERVICE_URL")
+    key_service_url: str | None = Field(default=None, validation_alias=KEY_SERVICE_URL_FIELD)
     key_service_token_file: Path = Field(
         default=DEFAULT_TOKEN_FILE, validation_alias="MEDCLOUD_GATEWAY_KEY_SERVICE_TOKEN_FILE"
     )

@@ -4,7 +4,8 @@
 - :mod:`medcloud.tenancy.store`: a RecordStore's derived names (bucket, user, policy, Secrets);
 - :mod:`medcloud.tenancy.credentials`: the store's endpoint and its credentials Secret (COSI and OBC keys);
 - :mod:`medcloud.tenancy.kek`: the hospital KEK Secret's format, and reading it;
-- :mod:`medcloud.tenancy.keyring`: a store's key-ring Secret's format, and reading it.
+- :mod:`medcloud.tenancy.keyring`: a store's key-ring Secret's format, and reading it;
+- :mod:`medcloud.tenancy.gateway`: the environment the operator gives a device gateway's pod.
 
 Writing these objects is the operator's job; the key service, the device
 gateway and the record CLI only read them.

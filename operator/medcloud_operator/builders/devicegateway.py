@@ -12,6 +12,7 @@ from typing import Unpack
 
 from medcloud.kube.client import Manifest
 from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus, DeviceProtocol
+from medcloud.tenancy import gateway as gateway_env
 from medcloud_operator.builders import workload
 from medcloud_operator.builders.workload import Ceiling, Dependency, Findings
 from medcloud_operator.catalog import gateway_image
@@ -66,15 +67,15 @@ def _protocols(spec: DeviceGatewaySpec) -> list[DeviceProtocol]:
 
 def _env(namespace: str, hospital: str, spec: DeviceGatewaySpec) -> list[Manifest]:
     env = [
-        {"name": "MEDCLOUD_HOSPITAL", "value": hospital},
-        {"name": "MEDCLOUD_NAMESPACE", "value": namespace},
-        {"name": "MEDCLOUD_RECORDSTORE", "value": spec.record_store},
-        {"name": "MEDCLOUD_GATEWAY_PROTOCOLS", "value": ",".join(p.value for p in _protocols(spec))},
-        {"name": "MEDCLOUD_GATEWAY_DEVICE_CLASSES", "value": ",".join(sorted(c.value for c in spec.device_classes))},
-        {"name": "MEDCLOUD_GATEWAY_HEALTH_PORT", "value": str(HEALTH_PORT)},
+        {"name": gateway_env.HOSPITAL, "value": hospital},
+        {"name": gateway_env.NAMESPACE, "value": namespace},
+        {"name": gateway_env.RECORD_STORE, "value": spec.record_store},
+        {"name": gateway_env.PROTOCOLS, "value": ",".join(p.value for p in _protocols(spec))},
+        {"name": gateway_env.DEVICE_CLASSES, "value": ",".join(sorted(c.value for c in spec.device_classes))},
+        {"name": gateway_env.HEALTH_PORT, "value": str(HEALTH_PORT)},
     ]
     for protocol in _protocols(spec):
-        env.append({"name": f"MEDCLOUD_GATEWAY_{protocol.value.upper()}_PORT", "value": str(LISTENERS[protocol].port)})
+        env.append({"name": gateway_env.PORT[protocol], "value": str(LISTENERS[protocol].port)})
     return env
 
 

@@ -1,0 +1,22 @@
+"""The environment a device gateway's pod gets from the operator, and the gateway reads: each name once, here.
+
+The operator writes these into the gateway's Deployment
+(``medcloud_operator.builders.devicegateway``); the gateway reads them
+(``medcloud_gateway.settings``). The store's credentials come beside them
+from its credentials Secret (:mod:`medcloud.tenancy.credentials`).
+"""
+
+from __future__ import annotations
+
+from medcloud.models import DeviceProtocol
+
+HOSPITAL = "MEDCLOUD_HOSPITAL"
+NAMESPACE = "MEDCLOUD_NAMESPACE"
+RECORD_STORE = "MEDCLOUD_RECORDSTORE"
+PROTOCOLS = "MEDCLOUD_GATEWAY_PROTOCOLS"
+"""Comma-separated protocols to listen for (``mqtt,https,hl7v2``)."""
+DEVICE_CLASSES = "MEDCLOUD_GATEWAY_DEVICE_CLASSES"
+"""Comma-separated device classes to accept."""
+HEALTH_PORT = "MEDCLOUD_GATEWAY_HEALTH_PORT"
+PORT: dict[DeviceProtocol, str] = {p: f"MEDCLOUD_GATEWAY_{p.value.upper()}_PORT" for p in DeviceProtocol}
+"""The variable naming the port each protocol's listener binds (``MEDCLOUD_GATEWAY_MQTT_PORT``, ...)."""

@@ -10,6 +10,8 @@ VENV=${VENV:-.venv}
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+# npm fetches the FHIR R4 JSON schema the gateway tests validate against (below).
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   SUDO=""

@@ -347,3 +347,11 @@ def test_open_mhealth_unknown_schema_and_bad_header_are_refused() -> None:
     del point["dataPoint"]["header"]["uuid"]
     with pytest.raises(ReadingError, match="data point does not match its Open mHealth schema"):
         omh.to_reading(point)
+
+
+@pytest.mark.parametrize("version", ["2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6"])
+def test_the_same_pcd01_content_reads_alike_from_v2_3_to_v2_6(version: str) -> None:
+    text = read("ipf-pcd01-request.hl7").replace("|P|2.6|", f"|P|{version}|")
+    assert f"|P|{version}|" in text
+    (panel,) = parse(text).observations
+    assert codes(panel.document) == [(LOINC, "85354-9"), (MDC_SYSTEM, "150020")]

@@ -27,8 +27,6 @@ from medcloud_gateway.mdc import ECG_ELEC_POTL, EKG_STUDY, lead_code
 from medcloud_gateway.pcd01 import MAX_SAMPLES
 from medcloud_gateway.readings import DeviceId, PatientReference, ReadingError, claim_device, describe
 
-ECG_UNITS = ("V", "mV", "uV")
-
 
 class Waveform(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)

@@ -51,7 +51,6 @@ from medcloud_gateway.mdc import (
     PART_LOINC,
     TERMS,
     WAVEFORM_ATTRIBUTES,
-    Code,
     PressureFamily,
     Term,
     UnknownUnitError,
@@ -550,6 +549,3 @@ def _samples(row: Row) -> list[str]:
             raise ReadingError(f"waveform sample {text!r} is not a number")
         out.append(text)
     return out
-
-
-__all__ = ["Code", "DeviceResult", "is_device_message", "normalise_segments", "parse_pcd01"]

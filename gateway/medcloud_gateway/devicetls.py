@@ -20,12 +20,26 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from medcloud.tenancy.devicecrl import revoked_serials
 
 log = logging.getLogger(__name__)
+
+DEVICE_SCOPE_KEY = "medcloud.device"
+"""ASGI scope key under which the HTTPS listener passes the connected device's id (its certificate's CN)."""
+
+
+def device_of_certificate(der: bytes) -> str:
+    """The device id a device certificate names: its subject common name."""
+    names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        raise ValueError("the device certificate has no common name")
+    return str(names[0].value)
 
 
 @dataclass
@@ -94,3 +108,30 @@ class DeviceTrust:
         while True:
             await asyncio.sleep(self.reload_seconds)
             await asyncio.to_thread(self.refresh)
+
+
+def device_http_protocol(trust: DeviceTrust) -> type[H11Protocol]:
+    """uvicorn's HTTP/1.1 protocol, telling the app which device is connected and closing revoked ones.
+
+    Every request gets the certificate's device id in its scope (:data:`DEVICE_SCOPE_KEY`); a request on a
+    keep-alive connection whose certificate was revoked since the handshake is not served: the connection closes.
+    """
+
+    class DeviceH11Protocol(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            tls = transport.get_extra_info("ssl_object")
+            certificate = tls.getpeercert(binary_form=True) if tls is not None else None
+            device = device_of_certificate(certificate) if certificate else None
+            app = self.app
+
+            async def with_device(scope: Any, receive: Any, send: Any) -> None:
+                if trust.revoked(certificate):
+                    transport.close()
+                    return
+                scope[DEVICE_SCOPE_KEY] = device
+                await app(scope, receive, send)
+
+            self.app = with_device
+
+    return DeviceH11Protocol

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from medcloud.models import DeviceProtocol
+from medcloud_gateway.devicetls import DEVICE_SCOPE_KEY
 from medcloud_gateway.ingest import Ingestor
 from medcloud_gateway.metrics import Result
 from medcloud_gateway.presence import DeviceState
@@ -89,7 +90,9 @@ def _readings_router(ingestor: Ingestor) -> APIRouter:
         else:
             if isinstance(decoded, dict):
                 payload = decoded
-        outcome = await asyncio.to_thread(ingestor.ingest_payload, DeviceProtocol.HTTPS, payload)
+        # With device certificates, the reading must be the connected device's (its certificate's common name).
+        device = request.scope.get(DEVICE_SCOPE_KEY)
+        outcome = await asyncio.to_thread(ingestor.ingest_payload, DeviceProtocol.HTTPS, payload, device_id=device)
         return JSONResponse(outcome.as_json(), status_code=_STATUS[outcome.result])
 
     return router

@@ -26,7 +26,7 @@ from medcloud.models import DeviceProtocol
 from medcloud.records.client import RecordClient
 from medcloud.records.keyclient import HttpKeyProvider
 from medcloud.tenancy.credentials import Endpoint
-from medcloud_gateway.devicetls import DeviceTrust
+from medcloud_gateway.devicetls import DeviceTrust, device_http_protocol
 from medcloud_gateway.http import create_health_app, create_readings_app
 from medcloud_gateway.ingest import Ingestor
 from medcloud_gateway.mdc import Vocabulary
@@ -145,7 +145,9 @@ class Gateway:
             lifespan="off",
         )
         if certfile is not None and self.trust is not None:
-            # Mutual TLS: uvicorn builds its own context in load(); the device-checking one replaces it.
+            # Mutual TLS: uvicorn builds its own context in load(); the device-checking one replaces it, and the
+            # HTTP protocol passes the certificate's device to the app.
+            config.http = device_http_protocol(self.trust)
             config.load()
             config.ssl = self.trust.server_context()
         return _Server(config)

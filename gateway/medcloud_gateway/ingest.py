@@ -8,6 +8,7 @@ block (the MinIO SDK is synchronous); the async transports run them in a thread.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any, Protocol
 from medcloud.models import DeviceClass
 from medcloud.models import DeviceProtocol as Transport
 from medcloud.records.client import RecordInfo
+from medcloud_gateway import ecg, omh
+from medcloud_gateway.device_fhir import DeviceObservation
 from medcloud_gateway.metrics import GatewayMetrics, Result
 from medcloud_gateway.normalize import check_accepted, from_observation, to_observation
 from medcloud_gateway.readings import Reading, ReadingError, parse_reading
@@ -84,6 +87,9 @@ class Ingestor:
             log.warning("could not store observation %s: %s: %s", observation_id, type(exc).__name__, exc)
             return Outcome(Result.FAILED, observation_id=observation_id, error=f"not stored: {type(exc).__name__}")
         self.metrics.count(transport, Result.STORED)
+        device = observation.get("device", {}).get("identifier", {}).get("value")
+        if device:
+            self.metrics.presence.seen(str(device))
         return Outcome(Result.STORED, record=info.name, observation_id=observation_id)
 
     def ingest(self, transport: Transport, reading: Reading) -> Outcome:
@@ -96,9 +102,21 @@ class Ingestor:
     def ingest_payload(
         self, transport: Transport, payload: bytes | str | Mapping[str, Any], *, device_id: str | None = None
     ) -> Outcome:
-        """A JSON reading, or a FHIR Observation (``resourceType``), as a device sent it."""
+        """A JSON reading, a FHIR Observation (``resourceType``), an Open mHealth data point (``dataPoint``)
+        or an ECG strip (``waveform``), as a device sent it."""
+        if isinstance(payload, bytes | str):
+            try:
+                decoded = json.loads(payload)
+            except (ValueError, UnicodeDecodeError):
+                decoded = None  # parse_reading names the problem
+            if isinstance(decoded, Mapping):
+                payload = decoded
         try:
-            if isinstance(payload, Mapping) and payload.get("resourceType") is not None:
+            if isinstance(payload, Mapping) and "waveform" in payload:
+                return self.ingest_device(transport, [ecg.to_observation(payload, device_id=device_id)])[0]
+            if isinstance(payload, Mapping) and "dataPoint" in payload:
+                reading = omh.to_reading(payload, device_id=device_id)
+            elif isinstance(payload, Mapping) and payload.get("resourceType") is not None:
                 reading = from_observation(payload)
                 if device_id is not None and reading.device_id != device_id:
                     raise ReadingError(f"device {reading.device_id!r} does not match the sending device {device_id!r}")
@@ -107,6 +125,20 @@ class Ingestor:
         except ReadingError as exc:
             return self.reject(transport, str(exc))
         return self.ingest(transport, reading)
+
+    def ingest_device(self, transport: Transport, observations: Sequence[DeviceObservation]) -> list[Outcome]:
+        """Observations built from MDC-coded device data, taken together: one refused, none stored."""
+        errors = []
+        for item in observations:
+            if not item.classes & self.accepted:
+                wanted = ", ".join(sorted(item.classes))
+                enrolled = ", ".join(sorted(self.accepted)) or "none"
+                code = item.document["code"]["coding"][-1]
+                name = code.get("display") or code["code"]
+                errors.append(f"{name} comes from {wanted} devices; this gateway accepts {enrolled}")
+        if errors:
+            return [self.reject(transport, error) for error in errors]
+        return [self.store(transport, item.document) for item in observations]
 
     def ingest_all(self, transport: Transport, readings: Sequence[Reading]) -> list[Outcome]:
         """Several readings taken together: if any is refused, none is stored (an HL7 message is one unit)."""

@@ -7,6 +7,7 @@ from enum import StrEnum
 from prometheus_client import CollectorRegistry, Counter
 
 from medcloud.models import DeviceProtocol
+from medcloud_gateway.presence import Presence
 
 
 class Result(StrEnum):
@@ -21,8 +22,11 @@ class Result(StrEnum):
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, presence: Presence | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.presence = presence or Presence()
+        """lastSeen and state per device; also ``medcloud_gateway_devices{state}`` in this registry."""
+        self.registry.register(self.presence)
         self.readings = Counter(
             "medcloud_gateway_readings",
             "Device readings handled by the gateway, by protocol and result (stored, rejected, failed).",

@@ -3,8 +3,10 @@
 The gateway subscribes (QoS 1) as one member of a shared subscription, so
 gateway replicas split the stream instead of each storing every reading; the
 Observation's stable id makes a redelivered reading land on the same record.
-The only thing published back is, when enabled, a refused or failed reading's
-reason on ``devices/<deviceId>/errors``.
+A message is acknowledged (PUBACK) only once its reading is stored or refused:
+while storage is down the gateway retries the reading it holds and the broker
+keeps the rest, so an outage loses nothing. The only thing published back is,
+when enabled, a refused reading's reason on ``devices/<deviceId>/errors``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import aiomqtt
 
 from medcloud.models import DeviceProtocol
 from medcloud_gateway.ingest import Ingestor, Outcome
+from medcloud_gateway.metrics import Result
 from medcloud_gateway.readings import DEVICE_ID_PATTERN
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 READINGS_FILTER = "devices/+/readings"
 _TOPIC = re.compile(r"^devices/([^/]+)/readings$")
 _MAX_BACKOFF = 30.0
+_STORE_RETRY = 0.5
+_MAX_STORE_RETRY = 10.0
 
 
 def device_of(topic: str) -> str | None:
@@ -80,14 +85,18 @@ class MqttListener:
         backoff = 1.0
         while True:
             try:
-                async with aiomqtt.Client(
+                client = aiomqtt.Client(
                     self._broker.host,
                     self._broker.port,
                     identifier=self._broker.client_id,
                     tls_context=self._broker.tls_context(),
                     # Keep the session (and QoS 1 messages queued for it) across reconnects.
                     clean_session=False,
-                ) as client:
+                )
+                # PUBACK only once a reading is stored or refused (see _handle). aiomqtt 2.5 has no option for it;
+                # its paho client does.
+                client._client.manual_ack_set(True)
+                async with client:
                     await client.subscribe(subscription(self._broker.share_group), qos=1)
                     self.subscribed.set()
                     backoff = 1.0
@@ -107,14 +116,29 @@ class MqttListener:
         device_id = device_of(topic)
         if device_id is None:
             self._ingestor.reject(DeviceProtocol.MQTT, f"topic {topic!r} is not devices/<deviceId>/readings")
+            self._ack(client, message)
             return
         raw = message.payload
         payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw if raw is not None else "")
-        outcome = await asyncio.to_thread(
-            self._ingestor.ingest_payload, DeviceProtocol.MQTT, payload, device_id=device_id
-        )
+        backoff = _STORE_RETRY
+        while True:
+            outcome = await asyncio.to_thread(
+                self._ingestor.ingest_payload, DeviceProtocol.MQTT, payload, device_id=device_id
+            )
+            if outcome.result is not Result.FAILED:
+                break
+            # Storage or key service down: the reading stays unacknowledged and is tried again, in order. If the
+            # gateway stops meanwhile, the broker redelivers it to the next session (QoS 1, persistent session).
+            log.info("retrying observation %s in %.1fs: %s", outcome.observation_id, backoff, outcome.error)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_STORE_RETRY)
         if not outcome.stored and self._broker.publish_errors:
             await self._report(client, device_id, outcome)
+        self._ack(client, message)
+
+    @staticmethod
+    def _ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        client._client.ack(message.mid, message.qos)
 
     async def _report(self, client: aiomqtt.Client, device_id: str, outcome: Outcome) -> None:
         try:

@@ -75,6 +75,17 @@ def describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def claim_device(data: Mapping[str, Any], device_id: str | None) -> dict[str, Any]:
+    """``data`` with the transport's device as ``deviceId``; refused if it names another (a device reports only
+    for itself)."""
+    fields = dict(data)
+    if device_id is not None:
+        claimed = fields.setdefault("deviceId", device_id)
+        if claimed != device_id:
+            raise ReadingError(f"deviceId {claimed!r} does not match the sending device {device_id!r}")
+    return fields
+
+
 def parse_reading(payload: bytes | str | Mapping[str, Any], *, device_id: str | None = None) -> Reading:
     """A reading from JSON (or its decoded object); ``device_id`` is who sent it, when the transport knows.
 
@@ -90,11 +101,7 @@ def parse_reading(payload: bytes | str | Mapping[str, Any], *, device_id: str | 
         data = payload
     if not isinstance(data, Mapping):
         raise ReadingError(f"a reading is a JSON object, got {type(data).__name__}")
-    fields = dict(data)
-    if device_id is not None:
-        claimed = fields.setdefault("deviceId", device_id)
-        if claimed != device_id:
-            raise ReadingError(f"deviceId {claimed!r} does not match the sending device {device_id!r}")
+    fields = claim_device(data, device_id)
     try:
         return Reading.model_validate(fields)
     except ValidationError as exc:

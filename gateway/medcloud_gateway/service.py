@@ -13,6 +13,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,14 @@ from medcloud.models import DeviceProtocol
 from medcloud.records.client import RecordClient
 from medcloud.records.keyclient import HttpKeyProvider
 from medcloud.tenancy.credentials import Endpoint
+from medcloud_gateway.devicetls import DeviceTrust, device_http_protocol
 from medcloud_gateway.http import create_health_app, create_readings_app
 from medcloud_gateway.ingest import Ingestor
+from medcloud_gateway.mdc import Vocabulary
 from medcloud_gateway.metrics import GatewayMetrics
 from medcloud_gateway.mllp import MllpServer
 from medcloud_gateway.mqtt import BrokerConnection, MqttListener
+from medcloud_gateway.presence import Presence
 from medcloud_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -95,8 +99,26 @@ class Gateway:
         self.settings = settings
         self.ingestor = ingestor
         enabled = set(settings.protocols)
+        self.trust = (
+            DeviceTrust(
+                settings.device_ca_file,
+                settings.device_crl_file,
+                settings.tls_cert_file,
+                settings.tls_key_file,
+                settings.crl_reload_seconds,
+            )
+            if settings.device_ca_file and settings.device_crl_file and settings.tls_cert_file and settings.tls_key_file
+            else None
+        )
         self.mllp = (
-            MllpServer(ingestor, settings.host, settings.hl7v2_port, local=settings.local_zone)
+            MllpServer(
+                ingestor,
+                settings.host,
+                settings.hl7v2_port,
+                local=settings.local_zone,
+                vocabulary=Vocabulary.with_mappings(settings.code_mappings),
+                trust=self.trust if settings.hl7v2_tls else None,
+            )
             if DeviceProtocol.HL7V2 in enabled
             else None
         )
@@ -122,6 +144,12 @@ class Gateway:
             access_log=False,
             lifespan="off",
         )
+        if certfile is not None and self.trust is not None:
+            # Mutual TLS: uvicorn builds its own context in load(); the device-checking one replaces it, and the
+            # HTTP protocol passes the certificate's device to the app.
+            config.http = device_http_protocol(self.trust)
+            config.load()
+            config.ssl = self.trust.server_context()
         return _Server(config)
 
     def readiness(self) -> list[str]:
@@ -142,6 +170,8 @@ class Gateway:
             await self.mllp.start()
         if self.mqtt is not None:
             tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt"))
+        if self.trust is not None:
+            tasks.append(asyncio.create_task(self.trust.watch(), name="crl"))
         log.info("gateway for %s/%s: %s", self.settings.namespace, self.settings.record_store, self.describe())
         waiter = asyncio.create_task(stop.wait())
         try:
@@ -156,7 +186,7 @@ class Gateway:
             if self.mllp is not None:
                 await self.mllp.stop()
             for task in tasks:
-                if task.get_name() == "mqtt":
+                if task.get_name() in ("mqtt", "crl"):
                     task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -175,5 +205,6 @@ class Gateway:
 
 def build_gateway(settings: GatewaySettings) -> Gateway:
     """A gateway as a pod runs it: its RecordStore through the key service."""
-    ingestor = Ingestor(connect_records(settings), GatewayMetrics(), frozenset(settings.device_classes))
+    presence = Presence(timedelta(seconds=settings.online_seconds), timedelta(seconds=settings.offline_seconds))
+    ingestor = Ingestor(connect_records(settings), GatewayMetrics(presence), frozenset(settings.device_classes))
     return Gateway(settings, ingestor)

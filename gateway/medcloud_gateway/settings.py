@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from medcloud.models import DeviceClass, DeviceProtocol
+from medcloud.models import CodeMapping, DeviceClass, DeviceProtocol
 from medcloud.tenancy import gateway as gateway_env
 from medcloud.tenancy.credentials import ACCESS_KEY_FIELD, KEY_SERVICE_URL_FIELD, SECRET_KEY_FIELD
 
@@ -80,12 +80,29 @@ class GatewaySettings(BaseSettings):
     tls_cert_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_TLS_CERT_FILE")
     tls_key_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_TLS_KEY_FILE")
 
+    # Device identity: a client certificate of the hospital's device CA, checked against the CRL, on HTTPS and
+    # (with hl7v2_tls) MLLP. Unset: listeners authenticate nobody (local development only).
+    device_ca_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_DEVICE_CA_FILE")
+    device_crl_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_DEVICE_CRL_FILE")
+    crl_reload_seconds: float = Field(
+        default=10.0, gt=0, le=300, validation_alias="MEDCLOUD_GATEWAY_CRL_RELOAD_SECONDS"
+    )
+    hl7v2_tls: bool = Field(default=False, validation_alias="MEDCLOUD_GATEWAY_HL7V2_TLS")
+    # A device is Online up to online_seconds after its last stored reading, Stale up to offline_seconds, then Offline.
+    online_seconds: float = Field(default=300, gt=0, validation_alias="MEDCLOUD_GATEWAY_ONLINE_SECONDS")
+    offline_seconds: float = Field(default=3600, gt=0, validation_alias="MEDCLOUD_GATEWAY_OFFLINE_SECONDS")
+
     hl7_timezone: str | None = Field(
         default=None,
         validation_alias="MEDCLOUD_GATEWAY_HL7_TIMEZONE",
         description="IANA zone for HL7 times without an offset (e.g. Asia/Shanghai); unset: such times are refused.",
     )
     log_level: str = Field(default="info", validation_alias="MEDCLOUD_GATEWAY_LOG_LEVEL")
+    code_mappings: list[CodeMapping] = Field(
+        default_factory=list,
+        validation_alias=gateway_env.CODE_MAPPINGS,
+        description="JSON list of {system, code, mdc}: vendor observation codes and the MDC codes they mean.",
+    )
 
     _split_protocols = field_validator("protocols", "device_classes", mode="before")(_split)
 
@@ -115,6 +132,15 @@ class GatewaySettings(BaseSettings):
                 raise ValueError(f"mqtt is enabled but {', '.join(missing)} not set (the broker needs TLS)")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("set both MEDCLOUD_GATEWAY_TLS_CERT_FILE and MEDCLOUD_GATEWAY_TLS_KEY_FILE, or neither")
+        if self.device_ca_file is not None and (self.device_crl_file is None or self.tls_cert_file is None):
+            raise ValueError(
+                "MEDCLOUD_GATEWAY_DEVICE_CA_FILE needs MEDCLOUD_GATEWAY_DEVICE_CRL_FILE and the serving certificate "
+                "(MEDCLOUD_GATEWAY_TLS_CERT_FILE, _KEY_FILE)"
+            )
+        if self.online_seconds > self.offline_seconds:
+            raise ValueError("MEDCLOUD_GATEWAY_ONLINE_SECONDS must not exceed MEDCLOUD_GATEWAY_OFFLINE_SECONDS")
+        if self.hl7v2_tls and self.device_ca_file is None:
+            raise ValueError("MEDCLOUD_GATEWAY_HL7V2_TLS needs MEDCLOUD_GATEWAY_DEVICE_CA_FILE (client certificates)")
         return self
 
     @property

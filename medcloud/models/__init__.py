@@ -34,6 +34,7 @@ from medcloud.models.consortium import (
     SharingRule,
 )
 from medcloud.models.devicegateway import (
+    CodeMapping,
     DeviceClass,
     DeviceCounts,
     DeviceGateway,
@@ -96,6 +97,7 @@ __all__ = [
     "AppInstanceStatus",
     "CRDInfo",
     "CatalogApp",
+    "CodeMapping",
     "Condition",
     "ConditionStatus",
     "Consortium",

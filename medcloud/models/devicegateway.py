@@ -42,6 +42,25 @@ class DeviceClass(StrEnum):
     WEIGHT_SCALE = "weight-scale"
 
 
+class CodeMapping(MedCloudModel):
+    """A vendor's private observation code, and the IEEE 11073 (MDC) code it means."""
+
+    system: str = Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The coding system as the device sends it in OBX-3.3, e.g. 99PHILIPS or EHC.",
+    )
+    code: str = Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="The vendor's code in OBX-3.1."
+    )
+    mdc: int = Field(
+        ge=1,
+        le=2**32 - 1,
+        description="The MDC code (IEEE 11073-10101, e.g. 150456 for SpO2) the gateway must read it as.",
+    )
+
+
 class DeviceGatewaySpec(MedCloudModel):
     """Desired state of a device gateway."""
 
@@ -64,6 +83,14 @@ class DeviceGatewaySpec(MedCloudModel):
         description="Name of the RecordStore in the same namespace that receives the normalised readings."
     )
     replicas: int = Field(default=1, ge=1, le=10, description="Number of gateway pods, 1 to 10.")
+    code_mappings: list[CodeMapping] = Field(
+        default_factory=list,
+        max_length=512,
+        description=(
+            "Vendor observation codes and the MDC codes they mean, for devices that send private codes. "
+            "Codes neither in MDC as the gateway knows it nor here are refused, naming the code."
+        ),
+    )
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements,
         description="CPU and memory of each gateway pod.",

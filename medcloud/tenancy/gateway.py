@@ -18,5 +18,7 @@ PROTOCOLS = "MEDCLOUD_GATEWAY_PROTOCOLS"
 DEVICE_CLASSES = "MEDCLOUD_GATEWAY_DEVICE_CLASSES"
 """Comma-separated device classes to accept."""
 HEALTH_PORT = "MEDCLOUD_GATEWAY_HEALTH_PORT"
+CODE_MAPPINGS = "MEDCLOUD_GATEWAY_CODE_MAPPINGS"
+"""JSON list of ``{system, code, mdc}`` (DeviceGateway ``spec.codeMappings``); absent when there are none."""
 PORT: dict[DeviceProtocol, str] = {p: f"MEDCLOUD_GATEWAY_{p.value.upper()}_PORT" for p in DeviceProtocol}
 """The variable naming the port each protocol's listener binds (``MEDCLOUD_GATEWAY_MQTT_PORT``, ...)."""

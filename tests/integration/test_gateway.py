@@ -9,6 +9,7 @@ nowhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import socket
@@ -85,13 +86,12 @@ class Running:
                     return acks[0].decode()
 
 
-@pytest.fixture
-def gateway(
-    records: RecordClient, minio_server: MinioInfo, mqtt_broker: BrokerInfo, serving_ca: CertificateAuthority
-) -> Iterator[Running]:
-    serving = serving_ca.issue("gateway", "gateway", server_names=("127.0.0.1",), client=False)
+def gateway_settings(
+    records: RecordClient, s3_endpoint: str, access_key: str, secret_key: str, broker: BrokerInfo, serving: Any
+) -> GatewaySettings:
+    """Settings of a gateway on loopback ports, storing into ``records``' bucket, subscribed to ``broker``."""
     suffix = uuid.uuid4().hex[:8]
-    settings = GatewaySettings.model_validate(
+    return GatewaySettings.model_validate(
         {
             "hospital": "city-hospital",
             "namespace": "hospital-city",
@@ -100,15 +100,15 @@ def gateway(
             "health_port": free_port(),
             "https_port": free_port(),
             "hl7v2_port": free_port(),
-            "s3_endpoint": f"http://{minio_server.endpoint}",
+            "s3_endpoint": s3_endpoint,
             "bucket": records.bucket,
-            "access_key": minio_server.access_key,
-            "secret_key": minio_server.secret_key,
-            "mqtt_broker_host": mqtt_broker.host,
-            "mqtt_broker_port": mqtt_broker.port,
-            "mqtt_ca_file": mqtt_broker.ca_file,
-            "mqtt_cert_file": mqtt_broker.client_cert,
-            "mqtt_key_file": mqtt_broker.client_key,
+            "access_key": access_key,
+            "secret_key": secret_key,
+            "mqtt_broker_host": broker.host,
+            "mqtt_broker_port": broker.port,
+            "mqtt_ca_file": broker.ca_file,
+            "mqtt_cert_file": broker.client_cert,
+            "mqtt_key_file": broker.client_key,
             "mqtt_client_id": f"gateway-{suffix}",
             # A group per test: a gateway of another test must not take this test's readings.
             "mqtt_share_group": f"gateway-{suffix}",
@@ -116,7 +116,11 @@ def gateway(
             "tls_key_file": str(serving.key),
         }
     )
-    service = Gateway(settings, Ingestor(records, GatewayMetrics()))
+
+
+@contextlib.contextmanager
+def running(service: Gateway, ca_file: Path) -> Iterator[Running]:
+    """``service`` serving in a thread of its own until the block ends."""
     started = threading.Event()
     control: dict[str, Any] = {}
     failures: list[BaseException] = []
@@ -138,13 +142,33 @@ def gateway(
     try:
         assert started.wait(30)
         wait_for(lambda: not failures and not service.readiness(), "the gateway to be ready", timeout=60)
-        yield Running(service, serving_ca.paths.cert)
+        yield Running(service, ca_file)
     finally:
         if "loop" in control:
             control["loop"].call_soon_threadsafe(control["stop"].set)
         thread.join(30)
     assert not thread.is_alive()
     assert not failures, failures
+
+
+def session_gateway_settings(
+    records: RecordClient, minio_server: MinioInfo, mqtt_broker: BrokerInfo, serving_ca: CertificateAuthority
+) -> GatewaySettings:
+    """A gateway's settings over the session's MinIO and broker, with a serving certificate of ``serving_ca``."""
+    serving = serving_ca.issue("gateway", "gateway", server_names=("127.0.0.1",), client=False)
+    minio = minio_server
+    return gateway_settings(
+        records, f"http://{minio.endpoint}", minio.access_key, minio.secret_key, mqtt_broker, serving
+    )
+
+
+@pytest.fixture
+def gateway(
+    records: RecordClient, minio_server: MinioInfo, mqtt_broker: BrokerInfo, serving_ca: CertificateAuthority
+) -> Iterator[Running]:
+    settings = session_gateway_settings(records, minio_server, mqtt_broker, serving_ca)
+    with running(Gateway(settings, Ingestor(records, GatewayMetrics())), serving_ca.paths.cert) as gateway:
+        yield gateway
 
 
 def stored(records: RecordClient) -> list[dict[str, Any]]:

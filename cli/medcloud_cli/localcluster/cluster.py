@@ -476,6 +476,9 @@ class LocalCluster:
                     "log_type warning",
                     "log_type notice",
                     "allow_anonymous false",
+                    # QoS 1 messages held for a subscriber that has not acknowledged yet (the gateway acknowledges
+                    # only stored readings): enough for a storage outage of a few thousand readings.
+                    "max_queued_messages 10000",
                     f"listener {port} 127.0.0.1",
                     f"cafile {broker_ca.paths.cert}",
                     f"certfile {serving.cert}",

@@ -7,6 +7,7 @@ LimitRange) in; manifests and the next status out.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Unpack
 
@@ -76,6 +77,10 @@ def _env(namespace: str, hospital: str, spec: DeviceGatewaySpec) -> list[Manifes
     ]
     for protocol in _protocols(spec):
         env.append({"name": gateway_env.PORT[protocol], "value": str(LISTENERS[protocol].port)})
+    if spec.code_mappings:
+        # JSON, in the spec's order: the gateway reads it into its vocabulary (a code listed twice: the last wins).
+        mappings = [m.model_dump(mode="json", by_alias=True) for m in spec.code_mappings]
+        env.append({"name": gateway_env.CODE_MAPPINGS, "value": json.dumps(mappings, separators=(",", ":"))})
     return env
 
 

@@ -100,3 +100,34 @@ def test_device_id_comes_from_the_readings_topic(topic: str, device: str | None)
 def test_replicas_share_one_subscription() -> None:
     assert subscription("medcloud-gateway") == "$share/medcloud-gateway/devices/+/readings"
     assert subscription("") == "devices/+/readings"
+
+
+def test_code_mappings_reach_the_gateway_as_the_operator_writes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway: dict[str, Any] = {
+        "apiVersion": "medcloud.io/v1alpha1",
+        "kind": "DeviceGateway",
+        "metadata": {"name": "ward", "namespace": "hospital-city", "uid": "u-1"},
+    }
+    spec = DeviceGatewaySpec.model_validate(
+        {
+            "protocols": ["hl7v2"],
+            "deviceClasses": ["spo2"],
+            "recordStore": "vitals",
+            "codeMappings": [{"system": "EHC", "code": "327680", "mdc": 150456}],
+        }
+    )
+    deployment = build_deployment(gateway, spec, "vitals-credentials", Ceiling(), WorkloadSettings())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    got = settings(monkeypatch, {**env, **SECRET_ENV})
+    assert [(m.system, m.code, m.mdc) for m in got.code_mappings] == [("EHC", "327680", 150456)]
+    assert "MEDCLOUD_GATEWAY_CODE_MAPPINGS" not in operator_env()  # no mappings, no variable: manifests unchanged
+
+
+def test_device_certificates_need_the_crl_and_a_serving_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = {**operator_env(), **SECRET_ENV, "MEDCLOUD_GATEWAY_PROTOCOLS": "https,hl7v2"}
+    with pytest.raises(ValidationError, match="MEDCLOUD_GATEWAY_DEVICE_CA_FILE needs MEDCLOUD_GATEWAY_DEVICE_CRL_FILE"):
+        settings(monkeypatch, {**base, "MEDCLOUD_GATEWAY_DEVICE_CA_FILE": "/etc/medcloud/devices/ca.crt"})
+    monkeypatch.delenv("MEDCLOUD_GATEWAY_DEVICE_CA_FILE")
+    with pytest.raises(ValidationError, match="MEDCLOUD_GATEWAY_HL7V2_TLS needs MEDCLOUD_GATEWAY_DEVICE_CA_FILE"):
+        settings(monkeypatch, {**base, "MEDCLOUD_GATEWAY_HL7V2_TLS": "true"})

@@ -1,0 +1,67 @@
+"""The device certificate revocation list (CRL) of a hospital's tenant CA: its format, building and reading it.
+
+cert-manager's CA issuer cannot revoke, so MedCloud keeps its own CRL: a PEM
+X.509 v2 CRL signed by the tenant CA, listing the serial numbers of revoked
+device certificates, with a ``nextUpdate`` by which a fresh one must be
+published (a listener refuses every device once its CRL has expired: fail
+closed). The operator writes it (Secret key :data:`CRL_KEY`); the gateway's
+listeners read it from a mounted file and reload it when it changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+CRL_KEY = "ca.crl"
+"""Key of the CRL (PEM) in the Secret the operator maintains and the gateway mounts."""
+DEFAULT_VALIDITY = dt.timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class Revocation:
+    serial: int
+    revoked_at: dt.datetime
+
+
+def build_crl(
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    revoked: Iterable[Revocation],
+    *,
+    now: dt.datetime,
+    number: int,
+    validity: dt.timedelta = DEFAULT_VALIDITY,
+) -> bytes:
+    """A PEM CRL of the CA listing ``revoked``; ``number`` must grow with each CRL the CA issues."""
+    ca = x509.load_pem_x509_certificate(ca_cert_pem)
+    key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError("the CA key must be an EC or RSA private key")
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now)
+        .next_update(now + validity)
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    for item in sorted(revoked, key=lambda r: r.serial):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(item.serial).revocation_date(item.revoked_at).build()
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def revoked_serials(crl_pem: bytes, ca_cert_pem: bytes) -> frozenset[int]:
+    """The serials a CRL revokes, after checking that the CA signed it (ValueError otherwise)."""
+    crl = x509.load_pem_x509_crl(crl_pem)
+    ca = x509.load_pem_x509_certificate(ca_cert_pem)
+    public = ca.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey) or not crl.is_signature_valid(public):
+        raise ValueError("the CRL is not signed by the device CA")
+    return frozenset(r.serial_number for r in crl)

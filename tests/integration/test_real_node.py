@@ -1,0 +1,242 @@
+"""The real node: MedCloud's registry-free image runs as a real pod, and `stop()` leaves the machine clean.
+
+One private local cluster with a real kubelet node (containerd, kube-proxy,
+kube-router) for this module; it needs Linux root and is skipped elsewhere, or
+when another real node runs on the machine (there can be one at a time). The
+last test stops the cluster and checks, one by one, that no iptables chain,
+ipset, cgroup, bridge, mount or fixed path is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import config
+
+from medcloud.kube.crds import install_crds
+from medcloud_cli.localcluster import images, netsetup
+from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
+from medcloud_cli.localcluster.node import KWOK_TOLERATION, NODE_NAME, ctr_args, real_node_supported
+
+pytestmark = [pytest.mark.node, pytest.mark.cluster]
+
+SUPPORTED, WHY_NOT = real_node_supported()
+T = TypeVar("T")
+Json = dict[str, Any]
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 120) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    if not SUPPORTED:
+        pytest.skip(WHY_NOT)
+    if netsetup.link_exists(netsetup.NODE_BRIDGE):
+        pytest.skip("another real node runs on this machine (one at a time)")
+    cluster = LocalCluster(
+        tmp_path_factory.mktemp("medcloud-node"),
+        ClusterOptions(nodes=1, with_minio=False, with_broker=False, real_node=True),
+        progress=lambda msg: print(f"[real node] {msg}", flush=True),
+    )
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def image(node_cluster: LocalCluster) -> str:
+    assert node_cluster.node is not None
+    return images.ensure_imported(ctr_args(node_cluster.node.dir), progress=print).reference
+
+
+def apply(cluster: LocalCluster, *manifests: Json, namespace: str = "default") -> None:
+    items = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=items)
+
+
+def get(cluster: LocalCluster, *args: str) -> Json:
+    return dict(json.loads(cluster.kubectl("get", *args, "-o", "json").stdout))
+
+
+@pytest.fixture
+def restricted_namespace(node_cluster: LocalCluster) -> Iterator[str]:
+    name = f"node-{uuid.uuid4().hex[:8]}"
+    apply(
+        node_cluster,
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+        },
+    )
+    try:
+        yield name
+    finally:
+        node_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def restricted_pod(name: str, image: str, args: list[str], env: dict[str, str] | None = None) -> Json:
+    """A pod that Pod Security `restricted` admits: the shape the chart's deployments have."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "main",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "args": args,
+                    "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+                    "ports": [{"containerPort": 8080}],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    }
+
+
+def ready_pod(cluster: LocalCluster, namespace: str, name: str, timeout: float = 120) -> Json:
+    def ready() -> Json | None:
+        pod = get(cluster, "pod", name, "-n", namespace)
+        conditions = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+        return pod if conditions.get("Ready") == "True" else None
+
+    try:
+        return wait_for(ready, f"pod {namespace}/{name} Ready", timeout)
+    except AssertionError:
+        described = cluster.kubectl("describe", "pod", name, "-n", namespace, check=False).stdout
+        raise AssertionError(f"pod {namespace}/{name} not Ready:\n{described[-3000:]}") from None
+
+
+def test_the_medcloud_image_serves_the_api_in_a_restricted_pod(
+    node_cluster: LocalCluster, image: str, restricted_namespace: str
+) -> None:
+    """`medcloud api` from the image: its readiness needs the cluster, reached through the Service IP
+    (kube-proxy) with the pod's own service-account token."""
+    ns = restricted_namespace
+    api = config.new_client_from_config(config_file=str(node_cluster.kubeconfig))
+    try:
+        install_crds(api)
+    finally:
+        api.close()
+    apply(
+        node_cluster,
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": f"{ns}-read-hospitals"},
+            "rules": [{"apiGroups": ["medcloud.io"], "resources": ["hospitals"], "verbs": ["list"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"{ns}-read-hospitals"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{ns}-read-hospitals"},
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}],
+        },
+    )
+    pod = restricted_pod("api", image, ["api"], {"MEDCLOUD_API_HOST": "0.0.0.0", "MEDCLOUD_API_PORT": "8080"})  # noqa: S104 - in the pod
+    pod["spec"]["containers"][0]["readinessProbe"] = {
+        "httpGet": {"path": "/readyz", "port": 8080},
+        "periodSeconds": 2,
+    }
+    apply(node_cluster, pod, namespace=ns)
+    running = ready_pod(node_cluster, ns, "api")
+    assert running["spec"]["nodeName"] == NODE_NAME
+
+    # From the machine, the pod answers on its own address on the pod bridge.
+    with urllib.request.urlopen(f"http://{running['status']['podIP']}:8080/readyz", timeout=5) as response:
+        assert json.loads(response.read())["kubernetes"].startswith("v1.35")
+
+    # logs and exec go through the API server to the kubelet (kubelet-client RBAC).
+    logs = node_cluster.kubectl("logs", "-n", ns, "api").stdout
+    assert "Application startup complete" in logs
+    whoami = node_cluster.kubectl("exec", "-n", ns, "api", "--", "python3", "-c", "import os; print(os.getuid())")
+    assert whoami.stdout.strip() == "10001"
+    write = node_cluster.kubectl("exec", "-n", ns, "api", "--", "python3", "-c", "open('/x', 'w')", check=False)
+    assert write.returncode != 0
+    assert "Read-only file system" in write.stderr + write.stdout
+
+
+def test_a_missing_image_is_never_ready(node_cluster: LocalCluster, restricted_namespace: str) -> None:
+    """The untruth the real node ends: no image, no Running pod."""
+    ns = restricted_namespace
+    ghost = restricted_pod("ghost", "registry.medcloud.local/apps/emr-sharing:2.3.1", ["serve"])
+    apply(node_cluster, ghost, namespace=ns)
+
+    def refused() -> str | None:
+        pod = get(node_cluster, "pod", "ghost", "-n", ns)
+        for status in pod.get("status", {}).get("containerStatuses", []):
+            reason = (status.get("state", {}).get("waiting") or {}).get("reason")
+            if reason and reason != "ContainerCreating":
+                return str(reason)
+        return None
+
+    assert wait_for(refused, "the kubelet's verdict on a missing image") == "ErrImageNeverPull"
+    assert get(node_cluster, "pod", "ghost", "-n", ns)["status"]["phase"] == "Pending"
+
+
+def test_kwok_nodes_take_only_pods_that_tolerate_them(node_cluster: LocalCluster, restricted_namespace: str) -> None:
+    ns = restricted_namespace
+    kwok = [n for n in get(node_cluster, "nodes")["items"] if n["metadata"]["labels"].get("type") == "kwok"]
+    assert kwok
+    for item in kwok:
+        assert {"key": "medcloud.io/fake-node", "value": "kwok", "effect": "NoSchedule"} in item["spec"]["taints"]
+    scale = restricted_pod("scale", "registry.medcloud.local/none:0", ["x"])
+    scale["spec"]["tolerations"] = [KWOK_TOLERATION]
+    scale["spec"]["nodeSelector"] = {"type": "kwok"}
+    apply(node_cluster, scale, namespace=ns)
+
+    def running() -> Json | None:
+        pod = get(node_cluster, "pod", "scale", "-n", ns)
+        return pod if pod["status"].get("phase") == "Running" else None
+
+    pod = wait_for(running, "a scale pod Running on a KWOK node")
+    assert pod["spec"]["nodeName"].startswith("kwok-node-")
+
+
+def test_stop_leaves_no_chain_ipset_cgroup_bridge_mount_or_path(node_cluster: LocalCluster) -> None:
+    """Runs last in this module: stops the cluster and checks each kind of side effect."""
+    node = node_cluster.node
+    assert node is not None
+    assert node.footprint is not None
+    footprint, state_dir = node.footprint, node_cluster.state_dir
+    # The node really had each kind of footprint while it ran.
+    assert netsetup.kube_chains_left()
+    assert netsetup.kube_cgroups()
+    assert netsetup.mounts_under([state_dir])
+    node_cluster.stop()
+    assert netsetup.kube_chains_left() == []
+    assert netsetup.kube_ipsets() == []
+    assert netsetup.kube_cgroups() == []
+    assert not netsetup.link_exists(netsetup.NODE_BRIDGE)
+    assert not netsetup.link_exists(netsetup.POD_BRIDGE)
+    assert netsetup.mounts_under([state_dir, *netsetup.NETNS_DIRS, Path("/run/containerd")]) == []
+    assert netsetup.leftovers(state_dir, footprint) == []

@@ -203,6 +203,23 @@ def test_a_missing_image_is_never_ready(node_cluster: LocalCluster, restricted_n
     assert get(node_cluster, "pod", "ghost", "-n", ns)["status"]["phase"] == "Pending"
 
 
+def test_a_pull_never_leaves_the_machine(node_cluster: LocalCluster, restricted_namespace: str) -> None:
+    """An image nobody imported, pulled IfNotPresent: containerd asks a closed loopback port, no DNS, no registry."""
+    ns = restricted_namespace
+    pod = restricted_pod("pull", "registry.medcloud.local/apps/emr-sharing:2.3.1", ["serve"])
+    pod["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+    apply(node_cluster, pod, namespace=ns)
+
+    def pull_failure() -> str | None:
+        events = get(node_cluster, "events", "-n", ns, "--field-selector", "involvedObject.name=pull")["items"]
+        failed = [e["message"] for e in events if e.get("reason") == "Failed" and "pull" in e["message"]]
+        return failed[0] if failed else None
+
+    message = wait_for(pull_failure, "the failed pull")
+    assert "127.0.0.1:1" in message
+    assert "lookup" not in message
+
+
 def test_kwok_nodes_take_only_pods_that_tolerate_them(node_cluster: LocalCluster, restricted_namespace: str) -> None:
     ns = restricted_namespace
     kwok = [n for n in get(node_cluster, "nodes")["items"] if n["metadata"]["labels"].get("type") == "kwok"]

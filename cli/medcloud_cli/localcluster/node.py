@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from medcloud_cli.localcluster import images, netsetup
+from medcloud_cli.localcluster import binaries, images, netsetup
 from medcloud_cli.localcluster.process import StartupError, free_port, pid_alive
 
 if TYPE_CHECKING:
@@ -93,6 +94,17 @@ state = "{root / "state"}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{state / "cni" / "conf"}"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{root / "registries"}"
+"""
+
+
+# Every registry resolves to a closed loopback port: images come from `ctr import`
+# only, and a pull (an IfNotPresent image nobody imported) must never send a
+# DNS query or a connection off the machine.
+NO_REGISTRY_HOSTS = """server = "http://127.0.0.1:1"
+[host."http://127.0.0.1:1"]
+  capabilities = ["pull", "resolve"]
 """
 
 
@@ -282,6 +294,11 @@ class RealNode:
                 "or one was not torn down (`medcloud dev down`)"
             )
         self.dir.mkdir(parents=True, exist_ok=True)
+        # A kept state folder (`dev down` without --purge) resumes the cluster;
+        # what a crashed run left on the machine goes first, and the address
+        # leases of pods that died without a CNI DEL with it.
+        teardown_node(self.dir, binaries.locate("kube-proxy"))
+        shutil.rmtree(self.dir / "cni" / "net", ignore_errors=True)
         footprint = netsetup.HostFootprint.record(self.service_cidr)
         self.footprint = footprint
         # Saved before anything changes, so an interrupted start can still be undone.
@@ -309,6 +326,9 @@ class RealNode:
         (self.dir / "cni" / "conf" / "10-medcloud.conflist").write_text(
             json.dumps(cni_conflist(self.dir, self.service_cidr), indent=2)
         )
+        registries = self.dir / "containerd" / "registries" / "_default"
+        registries.mkdir(parents=True, exist_ok=True)
+        (registries / "hosts.toml").write_text(NO_REGISTRY_HOSTS)
         config = self.dir / "containerd.toml"
         config.write_text(containerd_config(self.dir))
         proc = self.cluster.spawn("containerd", ["containerd", "--config", str(config)], ())

@@ -21,13 +21,17 @@ import pytest
 from kubernetes import config
 
 from medcloud.kube.crds import install_crds
+from medcloud.models import HospitalSpec, hospital_namespace
 from medcloud_cli.localcluster import images, netsetup
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
 from medcloud_cli.localcluster.node import KWOK_TOLERATION, NODE_NAME, ctr_args, real_node_supported
+from medcloud_operator.builders.hospital import build_namespace, build_network_policies
+from medcloud_operator.settings import OperatorSettings
 
 pytestmark = [pytest.mark.node, pytest.mark.cluster]
 
 SUPPORTED, WHY_NOT = real_node_supported()
+CONSORTIUM = "node-test-alliance"
 T = TypeVar("T")
 Json = dict[str, Any]
 
@@ -237,6 +241,100 @@ def test_kwok_nodes_take_only_pods_that_tolerate_them(node_cluster: LocalCluster
 
     pod = wait_for(running, "a scale pod Running on a KWOK node")
     assert pod["spec"]["nodeName"].startswith("kwok-node-")
+
+
+def tenant(cluster: LocalCluster, name: str, allow_consortium_ingress: bool) -> str:
+    """A tenant namespace with exactly the namespace and NetworkPolicies the operator builds for a Hospital."""
+    spec = HospitalSpec.model_validate(
+        {
+            "displayName": name,
+            "institutionCode": "NODETEST" + name.upper().replace("-", "")[:10],
+            "tier": "township",
+            "consortium": CONSORTIUM,
+            "admins": {"groups": [f"{name}-staff"]},
+            "network": {"allowConsortiumIngress": allow_consortium_ingress},
+        }
+    )
+    settings = OperatorSettings()
+    namespace = hospital_namespace(name)
+    apply(cluster, build_namespace(name, spec, settings))
+    apply(cluster, *build_network_policies(name, spec, settings), namespace=namespace)
+    return namespace
+
+
+def http_server(cluster: LocalCluster, image: str, namespace: str, name: str) -> str:
+    """A pod serving HTTP on 8080 with a readiness probe (kubelet probes pass default-deny); returns its IP."""
+    pod = restricted_pod(name, image, [])
+    container = pod["spec"]["containers"][0]
+    container["command"] = ["python3", "-m", "http.server", "8080", "--directory", "/tmp"]
+    container["readinessProbe"] = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 2}
+    apply(cluster, pod, namespace=namespace)
+    return str(ready_pod(cluster, namespace, name)["status"]["podIP"])
+
+
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close(); print('open')\n"
+    "except OSError:\n"
+    "    print('blocked')\n"
+)
+
+
+def connects(cluster: LocalCluster, namespace: str, pod: str, host: str, port: int) -> str:
+    """'open' or 'blocked': a TCP connection from inside ``pod``."""
+    args = ["exec", "-n", namespace, pod, "--", "python3", "-c", CONNECT, host, str(port)]
+    return str(cluster.kubectl(*args).stdout.strip())
+
+
+def settle(cluster: LocalCluster, namespace: str, pod: str, host: str, port: int, expected: str) -> None:
+    """Wait for the enforcer to apply a policy change (kube-router syncs within seconds)."""
+    wait_for(
+        lambda: connects(cluster, namespace, pod, host, port) == expected,
+        f"{namespace}/{pod} -> {host}:{port} {expected}",
+        60,
+    )
+
+
+def test_tenant_policies_refuse_other_hospitals_until_the_consortium_allows_them(
+    node_cluster: LocalCluster, image: str
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    caller = tenant(node_cluster, f"np-caller-{suffix}", allow_consortium_ingress=False)
+    callee_name = f"np-callee-{suffix}"
+    callee = tenant(node_cluster, callee_name, allow_consortium_ingress=False)
+    try:
+        server = http_server(node_cluster, image, callee, "records")
+        http_server(node_cluster, image, caller, "client")
+        http_server(node_cluster, image, callee, "neighbour")
+        # Same namespace: allowed, so a refusal below is the policy, not the network.
+        settle(node_cluster, callee, "neighbour", server, 8080, "open")
+        settle(node_cluster, caller, "client", server, 8080, "blocked")
+
+        # The callee lets its consortium in: the operator's policy for that, applied as it would apply it.
+        tenant(node_cluster, callee_name, allow_consortium_ingress=True)
+        settle(node_cluster, caller, "client", server, 8080, "open")
+    finally:
+        node_cluster.kubectl("delete", "namespace", caller, callee, "--wait=false", check=False)
+
+
+def test_a_tenant_pod_cannot_reach_the_kubernetes_api(
+    node_cluster: LocalCluster, image: str, restricted_namespace: str
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    namespace = tenant(node_cluster, f"np-api-{suffix}", allow_consortium_ingress=False)
+    try:
+        http_server(node_cluster, image, namespace, "client")
+        http_server(node_cluster, image, restricted_namespace, "control")
+        service = get(node_cluster, "service", "kubernetes", "-n", "default")["spec"]["clusterIP"]
+        # Without tenant policies a pod reaches the API server through its Service (kube-proxy) ...
+        settle(node_cluster, restricted_namespace, "control", service, 443, "open")
+        # ... a tenant pod reaches neither the Service nor the node address the API server binds.
+        settle(node_cluster, namespace, "client", service, 443, "blocked")
+        api_port = int(node_cluster.state.server.rsplit(":", 1)[1])
+        assert connects(node_cluster, namespace, "client", netsetup.NODE_IP, api_port) == "blocked"
+    finally:
+        node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_stop_leaves_no_chain_ipset_cgroup_bridge_mount_or_path(node_cluster: LocalCluster) -> None:

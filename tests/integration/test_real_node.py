@@ -10,6 +10,7 @@ ipset, cgroup, bridge, mount or fixed path is left behind.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -241,6 +242,67 @@ def test_kwok_nodes_take_only_pods_that_tolerate_them(node_cluster: LocalCluster
 
     pod = wait_for(running, "a scale pod Running on a KWOK node")
     assert pod["spec"]["nodeName"].startswith("kwok-node-")
+
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "medcloud"
+
+
+def test_the_chart_runs_operator_api_and_key_service_as_restricted_pods(
+    node_cluster: LocalCluster, image: str, tmp_path: Path
+) -> None:
+    """`helm install` with the registry-free image: every pod Ready because its process answers its probes."""
+    namespace = f"medcloud-{uuid.uuid4().hex[:6]}"
+    apply(
+        node_cluster,
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+        },
+    )
+    repository, tag = image.rsplit(":", 1)
+    values = {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "operator": {"replicaCount": 1},
+        "api": {"replicaCount": 1},
+        "keyService": {"replicaCount": 1},
+    }
+    (tmp_path / "values.yaml").write_text(json.dumps(values))
+    helm = [str(node_cluster.binary("helm")), f"--kubeconfig={node_cluster.kubeconfig}", "-n", namespace]
+    release = f"mc-{namespace.rsplit('-', 1)[1]}"
+    installed = subprocess.run(
+        [*helm, "install", release, str(CHART), "-f", str(tmp_path / "values.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert installed.returncode == 0, installed.stderr
+    try:
+        deployments = get(node_cluster, "deployments", "-n", namespace)["items"]
+        components = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in deployments}
+        assert {"operator", "api", "keyservice"} <= components
+        for deployment in deployments:
+            name = deployment["metadata"]["name"]
+            rollout = ["rollout", "status", f"deployment/{name}", "-n", namespace, "--timeout=180s"]
+            if node_cluster.kubectl(*rollout, check=False).returncode != 0:
+                described = node_cluster.kubectl("describe", "pods", "-n", namespace, check=False).stdout
+                logs = node_cluster.kubectl("logs", "-n", namespace, f"deployment/{name}", check=False)
+                raise AssertionError(f"{name} not rolled out:\n{described[-4000:]}\n{logs.stdout[-3000:]}")
+        pods = get(node_cluster, "pods", "-n", namespace)["items"]
+        for pod in pods:
+            assert pod["spec"]["nodeName"] == NODE_NAME
+            assert pod["spec"]["containers"][0]["image"] == image
+            assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
+        api_pod = next(p for p in pods if p["metadata"]["labels"]["app.kubernetes.io/component"] == "api")
+        port = api_pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"]
+        if isinstance(port, str):
+            port = next(c["containerPort"] for c in api_pod["spec"]["containers"][0]["ports"] if c["name"] == port)
+        with urllib.request.urlopen(f"http://{api_pod['status']['podIP']}:{port}/readyz", timeout=5) as response:
+            assert json.loads(response.read())["status"] == "ok"
+    finally:
+        subprocess.run([*helm, "uninstall", release, "--wait=false"], capture_output=True, check=False, timeout=60)
+        node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def tenant(cluster: LocalCluster, name: str, allow_consortium_ingress: bool) -> str:

@@ -168,6 +168,8 @@ def main() -> None:
                 f"trivial image {statistics.median(times['trivial']):.1f} s, "
                 f"ratio {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f})"
             )
+            rounds = zip(times["medcloud"], times["trivial"], strict=True)
+            print("  per round, MedCloud/trivial: " + ", ".join(f"{m:.1f}/{t:.1f} s" for m, t in rounds))
 
             apply_to_ready(cluster, "bench", workloads("medcloud", medcloud))
             pids = {p.name: p.pid for p in cluster.processes if p.pid is not None}

@@ -163,6 +163,19 @@ def base_key() -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def mmdebstrap_command(output: Path) -> list[str]:
+    """The base layer's build: Debian with python3, no docs, man pages or locales, as a tar at ``output``."""
+    return [
+        "mmdebstrap",
+        "--variant=apt",
+        "--format=tar",
+        f"--include={','.join(BASE_PACKAGES)}",
+        *(f"--dpkgopt={option}" for option in BASE_DPKG_OPTIONS),
+        DEBIAN_SUITE,
+        str(output),
+    ]
+
+
 def ensure_base_layer(progress: Progress | None = None) -> Path:
     """The Debian python3 rootfs as a layer tar, cached by its package set."""
     layer = images_dir() / f"base-{DEBIAN_SUITE}-{base_key()}.tar"
@@ -171,18 +184,11 @@ def ensure_base_layer(progress: Progress | None = None) -> Path:
     say = progress or _stderr
     say(f"building the base layer ({DEBIAN_SUITE}: {', '.join(BASE_PACKAGES)}) with mmdebstrap (about a minute) ...")
     layer.parent.mkdir(parents=True, exist_ok=True)
-    partial = layer.with_name(layer.name + ".partial")
+    # mmdebstrap picks its output format from the name: keep ".tar" last, and say it too.
+    partial = layer.with_name(layer.stem + ".partial.tar")
+    partial.unlink(missing_ok=True)
     started = time.monotonic()
-    _run(
-        [
-            "mmdebstrap",
-            "--variant=apt",
-            f"--include={','.join(BASE_PACKAGES)}",
-            *(f"--dpkgopt={option}" for option in BASE_DPKG_OPTIONS),
-            DEBIAN_SUITE,
-            str(partial),
-        ]
-    )
+    _run(mmdebstrap_command(partial))
     partial.rename(layer)
     say(f"built the base layer in {time.monotonic() - started:.0f}s")
     return layer

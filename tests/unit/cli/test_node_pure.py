@@ -128,3 +128,11 @@ def test_the_image_says_what_the_dockerfile_says() -> None:
     for env in ("PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"):
         assert env in config["Env"]
         assert env in dockerfile
+
+
+def test_the_base_layer_is_written_as_a_tar_whatever_its_temporary_name() -> None:
+    command = images.mmdebstrap_command(Path("/cache/base-x.partial.tar"))
+    # mmdebstrap guesses the format from the file name; a ".partial" suffix made a directory once.
+    assert "--format=tar" in command
+    assert command[-1].endswith(".tar")
+    assert "--include=python3" in command

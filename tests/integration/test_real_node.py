@@ -4,12 +4,15 @@ One private local cluster with a real kubelet node (containerd, kube-proxy,
 kube-router) for this module; it needs Linux root and is skipped elsewhere, or
 when another real node runs on the machine (there can be one at a time). The
 last test stops the cluster and checks, one by one, that no iptables chain,
-ipset, cgroup, bridge, mount or fixed path is left behind.
+ipset, cgroup, bridge, mount or fixed path is left behind; the very last one
+crashes a detached node and checks that `dev down` undoes it all the same.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 import urllib.request
@@ -24,8 +27,9 @@ from kubernetes import config
 from medcloud.kube.crds import install_crds
 from medcloud.models import HospitalSpec, hospital_namespace
 from medcloud_cli.localcluster import images, netsetup
-from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
-from medcloud_cli.localcluster.node import KWOK_TOLERATION, NODE_NAME, ctr_args, real_node_supported
+from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, stop_from_state
+from medcloud_cli.localcluster.images import PAUSE_REFERENCE
+from medcloud_cli.localcluster.node import KWOK_TOLERATION, NODE_NAME, ctr_args, real_node_supported, shim_pids
 from medcloud_operator.builders.hospital import build_namespace, build_network_policies
 from medcloud_operator.settings import OperatorSettings
 
@@ -400,7 +404,7 @@ def test_a_tenant_pod_cannot_reach_the_kubernetes_api(
 
 
 def test_stop_leaves_no_chain_ipset_cgroup_bridge_mount_or_path(node_cluster: LocalCluster) -> None:
-    """Runs last in this module: stops the cluster and checks each kind of side effect."""
+    """Stops the module's cluster and checks each kind of side effect."""
     node = node_cluster.node
     assert node is not None
     assert node.footprint is not None
@@ -416,4 +420,30 @@ def test_stop_leaves_no_chain_ipset_cgroup_bridge_mount_or_path(node_cluster: Lo
     assert not netsetup.link_exists(netsetup.NODE_BRIDGE)
     assert not netsetup.link_exists(netsetup.POD_BRIDGE)
     assert netsetup.mounts_under([state_dir, *netsetup.NETNS_DIRS, Path("/run/containerd")]) == []
+    assert netsetup.leftovers(state_dir, footprint) == []
+
+
+def test_dev_down_undoes_a_crashed_node(node_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """After the module's cluster stopped: a detached node whose servers all die at once (nothing undone),
+    then what `medcloud dev down` runs. Containers, shims and every side effect go."""
+    state_dir = tmp_path_factory.mktemp("medcloud-node-crash")
+    options = ClusterOptions(nodes=0, with_kwok=False, with_minio=False, with_broker=False, real_node=True, detach=True)
+    cluster = LocalCluster(state_dir, options)
+    cluster.start()
+    try:
+        assert cluster.node is not None
+        assert cluster.node.footprint is not None
+        node_dir, footprint = cluster.node.dir, cluster.node.footprint
+        pod = restricted_pod("sandbox", PAUSE_REFERENCE, [])
+        pod["spec"]["containers"][0]["command"] = ["/pause"]
+        apply(cluster, pod)
+        ready_pod(cluster, "default", "sandbox")
+        assert shim_pids(node_dir)
+        for proc in cluster.processes:
+            assert proc.pid is not None
+            os.killpg(proc.pid, signal.SIGKILL)
+        assert shim_pids(node_dir), "shims outlive containerd: the teardown must find them"
+    finally:
+        stop_from_state(state_dir)
+    assert shim_pids(node_dir) == []
     assert netsetup.leftovers(state_dir, footprint) == []

@@ -123,6 +123,12 @@ def _print_ready(state: ClusterState, platform: PlatformInfo | None) -> None:
             f"  export {env.KEY_SERVICE_TOKEN}=$(kubectl create token APP -n NAMESPACE "
             f"--audience {platform.key_service_audience})"
         )
+    node = state.extra.get("node")
+    if node:
+        console.print(
+            f"real node: {node['name']} ({node['ip']}), image {state.extra.get('image', '?')} "
+            "(imagePullPolicy: Never; rebuild with `medcloud dev images`)"
+        )
     console.print(f"unprivileged identity: KUBECONFIG={state.user_kubeconfig}")
     console.print(f"logs: {Path(state.state_dir) / 'logs'}   stop: medcloud dev down")
 

@@ -600,7 +600,10 @@ def fake_node(name: str) -> dict[str, Any]:
 def stop_from_state(state_dir: Path, grace: float = 10.0) -> list[str]:
     """Stop a detached cluster recorded in ``state_dir``; returns the names stopped."""
     path = state_dir / LocalCluster.STATE_FILE
+    node_dir = state_dir / "node"
     if not path.exists():
+        # A start that died before recording its servers may still have changed the machine.
+        teardown_node(node_dir, binaries.locate("kube-proxy"))
         return []
     state = ClusterState.load(path)
     stopped = []
@@ -618,7 +621,6 @@ def stop_from_state(state_dir: Path, grace: float = 10.0) -> list[str]:
         "etcd",
     ]
     names = sorted(state.pids, key=lambda n: order.index(n) if n in order else -1)
-    node_dir = state_dir / "node"
     for name in names:
         proc = ServerProcess(name=name, args=[], log_path=state_dir / "logs" / f"{name}.log", pid=state.pids[name])
         if proc.running():
@@ -627,8 +629,7 @@ def stop_from_state(state_dir: Path, grace: float = 10.0) -> list[str]:
         if name == "kubelet":
             # Before containerd stops: its containers and shims go with the kubelet.
             kill_workloads(node_dir)
-    if (node_dir / "footprint.json").exists():
-        teardown_node(node_dir, binaries.locate("kube-proxy"))
+    teardown_node(node_dir, binaries.locate("kube-proxy"))
     path.unlink()
     return stopped
 

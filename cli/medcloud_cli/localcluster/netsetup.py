@@ -20,7 +20,9 @@ import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -238,8 +240,25 @@ def kube_cgroups() -> list[Path]:
     return found
 
 
+def cgroup_pids() -> list[int]:
+    """Processes still in the node's cgroups: containers whose shim died (a crash) live on there."""
+    pids: set[int] = set()
+    for top in kube_cgroups():
+        for folder, _dirs, _files in os.walk(top):
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in Path(folder, "cgroup.procs").read_text().split())
+    return sorted(pids)
+
+
 def remove_cgroups() -> list[str]:
-    """rmdir the kubelet's and containerd's cgroups, children first (their processes are gone)."""
+    """Kill what is left in the kubelet's and containerd's cgroups, then rmdir them, children first."""
+    # Only the node's containers live in these cgroups (one real node per machine).
+    deadline = time.monotonic() + 10
+    while (pids := cgroup_pids()) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
     for top in kube_cgroups():
         for folder, _dirs, _files in sorted(os.walk(top), key=lambda entry: -entry[0].count("/")):
             with contextlib.suppress(OSError):

@@ -288,17 +288,18 @@ class RealNode:
         supported, why = real_node_supported()
         if not supported:
             raise StartupError(why)
-        if netsetup.link_exists(netsetup.NODE_BRIDGE):
-            raise StartupError(
-                f"{netsetup.NODE_BRIDGE} exists: another real node runs on this machine (one at a time), "
-                "or one was not torn down (`medcloud dev down`)"
-            )
-        self.dir.mkdir(parents=True, exist_ok=True)
-        # A kept state folder (`dev down` without --purge) resumes the cluster;
-        # what a crashed run left on the machine goes first, and the address
+        # A kept state folder (`dev down` without --purge) resumes the cluster:
+        # what a crashed run of this folder left on the machine goes first (the
+        # cluster refused to start if its processes still ran), and the address
         # leases of pods that died without a CNI DEL with it.
         teardown_node(self.dir, binaries.locate("kube-proxy"))
         shutil.rmtree(self.dir / "cni" / "net", ignore_errors=True)
+        if netsetup.link_exists(netsetup.NODE_BRIDGE):
+            raise StartupError(
+                f"{netsetup.NODE_BRIDGE} exists: another real node runs on this machine (one at a time); "
+                "stop it with `medcloud dev down` in its state folder"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
         footprint = netsetup.HostFootprint.record(self.service_cidr)
         self.footprint = footprint
         # Saved before anything changes, so an interrupted start can still be undone.

@@ -655,6 +655,7 @@ KEPT_STATE = (
     ("minio-data", "MinIO's buckets (the encrypted records)"),
     ("pki", "certificates and keys"),
     ("logs", "the servers' logs"),
+    ("node", "the real node's containerd store (imported images) and kubelet state; nothing outside it"),
 )
 """What `medcloud dev down` leaves in the state directory, and why a person would care."""
 

@@ -12,6 +12,14 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 # npm fetches the FHIR R4 JSON schema the gateway tests validate against (below).
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# The real node of the local cluster (Linux root only): container runtime, CNI
+# plugins, the tools kube-proxy and kube-router drive, and the image builders
+# (mmdebstrap for the base layer, gcc + libc6-dev for the static pause binary).
+if [ "$(uname -s)" = Linux ] && [ "$(id -u)" -eq 0 ]; then
+  for pkg in containerd runc containernetworking-plugins iptables conntrack ipset mmdebstrap gcc libc6-dev; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+  done
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   SUDO=""

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medcloud_cli import environment as env
-from medcloud_cli.localcluster import binaries
+from medcloud_cli.localcluster import binaries, images, node
 from medcloud_cli.localcluster.cluster import (
     KEPT_STATE,
     ClusterOptions,
@@ -50,8 +50,11 @@ def build(
     names: Annotated[list[str] | None, typer.Argument(help="Binaries to build (default: all).")] = None,
 ) -> None:
     """Build the local cluster's binaries into the cache (once; later runs reuse them)."""
+    default = list(binaries.ALL_BINARIES)
+    if node.real_node_supported()[0]:
+        default += binaries.REAL_NODE_BINARIES
     try:
-        paths = binaries.ensure_binaries(names or list(binaries.ALL_BINARIES), progress=console.print)
+        paths = binaries.ensure_binaries(names or default, progress=console.print)
     except binaries.BuildError as exc:
         console.print(f"[red]build failed:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -66,18 +69,32 @@ def up(
     cluster_only: Annotated[
         bool, typer.Option("--cluster-only", help="Start the servers only: no CRDs, key service, operator or API.")
     ] = False,
+    real_node: Annotated[
+        bool | None,
+        typer.Option(
+            "--real-node/--no-real-node",
+            help="Run a real kubelet node (containerd) beside the KWOK ones; default: on when Linux root.",
+        ),
+    ] = None,
 ) -> None:
     """Start the local cluster with MedCloud's key service, operator and API in the background; return once ready."""
-    cluster = LocalCluster(
-        state_dir, ClusterOptions(nodes=nodes, detach=True), progress=lambda m: console.print(f"[dim]{m}[/dim]")
-    )
+    supported, why = node.real_node_supported()
+    if real_node and not supported:
+        console.print(f"[red]no real node here:[/red] {why}")
+        raise typer.Exit(1)
+    options = ClusterOptions(nodes=nodes, detach=True, real_node=supported if real_node is None else real_node)
+    cluster = LocalCluster(state_dir, options, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     platform: PlatformInfo | None = None
     try:
         with console.status("starting the MedCloud local cluster ..."):
             state = cluster.start()
+            if cluster.node is not None:
+                image = images.ensure_imported(node.ctr_args(cluster.node.dir), progress=cluster.progress)
+                state.extra["image"] = image.reference
+                cluster.save_state()
             if not cluster_only:
                 platform = start_platform(cluster)
-    except (StartupError, binaries.BuildError, RuntimeError) as exc:
+    except (StartupError, binaries.BuildError, RuntimeError, OSError) as exc:
         console.print(f"[red]dev up failed:[/red] {exc}")
         console.print(f"logs: {state_dir / 'logs'}")
         cluster.stop()
@@ -106,8 +123,31 @@ def _print_ready(state: ClusterState, platform: PlatformInfo | None) -> None:
             f"  export {env.KEY_SERVICE_TOKEN}=$(kubectl create token APP -n NAMESPACE "
             f"--audience {platform.key_service_audience})"
         )
+    node = state.extra.get("node")
+    if node:
+        console.print(
+            f"real node: {node['name']} ({node['ip']}), image {state.extra.get('image', '?')} "
+            "(imagePullPolicy: Never; rebuild with `medcloud dev images`)"
+        )
     console.print(f"unprivileged identity: KUBECONFIG={state.user_kubeconfig}")
     console.print(f"logs: {Path(state.state_dir) / 'logs'}   stop: medcloud dev down")
+
+
+@app.command("images")
+def build_images(state_dir: StateDir = default_state_dir()) -> None:  # noqa: B008
+    """Build MedCloud's image from the source (no registry) and import it into the running real node."""
+    try:
+        node_dir = state_dir / "node"
+        if (node_dir / "containerd" / "containerd.sock").exists():
+            image = images.ensure_imported(node.ctr_args(node_dir), progress=console.print)
+            console.print(f"imported into the node: {image.reference}")
+        else:
+            image = images.ensure_medcloud_archive(progress=console.print)
+            console.print("no real node runs: built only")
+    except binaries.BuildError as exc:
+        console.print(f"[red]image build failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    out.print(image.reference)
 
 
 @app.command()

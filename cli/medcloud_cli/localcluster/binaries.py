@@ -37,9 +37,15 @@ HELM_VERSION = "v3.21.4"
 # MinIO's community edition is source-only and has no tags on the module proxy;
 # a pinned pseudo-version keeps builds reproducible (never "latest").
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
+# The NetworkPolicy enforcer of the real node; v2.1.0 is the only v2 release the module proxy serves.
+KUBE_ROUTER_VERSION = "v2.1.0"
 
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+# The real node's binaries: same Kubernetes module and wrapper, a component of
+# their own so that clusters without a real node never wait for them.
+NODE_BINARIES = ("kubelet", "kube-proxy")
 ALL_BINARIES = (*KUBE_BINARIES, "etcd", "kwok", "minio", "helm")
+REAL_NODE_BINARIES = (*NODE_BINARIES, "kube-router")
 
 Progress = Callable[[str], None]
 
@@ -80,6 +86,8 @@ COMPONENTS: tuple[Component, ...] = (
     Component("kwok", KWOK_VERSION, ("kwok",)),
     Component("minio", MINIO_VERSION, ("minio",)),
     Component("helm", HELM_VERSION, ("helm",)),
+    Component("kubernetes-node", KUBERNETES_VERSION, NODE_BINARIES),
+    Component("kube-router", KUBE_ROUTER_VERSION, ("kube-router",)),
 )
 
 
@@ -87,7 +95,7 @@ def component_for(binary: str) -> Component:
     for component in COMPONENTS:
         if binary in component.binaries:
             return component
-    raise KeyError(f"unknown binary {binary!r}; known: {', '.join(ALL_BINARIES)}")
+    raise KeyError(f"unknown binary {binary!r}; known: {', '.join((*ALL_BINARIES, *REAL_NODE_BINARIES))}")
 
 
 def _env_key(binary: str) -> str:
@@ -265,7 +273,7 @@ class Builder:
         staging_dir.mkdir(parents=True)
         with tempfile.TemporaryDirectory(prefix=f"medcloud-build-{component.name}-") as tmp:
             work = Path(tmp)
-            getattr(self, f"_build_{component.name}")(component, work, staging_dir)
+            getattr(self, f"_build_{component.name.replace('-', '_')}")(component, work, staging_dir)
         # Publish atomically, so an interrupted build never looks complete.
         shutil.rmtree(component.bin_dir, ignore_errors=True)
         staging_dir.rename(component.bin_dir)
@@ -298,6 +306,14 @@ class Builder:
             ],
             cwd=work,
         )
+
+    def _build_kubernetes_node(self, component: Component, work: Path, out: Path) -> None:
+        # The same wrapper module as the control plane: with its modules and
+        # build cache warm, only the kubelet's and kube-proxy's own packages compile.
+        self._build_kubernetes(component, work, out)
+
+    def _build_kube_router(self, component: Component, work: Path, out: Path) -> None:
+        self._go_install(f"github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@{component.version}", out)
 
     def _build_etcd(self, component: Component, work: Path, out: Path) -> None:
         (work / "go.mod").write_text(

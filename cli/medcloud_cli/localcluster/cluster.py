@@ -26,8 +26,9 @@ from typing import Any
 
 import yaml
 
-from medcloud_cli.localcluster import binaries
+from medcloud_cli.localcluster import binaries, netsetup
 from medcloud_cli.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
+from medcloud_cli.localcluster.node import RealNode, kill_workloads, teardown_node
 from medcloud_cli.localcluster.pki import CertificateAuthority, KeyPair, service_account_signer
 from medcloud_cli.localcluster.process import (
     ServerProcess,
@@ -123,6 +124,11 @@ class ClusterOptions:
     with_broker: bool = True
     detach: bool = False
     start_timeout: float = 120.0
+    # A real kubelet node (containerd, kube-proxy, kube-router) beside the KWOK
+    # ones: Linux and root only (medcloud_cli.localcluster.node).
+    real_node: bool = False
+    # kube-router enforcing NetworkPolicies on the real node.
+    network_policy: bool = True
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None = None, expect: str | None = None) -> bool:
@@ -146,6 +152,7 @@ class LocalCluster:
         self.state: ClusterState | None = None
         self._ca: CertificateAuthority | None = None
         self._bins: dict[str, Path] = {}
+        self.node: RealNode | None = None
 
     # ----------------------------------------------------------------- paths
     @property
@@ -197,16 +204,24 @@ class LocalCluster:
             needed.append("kwok")
         if self.options.with_minio:
             needed.append("minio")
+        real_node = opts.with_kubernetes and opts.real_node
+        if real_node:
+            needed += [*binaries.NODE_BINARIES, *(["kube-router"] if opts.network_policy else [])]
         self._bins.update(binaries.ensure_binaries(needed, progress=self.progress))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
+            if real_node:
+                self.node = RealNode(self, SERVICE_CIDR, with_network_policy=opts.network_policy)
+                self.node.prepare()
             if opts.with_kubernetes:
                 self._start_control_plane()
                 if opts.with_controllers:
                     self._start_controllers()
                 if opts.with_kwok:
                     self._start_kwok()
+                if self.node is not None:
+                    self.node.start()
             else:
                 self.state = ClusterState(
                     state_dir=str(self.state_dir), server="", kubeconfig="", user_kubeconfig="", audit_log=""
@@ -256,11 +271,15 @@ class LocalCluster:
     def _start_control_plane(self) -> None:
         ca = self.ca
         etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
-        server = f"https://127.0.0.1:{api_port}"
+        # With a real node, pods must reach the API server: it binds to the node
+        # address (a /32 on the project's own bridge) instead of loopback.
+        host = netsetup.NODE_IP if self.node is not None else "127.0.0.1"
+        server = f"https://{host}:{api_port}"
         serving = ca.issue(
             "apiserver",
             "kube-apiserver",
             server_names=(
+                host,
                 "127.0.0.1",
                 "localhost",
                 "kubernetes",
@@ -306,18 +325,30 @@ class LocalCluster:
 
         audit_policy = self.state_dir / "audit-policy.yaml"
         audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        node_flags = ["--authorization-mode=RBAC"]
+        if self.node is not None:
+            # As kubeadm: the Node authorizer and NodeRestriction bound the kubelet's
+            # rights; the API server reaches the kubelet (logs, exec) with a client cert.
+            kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client")
+            node_flags = [
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
         apiserver = self.spawn(
             "kube-apiserver",
             [
                 str(self.binary("kube-apiserver")),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={host}",
+                f"--advertise-address={host}",
                 f"--secure-port={api_port}",
                 f"--tls-cert-file={serving.cert}",
                 f"--tls-private-key-file={serving.key}",
                 f"--client-ca-file={ca.paths.cert}",
-                "--authorization-mode=RBAC",
+                *node_flags,
                 "--anonymous-auth=false",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 f"--service-account-issuer={server}",
@@ -521,9 +552,14 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:
+        if self.node is not None:
+            self.node.stop_workloads()
         for proc in reversed(self.processes):
             proc.stop()
         self.processes.clear()
+        if self.node is not None:
+            for problem in self.node.teardown():
+                self.progress(f"teardown: {problem}")
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / self.STATE_FILE).unlink()
 
@@ -564,17 +600,36 @@ def fake_node(name: str) -> dict[str, Any]:
 def stop_from_state(state_dir: Path, grace: float = 10.0) -> list[str]:
     """Stop a detached cluster recorded in ``state_dir``; returns the names stopped."""
     path = state_dir / LocalCluster.STATE_FILE
+    node_dir = state_dir / "node"
     if not path.exists():
+        # A start that died before recording its servers may still have changed the machine.
+        teardown_node(node_dir, binaries.locate("kube-proxy"))
         return []
     state = ClusterState.load(path)
     stopped = []
-    order = ["mosquitto", "minio", "kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]
+    order = [
+        "kubelet",
+        "mosquitto",
+        "minio",
+        "kube-router",
+        "kube-proxy",
+        "containerd",
+        "kwok",
+        "kube-scheduler",
+        "kube-controller-manager",
+        "kube-apiserver",
+        "etcd",
+    ]
     names = sorted(state.pids, key=lambda n: order.index(n) if n in order else -1)
     for name in names:
         proc = ServerProcess(name=name, args=[], log_path=state_dir / "logs" / f"{name}.log", pid=state.pids[name])
         if proc.running():
             proc.stop(grace)
             stopped.append(name)
+        if name == "kubelet":
+            # Before containerd stops: its containers and shims go with the kubelet.
+            kill_workloads(node_dir)
+    teardown_node(node_dir, binaries.locate("kube-proxy"))
     path.unlink()
     return stopped
 
@@ -600,6 +655,7 @@ KEPT_STATE = (
     ("minio-data", "MinIO's buckets (the encrypted records)"),
     ("pki", "certificates and keys"),
     ("logs", "the servers' logs"),
+    ("node", "the real node's containerd store (imported images) and kubelet state; nothing outside it"),
 )
 """What `medcloud dev down` leaves in the state directory, and why a person would care."""
 

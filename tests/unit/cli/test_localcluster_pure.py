@@ -81,8 +81,16 @@ def test_cached_binaries_live_in_versioned_folders(tmp_path: Path, monkeypatch: 
 
 
 def test_unknown_binary_names_are_refused() -> None:
-    with pytest.raises(KeyError, match="unknown binary 'kubelet'"):
-        binaries.component_for("kubelet")
+    with pytest.raises(KeyError, match="unknown binary 'kubelet-typo'"):
+        binaries.component_for("kubelet-typo")
+
+
+def test_the_node_binaries_come_from_the_same_kubernetes_module() -> None:
+    node = binaries.component_for("kubelet")
+    assert node is binaries.component_for("kube-proxy")
+    assert node.version == binaries.component_for("kube-apiserver").version
+    assert node.name != "kubernetes"  # their own component: control-plane-only clusters never build them
+    assert binaries.component_for("kube-router").version == binaries.KUBE_ROUTER_VERSION
 
 
 def test_issued_certificates_carry_identity_and_usage(tmp_path: Path) -> None:

@@ -1,0 +1,449 @@
+"""The real node: MedCloud's registry-free image runs as a real pod, and `stop()` leaves the machine clean.
+
+One private local cluster with a real kubelet node (containerd, kube-proxy,
+kube-router) for this module; it needs Linux root and is skipped elsewhere, or
+when another real node runs on the machine (there can be one at a time). The
+last test stops the cluster and checks, one by one, that no iptables chain,
+ipset, cgroup, bridge, mount or fixed path is left behind; the very last one
+crashes a detached node and checks that `dev down` undoes it all the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import config
+
+from medcloud.kube.crds import install_crds
+from medcloud.models import HospitalSpec, hospital_namespace
+from medcloud_cli.localcluster import images, netsetup
+from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, stop_from_state
+from medcloud_cli.localcluster.images import PAUSE_REFERENCE
+from medcloud_cli.localcluster.node import KWOK_TOLERATION, NODE_NAME, ctr_args, real_node_supported, shim_pids
+from medcloud_operator.builders.hospital import build_namespace, build_network_policies
+from medcloud_operator.settings import OperatorSettings
+
+pytestmark = [pytest.mark.node, pytest.mark.cluster]
+
+SUPPORTED, WHY_NOT = real_node_supported()
+CONSORTIUM = "node-test-alliance"
+T = TypeVar("T")
+Json = dict[str, Any]
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 120) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    if not SUPPORTED:
+        pytest.skip(WHY_NOT)
+    if netsetup.link_exists(netsetup.NODE_BRIDGE):
+        pytest.skip("another real node runs on this machine (one at a time)")
+    cluster = LocalCluster(
+        tmp_path_factory.mktemp("medcloud-node"),
+        ClusterOptions(nodes=1, with_minio=False, with_broker=False, real_node=True),
+        progress=lambda msg: print(f"[real node] {msg}", flush=True),
+    )
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def image(node_cluster: LocalCluster) -> str:
+    assert node_cluster.node is not None
+    return images.ensure_imported(ctr_args(node_cluster.node.dir), progress=print).reference
+
+
+def apply(cluster: LocalCluster, *manifests: Json, namespace: str = "default") -> None:
+    items = json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=items)
+
+
+def get(cluster: LocalCluster, *args: str) -> Json:
+    return dict(json.loads(cluster.kubectl("get", *args, "-o", "json").stdout))
+
+
+@pytest.fixture
+def restricted_namespace(node_cluster: LocalCluster) -> Iterator[str]:
+    name = f"node-{uuid.uuid4().hex[:8]}"
+    apply(
+        node_cluster,
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+        },
+    )
+    try:
+        yield name
+    finally:
+        node_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def restricted_pod(name: str, image: str, args: list[str], env: dict[str, str] | None = None) -> Json:
+    """A pod that Pod Security `restricted` admits: the shape the chart's deployments have."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "main",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "args": args,
+                    "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+                    "ports": [{"containerPort": 8080}],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    }
+
+
+def ready_pod(cluster: LocalCluster, namespace: str, name: str, timeout: float = 120) -> Json:
+    def ready() -> Json | None:
+        pod = get(cluster, "pod", name, "-n", namespace)
+        conditions = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+        return pod if conditions.get("Ready") == "True" else None
+
+    try:
+        return wait_for(ready, f"pod {namespace}/{name} Ready", timeout)
+    except AssertionError:
+        described = cluster.kubectl("describe", "pod", name, "-n", namespace, check=False).stdout
+        raise AssertionError(f"pod {namespace}/{name} not Ready:\n{described[-3000:]}") from None
+
+
+def test_the_medcloud_image_serves_the_api_in_a_restricted_pod(
+    node_cluster: LocalCluster, image: str, restricted_namespace: str
+) -> None:
+    """`medcloud api` from the image: its readiness needs the cluster, reached through the Service IP
+    (kube-proxy) with the pod's own service-account token."""
+    ns = restricted_namespace
+    api = config.new_client_from_config(config_file=str(node_cluster.kubeconfig))
+    try:
+        install_crds(api)
+    finally:
+        api.close()
+    apply(
+        node_cluster,
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": f"{ns}-read-hospitals"},
+            "rules": [{"apiGroups": ["medcloud.io"], "resources": ["hospitals"], "verbs": ["list"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"{ns}-read-hospitals"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": f"{ns}-read-hospitals"},
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}],
+        },
+    )
+    pod = restricted_pod("api", image, ["api"], {"MEDCLOUD_API_HOST": "0.0.0.0", "MEDCLOUD_API_PORT": "8080"})  # noqa: S104 - in the pod
+    pod["spec"]["containers"][0]["readinessProbe"] = {
+        "httpGet": {"path": "/readyz", "port": 8080},
+        "periodSeconds": 2,
+    }
+    apply(node_cluster, pod, namespace=ns)
+    running = ready_pod(node_cluster, ns, "api")
+    assert running["spec"]["nodeName"] == NODE_NAME
+
+    # From the machine, the pod answers on its own address on the pod bridge.
+    with urllib.request.urlopen(f"http://{running['status']['podIP']}:8080/readyz", timeout=5) as response:
+        assert json.loads(response.read())["kubernetes"].startswith("v1.35")
+
+    # logs and exec go through the API server to the kubelet (kubelet-client RBAC).
+    logs = node_cluster.kubectl("logs", "-n", ns, "api").stdout
+    assert "Application startup complete" in logs
+    whoami = node_cluster.kubectl("exec", "-n", ns, "api", "--", "python3", "-c", "import os; print(os.getuid())")
+    assert whoami.stdout.strip() == "10001"
+    write = node_cluster.kubectl("exec", "-n", ns, "api", "--", "python3", "-c", "open('/x', 'w')", check=False)
+    assert write.returncode != 0
+    assert "Read-only file system" in write.stderr + write.stdout
+
+
+def test_a_missing_image_is_never_ready(node_cluster: LocalCluster, restricted_namespace: str) -> None:
+    """The untruth the real node ends: no image, no Running pod."""
+    ns = restricted_namespace
+    ghost = restricted_pod("ghost", "registry.medcloud.local/apps/emr-sharing:2.3.1", ["serve"])
+    apply(node_cluster, ghost, namespace=ns)
+
+    def refused() -> str | None:
+        pod = get(node_cluster, "pod", "ghost", "-n", ns)
+        for status in pod.get("status", {}).get("containerStatuses", []):
+            reason = (status.get("state", {}).get("waiting") or {}).get("reason")
+            if reason and reason != "ContainerCreating":
+                return str(reason)
+        return None
+
+    assert wait_for(refused, "the kubelet's verdict on a missing image") == "ErrImageNeverPull"
+    assert get(node_cluster, "pod", "ghost", "-n", ns)["status"]["phase"] == "Pending"
+
+
+def test_a_pull_never_leaves_the_machine(node_cluster: LocalCluster, restricted_namespace: str) -> None:
+    """An image nobody imported, pulled IfNotPresent: containerd asks a closed loopback port, no DNS, no registry."""
+    ns = restricted_namespace
+    pod = restricted_pod("pull", "registry.medcloud.local/apps/emr-sharing:2.3.1", ["serve"])
+    pod["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+    apply(node_cluster, pod, namespace=ns)
+
+    def pull_failure() -> str | None:
+        events = get(node_cluster, "events", "-n", ns, "--field-selector", "involvedObject.name=pull")["items"]
+        failed = [e["message"] for e in events if e.get("reason") == "Failed" and "pull" in e["message"]]
+        return failed[0] if failed else None
+
+    message = wait_for(pull_failure, "the failed pull")
+    assert "127.0.0.1:1" in message
+    assert "lookup" not in message
+
+
+def test_kwok_nodes_take_only_pods_that_tolerate_them(node_cluster: LocalCluster, restricted_namespace: str) -> None:
+    ns = restricted_namespace
+    kwok = [n for n in get(node_cluster, "nodes")["items"] if n["metadata"]["labels"].get("type") == "kwok"]
+    assert kwok
+    for item in kwok:
+        assert {"key": "medcloud.io/fake-node", "value": "kwok", "effect": "NoSchedule"} in item["spec"]["taints"]
+    scale = restricted_pod("scale", "registry.medcloud.local/none:0", ["x"])
+    scale["spec"]["tolerations"] = [KWOK_TOLERATION]
+    scale["spec"]["nodeSelector"] = {"type": "kwok"}
+    apply(node_cluster, scale, namespace=ns)
+
+    def running() -> Json | None:
+        pod = get(node_cluster, "pod", "scale", "-n", ns)
+        return pod if pod["status"].get("phase") == "Running" else None
+
+    pod = wait_for(running, "a scale pod Running on a KWOK node")
+    assert pod["spec"]["nodeName"].startswith("kwok-node-")
+
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "medcloud"
+
+
+def test_the_chart_runs_operator_api_and_key_service_as_restricted_pods(
+    node_cluster: LocalCluster, image: str, tmp_path: Path
+) -> None:
+    """`helm install` with the registry-free image: every pod Ready because its process answers its probes."""
+    namespace = f"medcloud-{uuid.uuid4().hex[:6]}"
+    apply(
+        node_cluster,
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+        },
+    )
+    repository, tag = image.rsplit(":", 1)
+    values = {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "operator": {"replicaCount": 1},
+        "api": {"replicaCount": 1},
+        "keyService": {"replicaCount": 1},
+    }
+    (tmp_path / "values.yaml").write_text(json.dumps(values))
+    helm = [str(node_cluster.binary("helm")), f"--kubeconfig={node_cluster.kubeconfig}", "-n", namespace]
+    release = f"mc-{namespace.rsplit('-', 1)[1]}"
+    installed = subprocess.run(
+        [*helm, "install", release, str(CHART), "-f", str(tmp_path / "values.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert installed.returncode == 0, installed.stderr
+    try:
+        deployments = get(node_cluster, "deployments", "-n", namespace)["items"]
+        components = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in deployments}
+        assert {"operator", "api", "keyservice"} <= components
+        for deployment in deployments:
+            name = deployment["metadata"]["name"]
+            rollout = ["rollout", "status", f"deployment/{name}", "-n", namespace, "--timeout=180s"]
+            if node_cluster.kubectl(*rollout, check=False).returncode != 0:
+                described = node_cluster.kubectl("describe", "pods", "-n", namespace, check=False).stdout
+                logs = node_cluster.kubectl("logs", "-n", namespace, f"deployment/{name}", check=False)
+                raise AssertionError(f"{name} not rolled out:\n{described[-4000:]}\n{logs.stdout[-3000:]}")
+        pods = get(node_cluster, "pods", "-n", namespace)["items"]
+        for pod in pods:
+            assert pod["spec"]["nodeName"] == NODE_NAME
+            assert pod["spec"]["containers"][0]["image"] == image
+            assert {c["type"]: c["status"] for c in pod["status"]["conditions"]}["Ready"] == "True"
+        api_pod = next(p for p in pods if p["metadata"]["labels"]["app.kubernetes.io/component"] == "api")
+        port = api_pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"]
+        if isinstance(port, str):
+            port = next(c["containerPort"] for c in api_pod["spec"]["containers"][0]["ports"] if c["name"] == port)
+        with urllib.request.urlopen(f"http://{api_pod['status']['podIP']}:{port}/readyz", timeout=5) as response:
+            assert json.loads(response.read())["status"] == "ok"
+    finally:
+        subprocess.run([*helm, "uninstall", release, "--wait=false"], capture_output=True, check=False, timeout=60)
+        node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def tenant(cluster: LocalCluster, name: str, allow_consortium_ingress: bool) -> str:
+    """A tenant namespace with exactly the namespace and NetworkPolicies the operator builds for a Hospital."""
+    spec = HospitalSpec.model_validate(
+        {
+            "displayName": name,
+            "institutionCode": "NODETEST" + name.upper().replace("-", "")[:10],
+            "tier": "township",
+            "consortium": CONSORTIUM,
+            "admins": {"groups": [f"{name}-staff"]},
+            "network": {"allowConsortiumIngress": allow_consortium_ingress},
+        }
+    )
+    settings = OperatorSettings()
+    namespace = hospital_namespace(name)
+    apply(cluster, build_namespace(name, spec, settings))
+    apply(cluster, *build_network_policies(name, spec, settings), namespace=namespace)
+    return namespace
+
+
+def http_server(cluster: LocalCluster, image: str, namespace: str, name: str) -> str:
+    """A pod serving HTTP on 8080 with a readiness probe (kubelet probes pass default-deny); returns its IP."""
+    pod = restricted_pod(name, image, [])
+    container = pod["spec"]["containers"][0]
+    container["command"] = ["python3", "-m", "http.server", "8080", "--directory", "/tmp"]
+    container["readinessProbe"] = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 2}
+    apply(cluster, pod, namespace=namespace)
+    return str(ready_pod(cluster, namespace, name)["status"]["podIP"])
+
+
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close(); print('open')\n"
+    "except OSError:\n"
+    "    print('blocked')\n"
+)
+
+
+def connects(cluster: LocalCluster, namespace: str, pod: str, host: str, port: int) -> str:
+    """'open' or 'blocked': a TCP connection from inside ``pod``."""
+    args = ["exec", "-n", namespace, pod, "--", "python3", "-c", CONNECT, host, str(port)]
+    return str(cluster.kubectl(*args).stdout.strip())
+
+
+def settle(cluster: LocalCluster, namespace: str, pod: str, host: str, port: int, expected: str) -> None:
+    """Wait for the enforcer to apply a policy change (kube-router syncs within seconds)."""
+    wait_for(
+        lambda: connects(cluster, namespace, pod, host, port) == expected,
+        f"{namespace}/{pod} -> {host}:{port} {expected}",
+        60,
+    )
+
+
+def test_tenant_policies_refuse_other_hospitals_until_the_consortium_allows_them(
+    node_cluster: LocalCluster, image: str
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    caller = tenant(node_cluster, f"np-caller-{suffix}", allow_consortium_ingress=False)
+    callee_name = f"np-callee-{suffix}"
+    callee = tenant(node_cluster, callee_name, allow_consortium_ingress=False)
+    try:
+        server = http_server(node_cluster, image, callee, "records")
+        http_server(node_cluster, image, caller, "client")
+        http_server(node_cluster, image, callee, "neighbour")
+        # Same namespace: allowed, so a refusal below is the policy, not the network.
+        settle(node_cluster, callee, "neighbour", server, 8080, "open")
+        settle(node_cluster, caller, "client", server, 8080, "blocked")
+
+        # The callee lets its consortium in: the operator's policy for that, applied as it would apply it.
+        tenant(node_cluster, callee_name, allow_consortium_ingress=True)
+        settle(node_cluster, caller, "client", server, 8080, "open")
+    finally:
+        node_cluster.kubectl("delete", "namespace", caller, callee, "--wait=false", check=False)
+
+
+def test_a_tenant_pod_cannot_reach_the_kubernetes_api(
+    node_cluster: LocalCluster, image: str, restricted_namespace: str
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    namespace = tenant(node_cluster, f"np-api-{suffix}", allow_consortium_ingress=False)
+    try:
+        http_server(node_cluster, image, namespace, "client")
+        http_server(node_cluster, image, restricted_namespace, "control")
+        service = get(node_cluster, "service", "kubernetes", "-n", "default")["spec"]["clusterIP"]
+        # Without tenant policies a pod reaches the API server through its Service (kube-proxy) ...
+        settle(node_cluster, restricted_namespace, "control", service, 443, "open")
+        # ... a tenant pod reaches neither the Service nor the node address the API server binds.
+        settle(node_cluster, namespace, "client", service, 443, "blocked")
+        api_port = int(node_cluster.state.server.rsplit(":", 1)[1])
+        assert connects(node_cluster, namespace, "client", netsetup.NODE_IP, api_port) == "blocked"
+    finally:
+        node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_stop_leaves_no_chain_ipset_cgroup_bridge_mount_or_path(node_cluster: LocalCluster) -> None:
+    """Stops the module's cluster and checks each kind of side effect."""
+    node = node_cluster.node
+    assert node is not None
+    assert node.footprint is not None
+    footprint, state_dir = node.footprint, node_cluster.state_dir
+    # The node really had each kind of footprint while it ran.
+    assert netsetup.kube_chains_left()
+    assert netsetup.kube_cgroups()
+    assert netsetup.mounts_under([state_dir])
+    node_cluster.stop()
+    assert netsetup.kube_chains_left() == []
+    assert netsetup.kube_ipsets() == []
+    assert netsetup.kube_cgroups() == []
+    assert not netsetup.link_exists(netsetup.NODE_BRIDGE)
+    assert not netsetup.link_exists(netsetup.POD_BRIDGE)
+    assert netsetup.mounts_under([state_dir, *netsetup.NETNS_DIRS, Path("/run/containerd")]) == []
+    assert netsetup.leftovers(state_dir, footprint) == []
+
+
+def test_dev_down_undoes_a_crashed_node(node_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """After the module's cluster stopped: a detached node whose servers all die at once (nothing undone),
+    then what `medcloud dev down` runs. Containers, shims and every side effect go."""
+    state_dir = tmp_path_factory.mktemp("medcloud-node-crash")
+    options = ClusterOptions(nodes=0, with_kwok=False, with_minio=False, with_broker=False, real_node=True, detach=True)
+    cluster = LocalCluster(state_dir, options)
+    cluster.start()
+    try:
+        assert cluster.node is not None
+        assert cluster.node.footprint is not None
+        node_dir, footprint = cluster.node.dir, cluster.node.footprint
+        pod = restricted_pod("sandbox", PAUSE_REFERENCE, [])
+        pod["spec"]["containers"][0]["command"] = ["/pause"]
+        apply(cluster, pod)
+        ready_pod(cluster, "default", "sandbox")
+        assert shim_pids(node_dir)
+        for proc in cluster.processes:
+            assert proc.pid is not None
+            os.killpg(proc.pid, signal.SIGKILL)
+        assert shim_pids(node_dir), "shims outlive containerd: the teardown must find them"
+    finally:
+        stop_from_state(state_dir)
+    assert shim_pids(node_dir) == []
+    assert netsetup.leftovers(state_dir, footprint) == []

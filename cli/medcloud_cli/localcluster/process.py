@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,8 +28,31 @@ class StartupError(RuntimeError):
     """A server did not start; the message names it and shows the end of its log."""
 
 
+# Ports for our servers come from below the kernel's ephemeral range: a port
+# the kernel handed out for "bind to 0" is also one it may give the next
+# outgoing connection (to MinIO, the API server, ...) before our server binds
+# it, which made busy test runs fail with "address already in use".
+_SERVER_PORTS = range(20000, 32000)
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> range:
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on now, outside the ephemeral range, not handed out before."""
+    ephemeral = _ephemeral_range()
+    candidates = [p for p in _SERVER_PORTS if p not in ephemeral and p not in _handed_out]
+    # Random order: several test runs on one machine rarely try the same port first.
+    for port in random.sample(candidates, len(candidates)):
+        if port_is_free(port):
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

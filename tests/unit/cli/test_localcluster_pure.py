@@ -9,7 +9,7 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from medcloud_cli.localcluster import binaries
+from medcloud_cli.localcluster import binaries, process
 from medcloud_cli.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.pki import CertificateAuthority
 
@@ -133,3 +133,10 @@ def test_kubeconfig_embeds_credentials_and_is_private(tmp_path: Path) -> None:
     assert config["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
     assert config["users"][0]["user"]["client-key-data"]
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_server_ports_come_from_outside_the_ephemeral_range_and_are_never_handed_out_twice() -> None:
+    ephemeral = process._ephemeral_range()
+    ports = [process.free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert not [p for p in ports if p in ephemeral]

@@ -77,7 +77,7 @@ def _run_as() -> list[str]:
     try:
         pwd.getpwnam(SERVICE_USER)
     except KeyError:
-        raise StartupError(f"running as root needs the {SERVICE_USER} system user (Debian's postgresql package)")
+        raise StartupError(f"as root, PostgreSQL runs as the {SERVICE_USER} user (Debian's package)") from None
     return ["setpriv", f"--reuid={SERVICE_USER}", f"--regid={SERVICE_USER}", "--init-groups"]
 
 

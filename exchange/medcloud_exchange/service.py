@@ -30,6 +30,7 @@ from medcloud_exchange.decision import (
     Decision,
     Purpose,
     decide,
+    shares,
 )
 from medcloud_exchange.metrics import BREAK_GLASS, DECISION_SECONDS, DECISIONS
 from medcloud_exchange.outcomes import conflict, forbidden, invalid, not_found, unprocessable
@@ -152,6 +153,11 @@ class Exchange:
 
     def publish(self, ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
         publication = parse_publication(body, self.settings.max_document_bytes)
+        if not shares(ctx.spec, ctx.hospital, publication.category):
+            # The exchange holds keys only of stores that spec.sharing reaches: what it cannot share it does not take.
+            raise forbidden(
+                f"Consortium {self.settings.consortium} shares no {publication.category} records of {ctx.hospital}"
+            )
         document_id = uuid.uuid4()
         records = self.stores.client(ctx.hospital)
         written: list[str] = []

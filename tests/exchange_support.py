@@ -20,7 +20,7 @@ from minio.commonconfig import COMPLIANCE
 from minio.credentials.providers import StaticProvider
 from minio.objectlockconfig import DAYS, ObjectLockConfig
 
-from medcloud.localcluster.cluster import MinioInfo
+from medcloud_cli.localcluster.cluster import MinioInfo
 
 DATA = Path(__file__).resolve().parent / "data" / "exchange"
 CATEGORY_SYSTEM = "https://medcloud.io/fhir/CodeSystem/sharing-category"

@@ -21,7 +21,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kubernetes.client.exceptions import ApiException
-from minio import Minio
 from minio.error import MinioException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,7 +29,7 @@ from medcloud.records.envelope import RecordIntegrityError
 from medcloud.records.keys import KeyUnavailableError
 from medcloud_exchange.audit import AuditStore, Requester
 from medcloud_exchange.capability import capability_statement
-from medcloud_exchange.cluster import Cluster, hospital_of_namespace, new_api_client
+from medcloud_exchange.cluster import Cluster, hospital_of, namespace_of, new_api_client
 from medcloud_exchange.database import Database
 from medcloud_exchange.decision import CATEGORIES, Purpose
 from medcloud_exchange.metrics import REQUESTS
@@ -45,6 +44,7 @@ from medcloud_exchange.outcomes import (
     unavailable,
 )
 from medcloud_exchange.resources import CATEGORY_SYSTEM, ORGANIZATION, parse_patient_token, patient_id_of, searchset
+from medcloud_exchange.s3 import minio_client
 from medcloud_exchange.service import Context, Exchange, PatientSelector, SearchFilters
 from medcloud_exchange.settings import ExchangeSettings
 from medcloud_exchange.stores import PublisherStores, StoreUnavailableError
@@ -71,14 +71,6 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 
 class FhirResponse(JSONResponse):
     media_type = FHIR_JSON
-
-
-def minio_client(endpoint: str, access_key: str, secret_key: str, secure: bool) -> Minio:
-    """A MinIO client that gives up after one retry: a store that is down answers 503 quickly, not in 30 s."""
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=3, read=30), retries=urllib3.Retry(total=1, backoff_factor=0.1), maxsize=8
-    )
-    return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http)
 
 
 bearer = HTTPBearer(auto_error=False, description="A service account token issued for the audience medcloud-exchange.")
@@ -131,7 +123,7 @@ def _context_dependency(verb: str) -> Callable[..., Context]:
             raise unavailable(
                 f"Consortium {exchange.settings.consortium} does not exist", exchange.settings.retry_after_seconds
             )
-        acting_for = (hospital or "").strip() or hospital_of_namespace(caller.namespace)
+        acting_for = (hospital or "").strip() or hospital_of(namespace_of(caller))
         if not acting_for or acting_for not in spec.members:
             raise forbidden(
                 f"{caller.username} does not act for a member of Consortium {exchange.settings.consortium}; "

@@ -13,7 +13,6 @@ is what binding the ClusterRole ``medcloud-exchange-client`` there grants::
 
 from __future__ import annotations
 
-import base64
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,46 +21,33 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from medcloud.auth import Caller, Reviews, medcloud_resource
 from medcloud.models import GROUP, VERSION
+from medcloud.models.common import hospital_namespace
 from medcloud.models.consortium import Consortium, ConsortiumSpec
+from medcloud.tenancy.credentials import ACCESS_KEY_FIELD, SECRET_KEY_FIELD, Endpoint, decoded
+from medcloud.tenancy.store import InvalidStoreError, credentials_secret_name, hospital_of_namespace
 from medcloud_exchange import FIELD_MANAGER
 from medcloud_exchange.settings import ExchangeSettings
 
 EXCHANGE_SUBRESOURCE = "exchange"
-HOSPITAL_NAMESPACE_PREFIX = "hospital-"
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 EVENT_NAMESPACE = "default"
 
 
-@dataclass(frozen=True)
-class Caller:
-    """A caller as the cluster authenticated it (TokenReview status.user)."""
-
-    username: str
-    uid: str = ""
-    groups: tuple[str, ...] = ()
-    extra: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def namespace(self) -> str | None:
-        """The namespace of a service account caller."""
-        if not self.username.startswith(SERVICE_ACCOUNT_PREFIX):
-            return None
-        return self.username[len(SERVICE_ACCOUNT_PREFIX) :].split(":", 1)[0]
+def namespace_of(caller: Caller) -> str | None:
+    """The namespace of a service account caller."""
+    if not caller.username.startswith(SERVICE_ACCOUNT_PREFIX):
+        return None
+    return caller.username[len(SERVICE_ACCOUNT_PREFIX) :].split(":", 1)[0]
 
 
-def hospital_namespace(hospital: str) -> str:
-    return f"{HOSPITAL_NAMESPACE_PREFIX}{hospital}"
-
-
-def hospital_of_namespace(namespace: str | None) -> str | None:
-    if (
-        namespace
-        and namespace.startswith(HOSPITAL_NAMESPACE_PREFIX)
-        and len(namespace) > len(HOSPITAL_NAMESPACE_PREFIX)
-    ):
-        return namespace[len(HOSPITAL_NAMESPACE_PREFIX) :]
-    return None
+def hospital_of(namespace: str | None) -> str | None:
+    """The hospital whose tenant namespace this is, if it is one."""
+    try:
+        return hospital_of_namespace(namespace) if namespace else None
+    except InvalidStoreError:
+        return None
 
 
 def new_api_client(settings: ExchangeSettings) -> client.ApiClient:
@@ -78,8 +64,7 @@ def new_api_client(settings: ExchangeSettings) -> client.ApiClient:
 @dataclass(frozen=True)
 class StoreCredentials:
     bucket: str
-    endpoint: str
-    secure: bool
+    endpoint: Endpoint
     access_key: str
     secret_key: str = field(repr=False)
 
@@ -91,50 +76,25 @@ class Cluster:
         self._timeout = settings.kube_timeout_seconds
         self._audience = settings.audience
         self._consortium = settings.consortium
-        self._authn = client.AuthenticationV1Api(api_client)
-        self._authz = client.AuthorizationV1Api(api_client)
+        self._reviews = Reviews(api_client, settings.kube_timeout_seconds)
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
 
     def authenticate(self, token: str) -> Caller | None:
-        spec = client.V1TokenReviewSpec(token=token, audiences=[self._audience])
-        review = self._authn.create_token_review(client.V1TokenReview(spec=spec), _request_timeout=self._timeout)
-        status = review.status
-        if status is None or not status.authenticated or status.user is None or not status.user.username:
-            return None
-        if status.audiences is not None and self._audience not in status.audiences:
-            return None
-        user = status.user
-        return Caller(
-            username=str(user.username),
-            uid=user.uid or "",
-            groups=tuple(user.groups or ()),
-            extra={k: list(v) for k, v in (user.extra or {}).items()},
-        )
+        """The caller of a token issued for the exchange's audience; None when the cluster does not accept it."""
+        return self._reviews.authenticate(token, [self._audience])
 
     def may_act_for(self, caller: Caller, hospital: str, verb: str) -> bool:
         """Whether RBAC grants ``caller`` ``verb`` on ``consortia/exchange`` of this Consortium in H's namespace."""
-        attributes = client.V1ResourceAttributes(
-            group=GROUP,
-            version=VERSION,
-            resource=Consortium.crd.plural,
-            subresource=EXCHANGE_SUBRESOURCE,
-            verb=verb,
+        attributes = medcloud_resource(
+            Consortium.crd.plural,
+            verb,
             namespace=hospital_namespace(hospital),
             name=self._consortium,
+            subresource=EXCHANGE_SUBRESOURCE,
         )
-        spec = client.V1SubjectAccessReviewSpec(
-            user=caller.username,
-            uid=caller.uid or None,
-            groups=list(caller.groups) or None,
-            extra=caller.extra or None,
-            resource_attributes=attributes,
-        )
-        review = self._authz.create_subject_access_review(
-            client.V1SubjectAccessReview(spec=spec), _request_timeout=self._timeout
-        )
-        status = review.status
-        return bool(status and status.allowed and not status.denied)
+        allowed, _reason = self._reviews.may(caller, attributes)
+        return allowed
 
     def consortium(self) -> ConsortiumSpec | None:
         """The Consortium's spec as it is now; None when it is gone."""
@@ -151,24 +111,19 @@ class Cluster:
     def store_credentials(self, hospital: str, store: str) -> StoreCredentials | None:
         """The S3 credentials of a member's RecordStore, from its credentials Secret; None when absent."""
         try:
-            secret = self._core.read_namespaced_secret(
-                f"{store}-credentials", hospital_namespace(hospital), _request_timeout=self._timeout
+            read = self._core.read_namespaced_secret(
+                credentials_secret_name(store), hospital_namespace(hospital), _request_timeout=self._timeout
             )
         except ApiException as exc:
             if exc.status in (403, 404):
                 return None
             raise
-        data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
-        try:
-            return StoreCredentials(
-                bucket=data["BUCKET_NAME"],
-                endpoint=f"{data['BUCKET_HOST']}:{data['BUCKET_PORT']}",
-                secure=data.get("MEDCLOUD_S3_SECURE", "true") == "true",
-                access_key=data["AWS_ACCESS_KEY_ID"],
-                secret_key=data["AWS_SECRET_ACCESS_KEY"],
-            )
-        except KeyError:
+        secret = {"data": read.data or {}}
+        bucket, endpoint = decoded(secret, "BUCKET_NAME"), decoded(secret, "COSI_S3_ENDPOINT")
+        access, secret_key = decoded(secret, ACCESS_KEY_FIELD), decoded(secret, SECRET_KEY_FIELD)
+        if not (bucket and endpoint and access and secret_key):
             return None
+        return StoreCredentials(bucket, Endpoint.parse(endpoint), access, secret_key)
 
     def warn(self, reason: str, message: str) -> None:
         """A Warning Event about the Consortium (cluster-scoped objects' Events live in ``default``)."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 import threading
 import uuid
 
-from minio import Minio
-
-from medcloud.records.keyclient import HttpKeyProvider
+from medcloud.models.common import hospital_namespace
 from medcloud.records.client import RecordClient
-from medcloud_exchange.cluster import Cluster, hospital_namespace
+from medcloud.records.keyclient import HttpKeyProvider
+from medcloud_exchange.cluster import Cluster
+from medcloud_exchange.s3 import minio_client
 from medcloud_exchange.settings import ExchangeSettings
 
 
@@ -59,11 +59,8 @@ class PublisherStores:
             token_file=self._settings.key_service_token_file,
             timeout=self._settings.kube_timeout_seconds,
         )
-        minio = Minio(
-            credentials.endpoint,
-            access_key=credentials.access_key,
-            secret_key=credentials.secret_key,
-            secure=credentials.secure,
+        minio = minio_client(
+            credentials.endpoint.address, credentials.access_key, credentials.secret_key, credentials.endpoint.secure
         )
         made = RecordClient(minio, credentials.bucket, keys)
         with self._lock:

@@ -39,16 +39,16 @@ from minio import Minio
 from minio.error import S3Error
 from pydantic import SecretStr
 
-from medcloud.keyservice.app import create_app as create_key_service
-from medcloud.keyservice.settings import KeyServiceSettings
-from medcloud.localcluster.cluster import MinioInfo
-from medcloud.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
-from medcloud.localcluster.postgres import PostgresInfo, bin_dir
-from medcloud.localcluster.process import free_port
 from medcloud.models.consortium import ConsortiumSpec
+from medcloud_cli.localcluster.cluster import MinioInfo
+from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
+from medcloud_cli.localcluster.postgres import PostgresInfo, bin_dir
+from medcloud_cli.localcluster.process import free_port
 from medcloud_exchange.app import create_app
 from medcloud_exchange.decision import publishers
 from medcloud_exchange.settings import ExchangeSettings
+from medcloud_keyservice.app import create_app as create_key_service
+from medcloud_keyservice.settings import KeyServiceSettings
 from tests.exchange_support import (
     CLIENT_ROLE,
     INSURANCE_CARD,

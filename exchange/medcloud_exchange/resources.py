@@ -12,7 +12,7 @@ import base64
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from fhir.resources.R4B.consent import Consent
@@ -48,7 +48,10 @@ def _validated(model: type[Any], body: Mapping[str, Any], kind: str) -> Any:
         raise unprocessable(f"not a valid FHIR R4 {kind}: {exc}") from None
 
 
-def _aware(value: datetime) -> datetime:
+def _aware(value: date | datetime) -> datetime:
+    """A FHIR date or dateTime as an aware instant: a bare date is its first moment, a naive time UTC."""
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 

@@ -31,16 +31,6 @@ RBAC = "rbac.authorization.k8s.io"
 Json = dict[str, Any]
 
 
-def client_cluster_role() -> Json:
-    """The ClusterRole a hospital binds in its namespace to let a service account use the exchange."""
-    return {
-        "apiVersion": f"{RBAC}/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": CLIENT_ROLE},
-        "rules": [{"apiGroups": ["medcloud.io"], "resources": ["consortia/exchange"], "verbs": ["get", "create"]}],
-    }
-
-
 def exchange_rbac(consortium: str, account: str, namespace: str, publishers: list[str], store: str) -> list[Json]:
     """The exchange identity's RBAC: reviews, its Consortium, Events, the keys and credentials of publishers' stores."""
     subject = [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]

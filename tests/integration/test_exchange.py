@@ -55,7 +55,6 @@ from tests.exchange_support import (
     RESIDENT_ID,
     AuditBucket,
     Caller,
-    client_cluster_role,
     consent,
     contained_patient,
     document,
@@ -220,10 +219,11 @@ def exchange_settings(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> ExchangeSettings:
     spec = ConsortiumSpec.model_validate(SPEC)
+    # The ClusterRole hospitals bind, exactly as deploy/ and the chart ship it.
+    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "exchange-client-rbac.yaml"))
     apply(
         local_cluster,
         [
-            client_cluster_role(),
             *exchange_rbac(CONSORTIUM, EXCHANGE_ACCOUNT, OPERATOR_NAMESPACE, publishers(spec), STORE),
         ],
     )

@@ -149,15 +149,22 @@ def publishers(spec: ConsortiumSpec) -> list[str]:
     return sorted({m for m in spec.members for rule in spec.sharing if ANY_MEMBER in rule.from_ or m in rule.from_})
 
 
-def _rules_for(spec: ConsortiumSpec, publisher: str, reader: str, category: str) -> list[bool]:
-    """``require_consent`` of every sharing rule that lets ``reader`` see ``publisher``'s ``category``."""
-    return [
-        rule.require_consent
-        for rule in spec.sharing
-        if rule.category.value == category
-        and (ANY_MEMBER in rule.from_ or publisher in rule.from_)
-        and (ANY_MEMBER in rule.to or reader in rule.to)
-    ]
+def _shareable_pairs(spec: ConsortiumSpec, reader: str) -> dict[tuple[str, str], list[bool]]:
+    """Every (publisher, category) some rule shares with ``reader``, with the ``require_consent`` of each such rule.
+
+    One pass over the rules (a ``*`` expands to the members): the cost grows with what is
+    shared with the reader, not with members times categories times rules.
+    """
+    members = set(spec.members)
+    pairs: dict[tuple[str, str], list[bool]] = {}
+    for rule in spec.sharing:
+        if ANY_MEMBER not in rule.to and reader not in rule.to:
+            continue
+        sources = members if ANY_MEMBER in rule.from_ else members.intersection(rule.from_)
+        for publisher in sources:
+            if publisher != reader:
+                pairs.setdefault((publisher, rule.category.value), []).append(rule.require_consent)
+    return pairs
 
 
 def decide(spec: ConsortiumSpec, request: AccessRequest, consents: Iterable[ConsentTerms], now: datetime) -> Decision:
@@ -167,38 +174,30 @@ def decide(spec: ConsortiumSpec, request: AccessRequest, consents: Iterable[Cons
             "purpose of use ETREAT (break the glass) needs X-MedCloud-Break-Glass-Reason"
         )
     in_force = [c for c in consents if c.in_force(now)]
-    permitted: set[tuple[str, str]] = set()
+    permitted: set[tuple[str, str]] = {(request.reader, c) for c in CATEGORIES}
     refused: set[tuple[str, str]] = set()
-    basis: dict[tuple[str, str], Basis] = {}
+    basis: dict[tuple[str, str], Basis] = dict.fromkeys(permitted, Basis.OWN)
     used: set[str] = set()
-    for category in CATEGORIES:
-        own = (request.reader, category)
-        permitted.add(own)
-        basis[own] = Basis.OWN
+    for pair, requirements in sorted(_shareable_pairs(spec, request.reader).items()):
+        category = pair[1]
+        if not (spec.consent_required or all(requirements)):
+            permitted.add(pair)
+            basis[pair] = Basis.SHARING
+            continue
+        if request.breaks_glass:
+            permitted.add(pair)
+            basis[pair] = Basis.BREAK_GLASS
+            continue
         covering = [c for c in in_force if c.covers(request.reader, request.purpose.value, category)]
-        denies = [c for c in covering if not c.permit]
-        permits = [c for c in covering if c.permit]
-        for publisher in spec.members:
-            if publisher == request.reader:
-                continue
-            rules = _rules_for(spec, publisher, request.reader, category)
-            if not rules:
-                continue
-            pair = (publisher, category)
-            needs_consent = spec.consent_required or all(rules)
-            if not needs_consent:
-                permitted.add(pair)
-                basis[pair] = Basis.SHARING
-            elif request.breaks_glass:
-                permitted.add(pair)
-                basis[pair] = Basis.BREAK_GLASS
-            elif permits and not denies:
-                permitted.add(pair)
-                basis[pair] = Basis.CONSENT
-                used.update(c.id for c in permits)
-            else:
-                refused.add(pair)
-                used.update(c.id for c in denies)
+        denies = [c.id for c in covering if not c.permit]
+        permits = [c.id for c in covering if c.permit]
+        if permits and not denies:
+            permitted.add(pair)
+            basis[pair] = Basis.CONSENT
+            used.update(permits)
+        else:
+            refused.add(pair)
+            used.update(denies)
     if request.breaks_glass:
         reason = f"break the glass: {request.break_glass_reason}"
     elif refused and all(p[0] == request.reader for p in permitted):

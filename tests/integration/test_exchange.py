@@ -40,10 +40,10 @@ from minio.error import S3Error
 from pydantic import SecretStr
 
 from medcloud.models.consortium import ConsortiumSpec
-from medcloud_cli.localcluster.cluster import MinioInfo
+from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, MinioInfo
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.postgres import PostgresInfo, bin_dir
-from medcloud_cli.localcluster.process import free_port
+from medcloud_cli.localcluster.process import free_port, port_accepts
 from medcloud_exchange.app import create_app
 from medcloud_exchange.decision import publishers
 from medcloud_exchange.settings import ExchangeSettings
@@ -775,3 +775,55 @@ def test_schemathesis_finds_no_server_error(exchange: Exchange, callers: dict[st
                 failures.append(f"{operation.label} ({mode.value}):\n{exc}")
     assert not failures, "\n\n".join(failures)
     assert len(calls) >= 8, sorted(calls)
+
+
+def test_the_database_going_away_and_back_is_503_then_served_again_on_its_own(
+    exchange_settings: ExchangeSettings, callers: dict[str, Caller], tmp_path: Path
+) -> None:
+    """A private PostgreSQL under a running exchange: stopped, the exchange answers 503; started again, it serves."""
+    private = LocalCluster(tmp_path / "pg", ClusterOptions(with_kubernetes=False, with_minio=False, with_broker=False))
+    state = private.start()
+    try:
+        assert state.postgres is not None
+        settings = exchange_settings.model_copy(update={"database_url": SecretStr(state.postgres.dsn)})
+        county = callers[COUNTY]
+        resident, _ = identifiers()
+        headers = {**county.headers(), "Content-Type": "application/fhir+json"}
+        with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+            first = http.post(
+                "/fhir/DocumentReference",
+                content=json.dumps(document("emr", b"1", contained_patient(resident))),
+                headers=headers,
+            )
+            assert first.status_code == 201, first.text
+            (server,) = [p for p in private.processes if p.name == "postgres"]
+            server.stop()
+            down = http.post(
+                "/fhir/DocumentReference",
+                content=json.dumps(document("emr", b"2", contained_patient(resident))),
+                headers=headers,
+            )
+            assert down.status_code == 503, down.text
+            assert down.headers["retry-after"] == "7"
+            server.start()
+            port = state.postgres.port
+
+            def published() -> bool:
+                again = http.post(
+                    "/fhir/DocumentReference",
+                    content=json.dumps(document("emr", b"3", contained_patient(resident))),
+                    headers=headers,
+                )
+                return again.status_code == 201
+
+            wait_for(lambda: port_accepts(port), "PostgreSQL back", timeout=60)
+            wait_for(published, "the exchange to serve again", timeout=60)
+            found = http.get(
+                "/fhir/DocumentReference",
+                params={"patient.identifier": f"{resident[0]}|{resident[1]}"},
+                headers=county.headers(),
+            )
+            # The publish refused while the database was down left nothing behind.
+            assert found.json()["total"] == 2
+    finally:
+        private.stop()

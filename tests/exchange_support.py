@@ -1,8 +1,4 @@
-"""What the exchange's integration tests share: its RBAC, its audit bucket, its callers, FHIR documents.
-
-The RBAC here is what the operator will provision from a Consortium (docs/exchange.md, "Identity");
-until it does, the tests apply it themselves, from the same spec.
-"""
+"""What the exchange's integration tests share: its audit bucket, its callers, FHIR documents."""
 
 from __future__ import annotations
 
@@ -29,80 +25,6 @@ INSURANCE_CARD = "urn:medcloud:insurance-card:riverton-province"
 CLIENT_ROLE = "medcloud-exchange-client"
 RBAC = "rbac.authorization.k8s.io"
 Json = dict[str, Any]
-
-
-def exchange_rbac(consortium: str, account: str, namespace: str, publishers: list[str], store: str) -> list[Json]:
-    """The exchange identity's RBAC: reviews, its Consortium, Events, the keys and credentials of publishers' stores."""
-    subject = [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]
-    name = f"medcloud-exchange-{consortium}"
-    docs: list[Json] = [
-        {
-            "apiVersion": f"{RBAC}/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": name},
-            "rules": [
-                {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
-                {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
-                {
-                    "apiGroups": ["medcloud.io"],
-                    "resources": ["consortia"],
-                    "resourceNames": [consortium],
-                    "verbs": ["get"],
-                },
-            ],
-        },
-        {
-            "apiVersion": f"{RBAC}/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": name},
-            "subjects": subject,
-        },
-        {
-            "apiVersion": f"{RBAC}/v1",
-            "kind": "Role",
-            "metadata": {"name": name, "namespace": "default"},
-            "rules": [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}],
-        },
-        {
-            "apiVersion": f"{RBAC}/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": name, "namespace": "default"},
-            "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": name},
-            "subjects": subject,
-        },
-    ]
-    for hospital in publishers:
-        ns = f"hospital-{hospital}"
-        docs += [
-            {
-                "apiVersion": f"{RBAC}/v1",
-                "kind": "Role",
-                "metadata": {"name": name, "namespace": ns},
-                "rules": [
-                    {
-                        "apiGroups": ["medcloud.io"],
-                        "resources": ["recordstores/keys"],
-                        "resourceNames": [store],
-                        "verbs": ["get"],
-                    },
-                    {
-                        "apiGroups": [""],
-                        "resources": ["secrets"],
-                        "resourceNames": [f"{store}-credentials"],
-                        "verbs": ["get"],
-                    },
-                ],
-            },
-            {
-                "apiVersion": f"{RBAC}/v1",
-                "kind": "RoleBinding",
-                "metadata": {"name": name, "namespace": ns},
-                "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": name},
-                "subjects": subject,
-            },
-        ]
-    return docs
 
 
 @dataclass(frozen=True)

@@ -136,19 +136,6 @@ class BreakGlassWithoutReasonError(ValueError):
     """Purpose ETREAT needs a reason; without one the request is refused, not downgraded."""
 
 
-def shares(spec: ConsortiumSpec, publisher: str, category: str) -> bool:
-    """Whether any sharing rule shares ``publisher``'s records of ``category`` with anyone."""
-    return any(
-        rule.category.value == category and (ANY_MEMBER in rule.from_ or publisher in rule.from_)
-        for rule in spec.sharing
-    )
-
-
-def publishers(spec: ConsortiumSpec) -> list[str]:
-    """The members whose stores the exchange must reach: those some rule shares from (the operator's RBAC)."""
-    return sorted({m for m in spec.members for rule in spec.sharing if ANY_MEMBER in rule.from_ or m in rule.from_})
-
-
 def _shareable_pairs(spec: ConsortiumSpec, reader: str) -> dict[tuple[str, str], list[bool]]:
     """Every (publisher, category) some rule shares with ``reader``, with the ``require_consent`` of each such rule.
 

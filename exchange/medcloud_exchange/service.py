@@ -30,7 +30,6 @@ from medcloud_exchange.decision import (
     Decision,
     Purpose,
     decide,
-    shares,
 )
 from medcloud_exchange.metrics import BREAK_GLASS, DECISION_SECONDS, DECISIONS
 from medcloud_exchange.outcomes import conflict, forbidden, invalid, not_found, unprocessable
@@ -153,7 +152,7 @@ class Exchange:
 
     def publish(self, ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
         publication = parse_publication(body, self.settings.max_document_bytes)
-        if not shares(ctx.spec, ctx.hospital, publication.category):
+        if not ctx.spec.shares(ctx.hospital, publication.category):
             # The exchange holds keys only of stores that spec.sharing reaches: what it cannot share it does not take.
             raise forbidden(
                 f"Consortium {self.settings.consortium} shares no {publication.category} records of {ctx.hospital}"

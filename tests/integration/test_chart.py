@@ -169,8 +169,8 @@ def test_default_values_render_operator_api_key_service_and_rbac_and_no_monitori
     assert kinds(docs) == Counter(
         {
             "ServiceAccount": 3,
-            # operator, operator-tenant-secrets, operator-recordstores, api, city-admin, exchange-client
-            "ClusterRole": 6,
+            # operator, operator-tenant-secrets, operator-recordstores, api, city-admin, exchange-client, exchange
+            "ClusterRole": 7,
             "ClusterRoleBinding": 4,  # ... and the key service's system:auth-delegator
             "Role": 2,  # the operator's and the key service's, for key Secrets
             "RoleBinding": 2,
@@ -337,6 +337,7 @@ MIRRORED = (
     "api-rbac.yaml",
     "keyservice-rbac.yaml",
     "exchange-client-rbac.yaml",
+    "exchange-rbac.yaml",
 )
 NOT_MIRRORED = {
     "kopf-peering-crds.yaml": "CRDs: shipped in charts/medcloud/crds (tests/unit/medcloud/test_chart_crds.py)",

@@ -39,13 +39,11 @@ from minio import Minio
 from minio.error import S3Error
 from pydantic import SecretStr
 
-from medcloud.models.consortium import ConsortiumSpec
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, MinioInfo
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.postgres import PostgresInfo, bin_dir
 from medcloud_cli.localcluster.process import free_port, port_accepts
 from medcloud_exchange.app import create_app
-from medcloud_exchange.decision import publishers
 from medcloud_exchange.settings import ExchangeSettings
 from medcloud_keyservice.app import create_app as create_key_service
 from medcloud_keyservice.settings import KeyServiceSettings
@@ -58,7 +56,6 @@ from tests.exchange_support import (
     consent,
     contained_patient,
     document,
-    exchange_rbac,
     make_audit_bucket,
     outcome_of,
 )
@@ -69,6 +66,7 @@ from tests.operator_support import (
     RunningOperator,
     hospital_spec,
     is_ready,
+    raw,
 )
 from tests.support import wait_for
 
@@ -119,10 +117,6 @@ def token(admin: ClusterAdmin, namespace: str, account: str, audience: str) -> s
         admin.core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
     request = {"spec": {"audiences": [audience], "expirationSeconds": 3600}}
     return str(admin.core.create_namespaced_service_account_token(account, namespace, request).status.token)
-
-
-def apply(local_cluster: Any, docs: list[Json]) -> None:
-    local_cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -218,15 +212,15 @@ def exchange_settings(
     minio_server: MinioInfo,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> ExchangeSettings:
-    spec = ConsortiumSpec.model_validate(SPEC)
-    # The ClusterRole hospitals bind, exactly as deploy/ and the chart ship it.
-    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "exchange-client-rbac.yaml"))
-    apply(
-        local_cluster,
-        [
-            *exchange_rbac(CONSORTIUM, EXCHANGE_ACCOUNT, OPERATOR_NAMESPACE, publishers(spec), STORE),
-        ],
+    # The ClusterRoles exactly as deploy/ and the chart ship them: the one hospitals bind, and the
+    # exchange's own, which the operator binds per Consortium along with the members' keys.
+    for rbac in ("exchange-client-rbac.yaml", "exchange-rbac.yaml"):
+        local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / rbac))
+    granted = wait_for(
+        lambda: ((admin.get("Consortium", CONSORTIUM) or {}).get("status") or {}).get("exchange"),
+        "the operator to grant the exchange",
     )
+    assert granted == {"serviceAccount": f"{OPERATOR_NAMESPACE}/{EXCHANGE_ACCOUNT}", "publishers": [COUNTY]}
     folder = tmp_path_factory.mktemp("exchange")
     token_file = folder / "keyservice-token"
     token_file.write_text(token(admin, OPERATOR_NAMESPACE, EXCHANGE_ACCOUNT, KEYS_AUDIENCE))
@@ -827,3 +821,28 @@ def test_the_database_going_away_and_back_is_503_then_served_again_on_its_own(
             assert found.json()["total"] == 2
     finally:
         private.stop()
+
+
+def test_the_operator_grants_the_exchange_exactly_as_far_as_sharing_reaches(
+    admin: ClusterAdmin, exchange: Exchange
+) -> None:
+    """Last in the module: it changes the Consortium. The county stops sharing; the village starts."""
+
+    def role(hospital: str) -> Json | None:
+        return raw(admin.rbac.read_namespaced_role, "medcloud-exchange", f"hospital-{hospital}")
+
+    assert role(COUNTY) is not None
+    assert role(CITY) is None
+    assert role(VILLAGE) is None
+    spec = {**SPEC, "sharing": [{"category": "emr", "from": [VILLAGE], "to": [CITY]}]}
+    admin.custom.patch_cluster_custom_object(
+        "medcloud.io", "v1alpha1", "consortia", CONSORTIUM, {"spec": spec}, _content_type="application/merge-patch+json"
+    )
+    wait_for(lambda: role(COUNTY) is None and role(VILLAGE) is not None, "the grant to follow spec.sharing")
+    status = (admin.get("Consortium", CONSORTIUM) or {})["status"]["exchange"]
+    assert status["publishers"] == [VILLAGE]
+    rules = (role(VILLAGE) or {})["rules"]
+    assert {(r["resources"][0], r["resourceNames"][0]) for r in rules} == {
+        ("recordstores/keys", "emr"),
+        ("secrets", "emr-credentials"),
+    }

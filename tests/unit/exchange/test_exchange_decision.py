@@ -15,8 +15,6 @@ from medcloud_exchange.decision import (
     ConsentTerms,
     Purpose,
     decide,
-    publishers,
-    shares,
 )
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -118,10 +116,10 @@ def test_narrowing_keeps_only_the_searched_publishers_and_categories() -> None:
 
 
 def test_who_publishes_is_who_some_rule_shares_from() -> None:
-    assert publishers(spec()) == ["county"]
-    assert shares(spec(), "county", "emr")
-    assert not shares(spec(), "county", "imaging")
-    assert not shares(spec(), "city", "emr")
+    assert spec().publishers() == ["county"]
+    assert spec().shares("county", "emr")
+    assert not spec().shares("county", "imaging")
+    assert not spec().shares("city", "emr")
     everyone = ConsortiumSpec.model_validate(
         {
             "displayName": "R",
@@ -130,4 +128,4 @@ def test_who_publishes_is_who_some_rule_shares_from() -> None:
             "sharing": [{"category": "emr", "from": ["*"], "to": ["a"]}],
         }
     )
-    assert publishers(everyone) == ["a", "b"]
+    assert everyone.publishers() == ["a", "b"]

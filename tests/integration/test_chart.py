@@ -417,12 +417,14 @@ def test_rbac_follows_release_name_and_namespace() -> None:
             "apiGroups": ["rbac.authorization.k8s.io"],
             "resources": ["clusterroles"],
             "verbs": ["bind"],
-            "resourceNames": ["riverton-medcloud-operator-tenant-secrets"],
+            "resourceNames": ["riverton-medcloud-operator-tenant-secrets", "riverton-medcloud-exchange"],
         }
     ]
+    one(docs, "ClusterRole", "riverton-medcloud-exchange")
     deployment = one(docs, "Deployment", "riverton-medcloud-operator")
     env = env_of(deployment, {"metadata.name": "p", "metadata.namespace": "city-ops"})
     assert env["MEDCLOUD_TENANT_SECRETS_CLUSTER_ROLE"] == "riverton-medcloud-operator-tenant-secrets"
+    assert env["MEDCLOUD_EXCHANGE_CLUSTER_ROLE"] == "riverton-medcloud-exchange"
     assert (env["MEDCLOUD_OPERATOR_SUBJECT_KIND"], env["MEDCLOUD_OPERATOR_SUBJECT_NAME"]) == (
         "ServiceAccount",
         deployment["spec"]["template"]["spec"]["serviceAccountName"],

@@ -5,18 +5,11 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from minio import Minio, MinioAdmin
-from minio.commonconfig import COMPLIANCE
-from minio.credentials.providers import StaticProvider
-from minio.objectlockconfig import DAYS, ObjectLockConfig
-
-from medcloud_cli.localcluster.cluster import MinioInfo
 
 DATA = Path(__file__).resolve().parent / "data" / "exchange"
 CATEGORY_SYSTEM = "https://medcloud.io/fhir/CodeSystem/sharing-category"
@@ -25,39 +18,6 @@ INSURANCE_CARD = "urn:medcloud:insurance-card:riverton-province"
 CLIENT_ROLE = "medcloud-exchange-client"
 RBAC = "rbac.authorization.k8s.io"
 Json = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class AuditBucket:
-    bucket: str
-    access_key: str
-    secret_key: str = field(repr=False)
-
-
-def make_audit_bucket(minio: MinioInfo, name: str) -> AuditBucket:
-    """The object-locked, versioned audit bucket (COMPLIANCE, 1 day) and a user that may put, get and list only."""
-    root = Minio(minio.endpoint, access_key=minio.access_key, secret_key=minio.secret_key, secure=minio.secure)
-    root.make_bucket(bucket_name=name, object_lock=True)
-    root.set_object_lock_config(name, ObjectLockConfig(COMPLIANCE, 1, DAYS))
-    admin = MinioAdmin(
-        endpoint=minio.endpoint, credentials=StaticProvider(minio.access_key, minio.secret_key), secure=minio.secure
-    )
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"], "Resource": [f"arn:aws:s3:::{name}/*"]},
-            {
-                "Effect": "Allow",
-                "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
-                "Resource": [f"arn:aws:s3:::{name}"],
-            },
-        ],
-    }
-    user, secret = f"{name}-writer", secrets.token_urlsafe(24)
-    admin.policy_add(f"{name}-append", policy=policy)
-    admin.user_add(user, secret)
-    admin.attach_policy([f"{name}-append"], user=user)
-    return AuditBucket(name, user, secret)
 
 
 @dataclass

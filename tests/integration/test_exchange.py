@@ -40,6 +40,7 @@ from minio.error import S3Error
 from pydantic import SecretStr
 
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, MinioInfo
+from medcloud_cli.localcluster.exchange import AuditBucket, make_audit_bucket
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.postgres import PostgresInfo, bin_dir
 from medcloud_cli.localcluster.process import free_port, port_accepts
@@ -51,12 +52,10 @@ from tests.exchange_support import (
     CLIENT_ROLE,
     INSURANCE_CARD,
     RESIDENT_ID,
-    AuditBucket,
     Caller,
     consent,
     contained_patient,
     document,
-    make_audit_bucket,
     outcome_of,
 )
 from tests.operator_support import (

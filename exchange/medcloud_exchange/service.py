@@ -102,6 +102,32 @@ class Exchange:
 
     # ------------------------------------------------------------------ the decision point
 
+    def _audit(
+        self,
+        interaction: Interaction,
+        transaction: str | None,
+        ctx: Context,
+        *,
+        ok: bool,
+        description: str,
+        patient: uuid.UUID | None,
+        objects: Iterable[str] = (),
+        query: str | None = None,
+    ) -> None:
+        """One BALP RESTful AuditEvent of this request, written before the answer (raises when it cannot be)."""
+        event = rest_event(
+            interaction,
+            transaction,
+            ctx.requester,
+            self.name,
+            ok=ok,
+            description=description,
+            patient=patient,
+            objects=objects,
+            query=query,
+        )
+        self.audit.write(event)
+
     def decide(self, ctx: Context, patient: uuid.UUID, consents: Iterable[ConsentTerms]) -> Decision:
         """Decide, audit the decision (BALP AuthZconsent), count it, and raise the break-glass alarm."""
         started = time.perf_counter()
@@ -173,17 +199,14 @@ class Exchange:
                     conn,
                     self._row(document_id, patient, ctx.hospital, publication, content.version_id, metadata.version_id),
                 )
-                self.audit.write(
-                    rest_event(
-                        Interaction.CREATE,
-                        "ITI-105",
-                        ctx.requester,
-                        self.name,
-                        ok=True,
-                        description=f"published {publication.category} document",
-                        patient=patient,
-                        objects=[f"DocumentReference/{document_id}"],
-                    )
+                self._audit(
+                    Interaction.CREATE,
+                    "ITI-105",
+                    ctx,
+                    ok=True,
+                    description=f"published {publication.category} document",
+                    patient=patient,
+                    objects=[f"DocumentReference/{document_id}"],
                 )
         except BaseException:
             self._hide(ctx.hospital, written)
@@ -249,34 +272,28 @@ class Exchange:
             consents = index.consents_of(conn, patient) if patient else []
         audited_query = "&".join(q for q in (f"patient=Patient/{patient or 'unknown'}", query) if q)
         if patient is None:
-            self.audit.write(
-                rest_event(
-                    Interaction.SEARCH,
-                    "ITI-67",
-                    ctx.requester,
-                    self.name,
-                    ok=True,
-                    description="no such patient",
-                    patient=None,
-                    query=audited_query,
-                )
+            self._audit(
+                Interaction.SEARCH,
+                "ITI-67",
+                ctx,
+                ok=True,
+                description="no such patient",
+                patient=None,
+                query=audited_query,
             )
             return [], 0
         decision = self.decide(ctx, patient, consents).narrowed(
             publishers=filters.publishers, categories=filters.categories
         )
         if decision.denied:
-            self.audit.write(
-                rest_event(
-                    Interaction.SEARCH,
-                    "ITI-67",
-                    ctx.requester,
-                    self.name,
-                    ok=False,
-                    description=decision.reason,
-                    patient=patient,
-                    query=audited_query,
-                )
+            self._audit(
+                Interaction.SEARCH,
+                "ITI-67",
+                ctx,
+                ok=False,
+                description=decision.reason,
+                patient=patient,
+                query=audited_query,
             )
             raise forbidden(f"consent refuses: {decision.reason}")
         with self.db.connection() as conn:
@@ -293,18 +310,15 @@ class Exchange:
                 ),
             )
         resources = [self._document(row) for row in rows]
-        self.audit.write(
-            rest_event(
-                Interaction.SEARCH,
-                "ITI-67",
-                ctx.requester,
-                self.name,
-                ok=True,
-                description=f"{total} documents",
-                patient=patient,
-                objects=[f"DocumentReference/{row.id}" for row in rows],
-                query=audited_query,
-            )
+        self._audit(
+            Interaction.SEARCH,
+            "ITI-67",
+            ctx,
+            ok=True,
+            description=f"{total} documents",
+            patient=patient,
+            objects=[f"DocumentReference/{row.id}" for row in rows],
+            query=audited_query,
         )
         return resources, total
 
@@ -322,34 +336,28 @@ class Exchange:
             row = index.document(conn, document_id)
             consents = index.consents_of(conn, row.patient_id) if row else []
         if row is None:
-            self.audit.write(
-                rest_event(
-                    Interaction.READ,
-                    interaction,
-                    ctx.requester,
-                    self.name,
-                    ok=False,
-                    description="no such document",
-                    patient=None,
-                    objects=[f"DocumentReference/{document_id}"],
-                )
+            self._audit(
+                Interaction.READ,
+                interaction,
+                ctx,
+                ok=False,
+                description="no such document",
+                patient=None,
+                objects=[f"DocumentReference/{document_id}"],
             )
             raise not_found(f"DocumentReference/{document_id} is not known")
         decision = self.decide(ctx, row.patient_id, consents)
         pair = (row.publisher, row.category)
         if pair not in decision.permitted:
             shareable = pair in decision.shareable
-            self.audit.write(
-                rest_event(
-                    Interaction.READ,
-                    interaction,
-                    ctx.requester,
-                    self.name,
-                    ok=False,
-                    description=decision.reason if shareable else "not shared with this member",
-                    patient=row.patient_id,
-                    objects=[f"DocumentReference/{document_id}"],
-                )
+            self._audit(
+                Interaction.READ,
+                interaction,
+                ctx,
+                ok=False,
+                description=decision.reason if shareable else "not shared with this member",
+                patient=row.patient_id,
+                objects=[f"DocumentReference/{document_id}"],
             )
             if shareable:
                 raise forbidden(f"consent refuses: {decision.reason}")
@@ -358,17 +366,14 @@ class Exchange:
         return row
 
     def _audit_read(self, ctx: Context, row: index.DocumentRow, interaction: str) -> None:
-        self.audit.write(
-            rest_event(
-                Interaction.READ,
-                interaction,
-                ctx.requester,
-                self.name,
-                ok=True,
-                description=f"{row.category} document of {row.publisher}",
-                patient=row.patient_id,
-                objects=[f"DocumentReference/{row.id}"],
-            )
+        self._audit(
+            Interaction.READ,
+            interaction,
+            ctx,
+            ok=True,
+            description=f"{row.category} document of {row.publisher}",
+            patient=row.patient_id,
+            objects=[f"DocumentReference/{row.id}"],
         )
 
     def retrieve(self, ctx: Context, document_id: uuid.UUID) -> tuple[bytes, str]:
@@ -433,17 +438,14 @@ class Exchange:
     def _audit_consent(
         self, ctx: Context, interaction: Interaction, consent_id: str, patient: uuid.UUID, status: ConsentStatus
     ) -> None:
-        self.audit.write(
-            rest_event(
-                interaction,
-                None,
-                ctx.requester,
-                self.name,
-                ok=True,
-                description=f"consent {status.value}",
-                patient=patient,
-                objects=[f"Consent/{consent_id}"],
-            )
+        self._audit(
+            interaction,
+            None,
+            ctx,
+            ok=True,
+            description=f"consent {status.value}",
+            patient=patient,
+            objects=[f"Consent/{consent_id}"],
         )
 
     # ------------------------------------------------------------------ disclosure
@@ -455,16 +457,13 @@ class Exchange:
         if patient is None:
             return []
         events = self.audit.for_patient(patient, count)
-        self.audit.write(
-            rest_event(
-                Interaction.SEARCH,
-                None,
-                ctx.requester,
-                self.name,
-                ok=True,
-                description="access disclosure",
-                patient=patient,
-                objects=["AuditEvent"],
-            )
+        self._audit(
+            Interaction.SEARCH,
+            None,
+            ctx,
+            ok=True,
+            description="access disclosure",
+            patient=patient,
+            objects=["AuditEvent"],
         )
         return events

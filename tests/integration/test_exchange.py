@@ -67,7 +67,7 @@ from tests.operator_support import (
     is_ready,
     raw,
 )
-from tests.support import wait_for
+from tests.support import fuzz, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio]
 
@@ -723,23 +723,6 @@ def test_database_or_storage_down_answers_503_and_keeps_nothing(
 # --------------------------------------------------------------------------- schemathesis
 
 
-def _fuzz(strategy: Any, send: Any) -> None:
-    from hypothesis import HealthCheck, Phase, given, settings
-
-    @settings(
-        max_examples=10,
-        deadline=None,
-        database=None,
-        phases=[Phase.generate, Phase.shrink],
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(case=strategy)
-    def run(case: Any) -> None:
-        send(case)
-
-    run()
-
-
 def test_schemathesis_finds_no_server_error(exchange: Exchange, callers: dict[str, Caller]) -> None:
     import schemathesis
     from hypothesis.errors import Unsatisfiable
@@ -761,7 +744,7 @@ def test_schemathesis_finds_no_server_error(exchange: Exchange, callers: dict[st
                 case.call_and_validate(base_url=exchange.url, checks=[not_a_server_error], timeout=60)
 
             try:
-                _fuzz(operation.as_strategy(generation_mode=mode), send)
+                fuzz(operation.as_strategy(generation_mode=mode), send, 10)
             except Unsatisfiable:
                 assert mode is GenerationMode.NEGATIVE
             except Exception as exc:

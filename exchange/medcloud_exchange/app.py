@@ -302,6 +302,12 @@ def create_app(settings: ExchangeSettings | None = None, exchange: Exchange | No
                 {"Retry-After": retry},
             )
 
+    @app.exception_handler(Exception)
+    def _bug(_request: Request, exc: Exception) -> FhirResponse:
+        # A defect, never the caller's fault: still a FHIR answer, and nothing about the request in it.
+        log.exception("unexpected error: %s", type(exc).__name__)
+        return _outcome(500, "exception", "internal error; the request was not completed")
+
     @app.exception_handler(RecordIntegrityError)
     def _integrity(_request: Request, exc: RecordIntegrityError) -> FhirResponse:
         log.error("stored record failed its integrity check: %s", exc)
@@ -322,7 +328,8 @@ def create_app(settings: ExchangeSettings | None = None, exchange: Exchange | No
     def readyz() -> dict[str, str]:
         with exchange.db.connection() as conn:
             conn.execute("SELECT 1")
-        exchange.audit._minio.bucket_exists(exchange.audit.bucket)
+        if not exchange.audit.reachable():
+            raise unavailable("the audit bucket does not exist", settings.retry_after_seconds)
         return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)

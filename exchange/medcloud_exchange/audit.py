@@ -231,6 +231,10 @@ class AuditStore:
     def bucket(self) -> str:
         return self._bucket
 
+    def reachable(self) -> bool:
+        """The bucket answers (raises when MinIO does not)."""
+        return bool(self._minio.bucket_exists(self._bucket))
+
     @staticmethod
     def object_name(event: dict[str, Any]) -> str:
         patient = patient_of(event)

@@ -352,6 +352,7 @@ def test_metadata_is_a_capability_statement(exchange: Exchange) -> None:
     assert statement.fhirVersion == "4.0.1"
     types = {r.type for r in statement.rest[0].resource}
     assert {"DocumentReference", "Binary", "Consent", "AuditEvent"} <= types
+    assert exchange.http.get("/readyz").status_code == 200, "its database and audit bucket answer"
 
 
 def test_county_publishes_city_reads_only_under_consent_revocation_and_break_glass(

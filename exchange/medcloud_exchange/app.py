@@ -108,32 +108,48 @@ def _context_dependency(verb: str) -> Callable[..., Context]:
         caller = exchange.cluster.authenticate(credentials.credentials.strip())
         if caller is None:
             raise unauthenticated(f"the cluster did not accept the token for audience {exchange.settings.audience}")
-        if not purpose or not purpose.strip():
-            raise forbidden(f"every request must state its purpose of use ({PURPOSE_HEADER})")
         try:
-            purpose_of_use = Purpose(purpose.strip())
-        except ValueError:
-            raise invalid(
-                f"{PURPOSE_HEADER} must be one of {', '.join(p.value for p in Purpose)}, got {purpose!r}"
-            ) from None
-        if not practitioner or not practitioner.strip():
-            raise forbidden(f"every request must name the practitioner it is made for ({PRACTITIONER_HEADER})")
-        spec = exchange.cluster.consortium()
-        if spec is None:
-            raise unavailable(
-                f"Consortium {exchange.settings.consortium} does not exist", exchange.settings.retry_after_seconds
-            )
-        acting_for = (hospital or "").strip() or hospital_of(namespace_of(caller))
-        if not acting_for or acting_for not in spec.members:
-            raise forbidden(
-                f"{caller.username} does not act for a member of Consortium {exchange.settings.consortium}; "
-                f"name the hospital in {HOSPITAL_HEADER}"
-            )
-        if not exchange.cluster.may_act_for(caller, acting_for, verb):
-            raise forbidden(
-                f"{caller.username} may not {verb} consortia/exchange {exchange.settings.consortium} in the namespace "
-                f"of {acting_for}: bind the ClusterRole medcloud-exchange-client there"
-            )
+            if not purpose or not purpose.strip():
+                raise forbidden(f"every request must state its purpose of use ({PURPOSE_HEADER})")
+            try:
+                purpose_of_use = Purpose(purpose.strip())
+            except ValueError:
+                raise invalid(
+                    f"{PURPOSE_HEADER} must be one of {', '.join(p.value for p in Purpose)}, got {purpose!r}"
+                ) from None
+            if not practitioner or not practitioner.strip():
+                raise forbidden(f"every request must name the practitioner it is made for ({PRACTITIONER_HEADER})")
+            spec = exchange.cluster.consortium()
+            if spec is None:
+                raise unavailable(
+                    f"Consortium {exchange.settings.consortium} does not exist", exchange.settings.retry_after_seconds
+                )
+            acting_for = (hospital or "").strip() or hospital_of(namespace_of(caller))
+            if not acting_for or acting_for not in spec.members:
+                raise forbidden(
+                    f"{caller.username} does not act for a member of Consortium {exchange.settings.consortium}; "
+                    f"name the hospital in {HOSPITAL_HEADER}"
+                )
+            if not exchange.cluster.may_act_for(caller, acting_for, verb):
+                raise forbidden(
+                    f"{caller.username} may not {verb} consortia/exchange {exchange.settings.consortium} in the "
+                    f"namespace of {acting_for}: bind the ClusterRole medcloud-exchange-client there"
+                )
+        except FhirError as refused:
+            if refused.status == 403:
+                # An authenticated caller refused before any patient is named: a security event of its own.
+                exchange.audit_refusal(
+                    Requester(
+                        username=caller.username,
+                        hospital=(hospital or "").strip(),
+                        practitioner=(practitioner or "").strip()[:256],
+                        purpose=(purpose or "").strip()[:16],
+                        address=request.client.host if request.client else None,
+                    ),
+                    verb,
+                    refused.diagnostics,
+                )
+            raise
         requester = Requester(
             username=caller.username,
             hospital=acting_for,

@@ -76,7 +76,8 @@ def _now() -> str:
 
 
 def _purpose(purpose: str) -> list[dict[str, Any]]:
-    return [{"coding": [{"system": PURPOSE_SYSTEM, "code": purpose}]}]
+    """The stated purpose of use; none when the caller stated none (a refused request)."""
+    return [{"coding": [{"system": PURPOSE_SYSTEM, "code": purpose}]}] if purpose else []
 
 
 def _agents(requester: Requester, exchange: str, *, authorizer: bool) -> list[dict[str, Any]]:
@@ -87,15 +88,16 @@ def _agents(requester: Requester, exchange: str, *, authorizer: bool) -> list[di
     }
     if requester.address:
         client["network"] = {"address": requester.address, "type": "2"}
-    user = {
+    user: dict[str, Any] = {
         "type": {"coding": [{"system": PARTICIPATION, "code": "IRCP"}]},
-        "who": {"display": requester.practitioner},
+        "who": {"display": requester.practitioner or "(not stated)"},
         "requestor": True,
-        "purposeOfUse": _purpose(requester.purpose),
     }
+    if requester.purpose:
+        user["purposeOfUse"] = _purpose(requester.purpose)
     org = {
         "type": {"coding": [{"system": ROLE_CLASS, "code": "PROV"}]},
-        "who": {"reference": f"{ORGANIZATION}{requester.hospital}"},
+        "who": {"reference": f"{ORGANIZATION}{requester.hospital}"} if requester.hospital else {"display": "(none)"},
         "requestor": False,
     }
     server = {
@@ -170,7 +172,7 @@ def rest_event(
         "recorded": _now(),
         "outcome": _outcome(ok),
         "outcomeDesc": description,
-        "purposeOfEvent": _purpose(requester.purpose),
+        **({"purposeOfEvent": _purpose(requester.purpose)} if requester.purpose else {}),
         "agent": _agents(requester, exchange, authorizer=False),
         "source": _source(exchange),
         "entity": entities,

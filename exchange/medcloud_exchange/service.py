@@ -100,6 +100,12 @@ class Exchange:
         self.name = f"medcloud-exchange/{settings.consortium}"
         self._key = settings.blind_key()
 
+    def audit_refusal(self, requester: Requester, verb: str, description: str) -> None:
+        """An authenticated caller refused before it named a patient (no purpose, no grant, not a member)."""
+        interaction = Interaction.READ if verb == "get" else Interaction.CREATE
+        event = rest_event(interaction, None, requester, self.name, ok=False, description=description, patient=None)
+        self.audit.write(event)
+
     # ------------------------------------------------------------------ the decision point
 
     def _audit(

@@ -553,6 +553,27 @@ def test_refusals_are_operation_outcomes_and_store_nothing(
         assert outcome_of(response), what
     with psycopg.connect(database) as conn:
         assert conn.execute("SELECT count(*) FROM document").fetchone() == before
+    # An authenticated caller refused before naming a patient is audited too (BALP, outcome 4).
+    settings = exchange.settings
+    own = Minio(
+        settings.audit_endpoint,
+        access_key=settings.audit_access_key,
+        secret_key=settings.audit_secret_key.get_secret_value(),
+        secure=False,
+    )
+    refusals = []
+    for obj in own.list_objects(settings.audit_bucket, prefix="system/", recursive=True):
+        stored = own.get_object(settings.audit_bucket, obj.object_name)
+        try:
+            refusals.append(json.loads(stored.read()))
+        finally:
+            stored.close()
+            stored.release_conn()
+    stranger = [e for e in refusals if "billing" in e["agent"][0]["who"]["identifier"]["value"]]
+    assert stranger, refusals
+    assert stranger[0]["outcome"] == "4"
+    AuditEvent.model_validate(stranger[0])
+    assert any("purpose of use" in e["outcomeDesc"] for e in refusals)
 
     # Two identifiers already linked to different patients: 409, and nothing stored.
     other = identifiers()[0]

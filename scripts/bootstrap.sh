@@ -20,6 +20,8 @@ if [ "$(uname -s)" = Linux ] && [ "$(id -u)" -eq 0 ]; then
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
   done
 fi
+# PostgreSQL: the exchange's database, started by the local cluster (cli/medcloud_cli/localcluster/postgres.py).
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   SUDO=""

@@ -2,7 +2,7 @@
 
 The cluster starts only when a test asks for it, so `pytest tests/unit` needs
 no servers. To run the Kubernetes tests against an existing cluster instead,
-set ``KUBECONFIG`` and ``MEDCLOUD_TEST_USE_EXISTING_CLUSTER=1``; MinIO and the
+set ``KUBECONFIG`` and ``MEDCLOUD_TEST_USE_EXISTING_CLUSTER=1``; MinIO, PostgreSQL and the
 broker still start locally. Tests that need to mint identities (client
 certificates from the cluster CA) are skipped there.
 """
@@ -21,6 +21,7 @@ from kubernetes import client, config
 
 from medcloud_cli.localcluster import binaries
 from medcloud_cli.localcluster.cluster import BrokerInfo, ClusterOptions, LocalCluster, MinioInfo, run_kubectl
+from medcloud_cli.localcluster.postgres import PostgresInfo
 
 
 class ExistingCluster:
@@ -93,6 +94,14 @@ def mqtt_broker(servers: LocalCluster) -> BrokerInfo:
     assert servers.state is not None
     assert servers.state.broker is not None
     return servers.state.broker
+
+
+@pytest.fixture(scope="session")
+def postgres_server(servers: LocalCluster) -> PostgresInfo:
+    """The real PostgreSQL server (Debian's package) on loopback, superuser credentials and a database."""
+    assert servers.state is not None
+    assert servers.state.postgres is not None
+    return servers.state.postgres
 
 
 @pytest.fixture

@@ -73,3 +73,21 @@ class HashingWriter:
         self.digest.update(data)
         self.count += len(data)
         return len(data)
+
+
+def fuzz(strategy: Any, send: Callable[[Any], None], examples: int) -> None:
+    """Send ``examples`` cases drawn from a schemathesis ``strategy``; Hypothesis shrinks any failure."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        send(case)
+
+    run()

@@ -18,6 +18,8 @@ KEY_SERVICE_URL = "MEDCLOUD_KEY_SERVICE_URL"
 """The key service's URL (`medcloud records`; the stores' Secrets name the same URL)."""
 KEY_SERVICE_TOKEN = "MEDCLOUD_KEY_SERVICE_TOKEN"  # noqa: S105 - the name of a variable, not a token
 """A bearer token for the key service's audience (`medcloud records`)."""
+EXCHANGE_URL = "MEDCLOUD_EXCHANGE_URL"
+"""The example consortium's exchange (FHIR R4 base: ``$MEDCLOUD_EXCHANGE_URL/fhir``; docs/exchange.md)."""
 MQTT_URL = "MEDCLOUD_MQTT"
 """The local MQTT broker, for a device simulator (no command reads it)."""
 MINIO_ENDPOINT = "MEDCLOUD_MINIO_ENDPOINT"

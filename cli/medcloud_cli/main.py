@@ -1,7 +1,7 @@
 """The `medcloud` command: one entry point, one sub-command per deployable and per concern.
 
 The roof of the layout: it imports each deployable's own command (operator,
-api, gateway, keyservice) and the local cluster; nothing imports it.
+api, gateway, keyservice, exchange) and the local cluster; nothing imports it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import typer
 
 from medcloud_api import command as api_command
 from medcloud_cli.commands import crds, dev, onboard, records
+from medcloud_exchange import command as exchange_command
 from medcloud_gateway import command as gateway_command
 from medcloud_keyservice import command as keyservice_command
 from medcloud_operator import command as operator_command
@@ -24,6 +25,7 @@ app.add_typer(dev.app, name="dev")
 app.add_typer(crds.app, name="crds")
 app.add_typer(records.app, name="records")
 app.command("api")(api_command.serve)
+app.command("exchange")(exchange_command.run)
 app.command("onboard")(onboard.run)
 app.command("operator")(operator_command.run)
 app.command("gateway")(gateway_command.run)

@@ -135,6 +135,17 @@ class ConsortiumSpec(MedCloudModel):
     def _no_duplicates(cls, values: list[str]) -> list[str]:
         return unique_items(values)
 
+    def shares(self, publisher: str, category: str) -> bool:
+        """Whether some sharing rule shares ``publisher``'s records of ``category`` with anyone."""
+        return any(
+            rule.category.value == category and (ANY_MEMBER in rule.from_ or publisher in rule.from_)
+            for rule in self.sharing
+        )
+
+    def publishers(self) -> list[str]:
+        """The members some rule shares from: the stores the consortium's exchange may read, and no others."""
+        return sorted({m for m in self.members for rule in self.sharing if ANY_MEMBER in rule.from_ or m in rule.from_})
+
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Self:
         if self.lead_hospital not in self.members:
@@ -149,11 +160,28 @@ class ConsortiumSpec(MedCloudModel):
         return self
 
 
+class ConsortiumExchangeStatus(MedCloudModel):
+    """What the operator granted the consortium's exchange (docs/exchange.md)."""
+
+    service_account: str = Field(
+        description="The exchange's identity: a ServiceAccount in the operator namespace, as namespace/name."
+    )
+    publishers: list[str] = Field(
+        default_factory=list,
+        max_length=_MAX_MEMBERS,
+        description="Members whose store keys and credentials the exchange may read: those spec.sharing shares from.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
 class ConsortiumStatus(StatusBase):
     """Observed state of a consortium, written by the operator."""
 
     member_count: int | None = Field(default=None, ge=0, description="Number of member hospitals.")
     ready_members: int | None = Field(default=None, ge=0, description="Member hospitals whose tenant is Ready.")
+    exchange: ConsortiumExchangeStatus | None = Field(
+        default=None, description="The access the operator granted the consortium's exchange."
+    )
 
 
 class Consortium(Resource):
@@ -172,6 +200,12 @@ class Consortium(Resource):
             READY_COLUMN,
             PrinterColumn(
                 "Consent", ".spec.consentRequired", type="boolean", description="Consent required", priority=1
+            ),
+            PrinterColumn(
+                "Exchange",
+                ".status.exchange.serviceAccount",
+                description="The exchange's identity (docs/exchange.md)",
+                priority=1,
             ),
         ),
     )

@@ -124,6 +124,14 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
             "each tenant namespace; its RBAC holds `bind` on this name only."
         ),
     )
+    exchange_cluster_role: str = Field(
+        default="medcloud-exchange",
+        min_length=1,
+        description=(
+            "ClusterRole (reviews, get consortia, create events) the operator binds to each Consortium's exchange "
+            "identity; its RBAC holds `bind` on this name only (deploy/exchange-rbac.yaml)."
+        ),
+    )
     ingress_namespace: str = Field(
         default="ingress-nginx",
         description="Namespace of the ingress controller allowed into every tenant; empty: none.",

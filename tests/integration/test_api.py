@@ -59,7 +59,7 @@ from tests.operator_support import (
     Json,
     RunningOperator,
 )
-from tests.support import wait_for
+from tests.support import fuzz, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -960,24 +960,6 @@ SCHEMATHESIS_EXAMPLES = 15
 """Examples per operation and generation mode: a bounded run of a few minutes at most."""
 
 
-def _fuzz(strategy: Any, send: Callable[[Any], None]) -> None:
-    """Send ``SCHEMATHESIS_EXAMPLES`` cases drawn from ``strategy``; Hypothesis shrinks any failure."""
-    from hypothesis import HealthCheck, Phase, given, settings
-
-    @settings(
-        max_examples=SCHEMATHESIS_EXAMPLES,
-        deadline=None,
-        database=None,
-        phases=[Phase.generate, Phase.shrink],
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(case=strategy)
-    def run(case: Any) -> None:
-        send(case)
-
-    run()
-
-
 def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
     local_cluster: Any, admin: Admin, callers: dict[str, Caller], cleanup: set[str]
 ) -> None:
@@ -1017,7 +999,7 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
                         case.call_and_validate(base_url=url, headers=headers, checks=checks, timeout=120)
 
                     try:
-                        _fuzz(st.one_of(*strategies), send)
+                        fuzz(st.one_of(*strategies), send, SCHEMATHESIS_EXAMPLES)
                     except Unsatisfiable:
                         # An operation without parameters or body has no invalid input to send.
                         assert mode is GenerationMode.NEGATIVE, label

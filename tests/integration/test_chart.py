@@ -169,7 +169,8 @@ def test_default_values_render_operator_api_key_service_and_rbac_and_no_monitori
     assert kinds(docs) == Counter(
         {
             "ServiceAccount": 3,
-            "ClusterRole": 5,  # operator, operator-tenant-secrets, operator-recordstores, api, city-admin
+            # operator, operator-tenant-secrets, operator-recordstores, api, city-admin, exchange-client, exchange
+            "ClusterRole": 7,
             "ClusterRoleBinding": 4,  # ... and the key service's system:auth-delegator
             "Role": 2,  # the operator's and the key service's, for key Secrets
             "RoleBinding": 2,
@@ -330,7 +331,14 @@ def test_api_probes() -> None:
 
 # What the chart does with each file of deploy/. A new file there fails
 # test_every_deploy_file_is_accounted_for until someone decides.
-MIRRORED = ("operator-rbac.yaml", "recordstore-operator-rbac.yaml", "api-rbac.yaml", "keyservice-rbac.yaml")
+MIRRORED = (
+    "operator-rbac.yaml",
+    "recordstore-operator-rbac.yaml",
+    "api-rbac.yaml",
+    "keyservice-rbac.yaml",
+    "exchange-client-rbac.yaml",
+    "exchange-rbac.yaml",
+)
 NOT_MIRRORED = {
     "kopf-peering-crds.yaml": "CRDs: shipped in charts/medcloud/crds (tests/unit/medcloud/test_chart_crds.py)",
     "city-admin-rbac.yaml": "its ClusterRole is mirrored below; its ServiceAccount and binding are for dev up only",
@@ -409,12 +417,14 @@ def test_rbac_follows_release_name_and_namespace() -> None:
             "apiGroups": ["rbac.authorization.k8s.io"],
             "resources": ["clusterroles"],
             "verbs": ["bind"],
-            "resourceNames": ["riverton-medcloud-operator-tenant-secrets"],
+            "resourceNames": ["riverton-medcloud-operator-tenant-secrets", "riverton-medcloud-exchange"],
         }
     ]
+    one(docs, "ClusterRole", "riverton-medcloud-exchange")
     deployment = one(docs, "Deployment", "riverton-medcloud-operator")
     env = env_of(deployment, {"metadata.name": "p", "metadata.namespace": "city-ops"})
     assert env["MEDCLOUD_TENANT_SECRETS_CLUSTER_ROLE"] == "riverton-medcloud-operator-tenant-secrets"
+    assert env["MEDCLOUD_EXCHANGE_CLUSTER_ROLE"] == "riverton-medcloud-exchange"
     assert (env["MEDCLOUD_OPERATOR_SUBJECT_KIND"], env["MEDCLOUD_OPERATOR_SUBJECT_NAME"]) == (
         "ServiceAccount",
         deployment["spec"]["template"]["spec"]["serviceAccountName"],

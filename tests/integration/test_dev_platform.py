@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
@@ -39,7 +40,7 @@ from medcloud_cli.localcluster.platform import (
 )
 from medcloud_cli.localcluster.process import pid_alive
 from medcloud_cli.main import app as medcloud_cli
-from tests.operator_support import ClusterAdmin
+from tests.operator_support import REPO, ClusterAdmin
 from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -277,3 +278,59 @@ def test_stores_name_the_dev_key_service_and_records_put_get_through_it(
     log_text = (dev.cluster.log_dir / "keyservice.log").read_text(errors="replace")
     assert token not in log_text
     assert stranger not in log_text
+
+
+# --------------------------------------------------------------------------- the example consortium's exchange
+
+
+def test_dev_up_runs_the_example_consortiums_exchange_which_serves_once_the_consortium_exists(
+    dev: DevPlatform,
+) -> None:
+    url = dev.info.exchange_url
+    assert url is not None
+    assert url.startswith("http://127.0.0.1:")
+    names = {p.name: p for p in dev.cluster.processes}
+    assert names["exchange"].running()
+    assert httpx.get(f"{url}/fhir/metadata").json()["resourceType"] == "CapabilityStatement"
+    state = ClusterState.load(dev.cluster.state_dir / LocalCluster.STATE_FILE)
+    assert state.extra["urls"]["exchange"] == url
+
+    # A hospital system of the example consortium, bound as the chart and deploy/ say.
+    consortium = dev.info.exchange_consortium
+    assert consortium is not None
+    manifest = yaml.safe_load((REPO / "examples" / "consortium.yaml").read_text())
+    lead = manifest["spec"]["leadHospital"]
+    namespace = f"hospital-{lead}"
+    dev.core.create_namespace({"metadata": {"name": namespace}})
+    dev.rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "emr-exchange"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "medcloud-exchange-client",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "emr", "namespace": namespace}],
+        },
+    )
+    caller = dev.token(namespace, "emr", audience="medcloud-exchange")
+    headers = {
+        "Authorization": f"Bearer {caller}",
+        "X-MedCloud-Practitioner": "Practitioner/dr-li",
+        "X-MedCloud-Purpose-Of-Use": "TREAT",
+    }
+    query = {"patient": f"Patient/{uuid.uuid4()}"}
+    before = httpx.get(f"{url}/fhir/DocumentReference", params=query, headers=headers)
+    assert before.status_code == 503, before.text
+    assert before.json()["resourceType"] == "OperationOutcome"
+
+    dev.custom.create_cluster_custom_object(GROUP, VERSION, "consortia", manifest)
+
+    def served() -> bool:
+        return httpx.get(f"{url}/fhir/DocumentReference", params=query, headers=headers).status_code == 200
+
+    # The operator binds the exchange's ClusterRole; then the exchange can ask who calls.
+    wait_for(served, "the exchange to serve the example consortium", timeout=60)
+    found = httpx.get(f"{url}/fhir/DocumentReference", params=query, headers=headers).json()
+    assert (found["resourceType"], found["total"]) == ("Bundle", 0)

@@ -25,6 +25,7 @@ from medcloud_cli.localcluster.cluster import (
     LocalCluster,
     MinioInfo,
 )
+from medcloud_cli.localcluster.postgres import PostgresInfo
 from medcloud_cli.localcluster.process import pid_alive, port_is_free
 from tests.support import wait_for
 
@@ -252,9 +253,31 @@ def test_start_and_stop_twice_leaves_nothing_behind(tmp_path: Path) -> None:
         cluster.start()
         pids = [p.pid for p in cluster.processes if p.pid is not None]
         ports = cluster.held_ports()
-        assert len(pids) == 7, [p.name for p in cluster.processes]
+        assert len(pids) == 8, [p.name for p in cluster.processes]
+        postgres = cluster.state.postgres if cluster.state else None
+        assert postgres is not None
+        assert Path(postgres.data_dir).is_dir()
         assert all(pid_alive(pid) for pid in pids)
         assert not any(port_is_free(port) for port in ports)
         cluster.stop()
         assert not any(pid_alive(pid) for pid in pids)
         assert all(port_is_free(port) for port in ports)
+        assert not Path(postgres.data_dir).exists(), "a fresh data folder at every start, removed at stop"
+
+
+def test_postgres_answers_on_loopback_with_a_password_and_runs_unprivileged(
+    servers: LocalCluster, postgres_server: PostgresInfo
+) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres_server.dsn) as conn:
+        row = conn.execute(
+            "SELECT current_setting('listen_addresses'), current_setting('unix_socket_directories')"
+        ).fetchone()
+        assert row == ("127.0.0.1", "")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(postgres_server.dsn.replace(postgres_server.password, "wrong"), connect_timeout=5).close()
+    server = next(p for p in servers.processes if p.name == "postgres")
+    assert server.pid is not None
+    owner = Path(f"/proc/{server.pid}").stat().st_uid
+    assert owner != 0, "PostgreSQL never runs as root"

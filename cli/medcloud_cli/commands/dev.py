@@ -115,6 +115,12 @@ def _print_ready(state: ClusterState, platform: PlatformInfo | None) -> None:
         out.print(f"export {env.API_URL}={platform.api_url}")
         out.print(f"export {env.API_TOKEN}={platform.city_admin_token}")
         out.print(f"export {env.KEY_SERVICE_URL}={platform.key_service_url}")
+        if platform.exchange_url:
+            out.print(f"export {env.EXCHANGE_URL}={platform.exchange_url}")
+            console.print(
+                f"exchange of Consortium {platform.exchange_consortium}: {platform.exchange_url}/fhir "
+                "(answers once the Consortium is applied; callers: docs/exchange.md)"
+            )
         console.print(f"operator metrics: {platform.operator_metrics}")
         console.print("try: kubectl apply -f examples/   or   medcloud onboard hospital.yaml")
         console.print(

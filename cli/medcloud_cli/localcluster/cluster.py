@@ -30,6 +30,7 @@ from medcloud_cli.localcluster import binaries, netsetup
 from medcloud_cli.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.node import RealNode, kill_workloads, teardown_node
 from medcloud_cli.localcluster.pki import CertificateAuthority, KeyPair, service_account_signer
+from medcloud_cli.localcluster.postgres import PostgresInfo, remove_data, start_postgres
 from medcloud_cli.localcluster.process import (
     ServerProcess,
     StartupError,
@@ -95,6 +96,7 @@ class ClusterState:
     ports: dict[str, int] = field(default_factory=dict)
     minio: MinioInfo | None = None
     broker: BrokerInfo | None = None
+    postgres: PostgresInfo | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
@@ -107,9 +109,10 @@ class ClusterState:
         raw = json.loads(path.read_text())
         minio = MinioInfo(**raw.pop("minio")) if raw.get("minio") else None
         broker = BrokerInfo(**raw.pop("broker")) if raw.get("broker") else None
-        raw.pop("minio", None)
-        raw.pop("broker", None)
-        return cls(**raw, minio=minio, broker=broker)
+        postgres = PostgresInfo(**raw.pop("postgres")) if raw.get("postgres") else None
+        for key in ("minio", "broker", "postgres"):
+            raw.pop(key, None)
+        return cls(**raw, minio=minio, broker=broker, postgres=postgres)
 
 
 @dataclass
@@ -122,6 +125,8 @@ class ClusterOptions:
     with_kwok: bool = True
     with_minio: bool = True
     with_broker: bool = True
+    # PostgreSQL from Debian's package (medcloud.localcluster.postgres): the exchange's database.
+    with_postgres: bool = True
     detach: bool = False
     start_timeout: float = 120.0
     # A real kubelet node (containerd, kube-proxy, kube-router) beside the KWOK
@@ -230,6 +235,8 @@ class LocalCluster:
                 self._start_minio()
             if opts.with_broker:
                 self._start_broker()
+            if opts.with_postgres:
+                self._require_state().postgres = start_postgres(self)
         except BaseException:
             self.stop()
             raise
@@ -560,6 +567,8 @@ class LocalCluster:
         if self.node is not None:
             for problem in self.node.teardown():
                 self.progress(f"teardown: {problem}")
+        if self.state is not None:
+            remove_data(self.state.postgres)
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / self.STATE_FILE).unlink()
 
@@ -609,6 +618,7 @@ def stop_from_state(state_dir: Path, grace: float = 10.0) -> list[str]:
     stopped = []
     order = [
         "kubelet",
+        "postgres",
         "mosquitto",
         "minio",
         "kube-router",
@@ -630,6 +640,7 @@ def stop_from_state(state_dir: Path, grace: float = 10.0) -> list[str]:
             # Before containerd stops: its containers and shims go with the kubelet.
             kill_workloads(node_dir)
     teardown_node(node_dir, binaries.locate("kube-proxy"))
+    remove_data(state.postgres)
     path.unlink()
     return stopped
 

@@ -21,6 +21,7 @@ from kubernetes import client, config
 
 from medcloud.kube.crds import install_crds
 from medcloud_cli.localcluster.cluster import LocalCluster
+from medcloud_cli.localcluster.exchange import example_consortium, start_exchange
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.process import free_port
 from medcloud_keyservice.settings import DEFAULT_AUDIENCE
@@ -49,6 +50,8 @@ class PlatformInfo:
     city_admin_token: str
     operator_metrics: str
     key_service_url: str
+    exchange_url: str | None = None
+    exchange_consortium: str | None = None
     key_service_audience: str = KEY_SERVICE_AUDIENCE
 
 
@@ -145,17 +148,35 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
     }
     api_proc = cluster.spawn("api", [python, "-m", "medcloud_cli.main", "api"], (api_port,), env=api_env)
     api_proc.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{api_port}/readyz"), 60)
+    exchange_url = consortium = None
+    if state.postgres is not None and state.minio is not None:
+        consortium = example_consortium(deploy_dir().parent)
+        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+        try:
+            exchange_url = start_exchange(
+                cluster,
+                consortium,
+                SYSTEM_NAMESPACE,
+                key_service_url,
+                lambda account, audiences: service_account_token(api, account, audiences=audiences),
+                python,
+            )
+        finally:
+            api.close()
     info = PlatformInfo(
         api_url=f"http://127.0.0.1:{api_port}",
         city_admin_token=tokens[CITY_ADMIN],
         operator_metrics=f"http://127.0.0.1:{metrics_port}/metrics",
         key_service_url=key_service_url,
+        exchange_url=exchange_url,
+        exchange_consortium=consortium,
     )
     # For `dev status`: where each service answers (no tokens: state.json is not the place for them).
     state.extra["urls"] = {
         "api": info.api_url,
         "keyservice": info.key_service_url,
         "operator-metrics": info.operator_metrics,
+        **({"exchange": info.exchange_url} if info.exchange_url else {}),
     }
     state.extra["keyServiceAudience"] = info.key_service_audience
     cluster.save_state()

@@ -20,10 +20,17 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
-from medcloud.kube.client import CONSORTIUM, HOSPITAL, Manifest
+from medcloud.kube.client import CONSORTIUM, HOSPITAL, NAMESPACE, ROLE, ROLE_BINDING, Manifest
 from medcloud.models import GROUP, VERSION, ConditionStatus, ConsortiumCondition, ConsortiumSpec, ConsortiumStatus
+from medcloud.models.common import hospital_namespace
 from medcloud.models.conditions import Reason, now_utc
+from medcloud.models.consortium import ConsortiumExchangeStatus
+from medcloud.tenancy import labels
+from medcloud.tenancy.store import hospital_of_namespace
 from medcloud_operator import events, metrics
+from medcloud_operator.apply import apply
+from medcloud_operator.builders import exchange as exchange_rbac
+from medcloud_operator.builders.exchange import build_exchange_rbac
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import (
     Logger,
@@ -56,7 +63,9 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
         raise_failure(body, failure, False, logger)
     try:
         hospitals = {h["metadata"]["name"]: h for h in ctx.kube.list(HOSPITAL)}
+        exchange = _grant_exchange(ctx, body, spec, previous)
         new = next_status(previous, name=name, generation=generation, spec=spec, hospitals=hospitals, now=now_utc())
+        new = new.model_copy(update={"exchange": exchange})
         written = write_status(ctx.kube, CONSORTIUM, name, previous, new)
     except (ApiException, HTTPError, OSError) as exc:
         message = f"cannot read the member Hospitals or write the status: {exc}"
@@ -74,6 +83,42 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
         ok = condition.status is ConditionStatus.TRUE
         events.post(body, events.NORMAL if ok else events.WARNING, condition.reason, condition.message)
         logger.info("Consortium %s: %s %s: %s", name, type_, condition.reason, condition.message)
+
+
+def _grant_exchange(
+    ctx: OperatorContext, body: Manifest, spec: ConsortiumSpec, previous: ConsortiumStatus
+) -> ConsortiumExchangeStatus:
+    """The exchange's RBAC, exactly as far as spec.sharing reaches; members no rule shares from lose theirs.
+
+    A publisher whose namespace does not exist yet is granted on a later reconcile (its
+    Hospital's events reconcile the Consortium); the status lists who is granted now.
+    """
+    name = body["metadata"]["name"]
+    settings = ctx.settings
+    granted: list[str] = []
+    desired = build_exchange_rbac(body, spec, settings.operator_namespace, settings.exchange_cluster_role)
+    present: dict[str, bool] = {}
+    for manifest in desired:
+        namespace = manifest["metadata"].get("namespace")
+        if namespace is not None:
+            if namespace not in present:
+                present[namespace] = ctx.kube.get(NAMESPACE, namespace) is not None
+            if not present[namespace]:
+                continue
+        apply(ctx.kube, manifest, ctx.own_writes)
+        if namespace is not None and manifest["kind"] == "RoleBinding":
+            granted.append(str(hospital_of_namespace(namespace)))
+    wanted = set(spec.publishers())
+    before = set(previous.exchange.publishers) if previous.exchange else set()
+    for hospital in sorted((before | set(spec.members)) - wanted):
+        namespace = hospital_namespace(hospital)
+        for kind in (ROLE_BINDING, ROLE):
+            live = ctx.kube.get(kind, exchange_rbac.ROLE_NAME, namespace)
+            owner = ((live or {}).get("metadata", {}).get("labels") or {}).get(labels.CONSORTIUM)
+            if owner == name:
+                ctx.kube.delete(kind, exchange_rbac.ROLE_NAME, namespace)
+    account = exchange_rbac.account_name(name)
+    return ConsortiumExchangeStatus(service_account=f"{settings.operator_namespace}/{account}", publishers=granted)
 
 
 def consortium_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:

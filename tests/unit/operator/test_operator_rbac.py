@@ -34,15 +34,15 @@ def test_no_wildcards_and_no_cluster_wide_secrets() -> None:
             assert "*" not in rule["resources"]
             assert "secrets" not in rule["resources"], role["metadata"]["name"]
             if {"clusterroles", "clusterrolebindings"} & set(rule["resources"]):
-                # Binding the tenant Secrets role, by name; and writing the Hospital admins' ClusterRoles and
-                # their bindings, which the escalation check limits to what the operator holds: never
-                # `escalate` on ClusterRoles, never `bind` on another ClusterRole.
+                # Binding the tenant Secrets role and the exchanges' role (deploy/exchange-rbac.yaml), by name;
+                # and writing the Hospital admins' ClusterRoles and their bindings, which the escalation check
+                # limits to what the operator holds: never `escalate` on ClusterRoles, never `bind` on another.
                 assert rule in (
                     {
                         "apiGroups": ["rbac.authorization.k8s.io"],
                         "resources": ["clusterroles"],
                         "verbs": ["bind"],
-                        "resourceNames": [TENANT_SECRETS],
+                        "resourceNames": [TENANT_SECRETS, "medcloud-exchange"],
                     },
                     {
                         "apiGroups": ["rbac.authorization.k8s.io"],
@@ -66,7 +66,13 @@ def test_escalate_only_on_namespaced_roles_and_bind_only_named_roles() -> None:
             assert len(rule["resources"]) == 1
             assert rule.get("resourceNames"), "bind without resourceNames would bind any role"
             bindable |= {(rule["resources"][0], name) for name in rule["resourceNames"]}
-    assert bindable == {("roles", "medcloud-hospital-admin"), ("clusterroles", TENANT_SECRETS)}
+    assert bindable == {
+        ("roles", "medcloud-hospital-admin"),
+        ("clusterroles", TENANT_SECRETS),
+        # A consortium exchange's keys in a member namespace, and its shared ClusterRole (docs/exchange.md).
+        ("roles", "medcloud-exchange"),
+        ("clusterroles", "medcloud-exchange"),
+    }
 
 
 def test_tenant_secrets_role_grants_secrets_by_name_only_and_is_never_bound_cluster_wide() -> None:

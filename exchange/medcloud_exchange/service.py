@@ -1,0 +1,475 @@
+"""The exchange's transactions: publish (ITI-105), find (ITI-67), retrieve (ITI-68), consents, disclosure.
+
+Every read and search goes through :meth:`Exchange.decide`, the one place where
+the decision is made, audited and counted; routes cannot reach the index's
+documents another way. Every answer is audited before it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from medcloud.models.consortium import ConsortiumSpec
+from medcloud_exchange import index
+from medcloud_exchange.audit import AuditStore, Interaction, Requester, decision_event, rest_event
+from medcloud_exchange.cluster import Cluster
+from medcloud_exchange.database import Database
+from medcloud_exchange.decision import (
+    AccessRequest,
+    BreakGlassWithoutReasonError,
+    ConsentStatus,
+    ConsentTerms,
+    Decision,
+    Purpose,
+    decide,
+)
+from medcloud_exchange.metrics import BREAK_GLASS, DECISION_SECONDS, DECISIONS
+from medcloud_exchange.outcomes import conflict, forbidden, invalid, not_found, unprocessable
+from medcloud_exchange.resources import (
+    ConsentInput,
+    Identifier,
+    Publication,
+    consent_out,
+    document_out,
+    parse_consent,
+    parse_publication,
+)
+from medcloud_exchange.settings import ExchangeSettings
+from medcloud_exchange.stores import PublisherStores, content_name, metadata_name
+
+log = logging.getLogger("medcloud_exchange")
+
+
+@dataclass(frozen=True)
+class Context:
+    """One authorised request: who asks, for which hospital and purpose, under which Consortium rules."""
+
+    requester: Requester
+    spec: ConsortiumSpec
+    purpose: Purpose
+
+    @property
+    def hospital(self) -> str:
+        return self.requester.hospital
+
+    def access(self) -> AccessRequest:
+        return AccessRequest(self.hospital, self.purpose, self.requester.break_glass_reason)
+
+
+@dataclass(frozen=True)
+class PatientSelector:
+    """ITI-67's ``patient`` or ``patient.identifier``: exactly one."""
+
+    reference: uuid.UUID | None = None
+    identifier: Identifier | None = None
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    categories: tuple[str, ...] | None = None
+    publishers: tuple[str, ...] | None = None
+    type_system: str | None = None
+    type_code: str | None = None
+    dates: tuple[tuple[str, datetime], ...] = ()
+    count: int = 20
+    offset: int = 0
+
+
+class Exchange:
+    def __init__(
+        self,
+        settings: ExchangeSettings,
+        database: Database,
+        cluster: Cluster,
+        stores: PublisherStores,
+        audit: AuditStore,
+    ) -> None:
+        self.settings = settings
+        self.db = database
+        self.cluster = cluster
+        self.stores = stores
+        self.audit = audit
+        self.name = f"medcloud-exchange/{settings.consortium}"
+        self._key = settings.blind_key()
+
+    def audit_refusal(self, requester: Requester, verb: str, description: str) -> None:
+        """An authenticated caller refused before it named a patient (no purpose, no grant, not a member)."""
+        interaction = Interaction.READ if verb == "get" else Interaction.CREATE
+        event = rest_event(interaction, None, requester, self.name, ok=False, description=description, patient=None)
+        self.audit.write(event)
+
+    # ------------------------------------------------------------------ the decision point
+
+    def _audit(
+        self,
+        interaction: Interaction,
+        transaction: str | None,
+        ctx: Context,
+        *,
+        ok: bool,
+        description: str,
+        patient: uuid.UUID | None,
+        objects: Iterable[str] = (),
+        query: str | None = None,
+    ) -> None:
+        """One BALP RESTful AuditEvent of this request, written before the answer (raises when it cannot be)."""
+        event = rest_event(
+            interaction,
+            transaction,
+            ctx.requester,
+            self.name,
+            ok=ok,
+            description=description,
+            patient=patient,
+            objects=objects,
+            query=query,
+        )
+        self.audit.write(event)
+
+    def decide(self, ctx: Context, patient: uuid.UUID, consents: Iterable[ConsentTerms]) -> Decision:
+        """Decide, audit the decision (BALP AuthZconsent), count it, and raise the break-glass alarm."""
+        started = time.perf_counter()
+        try:
+            decision = decide(ctx.spec, ctx.access(), consents, datetime.now(UTC))
+        except BreakGlassWithoutReasonError as exc:
+            self.audit.write(
+                decision_event(
+                    ctx.requester,
+                    self.name,
+                    permit=False,
+                    description=str(exc),
+                    patient=patient,
+                    consents=(),
+                    categories=(),
+                )
+            )
+            DECISIONS.labels("deny").inc()
+            raise forbidden(str(exc)) from None
+        DECISION_SECONDS.observe(time.perf_counter() - started)
+        permit = not decision.denied
+        self.audit.write(
+            decision_event(
+                ctx.requester,
+                self.name,
+                permit=permit,
+                description=decision.reason,
+                patient=patient,
+                consents=decision.consents,
+                categories={c for _, c in decision.cross_institution},
+            )
+        )
+        DECISIONS.labels("permit" if permit else "deny").inc()
+        if decision.break_glass:
+            BREAK_GLASS.labels(ctx.hospital).inc()
+            # The alarm must not hide the access it reports: a failed Event is logged, the audit already holds it.
+            try:
+                self.cluster.warn(
+                    "BreakGlass",
+                    f"{ctx.hospital} ({ctx.requester.practitioner}) broke the glass for Patient/{patient}: "
+                    f"{ctx.requester.break_glass_reason}",
+                )
+            except Exception as exc:
+                log.error("break-glass Event not written: %s", type(exc).__name__)
+        return decision
+
+    # ------------------------------------------------------------------ ITI-105 publish
+
+    def publish(self, ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+        publication = parse_publication(body, self.settings.max_document_bytes)
+        if not ctx.spec.shares(ctx.hospital, publication.category):
+            # The exchange holds keys only of stores that spec.sharing reaches: what it cannot share it does not take.
+            raise forbidden(
+                f"Consortium {self.settings.consortium} shares no {publication.category} records of {ctx.hospital}"
+            )
+        document_id = uuid.uuid4()
+        records = self.stores.client(ctx.hospital)
+        written: list[str] = []
+        try:
+            with self.db.transaction() as conn:
+                patient = self._patient_for_write(conn, publication.identifiers, publication.patient)
+                content = records.put(
+                    content_name(document_id), publication.content, content_type=publication.content_type
+                )
+                written.append(content_name(document_id))
+                metadata = records.put_fhir(publication.metadata, metadata_name(document_id))
+                written.append(metadata_name(document_id))
+                index.insert_document(
+                    conn,
+                    self._row(document_id, patient, ctx.hospital, publication, content.version_id, metadata.version_id),
+                )
+                self._audit(
+                    Interaction.CREATE,
+                    "ITI-105",
+                    ctx,
+                    ok=True,
+                    description=f"published {publication.category} document",
+                    patient=patient,
+                    objects=[f"DocumentReference/{document_id}"],
+                )
+        except BaseException:
+            self._hide(ctx.hospital, written)
+            raise
+        return document_out(publication.metadata, document_id, patient, ctx.hospital, self._base())
+
+    def _row(
+        self,
+        document_id: uuid.UUID,
+        patient: uuid.UUID,
+        publisher: str,
+        publication: Publication,
+        content_version: str | None,
+        metadata_version: str | None,
+    ) -> index.DocumentRow:
+        return index.DocumentRow(
+            id=document_id,
+            patient_id=patient,
+            publisher=publisher,
+            store=self.settings.store,
+            category=publication.category,
+            type_system=publication.type_system,
+            type_code=publication.type_code,
+            date=publication.date,
+            content_type=publication.content_type,
+            size=len(publication.content),
+            content_version=content_version,
+            metadata_version=metadata_version,
+        )
+
+    def _hide(self, hospital: str, names: list[str]) -> None:
+        """Put delete markers on records of a publish that did not commit (their locked versions stay unreachable)."""
+        if not names:
+            return
+        client = self.stores.client(hospital)
+        for name in names:
+            with contextlib.suppress(Exception):
+                client.delete(name)
+
+    def _patient_for_write(
+        self, conn: index.Conn, identifiers: tuple[Identifier, ...], patient: uuid.UUID | None
+    ) -> uuid.UUID:
+        if identifiers:
+            return index.ensure_patient(conn, self._key, identifiers)
+        assert patient is not None
+        if not index.patient_exists(conn, patient):
+            raise unprocessable(f"Patient/{patient} is not known to the exchange; name the patient by identifier")
+        return patient
+
+    # ------------------------------------------------------------------ ITI-67 find
+
+    def _patient_for_read(self, conn: index.Conn, selector: PatientSelector) -> uuid.UUID | None:
+        if selector.identifier is not None:
+            return index.patient_for(conn, self._key, [selector.identifier])
+        assert selector.reference is not None
+        return selector.reference if index.patient_exists(conn, selector.reference) else None
+
+    def find(
+        self, ctx: Context, selector: PatientSelector, filters: SearchFilters, query: str
+    ) -> tuple[list[dict[str, Any]], int]:
+        with self.db.connection() as conn:
+            patient = self._patient_for_read(conn, selector)
+            consents = index.consents_of(conn, patient) if patient else []
+        audited_query = "&".join(q for q in (f"patient=Patient/{patient or 'unknown'}", query) if q)
+        if patient is None:
+            self._audit(
+                Interaction.SEARCH,
+                "ITI-67",
+                ctx,
+                ok=True,
+                description="no such patient",
+                patient=None,
+                query=audited_query,
+            )
+            return [], 0
+        decision = self.decide(ctx, patient, consents).narrowed(
+            publishers=filters.publishers, categories=filters.categories
+        )
+        if decision.denied:
+            self._audit(
+                Interaction.SEARCH,
+                "ITI-67",
+                ctx,
+                ok=False,
+                description=decision.reason,
+                patient=patient,
+                query=audited_query,
+            )
+            raise forbidden(f"consent refuses: {decision.reason}")
+        with self.db.connection() as conn:
+            rows, total = index.find_documents(
+                conn,
+                index.DocumentQuery(
+                    patient=patient,
+                    pairs=decision.permitted,
+                    type_system=filters.type_system,
+                    type_code=filters.type_code,
+                    dates=filters.dates,
+                    count=filters.count,
+                    offset=filters.offset,
+                ),
+            )
+        resources = [self._document(row) for row in rows]
+        self._audit(
+            Interaction.SEARCH,
+            "ITI-67",
+            ctx,
+            ok=True,
+            description=f"{total} documents",
+            patient=patient,
+            objects=[f"DocumentReference/{row.id}" for row in rows],
+            query=audited_query,
+        )
+        return resources, total
+
+    def _document(self, row: index.DocumentRow) -> dict[str, Any]:
+        metadata = self.stores.client(row.publisher).get_json(metadata_name(row.id))
+        return document_out(metadata, row.id, row.patient_id, row.publisher, self._base())
+
+    def _base(self) -> str:
+        return f"{self.settings.base_url.rstrip('/')}/fhir" if self.settings.base_url else "/fhir"
+
+    # ------------------------------------------------------------------ ITI-68 retrieve, and read
+
+    def _authorised_row(self, ctx: Context, document_id: uuid.UUID, interaction: str) -> index.DocumentRow:
+        with self.db.connection() as conn:
+            row = index.document(conn, document_id)
+            consents = index.consents_of(conn, row.patient_id) if row else []
+        if row is None:
+            self._audit(
+                Interaction.READ,
+                interaction,
+                ctx,
+                ok=False,
+                description="no such document",
+                patient=None,
+                objects=[f"DocumentReference/{document_id}"],
+            )
+            raise not_found(f"DocumentReference/{document_id} is not known")
+        decision = self.decide(ctx, row.patient_id, consents)
+        pair = (row.publisher, row.category)
+        if pair not in decision.permitted:
+            shareable = pair in decision.shareable
+            self._audit(
+                Interaction.READ,
+                interaction,
+                ctx,
+                ok=False,
+                description=decision.reason if shareable else "not shared with this member",
+                patient=row.patient_id,
+                objects=[f"DocumentReference/{document_id}"],
+            )
+            if shareable:
+                raise forbidden(f"consent refuses: {decision.reason}")
+            # Outside spec.sharing the document does not exist for this reader.
+            raise not_found(f"DocumentReference/{document_id} is not known")
+        return row
+
+    def _audit_read(self, ctx: Context, row: index.DocumentRow, interaction: str) -> None:
+        self._audit(
+            Interaction.READ,
+            interaction,
+            ctx,
+            ok=True,
+            description=f"{row.category} document of {row.publisher}",
+            patient=row.patient_id,
+            objects=[f"DocumentReference/{row.id}"],
+        )
+
+    def retrieve(self, ctx: Context, document_id: uuid.UUID) -> tuple[bytes, str]:
+        row = self._authorised_row(ctx, document_id, "ITI-68")
+        data = self.stores.client(row.publisher).get_bytes(content_name(row.id))
+        self._audit_read(ctx, row, "ITI-68")
+        return data, row.content_type
+
+    def read_document(self, ctx: Context, document_id: uuid.UUID) -> dict[str, Any]:
+        row = self._authorised_row(ctx, document_id, "ITI-67")
+        resource = self._document(row)
+        self._audit_read(ctx, row, "ITI-67")
+        return resource
+
+    # ------------------------------------------------------------------ consents
+
+    def create_consent(self, ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+        parsed = parse_consent(body, ctx.spec, str(uuid.uuid4()))
+        with self.db.transaction() as conn:
+            patient = self._patient_for_write(conn, parsed.identifiers, parsed.patient)
+            index.insert_consent(conn, parsed.terms, patient, ctx.hospital)
+            self._audit_consent(ctx, Interaction.CREATE, parsed.terms.id, patient, parsed.terms.status)
+        return consent_out(parsed.terms, patient, 1, ctx.hospital)
+
+    def update_consent(
+        self, ctx: Context, consent_id: uuid.UUID, body: dict[str, Any], expected_version: int | None
+    ) -> dict[str, Any]:
+        if body.get("id") not in (None, str(consent_id)):
+            raise invalid(f"the body's id {body.get('id')!r} is not Consent/{consent_id}")
+        parsed = parse_consent(body, ctx.spec, str(consent_id))
+        with self.db.transaction() as conn:
+            current = index.consent(conn, consent_id, lock=True)
+            if current is None:
+                raise not_found(f"Consent/{consent_id} is not known")
+            self._same_patient(conn, parsed, current.patient_id)
+            version = index.update_consent(conn, parsed.terms, expected_version)
+            self._audit_consent(ctx, Interaction.UPDATE, parsed.terms.id, current.patient_id, parsed.terms.status)
+        return consent_out(parsed.terms, current.patient_id, version, current.recorded_by)
+
+    def revoke_consent(self, ctx: Context, consent_id: uuid.UUID, expected_version: int | None) -> None:
+        with self.db.transaction() as conn:
+            current = index.consent(conn, consent_id, lock=True)
+            if current is None:
+                raise not_found(f"Consent/{consent_id} is not known")
+            terms = dataclasses.replace(current.terms, status=ConsentStatus.INACTIVE)
+            index.update_consent(conn, terms, expected_version)
+            self._audit_consent(ctx, Interaction.DELETE, str(consent_id), current.patient_id, ConsentStatus.INACTIVE)
+
+    def read_consent(self, ctx: Context, consent_id: uuid.UUID) -> dict[str, Any]:
+        with self.db.connection() as conn:
+            current = index.consent(conn, consent_id)
+        if current is None:
+            raise not_found(f"Consent/{consent_id} is not known")
+        self._audit_consent(ctx, Interaction.READ, str(consent_id), current.patient_id, current.terms.status)
+        return consent_out(current.terms, current.patient_id, current.version, current.recorded_by)
+
+    def _same_patient(self, conn: index.Conn, parsed: ConsentInput, patient: uuid.UUID) -> None:
+        named = parsed.patient or index.patient_for(conn, self._key, parsed.identifiers)
+        if named != patient:
+            raise conflict("a Consent cannot be moved to another patient; record a new one")
+
+    def _audit_consent(
+        self, ctx: Context, interaction: Interaction, consent_id: str, patient: uuid.UUID, status: ConsentStatus
+    ) -> None:
+        self._audit(
+            interaction,
+            None,
+            ctx,
+            ok=True,
+            description=f"consent {status.value}",
+            patient=patient,
+            objects=[f"Consent/{consent_id}"],
+        )
+
+    # ------------------------------------------------------------------ disclosure
+
+    def disclosure(self, ctx: Context, selector: PatientSelector, count: int) -> list[dict[str, Any]]:
+        """The patient's AuditEvents: who looked at their records, and what was decided."""
+        with self.db.connection() as conn:
+            patient = self._patient_for_read(conn, selector)
+        if patient is None:
+            return []
+        events = self.audit.for_patient(patient, count)
+        self._audit(
+            Interaction.SEARCH,
+            None,
+            ctx,
+            ok=True,
+            description="access disclosure",
+            patient=patient,
+            objects=["AuditEvent"],
+        )
+        return events

@@ -1,0 +1,122 @@
+"""What a Consortium's exchange may reach, as RBAC: pure, from the Consortium alone (docs/exchange.md).
+
+- ClusterRoleBinding ``medcloud-exchange-<consortium>``: the exchange's ServiceAccount
+  (in the operator namespace) gets the shared ClusterRole of deploy/exchange-rbac.yaml
+  (TokenReview, SubjectAccessReview, get Consortia, create Events);
+- in the namespace of each member some sharing rule shares from, and no other, a Role and
+  RoleBinding ``medcloud-exchange``: ``get`` on ``recordstores/keys`` of the exchange's store
+  and on that store's credentials Secret, by name.
+
+Every object is labelled with its Consortium, so a member that drops out of ``spec.sharing``
+loses its Role on the next reconcile (the handler prunes by that label), and owned by the
+Consortium, so deleting the Consortium removes them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from medcloud.kube.client import Manifest
+from medcloud.models.common import hospital_namespace
+from medcloud.models.consortium import ConsortiumSpec
+from medcloud.tenancy import labels
+from medcloud.tenancy.labels import OPERATOR_NAME
+from medcloud.tenancy.store import credentials_secret_name
+
+COMPONENT = "exchange"
+ROLE_NAME = "medcloud-exchange"
+EXCHANGE_STORE = "emr"
+RBAC = "rbac.authorization.k8s.io"
+_NAME_MAX = 63
+
+
+def account_name(consortium: str) -> str:
+    """``medcloud-exchange-<consortium>``, shortened with a hash to a valid ServiceAccount name."""
+    name = f"medcloud-exchange-{consortium}"
+    if len(name) <= _NAME_MAX:
+        return name
+    digest = hashlib.sha256(consortium.encode()).hexdigest()[:8]
+    return f"{name[: _NAME_MAX - 9].rstrip('-')}-{digest}"
+
+
+def exchange_labels(consortium: str) -> dict[str, str]:
+    return {
+        labels.MANAGED_BY: OPERATOR_NAME,
+        labels.PART_OF: "medcloud",
+        labels.COMPONENT: COMPONENT,
+        labels.CONSORTIUM: consortium,
+    }
+
+
+def exchange_selector(consortium: str) -> str:
+    """Label selector of one Consortium's exchange RBAC (what pruning may touch)."""
+    return ",".join(f"{k}={v}" for k, v in exchange_labels(consortium).items())
+
+
+def _meta(name: str, consortium: str, owner: Manifest, namespace: str | None = None) -> Manifest:
+    meta: Manifest = {
+        "name": name,
+        "labels": exchange_labels(consortium),
+        "ownerReferences": [
+            {
+                "apiVersion": owner["apiVersion"],
+                "kind": owner["kind"],
+                "name": owner["metadata"]["name"],
+                "uid": owner["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": False,
+            }
+        ],
+    }
+    if namespace is not None:
+        meta["namespace"] = namespace
+    return meta
+
+
+def build_exchange_rbac(
+    consortium: Manifest, spec: ConsortiumSpec, operator_namespace: str, cluster_role: str
+) -> list[Manifest]:
+    """The ClusterRoleBinding and, per publishing member, the Role and RoleBinding of the Consortium's exchange."""
+    name = consortium["metadata"]["name"]
+    account = account_name(name)
+    subjects = [{"kind": "ServiceAccount", "name": account, "namespace": operator_namespace}]
+    out: list[Manifest] = [
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(account, name, consortium),
+            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": cluster_role},
+            "subjects": subjects,
+        }
+    ]
+    for hospital in spec.publishers():
+        namespace = hospital_namespace(hospital)
+        out += [
+            {
+                "apiVersion": f"{RBAC}/v1",
+                "kind": "Role",
+                "metadata": _meta(ROLE_NAME, name, consortium, namespace),
+                "rules": [
+                    {
+                        "apiGroups": ["medcloud.io"],
+                        "resources": ["recordstores/keys"],
+                        "resourceNames": [EXCHANGE_STORE],
+                        "verbs": ["get"],
+                    },
+                    {
+                        "apiGroups": [""],
+                        "resources": ["secrets"],
+                        "resourceNames": [credentials_secret_name(EXCHANGE_STORE)],
+                        "verbs": ["get"],
+                    },
+                ],
+            },
+            {
+                "apiVersion": f"{RBAC}/v1",
+                "kind": "RoleBinding",
+                "metadata": _meta(ROLE_NAME, name, consortium, namespace),
+                "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": ROLE_NAME},
+                "subjects": subjects,
+            },
+        ]
+    return out

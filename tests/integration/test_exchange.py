@@ -1,0 +1,852 @@
+"""The consortium exchange against the real API server, MinIO, PostgreSQL, operator and key service.
+
+Three member hospitals of one Consortium, provisioned by the operator (Hospital, RecordStore ``emr``
+with its keys): the county shares its EMR documents with the city under consent, and its exam
+results with the village only. The key service runs as its own identity, the exchange as its own
+(a client certificate for its service account user; a real token for the key service), the hospital
+systems with real service account tokens for the audience ``medcloud-exchange``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from fhir.resources.R4B.auditevent import AuditEvent
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.consent import Consent
+from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from minio import Minio
+from minio.error import S3Error
+from pydantic import SecretStr
+
+from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, MinioInfo
+from medcloud_cli.localcluster.exchange import AuditBucket, make_audit_bucket
+from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
+from medcloud_cli.localcluster.postgres import PostgresInfo, bin_dir
+from medcloud_cli.localcluster.process import free_port, port_accepts
+from medcloud_exchange.app import create_app
+from medcloud_exchange.settings import ExchangeSettings
+from medcloud_keyservice.app import create_app as create_key_service
+from medcloud_keyservice.settings import KeyServiceSettings
+from tests.exchange_support import (
+    CLIENT_ROLE,
+    INSURANCE_CARD,
+    RESIDENT_ID,
+    Caller,
+    consent,
+    contained_patient,
+    document,
+    outcome_of,
+)
+from tests.operator_support import (
+    OPERATOR_NAMESPACE,
+    REPO,
+    ClusterAdmin,
+    RunningOperator,
+    hospital_spec,
+    is_ready,
+    raw,
+)
+from tests.support import fuzz, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.minio]
+
+SUFFIX = uuid.uuid4().hex[:6]
+COUNTY, CITY, VILLAGE = f"county-{SUFFIX}", f"city-{SUFFIX}", f"village-{SUFFIX}"
+CONSORTIUM = f"riverton-{SUFFIX}"
+STORE = "emr"
+EXCHANGE_ACCOUNT = f"medcloud-exchange-{CONSORTIUM}"
+EXCHANGE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{EXCHANGE_ACCOUNT}"
+SA_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}")
+KEYSERVICE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-keyservice"
+KEYS_AUDIENCE = "medcloud-keyservice"
+EXCHANGE_AUDIENCE = "medcloud-exchange"
+SPEC: dict[str, Any] = {
+    "displayName": "Riverton Medical Alliance",
+    "leadHospital": CITY,
+    "members": [CITY, COUNTY, VILLAGE],
+    "consentRequired": True,
+    "sharing": [
+        {"category": "emr", "from": [COUNTY], "to": [CITY]},
+        {"category": "exam-results", "from": [COUNTY], "to": [VILLAGE]},
+    ],
+}
+Json = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- servers in threads
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, "the server to listen", timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def token(admin: ClusterAdmin, namespace: str, account: str, audience: str) -> str:
+    with contextlib.suppress(ApiException):
+        admin.core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
+    request = {"spec": {"audiences": [audience], "expirationSeconds": 3600}}
+    return str(admin.core.create_namespaced_service_account_token(account, namespace, request).status.token)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def admin(k8s_api_client: client.ApiClient) -> ClusterAdmin:
+    return ClusterAdmin(k8s_api_client)
+
+
+@pytest.fixture(scope="module")
+def members(admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str]]:
+    """County, city and village, Ready with a Ready RecordStore ``emr`` each, and their Consortium."""
+    names = [COUNTY, CITY, VILLAGE]
+    try:
+        for name in names:
+            admin.create("Hospital", name, hospital_spec(name))
+        for name in names:
+
+            def hospital_ready(name: str = name) -> bool:
+                obj = admin.get("Hospital", name)
+                return is_ready(obj) and bool((obj or {})["status"].get("kek"))
+
+            wait_for(hospital_ready, f"Hospital {name} Ready", timeout=120)
+            admin.create(
+                "RecordStore",
+                STORE,
+                {"recordClass": "documents", "retention": {"mode": "GOVERNANCE", "period": "1d"}},
+                f"hospital-{name}",
+            )
+        for name in names:
+
+            def store_ready(name: str = name) -> bool:
+                obj = admin.get("RecordStore", STORE, f"hospital-{name}")
+                return is_ready(obj) and (obj or {}).get("status", {}).get("phase") == "Ready"
+
+            wait_for(store_ready, f"RecordStore {name}/{STORE} Ready", timeout=120)
+        admin.create("Consortium", CONSORTIUM, SPEC)
+        yield names
+    finally:
+        admin.delete("Consortium", CONSORTIUM)
+        for name in names:
+            admin.delete("RecordStore", STORE, f"hospital-{name}")
+        for name in names:
+            wait_for(partial(admin.gone, "RecordStore", STORE, f"hospital-{name}"), "store gone", 120)
+            admin.delete("Hospital", name)
+        for name in names:
+            wait_for(partial(admin.gone, "Hospital", name), f"Hospital {name} gone", 180)
+
+
+@pytest.fixture(scope="module")
+def key_service(local_cluster: Any, operator: RunningOperator) -> Iterator[str]:
+    """The key service in a thread, as its own identity with deploy/keyservice-rbac.yaml."""
+    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "keyservice-rbac.yaml"))
+    api = config.new_client_from_config(config_file=str(local_cluster.kubeconfig_for_user(KEYSERVICE_USER, SA_GROUPS)))
+    settings = KeyServiceSettings(operator_namespace=OPERATOR_NAMESPACE, audience=KEYS_AUDIENCE)
+    try:
+        with serve(create_key_service(settings, api)) as url:
+            yield url
+    finally:
+        api.close()
+
+
+@pytest.fixture(scope="module")
+def audit_bucket(minio_server: MinioInfo) -> AuditBucket:
+    # Under COMPLIANCE retention nobody can remove it before its day is over: it stays, like real audit.
+    return make_audit_bucket(minio_server, f"exchange-audit-{CONSORTIUM}")
+
+
+@pytest.fixture(scope="module")
+def database(postgres_server: PostgresInfo) -> str:
+    name = f"exchange_{SUFFIX}"
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_server.dsn_for(name)
+
+
+@dataclass
+class Exchange:
+    url: str
+    settings: ExchangeSettings
+    http: httpx.Client
+
+
+@pytest.fixture(scope="module")
+def exchange_settings(
+    local_cluster: Any,
+    admin: ClusterAdmin,
+    members: list[str],
+    key_service: str,
+    audit_bucket: AuditBucket,
+    database: str,
+    minio_server: MinioInfo,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> ExchangeSettings:
+    # The ClusterRoles exactly as deploy/ and the chart ship them: the one hospitals bind, and the
+    # exchange's own, which the operator binds per Consortium along with the members' keys.
+    for rbac in ("exchange-client-rbac.yaml", "exchange-rbac.yaml"):
+        local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / rbac))
+    granted = wait_for(
+        lambda: ((admin.get("Consortium", CONSORTIUM) or {}).get("status") or {}).get("exchange"),
+        "the operator to grant the exchange",
+    )
+    assert granted == {"serviceAccount": f"{OPERATOR_NAMESPACE}/{EXCHANGE_ACCOUNT}", "publishers": [COUNTY]}
+    folder = tmp_path_factory.mktemp("exchange")
+    token_file = folder / "keyservice-token"
+    token_file.write_text(token(admin, OPERATOR_NAMESPACE, EXCHANGE_ACCOUNT, KEYS_AUDIENCE))
+    # Its own identity towards the API server: a real token of its service account (a client
+    # certificate's name could not hold this user name: 64 characters at most).
+    own = token(admin, OPERATOR_NAMESPACE, EXCHANGE_ACCOUNT, str(admin.api.configuration.host))
+    kubeconfig = write_kubeconfig(
+        folder / "kubeconfig",
+        build_token_kubeconfig(local_cluster.state.server, local_cluster.ca.paths.cert, EXCHANGE_USER, own),
+    )
+    return ExchangeSettings(
+        consortium=CONSORTIUM,
+        kubeconfig=kubeconfig,
+        database_url=database,
+        blind_index_key=base64.b64encode(os.urandom(32)).decode(),
+        audit_endpoint=minio_server.endpoint,
+        audit_secure=False,
+        audit_access_key=audit_bucket.access_key,
+        audit_secret_key=audit_bucket.secret_key,
+        audit_bucket=audit_bucket.bucket,
+        key_service_url=key_service,
+        key_service_token_file=token_file,
+        database_timeout_seconds=2,
+        retry_after_seconds=7,
+    )
+
+
+@pytest.fixture(scope="module")
+def exchange(exchange_settings: ExchangeSettings) -> Iterator[Exchange]:
+    with serve(create_app(exchange_settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        yield Exchange(url, exchange_settings, http)
+
+
+@pytest.fixture(scope="module")
+def callers(admin: ClusterAdmin, exchange: Exchange, members: list[str]) -> dict[str, Caller]:
+    """Each member's connector (ClusterRole medcloud-exchange-client bound in its namespace), and a stranger."""
+    out = {}
+    for hospital in members:
+        namespace = f"hospital-{hospital}"
+        out[hospital] = Caller(token(admin, namespace, "emr-connector", EXCHANGE_AUDIENCE))
+        admin.rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": "emr-connector-exchange"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLIENT_ROLE},
+                "subjects": [{"kind": "ServiceAccount", "name": "emr-connector", "namespace": namespace}],
+            },
+        )
+    out["stranger"] = Caller(token(admin, f"hospital-{COUNTY}", "billing", EXCHANGE_AUDIENCE))
+    probe = f"/fhir/DocumentReference?patient=Patient/{uuid.uuid4()}"
+    for hospital in members:
+        # RBAC grants reach the authorizer a moment after they are written.
+        def admitted(caller: Caller = out[hospital]) -> bool:
+            return exchange.http.get(probe, headers=caller.headers()).status_code == 200
+
+        wait_for(
+            admitted,
+            f"{hospital}'s connector admitted",
+            timeout=30,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def identifiers() -> tuple[tuple[str, str], tuple[str, str]]:
+    """A fresh patient: a resident identity card number and a province insurance card number."""
+    digits = str(uuid.uuid4().int)[:10]
+    return (RESIDENT_ID, f"11010119{digits}"), (INSURANCE_CARD, f"RV{digits}")
+
+
+def search(exchange: Exchange, caller: Caller, identifier: tuple[str, str], **params: str) -> httpx.Response:
+    query = {"patient.identifier": f"{identifier[0]}|{identifier[1]}", **params}
+    return exchange.http.get("/fhir/DocumentReference", params=query, headers=caller.headers())
+
+
+def valid_bundle(response: httpx.Response) -> Json:
+    assert response.status_code == 200, response.text
+    body: Json = response.json()
+    Bundle.model_validate(body)
+    for entry in body.get("entry", []):
+        resource = entry["resource"]
+        if resource["resourceType"] == "AuditEvent":
+            AuditEvent.model_validate(resource)
+        else:
+            DocumentReference.model_validate(resource)
+    return body
+
+
+def disclosure(exchange: Exchange, caller: Caller, patient: str) -> list[Json]:
+    response = exchange.http.get("/fhir/AuditEvent", params={"patient": patient}, headers=caller.headers())
+    return [e["resource"] for e in valid_bundle(response).get("entry", [])]
+
+
+def decisions(events: list[Json]) -> list[Json]:
+    return [e for e in events if e["type"]["code"] == "110113"]
+
+
+def publish(exchange: Exchange, caller: Caller, doc: Json) -> Json:
+    response = exchange.http.post(
+        "/fhir/DocumentReference",
+        content=json.dumps(doc),
+        headers={**caller.headers(), "Content-Type": "application/fhir+json"},
+    )
+    assert response.status_code == 201, response.text
+    created: Json = response.json()
+    DocumentReference.model_validate(created)
+    return created
+
+
+def post_consent(exchange: Exchange, caller: Caller, body: Json) -> httpx.Response:
+    return exchange.http.post(
+        "/fhir/Consent", content=json.dumps(body), headers={**caller.headers(), "Content-Type": "application/fhir+json"}
+    )
+
+
+def break_glass_events(admin: ClusterAdmin) -> list[Any]:
+    events = admin.core.list_namespaced_event("default").items
+    return [e for e in events if e.involved_object.name == CONSORTIUM and e.reason == "BreakGlass"]
+
+
+# --------------------------------------------------------------------------- the scenario
+
+
+def test_metadata_is_a_capability_statement(exchange: Exchange) -> None:
+    response = exchange.http.get("/fhir/metadata")
+    assert response.status_code == 200
+    statement = CapabilityStatement.model_validate(response.json())
+    assert statement.fhirVersion == "4.0.1"
+    types = {r.type for r in statement.rest[0].resource}
+    assert {"DocumentReference", "Binary", "Consent", "AuditEvent"} <= types
+    assert exchange.http.get("/readyz").status_code == 200, "its database and audit bucket answer"
+
+
+def test_county_publishes_city_reads_only_under_consent_revocation_and_break_glass(
+    exchange: Exchange, callers: dict[str, Caller], admin: ClusterAdmin
+) -> None:
+    resident, insurance = identifiers()
+    summary = b"Discharge summary: community-acquired pneumonia, amoxicillin 7 days. MARKER-" + SUFFIX.encode()
+    county, city = callers[COUNTY], callers[CITY]
+    created = publish(exchange, county, document("emr", summary, contained_patient(resident, insurance)))
+    patient = created["subject"]["reference"]
+    assert patient.startswith("Patient/")
+    assert created["custodian"] == {"reference": f"Organization/{COUNTY}"}
+
+    # The publisher finds its own record (no consent needed for its own).
+    own = valid_bundle(search(exchange, county, insurance))
+    assert own["total"] == 1
+
+    # The city, without consent: 403, and the disclosure shows a deny decision.
+    refused = search(exchange, city, resident)
+    assert refused.status_code == 403
+    assert "consent" in outcome_of(refused)
+    binary = exchange.http.get(f"/fhir/Binary/{created['id']}", headers=city.headers())
+    assert binary.status_code == 403
+    events = disclosure(exchange, county, patient)
+    denies = [e for e in decisions(events) if e["outcome"] == "4"]
+    assert denies, events
+    assert any(a.get("who", {}).get("reference") == f"Organization/{CITY}" for a in denies[0]["agent"])
+    assert all(e["resourceType"] == "AuditEvent" for e in events)
+
+    # The patient consents at the county hospital: the city may read, for treatment.
+    recorded = post_consent(
+        exchange,
+        county,
+        consent({"identifier": {"system": resident[0], "value": resident[1]}}, actors=(CITY,), purposes=("TREAT",)),
+    )
+    assert recorded.status_code == 201, recorded.text
+    Consent.model_validate(recorded.json())
+    consent_id = recorded.json()["id"]
+    found = valid_bundle(search(exchange, city, resident))
+    assert found["total"] == 1
+    entry = found["entry"][0]["resource"]
+    assert entry["id"] == created["id"]
+    content = exchange.http.get(f"/fhir/Binary/{created['id']}", headers=city.headers())
+    assert content.status_code == 200
+    assert content.content == summary
+    assert content.headers["content-type"].startswith("text/plain")
+    # Another purpose is not covered by that consent.
+    billing = exchange.http.get(
+        f"/fhir/Binary/{created['id']}", headers=city.headers(**{"X-MedCloud-Purpose-Of-Use": "HPAYMT"})
+    )
+    assert billing.status_code == 403
+
+    # Revocation counts from the very next request.
+    revoked = exchange.http.delete(f"/fhir/Consent/{consent_id}", headers=county.headers())
+    assert revoked.status_code == 204
+    assert exchange.http.get(f"/fhir/Binary/{created['id']}", headers=city.headers()).status_code == 403
+    assert search(exchange, city, resident).status_code == 403
+    read_back = exchange.http.get(f"/fhir/Consent/{consent_id}", headers=county.headers())
+    assert read_back.json()["status"] == "inactive"
+    Consent.model_validate(read_back.json())
+
+    # Break the glass: ETREAT without a reason is refused, with one it is let through, alarmed and audited.
+    emergency = Caller(city.token, purpose="ETREAT")
+    no_reason = exchange.http.get(f"/fhir/Binary/{created['id']}", headers=emergency.headers())
+    assert no_reason.status_code == 403
+    assert "break-glass-reason" in outcome_of(no_reason).lower()
+    before = len(break_glass_events(admin))
+    emergency.reason = "unconscious on arrival in the emergency room"
+    urgent = exchange.http.get(f"/fhir/Binary/{created['id']}", headers=emergency.headers())
+    assert urgent.status_code == 200
+    assert urgent.content == summary
+    wait_for(lambda: len(break_glass_events(admin)) > before, "the BreakGlass Warning Event")
+    assert break_glass_events(admin)[-1].type == "Warning"
+    metrics = exchange.http.get("/metrics").text
+    assert f'medcloud_exchange_break_glass_total{{hospital="{CITY}"}} 1.0' in metrics
+
+    events = disclosure(exchange, county, patient)
+    glass = [
+        e
+        for e in decisions(events)
+        if e["outcome"] == "0" and any(d["type"] == "break-glass-reason" for d in e["entity"][0].get("detail", []))
+    ]
+    assert glass
+    reads = [e for e in events if e["type"]["code"] == "rest" and e["action"] == "R" and e["outcome"] == "0"]
+    assert reads
+    users = [a for e in reads for a in e["agent"] if a.get("requestor")]
+    assert {"Practitioner/dr-li"} == {u["who"]["display"] for u in users}
+    assert {"TREAT", "ETREAT"} <= {u["purposeOfUse"][0]["coding"][0]["code"] for u in users}
+
+
+def test_a_category_outside_sharing_is_never_returned_not_even_counted(
+    exchange: Exchange, callers: dict[str, Caller]
+) -> None:
+    resident, insurance = identifiers()
+    county, city, village = callers[COUNTY], callers[CITY], callers[VILLAGE]
+    emr = publish(exchange, county, document("emr", b"emr note", contained_patient(resident, insurance)))
+    exam = publish(
+        exchange,
+        county,
+        document(
+            "exam-results", b"HbA1c 6.1%", {"subject": {"identifier": {"system": insurance[0], "value": insurance[1]}}}
+        ),
+    )
+    assert exam["subject"]["reference"] == emr["subject"]["reference"], "both identifiers name one patient"
+    # A consent that names no category covers every category: sharing alone keeps exam results from the city.
+    everything = consent({"reference": emr["subject"]["reference"]}, actors=(CITY, VILLAGE))
+    assert post_consent(exchange, county, everything).status_code == 201
+
+    found = valid_bundle(search(exchange, city, resident))
+    assert found["total"] == 1
+    assert [e["resource"]["id"] for e in found["entry"]] == [emr["id"]]
+    only_exam = valid_bundle(search(exchange, city, resident, category="exam-results"))
+    assert only_exam["total"] == 0
+    assert only_exam.get("entry", []) == []
+    assert exchange.http.get(f"/fhir/Binary/{exam['id']}", headers=city.headers()).status_code == 404
+    assert exchange.http.get(f"/fhir/DocumentReference/{exam['id']}", headers=city.headers()).status_code == 404
+    # The village sees the exam results and not the EMR note.
+    seen = valid_bundle(search(exchange, village, insurance))
+    assert [e["resource"]["id"] for e in seen["entry"]] == [exam["id"]]
+    # The city shares nothing, so it publishes nothing through the exchange.
+    refused = exchange.http.post(
+        "/fhir/DocumentReference",
+        content=json.dumps(document("emr", b"x", contained_patient(resident))),
+        headers={**city.headers(), "Content-Type": "application/fhir+json"},
+    )
+    assert refused.status_code == 403
+
+
+def test_refusals_are_operation_outcomes_and_store_nothing(
+    exchange: Exchange, callers: dict[str, Caller], database: str
+) -> None:
+    county = callers[COUNTY]
+    resident, insurance = identifiers()
+    good = document("emr", b"fine", contained_patient(resident))
+    url = "/fhir/DocumentReference"
+    fhir = {"Content-Type": "application/fhir+json"}
+    with psycopg.connect(database) as conn:
+        before = conn.execute("SELECT count(*) FROM document").fetchone()
+
+    cases = {
+        "no token": (exchange.http.get(url, params={"patient": f"Patient/{uuid.uuid4()}"}), 401),
+        "a token the cluster rejects": (
+            exchange.http.get(url, headers={**county.headers(), "Authorization": "Bearer not-a-token"}),
+            401,
+        ),
+        "no purpose of use": (
+            exchange.http.post(
+                url, content=json.dumps(good), headers={**county.headers(**{"X-MedCloud-Purpose-Of-Use": None}), **fhir}
+            ),
+            403,
+        ),
+        "no practitioner": (
+            exchange.http.post(
+                url, content=json.dumps(good), headers={**county.headers(**{"X-MedCloud-Practitioner": None}), **fhir}
+            ),
+            403,
+        ),
+        "unknown purpose": (
+            exchange.http.get(url, headers=county.headers(**{"X-MedCloud-Purpose-Of-Use": "SHOPPING"})),
+            400,
+        ),
+        "no role binding": (
+            exchange.http.post(url, content=json.dumps(good), headers={**callers["stranger"].headers(), **fhir}),
+            403,
+        ),
+        "acting for another member": (
+            exchange.http.get(
+                url,
+                params={"patient": f"Patient/{uuid.uuid4()}"},
+                headers=county.headers(**{"X-MedCloud-Hospital": CITY}),
+            ),
+            403,
+        ),
+        "malformed JSON": (exchange.http.post(url, content=b"{not json", headers={**county.headers(), **fhir}), 400),
+        "not a DocumentReference": (
+            exchange.http.post(
+                url, content=json.dumps({"resourceType": "Patient"}), headers={**county.headers(), **fhir}
+            ),
+            422,
+        ),
+        "no category": (
+            exchange.http.post(url, content=json.dumps({**good, "category": []}), headers={**county.headers(), **fhir}),
+            422,
+        ),
+        "wrong status": (
+            exchange.http.post(
+                url, content=json.dumps({**good, "status": "final"}), headers={**county.headers(), **fhir}
+            ),
+            422,
+        ),
+        "no patient named": (exchange.http.get(url, headers=county.headers()), 400),
+        "unknown document": (exchange.http.get(f"/fhir/Binary/{uuid.uuid4()}", headers=county.headers()), 404),
+        "not an id": (exchange.http.get("/fhir/Consent/not-an-id", headers=county.headers()), 404),
+    }
+    for what, (response, status) in cases.items():
+        assert response.status_code == status, f"{what}: {response.status_code} {response.text}"
+        OperationOutcome.model_validate(response.json())
+        assert outcome_of(response), what
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM document").fetchone() == before
+    # An authenticated caller refused before naming a patient is audited too (BALP, outcome 4).
+    settings = exchange.settings
+    own = Minio(
+        settings.audit_endpoint,
+        access_key=settings.audit_access_key,
+        secret_key=settings.audit_secret_key.get_secret_value(),
+        secure=False,
+    )
+    refusals = []
+    for obj in own.list_objects(settings.audit_bucket, prefix="system/", recursive=True):
+        stored = own.get_object(settings.audit_bucket, obj.object_name)
+        try:
+            refusals.append(json.loads(stored.read()))
+        finally:
+            stored.close()
+            stored.release_conn()
+    stranger = [e for e in refusals if "billing" in e["agent"][0]["who"]["identifier"]["value"]]
+    assert stranger, refusals
+    assert stranger[0]["outcome"] == "4"
+    AuditEvent.model_validate(stranger[0])
+    assert any("purpose of use" in e["outcomeDesc"] for e in refusals)
+
+    # Two identifiers already linked to different patients: 409, and nothing stored.
+    other = identifiers()[0]
+    publish(exchange, county, document("emr", b"a", contained_patient(other)))
+    publish(exchange, county, document("emr", b"b", contained_patient(insurance)))
+    clash = exchange.http.post(
+        url,
+        content=json.dumps(document("emr", b"c", contained_patient(other, insurance))),
+        headers={**county.headers(), **fhir},
+    )
+    assert clash.status_code == 409, clash.text
+    # A stale If-Match: 412.
+    created = post_consent(
+        exchange, county, consent({"identifier": {"system": other[0], "value": other[1]}}, actors=(CITY,))
+    )
+    consent_id = created.json()["id"]
+    update = {**created.json(), "status": "inactive"}
+    stale = exchange.http.put(
+        f"/fhir/Consent/{consent_id}",
+        content=json.dumps(update),
+        headers={**county.headers(), **fhir, "If-Match": 'W/"7"'},
+    )
+    assert stale.status_code == 412, stale.text
+    fresh = exchange.http.put(
+        f"/fhir/Consent/{consent_id}",
+        content=json.dumps(update),
+        headers={**county.headers(), **fhir, "If-Match": 'W/"1"'},
+    )
+    assert fresh.status_code == 200, fresh.text
+    assert fresh.json()["meta"]["versionId"] == "2"
+
+
+# --------------------------------------------------------------------------- at rest
+
+
+def _raw_objects(minio_server: MinioInfo) -> Iterator[bytes]:
+    root = Minio(
+        minio_server.endpoint, access_key=minio_server.access_key, secret_key=minio_server.secret_key, secure=False
+    )
+    for bucket in root.list_buckets():
+        for obj in root.list_objects(bucket.name, recursive=True, include_version=True):
+            if obj.is_delete_marker:
+                continue
+            response = root.get_object(bucket.name, obj.object_name, version_id=obj.version_id)
+            try:
+                yield response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+
+def test_no_identifier_or_document_text_at_rest(
+    exchange: Exchange, callers: dict[str, Caller], postgres_server: PostgresInfo, minio_server: MinioInfo, servers: Any
+) -> None:
+    resident, insurance = identifiers()
+    text = f"Secret diagnosis {uuid.uuid4().hex}".encode()
+    created = publish(exchange, callers[COUNTY], document("emr", text, contained_patient(resident, insurance)))
+    post_consent(
+        exchange,
+        callers[COUNTY],
+        consent({"identifier": {"system": resident[0], "value": resident[1]}}, actors=(CITY,)),
+    )
+    assert valid_bundle(search(exchange, callers[CITY], insurance))["total"] == 1
+    assert exchange.http.get(f"/fhir/Binary/{created['id']}", headers=callers[CITY].headers()).content == text
+
+    markers = [resident[1].encode(), insurance[1].encode(), text, base64.b64encode(text)]
+    dump = subprocess.run(
+        [str(bin_dir() / "pg_dump"), "--data-only", exchange.settings.database_url.get_secret_value()],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert b"COPY public.document" in dump, "the dump holds the index"
+    assert created["id"].encode() in dump
+    for marker in markers:
+        assert marker not in dump
+    seen = 0
+    for body in _raw_objects(minio_server):
+        seen += 1
+        for marker in markers:
+            assert marker not in body
+    assert seen > 0
+    # And on MinIO's disks (small objects are kept inline in xl.meta).
+    for path in Path(servers.state_dir, "minio-data").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for marker in markers:
+                assert marker not in data, path
+
+
+def test_an_audit_record_cannot_be_overwritten_or_deleted_with_the_exchanges_credentials(
+    exchange: Exchange, callers: dict[str, Caller], minio_server: MinioInfo
+) -> None:
+    resident, _ = identifiers()
+    publish(exchange, callers[COUNTY], document("emr", b"audited", contained_patient(resident)))
+    settings = exchange.settings
+    own = Minio(
+        settings.audit_endpoint,
+        access_key=settings.audit_access_key,
+        secret_key=settings.audit_secret_key.get_secret_value(),
+        secure=False,
+    )
+    name = next(o.object_name for o in own.list_objects(settings.audit_bucket, prefix="patient/", recursive=True))
+    original = own.get_object(settings.audit_bucket, name)
+    try:
+        first = original.read()
+        version = original.headers["x-amz-version-id"]
+    finally:
+        original.close()
+        original.release_conn()
+    for attempt in (
+        lambda: own.remove_object(settings.audit_bucket, name, version_id=version),
+        lambda: own.remove_object(settings.audit_bucket, name),
+    ):
+        with pytest.raises(S3Error) as refused:
+            attempt()
+        assert refused.value.code == "AccessDenied"
+    # A put under the same name is a new version; the audited one is still there, byte for byte.
+    own.put_object(settings.audit_bucket, name, io.BytesIO(b"{}"), 2)
+    kept = own.get_object(settings.audit_bucket, name, version_id=version)
+    try:
+        assert kept.read() == first
+    finally:
+        kept.close()
+        kept.release_conn()
+    # Not even MinIO's root may remove the version before its retention ends (COMPLIANCE).
+    root = Minio(
+        minio_server.endpoint, access_key=minio_server.access_key, secret_key=minio_server.secret_key, secure=False
+    )
+    with pytest.raises(S3Error):
+        root.remove_object(settings.audit_bucket, name, version_id=version)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_database_or_storage_down_answers_503_and_keeps_nothing(
+    exchange: Exchange, exchange_settings: ExchangeSettings, callers: dict[str, Caller], database: str
+) -> None:
+    county = callers[COUNTY]
+    resident, _ = identifiers()
+    body = json.dumps(document("emr", b"never half-written", contained_patient(resident)))
+    headers = {**county.headers(), "Content-Type": "application/fhir+json"}
+    dead = free_port()
+    with psycopg.connect(database) as conn:
+        before = conn.execute("SELECT count(*) FROM document").fetchone()
+    no_database = exchange_settings.model_copy(
+        update={"database_url": SecretStr(f"postgresql://x:y@127.0.0.1:{dead}/none")}
+    )
+    no_audit = exchange_settings.model_copy(update={"audit_endpoint": f"127.0.0.1:{dead}"})
+    for settings in (no_database, no_audit):
+        with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+            for response in (
+                http.post("/fhir/DocumentReference", content=body, headers=headers),
+                http.get(
+                    "/fhir/DocumentReference",
+                    params={"patient.identifier": f"{resident[0]}|{resident[1]}"},
+                    headers=county.headers(),
+                ),
+            ):
+                assert response.status_code == 503, response.text
+                assert response.headers["retry-after"] == "7"
+                outcome_of(response)
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM document").fetchone() == before
+    # The patient was not even created: the publish rolled back whole.
+    assert search(exchange, county, resident).json()["total"] == 0
+
+
+# --------------------------------------------------------------------------- schemathesis
+
+
+def test_schemathesis_finds_no_server_error(exchange: Exchange, callers: dict[str, Caller]) -> None:
+    import schemathesis
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+
+    schema = schemathesis.openapi.from_url(f"{exchange.url}/openapi.json")
+    headers = callers[COUNTY].headers()
+    failures: list[str] = []
+    calls: dict[str, int] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            def send(case: Any, label: str = operation.label) -> None:
+                calls[label] = calls.get(label, 0) + 1
+                # A real member asks, with fuzzed input; the case's own headers win.
+                case.headers = {**headers, **(case.headers or {})}
+                case.call_and_validate(base_url=exchange.url, checks=[not_a_server_error], timeout=60)
+
+            try:
+                fuzz(operation.as_strategy(generation_mode=mode), send, 10)
+            except Unsatisfiable:
+                assert mode is GenerationMode.NEGATIVE
+            except Exception as exc:
+                failures.append(f"{operation.label} ({mode.value}):\n{exc}")
+    assert not failures, "\n\n".join(failures)
+    assert len(calls) >= 8, sorted(calls)
+
+
+def test_the_database_going_away_and_back_is_503_then_served_again_on_its_own(
+    exchange_settings: ExchangeSettings, callers: dict[str, Caller], tmp_path: Path
+) -> None:
+    """A private PostgreSQL under a running exchange: stopped, the exchange answers 503; started again, it serves."""
+    private = LocalCluster(tmp_path / "pg", ClusterOptions(with_kubernetes=False, with_minio=False, with_broker=False))
+    state = private.start()
+    try:
+        assert state.postgres is not None
+        settings = exchange_settings.model_copy(update={"database_url": SecretStr(state.postgres.dsn)})
+        county = callers[COUNTY]
+        resident, _ = identifiers()
+        headers = {**county.headers(), "Content-Type": "application/fhir+json"}
+        with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+            first = http.post(
+                "/fhir/DocumentReference",
+                content=json.dumps(document("emr", b"1", contained_patient(resident))),
+                headers=headers,
+            )
+            assert first.status_code == 201, first.text
+            (server,) = [p for p in private.processes if p.name == "postgres"]
+            server.stop()
+            down = http.post(
+                "/fhir/DocumentReference",
+                content=json.dumps(document("emr", b"2", contained_patient(resident))),
+                headers=headers,
+            )
+            assert down.status_code == 503, down.text
+            assert down.headers["retry-after"] == "7"
+            server.start()
+            port = state.postgres.port
+
+            def published() -> bool:
+                again = http.post(
+                    "/fhir/DocumentReference",
+                    content=json.dumps(document("emr", b"3", contained_patient(resident))),
+                    headers=headers,
+                )
+                return again.status_code == 201
+
+            wait_for(lambda: port_accepts(port), "PostgreSQL back", timeout=60)
+            wait_for(published, "the exchange to serve again", timeout=60)
+            found = http.get(
+                "/fhir/DocumentReference",
+                params={"patient.identifier": f"{resident[0]}|{resident[1]}"},
+                headers=county.headers(),
+            )
+            # The publish refused while the database was down left nothing behind.
+            assert found.json()["total"] == 2
+    finally:
+        private.stop()
+
+
+def test_the_operator_grants_the_exchange_exactly_as_far_as_sharing_reaches(
+    admin: ClusterAdmin, exchange: Exchange
+) -> None:
+    """Last in the module: it changes the Consortium. The county stops sharing; the village starts."""
+
+    def role(hospital: str) -> Json | None:
+        return raw(admin.rbac.read_namespaced_role, "medcloud-exchange", f"hospital-{hospital}")
+
+    assert role(COUNTY) is not None
+    assert role(CITY) is None
+    assert role(VILLAGE) is None
+    spec = {**SPEC, "sharing": [{"category": "emr", "from": [VILLAGE], "to": [CITY]}]}
+    admin.custom.patch_cluster_custom_object(
+        "medcloud.io", "v1alpha1", "consortia", CONSORTIUM, {"spec": spec}, _content_type="application/merge-patch+json"
+    )
+    wait_for(lambda: role(COUNTY) is None and role(VILLAGE) is not None, "the grant to follow spec.sharing")
+    status = (admin.get("Consortium", CONSORTIUM) or {})["status"]["exchange"]
+    assert status["publishers"] == [VILLAGE]
+    rules = (role(VILLAGE) or {})["rules"]
+    assert {(r["resources"][0], r["resourceNames"][0]) for r in rules} == {
+        ("recordstores/keys", "emr"),
+        ("secrets", "emr-credentials"),
+    }

@@ -1,0 +1,181 @@
+"""What every clinical workflow shares, all of it the exchange's own: the caller's context, the decision point,
+the BALP audit, the patient blind index, and FHIR resources kept encrypted in a member's RecordStore.
+
+A workflow resource (Coverage, DiagnosticReport, ServiceRequest, Task, Appointment, Communication) is
+stored whole only as an encrypted record in the store of the member that wrote it; PostgreSQL keeps the
+few columns a workflow decides on (parties, status, codes, times, the opaque patient id), never a name,
+an identifier or clinical text.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request
+
+from medcloud_exchange import index
+from medcloud_exchange.audit import Interaction, rest_event
+from medcloud_exchange.outcomes import FHIR_JSON, forbidden, not_found, unprocessable
+from medcloud_exchange.resources import ORGANIZATION, PATIENT, Identifier, _validated, parse_patient_token
+from medcloud_exchange.service import Context, Exchange
+
+if TYPE_CHECKING:
+    from medcloud_exchange.workflows import Services
+
+RECORD_FOLDER = "workflows"
+
+
+def record_name(resource_type: str, resource_id: uuid.UUID) -> str:
+    """Where a workflow resource lives in its writer's RecordStore."""
+    return f"{RECORD_FOLDER}/{resource_type}/{resource_id}.json"
+
+
+def validated(model: type[Any], body: Mapping[str, Any], kind: str) -> Any:
+    """The body as a FHIR R4 ``kind`` (422 when it is not one), exactly as the exchange checks its own."""
+    return _validated(model, body, kind)
+
+
+def dump(resource: Any) -> dict[str, Any]:
+    return dict(resource.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def organization_of(reference: str | None, members: Iterable[str], what: str) -> str:
+    """The member hospital of ``Organization/<name>``; 422 for anything else."""
+    name = (reference or "").removeprefix(ORGANIZATION)
+    if not (reference or "").startswith(ORGANIZATION) or name not in set(members):
+        raise unprocessable(f"{what} must be Organization/<member hospital>, got {reference!r}")
+    return name
+
+
+def reference_id(reference: str | None, kind: str, what: str) -> uuid.UUID:
+    """The id of ``<kind>/<uuid>``; 422 for anything else."""
+    raw = reference or ""
+    if not raw.startswith(f"{kind}/"):
+        raise unprocessable(f"{what} must be {kind}/<id>, got {reference!r}")
+    try:
+        return uuid.UUID(raw.removeprefix(f"{kind}/"))
+    except ValueError:
+        raise unprocessable(f"{what} {reference!r} is not a {kind} of this exchange") from None
+
+
+def path_id(raw: str, kind: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise not_found(f"{kind}/{raw} is not known") from None
+
+
+class Workflows:
+    """The exchange, as the workflows use it: one object handed to every workflow's service."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.db = exchange.db
+        self.key = exchange.settings.blind_key()
+
+    # ------------------------------------------------------------------ records
+
+    def save(self, hospital: str, resource: Mapping[str, Any]) -> None:
+        """Write a workflow resource, encrypted, into ``hospital``'s RecordStore (its id names the record)."""
+        name = record_name(str(resource["resourceType"]), uuid.UUID(str(resource["id"])))
+        self.exchange.stores.client(hospital).put_fhir(resource, name)
+
+    def load(self, hospital: str, resource_type: str, resource_id: uuid.UUID) -> dict[str, Any]:
+        found: dict[str, Any] = self.exchange.stores.client(hospital).get_json(record_name(resource_type, resource_id))
+        return found
+
+    # ------------------------------------------------------------------ patients
+
+    def patient_of_reference(self, conn: index.Conn, reference: str | None, what: str) -> uuid.UUID:
+        """The exchange patient a resource names (``Patient/<id>``): 422 when it names none the exchange knows."""
+        patient = reference_id(reference, PATIENT.rstrip("/"), what)
+        if not index.patient_exists(conn, patient):
+            raise unprocessable(f"{what} {reference} is not known to the exchange")
+        return patient
+
+    def patient_of_token(self, conn: index.Conn, token: str) -> uuid.UUID | None:
+        identifier: Identifier = parse_patient_token(token)
+        return index.patient_for(conn, self.key, [identifier])
+
+    # ------------------------------------------------------------------ decision and audit
+
+    def authorise(
+        self, ctx: Context, patient: uuid.UUID, publisher: str, category: str, objects: list[str], action: str
+    ) -> None:
+        """The exchange's decision for reading ``publisher``'s ``category`` records of ``patient``, audited.
+
+        Outside ``spec.sharing`` the object does not exist for the reader (404); shareable but refused by
+        consent: 403. Either way the refusal is audited before it is answered.
+        """
+        with self.db.connection() as conn:
+            consents = index.consents_of(conn, patient)
+        decision = self.exchange.decide(ctx, patient, consents)
+        pair = (publisher, category)
+        if pair in decision.permitted:
+            return
+        shareable = pair in decision.shareable
+        self.audit(
+            ctx,
+            Interaction.READ,
+            ok=False,
+            description=decision.reason if shareable else "not shared with this member",
+            patient=patient,
+            objects=objects,
+        )
+        if shareable:
+            raise forbidden(f"consent refuses: {decision.reason}")
+        raise not_found(f"{objects[0] if objects else action} is not known")
+
+    def audit(
+        self,
+        ctx: Context,
+        interaction: Interaction,
+        *,
+        ok: bool,
+        description: str,
+        patient: uuid.UUID | None,
+        objects: Iterable[str] = (),
+        query: str | None = None,
+    ) -> None:
+        self.exchange.audit.write(
+            rest_event(
+                interaction,
+                None,
+                ctx.requester,
+                self.exchange.name,
+                ok=ok,
+                description=description,
+                patient=patient,
+                objects=objects,
+                query=query,
+            )
+        )
+
+
+FHIR_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": "OperationOutcome", "content": {FHIR_JSON: {}}}
+    for code in (400, 401, 403, 404, 409, 412, 422, 503)
+}
+
+
+def bundle(matches: list[dict[str, Any]], includes: list[dict[str, Any]], self_url: str) -> dict[str, Any]:
+    """A searchset: the matches (counted in total) and the resources they reference (search mode include)."""
+    entries = [(r, "match") for r in matches] + [(r, "include") for r in includes]
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(matches),
+        "link": [{"relation": "self", "url": self_url}],
+        "entry": [
+            {"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": mode}}
+            for r, mode in entries
+        ],
+    }
+
+
+def services(request: Request) -> Services:
+    """The workflows' services of this app (made once by :func:`medcloud_exchange.workflows.include`)."""
+    found: Services = request.app.state.workflows
+    return found

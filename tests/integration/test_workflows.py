@@ -1,0 +1,347 @@
+"""The clinical workflows on the exchange, across the four institutions of examples/, against the real
+API server, MinIO, PostgreSQL, operator and key service.
+
+The Consortium is examples/consortium.yaml and the Hospitals' tiers and accreditation those of
+examples/hospital-*.yaml, renamed with a suffix so the run leaves other tests' objects alone. The
+township health centre plays the village clinic of the scenario: the lowest tier of the alliance.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import yaml
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.coverage import Coverage
+from fhir.resources.R4B.patient import Patient
+from kubernetes import client, config
+
+from medcloud.models.consortium import ConsortiumSpec
+from medcloud_cli.localcluster.cluster import MinioInfo
+from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
+from medcloud_cli.localcluster.postgres import PostgresInfo
+from medcloud_exchange.app import create_app
+from medcloud_exchange.decision import publishers
+from medcloud_exchange.settings import ExchangeSettings
+from medcloud_keyservice.app import create_app as create_key_service
+from medcloud_keyservice.settings import KeyServiceSettings
+from tests.exchange_support import (
+    CLIENT_ROLE,
+    AuditBucket,
+    Caller,
+    client_cluster_role,
+    consent,
+    exchange_rbac,
+    make_audit_bucket,
+    outcome_of,
+)
+from tests.integration.test_exchange import apply, serve, token
+from tests.operator_support import OPERATOR_NAMESPACE, REPO, ClusterAdmin, RunningOperator, is_ready
+from tests.support import wait_for
+from tests.workflows_data import INSURANCE_CARD, RESIDENT_ID, coverage
+
+pytestmark = [pytest.mark.cluster, pytest.mark.minio]
+
+SUFFIX = uuid.uuid4().hex[:5]
+EXAMPLES = REPO / "examples"
+CITY, COUNTY, TOWNSHIP, COMMUNITY = (
+    f"city-general-{SUFFIX}",
+    f"county-people-{SUFFIX}",
+    f"township-maple-{SUFFIX}",
+    f"community-eastgate-{SUFFIX}",
+)
+NAMES = {
+    "city-general": CITY,
+    "county-people": COUNTY,
+    "township-maple": TOWNSHIP,
+    "community-eastgate": COMMUNITY,
+}
+CONSORTIUM = f"riverton-wf-{SUFFIX}"
+STORE = "emr"
+EXCHANGE_ACCOUNT = f"medcloud-exchange-{CONSORTIUM}"
+EXCHANGE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{EXCHANGE_ACCOUNT}"
+SA_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}")
+KEYSERVICE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-keyservice"
+FHIR = {"Content-Type": "application/fhir+json"}
+Json = dict[str, Any]
+
+
+def _renamed(value: Any) -> Any:
+    if isinstance(value, str):
+        return NAMES.get(value, value)
+    if isinstance(value, list):
+        return [_renamed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _renamed(v) for k, v in value.items()}
+    return value
+
+
+def example_spec(kind: str, name: str) -> Json:
+    """The spec of ``kind``/``name`` in examples/, members renamed."""
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == kind and doc["metadata"]["name"] == name:
+                spec: Json = _renamed(doc["spec"])
+                return spec
+    raise LookupError(f"no {kind} {name} in examples/")
+
+
+SPEC = example_spec("Consortium", "riverton-medical-alliance")
+
+
+@pytest.fixture(scope="module")
+def admin(k8s_api_client: client.ApiClient) -> ClusterAdmin:
+    return ClusterAdmin(k8s_api_client)
+
+
+@pytest.fixture(scope="module")
+def members(admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str]]:
+    """The four example institutions, Ready with a Ready RecordStore ``emr`` each, and their Consortium."""
+    names = list(NAMES.values())
+    try:
+        for example, name in NAMES.items():
+            spec = {**example_spec("Hospital", example), "consortium": CONSORTIUM, "institutionCode": "TEST0001"}
+            spec.pop("quota", None)
+            admin.create("Hospital", name, spec)
+        for name in names:
+
+            def hospital_ready(name: str = name) -> bool:
+                obj = admin.get("Hospital", name)
+                return is_ready(obj) and bool((obj or {})["status"].get("kek"))
+
+            wait_for(hospital_ready, f"Hospital {name} Ready", timeout=180)
+            admin.create(
+                "RecordStore",
+                STORE,
+                {"recordClass": "emr", "retention": {"mode": "GOVERNANCE", "period": "1d"}},
+                f"hospital-{name}",
+            )
+        for name in names:
+
+            def store_ready(name: str = name) -> bool:
+                obj = admin.get("RecordStore", STORE, f"hospital-{name}")
+                return is_ready(obj) and (obj or {}).get("status", {}).get("phase") == "Ready"
+
+            wait_for(store_ready, f"RecordStore {name}/{STORE} Ready", timeout=180)
+        admin.create("Consortium", CONSORTIUM, SPEC)
+        yield names
+    finally:
+        admin.delete("Consortium", CONSORTIUM)
+        for name in names:
+            admin.delete("RecordStore", STORE, f"hospital-{name}")
+        for name in names:
+            wait_for(partial(admin.gone, "RecordStore", STORE, f"hospital-{name}"), "store gone", 120)
+            admin.delete("Hospital", name)
+        for name in names:
+            wait_for(partial(admin.gone, "Hospital", name), f"Hospital {name} gone", 180)
+
+
+@pytest.fixture(scope="module")
+def key_service(local_cluster: Any, operator: RunningOperator) -> Iterator[str]:
+    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "keyservice-rbac.yaml"))
+    api = config.new_client_from_config(config_file=str(local_cluster.kubeconfig_for_user(KEYSERVICE_USER, SA_GROUPS)))
+    settings = KeyServiceSettings(operator_namespace=OPERATOR_NAMESPACE, audience="medcloud-keyservice")
+    try:
+        with serve(create_key_service(settings, api)) as url:
+            yield url
+    finally:
+        api.close()
+
+
+@pytest.fixture(scope="module")
+def database(postgres_server: PostgresInfo) -> str:
+    name = f"workflows_{SUFFIX}"
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_server.dsn_for(name)
+
+
+@pytest.fixture(scope="module")
+def exchange(
+    local_cluster: Any,
+    admin: ClusterAdmin,
+    members: list[str],
+    key_service: str,
+    database: str,
+    minio_server: MinioInfo,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[httpx.Client]:
+    """The exchange of the example Consortium, as its own identity, in a thread."""
+    spec = ConsortiumSpec.model_validate(SPEC)
+    apply(
+        local_cluster,
+        [
+            client_cluster_role(),
+            *exchange_rbac(CONSORTIUM, EXCHANGE_ACCOUNT, OPERATOR_NAMESPACE, publishers(spec), STORE),
+        ],
+    )
+    audit: AuditBucket = make_audit_bucket(minio_server, f"exchange-audit-{CONSORTIUM}")
+    folder = tmp_path_factory.mktemp("workflows")
+    token_file = folder / "keyservice-token"
+    token_file.write_text(token(admin, OPERATOR_NAMESPACE, EXCHANGE_ACCOUNT, "medcloud-keyservice"))
+    own = token(admin, OPERATOR_NAMESPACE, EXCHANGE_ACCOUNT, str(admin.api.configuration.host))
+    kubeconfig = write_kubeconfig(
+        folder / "kubeconfig",
+        build_token_kubeconfig(local_cluster.state.server, local_cluster.ca.paths.cert, EXCHANGE_USER, own),
+    )
+    settings = ExchangeSettings(
+        consortium=CONSORTIUM,
+        kubeconfig=kubeconfig,
+        database_url=database,
+        blind_index_key=base64.b64encode(os.urandom(32)).decode(),
+        audit_endpoint=minio_server.endpoint,
+        audit_secure=False,
+        audit_access_key=audit.access_key,
+        audit_secret_key=audit.secret_key,
+        audit_bucket=audit.bucket,
+        key_service_url=key_service,
+        key_service_token_file=token_file,
+    )
+    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def callers(admin: ClusterAdmin, exchange: httpx.Client, members: list[str]) -> dict[str, Caller]:
+    """Each member's workflow apps' service account, bound to medcloud-exchange-client in its namespace."""
+    out = {}
+    for hospital in members:
+        namespace = f"hospital-{hospital}"
+        out[hospital] = Caller(token(admin, namespace, "workflows", "medcloud-exchange"))
+        admin.rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": "workflows-exchange"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLIENT_ROLE},
+                "subjects": [{"kind": "ServiceAccount", "name": "workflows", "namespace": namespace}],
+            },
+        )
+    probe = f"/fhir/DocumentReference?patient=Patient/{uuid.uuid4()}"
+    for hospital in members:
+
+        def admitted(caller: Caller = out[hospital]) -> bool:
+            return exchange.get(probe, headers=caller.headers()).status_code == 200
+
+        wait_for(admitted, f"{hospital}'s apps admitted", timeout=30)
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def new_patient() -> tuple[str, str]:
+    """A fresh patient's province insurance card number and resident identity card number."""
+    digits = str(uuid.uuid4().int)[:10]
+    return f"RV{digits}", f"11010119{digits}"
+
+
+def post(http: httpx.Client, caller: Caller, path: str, body: Json, **headers: str | None) -> httpx.Response:
+    return http.post(path, content=json.dumps(body), headers={**caller.headers(**headers), **FHIR})
+
+
+def created(response: httpx.Response) -> Json:
+    assert response.status_code == 201, response.text
+    body: Json = response.json()
+    return body
+
+
+def entries(response: httpx.Response, resource_type: str | None = None) -> list[Json]:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    Bundle.model_validate(body)
+    return [
+        e["resource"]
+        for e in body.get("entry", [])
+        if resource_type is None or e["resource"]["resourceType"] == resource_type
+    ]
+
+
+def card_token(card: str) -> str:
+    return f"{INSURANCE_CARD}|{card}"
+
+
+def present(http: httpx.Client, caller: Caller, card: str) -> httpx.Response:
+    return http.get("/fhir/Coverage", params={"beneficiary.identifier": card}, headers=caller.headers())
+
+
+def everyone_consents(http: httpx.Client, caller: Caller, card: str) -> str:
+    """The patient consents, at ``caller``, to every member reading their records for treatment."""
+    body = consent({"identifier": {"system": INSURANCE_CARD, "value": card}}, actors=(), purposes=("TREAT",))
+    return str(created(post(http, caller, "/fhir/Consent", body))["id"])
+
+
+# --------------------------------------------------------------------------- insurance card
+
+
+def test_a_card_registered_once_is_the_patients_key_at_every_member(
+    exchange: httpx.Client, callers: dict[str, Caller], database: str
+) -> None:
+    card, resident = new_patient()
+    county, township = callers[COUNTY], callers[TOWNSHIP]
+    registered = created(post(exchange, county, "/fhir/Coverage", coverage(card, resident)))
+    Coverage.model_validate(registered)
+    patient = registered["beneficiary"]["reference"]
+
+    # Another member, without the patient's consent: refused, and told why.
+    refused = exchange.get(
+        "/fhir/Coverage", params={"beneficiary.identifier": card_token(card)}, headers=township.headers()
+    )
+    assert refused.status_code == 403, refused.text
+    assert "consent" in outcome_of(refused)
+
+    everyone_consents(exchange, county, card)
+    found = exchange.get(
+        "/fhir/Coverage", params={"beneficiary.identifier": card_token(card)}, headers=township.headers()
+    )
+    (cover,) = entries(found, "Coverage")
+    (person,) = entries(found, "Patient")
+    Coverage.model_validate(cover)
+    Patient.model_validate(person)
+    assert cover["beneficiary"]["reference"] == patient == f"Patient/{person['id']}"
+    assert cover["payor"][0]["display"] == "Riverton Province Medical Insurance Bureau"
+    assert cover["class"][0]["value"] == "urban-employee"
+    assert cover["period"] == {"start": "2026-01-01", "end": "2026-12-31"}
+    assert person["name"][0]["family"] == "Chen"
+    assert {"system": RESIDENT_ID, "value": resident} in person["identifier"]
+
+    # Registering the same card again is a conflict; the card is nowhere in the database in plaintext.
+    again = post(exchange, county, "/fhir/Coverage", coverage(card, resident))
+    assert again.status_code == 409, again.text
+    with psycopg.connect(database) as conn:
+        rows = conn.execute("SELECT to_jsonb(c)::text FROM coverage c").fetchall()
+        identifiers = conn.execute("SELECT encode(blind, 'hex') FROM patient_identifier").fetchall()
+    dumped = " ".join(r[0] for r in rows + identifiers)
+    assert card not in dumped
+    assert resident not in dumped
+
+
+def test_unknown_expired_and_malformed_cards_get_a_clear_refusal(
+    exchange: httpx.Client, callers: dict[str, Caller]
+) -> None:
+    county = callers[COUNTY]
+    expired_card, resident = new_patient()
+    created(
+        post(exchange, county, "/fhir/Coverage", coverage(expired_card, resident, start="2024-01-01", end="2024-12-31"))
+    )
+
+    unknown = present(exchange, county, card_token(new_patient()[0]))
+    assert unknown.status_code == 404
+    assert "no Coverage" in outcome_of(unknown)
+    expired = present(exchange, county, card_token(expired_card))
+    assert expired.status_code == 422
+    assert "expired on 2024-12-31" in outcome_of(expired)
+    malformed = present(exchange, county, f"{INSURANCE_CARD}|12-34")
+    assert malformed.status_code == 400
+    assert "malformed insurance card" in outcome_of(malformed)
+    not_a_card = post(exchange, county, "/fhir/Coverage", coverage("12-34", resident))
+    assert not_a_card.status_code == 422
+    assert "malformed insurance card" in outcome_of(not_a_card)

@@ -1,0 +1,46 @@
+"""FHIR resources the workflow tests send, each built from a public example (tests/data/workflows/SOURCES.md)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parent / "data" / "workflows"
+RESIDENT_ID = "urn:oid:2.16.156.10011.1.2"
+INSURANCE_CARD = "urn:medcloud:insurance-card:riverton-province"
+Json = dict[str, Any]
+
+
+def example(name: str) -> Json:
+    loaded: Json = json.loads((DATA / name).read_text())
+    return copy.deepcopy(loaded)
+
+
+def coverage(card: str, resident: str, *, start: str = "2026-01-01", end: str = "2026-12-31") -> Json:
+    """A province insurance card registration: the HRex minimal Coverage with a contained beneficiary."""
+    body = example("coverage-min.json")
+    body.pop("id")
+    body["subscriberId"] = card
+    body["contained"] = [
+        {
+            "resourceType": "Patient",
+            "id": "p",
+            "identifier": [{"system": INSURANCE_CARD, "value": card}, {"system": RESIDENT_ID, "value": resident}],
+            "name": [{"family": "Chen", "given": ["Mei"]}],
+            "gender": "female",
+            "birthDate": "1990-03-07",
+        }
+    ]
+    body["beneficiary"] = {"reference": "#p"}
+    body["payor"] = [{"display": "Riverton Province Medical Insurance Bureau"}]
+    body["class"] = [
+        {
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class", "code": "plan"}]},
+            "value": "urban-employee",
+            "name": "Urban employee basic medical insurance",
+        }
+    ]
+    body["period"] = {"start": start, "end": end}
+    return body

@@ -38,7 +38,6 @@ from tests.exchange_support import (
     CLIENT_ROLE,
     AuditBucket,
     Caller,
-    client_cluster_role,
     consent,
     exchange_rbac,
     make_audit_bucket,
@@ -177,13 +176,8 @@ def exchange(
 ) -> Iterator[httpx.Client]:
     """The exchange of the example Consortium, as its own identity, in a thread."""
     spec = ConsortiumSpec.model_validate(SPEC)
-    apply(
-        local_cluster,
-        [
-            client_cluster_role(),
-            *exchange_rbac(CONSORTIUM, EXCHANGE_ACCOUNT, OPERATOR_NAMESPACE, publishers(spec), STORE),
-        ],
-    )
+    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "exchange-client-rbac.yaml"))
+    apply(local_cluster, exchange_rbac(CONSORTIUM, EXCHANGE_ACCOUNT, OPERATOR_NAMESPACE, publishers(spec), STORE))
     audit: AuditBucket = make_audit_bucket(minio_server, f"exchange-audit-{CONSORTIUM}")
     folder = tmp_path_factory.mktemp("workflows")
     token_file = folder / "keyservice-token"

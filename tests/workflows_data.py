@@ -44,3 +44,22 @@ def coverage(card: str, resident: str, *, start: str = "2026-01-01", end: str = 
     ]
     body["period"] = {"start": start, "end": end}
     return body
+
+
+def cbc_report(performer: str, subject: Json, issued: str, *, code: str = "58410-2") -> Json:
+    """A complete blood count performed by ``performer``, with its hemoglobin Observation contained."""
+    report = example("diagnosticreport-cbc.json")
+    report.pop("id")
+    report.pop("specimen")
+    observation = example("observation-hb.json")
+    observation["id"] = "hb"
+    observation["code"] = {"coding": [{"system": "http://loinc.org", "code": "718-7"}], **observation["code"]}
+    observation.pop("subject")
+    report["contained"] = [observation]
+    report["result"] = [{"reference": "#hb"}]
+    report["code"] = {"coding": [{"system": "http://loinc.org", "code": code}]}
+    report["category"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}]
+    report["issued"] = issued
+    report["subject"] = subject
+    report["performer"] = [{"reference": f"Organization/{performer}"}]
+    return report

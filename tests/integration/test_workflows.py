@@ -13,6 +13,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -22,8 +23,11 @@ import pytest
 import yaml
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.coverage import Coverage
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.task import Task
 from kubernetes import client, config
+from prometheus_client.parser import text_string_to_metric_families
 
 from medcloud.models.consortium import ConsortiumSpec
 from medcloud_cli.localcluster.cluster import MinioInfo
@@ -46,7 +50,8 @@ from tests.exchange_support import (
 from tests.integration.test_exchange import apply, serve, token
 from tests.operator_support import OPERATOR_NAMESPACE, REPO, ClusterAdmin, RunningOperator, is_ready
 from tests.support import wait_for
-from tests.workflows_data import INSURANCE_CARD, RESIDENT_ID, coverage
+from tests.workflows_data import INSURANCE_CARD, RESIDENT_ID, cbc_report, coverage
+from tests.workflows_requests import service_request
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio]
 
@@ -71,6 +76,7 @@ EXCHANGE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{EXCHANGE_ACCOUNT}"
 SA_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}")
 KEYSERVICE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-keyservice"
 FHIR = {"Content-Type": "application/fhir+json"}
+LOINC = "http://loinc.org"
 Json = dict[str, Any]
 
 
@@ -339,3 +345,96 @@ def test_unknown_expired_and_malformed_cards_get_a_clear_refusal(
     not_a_card = post(exchange, county, "/fhir/Coverage", coverage("12-34", resident))
     assert not_a_card.status_code == 422
     assert "malformed insurance card" in outcome_of(not_a_card)
+
+
+# --------------------------------------------------------------------------- exam-result mutual recognition
+
+
+def ago(days: float) -> str:
+    return (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="seconds")
+
+
+def recognised_for(http: httpx.Client, caller: Caller, patient: str, test: str = "58410-2") -> list[Json]:
+    response = http.get(
+        "/fhir/DiagnosticReport/$recognised",
+        params={"patient": patient, "code": f"{LOINC}|{test}"},
+        headers=caller.headers(),
+    )
+    return entries(response, "DiagnosticReport")
+
+
+def not_repeated(http: httpx.Client, producer: str) -> float:
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "medcloud_exchange_tests_not_repeated_total" and sample.labels["producer"] == producer:
+                return float(sample.value)
+    return 0.0
+
+
+def registered(http: httpx.Client, caller: Caller) -> tuple[str, str]:
+    """A fresh patient registered by card at ``caller``: (card, Patient/<id>)."""
+    card, resident = new_patient()
+    cover = created(post(http, caller, "/fhir/Coverage", coverage(card, resident)))
+    return card, str(cover["beneficiary"]["reference"])
+
+
+def test_a_recognised_blood_count_closes_the_new_order_instead_of_repeating_it(
+    exchange: httpx.Client, callers: dict[str, Caller]
+) -> None:
+    county, township = callers[COUNTY], callers[TOWNSHIP]
+    card, patient = registered(exchange, county)
+    report = created(
+        post(exchange, county, "/fhir/DiagnosticReport", cbc_report(COUNTY, {"reference": patient}, ago(2)))
+    )
+    DiagnosticReport.model_validate(report)
+    created(post(exchange, county, "/fhir/DiagnosticReport", cbc_report(COUNTY, {"reference": patient}, ago(8))))
+    # The township's own count: the township is not a tier the Consortium recognises.
+    created(post(exchange, township, "/fhir/DiagnosticReport", cbc_report(TOWNSHIP, {"reference": patient}, ago(1))))
+
+    without_consent = exchange.get(
+        "/fhir/DiagnosticReport/$recognised", params={"patient": patient, "code": "58410-2"}, headers=township.headers()
+    )
+    assert without_consent.status_code == 403, without_consent.text
+    assert "consent" in outcome_of(without_consent)
+
+    everyone_consents(exchange, county, card)
+    (found,) = recognised_for(exchange, township, patient)
+    assert found["id"] == report["id"]
+    assert found["performer"] == [{"reference": f"Organization/{COUNTY}"}]
+    assert found["contained"][0]["valueQuantity"]["system"] == "http://unitsofmeasure.org"
+    # The county, asking itself, does not recognise the township's count either.
+    assert [r["id"] for r in recognised_for(exchange, county, patient)] == [report["id"]]
+    assert recognised_for(exchange, township, patient, test="24627-2") == []
+
+    order = created(
+        post(exchange, township, "/fhir/ServiceRequest", service_request("laboratory", TOWNSHIP, None, patient))
+    )
+    before = not_repeated(exchange, COUNTY)
+    use = {
+        "resourceType": "Task",
+        "status": "completed",
+        "intent": "order",
+        "focus": {"reference": f"ServiceRequest/{order['id']}"},
+        "for": {"reference": patient},
+        "output": [
+            {"type": {"text": "recognised result"}, "valueReference": {"reference": f"DiagnosticReport/{report['id']}"}}
+        ],
+    }
+    task = created(post(exchange, township, "/fhir/Task", use))
+    Task.model_validate(task)
+    assert task["focus"] == {"reference": f"ServiceRequest/{order['id']}"}
+    assert task["output"][0]["valueReference"] == {"reference": f"DiagnosticReport/{report['id']}"}
+    assert not_repeated(exchange, COUNTY) == before + 1
+    closed = exchange.get(f"/fhir/ServiceRequest/{order['id']}", headers=township.headers())
+    assert closed.json()["status"] == "completed"
+    # An order is closed once; a result outside its window closes none.
+    assert post(exchange, township, "/fhir/Task", use).status_code == 409
+    again = created(
+        post(exchange, township, "/fhir/ServiceRequest", service_request("laboratory", TOWNSHIP, None, patient))
+    )
+    old = created(post(exchange, county, "/fhir/DiagnosticReport", cbc_report(COUNTY, {"reference": patient}, ago(9))))
+    stale = {**use, "focus": {"reference": f"ServiceRequest/{again['id']}"}}
+    stale["output"] = [{**use["output"][0], "valueReference": {"reference": f"DiagnosticReport/{old['id']}"}}]
+    refused = post(exchange, township, "/fhir/Task", stale)
+    assert refused.status_code == 409
+    assert "outside its 7-day window" in outcome_of(refused)

@@ -12,17 +12,27 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from medcloud_exchange.service import Exchange
-from medcloud_exchange.workflows import insurance
+from medcloud_exchange.workflows import exam_results, insurance, requests
 from medcloud_exchange.workflows.common import Workflows
 
 
 @dataclass(frozen=True)
 class Services:
+    workflows: Workflows
     cards: insurance.InsuranceCards
+    requests: requests.Requests
+    exams: exam_results.ExamResults
 
 
 def include(app: FastAPI, exchange: Exchange) -> None:
     """Mount every workflow's routes on the exchange app and make their services."""
     workflows = Workflows(exchange)
-    app.state.workflows = Services(cards=insurance.InsuranceCards(workflows))
-    app.include_router(insurance.router)
+    orders = requests.Requests(workflows)
+    app.state.workflows = Services(
+        workflows=workflows,
+        cards=insurance.InsuranceCards(workflows),
+        requests=orders,
+        exams=exam_results.ExamResults(workflows, orders),
+    )
+    for module in (insurance, exam_results, requests):
+        app.include_router(module.router)

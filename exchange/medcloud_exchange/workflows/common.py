@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
 from medcloud_exchange import index
 from medcloud_exchange.audit import Interaction, rest_event
-from medcloud_exchange.outcomes import FHIR_JSON, forbidden, not_found, unprocessable
-from medcloud_exchange.resources import ORGANIZATION, PATIENT, Identifier, _validated, parse_patient_token
+from medcloud_exchange.outcomes import FHIR_JSON, forbidden, invalid, not_found, unprocessable
+from medcloud_exchange.resources import (
+    ORGANIZATION,
+    PATIENT,
+    Identifier,
+    _identifier,
+    _validated,
+    parse_patient_token,
+    patient_id_of,
+)
 from medcloud_exchange.service import Context, Exchange
 
 if TYPE_CHECKING:
@@ -27,9 +36,11 @@ if TYPE_CHECKING:
 RECORD_FOLDER = "workflows"
 
 
-def record_name(resource_type: str, resource_id: uuid.UUID) -> str:
-    """Where a workflow resource lives in its writer's RecordStore."""
-    return f"{RECORD_FOLDER}/{resource_type}/{resource_id}.json"
+def record_name(resource_type: str, resource_id: uuid.UUID, version: int | None = None) -> str:
+    """Where a workflow resource (or one version of it) lives in its writer's RecordStore."""
+    if version is None:
+        return f"{RECORD_FOLDER}/{resource_type}/{resource_id}.json"
+    return f"{RECORD_FOLDER}/{resource_type}/{resource_id}/_history/{version}.json"
 
 
 def validated(model: type[Any], body: Mapping[str, Any], kind: str) -> Any:
@@ -60,6 +71,25 @@ def reference_id(reference: str | None, kind: str, what: str) -> uuid.UUID:
         raise unprocessable(f"{what} {reference!r} is not a {kind} of this exchange") from None
 
 
+@dataclass(frozen=True)
+class Subject:
+    """Who a workflow resource is about: a patient identifier, or ``Patient/<id>`` of the exchange."""
+
+    identifier: Identifier | None
+    reference: str | None
+
+
+def subject_of(subject: Any, what: str) -> Subject:
+    """The ``subject`` (or ``for``) of a resource: 422 unless it is an identifier or ``Patient/<id>``."""
+    if subject is None:
+        raise unprocessable(f"{what} must name the patient")
+    if subject.identifier is not None:
+        return Subject(_identifier(subject.identifier), None)
+    if not (subject.reference or "").startswith(PATIENT):
+        raise unprocessable(f"{what} is Patient/<id> of the exchange or a patient identifier")
+    return Subject(None, str(subject.reference))
+
+
 def path_id(raw: str, kind: str) -> uuid.UUID:
     try:
         return uuid.UUID(raw)
@@ -77,13 +107,16 @@ class Workflows:
 
     # ------------------------------------------------------------------ records
 
-    def save(self, hospital: str, resource: Mapping[str, Any]) -> None:
+    def save(self, hospital: str, resource: Mapping[str, Any], version: int | None = None) -> None:
         """Write a workflow resource, encrypted, into ``hospital``'s RecordStore (its id names the record)."""
-        name = record_name(str(resource["resourceType"]), uuid.UUID(str(resource["id"])))
+        name = record_name(str(resource["resourceType"]), uuid.UUID(str(resource["id"])), version)
         self.exchange.stores.client(hospital).put_fhir(resource, name)
 
-    def load(self, hospital: str, resource_type: str, resource_id: uuid.UUID) -> dict[str, Any]:
-        found: dict[str, Any] = self.exchange.stores.client(hospital).get_json(record_name(resource_type, resource_id))
+    def load(
+        self, hospital: str, resource_type: str, resource_id: uuid.UUID, version: int | None = None
+    ) -> dict[str, Any]:
+        name = record_name(resource_type, resource_id, version)
+        found: dict[str, Any] = self.exchange.stores.client(hospital).get_json(name)
         return found
 
     # ------------------------------------------------------------------ patients
@@ -95,9 +128,26 @@ class Workflows:
             raise unprocessable(f"{what} {reference} is not known to the exchange")
         return patient
 
-    def patient_of_token(self, conn: index.Conn, token: str) -> uuid.UUID | None:
-        identifier: Identifier = parse_patient_token(token)
-        return index.patient_for(conn, self.key, [identifier])
+    def patient_of_subject(self, conn: index.Conn, subject: Subject, what: str, *, create: bool) -> uuid.UUID:
+        """The exchange patient of a subject; an unknown identifier is linked to a new patient when ``create``."""
+        if subject.identifier is None:
+            return self.patient_of_reference(conn, subject.reference, what)
+        if create:
+            return index.ensure_patient(conn, self.key, [subject.identifier])
+        patient = index.patient_for(conn, self.key, [subject.identifier])
+        if patient is None:
+            raise unprocessable(f"{what} is not a patient known to the exchange")
+        return patient
+
+    def patient_of_selector(self, conn: index.Conn, reference: str | None, token: str | None) -> uuid.UUID | None:
+        """The patient of a ``patient`` or ``patient.identifier`` parameter (exactly one); None when unknown."""
+        if (reference is None) == (token is None):
+            raise invalid("give exactly one of patient and patient.identifier")
+        if token is not None:
+            identifier: Identifier = parse_patient_token(token)
+            return index.patient_for(conn, self.key, [identifier])
+        patient = patient_id_of(str(reference))
+        return patient if index.patient_exists(conn, patient) else None
 
     # ------------------------------------------------------------------ decision and audit
 

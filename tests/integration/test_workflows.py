@@ -34,7 +34,6 @@ from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.postgres import PostgresInfo
 from medcloud_exchange.app import create_app
-from medcloud_exchange.decision import publishers
 from medcloud_exchange.settings import ExchangeSettings
 from medcloud_keyservice.app import create_app as create_key_service
 from medcloud_keyservice.settings import KeyServiceSettings
@@ -43,11 +42,10 @@ from tests.exchange_support import (
     AuditBucket,
     Caller,
     consent,
-    exchange_rbac,
     make_audit_bucket,
     outcome_of,
 )
-from tests.integration.test_exchange import apply, serve, token
+from tests.integration.test_exchange import serve, token
 from tests.operator_support import OPERATOR_NAMESPACE, REPO, ClusterAdmin, RunningOperator, is_ready
 from tests.support import wait_for
 from tests.workflows_data import INSURANCE_CARD, RESIDENT_ID, cbc_report, coverage
@@ -181,9 +179,14 @@ def exchange(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[httpx.Client]:
     """The exchange of the example Consortium, as its own identity, in a thread."""
-    spec = ConsortiumSpec.model_validate(SPEC)
-    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "exchange-client-rbac.yaml"))
-    apply(local_cluster, exchange_rbac(CONSORTIUM, EXCHANGE_ACCOUNT, OPERATOR_NAMESPACE, publishers(spec), STORE))
+    # The ClusterRoles as deploy/ ships them; the operator binds the exchange's per Consortium.
+    for rbac in ("exchange-client-rbac.yaml", "exchange-rbac.yaml"):
+        local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / rbac))
+    granted = wait_for(
+        lambda: ((admin.get("Consortium", CONSORTIUM) or {}).get("status") or {}).get("exchange"),
+        "the operator to grant the exchange",
+    )
+    assert sorted(granted["publishers"]) == ConsortiumSpec.model_validate(SPEC).publishers()
     audit: AuditBucket = make_audit_bucket(minio_server, f"exchange-audit-{CONSORTIUM}")
     folder = tmp_path_factory.mktemp("workflows")
     token_file = folder / "keyservice-token"

@@ -31,7 +31,6 @@ from medcloud_exchange.app import (
     Writer,
 )
 from medcloud_exchange.audit import Interaction
-from medcloud_exchange.decision import shares
 from medcloud_exchange.outcomes import conflict, forbidden, invalid, not_found, unprocessable
 from medcloud_exchange.resources import PATIENT, _aware
 from medcloud_exchange.service import Context
@@ -159,7 +158,7 @@ class ExamResults:
 
     def publish(self, ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
         parsed = parse_report(body, ctx.hospital, ctx.spec.members)
-        if not shares(ctx.spec, ctx.hospital, CATEGORY):
+        if not ctx.spec.shares(ctx.hospital, CATEGORY):
             raise forbidden(f"Consortium {self.wf.exchange.settings.consortium} shares no {CATEGORY} of {ctx.hospital}")
         report_id = uuid.uuid4()
         with self.wf.db.transaction() as conn:

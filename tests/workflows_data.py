@@ -63,3 +63,26 @@ def cbc_report(performer: str, subject: Json, issued: str, *, code: str = "58410
     report["subject"] = subject
     report["performer"] = [{"reference": f"Organization/{performer}"}]
     return report
+
+
+def slot(schedule: str, start: str, end: str) -> Json:
+    """A free Slot of ``schedule`` (the Finnish scheduling IG's example, our times)."""
+    body = example("slot-fi.json")
+    for key in ("id", "identifier", "serviceCategory", "appointmentType"):
+        body.pop(key)
+    body["schedule"] = {"reference": schedule}
+    body["start"], body["end"] = start, end
+    return body
+
+
+def appointment(patient: str, *, slot: str | None = None, status: str = "booked", based_on: str | None = None) -> Json:
+    """An Appointment for ``patient`` (Open Health Manager's example, the exchange's Patient)."""
+    body = example("appointment-1.json")
+    body.pop("id")
+    body["status"] = status
+    body["participant"][0]["actor"] = {"reference": patient}
+    if slot:
+        body["slot"] = [{"reference": slot}]
+    if based_on:
+        body["basedOn"] = [{"reference": based_on}]
+    return body

@@ -13,6 +13,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -21,10 +22,12 @@ import httpx
 import psycopg
 import pytest
 import yaml
+from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.coverage import Coverage
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,7 +51,7 @@ from tests.exchange_support import (
 from tests.integration.test_exchange import serve, token
 from tests.operator_support import OPERATOR_NAMESPACE, REPO, ClusterAdmin, RunningOperator, is_ready
 from tests.support import wait_for
-from tests.workflows_data import INSURANCE_CARD, RESIDENT_ID, cbc_report, coverage
+from tests.workflows_data import INSURANCE_CARD, RESIDENT_ID, appointment, cbc_report, coverage, slot
 from tests.workflows_requests import service_request
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio]
@@ -441,3 +444,179 @@ def test_a_recognised_blood_count_closes_the_new_order_instead_of_repeating_it(
     refused = post(exchange, township, "/fhir/Task", stale)
     assert refused.status_code == 409
     assert "outside its 7-day window" in outcome_of(refused)
+
+
+# --------------------------------------------------------------------------- referrals
+
+
+def step(http: httpx.Client, caller: Caller, task: Json, status: str, **extra: Any) -> httpx.Response:
+    body = {**task, "status": status, **extra}
+    return http.put(f"/fhir/Task/{task['id']}", content=json.dumps(body), headers={**caller.headers(), **FHIR})
+
+
+def task_of(http: httpx.Client, caller: Caller, hospital: str, request_id: str, box: str) -> Json:
+    me = f"Organization/{hospital}"
+    (task,) = entries(
+        http.get("/fhir/Task", params={box: me, "focus": f"ServiceRequest/{request_id}"}, headers=caller.headers())
+    )
+    return task
+
+
+def test_a_referral_moves_only_by_its_parties_and_only_where_sharing_allows(
+    exchange: httpx.Client, callers: dict[str, Caller]
+) -> None:
+    township, county, community = callers[TOWNSHIP], callers[COUNTY], callers[COMMUNITY]
+    card, patient = registered(exchange, township)
+
+    # Clinic to clinic is not a flow of the Consortium.
+    sideways = post(
+        exchange, township, "/fhir/ServiceRequest", service_request("referral", TOWNSHIP, COMMUNITY, patient)
+    )
+    assert sideways.status_code == 403, sideways.text
+    assert "does not allow referrals" in outcome_of(sideways)
+
+    referral = created(
+        post(
+            exchange,
+            township,
+            "/fhir/ServiceRequest",
+            service_request("referral", TOWNSHIP, COUNTY, patient, reason="persistent fever"),
+        )
+    )
+    ServiceRequest.model_validate(referral)
+    task = task_of(exchange, county, COUNTY, referral["id"], "owner")
+    assert task["status"] == "requested"
+    assert task_of(exchange, township, TOWNSHIP, referral["id"], "requester")["id"] == task["id"]
+    # Nobody else sees it, in a box or by id.
+    assert (
+        entries(exchange.get("/fhir/Task", params={"owner": f"Organization/{COMMUNITY}"}, headers=community.headers()))
+        == []
+    )
+    assert exchange.get(f"/fhir/Task/{task['id']}", headers=community.headers()).status_code == 404
+    assert (
+        exchange.get("/fhir/Task", params={"owner": f"Organization/{COUNTY}"}, headers=township.headers()).status_code
+        == 403
+    )
+
+    # The receiver reads the referral only under the patient's consent.
+    assert exchange.get(f"/fhir/ServiceRequest/{referral['id']}", headers=county.headers()).status_code == 403
+    everyone_consents(exchange, township, card)
+    read = exchange.get(f"/fhir/ServiceRequest/{referral['id']}", headers=county.headers())
+    assert read.status_code == 200
+    assert read.json()["reasonCode"] == [{"text": "persistent fever"}]
+
+    # Each step by its party only.
+    wrong = step(exchange, township, task, "accepted")
+    assert wrong.status_code == 403
+    assert "only the receiver" in outcome_of(wrong)
+    received = step(exchange, county, task, "received")
+    assert received.status_code == 200, received.text
+    accepted = step(exchange, county, received.json(), "accepted")
+    assert accepted.status_code == 200
+    too_late = step(exchange, township, accepted.json(), "cancelled")
+    assert too_late.status_code == 409
+    assert "cannot become cancelled" in outcome_of(too_late)
+    stale = exchange.put(
+        f"/fhir/Task/{task['id']}",
+        content=json.dumps({**task, "status": "in-progress"}),
+        headers={**county.headers(), **FHIR, "If-Match": 'W/"1"'},
+    )
+    assert stale.status_code == 412
+    started = step(exchange, county, accepted.json(), "in-progress")
+    done = step(exchange, county, started.json(), "completed")
+    assert done.status_code == 200
+    Task.model_validate(done.json())
+    assert done.json()["meta"]["versionId"] == "5"
+    assert (
+        exchange.get(f"/fhir/ServiceRequest/{referral['id']}", headers=township.headers()).json()["status"]
+        == "completed"
+    )
+
+    # The sender may cancel before acceptance.
+    second = created(
+        post(exchange, township, "/fhir/ServiceRequest", service_request("referral", TOWNSHIP, COUNTY, patient))
+    )
+    pending = task_of(exchange, township, TOWNSHIP, second["id"], "requester")
+    cancelled = step(exchange, township, pending, "cancelled", statusReason={"text": "patient recovered"})
+    assert cancelled.status_code == 200
+    assert cancelled.json()["statusReason"] == {"text": "patient recovered"}
+
+
+# --------------------------------------------------------------------------- appointments
+
+
+def later(hours: float) -> str:
+    return (datetime.now(UTC) + timedelta(hours=hours)).isoformat(timespec="seconds")
+
+
+def schedule_with_slots(http: httpx.Client, caller: Caller, hospital: str, count: int) -> tuple[str, list[str]]:
+    schedule = created(
+        post(
+            http,
+            caller,
+            "/fhir/Schedule",
+            {
+                "resourceType": "Schedule",
+                "actor": [{"reference": f"Organization/{hospital}"}],
+                "comment": "Respiratory outpatients",
+            },
+        )
+    )
+    slots = [
+        created(post(http, caller, "/fhir/Slot", slot(f"Schedule/{schedule['id']}", later(24 + i), later(24.5 + i))))[
+            "id"
+        ]
+        for i in range(count)
+    ]
+    return str(schedule["id"]), [str(s) for s in slots]
+
+
+def test_two_bookings_of_one_slot_never_both_succeed(exchange: httpx.Client, callers: dict[str, Caller]) -> None:
+    county = callers[COUNTY]
+    schedule, (contested, other) = schedule_with_slots(exchange, county, COUNTY, 2)
+    patients = [registered(exchange, callers[h])[1] for h in (TOWNSHIP, COMMUNITY, CITY, COUNTY)]
+    bookers = [callers[h] for h in (TOWNSHIP, COMMUNITY, CITY, COUNTY)]
+
+    def book(i: int) -> int:
+        return post(
+            exchange, bookers[i % 4], "/fhir/Appointment", appointment(patients[i % 4], slot=f"Slot/{contested}")
+        ).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = list(pool.map(book, range(16)))
+    assert sorted(codes) == [201] + [409] * 15, codes
+    free = entries(
+        exchange.get(
+            "/fhir/Slot", params={"schedule": f"Schedule/{schedule}", "status": "free"}, headers=county.headers()
+        )
+    )
+    assert [s["id"] for s in free] == [other]
+
+    # Proposed, then booked by the host; a no-show frees the slot for the next patient.
+    proposed = created(
+        post(
+            exchange,
+            callers[TOWNSHIP],
+            "/fhir/Appointment",
+            appointment(patients[0], slot=f"Slot/{other}", status="proposed"),
+        )
+    )
+    Appointment.model_validate(proposed)
+    assert (
+        post(exchange, callers[CITY], "/fhir/Appointment", appointment(patients[2], slot=f"Slot/{other}")).status_code
+        == 409
+    )
+
+    def move(caller: Caller, status: str) -> httpx.Response:
+        return exchange.put(
+            f"/fhir/Appointment/{proposed['id']}",
+            content=json.dumps({**proposed, "status": status}),
+            headers={**caller.headers(), **FHIR},
+        )
+
+    assert move(callers[TOWNSHIP], "booked").status_code == 403
+    assert move(county, "booked").status_code == 200
+    assert move(callers[TOWNSHIP], "noshow").status_code == 403
+    assert move(county, "noshow").status_code == 200
+    rebooked = post(exchange, callers[CITY], "/fhir/Appointment", appointment(patients[2], slot=f"Slot/{other}"))
+    assert rebooked.status_code == 201, rebooked.text

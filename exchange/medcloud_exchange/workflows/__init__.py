@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from medcloud_exchange.service import Exchange
-from medcloud_exchange.workflows import exam_results, insurance, requests
+from medcloud_exchange.workflows import appointments, exam_results, insurance, requests
 from medcloud_exchange.workflows.common import Workflows
 
 
@@ -22,6 +22,7 @@ class Services:
     cards: insurance.InsuranceCards
     requests: requests.Requests
     exams: exam_results.ExamResults
+    appointments: appointments.Appointments
 
 
 def include(app: FastAPI, exchange: Exchange) -> None:
@@ -33,6 +34,7 @@ def include(app: FastAPI, exchange: Exchange) -> None:
         cards=insurance.InsuranceCards(workflows),
         requests=orders,
         exams=exam_results.ExamResults(workflows, orders),
+        appointments=appointments.Appointments(workflows),
     )
-    for module in (insurance, exam_results, requests):
+    for module in (insurance, exam_results, requests, appointments):
         app.include_router(module.router)

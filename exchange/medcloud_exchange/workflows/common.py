@@ -18,7 +18,7 @@ from fastapi import Request
 
 from medcloud_exchange import index
 from medcloud_exchange.audit import Interaction, rest_event
-from medcloud_exchange.outcomes import FHIR_JSON, forbidden, invalid, not_found, unprocessable
+from medcloud_exchange.outcomes import FHIR_JSON, FhirError, forbidden, invalid, not_found, unprocessable
 from medcloud_exchange.resources import (
     ORGANIZATION,
     PATIENT,
@@ -229,3 +229,34 @@ def services(request: Request) -> Services:
     """The workflows' services of this app (made once by :func:`medcloud_exchange.workflows.include`)."""
     found: Services = request.app.state.workflows
     return found
+
+
+def transition_problem(
+    steps: Mapping[tuple[Any, Any], Any], current: Any, target: Any, roles: set[Any], anyone: Any, what: str
+) -> tuple[int, str] | None:
+    """Why a party with ``roles`` may not move a ``what`` from ``current`` to ``target`` under ``steps``
+    (status code, diagnostic); None when it may. ``anyone`` is the role that either party holds."""
+    if not roles:
+        return 404, f"the {what} is not one of this member's"
+    needed = steps.get((current, target))
+    if needed is None:
+        allowed = sorted(t.value for (c, t) in steps if c is current)
+        return 409, f"a {current.value} {what} cannot become {target.value} (next: {', '.join(allowed) or 'none'})"
+    if needed is not anyone and needed not in roles:
+        return 403, f"only the {needed.value} may move a {current.value} {what} to {target.value}"
+    return None
+
+
+def refused(problem: tuple[int, str]) -> FhirError:
+    status, diagnostics = problem
+    return FhirError(status, {403: "forbidden", 404: "not-found"}.get(status, "conflict"), diagnostics)
+
+
+def if_match_version(if_match: str | None) -> int | None:
+    """The version an ``If-Match: W/"<n>"`` header expects; None without one; 400 when malformed."""
+    if if_match is None:
+        return None
+    raw = if_match.strip().removeprefix("W/").strip('"')
+    if not raw.isdigit():
+        raise invalid(f'If-Match must be W/"<versionId>", got {if_match!r}')
+    return int(raw)

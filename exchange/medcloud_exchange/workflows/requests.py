@@ -31,11 +31,14 @@ from medcloud_exchange.workflows.common import (
     Workflows,
     bundle,
     dump,
+    if_match_version,
     organization_of,
     path_id,
     reference_id,
+    refused,
     services,
     subject_of,
+    transition_problem,
     validated,
 )
 
@@ -98,15 +101,7 @@ STEPS: dict[tuple[TaskStatus, TaskStatus], Party] = {
 
 def step_problem(current: TaskStatus, target: TaskStatus, party: Party | None) -> tuple[int, str] | None:
     """Why ``party`` may not move a Task from ``current`` to ``target`` (status code, diagnostic); None: it may."""
-    if party is None:
-        return 404, "the Task is not one of this member's"
-    owner = STEPS.get((current, target))
-    if owner is None:
-        allowed = sorted(t.value for (c, t) in STEPS if c is current)
-        return 409, f"a {current.value} Task cannot become {target.value} (next: {', '.join(allowed) or 'none'})"
-    if owner is not party:
-        return 403, f"only the {owner.value} may move a {current.value} Task to {target.value}"
-    return None
+    return transition_problem(STEPS, current, target, {party} if party else set(), None, "Task")
 
 
 def flow_allowed(spec: ConsortiumSpec, sender: str, receiver: str) -> bool:
@@ -401,16 +396,15 @@ class Requests:
                 raise not_found(f"Task/{task_id} is not known")
             problem = step_problem(row.status, target, row.party(ctx.hospital))
             if problem is not None:
-                status, diagnostics = problem
                 self.wf.audit(
                     ctx,
                     Interaction.UPDATE,
                     ok=False,
-                    description=diagnostics,
-                    patient=request.patient_id if status != 404 else None,
+                    description=problem[1],
+                    patient=request.patient_id if problem[0] != 404 else None,
                     objects=[f"Task/{task_id}"],
                 )
-                raise FhirError(status, {403: "forbidden", 404: "not-found"}.get(status, "conflict"), diagnostics)
+                raise refused(problem)
             if expected_version is not None and expected_version != row.version:
                 raise FhirError(412, "conflict", f"Task/{task_id} is at version {row.version}, not {expected_version}")
             version = row.version + 1
@@ -524,12 +518,7 @@ def step_task(request: Request, ctx: Writer, id: ResourceId, body: FhirBody, if_
     outputs = tuple(
         str(o.valueReference.reference) for o in task.output or [] if o.valueReference and o.valueReference.reference
     )
-    version = None
-    if if_match is not None:
-        raw = if_match.strip().removeprefix("W/").strip('"')
-        if not raw.isdigit():
-            raise invalid(f'If-Match must be W/"<versionId>", got {if_match!r}')
-        version = int(raw)
+    version = if_match_version(if_match)
     reason = task.statusReason.text if task.statusReason else None
     moved = services(request).requests.step(
         ctx, path_id(id, "Task"), target, reason=reason, outputs=outputs, expected_version=version

@@ -45,3 +45,17 @@ def service_request(
     if supporting:
         body["supportingInfo"] = [{"reference": ref} for ref in supporting]
     return body
+
+
+def recognition_task(order: str, report: str, patient: str) -> Json:
+    """The Task that closes ``order`` by the recognised ``report`` instead of repeating the test."""
+    return {
+        "resourceType": "Task",
+        "status": "completed",
+        "intent": "order",
+        "focus": {"reference": f"ServiceRequest/{order}"},
+        "for": {"reference": patient},
+        "output": [
+            {"type": {"text": "recognised result"}, "valueReference": {"reference": f"DiagnosticReport/{report}"}}
+        ],
+    }

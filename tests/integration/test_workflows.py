@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from medcloud.models.consortium import ConsortiumSpec
 from medcloud_cli.localcluster.cluster import MinioInfo
+from medcloud_cli.localcluster.exchange import AuditBucket, make_audit_bucket
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.postgres import PostgresInfo
 from medcloud_exchange.app import create_app
@@ -42,17 +43,16 @@ from medcloud_keyservice.app import create_app as create_key_service
 from medcloud_keyservice.settings import KeyServiceSettings
 from tests.exchange_support import (
     CLIENT_ROLE,
-    AuditBucket,
     Caller,
     consent,
-    make_audit_bucket,
+    document,
     outcome_of,
 )
 from tests.integration.test_exchange import serve, token
 from tests.operator_support import OPERATOR_NAMESPACE, REPO, ClusterAdmin, RunningOperator, is_ready
 from tests.support import wait_for
 from tests.workflows_data import INSURANCE_CARD, RESIDENT_ID, appointment, cbc_report, coverage, slot
-from tests.workflows_requests import service_request
+from tests.workflows_requests import SNOMED, recognition_task, service_request
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio]
 
@@ -261,7 +261,7 @@ def created(response: httpx.Response) -> Json:
 
 
 def entries(response: httpx.Response, resource_type: str | None = None) -> list[Json]:
-    assert response.status_code == 200, response.text
+    assert response.status_code in (200, 201), response.text
     body = response.json()
     Bundle.model_validate(body)
     return [
@@ -416,16 +416,7 @@ def test_a_recognised_blood_count_closes_the_new_order_instead_of_repeating_it(
         post(exchange, township, "/fhir/ServiceRequest", service_request("laboratory", TOWNSHIP, None, patient))
     )
     before = not_repeated(exchange, COUNTY)
-    use = {
-        "resourceType": "Task",
-        "status": "completed",
-        "intent": "order",
-        "focus": {"reference": f"ServiceRequest/{order['id']}"},
-        "for": {"reference": patient},
-        "output": [
-            {"type": {"text": "recognised result"}, "valueReference": {"reference": f"DiagnosticReport/{report['id']}"}}
-        ],
-    }
+    use = recognition_task(order["id"], report["id"], patient)
     task = created(post(exchange, township, "/fhir/Task", use))
     Task.model_validate(task)
     assert task["focus"] == {"reference": f"ServiceRequest/{order['id']}"}
@@ -620,3 +611,196 @@ def test_two_bookings_of_one_slot_never_both_succeed(exchange: httpx.Client, cal
     assert move(county, "noshow").status_code == 200
     rebooked = post(exchange, callers[CITY], "/fhir/Appointment", appointment(patients[2], slot=f"Slot/{other}"))
     assert rebooked.status_code == 201, rebooked.text
+
+
+# --------------------------------------------------------------------------- the scenario across four institutions
+
+
+def readers_in(events: list[Json]) -> set[str]:
+    """The member organisations that read or searched (BALP read/search-type, success) in a disclosure."""
+    out = set()
+    for event in events:
+        codes = {s.get("code") for s in event.get("subtype", [])}
+        if event.get("outcome") == "0" and codes & {"read", "search-type"}:
+            for agent in event["agent"]:
+                reference = (agent.get("who") or {}).get("reference", "")
+                if reference.startswith("Organization/"):
+                    out.add(reference.removeprefix("Organization/"))
+    return out
+
+
+def test_the_village_clinic_to_county_to_city_scenario(exchange: httpx.Client, callers: dict[str, Caller]) -> None:
+    village, county, city, community = callers[TOWNSHIP], callers[COUNTY], callers[CITY], callers[COMMUNITY]
+    card, resident = new_patient()
+    # The patient was seen at the county hospital: card registered, a blood count two days ago.
+    cover = created(post(exchange, county, "/fhir/Coverage", coverage(card, resident)))
+    patient = cover["beneficiary"]["reference"]
+    cbc = created(post(exchange, county, "/fhir/DiagnosticReport", cbc_report(COUNTY, {"reference": patient}, ago(2))))
+
+    # 1. The village clinic registers the patient by card: refused until the patient consents there.
+    assert present(exchange, village, card_token(card)).status_code == 403
+    everyone_consents(exchange, village, card)
+    found = present(exchange, village, card_token(card))
+    (person,) = entries(found, "Patient")
+    assert f"Patient/{person['id']}" == patient
+
+    # 2. It sees the county's recognised blood count and does not repeat it.
+    (recognised,) = recognised_for(exchange, village, patient)
+    assert recognised["id"] == cbc["id"]
+    order = created(
+        post(exchange, village, "/fhir/ServiceRequest", service_request("laboratory", TOWNSHIP, None, patient))
+    )
+    before = not_repeated(exchange, COUNTY)
+    closing = recognition_task(order["id"], cbc["id"], patient)
+    created(post(exchange, village, "/fhir/Task", closing))
+    assert not_repeated(exchange, COUNTY) == before + 1
+
+    # 3. It refers the patient up with the result attached (not sideways to another clinic).
+    sideways = post(
+        exchange, village, "/fhir/ServiceRequest", service_request("referral", TOWNSHIP, COMMUNITY, patient)
+    )
+    assert sideways.status_code == 403
+    referral = created(
+        post(
+            exchange,
+            village,
+            "/fhir/ServiceRequest",
+            service_request(
+                "referral",
+                TOWNSHIP,
+                COUNTY,
+                patient,
+                reason="fever 5 days, Hb 10.2 g/dL",
+                supporting=(f"DiagnosticReport/{cbc['id']}",),
+            ),
+        )
+    )
+
+    # 4. The county hospital finds it in its inbox, reads it and its supporting result, accepts it and books.
+    task = task_of(exchange, county, COUNTY, referral["id"], "owner")
+    assert step(exchange, village, task, "accepted").status_code == 403  # not the village's step
+    read = exchange.get(f"/fhir/ServiceRequest/{referral['id']}", headers=county.headers()).json()
+    (supporting,) = read["supportingInfo"]
+    assert exchange.get(f"/fhir/{supporting['reference']}", headers=county.headers()).status_code == 200
+    accepted = step(exchange, county, step(exchange, county, task, "received").json(), "accepted").json()
+    _, (visit,) = schedule_with_slots(exchange, county, COUNTY, 1)
+    booked = created(
+        post(
+            exchange,
+            county,
+            "/fhir/Appointment",
+            appointment(patient, slot=f"Slot/{visit}", based_on=f"ServiceRequest/{referral['id']}"),
+        )
+    )
+    double = post(exchange, community, "/fhir/Appointment", appointment(patient, slot=f"Slot/{visit}"))
+    assert double.status_code == 409
+    step(
+        exchange,
+        county,
+        accepted,
+        "in-progress",
+        output=[{"type": {"text": "Appointment"}, "valueReference": {"reference": f"Appointment/{booked['id']}"}}],
+    )
+    outbox = task_of(exchange, village, TOWNSHIP, referral["id"], "requester")
+    assert outbox["status"] == "in-progress"
+    assert outbox["output"][0]["valueReference"] == {"reference": f"Appointment/{booked['id']}"}
+    (carried,) = entries(
+        exchange.get(
+            "/fhir/Appointment", params={"based-on": f"ServiceRequest/{referral['id']}"}, headers=village.headers()
+        )
+    )
+    assert carried["id"] == booked["id"]
+
+    # 5. The county asks the city for a remote consultation on the case.
+    ask = service_request(
+        "consultation",
+        COUNTY,
+        CITY,
+        patient,
+        code=(SNOMED, "11429006"),
+        reason="anaemia with fever: haematology opinion",
+        supporting=(f"DiagnosticReport/{cbc['id']}",),
+    )
+    consultation = created(post(exchange, county, "/fhir/ServiceRequest", ask))
+    consult_task = task_of(exchange, city, CITY, consultation["id"], "owner")
+    step(exchange, city, consult_task, "accepted")
+    assert exchange.get(f"/fhir/ServiceRequest/{consultation['id']}", headers=city.headers()).status_code == 200
+    assert exchange.get(f"/fhir/DiagnosticReport/{cbc['id']}", headers=city.headers()).status_code == 200
+
+    def message(caller: Caller, text: str) -> Json:
+        body = {
+            "resourceType": "Communication",
+            "status": "completed",
+            "basedOn": [{"reference": f"ServiceRequest/{consultation['id']}"}],
+            "payload": [{"contentString": text}],
+        }
+        return created(post(exchange, caller, "/fhir/Communication", body))
+
+    message(city, "Any recent travel? Please add a peripheral smear.")
+    message(county, "No travel; smear shows microcytosis.")
+    thread = entries(
+        exchange.get(
+            "/fhir/Communication", params={"based-on": f"ServiceRequest/{consultation['id']}"}, headers=city.headers()
+        )
+    )
+    assert [m["sender"]["reference"] for m in thread] == [f"Organization/{CITY}", f"Organization/{COUNTY}"]
+    assert thread[1]["payload"][0]["contentString"] == "No travel; smear shows microcytosis."
+    assert (
+        exchange.get(
+            "/fhir/Communication",
+            params={"based-on": f"ServiceRequest/{consultation['id']}"},
+            headers=village.headers(),
+        ).status_code
+        == 404
+    )
+
+    session = appointment(patient, based_on=f"ServiceRequest/{consultation['id']}")
+    session.update({"start": later(2), "end": later(2.5)})
+    session["contained"] = [
+        {
+            "resourceType": "Location",
+            "id": "room",
+            "name": "Video consultation",
+            "physicalType": {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/location-physical-type", "code": "vi"}]
+            },
+            "telecom": [{"system": "url", "value": "https://consult.city-general.riverton.example/room/42"}],
+        }
+    ]
+    session["participant"].append({"actor": {"reference": "#room"}, "status": "accepted"})
+    virtual = created(post(exchange, city, "/fhir/Appointment", session))
+    Appointment.model_validate(virtual)
+
+    # 6. The consult report comes back: into the county's record, the consultation completed.
+    note = document(
+        "emr",
+        b"Consult: iron-deficiency anaemia; oral iron, recheck CBC in 4 weeks.",
+        {"subject": {"reference": patient}},
+        type_code="11488-4",
+    )
+    reported = exchange.post(
+        f"/fhir/ServiceRequest/{consultation['id']}/$consult-report",
+        content=json.dumps(note),
+        headers={**city.headers(), **FHIR},
+    )
+    assert reported.status_code == 201, reported.text
+    (report,) = entries(reported, "DocumentReference")
+    (done,) = entries(reported, "Task")
+    assert report["custodian"] == {"reference": f"Organization/{COUNTY}"}
+    assert done["status"] == "completed"
+    assert done["output"][-1]["valueReference"] == {"reference": f"DocumentReference/{report['id']}"}
+    own = entries(
+        exchange.get(
+            "/fhir/DocumentReference", params={"patient": patient, "type": f"{LOINC}|11488-4"}, headers=county.headers()
+        )
+    )
+    assert [d["id"] for d in own] == [report["id"]]
+    content = exchange.get(f"/fhir/Binary/{report['id']}", headers=county.headers())
+    assert content.content.startswith(b"Consult: iron-deficiency anaemia")
+
+    # 7. The patient's access disclosure lists every institution that read the record, and only those.
+    events = entries(
+        exchange.get("/fhir/AuditEvent", params={"patient": patient, "_count": 200}, headers=village.headers())
+    )
+    assert readers_in(events) >= {TOWNSHIP, COUNTY, CITY}
+    assert COMMUNITY not in readers_in(events)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from medcloud_exchange.service import Exchange
-from medcloud_exchange.workflows import appointments, exam_results, insurance, requests
+from medcloud_exchange.workflows import appointments, consultation, exam_results, insurance, requests
 from medcloud_exchange.workflows.common import Workflows
 
 
@@ -23,6 +23,7 @@ class Services:
     requests: requests.Requests
     exams: exam_results.ExamResults
     appointments: appointments.Appointments
+    consultations: consultation.Consultations
 
 
 def include(app: FastAPI, exchange: Exchange) -> None:
@@ -35,6 +36,7 @@ def include(app: FastAPI, exchange: Exchange) -> None:
         requests=orders,
         exams=exam_results.ExamResults(workflows, orders),
         appointments=appointments.Appointments(workflows),
+        consultations=consultation.Consultations(workflows, orders),
     )
-    for module in (insurance, exam_results, requests, appointments):
+    for module in (insurance, exam_results, requests, appointments, consultation):
         app.include_router(module.router)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,7 @@ def test_a_booking_names_one_patient_one_slot_and_its_referral() -> None:
 def test_a_virtual_session_carries_its_address() -> None:
     session = appointment(PATIENT)
     session.update({"start": "2026-12-03T09:00:00+08:00", "end": "2026-12-03T09:30:00+08:00"})
-    room = {
+    room: dict[str, Any] = {
         "resourceType": "Location",
         "id": "room",
         "name": "Video consultation",

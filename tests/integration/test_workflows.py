@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,7 @@ from medcloud.models.consortium import ConsortiumSpec
 from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.exchange import AuditBucket, make_audit_bucket
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
-from medcloud_cli.localcluster.postgres import PostgresInfo
+from medcloud_cli.localcluster.postgres import PostgresInfo, bin_dir
 from medcloud_exchange.app import create_app
 from medcloud_exchange.settings import ExchangeSettings
 from medcloud_keyservice.app import create_app as create_key_service
@@ -48,6 +49,7 @@ from tests.exchange_support import (
     document,
     outcome_of,
 )
+from tests.integration.test_exchange import _raw_objects as raw_objects
 from tests.integration.test_exchange import serve, token
 from tests.operator_support import OPERATOR_NAMESPACE, REPO, ClusterAdmin, RunningOperator, is_ready
 from tests.support import wait_for
@@ -804,3 +806,50 @@ def test_the_village_clinic_to_county_to_city_scenario(exchange: httpx.Client, c
     )
     assert readers_in(events) >= {TOWNSHIP, COUNTY, CITY}
     assert COMMUNITY not in readers_in(events)
+
+
+# --------------------------------------------------------------------------- at rest
+
+
+def test_no_card_identifier_or_clinical_text_of_the_workflows_at_rest(
+    exchange: httpx.Client, callers: dict[str, Caller], database: str, minio_server: MinioInfo
+) -> None:
+    township, county = callers[TOWNSHIP], callers[COUNTY]
+    card, resident = new_patient()
+    marker = f"haemoptysis-{uuid.uuid4().hex[:8]}"
+    cover = created(post(exchange, county, "/fhir/Coverage", coverage(card, resident)))
+    patient = cover["beneficiary"]["reference"]
+    everyone_consents(exchange, county, card)
+    report = cbc_report(COUNTY, {"reference": patient}, ago(1))
+    report["conclusion"] = f"conclusion {marker}"
+    created(post(exchange, county, "/fhir/DiagnosticReport", report))
+    referral = created(
+        post(
+            exchange,
+            township,
+            "/fhir/ServiceRequest",
+            service_request("referral", TOWNSHIP, COUNTY, patient, reason=f"reason {marker}"),
+        )
+    )
+    thread = {
+        "resourceType": "Communication",
+        "status": "completed",
+        "basedOn": [{"reference": f"ServiceRequest/{referral['id']}"}],
+        "payload": [{"contentString": f"message {marker}"}],
+    }
+    created(post(exchange, county, "/fhir/Communication", thread))
+    # Read back, so the records really hold what the markers say.
+    assert marker in exchange.get(f"/fhir/ServiceRequest/{referral['id']}", headers=county.headers()).text
+
+    markers = [card.encode(), resident.encode(), marker.encode(), base64.b64encode(marker.encode())]
+    dump = subprocess.run([str(bin_dir() / "pg_dump"), "--data-only", database], capture_output=True, check=True).stdout
+    for table in (b"coverage", b"exam_result", b"service_request", b"task", b"communication"):
+        assert b"COPY public." + table in dump
+    for value in markers:
+        assert value not in dump
+    seen = 0
+    for body in raw_objects(minio_server):
+        seen += 1
+        for value in markers:
+            assert value not in body
+    assert seen > 0

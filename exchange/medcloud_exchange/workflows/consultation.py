@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fhir.resources.R4B.communication import Communication
+from fhir.resources.R4B.documentreference import DocumentReference
 
 from medcloud_exchange.app import FhirBody, FhirResponse, Reader, ResourceId, Writer
 from medcloud_exchange.audit import Interaction
@@ -126,14 +127,14 @@ class Consultations:
             raise forbidden("only the consultant reports on a consultation")
         if task is None or TaskStatus(task[1]) not in (TaskStatus.ACCEPTED, TaskStatus.IN_PROGRESS):
             raise conflict("the consultation is reported on once accepted, and only once")
-        subject = body.get("subject") or {}
-        if subject.get("reference") != f"{PATIENT}{request.patient_id}":
+        note = dump(validated(DocumentReference, body, "DocumentReference"))
+        if (note.get("subject") or {}).get("reference") != f"{PATIENT}{request.patient_id}":
             raise unprocessable(
                 f"the consult report's subject is the consultation's patient, {PATIENT}{request.patient_id}"
             )
-        context = dict(body.get("context") or {})
+        context = dict(note.get("context") or {})
         context["related"] = [*context.get("related", []), {"reference": f"ServiceRequest/{request_id}"}]
-        authored = {**body, "author": [{"reference": f"{ORGANIZATION}{ctx.hospital}"}], "context": context}
+        authored = {**note, "author": [{"reference": f"{ORGANIZATION}{ctx.hospital}"}], "context": context}
         document = self.wf.exchange.publish(ctx, authored, custodian=request.requester)
         completed = self.requests.step(
             ctx,

@@ -1,42 +1,6 @@
-"""The clinical workflows on the exchange, one module each, and the one place that mounts them.
+"""The clinical workflows on the exchange, one module each; ``mount`` puts them on the exchange app.
 
 Each workflow is a catalog app of the same name (docs/apps/): ``insurance-card``,
 ``exam-mutual-recognition``, ``referrals``, ``appointments`` and ``remote-consultation``. They use the
 exchange's own caller identity, decision point, audit, patient blind index, errors and migrations.
 """
-
-from __future__ import annotations
-
-from dataclasses import dataclass
-
-from fastapi import FastAPI
-
-from medcloud_exchange.service import Exchange
-from medcloud_exchange.workflows import appointments, consultation, exam_results, insurance, requests
-from medcloud_exchange.workflows.common import Workflows
-
-
-@dataclass(frozen=True)
-class Services:
-    workflows: Workflows
-    cards: insurance.InsuranceCards
-    requests: requests.Requests
-    exams: exam_results.ExamResults
-    appointments: appointments.Appointments
-    consultations: consultation.Consultations
-
-
-def include(app: FastAPI, exchange: Exchange) -> None:
-    """Mount every workflow's routes on the exchange app and make their services."""
-    workflows = Workflows(exchange)
-    orders = requests.Requests(workflows)
-    app.state.workflows = Services(
-        workflows=workflows,
-        cards=insurance.InsuranceCards(workflows),
-        requests=orders,
-        exams=exam_results.ExamResults(workflows, orders),
-        appointments=appointments.Appointments(workflows),
-        consultations=consultation.Consultations(workflows, orders),
-    )
-    for module in (insurance, exam_results, requests, appointments, consultation):
-        app.include_router(module.router)

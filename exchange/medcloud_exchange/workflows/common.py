@@ -31,7 +31,7 @@ from medcloud_exchange.resources import (
 from medcloud_exchange.service import Context, Exchange
 
 if TYPE_CHECKING:
-    from medcloud_exchange.workflows import Services
+    from medcloud_exchange.workflows.mount import Services
 
 RECORD_FOLDER = "workflows"
 
@@ -226,7 +226,7 @@ def bundle(matches: list[dict[str, Any]], includes: list[dict[str, Any]], self_u
 
 
 def services(request: Request) -> Services:
-    """The workflows' services of this app (made once by :func:`medcloud_exchange.workflows.include`)."""
+    """The workflows' services of this app (made once by :func:`medcloud_exchange.workflows.mount.include`)."""
     found: Services = request.app.state.workflows
     return found
 

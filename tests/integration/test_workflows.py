@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 import httpx
@@ -30,29 +28,31 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
-from kubernetes import client, config
+from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from medcloud.models.consortium import ConsortiumSpec
 from medcloud_cli.localcluster.cluster import MinioInfo
-from medcloud_cli.localcluster.exchange import AuditBucket, make_audit_bucket
-from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
+from medcloud_cli.localcluster.exchange import make_audit_bucket
 from medcloud_cli.localcluster.postgres import PostgresInfo, bin_dir
 from medcloud_exchange.app import create_app
-from medcloud_exchange.settings import ExchangeSettings
-from medcloud_keyservice.app import create_app as create_key_service
-from medcloud_keyservice.settings import KeyServiceSettings
+from tests.exchange_harness import (
+    admitted_callers,
+    consortium_members,
+    exchange_settings,
+    granted_exchange,
+    key_service,
+    new_database,
+    raw_objects,
+    serve,
+)
 from tests.exchange_support import (
-    CLIENT_ROLE,
     Caller,
     consent,
     document,
     outcome_of,
 )
-from tests.integration.test_exchange import _raw_objects as raw_objects
-from tests.integration.test_exchange import serve, token
-from tests.operator_support import OPERATOR_NAMESPACE, REPO, ClusterAdmin, RunningOperator, is_ready
-from tests.support import wait_for
+from tests.operator_support import REPO, ClusterAdmin, RunningOperator
 from tests.workflows_data import INSURANCE_CARD, RESIDENT_ID, appointment, cbc_report, coverage, slot
 from tests.workflows_requests import SNOMED, recognition_task, service_request
 
@@ -74,10 +74,6 @@ NAMES = {
 }
 CONSORTIUM = f"riverton-wf-{SUFFIX}"
 STORE = "emr"
-EXCHANGE_ACCOUNT = f"medcloud-exchange-{CONSORTIUM}"
-EXCHANGE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{EXCHANGE_ACCOUNT}"
-SA_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESPACE}")
-KEYSERVICE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-keyservice"
 FHIR = {"Content-Type": "application/fhir+json"}
 LOINC = "http://loinc.org"
 Json = dict[str, Any]
@@ -114,63 +110,24 @@ def admin(k8s_api_client: client.ApiClient) -> ClusterAdmin:
 @pytest.fixture(scope="module")
 def members(admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str]]:
     """The four example institutions, Ready with a Ready RecordStore ``emr`` each, and their Consortium."""
-    names = list(NAMES.values())
-    try:
-        for example, name in NAMES.items():
-            spec = {**example_spec("Hospital", example), "consortium": CONSORTIUM, "institutionCode": "TEST0001"}
-            spec.pop("quota", None)
-            admin.create("Hospital", name, spec)
-        for name in names:
-
-            def hospital_ready(name: str = name) -> bool:
-                obj = admin.get("Hospital", name)
-                return is_ready(obj) and bool((obj or {})["status"].get("kek"))
-
-            wait_for(hospital_ready, f"Hospital {name} Ready", timeout=180)
-            admin.create(
-                "RecordStore",
-                STORE,
-                {"recordClass": "emr", "retention": {"mode": "GOVERNANCE", "period": "1d"}},
-                f"hospital-{name}",
-            )
-        for name in names:
-
-            def store_ready(name: str = name) -> bool:
-                obj = admin.get("RecordStore", STORE, f"hospital-{name}")
-                return is_ready(obj) and (obj or {}).get("status", {}).get("phase") == "Ready"
-
-            wait_for(store_ready, f"RecordStore {name}/{STORE} Ready", timeout=180)
-        admin.create("Consortium", CONSORTIUM, SPEC)
+    hospitals = {}
+    for example, name in NAMES.items():
+        hospitals[name] = {**example_spec("Hospital", example), "consortium": CONSORTIUM, "institutionCode": "TEST0001"}
+        hospitals[name].pop("quota", None)
+    store = {"recordClass": "emr", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
+    with consortium_members(admin, hospitals, CONSORTIUM, SPEC, STORE, store) as names:
         yield names
-    finally:
-        admin.delete("Consortium", CONSORTIUM)
-        for name in names:
-            admin.delete("RecordStore", STORE, f"hospital-{name}")
-        for name in names:
-            wait_for(partial(admin.gone, "RecordStore", STORE, f"hospital-{name}"), "store gone", 120)
-            admin.delete("Hospital", name)
-        for name in names:
-            wait_for(partial(admin.gone, "Hospital", name), f"Hospital {name} gone", 180)
 
 
 @pytest.fixture(scope="module")
-def key_service(local_cluster: Any, operator: RunningOperator) -> Iterator[str]:
-    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "keyservice-rbac.yaml"))
-    api = config.new_client_from_config(config_file=str(local_cluster.kubeconfig_for_user(KEYSERVICE_USER, SA_GROUPS)))
-    settings = KeyServiceSettings(operator_namespace=OPERATOR_NAMESPACE, audience="medcloud-keyservice")
-    try:
-        with serve(create_key_service(settings, api)) as url:
-            yield url
-    finally:
-        api.close()
+def keys(local_cluster: Any, operator: RunningOperator) -> Iterator[str]:
+    with key_service(local_cluster) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def database(postgres_server: PostgresInfo) -> str:
-    name = f"workflows_{SUFFIX}"
-    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return postgres_server.dsn_for(name)
+    return new_database(postgres_server, f"workflows_{SUFFIX}")
 
 
 @pytest.fixture(scope="module")
@@ -178,41 +135,23 @@ def exchange(
     local_cluster: Any,
     admin: ClusterAdmin,
     members: list[str],
-    key_service: str,
+    keys: str,
     database: str,
     minio_server: MinioInfo,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[httpx.Client]:
     """The exchange of the example Consortium, as its own identity, in a thread."""
-    # The ClusterRoles as deploy/ ships them; the operator binds the exchange's per Consortium.
-    for rbac in ("exchange-client-rbac.yaml", "exchange-rbac.yaml"):
-        local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / rbac))
-    granted = wait_for(
-        lambda: ((admin.get("Consortium", CONSORTIUM) or {}).get("status") or {}).get("exchange"),
-        "the operator to grant the exchange",
-    )
-    assert sorted(granted["publishers"]) == ConsortiumSpec.model_validate(SPEC).publishers()
-    audit: AuditBucket = make_audit_bucket(minio_server, f"exchange-audit-{CONSORTIUM}")
-    folder = tmp_path_factory.mktemp("workflows")
-    token_file = folder / "keyservice-token"
-    token_file.write_text(token(admin, OPERATOR_NAMESPACE, EXCHANGE_ACCOUNT, "medcloud-keyservice"))
-    own = token(admin, OPERATOR_NAMESPACE, EXCHANGE_ACCOUNT, str(admin.api.configuration.host))
-    kubeconfig = write_kubeconfig(
-        folder / "kubeconfig",
-        build_token_kubeconfig(local_cluster.state.server, local_cluster.ca.paths.cert, EXCHANGE_USER, own),
-    )
-    settings = ExchangeSettings(
-        consortium=CONSORTIUM,
-        kubeconfig=kubeconfig,
-        database_url=database,
-        blind_index_key=base64.b64encode(os.urandom(32)).decode(),
-        audit_endpoint=minio_server.endpoint,
-        audit_secure=False,
-        audit_access_key=audit.access_key,
-        audit_secret_key=audit.secret_key,
-        audit_bucket=audit.bucket,
-        key_service_url=key_service,
-        key_service_token_file=token_file,
+    granted = granted_exchange(local_cluster, admin, CONSORTIUM)
+    assert granted["publishers"] == ConsortiumSpec.model_validate(SPEC).publishers()
+    settings = exchange_settings(
+        local_cluster,
+        admin,
+        CONSORTIUM,
+        database=database,
+        audit=make_audit_bucket(minio_server, f"exchange-audit-{CONSORTIUM}"),
+        minio_server=minio_server,
+        key_service_url=keys,
+        folder=tmp_path_factory.mktemp("workflows"),
     )
     with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
         yield http
@@ -221,26 +160,7 @@ def exchange(
 @pytest.fixture(scope="module")
 def callers(admin: ClusterAdmin, exchange: httpx.Client, members: list[str]) -> dict[str, Caller]:
     """Each member's workflow apps' service account, bound to medcloud-exchange-client in its namespace."""
-    out = {}
-    for hospital in members:
-        namespace = f"hospital-{hospital}"
-        out[hospital] = Caller(token(admin, namespace, "workflows", "medcloud-exchange"))
-        admin.rbac.create_namespaced_role_binding(
-            namespace,
-            {
-                "metadata": {"name": "workflows-exchange"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLIENT_ROLE},
-                "subjects": [{"kind": "ServiceAccount", "name": "workflows", "namespace": namespace}],
-            },
-        )
-    probe = f"/fhir/DocumentReference?patient=Patient/{uuid.uuid4()}"
-    for hospital in members:
-
-        def admitted(caller: Caller = out[hospital]) -> bool:
-            return exchange.get(probe, headers=caller.headers()).status_code == 200
-
-        wait_for(admitted, f"{hospital}'s apps admitted", timeout=30)
-    return out
+    return admitted_callers(admin, exchange, members, "workflows")
 
 
 # --------------------------------------------------------------------------- helpers

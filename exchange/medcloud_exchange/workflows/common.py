@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 
 from medcloud_exchange import index
-from medcloud_exchange.audit import Interaction, rest_event
+from medcloud_exchange.audit import Interaction
 from medcloud_exchange.outcomes import FHIR_JSON, FhirError, forbidden, invalid, not_found, unprocessable
 from medcloud_exchange.resources import (
     ORGANIZATION,
@@ -189,18 +189,9 @@ class Workflows:
         objects: Iterable[str] = (),
         query: str | None = None,
     ) -> None:
-        self.exchange.audit.write(
-            rest_event(
-                interaction,
-                None,
-                ctx.requester,
-                self.exchange.name,
-                ok=ok,
-                description=description,
-                patient=patient,
-                objects=objects,
-                query=query,
-            )
+        """One BALP RESTful AuditEvent, through the exchange's own helper (written before the answer)."""
+        self.exchange._audit(
+            interaction, None, ctx, ok=ok, description=description, patient=patient, objects=objects, query=query
         )
 
 

@@ -22,11 +22,8 @@ the recognition rule's read of the producers' Hospitals (answered here from a fi
 from __future__ import annotations
 
 import argparse
-import base64
-import os
 import random
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -36,19 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from kubernetes import client
-from minio import Minio
 
 from medcloud.models.consortium import ConsortiumSpec
 from medcloud.models.hospital import HospitalSpec
-from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
 from medcloud_exchange import index
-from medcloud_exchange.audit import AuditStore
 from medcloud_exchange.cluster import Cluster
-from medcloud_exchange.database import Database
 from medcloud_exchange.outcomes import FhirError
-from medcloud_exchange.service import Context, Exchange
-from medcloud_exchange.settings import ExchangeSettings
+from medcloud_exchange.service import Context
 from medcloud_exchange.workflows.appointments import Appointments
 from medcloud_exchange.workflows.common import Workflows
 from medcloud_exchange.workflows.exam_results import ExamResults, candidates
@@ -57,7 +48,7 @@ from medcloud_exchange.workflows.requests import Requests
 
 # The exchange benchmark's in-process stores and helpers, one copy (run as a script, the repo is not on the path).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.bench_exchange import LocalStores, _context, _locked_bucket, _percentile
+from bench.bench_exchange import _context, _percentile, in_process_exchange
 
 TESTS = ("58410-2", "24627-2", "2345-7", "718-7", "2160-0")
 PUBLISHERS = ("county", "village", "city")
@@ -275,50 +266,15 @@ def main() -> None:
     parser.add_argument("--results", type=int, default=1_000_000, help="exam results in the index")
     parser.add_argument("--samples", type=int, default=1000, help="recognition lookups to time")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-workflows-") as state:
-        servers = LocalCluster(Path(state), ClusterOptions(with_kubernetes=False, with_broker=False))
-        servers.start()
-        try:
-            state_ = servers.state
-            assert state_ is not None
-            assert state_.minio is not None
-            assert state_.postgres is not None
-            info, pg = state_.minio, state_.postgres
-            minio = Minio(info.endpoint, access_key=info.access_key, secret_key=info.secret_key, secure=False)
-            records = _locked_bucket(minio, "bench-records")
-            audit = AuditStore(minio, _locked_bucket(minio, "bench-audit"))
-            settings = ExchangeSettings(
-                consortium="bench",
-                database_url=pg.dsn,
-                blind_index_key=base64.b64encode(os.urandom(32)).decode(),
-                audit_endpoint=info.endpoint,
-                audit_access_key=info.access_key,
-                audit_secret_key=info.secret_key,
-                audit_bucket="bench-audit",
-                key_service_url="http://127.0.0.1:1",
-                key_service_token_file=Path(state) / "unused",
-            )
-            database = Database(pg.dsn, timeout=30, max_size=args.workers + 2)
-            database.open()
-            with database.connection() as conn:  # migrations
-                index.patient_exists(conn, uuid.uuid4())
-            exchange = Exchange(
-                settings, database, FixedHospitals(client.ApiClient(), settings), LocalStores(minio, records), audit
-            )
-            workflows = Workflows(exchange)
-            spec = _spec()
-            print("MedCloud workflows benchmark (PostgreSQL and MinIO on loopback, this machine)")
-            bench_bookings(Appointments(workflows), _context("city", spec), pg.dsn, args.slots, args.workers)
-            bench_recognition(
-                ExamResults(workflows, Requests(workflows)),
-                _context("village", spec),
-                pg.dsn,
-                args.results,
-                args.samples,
-            )
-            database.close()
-        finally:
-            servers.stop()
+    with in_process_exchange("bench-workflows-", FixedHospitals, args.workers + 2) as (exchange, _minio, _records, dsn):
+        with exchange.db.connection() as conn:  # migrations
+            index.patient_exists(conn, uuid.uuid4())
+        workflows = Workflows(exchange)
+        spec = _spec()
+        print("MedCloud workflows benchmark (PostgreSQL and MinIO on loopback, this machine)")
+        bench_bookings(Appointments(workflows), _context("city", spec), dsn, args.slots, args.workers)
+        exams = ExamResults(workflows, Requests(workflows))
+        bench_recognition(exams, _context("village", spec), dsn, args.results, args.samples)
 
 
 if __name__ == "__main__":

@@ -484,7 +484,9 @@ def schedule_with_slots(http: httpx.Client, caller: Caller, hospital: str, count
     return str(schedule["id"]), [str(s) for s in slots]
 
 
-def test_two_bookings_of_one_slot_never_both_succeed(exchange: httpx.Client, callers: dict[str, Caller]) -> None:
+def test_two_bookings_of_one_slot_never_both_succeed(
+    exchange: httpx.Client, callers: dict[str, Caller], database: str
+) -> None:
     county = callers[COUNTY]
     schedule, (contested, other) = schedule_with_slots(exchange, county, COUNTY, 2)
     patients = [registered(exchange, callers[h])[1] for h in (TOWNSHIP, COMMUNITY, CITY, COUNTY)]
@@ -533,6 +535,25 @@ def test_two_bookings_of_one_slot_never_both_succeed(exchange: httpx.Client, cal
     assert move(county, "noshow").status_code == 200
     rebooked = post(exchange, callers[CITY], "/fhir/Appointment", appointment(patients[2], slot=f"Slot/{other}"))
     assert rebooked.status_code == 201, rebooked.text
+    # The booker cancels: the slot is free again.
+    cancel = {**rebooked.json(), "status": "cancelled", "cancelationReason": {"text": "patient moved"}}
+    headers = {**callers[CITY].headers(), **FHIR}
+    moved = exchange.put(f"/fhir/Appointment/{cancel['id']}", content=json.dumps(cancel), headers=headers)
+    assert moved.status_code == 200, moved.text
+    free_again = exchange.get(
+        "/fhir/Slot", params={"schedule": f"Schedule/{schedule}", "status": "free"}, headers=county.headers()
+    )
+    assert [s["id"] for s in entries(free_again)] == [other]
+
+    # Underneath the row lock, the database itself refuses a second live booking of a slot.
+    with psycopg.connect(database) as conn:
+        patient_id = patients[0].removeprefix("Patient/")
+        with pytest.raises(psycopg.errors.UniqueViolation, match="appointment_one_per_slot"):
+            conn.execute(
+                "INSERT INTO appointment (id, slot_id, patient_id, booked_by, host, status, starts, ends, written_by) "
+                "VALUES (%s, %s, %s, 'x', 'y', 'booked', now(), now(), 'x')",
+                (uuid.uuid4(), contested, patient_id),
+            )
 
 
 # --------------------------------------------------------------------------- the scenario across four institutions

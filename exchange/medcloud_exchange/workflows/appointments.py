@@ -318,7 +318,7 @@ class Appointments:
                 for member in dict.fromkeys((host, ctx.hospital)):
                     participants.append({"actor": {"reference": f"{ORGANIZATION}{member}"}, "status": "accepted"})
                 resource["participant"] = participants
-                self.wf.save(ctx.hospital, resource, 1)
+                self.wf.save(ctx, resource, 1)
                 self.wf.audit(
                     ctx,
                     Interaction.CREATE,
@@ -400,7 +400,7 @@ class Appointments:
             resource["meta"] = {"versionId": str(version)}
             if wanted.cancelationReason is not None:
                 resource["cancelationReason"] = dump(wanted.cancelationReason)
-            self.wf.save(ctx.hospital, resource, version)
+            self.wf.save(ctx, resource, version)
             self.wf.audit(
                 ctx,
                 Interaction.UPDATE,

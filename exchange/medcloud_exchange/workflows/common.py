@@ -107,10 +107,19 @@ class Workflows:
 
     # ------------------------------------------------------------------ records
 
-    def save(self, hospital: str, resource: Mapping[str, Any], version: int | None = None) -> None:
-        """Write a workflow resource, encrypted, into ``hospital``'s RecordStore (its id names the record)."""
+    def save(self, ctx: Context, resource: Mapping[str, Any], version: int | None = None) -> None:
+        """Write a workflow resource, encrypted, into the caller's RecordStore (its id names the record).
+
+        The exchange holds the keys only of stores that ``spec.sharing`` shares from: a member outside every
+        rule's ``from`` keeps no records here, and is told so (403) rather than the store's absence (503).
+        """
+        if ctx.hospital not in ctx.spec.publishers():
+            raise forbidden(
+                f"Consortium {self.exchange.settings.consortium} shares no records of {ctx.hospital}, so the "
+                "exchange keeps none of its workflows: list it in a spec.sharing rule's from"
+            )
         name = record_name(str(resource["resourceType"]), uuid.UUID(str(resource["id"])), version)
-        self.exchange.stores.client(hospital).put_fhir(resource, name)
+        self.exchange.stores.client(ctx.hospital).put_fhir(resource, name)
 
     def load(
         self, hospital: str, resource_type: str, resource_id: uuid.UUID, version: int | None = None

@@ -76,7 +76,7 @@ class Consultations:
                 "recipient": [{"reference": f"{ORGANIZATION}{other}"}],
                 "sent": sent.isoformat(),
             }
-            self.wf.save(ctx.hospital, resource)
+            self.wf.save(ctx, resource)
             self.wf.audit(
                 ctx,
                 Interaction.CREATE,

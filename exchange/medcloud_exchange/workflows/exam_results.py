@@ -169,7 +169,7 @@ class ExamResults:
                 (report_id, patient, ctx.hospital, LOINC, parsed.test_code, list(parsed.categories), parsed.issued),
             )
             resource = report_out(parsed.resource, report_id, patient)
-            self.wf.save(ctx.hospital, resource)
+            self.wf.save(ctx, resource)
             self.wf.audit(
                 ctx,
                 Interaction.CREATE,

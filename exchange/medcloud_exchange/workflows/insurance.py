@@ -161,7 +161,7 @@ class InsuranceCards:
                 f"INSERT INTO coverage (card_blind, {_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",  # noqa: S608
                 (blind, coverage_id, patient, registration.status, registration.start, registration.end, ctx.hospital),
             )
-            self.wf.save(ctx.hospital, resource)
+            self.wf.save(ctx, resource)
             self.wf.audit(
                 ctx,
                 Interaction.CREATE,

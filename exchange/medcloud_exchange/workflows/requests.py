@@ -292,7 +292,7 @@ class Requests:
             )
             resource = {**parsed.resource, "id": str(request_id), "subject": {"reference": f"{PATIENT}{patient}"}}
             resource["meta"] = {"versionId": "1"}
-            self.wf.save(ctx.hospital, resource)
+            self.wf.save(ctx, resource)
             task = None
             objects = [f"ServiceRequest/{request_id}"]
             if parsed.kind is not Kind.ORDER:
@@ -302,7 +302,7 @@ class Requests:
                     (task_id, request_id, ctx.hospital, parsed.performer, S.REQUESTED.value, ctx.hospital, 1),
                 )
                 task = task_resource(row, patient)
-                self.wf.save(ctx.hospital, task, 1)
+                self.wf.save(ctx, task, 1)
                 objects.append(f"Task/{task_id}")
             self.wf.audit(
                 ctx,
@@ -418,7 +418,7 @@ class Requests:
             moved = TaskRow(row.id, row.service_request_id, row.requester, row.owner, target, ctx.hospital, version)
             kept_outputs = tuple(o["valueReference"]["reference"] for o in self._task(row).get("output", []))
             task = task_resource(moved, request.patient_id, reason=reason, outputs=kept_outputs + outputs)
-            self.wf.save(ctx.hospital, task, version)
+            self.wf.save(ctx, task, version)
             self.wf.audit(
                 ctx,
                 Interaction.UPDATE,
@@ -445,7 +445,7 @@ class Requests:
             )
             conn.execute("UPDATE service_request SET status = 'completed' WHERE id = %s", (request_id,))
             task = task_resource(row, request.patient_id, reason="a recognised result is used", outputs=(output,))
-            self.wf.save(ctx.hospital, task, 1)
+            self.wf.save(ctx, task, 1)
             self.wf.audit(
                 ctx,
                 Interaction.CREATE,

@@ -102,3 +102,28 @@ def test_a_task_is_valid_fhir_and_keeps_its_parties() -> None:
     assert task["meta"]["versionId"] == "3"
     assert task["statusReason"] == {"text": "bed available"}
     assert task["output"][0]["valueReference"] == {"reference": "Appointment/1"}
+
+
+def test_a_member_no_rule_shares_from_is_told_why_its_records_are_not_kept() -> None:
+    import base64
+    import types
+
+    from medcloud_exchange.audit import Requester
+    from medcloud_exchange.decision import Purpose
+    from medcloud_exchange.service import Context
+    from medcloud_exchange.workflows.common import Workflows
+
+    receiving_only = SPEC.model_copy(
+        update={"sharing": [r for r in SPEC.sharing if "community" not in r.from_ and "*" not in r.from_]}
+    )
+    settings = types.SimpleNamespace(consortium="riverton", blind_key=lambda: base64.b64decode("A" * 43 + "="))
+    # Nothing but the settings is reached: the refusal comes before any store or database.
+    workflows = Workflows(types.SimpleNamespace(settings=settings, db=None))
+    ctx = Context(
+        Requester("system:serviceaccount:hospital-community:apps", "community", "P/1", "TREAT"),
+        receiving_only,
+        Purpose.TREAT,
+    )
+    with pytest.raises(FhirError, match=r"list it in a spec\.sharing rule's from") as raised:
+        workflows.save(ctx, {"resourceType": "Task", "id": str(uuid.uuid4())})
+    assert raised.value.status == 403

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import os
@@ -35,7 +36,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -260,13 +261,13 @@ def bench_decision(exchange: Exchange, samples: int) -> None:
     print(f"  reading the consents (SQL):    {read * 1e6:8.1f} µs per request")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--publishes", type=int, default=200, help="publishes per round")
-    parser.add_argument("--documents", type=int, default=100_000, help="documents in the search index")
-    parser.add_argument("--samples", type=int, default=500, help="searches and decisions to time")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-exchange-") as state:
+@contextlib.contextmanager
+def in_process_exchange(
+    prefix: str, cluster: type[Cluster] = Cluster, pool_size: int = 8
+) -> Iterator[tuple[Exchange, Minio, str, str]]:
+    """PostgreSQL and MinIO of their own, and the exchange's service layer on them, in process:
+    (exchange, root MinIO client, the records bucket, the database's DSN)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as state:
         servers = LocalCluster(Path(state), ClusterOptions(with_kubernetes=False, with_broker=False))
         servers.start()
         try:
@@ -289,18 +290,31 @@ def main() -> None:
                 key_service_url="http://127.0.0.1:1",
                 key_service_token_file=Path(state) / "unused",
             )
-            database = Database(pg.dsn, timeout=10)
+            database = Database(pg.dsn, timeout=30, max_size=pool_size)
             database.open()
             # No API server here: the Cluster is never asked (no TokenReview, and no break-glass Event).
-            cluster = Cluster(client.ApiClient(), settings)
-            exchange = Exchange(settings, database, cluster, LocalStores(minio, records), audit)
-            print("MedCloud exchange benchmark (PostgreSQL 15 and MinIO on loopback, this machine)")
-            bench_publish(exchange, minio, records, pg.dsn, args.publishes)
-            bench_search(exchange, pg.dsn, args.documents, args.samples)
-            bench_decision(exchange, args.samples * 10)
-            database.close()
+            exchange = Exchange(
+                settings, database, cluster(client.ApiClient(), settings), LocalStores(minio, records), audit
+            )
+            try:
+                yield exchange, minio, records, pg.dsn
+            finally:
+                database.close()
         finally:
             servers.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--publishes", type=int, default=200, help="publishes per round")
+    parser.add_argument("--documents", type=int, default=100_000, help="documents in the search index")
+    parser.add_argument("--samples", type=int, default=500, help="searches and decisions to time")
+    args = parser.parse_args()
+    with in_process_exchange("bench-exchange-") as (exchange, minio, records, dsn):
+        print("MedCloud exchange benchmark (PostgreSQL 15 and MinIO on loopback, this machine)")
+        bench_publish(exchange, minio, records, dsn, args.publishes)
+        bench_search(exchange, dsn, args.documents, args.samples)
+        bench_decision(exchange, args.samples * 10)
 
 
 if __name__ == "__main__":

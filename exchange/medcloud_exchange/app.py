@@ -454,4 +454,8 @@ def create_app(settings: ExchangeSettings | None = None, exchange: Exchange | No
         events = exchange.disclosure(ctx, _selector(patient, patient_identifier), count)
         return FhirResponse(searchset(events, len(events), "AuditEvent"))
 
+    # The workflows' routes use this module's caller dependencies, so they are imported once it is loaded.
+    from medcloud_exchange.workflows.mount import include
+
+    include(app, exchange)
     return app

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from medcloud_exchange.workflows.capabilities import workflow_resources
+
 MHD = "https://profiles.ihe.net/ITI/MHD"
 
 
@@ -64,6 +66,7 @@ def capability_statement(consortium: str, date: str) -> dict[str, Any]:
                             _param("patient.identifier", "token", "system|value"),
                         ],
                     },
+                    *workflow_resources(),
                 ],
             }
         ],

@@ -25,6 +25,7 @@ from medcloud.auth import Caller, Reviews, medcloud_resource
 from medcloud.models import GROUP, VERSION
 from medcloud.models.common import hospital_namespace
 from medcloud.models.consortium import Consortium, ConsortiumSpec
+from medcloud.models.hospital import Hospital, HospitalSpec
 from medcloud.tenancy.credentials import ACCESS_KEY_FIELD, SECRET_KEY_FIELD, Endpoint, decoded
 from medcloud.tenancy.store import InvalidStoreError, credentials_secret_name, hospital_of_namespace
 from medcloud_exchange import FIELD_MANAGER
@@ -107,6 +108,18 @@ class Cluster:
                 return None
             raise
         return ConsortiumSpec.model_validate(cast(dict[str, Any], raw)["spec"])
+
+    def hospital(self, name: str) -> HospitalSpec | None:
+        """A member's Hospital spec (tier, accreditation) as it is now; None when it is gone."""
+        try:
+            raw = self._custom.get_cluster_custom_object(
+                GROUP, VERSION, Hospital.crd.plural, name, _request_timeout=self._timeout
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return HospitalSpec.model_validate(cast(dict[str, Any], raw)["spec"])
 
     def store_credentials(self, hospital: str, store: str) -> StoreCredentials | None:
         """The S3 credentials of a member's RecordStore, from its credentials Secret; None when absent."""

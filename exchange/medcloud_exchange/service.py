@@ -182,15 +182,18 @@ class Exchange:
 
     # ------------------------------------------------------------------ ITI-105 publish
 
-    def publish(self, ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+    def publish(self, ctx: Context, body: dict[str, Any], custodian: str | None = None) -> dict[str, Any]:
+        """ITI-105; ``custodian``: the member whose record it becomes when not the caller's (a consult report
+        lands in the requester's record), written into that member's store, the caller audited as its author."""
         publication = parse_publication(body, self.settings.max_document_bytes)
-        if not ctx.spec.shares(ctx.hospital, publication.category):
+        publisher = custodian or ctx.hospital
+        if not ctx.spec.shares(publisher, publication.category):
             # The exchange holds keys only of stores that spec.sharing reaches: what it cannot share it does not take.
             raise forbidden(
-                f"Consortium {self.settings.consortium} shares no {publication.category} records of {ctx.hospital}"
+                f"Consortium {self.settings.consortium} shares no {publication.category} records of {publisher}"
             )
         document_id = uuid.uuid4()
-        records = self.stores.client(ctx.hospital)
+        records = self.stores.client(publisher)
         written: list[str] = []
         try:
             with self.db.transaction() as conn:
@@ -203,21 +206,22 @@ class Exchange:
                 written.append(metadata_name(document_id))
                 index.insert_document(
                     conn,
-                    self._row(document_id, patient, ctx.hospital, publication, content.version_id, metadata.version_id),
+                    self._row(document_id, patient, publisher, publication, content.version_id, metadata.version_id),
                 )
                 self._audit(
                     Interaction.CREATE,
                     "ITI-105",
                     ctx,
                     ok=True,
-                    description=f"published {publication.category} document",
+                    description=f"published {publication.category} document"
+                    + (f" into the record of {publisher}" if publisher != ctx.hospital else ""),
                     patient=patient,
                     objects=[f"DocumentReference/{document_id}"],
                 )
         except BaseException:
-            self._hide(ctx.hospital, written)
+            self._hide(publisher, written)
             raise
-        return document_out(publication.metadata, document_id, patient, ctx.hospital, self._base())
+        return document_out(publication.metadata, document_id, patient, publisher, self._base())
 
     def _row(
         self,

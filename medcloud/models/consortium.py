@@ -18,8 +18,10 @@ from medcloud.models.common import (
     PrinterColumn,
     Resource,
     StatusBase,
+    empty_default,
     unique_items,
 )
+from medcloud.models.hospital import Tier
 
 ANY_MEMBER = "*"
 
@@ -68,6 +70,64 @@ class SharingRule(MedCloudModel):
     @field_validator("from_", "to")
     @classmethod
     def _no_duplicates(cls, values: list[str]) -> list[str]:
+        return unique_items(values)
+
+
+LOINC_CODE_PATTERN = r"^[0-9]{1,7}-[0-9]$"
+DIAGNOSTIC_SERVICE_PATTERN = r"^[A-Z]{2,5}$"
+
+
+class RecognitionWindow(MedCloudModel):
+    """How long a result of one test (a LOINC code) or one diagnostic service section stays recognised."""
+
+    cel_rules: ClassVar[tuple[CELRule, ...]] = (
+        CELRule(
+            rule="has(self.test) != has(self.category)",
+            message="a recognition window names exactly one of test (a LOINC code) and category (e.g. LAB, RAD)",
+        ),
+    )
+
+    test: str | None = Field(
+        default=None,
+        pattern=LOINC_CODE_PATTERN,
+        description="LOINC code of the test (DiagnosticReport.code), e.g. 58410-2 for a complete blood count.",
+    )
+    category: str | None = Field(
+        default=None,
+        pattern=DIAGNOSTIC_SERVICE_PATTERN,
+        description="HL7 v2 table 0074 diagnostic service section (DiagnosticReport.category), e.g. LAB, RAD, CT.",
+    )
+    days: int = Field(ge=1, le=3650, description="Days after the report's issue during which it is recognised.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Self:
+        if (self.test is None) == (self.category is None):
+            raise ValueError("a recognition window names exactly one of test and category")
+        return self
+
+
+class ExamRecognition(MedCloudModel):
+    """Which members' exam results every member recognises instead of repeating the test, and for how long."""
+
+    producer_tiers: list[Tier] = Field(
+        default_factory=lambda: [Tier.CITY, Tier.COUNTY, Tier.DISTRICT],
+        max_length=6,
+        description="Tiers of the producing institution whose results are recognised.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    require_accreditation: bool = Field(
+        default=True,
+        description="Only results of members whose Hospital sets spec.examAccredited are recognised.",
+    )
+    windows: list[RecognitionWindow] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Validity per test or per category; a test's own window wins. No window: never recognised.",
+    )
+
+    @field_validator("producer_tiers")
+    @classmethod
+    def _no_duplicate_tiers(cls, values: list[Tier]) -> list[Tier]:
         return unique_items(values)
 
 
@@ -128,6 +188,11 @@ class ConsortiumSpec(MedCloudModel):
     consent_required: bool = Field(
         default=True,
         description="Patient consent is required for every cross-institution read; rules cannot waive it while true.",
+    )
+    exam_recognition: ExamRecognition = Field(
+        default_factory=ExamRecognition,
+        description="Mutual recognition of exam results: recognised producers and validity windows.",
+        json_schema_extra=empty_default(),
     )
 
     @field_validator("members")

@@ -151,6 +151,13 @@ class HospitalSpec(MedCloudModel):
         description="Network allowances on top of the tenant's default-deny network policies.",
         json_schema_extra=empty_default(),
     )
+    exam_accredited: bool = Field(
+        default=False,
+        description=(
+            "The institution's laboratory and imaging are accredited (e.g. ISO 15189), so the Consortium may "
+            "recognise its exam results (spec.examRecognition.requireAccreditation of the Consortium)."
+        ),
+    )
     key_rotation: KekRotation = Field(
         default_factory=KekRotation,
         description="On-demand rotation of the tenant's key-encryption key.",

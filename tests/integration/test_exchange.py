@@ -10,46 +10,47 @@ systems with real service account tokens for the audience ``medcloud-exchange``.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
-import os
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.operationoutcome import OperationOutcome
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client
 from minio import Minio
 from minio.error import S3Error
 from pydantic import SecretStr
 
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, MinioInfo
 from medcloud_cli.localcluster.exchange import AuditBucket, make_audit_bucket
-from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.postgres import PostgresInfo, bin_dir
 from medcloud_cli.localcluster.process import free_port, port_accepts
 from medcloud_exchange.app import create_app
 from medcloud_exchange.settings import ExchangeSettings
-from medcloud_keyservice.app import create_app as create_key_service
-from medcloud_keyservice.settings import KeyServiceSettings
+from tests.exchange_harness import (
+    admitted_callers,
+    consortium_members,
+    granted_exchange,
+    new_database,
+    raw_objects,
+    serve,
+    token,
+)
+from tests.exchange_harness import exchange_settings as harness_settings
+from tests.exchange_harness import key_service as running_key_service
 from tests.exchange_support import (
-    CLIENT_ROLE,
     INSURANCE_CARD,
     RESIDENT_ID,
     Caller,
@@ -60,11 +61,9 @@ from tests.exchange_support import (
 )
 from tests.operator_support import (
     OPERATOR_NAMESPACE,
-    REPO,
     ClusterAdmin,
     RunningOperator,
     hospital_spec,
-    is_ready,
     raw,
 )
 from tests.support import fuzz, wait_for
@@ -94,30 +93,6 @@ SPEC: dict[str, Any] = {
 Json = dict[str, Any]
 
 
-# --------------------------------------------------------------------------- servers in threads
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, "the server to listen", timeout=30)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
-def token(admin: ClusterAdmin, namespace: str, account: str, audience: str) -> str:
-    with contextlib.suppress(ApiException):
-        admin.core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
-    request = {"spec": {"audiences": [audience], "expirationSeconds": 3600}}
-    return str(admin.core.create_namespaced_service_account_token(account, namespace, request).status.token)
-
-
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -129,54 +104,17 @@ def admin(k8s_api_client: client.ApiClient) -> ClusterAdmin:
 @pytest.fixture(scope="module")
 def members(admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str]]:
     """County, city and village, Ready with a Ready RecordStore ``emr`` each, and their Consortium."""
-    names = [COUNTY, CITY, VILLAGE]
-    try:
-        for name in names:
-            admin.create("Hospital", name, hospital_spec(name))
-        for name in names:
-
-            def hospital_ready(name: str = name) -> bool:
-                obj = admin.get("Hospital", name)
-                return is_ready(obj) and bool((obj or {})["status"].get("kek"))
-
-            wait_for(hospital_ready, f"Hospital {name} Ready", timeout=120)
-            admin.create(
-                "RecordStore",
-                STORE,
-                {"recordClass": "documents", "retention": {"mode": "GOVERNANCE", "period": "1d"}},
-                f"hospital-{name}",
-            )
-        for name in names:
-
-            def store_ready(name: str = name) -> bool:
-                obj = admin.get("RecordStore", STORE, f"hospital-{name}")
-                return is_ready(obj) and (obj or {}).get("status", {}).get("phase") == "Ready"
-
-            wait_for(store_ready, f"RecordStore {name}/{STORE} Ready", timeout=120)
-        admin.create("Consortium", CONSORTIUM, SPEC)
+    hospitals = {name: hospital_spec(name) for name in (COUNTY, CITY, VILLAGE)}
+    store = {"recordClass": "documents", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
+    with consortium_members(admin, hospitals, CONSORTIUM, SPEC, STORE, store, timeout=120) as names:
         yield names
-    finally:
-        admin.delete("Consortium", CONSORTIUM)
-        for name in names:
-            admin.delete("RecordStore", STORE, f"hospital-{name}")
-        for name in names:
-            wait_for(partial(admin.gone, "RecordStore", STORE, f"hospital-{name}"), "store gone", 120)
-            admin.delete("Hospital", name)
-        for name in names:
-            wait_for(partial(admin.gone, "Hospital", name), f"Hospital {name} gone", 180)
 
 
 @pytest.fixture(scope="module")
 def key_service(local_cluster: Any, operator: RunningOperator) -> Iterator[str]:
     """The key service in a thread, as its own identity with deploy/keyservice-rbac.yaml."""
-    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "keyservice-rbac.yaml"))
-    api = config.new_client_from_config(config_file=str(local_cluster.kubeconfig_for_user(KEYSERVICE_USER, SA_GROUPS)))
-    settings = KeyServiceSettings(operator_namespace=OPERATOR_NAMESPACE, audience=KEYS_AUDIENCE)
-    try:
-        with serve(create_key_service(settings, api)) as url:
-            yield url
-    finally:
-        api.close()
+    with running_key_service(local_cluster) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -187,10 +125,7 @@ def audit_bucket(minio_server: MinioInfo) -> AuditBucket:
 
 @pytest.fixture(scope="module")
 def database(postgres_server: PostgresInfo) -> str:
-    name = f"exchange_{SUFFIX}"
-    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return postgres_server.dsn_for(name)
+    return new_database(postgres_server, f"exchange_{SUFFIX}")
 
 
 @dataclass
@@ -211,37 +146,17 @@ def exchange_settings(
     minio_server: MinioInfo,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> ExchangeSettings:
-    # The ClusterRoles exactly as deploy/ and the chart ship them: the one hospitals bind, and the
-    # exchange's own, which the operator binds per Consortium along with the members' keys.
-    for rbac in ("exchange-client-rbac.yaml", "exchange-rbac.yaml"):
-        local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / rbac))
-    granted = wait_for(
-        lambda: ((admin.get("Consortium", CONSORTIUM) or {}).get("status") or {}).get("exchange"),
-        "the operator to grant the exchange",
-    )
+    granted = granted_exchange(local_cluster, admin, CONSORTIUM)
     assert granted == {"serviceAccount": f"{OPERATOR_NAMESPACE}/{EXCHANGE_ACCOUNT}", "publishers": [COUNTY]}
-    folder = tmp_path_factory.mktemp("exchange")
-    token_file = folder / "keyservice-token"
-    token_file.write_text(token(admin, OPERATOR_NAMESPACE, EXCHANGE_ACCOUNT, KEYS_AUDIENCE))
-    # Its own identity towards the API server: a real token of its service account (a client
-    # certificate's name could not hold this user name: 64 characters at most).
-    own = token(admin, OPERATOR_NAMESPACE, EXCHANGE_ACCOUNT, str(admin.api.configuration.host))
-    kubeconfig = write_kubeconfig(
-        folder / "kubeconfig",
-        build_token_kubeconfig(local_cluster.state.server, local_cluster.ca.paths.cert, EXCHANGE_USER, own),
-    )
-    return ExchangeSettings(
-        consortium=CONSORTIUM,
-        kubeconfig=kubeconfig,
-        database_url=database,
-        blind_index_key=base64.b64encode(os.urandom(32)).decode(),
-        audit_endpoint=minio_server.endpoint,
-        audit_secure=False,
-        audit_access_key=audit_bucket.access_key,
-        audit_secret_key=audit_bucket.secret_key,
-        audit_bucket=audit_bucket.bucket,
+    return harness_settings(
+        local_cluster,
+        admin,
+        CONSORTIUM,
+        database=database,
+        audit=audit_bucket,
+        minio_server=minio_server,
         key_service_url=key_service,
-        key_service_token_file=token_file,
+        folder=tmp_path_factory.mktemp("exchange"),
         database_timeout_seconds=2,
         retry_after_seconds=7,
     )
@@ -256,30 +171,8 @@ def exchange(exchange_settings: ExchangeSettings) -> Iterator[Exchange]:
 @pytest.fixture(scope="module")
 def callers(admin: ClusterAdmin, exchange: Exchange, members: list[str]) -> dict[str, Caller]:
     """Each member's connector (ClusterRole medcloud-exchange-client bound in its namespace), and a stranger."""
-    out = {}
-    for hospital in members:
-        namespace = f"hospital-{hospital}"
-        out[hospital] = Caller(token(admin, namespace, "emr-connector", EXCHANGE_AUDIENCE))
-        admin.rbac.create_namespaced_role_binding(
-            namespace,
-            {
-                "metadata": {"name": "emr-connector-exchange"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CLIENT_ROLE},
-                "subjects": [{"kind": "ServiceAccount", "name": "emr-connector", "namespace": namespace}],
-            },
-        )
+    out = admitted_callers(admin, exchange.http, members, "emr-connector")
     out["stranger"] = Caller(token(admin, f"hospital-{COUNTY}", "billing", EXCHANGE_AUDIENCE))
-    probe = f"/fhir/DocumentReference?patient=Patient/{uuid.uuid4()}"
-    for hospital in members:
-        # RBAC grants reach the authorizer a moment after they are written.
-        def admitted(caller: Caller = out[hospital]) -> bool:
-            return exchange.http.get(probe, headers=caller.headers()).status_code == 200
-
-        wait_for(
-            admitted,
-            f"{hospital}'s connector admitted",
-            timeout=30,
-        )
     return out
 
 
@@ -609,22 +502,6 @@ def test_refusals_are_operation_outcomes_and_store_nothing(
 # --------------------------------------------------------------------------- at rest
 
 
-def _raw_objects(minio_server: MinioInfo) -> Iterator[bytes]:
-    root = Minio(
-        minio_server.endpoint, access_key=minio_server.access_key, secret_key=minio_server.secret_key, secure=False
-    )
-    for bucket in root.list_buckets():
-        for obj in root.list_objects(bucket.name, recursive=True, include_version=True):
-            if obj.is_delete_marker:
-                continue
-            response = root.get_object(bucket.name, obj.object_name, version_id=obj.version_id)
-            try:
-                yield response.read()
-            finally:
-                response.close()
-                response.release_conn()
-
-
 def test_no_identifier_or_document_text_at_rest(
     exchange: Exchange, callers: dict[str, Caller], postgres_server: PostgresInfo, minio_server: MinioInfo, servers: Any
 ) -> None:
@@ -650,7 +527,7 @@ def test_no_identifier_or_document_text_at_rest(
     for marker in markers:
         assert marker not in dump
     seen = 0
-    for body in _raw_objects(minio_server):
+    for body in raw_objects(minio_server):
         seen += 1
         for marker in markers:
             assert marker not in body

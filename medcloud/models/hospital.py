@@ -14,13 +14,14 @@ from medcloud.models.common import (
     HOSPITAL_NAMESPACE_PREFIX,
     PHASE_COLUMN,
     READY_COLUMN,
+    ByteQuantity,
     CELRule,
+    CpuQuantity,
     CRDInfo,
     DNS1123Label,
     DNS1123Subdomain,
     MedCloudModel,
     PrinterColumn,
-    Quantity,
     Resource,
     StatusBase,
     empty_default,
@@ -68,9 +69,9 @@ class HospitalAdmins(MedCloudModel):
 class HospitalQuota(MedCloudModel):
     """Resource quota of the tenant namespace; every field has a default for a mid-size hospital."""
 
-    cpu: Quantity = Field(default="16", description="Total CPU the tenant's pods may request, e.g. 16 or 8500m.")
-    memory: Quantity = Field(default="64Gi", description="Total memory the tenant's pods may request, e.g. 64Gi.")
-    storage: Quantity = Field(
+    cpu: CpuQuantity = Field(default="16", description="Total CPU the tenant's pods may request, e.g. 16 or 8500m.")
+    memory: ByteQuantity = Field(default="64Gi", description="Total memory the tenant's pods may request, e.g. 64Gi.")
+    storage: ByteQuantity = Field(
         default="1Ti", description="Total storage the tenant's persistent volume claims may request, e.g. 1Ti."
     )
     pods: int = Field(default=200, ge=0, le=100000, description="Maximum number of pods in the tenant namespace.")

@@ -10,13 +10,13 @@ from pydantic import AwareDatetime, Field, model_validator
 from medcloud.models.common import (
     PHASE_COLUMN,
     READY_COLUMN,
+    ByteQuantity,
     CELRule,
     CRDInfo,
     DNS1123Subdomain,
     Duration,
     MedCloudModel,
     PrinterColumn,
-    Quantity,
     Resource,
     StatusBase,
     duration_days,
@@ -150,7 +150,7 @@ class RecordStoreSpec(MedCloudModel):
         _COMPLIANCE_STAYS,
         _COMPLIANCE_NEVER_SHORTER,
     ]
-    quota: Quantity = Field(default="100Gi", description="Maximum size of the bucket, e.g. 500Gi or 2Ti.")
+    quota: ByteQuantity = Field(default="100Gi", description="Maximum size of the bucket, e.g. 500Gi or 2Ti.")
     key_rotation: KeyRotation = Field(
         default_factory=KeyRotation,
         description=(

@@ -665,17 +665,25 @@ def test_network_policies_say_what_the_specs_say(cluster: Cluster, hospitals: Ho
     assert not allowed(pa, outside("internet", ip="8.8.8.8"), 443)
 
 
+# Quantities at the model's bounds must be stored exactly as written, or the
+# operator would "correct" the ResourceQuota on every reconcile.
+EXTREME_QUOTA = {"cpu": "100000", "memory": "1Ei", "storage": "1.5Gi"}
+
+
+@pytest.mark.parametrize("quota", [None, EXTREME_QUOTA], ids=["default-quota", "extreme-quota"])
 def test_an_idle_operator_writes_nothing(
     cluster: Cluster,
     local_cluster: Any,
     operator_kubeconfig: Path,
     hospitals: HospitalFactory,
     operator: RunningOperator,
+    quota: dict[str, str] | None,
 ) -> None:
     audit_log = getattr(local_cluster, "audit_log", None)
     if audit_log is None:
         pytest.skip("needs the local cluster's audit log")
-    name = hospitals("idle", consortium="east", admins={"users": ["li"]})
+    extra = {} if quota is None else {"quota": quota}
+    name = hospitals("idle", consortium="east", admins={"users": ["li"]}, **extra)
     ns = f"hospital-{name}"
     wait_ready(cluster, name)
     wait_for(lambda: (cluster.hospital(name) or {}).get("status", {}).get("quotaUsage"), "quota usage in status")

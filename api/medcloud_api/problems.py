@@ -37,6 +37,7 @@ TITLES: dict[str, str] = {
     "validation-failed": "The request is not valid",
     "rejected-by-kubernetes": "The Kubernetes API rejected the object",
     "conflict": "Conflicts with what exists",
+    "institution-code-taken": "The institution code belongs to another hospital",
     "records-under-retention": "Records are under retention",
     "onboarding-failed": "Onboarding failed part-way",
     "tenant-namespace-missing": "The tenant namespace did not appear",

@@ -269,6 +269,8 @@ class HospitalCondition(StrEnum):
 class HospitalReason(StrEnum):
     """Reasons only a Hospital reports (the shared ones are :class:`medcloud.models.conditions.Reason`)."""
 
+    INSTITUTION_CODE_TAKEN = "InstitutionCodeTaken"
+    """An older Hospital has the same institution code; this one gets no tenancy until that one is gone."""
     NAMESPACE_TERMINATING = "NamespaceTerminating"
     """A namespace of the same name is still being deleted; the operator waits."""
     OPERATOR_NAMESPACE_MISSING = "OperatorNamespaceMissing"

@@ -58,6 +58,7 @@ from tests.operator_support import (
     ClusterAdmin,
     Json,
     RunningOperator,
+    institution_code,
 )
 from tests.support import fuzz, wait_for
 
@@ -78,7 +79,7 @@ def sa_user(name: str) -> str:
 
 
 def hospital_body(name: str, tier: str = "township", **extra: Any) -> Json:
-    spec = {"displayName": f"Test {name}", "institutionCode": f"T{RUN.upper()}{len(name):02d}X", "tier": tier}
+    spec = {"displayName": f"Test {name}", "institutionCode": institution_code(name), "tier": tier}
     spec.update(extra.pop("spec", {}))
     return {"name": name, "spec": spec, **extra}
 
@@ -485,6 +486,22 @@ def test_repeating_an_onboarding_changes_nothing_and_a_conflicting_one_is_409_wi
     ]
     assert "Nothing was changed" in conflict["detail"]
     assert admin.get("Hospital", HOSPITAL_A)["spec"]["displayName"] == f"Test {HOSPITAL_A}"
+
+
+def test_an_institution_code_another_hospital_holds_is_409_and_nothing_is_written(
+    http: httpx.Client, admin: Admin, callers: dict[str, Caller], tenants: dict[str, Json]
+) -> None:
+    taken = tenants[HOSPITAL_A]["spec"]["institutionCode"]
+    name = f"dup-{RUN}"
+    body = hospital_body(name, "township", spec={"institutionCode": taken})
+
+    refused = problem(
+        http.post("/v1/hospitals", json=body, headers=callers["city-admin"].headers), 409, "institution-code-taken"
+    )
+
+    assert taken in refused["detail"]
+    assert HOSPITAL_A not in refused["detail"]  # the holder may be a Hospital the caller cannot see
+    assert admin.get("Hospital", name) is None
 
 
 def test_a_failure_part_way_rolls_back_everything_the_request_created(

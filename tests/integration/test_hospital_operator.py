@@ -847,6 +847,32 @@ def test_kek_rotation_on_demand_adds_a_version_once_and_keeps_the_old_one(
     )
 
 
+def test_a_duplicate_institution_code_fails_the_younger_hospital_until_the_older_is_gone(
+    cluster: Cluster, hospitals: HospitalFactory
+) -> None:
+    code = f"DUP{uuid.uuid4().hex[:8].upper()}"
+    first = hospitals("code-first", institutionCode=code)
+    wait_ready(cluster, first)
+    second = hospitals("code-second", institutionCode=code)
+
+    def failed() -> Json | None:
+        hospital = cluster.hospital(second)
+        return hospital if (hospital or {}).get("status", {}).get("phase") == "Failed" else None
+
+    hospital = wait_for(failed, "the duplicate to fail")
+    namespace_ready = condition(hospital, "NamespaceReady")
+    assert namespace_ready is not None
+    assert (namespace_ready["status"], namespace_ready["reason"]) == ("False", "InstitutionCodeTaken")
+    assert f"already belongs to Hospital {first}" in namespace_ready["message"]
+    assert not is_ready(hospital)
+    assert cluster.namespace(f"hospital-{second}") is None
+    assert is_ready(cluster.hospital(first))
+
+    cluster.delete("Hospital", first)
+    wait_for(gone(cluster, first), f"Hospital {first} to be deleted", timeout=120)
+    wait_ready(cluster, second)
+
+
 def test_an_unrealisable_spec_fails_with_a_reason(cluster: Cluster, hospitals: HospitalFactory) -> None:
     # Valid for the schema (a DNS subdomain), too long for the namespace label it becomes.
     name = hospitals("invalid", consortium="c" * 70)

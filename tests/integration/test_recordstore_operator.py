@@ -948,3 +948,45 @@ def test_records_cli_puts_lists_and_gets_with_either_key_source(
     assert denied.exit_code == 1
     assert "403" in denied.output
     assert not (tmp_path / "x").exists()
+
+
+def _one_line_error(result: Any) -> str:
+    """A failed CLI run: exit 1, and one line of error, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return str(lines[0])
+
+
+def test_records_cli_failures_are_one_clear_line_and_a_nonzero_exit(
+    cluster: Cluster,
+    local_cluster: Any,
+    storage: PrivateMinio,
+    tenants: Tenants,
+    hospital: str,
+    tmp_path: Path,
+) -> None:
+    name = tenants.store(hospital, "cli-errors")
+    wait_ready(cluster, hospital, name)
+    admin = ["-n", hospital, "--kubeconfig", str(local_cluster.kubeconfig), "--direct-keys"]
+    runner = CliRunner()
+    source = tmp_path / "visit.txt"
+    source.write_bytes(b"not a real visit")
+
+    never = runner.invoke(medcloud_cli, ["records", "get", name, "visits/never-written", "-", *admin])
+    assert "no record visits/never-written" in _one_line_error(never)
+
+    no_store = runner.invoke(medcloud_cli, ["records", "ls", "no-such-store", *admin[:4]])
+    assert "RecordStore" in _one_line_error(no_store)
+
+    storage.stop()
+    try:
+        down = runner.invoke(medcloud_cli, ["records", "put", name, "visits/1", str(source), *admin])
+        assert "cannot reach the store" in _one_line_error(down)
+        listing = runner.invoke(medcloud_cli, ["records", "ls", name, *admin[:4]])
+        assert "cannot reach the store" in _one_line_error(listing)
+    finally:
+        storage.start()

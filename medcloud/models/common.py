@@ -201,6 +201,24 @@ DNS1123Label = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123
 DNS1123Subdomain = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN_PATTERN)]
 """A DNS-1123 subdomain: dot-separated labels, at most 253 characters (most object names)."""
 
+
+def _printable(value: str) -> str:
+    # A NUL or other control character in a name shown to people breaks
+    # terminals, logs and C-string consumers (pydantic itself refuses lone surrogates).
+    if any(char < " " or char == "\x7f" for char in value):
+        raise ValueError("must not contain control characters (such as NUL)")
+    return value
+
+
+PLAIN_TEXT_RULE = CELRule(
+    rule=r"!self.matches('[\\x00-\\x1f\\x7f]')",
+    message="must not contain control characters (such as NUL)",
+)
+
+PlainText = Annotated[str, AfterValidator(_printable), PLAIN_TEXT_RULE]
+"""Free text people read (display names, user names): any characters but control characters."""
+
+
 HOSPITAL_NAME_MAX = 54
 HOSPITAL_NAMESPACE_PREFIX = "hospital-"
 

@@ -21,6 +21,7 @@ from medcloud.models.common import (
     DNS1123Label,
     DNS1123Subdomain,
     MedCloudModel,
+    PlainText,
     PrinterColumn,
     Resource,
     StatusBase,
@@ -46,7 +47,7 @@ class Tier(StrEnum):
 
 # Principal names are free-form (users may be e-mail addresses or
 # system:serviceaccount:... names); bounding them keeps CEL costs estimable.
-Principal = Annotated[str, Field(min_length=1, max_length=253)]
+Principal = Annotated[PlainText, Field(min_length=1, max_length=253)]
 
 
 class HospitalAdmins(MedCloudModel):
@@ -119,7 +120,7 @@ class KekRotation(MedCloudModel):
 class HospitalSpec(MedCloudModel):
     """Desired state of a hospital tenant."""
 
-    display_name: str = Field(
+    display_name: PlainText = Field(
         min_length=1, max_length=128, description="Human-readable name of the institution, e.g. Riverton City Hospital."
     )
     institution_code: Annotated[

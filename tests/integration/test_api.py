@@ -22,10 +22,12 @@ the tests see is the operator's; no test writes a status.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ import httpx
 import pytest
 import uvicorn
 import yaml
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
@@ -968,6 +972,147 @@ def test_the_api_works_with_exactly_the_rbac_of_deploy_api_rbac(
             admin.delete("RecordStore", store_name, f"hospital-{name}")
             admin.wait_gone("RecordStore", store_name, f"hospital-{name}")
         assert lean.delete(f"/v1/hospitals/{name}", headers=city).status_code == 202
+
+
+# --------------------------------------------------------------------------- probe: forged tokens
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64url(text: str) -> Json:
+    decoded: Json = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    return decoded
+
+
+def _signed(header: Json, claims: Json, key: rsa.RSAPrivateKey) -> str:
+    signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{_b64url(signature)}"
+
+
+def _forgeries(token: str, cluster_key: rsa.RSAPrivateKey) -> dict[str, str]:
+    """Tokens made from a real one: re-signed as it is (the control), and changed one thing at a time."""
+    header_text, claims_text, signature = token.split(".")
+    header, claims = _unb64url(header_text), _unb64url(claims_text)
+    stranger_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    return {
+        "resigned-as-issued": _signed(header, claims, cluster_key),
+        "expired": _signed(header, {**claims, "iat": now - 7200, "nbf": now - 7200, "exp": now - 3600}, cluster_key),
+        "not-yet-valid": _signed(header, {**claims, "nbf": now + 3600, "iat": now + 3600}, cluster_key),
+        "wrong-audience": _signed(header, {**claims, "aud": ["medcloud-keyservice"]}, cluster_key),
+        "other-key": _signed(header, claims, stranger_key),
+        "alg-none": f"{_b64url(json.dumps({'alg': 'none', 'typ': 'JWT'}).encode())}.{claims_text}.",
+        "claims-swapped": f"{header_text}.{_b64url(json.dumps({**claims, 'sub': sa_user('city-admin')}).encode())}"
+        f".{signature}",
+        "truncated": token[: len(token) // 2],
+        "garbage": "x" * 2048,
+    }
+
+
+def test_forged_expired_and_wrong_audience_tokens_are_401(
+    http: httpx.Client, admin: Admin, local_cluster: Any, tenants: Json
+) -> None:
+    pki_dir = getattr(local_cluster, "pki_dir", None)
+    if pki_dir is None:
+        pytest.skip("needs the local cluster's service-account signing key")
+    key = serialization.load_pem_private_key((Path(pki_dir) / "sa-signer.key").read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    tokens = _forgeries(admin.token("nobody"), key)
+    keyservice_token = admin.core.create_namespaced_service_account_token(
+        "nobody",
+        CALLERS_NAMESPACE,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=["medcloud-keyservice"], expiration_seconds=600)
+        ),
+    ).status.token
+
+    # The control: the signing key really is the cluster's, so each refusal below is for what was changed.
+    control = http.get("/v1/hospitals", headers={"Authorization": f"Bearer {tokens.pop('resigned-as-issued')}"})
+    assert control.status_code == 200, control.text
+    tokens["issued-for-the-key-service"] = str(keyservice_token)
+    for case, token in tokens.items():
+        response = http.get("/v1/hospitals", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401, (case, response.text)
+        assert response.json()["type"].endswith("/unauthorized"), case
+        assert token not in response.text, case
+
+
+# --------------------------------------------------------------------------- probe: malformed requests
+
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
+def _valid_onboarding(name: str) -> Json:
+    return hospital_body(name, "village", recordStores=[], deviceGateways=[], apps=[])
+
+
+MALFORMED: list[tuple[str, Callable[[str], bytes], int]] = [
+    ("not-json", lambda _: b'{"name": ', 400),
+    ("invalid-utf8", lambda n: json.dumps(_valid_onboarding(n)).encode().replace(b"Test", b"T\xff\xfe"), 400),
+    ("empty", lambda _: b"", 422),
+    ("array", lambda n: json.dumps([_valid_onboarding(n)]).encode(), 422),
+    ("string", lambda _: b'"hospital"', 422),
+    ("unknown-field", lambda n: json.dumps({**_valid_onboarding(n), "extra": 1}).encode(), 422),
+    ("nul-display-name", lambda n: json.dumps(_patched(n, displayName="City\x00General")).encode(), 422),
+    ("control-user", lambda n: json.dumps(_patched(n, admins={"users": ["li\x1bwei"]})).encode(), 422),
+    ("cpu-1e309", lambda n: json.dumps(_patched(n, quota={"cpu": "1e309"})).encode(), 422),
+    ("memory-sixty-nines", lambda n: json.dumps(_patched(n, quota={"memory": "9" * 60 + "Ei"})).encode(), 422),
+    ("cpu-tiny", lambda n: json.dumps(_patched(n, quota={"cpu": "1e-309"})).encode(), 422),
+    ("pods-negative", lambda n: json.dumps(_patched(n, quota={"pods": -1})).encode(), 422),
+    ("pods-float", lambda n: json.dumps(_patched(n, quota={"pods": 1.5})).encode(), 422),
+    ("pods-huge", lambda n: json.dumps(_patched(n, quota={"pods": 10**30})).encode(), 422),
+    ("name-too-long", lambda n: json.dumps({**_valid_onboarding(n), "name": "x" * 300}).encode(), 422),
+    ("name-uppercase", lambda n: json.dumps({**_valid_onboarding(n), "name": "Bad"}).encode(), 422),
+    ("tier-unknown", lambda n: json.dumps(_patched(n, tier="metropolis")).encode(), 422),
+    ("code-null", lambda n: json.dumps(_patched(n, institutionCode=None)).encode(), 422),
+    ("deep-nesting", lambda n: json.dumps(_patched(n, quota=_nested(200))).encode(), 422),
+    (
+        "store-bad-retention",
+        lambda n: json.dumps(
+            {
+                **_valid_onboarding(n),
+                "recordStores": [{"name": "emr", "spec": {"recordClass": "emr", "retention": {"period": "30 years"}}}],
+            }
+        ).encode(),
+        422,
+    ),
+]
+
+
+def _patched(name: str, **spec: Any) -> Json:
+    body = _valid_onboarding(name)
+    body["spec"] = {**body["spec"], **spec}
+    return body
+
+
+def _nested(depth: int) -> Json:
+    node: Json = {}
+    for _ in range(depth):
+        node = {"a": node}
+    return node
+
+
+@pytest.mark.parametrize(("case", "make", "status"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_a_malformed_onboarding_is_a_clean_problem_and_leaves_nothing(
+    http: httpx.Client,
+    admin: Admin,
+    callers: dict[str, Caller],
+    case: str,
+    make: Callable[[str], bytes],
+    status: int,
+) -> None:
+    name = f"bad-{case}-{RUN}"[:54]
+    body = make(name)
+
+    response = http.post("/v1/hospitals", content=body, headers={**JSON_TYPE, **callers["city-admin"].headers})
+
+    problem(response, status, "validation-failed")
+    assert "\x00" not in response.text
+    assert "\\u0000" not in response.text
+    assert admin.get("Hospital", name) is None
 
 
 # --------------------------------------------------------------------------- schemathesis

@@ -285,6 +285,18 @@ INVALID: list[Invalid] = [
         ("spec.quota.storage: Invalid value", "a size must be a whole number of bytes, at most 1Ei"),
     ),
     Invalid(
+        "hosp-display-name-nul",
+        "Hospital",
+        {"spec.displayName": "City\x00General"},
+        ("spec.displayName: Invalid value", "must not contain control characters (such as NUL)"),
+    ),
+    Invalid(
+        "hosp-admin-user-nul",
+        "Hospital",
+        {"spec.admins": {"users": ["li\x00wei"]}},
+        ("spec.admins.users[0]: Invalid value", "must not contain control characters (such as NUL)"),
+    ),
+    Invalid(
         "hosp-name-too-long",
         "Hospital",
         {"metadata.name": LONG_NAME},

@@ -211,6 +211,16 @@ def test_quantities_out_of_range_are_refused_with_the_bound(field: str, value: s
         Hospital.model_validate(hospital(quota={field: value}))
 
 
+@pytest.mark.parametrize("text", ["Riverton\x00General", "bell\x07", "line\nbreak", "delete\x7f"])
+def test_display_names_and_principals_refuse_control_characters(text: str) -> None:
+    with pytest.raises(ValidationError, match="must not contain control characters"):
+        Hospital.model_validate(hospital(displayName=text))
+    with pytest.raises(ValidationError, match="must not contain control characters"):
+        Hospital.model_validate(hospital(admins={"users": [text]}))
+    unicode_name = "Riverton 市第一医院"
+    assert Hospital.model_validate(hospital(displayName=unicode_name)).spec.display_name == unicode_name
+
+
 def test_quantities_at_the_bounds_are_accepted() -> None:
     quota = Hospital.model_validate(hospital(quota={"cpu": "100000", "memory": "1Ei", "storage": 0})).spec.quota
     assert (quota.cpu, quota.memory, quota.storage) == ("100000", "1Ei", "0")

@@ -17,6 +17,7 @@ from minio import Minio
 from minio.commonconfig import GOVERNANCE
 from minio.retention import Retention
 from paho.mqtt.enums import CallbackAPIVersion
+from typer.testing import CliRunner
 
 from medcloud_cli.localcluster.cluster import (
     UNPRIVILEGED_USER,
@@ -27,6 +28,7 @@ from medcloud_cli.localcluster.cluster import (
 )
 from medcloud_cli.localcluster.postgres import PostgresInfo
 from medcloud_cli.localcluster.process import pid_alive, port_is_free
+from medcloud_cli.main import app as medcloud_cli
 from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -281,3 +283,18 @@ def test_postgres_answers_on_loopback_with_a_password_and_runs_unprivileged(
     assert server.pid is not None
     owner = Path(f"/proc/{server.pid}").stat().st_uid
     assert owner != 0, "PostgreSQL never runs as root"
+
+
+def test_a_second_dev_up_on_a_running_cluster_is_refused_and_keeps_its_record(servers: LocalCluster) -> None:
+    state_file = servers.state_dir / LocalCluster.STATE_FILE
+    recorded = state_file.read_text()
+
+    result = CliRunner().invoke(medcloud_cli, ["dev", "up", "--state-dir", str(servers.state_dir)])
+
+    assert result.exit_code == 1, result.output
+    assert "a cluster already runs" in result.output
+    assert state_file.read_text() == recorded
+    assert all(p.running() for p in servers.processes)
+    status = CliRunner().invoke(medcloud_cli, ["dev", "status", "--state-dir", str(servers.state_dir)])
+    assert status.exit_code == 0, status.output
+    assert "minio" in status.output

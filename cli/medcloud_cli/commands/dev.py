@@ -14,6 +14,7 @@ from medcloud_cli import environment as env
 from medcloud_cli.localcluster import binaries, images, node
 from medcloud_cli.localcluster.cluster import (
     KEPT_STATE,
+    AlreadyRunningError,
     ClusterOptions,
     ClusterState,
     LocalCluster,
@@ -94,6 +95,10 @@ def up(
                 cluster.save_state()
             if not cluster_only:
                 platform = start_platform(cluster)
+    except AlreadyRunningError as exc:
+        # Not ours to stop: the running cluster and its state.json stay exactly as they are.
+        console.print(f"[red]dev up refused:[/red] {exc}")
+        raise typer.Exit(1) from exc
     except (StartupError, binaries.BuildError, RuntimeError, OSError) as exc:
         console.print(f"[red]dev up failed:[/red] {exc}")
         console.print(f"logs: {state_dir / 'logs'}")

@@ -142,6 +142,19 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None, expect: str | None
         return bool(response.status == 200 and (expect is None or expect in body))
 
 
+class AlreadyRunningError(StartupError):
+    """A cluster recorded in the state directory still runs: refused, and its record is left alone."""
+
+    def __init__(self, state_dir: Path, state: ClusterState) -> None:
+        alive = sorted(name for name, pid in state.pids.items() if pid_alive(pid))
+        dead = sorted(name for name, pid in state.pids.items() if not pid_alive(pid))
+        missing = f"; not running: {', '.join(dead)} (`medcloud dev down` then `dev up` restarts all, data kept)"
+        super().__init__(
+            f"a cluster already runs from {state_dir} ({', '.join(alive)})"
+            + (missing if dead else "; stop it first with `medcloud dev down`")
+        )
+
+
 class LocalCluster:
     """A real Kubernetes control plane plus MinIO and Mosquitto on loopback."""
 
@@ -197,10 +210,7 @@ class LocalCluster:
         if (self.state_dir / self.STATE_FILE).exists():
             existing = ClusterState.load(self.state_dir / self.STATE_FILE)
             if any(pid_alive(p) for p in existing.pids.values()):
-                raise StartupError(
-                    f"a cluster already runs from {self.state_dir} (pids {sorted(existing.pids.values())}); "
-                    "stop it first (`medcloud dev down`)"
-                )
+                raise AlreadyRunningError(self.state_dir, existing)
         opts = self.options
         needed = ["etcd", "kube-apiserver", "kubectl"] if opts.with_kubernetes else []
         if opts.with_kubernetes and opts.with_controllers:

@@ -265,11 +265,15 @@ class HospitalCondition(StrEnum):
     """Default-deny network policies and the allowed exceptions are in place."""
     KEY_READY = "KeyReady"
     """The tenant key-encryption key exists in the operator's namespace."""
+    ONBOARDED = "Onboarded"
+    """Every RecordStore, DeviceGateway and AppInstance an unfinished onboarding asked for exists."""
 
 
 class HospitalReason(StrEnum):
     """Reasons only a Hospital reports (the shared ones are :class:`medcloud.models.conditions.Reason`)."""
 
+    ONBOARDING_INCOMPLETE = "OnboardingIncomplete"
+    """An onboarding stopped part-way: objects it asked for are missing; repeat the request."""
     INSTITUTION_CODE_TAKEN = "InstitutionCodeTaken"
     """An older Hospital has the same institution code; this one gets no tenancy until that one is gone."""
     NAMESPACE_TERMINATING = "NamespaceTerminating"

@@ -46,9 +46,12 @@ from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
 
 from medcloud.models import Tier
+from medcloud.tenancy import onboarding
 from medcloud_api.config import APISettings
 from medcloud_api.main import create_app
+from medcloud_api.plan import build_plan, resolve
 from medcloud_api.profiles import default_profile
+from medcloud_api.schemas import HospitalCreate
 from medcloud_cli.commands.onboard import ServerSentEvent, iter_sse
 from medcloud_cli.localcluster.process import free_port
 from medcloud_cli.main import app as cli_app
@@ -63,6 +66,7 @@ from tests.operator_support import (
     Json,
     RunningOperator,
     institution_code,
+    is_ready,
 )
 from tests.support import fuzz, wait_for
 
@@ -506,6 +510,37 @@ def test_an_institution_code_another_hospital_holds_is_409_and_nothing_is_writte
     assert taken in refused["detail"]
     assert HOSPITAL_A not in refused["detail"]  # the holder may be a Hospital the caller cannot see
     assert admin.get("Hospital", name) is None
+
+
+def test_an_onboarding_interrupted_after_the_hospital_is_visibly_incomplete_until_repeated(
+    http: httpx.Client, admin: Admin, callers: dict[str, Caller], cleanup: set[str]
+) -> None:
+    name = f"crashed-{RUN}"
+    body = hospital_body(name, "township")
+    cleanup.add(name)
+    # What the API had written when it died: the Hospital (first in the plan), and nothing after it.
+    hospital = build_plan(resolve(HospitalCreate.model_validate(body)))[0].manifest()
+    admin.custom.create_cluster_custom_object(GROUP, VERSION, "hospitals", hospital)
+
+    def incomplete() -> Json | None:
+        found = admin.get("Hospital", name) or {}
+        conditions = {c["type"]: c for c in (found.get("status") or {}).get("conditions", [])}
+        keyed = conditions.get("KeyReady", {}).get("status") == "True"
+        return conditions.get("Onboarded") if keyed and "Onboarded" in conditions else None
+
+    onboarded = wait_for(incomplete, "the operator to check the onboarding")
+    assert (onboarded["status"], onboarded["reason"]) == ("False", "OnboardingIncomplete")
+    assert "missing: RecordStore" in onboarded["message"]
+    assert "repeat it" in onboarded["message"]
+    assert admin.get("Hospital", name)["status"]["phase"] != "Ready"
+
+    again = http.post("/v1/hospitals", json=body, headers=callers["city-admin"].headers)
+
+    assert again.status_code == 201, again.text
+    assert ("Hospital", name) in refs(again.json()["unchanged"])
+    assert "RecordStore" in {kind for kind, _ in refs(again.json()["created"])}
+    assert onboarding.ANNOTATION not in (admin.get("Hospital", name)["metadata"].get("annotations") or {})
+    wait_for(lambda: is_ready(admin.get("Hospital", name)), "the Hospital to be Ready once complete", timeout=120)
 
 
 def test_a_failure_part_way_rolls_back_everything_the_request_created(

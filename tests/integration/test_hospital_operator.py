@@ -187,6 +187,7 @@ def test_a_hospital_becomes_ready_with_every_child_as_specified(cluster: Cluster
         "NamespaceReady": "True",
         "NetworkIsolated": "True",
         "KeyReady": "True",
+        "Onboarded": "True",
         "Ready": "True",
     }
 

@@ -27,6 +27,7 @@ from medcloud.models import (
     hospital_namespace,
 )
 from medcloud.models.common import DNS1123_LABEL_PATTERN, DNS1123_SUBDOMAIN_PATTERN, HOSPITAL_NAME_MAX
+from medcloud.tenancy import onboarding as tenancy_onboarding
 from medcloud.tenancy.institutions import code_holder
 from medcloud_api import FIELD_MANAGER, onboarding, pagination, problems
 from medcloud_api.deps import Authorizer, Authz, KubeDep, SettingsDep, current_user
@@ -156,12 +157,20 @@ def onboard_hospital(
             "each institution is onboarded once. Nothing was changed.",
         )
     outcome = onboarding.onboard(kube, plan, settings.namespace_wait_seconds)
+    _onboarding_finished(kube, body.name)
     view = load_view(kube, body.name)
     if view is None:  # deleted between our create and this read
         raise not_found(f"hospital {body.name}")
     response.status_code = 201 if outcome.created else 200
     response.headers["Location"] = f"/v1/hospitals/{body.name}"
     return OnboardingResult(hospital=view, created=outcome.created, unchanged=outcome.unchanged)
+
+
+def _onboarding_finished(kube: Kube, name: str) -> None:
+    """Everything the plan asked for exists: drop the Hospital's note of it, so the operator stops checking."""
+    hospital = kube.get(Hospital, name)
+    if hospital is not None and tenancy_onboarding.ANNOTATION in (hospital["metadata"].get("annotations") or {}):
+        kube.merge_patch(Hospital, name, {"metadata": {"annotations": {tenancy_onboarding.ANNOTATION: None}}})
 
 
 # ---------------------------------------------------------------------------

@@ -29,8 +29,10 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from medcloud.kube.client import (
+    APP_INSTANCE,
     CLUSTER_ROLE,
     CLUSTER_ROLE_BINDING,
+    DEVICE_GATEWAY,
     HOSPITAL,
     LIMIT_RANGE,
     NAMESPACE,
@@ -56,7 +58,7 @@ from medcloud.models import (
     hospital_namespace,
 )
 from medcloud.models.conditions import Reason, now_utc
-from medcloud.tenancy import kek, labels
+from medcloud.tenancy import kek, labels, onboarding
 from medcloud.tenancy.institutions import code_holder
 from medcloud_operator import OPERATOR_NAME, events, metrics
 from medcloud_operator.apply import Applied, TerminatingError, apply, prune
@@ -67,6 +69,7 @@ from medcloud_operator.builders.hospital import (
     build_admin_cluster_access,
     build_tenancy,
     next_status,
+    onboarding_check,
     terminating_status,
 )
 from medcloud_operator.context import OperatorContext, get_context
@@ -91,6 +94,8 @@ from medcloud_operator.status import Check, parse_status, write_status
 KIND = "Hospital"
 PLURAL = "hospitals"
 
+ONBOARDED_KINDS: tuple[Kind, ...] = (RECORD_STORE, DEVICE_GATEWAY, APP_INSTANCE)
+"""Kinds an onboarding creates in the tenant namespace (the Onboarded condition checks them)."""
 CHILD_KINDS: tuple[Kind, ...] = (
     NAMESPACE,
     RESOURCE_QUOTA,
@@ -195,6 +200,8 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
             f"KEK version {key.version} is in place in namespace {settings.operator_namespace}"
             + (f" (versions {_listed(state.versions)} kept)." if len(state.versions) > 1 else "."),
         )
+        stage = HospitalCondition.ONBOARDED
+        checks[HospitalCondition.ONBOARDED] = _onboarding(ctx, body, namespace)
     except ApiException as exc:
         retry_on_conflict(exc, "a child object")
         _fail(ctx, body, previous, generation, namespace, checks, stage, classify(exc, stage, settings), logger)
@@ -225,6 +232,17 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
     assert new.phase is not None
     metrics.PHASES.set(KIND, name, new.phase)
     metrics.KEK_AGE.set(name, key.created_at)
+
+
+def _onboarding(ctx: OperatorContext, body: Manifest, namespace: str) -> Check:
+    """Whether what an unfinished onboarding asked for exists (see :mod:`medcloud.tenancy.onboarding`)."""
+    wanted = onboarding.intended(body["metadata"].get("annotations"))
+    if not wanted:
+        return onboarding_check(wanted, [])
+    existing = [
+        (kind.kind, item["metadata"]["name"]) for kind in ONBOARDED_KINDS for item in ctx.kube.list(kind, namespace)
+    ]
+    return onboarding_check(wanted, existing)
 
 
 def _claim_institution_code(ctx: OperatorContext, name: str, code: str) -> None:

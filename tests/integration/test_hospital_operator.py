@@ -793,6 +793,32 @@ def test_a_lost_kek_is_reported_and_never_silently_regenerated(cluster: Cluster,
     assert restored_secret["data"] == backup["data"]
 
 
+def test_an_unreadable_kek_secret_fails_the_hospital_and_deleting_it_heals(
+    cluster: Cluster, operator_kubeconfig: Path
+) -> None:
+    name = f"kekbad-{uuid.uuid4().hex[:6]}"
+    garbage = {"metadata": {"name": f"kek-{name}"}, "data": {"v1": base64.b64encode(b"short").decode()}}
+    cluster.core.create_namespaced_secret(OPERATOR_NAMESPACE, garbage)
+    cluster.create("Hospital", name, hospital_spec(name))
+    # A short recheck keeps the test quick; the default is half a minute.
+    with run_operator(operator_kubeconfig, {**TENANCY_ENV, "MEDCLOUD_KEK_RECHECK_SECONDS": "1"}):
+
+        def failed() -> Json | None:
+            hospital = cluster.hospital(name)
+            return hospital if (hospital or {}).get("status", {}).get("phase") == "Failed" else None
+
+        key = condition(wait_for(failed, "the Hospital to fail"), "KeyReady")
+        assert key is not None
+        assert (key["status"], key["reason"]) == ("False", "KEKInvalid")
+        assert "names no readable current KEK version" in key["message"]
+
+        cluster.core.delete_namespaced_secret(f"kek-{name}", OPERATOR_NAMESPACE)
+        healed = wait_ready(cluster, name)
+        assert healed["status"]["kek"]["version"] == 1
+        cluster.delete("Hospital", name)
+        wait_for(gone(cluster, name), f"Hospital {name} to be deleted", timeout=120)
+
+
 def test_kek_rotation_on_demand_adds_a_version_once_and_keeps_the_old_one(
     cluster: Cluster, hospitals: HospitalFactory
 ) -> None:

@@ -130,7 +130,14 @@ def classify(exc: Exception, stage: HospitalCondition, settings: OperatorSetting
     if isinstance(exc, KekMissingError):
         return ReconcileError(Reason.KEK_MISSING, str(exc), permanent=True)
     if isinstance(exc, kek.KekInvalidError):
-        return ReconcileError(Reason.KEK_INVALID, f"{exc}; restore the Secret from backup.", permanent=True)
+        # Not permanent: the operator does not watch Secrets, so it looks again to notice a restored
+        # (or, when no key was ever issued from it, deleted) Secret.
+        return ReconcileError(
+            Reason.KEK_INVALID,
+            f"{exc}; restore the Secret from backup (or, if this Hospital never had a key, delete it: "
+            "the operator then issues one).",
+            delay=settings.kek_recheck_seconds,
+        )
     if isinstance(exc, TerminatingError):
         return ReconcileError(HospitalReason.NAMESPACE_TERMINATING, f"{exc}; waiting until it is gone.", delay=5)
     if isinstance(exc, ApiException) and exc.status == 404 and stage is HospitalCondition.KEY_READY:
@@ -291,7 +298,8 @@ def _fail(
         checks=checks,
         kek=None,
         quota_usage=None,
-        spec_failed=failure.reason in (Reason.INVALID_SPEC, HospitalReason.INSTITUTION_CODE_TAKEN),
+        # Failed: what no retry alone can mend (someone must change the spec or the KEK Secret).
+        spec_failed=failure.reason in (Reason.INVALID_SPEC, HospitalReason.INSTITUTION_CODE_TAKEN, Reason.KEK_INVALID),
         now=now_utc(),
     )
     written = write_status(ctx.kube, HOSPITAL, name, previous, new)

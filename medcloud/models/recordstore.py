@@ -272,6 +272,8 @@ class RecordStoreReason(StrEnum):
     """The bucket exists but belongs to another store or lacks object lock; it is never taken over."""
     SECRET_CONFLICT = "SecretConflict"  # noqa: S105 - a condition reason, not a secret
     """A Secret of the credentials' name exists and was not written by the operator; it is never overwritten."""
+    HOSPITAL_MISSING = "HospitalMissing"
+    """The namespace is named like a hospital's but no such Hospital exists: the store has no KEK to use."""
     HOSPITAL_NOT_READY = "HospitalNotReady"
     """The Hospital of the namespace does not exist or has no KEK yet."""
     KEYS_MISSING = "KeysMissing"

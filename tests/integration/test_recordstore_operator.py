@@ -455,6 +455,24 @@ def test_a_store_outside_a_hospital_namespace_fails_with_a_reason(
         tenants.stores.remove((namespace, name))
 
 
+def test_a_store_in_a_hospital_namespace_without_its_hospital_fails_saying_why(
+    cluster: Cluster, tenants: Tenants
+) -> None:
+    namespace = f"hospital-ghost-{uuid.uuid4().hex[:6]}"
+    cluster.core.create_namespace({"metadata": {"name": namespace}})
+    name = tenants.store(namespace, "orphan")
+    try:
+        store = wait_status(cluster, namespace, name, "Failed", lambda s: s.get("phase") == "Failed")
+        keys = condition(store, "KeysReady")
+        assert keys is not None
+        assert (keys["status"], keys["reason"]) == ("False", "HospitalMissing")
+        assert f"No Hospital {namespace.removeprefix('hospital-')} exists" in keys["message"]
+    finally:
+        tenants.delete_store(namespace, name)
+        tenants.stores.remove((namespace, name))
+        cluster.core.delete_namespace(namespace)
+
+
 # --------------------------------------------------------------------------- isolation and confidentiality
 
 

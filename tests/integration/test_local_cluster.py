@@ -289,7 +289,7 @@ def test_a_second_dev_up_on_a_running_cluster_is_refused_and_keeps_its_record(se
     state_file = servers.state_dir / LocalCluster.STATE_FILE
     recorded = state_file.read_text()
 
-    result = CliRunner().invoke(medcloud_cli, ["dev", "up", "--state-dir", str(servers.state_dir)])
+    result = CliRunner().invoke(medcloud_cli, ["dev", "up", "--no-real-node", "--state-dir", str(servers.state_dir)])
 
     assert result.exit_code == 1, result.output
     assert "a cluster already runs" in result.output

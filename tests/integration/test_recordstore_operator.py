@@ -908,6 +908,46 @@ def test_the_key_service_unwraps_for_authorised_callers_only_and_audits_each(
         assert spelling not in everything_logged
 
 
+def test_the_key_service_cross_tenant_matrix_and_every_request_is_audited(
+    cluster: Cluster, tenants: Tenants, hospital: str, key_service: KeyService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="medcloud_keyservice.audit")
+    other_hospital = tenants.hospital("northgate")
+    mine, theirs = tenants.store(hospital, "mine"), tenants.store(other_hospital, "theirs")
+    wait_ready(cluster, hospital, mine)
+    wait_ready(cluster, other_hospital, theirs)
+    key_service.grant(hospital, "reader-a", mine)
+    key_service.grant(other_hospital, "reader-b", theirs)
+    reader_a, reader_b = key_service.token(hospital, "reader-a"), key_service.token(other_hospital, "reader-b")
+    # A's reader presenting a token of an account of the same name in B's namespace is another identity.
+    namesake = key_service.token(other_hospital, "reader-a")
+    keys = "/v1/namespaces/{}/recordstores/{}/keys/{}"
+    matrix = [
+        (reader_a, keys.format(hospital, mine, "current"), 200),
+        (reader_a, keys.format(other_hospital, theirs, "current"), 403),
+        (reader_a, keys.format(other_hospital, theirs, "1"), 403),
+        (reader_a, keys.format(other_hospital, mine, "current"), 403),
+        (reader_b, keys.format(hospital, mine, "current"), 403),
+        (reader_b, keys.format(other_hospital, theirs, "current"), 200),
+        (namesake, keys.format(hospital, mine, "current"), 403),
+        (namesake, keys.format(other_hospital, theirs, "current"), 403),
+        (reader_a, keys.format(hospital, "Bad_Name", "current"), 422),
+        (reader_a, keys.format(hospital, mine, "0"), 422),
+        (reader_a, keys.format("kube-system", mine, "current"), 403),
+    ]
+
+    with httpx.Client(base_url=key_service.url) as http:
+        for token, path, expected in matrix:
+            response = http.get(path, headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == expected, (path, response.text)
+            if expected != 200:
+                assert "key" not in response.json(), path
+
+    lines = _audit_lines_of(caplog)
+    assert len(lines) == len(matrix), "every request, refused or not, is one audit line"
+    assert [line["result"] for line in lines].count("granted") == 2
+
+
 def test_a_shredded_store_gets_410_from_the_key_service(
     cluster: Cluster, tenants: Tenants, hospital: str, key_service: KeyService
 ) -> None:

@@ -460,8 +460,10 @@ def test_reused_service_accounts_are_bound_and_not_created() -> None:
         }
     )
     assert kinds(docs)["ServiceAccount"] == 0
-    subjects = {s["name"] for d in docs if d["kind"].endswith("Binding") for s in d["subjects"]}
+    subjects = {s["name"] for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding") for s in d["subjects"]}
     assert subjects == {"existing-operator", "existing-api", "existing-keyservice"}
+    policy = one(docs, "ValidatingAdmissionPolicy", "medcloud-tenant-token-audiences")
+    assert ":existing-operator'" in next(v for v in policy["spec"]["variables"] if v["name"] == "trusted")["expression"]
     accounts = {
         d["metadata"]["name"]: d["spec"]["template"]["spec"]["serviceAccountName"]
         for d in docs

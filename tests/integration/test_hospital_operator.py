@@ -166,6 +166,14 @@ def wait_ready(cluster: Cluster, name: str) -> Json:
     return wait_for(ready, f"Hospital {name} to be Ready")
 
 
+def wait_failed(cluster: Cluster, name: str) -> Json:
+    def failed() -> Json | None:
+        hospital = cluster.hospital(name)
+        return hospital if (hospital or {}).get("status", {}).get("phase") == "Failed" else None
+
+    return wait_for(failed, f"Hospital {name} to fail")
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -802,12 +810,7 @@ def test_an_unreadable_kek_secret_fails_the_hospital_and_deleting_it_heals(
     cluster.create("Hospital", name, hospital_spec(name))
     # A short recheck keeps the test quick; the default is half a minute.
     with run_operator(operator_kubeconfig, {**TENANCY_ENV, "MEDCLOUD_KEK_RECHECK_SECONDS": "1"}):
-
-        def failed() -> Json | None:
-            hospital = cluster.hospital(name)
-            return hospital if (hospital or {}).get("status", {}).get("phase") == "Failed" else None
-
-        key = condition(wait_for(failed, "the Hospital to fail"), "KeyReady")
+        key = condition(wait_failed(cluster, name), "KeyReady")
         assert key is not None
         assert (key["status"], key["reason"]) == ("False", "KEKInvalid")
         assert "names no readable current KEK version" in key["message"]
@@ -882,11 +885,7 @@ def test_a_duplicate_institution_code_fails_the_younger_hospital_until_the_older
     wait_ready(cluster, first)
     second = hospitals("code-second", institutionCode=code)
 
-    def failed() -> Json | None:
-        hospital = cluster.hospital(second)
-        return hospital if (hospital or {}).get("status", {}).get("phase") == "Failed" else None
-
-    hospital = wait_for(failed, "the duplicate to fail")
+    hospital = wait_failed(cluster, second)
     namespace_ready = condition(hospital, "NamespaceReady")
     assert namespace_ready is not None
     assert (namespace_ready["status"], namespace_ready["reason"]) == ("False", "InstitutionCodeTaken")
@@ -904,11 +903,7 @@ def test_an_unrealisable_spec_fails_with_a_reason(cluster: Cluster, hospitals: H
     # Valid for the schema (a DNS subdomain), too long for the namespace label it becomes.
     name = hospitals("invalid", consortium="c" * 70)
 
-    def failed() -> Json | None:
-        hospital = cluster.hospital(name)
-        return hospital if (hospital or {}).get("status", {}).get("phase") == "Failed" else None
-
-    hospital = wait_for(failed, "the Hospital to fail")
+    hospital = wait_failed(cluster, name)
     ready = condition(hospital, "Ready")
     assert ready is not None
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")

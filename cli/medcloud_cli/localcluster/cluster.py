@@ -98,6 +98,8 @@ class ClusterState:
     broker: BrokerInfo | None = None
     postgres: PostgresInfo | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """How each server was started (args, env, cwd, ports, log), so `dev up` can start a dead one again."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -142,16 +144,28 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None, expect: str | None
         return bool(response.status == 200 and (expect is None or expect in body))
 
 
+def command_of(proc: ServerProcess) -> dict[str, Any]:
+    """What it takes to start ``proc`` again exactly as it was started (same ports, same data)."""
+    return {
+        "args": list(proc.args),
+        "env": dict(proc.env) if proc.env is not None else None,
+        "cwd": str(proc.cwd) if proc.cwd is not None else None,
+        "ports": list(proc.ports),
+        "log": str(proc.log_path),
+    }
+
+
 class AlreadyRunningError(StartupError):
     """A cluster recorded in the state directory still runs: refused, and its record is left alone."""
 
     def __init__(self, state_dir: Path, state: ClusterState) -> None:
-        alive = sorted(name for name, pid in state.pids.items() if pid_alive(pid))
-        dead = sorted(name for name, pid in state.pids.items() if not pid_alive(pid))
-        missing = f"; not running: {', '.join(dead)} (`medcloud dev down` then `dev up` restarts all, data kept)"
+        self.state_dir, self.state = state_dir, state
+        self.alive = sorted(name for name, pid in state.pids.items() if pid_alive(pid))
+        self.dead = sorted(name for name, pid in state.pids.items() if not pid_alive(pid))
+        missing = f"; not running: {', '.join(self.dead)}"
         super().__init__(
-            f"a cluster already runs from {state_dir} ({', '.join(alive)})"
-            + (missing if dead else "; stop it first with `medcloud dev down`")
+            f"a cluster already runs from {state_dir} ({', '.join(self.alive)})"
+            + (missing if self.dead else "; stop it first with `medcloud dev down`")
         )
 
 
@@ -260,6 +274,7 @@ class LocalCluster:
     def save_state(self) -> None:
         state = self._require_state()
         state.pids = {p.name: p.pid for p in self.processes if p.pid is not None}
+        state.commands = {p.name: command_of(p) for p in self.processes}
         state.save(self.state_dir / self.STATE_FILE)
 
     def spawn(

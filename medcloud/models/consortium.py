@@ -15,6 +15,7 @@ from medcloud.models.common import (
     CRDInfo,
     HospitalName,
     MedCloudModel,
+    PlainText,
     PrinterColumn,
     Resource,
     StatusBase,
@@ -168,7 +169,7 @@ class ConsortiumSpec(MedCloudModel):
         _CONSENT_RULE,
     )
 
-    display_name: str = Field(
+    display_name: PlainText = Field(
         min_length=1, max_length=128, description="Human-readable name of the alliance, e.g. Riverton Medical Alliance."
     )
     lead_hospital: HospitalName = Field(

@@ -177,6 +177,14 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
             "reports (a deleted KEK Secret) and refreshes status. Read once, when handlers register."
         ),
     )
+    kek_recheck_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "How soon a Hospital whose KEK Secret is unreadable (phase Failed, KEKInvalid) looks at it "
+            "again: the operator never watches Secrets, so restoring or deleting the Secret heals within this."
+        ),
+    )
     deletion_retry_seconds: float = Field(
         default=15.0, gt=0, description="How often a refused deletion (RecordStores present) is retried."
     )

@@ -253,6 +253,49 @@ INVALID: list[Invalid] = [
         {"spec.quota": {"cpu": "-4"}},
         ('spec.quota.cpu: Invalid value: "-4"', "should match"),
     ),
+    # Quantities the API server would clamp or round (issue 15, item 5): refused, with what the bound is.
+    Invalid(
+        "hosp-cpu-huge",
+        "Hospital",
+        {"spec.quota": {"cpu": "1e309"}},
+        ("spec.quota.cpu: Invalid value", "CPU must be cores with at most 3 decimals or whole millicores"),
+    ),
+    Invalid(
+        "hosp-cpu-tiny",
+        "Hospital",
+        {"spec.quota": {"cpu": "1e-309"}},
+        ("spec.quota.cpu: Invalid value", "CPU must be cores with at most 3 decimals or whole millicores"),
+    ),
+    Invalid(
+        "hosp-cpu-sub-milli",
+        "Hospital",
+        {"spec.quota": {"cpu": "1.0001"}},
+        ("spec.quota.cpu: Invalid value", "CPU must be cores with at most 3 decimals or whole millicores"),
+    ),
+    Invalid(
+        "hosp-memory-sixty-nines",
+        "Hospital",
+        {"spec.quota": {"memory": "9" * 60 + "Ei"}},
+        ("spec.quota.memory: Invalid value", "a size must be a whole number of bytes, at most 1Ei"),
+    ),
+    Invalid(
+        "hosp-storage-fraction",
+        "Hospital",
+        {"spec.quota": {"storage": "0.5"}},
+        ("spec.quota.storage: Invalid value", "a size must be a whole number of bytes, at most 1Ei"),
+    ),
+    Invalid(
+        "hosp-display-name-nul",
+        "Hospital",
+        {"spec.displayName": "City\x00General"},
+        ("spec.displayName: Invalid value", "must not contain control characters (such as NUL)"),
+    ),
+    Invalid(
+        "hosp-admin-user-nul",
+        "Hospital",
+        {"spec.admins": {"users": ["li\x00wei"]}},
+        ("spec.admins.users[0]: Invalid value", "must not contain control characters (such as NUL)"),
+    ),
     Invalid(
         "hosp-name-too-long",
         "Hospital",
@@ -340,6 +383,12 @@ INVALID: list[Invalid] = [
         "RecordStore",
         {"spec.quota": 1.5},
         ("spec.quota: Invalid value", "must be of type integer,string"),
+    ),
+    Invalid(
+        "rs-quota-huge",
+        "RecordStore",
+        {"spec.quota": "2Ei"},
+        ("spec.quota: Invalid value", "a size must be a whole number of bytes, at most 1Ei"),
     ),
     Invalid(
         "rs-rotation-period",

@@ -19,11 +19,14 @@ from dataclasses import dataclass
 
 import kopf
 
-from medcloud.kube.client import DEPLOYMENT, DEVICE_GATEWAY, LIMIT_RANGE, RECORD_STORE, SERVICE, Manifest
-from medcloud.models import DeviceGatewaySpec, DeviceGatewayStatus
+from medcloud.kube.client import DEPLOYMENT, DEVICE, DEVICE_GATEWAY, LIMIT_RANGE, RECORD_STORE, SERVICE, Manifest
+from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus
+from medcloud.tenancy import labels
+from medcloud_operator.builders import device as device_builder
 from medcloud_operator.builders import devicegateway as builder
 from medcloud_operator.builders.hospital import LIMITS_NAME
 from medcloud_operator.builders.workload import Ceiling, Findings, credentials_secret, hospital_of, judge_dependencies
+from medcloud_operator.deviceca import ensure_serving, ensure_trust
 from medcloud_operator.handlers import workload
 from medcloud_operator.handlers.workload import Plan, Workload
 from medcloud_operator.kube import Kube
@@ -33,6 +36,7 @@ from medcloud_operator.settings import OperatorSettings, WorkloadSettings
 @dataclass(frozen=True)
 class GatewayPlan(Plan):
     endpoints: dict[str, str]
+    devices: DeviceCounts
 
 
 class GatewayWorkload(Workload[GatewayPlan, DeviceGatewayStatus]):
@@ -49,16 +53,26 @@ class GatewayWorkload(Workload[GatewayPlan, DeviceGatewayStatus]):
         hospital_of(namespace)
         store = kube.get(RECORD_STORE, spec.record_store, namespace)
         ceiling = Ceiling.of(kube.get(LIMIT_RANGE, LIMITS_NAME, namespace))
+        # The pods mount the CA certificate + CRL and a serving certificate: both exist before the Deployment.
+        trust = ensure_trust(kube, namespace, hospital_of(namespace))
+        ensure_serving(kube, body, trust.ca, settings)
+        devices = kube.list(DEVICE, namespace, label_selector=f"{labels.DEVICE_GATEWAY}={meta['name']}")
         return GatewayPlan(
             desired=builder.build_gateway(body, spec, credentials_secret(spec.record_store, store), ceiling, settings),
             dependencies=judge_dependencies(builder.dependencies(spec, store)),
             endpoints=builder.endpoints(meta["name"], namespace, spec),
+            devices=device_builder.counts(devices),
         )
 
     def next_status(
         self, previous: DeviceGatewayStatus, findings: Findings, plan: GatewayPlan | None, deployment: Manifest | None
     ) -> DeviceGatewayStatus:
-        return builder.next_status(previous, endpoints=plan.endpoints if plan is not None else None, **findings)
+        return builder.next_status(
+            previous,
+            endpoints=plan.endpoints if plan is not None else None,
+            devices=plan.devices if plan is not None else None,
+            **findings,
+        )
 
 
 GATEWAYS = GatewayWorkload()

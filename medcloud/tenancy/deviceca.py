@@ -39,6 +39,8 @@ CA_VALIDITY = dt.timedelta(days=3650)
 DEVICE_VALIDITY = dt.timedelta(days=365)
 MIN_RSA_BITS = 2048
 MAX_CSR_BYTES = 8192
+RESERVED_DEVICE_IDS = frozenset({"medcloud-gateway"})
+"""Names no device may take: the gateway's own MQTT identity, which the broker's ACL lets read every device's topic."""
 
 
 class CSRError(ValueError):
@@ -101,6 +103,8 @@ def new_ca(hospital: str, *, now: dt.datetime) -> TenantCA:
 
 def check_csr(csr_pem: str, device_id: str) -> x509.CertificateSigningRequest:
     """The CSR, if it is one the CA signs for ``device_id``; :class:`CSRError` saying why not otherwise."""
+    if device_id in RESERVED_DEVICE_IDS:
+        raise CSRError(f"{device_id!r} is the gateway's own identity, not a device's")
     if len(csr_pem.encode()) > MAX_CSR_BYTES:
         raise CSRError(f"the CSR is larger than {MAX_CSR_BYTES} bytes")
     try:

@@ -34,7 +34,8 @@ def test_the_ca_is_a_ca_for_certificates_and_crls(ca: deviceca.TenantCA) -> None
     cert = x509.load_pem_x509_certificate(ca.cert_pem)
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert usage.key_cert_sign and usage.crl_sign
+    assert usage.key_cert_sign
+    assert usage.crl_sign
     assert "city-hospital" in cert.subject.rfc4514_string()
 
 
@@ -57,7 +58,8 @@ def test_a_device_certificate_names_the_device_and_is_for_clients_only(ca: devic
     ("request_pem", "expected"),
     [
         (lambda: csr("ox-13"), "subject CN must be the device id"),
-        (lambda: csr("ox-12", rsa.generate_private_key(65537, 1024)), "at least 2048 bits"),
+        # The weak key the CA must refuse.
+        (lambda: csr("ox-12", rsa.generate_private_key(65537, 1024)), "at least 2048 bits"),  # noqa: S505
         (lambda: csr("ox-12", ec.generate_private_key(ec.SECP256K1())), "EC P-256, EC P-384 or RSA"),
         (lambda: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "not a PEM"),
         (lambda: "x" * (deviceca.MAX_CSR_BYTES + 1), "larger than"),
@@ -69,6 +71,11 @@ def test_csrs_the_ca_does_not_sign_are_refused_saying_why(
     assert callable(request_pem)
     with pytest.raises(deviceca.CSRError, match=expected):
         deviceca.sign_device(ca, request_pem(), "ox-12", now=NOW)
+
+
+def test_no_device_may_take_the_gateways_own_identity(ca: deviceca.TenantCA) -> None:
+    with pytest.raises(deviceca.CSRError, match="gateway's own identity"):
+        deviceca.sign_device(ca, csr("medcloud-gateway"), "medcloud-gateway", now=NOW)
 
 
 def test_a_csr_whose_signature_does_not_verify_is_refused(ca: deviceca.TenantCA) -> None:

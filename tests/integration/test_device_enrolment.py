@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from paho.mqtt.enums import CallbackAPIVersion
+from typer.testing import CliRunner
 
 from medcloud.models import GROUP, VERSION
 from medcloud.records.client import RecordClient
@@ -45,6 +46,7 @@ from medcloud_api.main import create_app
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
 from medcloud_cli.localcluster.process import ServerProcess, free_port, port_accepts
+from medcloud_cli.main import app as cli
 from medcloud_gateway.broker import BrokerFiles, acl, mosquitto_config
 from medcloud_gateway.ingest import Ingestor
 from medcloud_gateway.metrics import GatewayMetrics
@@ -99,6 +101,7 @@ class Projection:
 
 class Caller:
     def __init__(self, token: str) -> None:
+        self.token = token
         self.headers = {"Authorization": f"Bearer {token}"}
 
 
@@ -386,3 +389,39 @@ def test_enrolment_refuses_bad_requests_with_problems(
         api.post(f"/v1/hospitals/{HOSPITAL}/devices/ox-99/approval", headers=callers["approver"].headers), 404
     )
     assert "ox-99" in gone["detail"]
+
+
+def test_medcloud_devices_enrolls_approves_and_revokes(
+    api: httpx.Client, callers: dict[str, Caller], tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    common = ["--hospital", HOSPITAL, "--api", str(api.base_url)]
+
+    def medcloud(caller: str, *args: str) -> tuple[int, str]:
+        # Wide enough that rich wraps neither the problem's detail nor the table.
+        result = runner.invoke(
+            cli, ["devices", *args, *common, "--token", callers[caller].token], env={"COLUMNS": "250"}
+        )
+        return result.exit_code, result.output
+
+    code, output = medcloud(
+        "requester", "enroll", "bp-7", "--gateway", GATEWAY, "--class", "blood-pressure", "--owner", "ward 3",
+        "--directory", str(tmp_path),
+    )  # fmt: skip
+    assert (code, output.strip()) == (0, "bp-7: Pending"), output
+    assert (tmp_path / "bp-7.key").stat().st_mode & 0o077 == 0  # the key is the device's alone
+    code, output = medcloud("requester", "approve", "bp-7")
+    assert code == 1
+    assert "may not approve devices.medcloud.io" in output
+    assert medcloud("approver", "approve", "bp-7")[0] == 0
+    issued = wait_state(api, callers["requester"], "bp-7", "Enrolled")
+    code, output = medcloud("requester", "show", "bp-7")
+    assert code == 0
+    assert issued["certificate"].strip() in output
+    assert medcloud("approver", "revoke", "bp-7")[0] == 0
+    wait_state(api, callers["requester"], "bp-7", "Revoked")
+    code, output = medcloud("requester", "list")
+    assert code == 0
+    (row,) = [line for line in output.splitlines() if line.strip().startswith("bp-7 ")]
+    assert "Revoked" in row
+    assert issued["serial"] in row

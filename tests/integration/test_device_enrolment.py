@@ -316,6 +316,29 @@ def wait_state(api: httpx.Client, caller: Caller, device_id: str, state: str) ->
     return found
 
 
+def gateway_counts(k8s_api_client: client.ApiClient) -> dict[str, Any]:
+    gateway: dict[str, Any] = client.CustomObjectsApi(k8s_api_client).get_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, "devicegateways", GATEWAY
+    )
+    counts: dict[str, Any] = (gateway.get("status") or {}).get("devices") or {}
+    return counts
+
+
+def counted(k8s_api_client: client.ApiClient, operator: RunningOperator, **expected: int) -> None:
+    """Until the gateway's status and the operator's metric show ``expected`` (pending, enrolled, revoked)."""
+
+    def shown() -> bool:
+        counts = gateway_counts(k8s_api_client)
+        metrics = operator.metrics()
+        return all(
+            counts.get(state, 0) == n
+            and f'medcloud_devices{{gateway="{GATEWAY}",namespace="{NAMESPACE}",state="{state}"}} {float(n)}' in metrics
+            for state, n in expected.items()
+        )
+
+    wait_for(shown, f"DeviceGateway {GATEWAY} to count {expected}", timeout=60)
+
+
 def problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
@@ -334,10 +357,13 @@ def test_an_approved_device_is_served_on_https_and_mqtt_and_refused_everywhere_o
     projection: Projection,
     serving_ca: CertificateAuthority,
     local_cluster: Any,
+    k8s_api_client: client.ApiClient,
+    operator: RunningOperator,
     tmp_path: Path,
 ) -> None:
     requester, approver = callers["requester"], callers["approver"]
     _, key, cert = enrolled(api, requester, "ox-21", tmp_path)
+    counted(k8s_api_client, operator, pending=1, enrolled=0, revoked=0)
     device_url = f"/v1/hospitals/{HOSPITAL}/devices/ox-21"
     # Asking is not approving: the requester holds no `approve` on devices.
     refused = problem(api.post(f"{device_url}/approval", headers=requester.headers), 403)
@@ -357,6 +383,7 @@ def test_an_approved_device_is_served_on_https_and_mqtt_and_refused_everywhere_o
     for shown in (GATEWAY, "spo2", "ward 3", "Enrolled", issued["serial"]):
         assert shown in row, listed
 
+    counted(k8s_api_client, operator, pending=0, enrolled=1, revoked=0)
     assert post_reading(gateway, cert, key, 1) == 201
     port, broker = device_broker
     assert mqtt_connects(port, serving_ca.paths.cert, cert, key)
@@ -371,6 +398,7 @@ def test_an_approved_device_is_served_on_https_and_mqtt_and_refused_everywhere_o
     os.kill(broker.pid, signal.SIGHUP)  # Mosquitto re-reads its CRL (docs/devices.md: who sends it in a pod)
     wait_for(lambda: post_reading(gateway, cert, key, 2) != 201, "HTTPS to refuse the revoked device", timeout=30)
     wait_for(lambda: not mqtt_connects(port, serving_ca.paths.cert, cert, key), "the broker to refuse it", timeout=30)
+    counted(k8s_api_client, operator, pending=0, enrolled=0, revoked=1)
 
 
 def test_enrolment_refuses_bad_requests_with_problems(

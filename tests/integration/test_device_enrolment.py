@@ -317,9 +317,10 @@ def wait_state(api: httpx.Client, caller: Caller, device_id: str, state: str) ->
 
 
 def gateway_counts(k8s_api_client: client.ApiClient) -> dict[str, Any]:
-    gateway: dict[str, Any] = client.CustomObjectsApi(k8s_api_client).get_namespaced_custom_object(
+    gateway = client.CustomObjectsApi(k8s_api_client).get_namespaced_custom_object(
         GROUP, VERSION, NAMESPACE, "devicegateways", GATEWAY
     )
+    assert isinstance(gateway, dict)
     counts: dict[str, Any] = (gateway.get("status") or {}).get("devices") or {}
     return counts
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import getpass
 import os
 import signal
 import ssl
@@ -45,15 +44,15 @@ from medcloud_api.config import APISettings
 from medcloud_api.main import create_app
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
-from medcloud_cli.localcluster.process import ServerProcess, free_port, port_accepts
+from medcloud_cli.localcluster.process import ServerProcess
 from medcloud_cli.main import app as cli
-from medcloud_gateway.broker import BrokerFiles, acl, mosquitto_config
 from medcloud_gateway.ingest import Ingestor
 from medcloud_gateway.metrics import GatewayMetrics
 from medcloud_gateway.service import Gateway
-from medcloud_gateway.settings import GatewaySettings
 from tests.integration import test_gateway as base
 from tests.integration.test_api import serve
+from tests.integration.test_gateway_broker_devices import device_mosquitto
+from tests.integration.test_gateway_device_tls import device_tls_settings
 from tests.operator_support import OPERATOR_NAMESPACE, RunningOperator
 from tests.support import wait_for
 
@@ -66,7 +65,6 @@ HOSPITAL = f"enrol-{RUN}"
 NAMESPACE = f"hospital-{HOSPITAL}"
 CALLERS = f"enrol-callers-{RUN}"
 GATEWAY = "ward-3"
-RELOAD = 0.2
 READING = {"patient": "Patient/p-1001", "kind": "spo2", "value": 97, "unit": "%"}
 
 
@@ -221,15 +219,7 @@ def gateway(
     projection: Projection,
 ) -> Iterator[base.Running]:
     plain = base.session_gateway_settings(records, minio_server, mqtt_broker, serving_ca)
-    settings = GatewaySettings.model_validate(
-        {
-            **plain.model_dump(),
-            "protocols": ["https"],
-            "device_ca_file": projection.ca,
-            "device_crl_file": projection.crl,
-            "crl_reload_seconds": RELOAD,
-        }
-    )
+    settings = device_tls_settings(plain, projection.ca, projection.crl, ["https"])
     with base.running(Gateway(settings, Ingestor(records, GatewayMetrics())), serving_ca.paths.cert) as running:
         yield running
 
@@ -239,25 +229,9 @@ def device_broker(
     tmp_path: Path, projection: Projection, serving_ca: CertificateAuthority
 ) -> Iterator[tuple[int, ServerProcess]]:
     """Mosquitto with the gateway's broker configuration over the projected CA and CRL."""
-    port = free_port()
     serving = serving_ca.issue("broker", "broker", server_names=("127.0.0.1",), client=False)
-    files = BrokerFiles(projection.ca, serving.cert, serving.key, projection.crl, tmp_path / "acl")
-    files.acl_file.write_text(acl("medcloud-gateway"))
-    config = tmp_path / "mosquitto.conf"
-    config.write_text(f"user {getpass.getuser()}\n" + mosquitto_config(files, host="127.0.0.1", port=port))
-    process = ServerProcess(
-        name="mosquitto-enrolment",
-        args=["mosquitto", "-c", str(config)],
-        log_path=tmp_path / "mosquitto.log",
-        ports=(port,),
-        die_with_parent=True,
-    )
-    process.start()
-    process.wait_ready(lambda: port_accepts(port), 30)
-    try:
-        yield port, process
-    finally:
-        process.stop()
+    with device_mosquitto(tmp_path, projection.ca, serving, projection.crl) as running:
+        yield running
 
 
 # --------------------------------------------------------------------------- helpers

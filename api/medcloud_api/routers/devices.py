@@ -116,7 +116,7 @@ def _read(kube: Kube, namespace: str, name: str) -> Manifest:
     response_model=DeviceView,
     response_model_exclude_none=True,
     summary="Ask to enrol a device (its CSR)",
-    responses=problems.responses(401, 403, 409, 422),
+    responses=problems.responses(400, 401, 403, 409, 422),
 )
 def enrol(
     hospital: HospitalParam, body: EnrolmentRequest, kube: KubeDep, authz: Authz, request: Request, response: Response

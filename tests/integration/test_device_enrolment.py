@@ -43,7 +43,7 @@ from medcloud.tenancy import deviceca, devicecrl
 from medcloud_api.config import APISettings
 from medcloud_api.main import create_app
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
-from medcloud_cli.localcluster.pki import CertificateAuthority
+from medcloud_cli.localcluster.pki import CertificateAuthority, KeyPair
 from medcloud_cli.localcluster.process import ServerProcess
 from medcloud_cli.main import app as cli
 from medcloud_gateway.ingest import Ingestor
@@ -52,7 +52,7 @@ from medcloud_gateway.service import Gateway
 from tests.integration import test_gateway as base
 from tests.integration.test_api import serve
 from tests.integration.test_gateway_broker_devices import device_mosquitto
-from tests.integration.test_gateway_device_tls import device_tls_settings
+from tests.integration.test_gateway_device_tls import device_tls_settings, post
 from tests.operator_support import OPERATOR_NAMESPACE, RunningOperator
 from tests.support import wait_for
 
@@ -238,15 +238,8 @@ def device_broker(
 
 
 def post_reading(running: base.Running, cert: Path, key: Path, minute: int) -> int | str:
-    context = ssl.create_default_context(cafile=str(running.ca_file))
-    context.load_cert_chain(str(cert), str(key))
-    url = f"https://127.0.0.1:{running.settings.https_port}"
-    try:
-        with httpx.Client(base_url=url, verify=context, timeout=30) as http:
-            reading = {**READING, "time": f"2024-05-01T08:{minute:02d}:00+08:00"}
-            return http.post("/v1/readings", json=reading).status_code
-    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError) as exc:
-        return type(exc).__name__
+    """One reading of the device over a new HTTPS connection: its status, or the TLS failure's name."""
+    return post(running, KeyPair(cert, key), None, minute)
 
 
 def mqtt_connects(port: int, ca_file: Path, cert: Path, key: Path) -> bool:

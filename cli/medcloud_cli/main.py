@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from medcloud_api import command as api_command
-from medcloud_cli.commands import crds, dev, onboard, records
+from medcloud_cli.commands import crds, dev, devices, onboard, records
 from medcloud_exchange import command as exchange_command
 from medcloud_gateway import command as gateway_command
 from medcloud_keyservice import command as keyservice_command
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.add_typer(dev.app, name="dev")
 app.add_typer(crds.app, name="crds")
 app.add_typer(records.app, name="records")
+app.add_typer(devices.app, name="devices")
 app.command("api")(api_command.serve)
 app.command("exchange")(exchange_command.run)
 app.command("onboard")(onboard.run)

@@ -176,6 +176,13 @@ def valid(kind: str, name: str) -> dict[str, Any]:
         "DeviceGateway": {"protocols": ["mqtt"], "deviceClasses": ["ecg"], "recordStore": "emr"},
         "AppInstance": {"app": "emr-sharing", "version": "1.0.0", "recordStore": "emr"},
         "Consortium": {"displayName": "Test Alliance", "leadHospital": "a", "members": ["a", "b"]},
+        # The API server checks the CSR's shape only (a string); the operator checks what it says.
+        "Device": {
+            "gateway": "ward-3",
+            "deviceClass": "spo2",
+            "owner": "ward 3",
+            "csr": "-----BEGIN CERTIFICATE REQUEST-----",
+        },
     }
     return {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "spec": copy.deepcopy(specs[kind])}
 
@@ -472,6 +479,35 @@ INVALID: list[Invalid] = [
         {"spec.replicas": 0},
         ("spec.replicas: Invalid value: 0", "should be greater than or equal to 1"),
     ),
+    # Device: patterns, enums, decisions that cannot be undone (transition rules)
+    Invalid("dev-owner", "Device", {"spec.owner": "-ward"}, ('spec.owner: Invalid value: "-ward"', "should match")),
+    Invalid(
+        "dev-class", "Device", {"spec.deviceClass": "toaster"}, ('spec.deviceClass: Unsupported value: "toaster"',)
+    ),
+    Invalid("dev-no-csr", "Device", {"spec.csr": DELETE}, ("spec.csr: Required value",)),
+    Invalid(
+        "dev-unapprove",
+        "Device",
+        {"spec.approved": False},
+        ("an approval cannot be withdrawn; revoke instead",),
+        before={"spec.approved": True},
+        update=True,
+    ),
+    Invalid(
+        "dev-unrevoke",
+        "Device",
+        {"spec.revoked": False},
+        ("a revocation cannot be undone; enrol a new Device",),
+        before={"spec.revoked": True},
+        update=True,
+    ),
+    Invalid(
+        "dev-new-csr",
+        "Device",
+        {"spec.csr": "-----BEGIN CERTIFICATE REQUEST----- other"},
+        ("csr cannot change; enrol a new Device",),
+        update=True,
+    ),
     Invalid("dgw-no-store", "DeviceGateway", {"spec.recordStore": DELETE}, ("spec.recordStore: Required value",)),
     Invalid(
         "dgw-store-name",
@@ -758,7 +794,8 @@ def test_examples_live_in_their_hospitals_namespaces(applied_examples: list[dict
     for doc in applied_examples:
         if KINDS_BY_NAME[doc["kind"]].crd.namespaced:
             by_hospital.setdefault(doc["metadata"]["namespace"], set()).add(doc["kind"])
-    assert all(kinds == {"RecordStore", "DeviceGateway", "AppInstance"} for kinds in by_hospital.values())
+    # Every hospital has its stores, gateways and apps; devices enrol later (one example Device).
+    assert all(kinds - {"Device"} == {"RecordStore", "DeviceGateway", "AppInstance"} for kinds in by_hospital.values())
 
 
 # ---------------------------------------------------------------------------

@@ -276,9 +276,16 @@ def admin_rules() -> list[Manifest]:
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings", "roles"], "verbs": READ},
         {"apiGroups": ["medcloud.io"], "resources": ["appinstances", "devicegateways", "recordstores"], "verbs": WRITE},
+        # Devices: enrol, approve and revoke (custom verbs the control API checks); no patch, so an
+        # approval or a revocation goes through the API, which records who made it.
         {
             "apiGroups": ["medcloud.io"],
-            "resources": ["appinstances/status", "devicegateways/status", "recordstores/status"],
+            "resources": ["devices"],
+            "verbs": ["get", "list", "watch", "create", "delete", "approve", "revoke"],
+        },
+        {
+            "apiGroups": ["medcloud.io"],
+            "resources": ["appinstances/status", "devicegateways/status", "recordstores/status", "devices/status"],
             "verbs": ["get"],
         },
     ]

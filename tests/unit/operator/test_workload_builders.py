@@ -575,9 +575,9 @@ def test_the_same_findings_later_give_the_same_status_so_nothing_is_written() ->
         now=T0,
     )
     assert dump(gw_again) == dump(gw)
-    # Enrolment is a later feature: the counts are there, and zero.
+    # No Devices counted in: the counts are there, zero, and active is not claimed.
     assert gw.devices is not None
-    assert (gw.devices.enrolled, gw.devices.revoked, gw.devices.active) == (0, 0, 0)
+    assert (gw.devices.enrolled, gw.devices.revoked, gw.devices.pending, gw.devices.active) == (0, 0, 0, None)
     assert gw.endpoints == {"mqtt": "mqtts://gw-wards.hospital-riverton.svc:8883"}
     assert gw.phase is Phase.READY
 

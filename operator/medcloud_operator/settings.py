@@ -132,6 +132,31 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
             "identity; its RBAC holds `bind` on this name only (deploy/exchange-rbac.yaml)."
         ),
     )
+    exchange_image: str = Field(
+        # A semver's "+" is not allowed in an image tag; Helm writes "_" for it, and so does this default.
+        default=f"registry.medcloud.local/medcloud:{__version__.replace('+', '_')}",
+        min_length=1,
+        description="MedCloud's own image, with its tag or digest: each Consortium's exchange runs it (the chart's).",
+    )
+    exchange_database_secret: str = Field(
+        default="exchange-{consortium}-app",
+        min_length=1,
+        description=(
+            "Secret (operator namespace) with a Consortium's exchange database URI when its spec names none; "
+            "{consortium} is replaced by its name. The default is what a CloudNativePG Cluster named "
+            "exchange-<consortium> creates (docs/install.md)."
+        ),
+    )
+    exchange_audit_retention_days: int = Field(
+        default=2190,
+        ge=1,
+        description="COMPLIANCE retention of each exchange's audit records, in days (default six years).",
+    )
+    key_service_audience: str = Field(
+        default="medcloud-keyservice",
+        min_length=1,
+        description="Audience of the projected token the exchange presents to the key service.",
+    )
     ingress_namespace: str = Field(
         default="ingress-nginx",
         description="Namespace of the ingress controller allowed into every tenant; empty: none.",

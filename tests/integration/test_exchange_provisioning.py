@@ -59,7 +59,7 @@ def operator(store_operator_kubeconfig: Path, minio_server: MinioInfo) -> Iterat
         **storage_env(minio_server),
         "MEDCLOUD_KEY_SERVICE_URL": "http://medcloud-keyservice.medcloud-system.svc:8080",
         "MEDCLOUD_EXCHANGE_AUDIT_RETENTION_DAYS": "1",
-        "MEDCLOUD_EXCHANGE_IMAGE": "registry.test.example/medcloud:0.0.1",
+        "MEDCLOUD_OWN_IMAGE": "registry.test.example/medcloud:0.0.1",
     }
     with run_operator(store_operator_kubeconfig, env, timeout=120) as running:
         yield running

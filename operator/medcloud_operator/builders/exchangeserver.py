@@ -191,7 +191,7 @@ def build_deployment(
     pod_labels = {**exchange_labels(names.consortium), workload.NAME_LABEL: "medcloud-exchange"}
     container = {
         "name": CONTAINER,
-        "image": settings.exchange_image,
+        "image": settings.own_image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": ["exchange"],
         "env": _env(names, database, audit_address, audit_secure, key_service_url),

@@ -25,7 +25,7 @@ DATABASE = Database("exchange-riverton-app", "uri")
 
 
 def settings() -> OperatorSettings:
-    return OperatorSettings(exchange_image="registry.example/medcloud@sha256:" + "a" * 64)
+    return OperatorSettings(own_image="registry.example/medcloud@sha256:" + "a" * 64)
 
 
 def deployment(replicas: int = 1, available: int = 1, generation: int = 1) -> dict[str, Any]:

@@ -706,31 +706,6 @@ def test_the_database_going_away_and_back_is_503_then_served_again_on_its_own(
         private.stop()
 
 
-def test_the_operator_grants_the_exchange_exactly_as_far_as_sharing_reaches(
-    admin: ClusterAdmin, exchange: Exchange
-) -> None:
-    """Last in the module: it changes the Consortium. The county stops sharing; the village starts."""
-
-    def role(hospital: str) -> Json | None:
-        return raw(admin.rbac.read_namespaced_role, "medcloud-exchange", f"hospital-{hospital}")
-
-    assert role(COUNTY) is not None
-    assert role(CITY) is None
-    assert role(VILLAGE) is None
-    spec = {**SPEC, "sharing": [{"category": "emr", "from": [VILLAGE], "to": [CITY]}]}
-    admin.custom.patch_cluster_custom_object(
-        "medcloud.io", "v1alpha1", "consortia", CONSORTIUM, {"spec": spec}, _content_type="application/merge-patch+json"
-    )
-    wait_for(lambda: role(COUNTY) is None and role(VILLAGE) is not None, "the grant to follow spec.sharing")
-    status = (admin.get("Consortium", CONSORTIUM) or {})["status"]["exchange"]
-    assert status["publishers"] == [VILLAGE]
-    rules = (role(VILLAGE) or {})["rules"]
-    assert {(r["resources"][0], r["resourceNames"][0]) for r in rules} == {
-        ("recordstores/keys", "emr"),
-        ("secrets", "emr-credentials"),
-    }
-
-
 def test_the_emr_sharing_connector_publishes_the_hospitals_documents_and_serves_them_to_clinicians(
     exchange: Exchange,
     callers: dict[str, Caller],
@@ -864,3 +839,28 @@ def test_the_emr_sharing_connector_publishes_the_hospitals_documents_and_serves_
         OperationOutcome.model_validate(unnamed.json())
     events = disclosure(exchange, callers[COUNTY], found.json()["entry"][0]["resource"]["subject"]["reference"])
     assert any("dr-wang" in json.dumps(e) for e in events), "the clinician who read it is in the disclosure"
+
+
+def test_the_operator_grants_the_exchange_exactly_as_far_as_sharing_reaches(
+    admin: ClusterAdmin, exchange: Exchange
+) -> None:
+    """Last in the module: it changes the Consortium. The county stops sharing; the village starts."""
+
+    def role(hospital: str) -> Json | None:
+        return raw(admin.rbac.read_namespaced_role, "medcloud-exchange", f"hospital-{hospital}")
+
+    assert role(COUNTY) is not None
+    assert role(CITY) is None
+    assert role(VILLAGE) is None
+    spec = {**SPEC, "sharing": [{"category": "emr", "from": [VILLAGE], "to": [CITY]}]}
+    admin.custom.patch_cluster_custom_object(
+        "medcloud.io", "v1alpha1", "consortia", CONSORTIUM, {"spec": spec}, _content_type="application/merge-patch+json"
+    )
+    wait_for(lambda: role(COUNTY) is None and role(VILLAGE) is not None, "the grant to follow spec.sharing")
+    status = (admin.get("Consortium", CONSORTIUM) or {})["status"]["exchange"]
+    assert status["publishers"] == [VILLAGE]
+    rules = (role(VILLAGE) or {})["rules"]
+    assert {(r["resources"][0], r["resourceNames"][0]) for r in rules} == {
+        ("recordstores/keys", "emr"),
+        ("secrets", "emr-credentials"),
+    }

@@ -37,6 +37,12 @@ class CatalogEntry:
     port: int = 8080
     """The container's HTTP port; the app's Service publishes it on port 80."""
     health_path: str = "/healthz"
+    args: tuple[str, ...] = ()
+    """MedCloud's own code: the app runs MedCloud's image (``MEDCLOUD_OWN_IMAGE``) as ``medcloud <args>``,
+    e.g. ``("app", "emr-sharing")``. Empty: the app's image is ``<MEDCLOUD_APP_IMAGE_PREFIX>/<app>:<version>``."""
+    exchange_client: bool = False
+    """The app calls its consortium's exchange: it gets ``MEDCLOUD_EXCHANGE_URL`` (from the Consortium's
+    status) and projected tokens for the exchange and the key service (docs/catalog.md)."""
 
     @property
     def needs_record_store(self) -> bool:
@@ -44,8 +50,23 @@ class CatalogEntry:
         return self.app in APPS_NEEDING_RECORD_STORE
 
 
-def _entry(app: CatalogApp, title: str, requests: tuple[str, str], limits: tuple[str, str]) -> CatalogEntry:
-    return CatalogEntry(app=app, title=title, requests=Compute(*requests), limits=Compute(*limits))
+def _entry(
+    app: CatalogApp,
+    title: str,
+    requests: tuple[str, str],
+    limits: tuple[str, str],
+    *,
+    args: tuple[str, ...] = (),
+    exchange_client: bool = False,
+) -> CatalogEntry:
+    return CatalogEntry(
+        app=app,
+        title=title,
+        requests=Compute(*requests),
+        limits=Compute(*limits),
+        args=args,
+        exchange_client=exchange_client,
+    )
 
 
 # Sized for a county hospital; the operator lowers them to fit a smaller
@@ -54,7 +75,15 @@ CATALOG: Mapping[CatalogApp, CatalogEntry] = MappingProxyType(
     {
         entry.app: entry
         for entry in (
-            _entry(CatalogApp.EMR_SHARING, "EMR sharing", ("250m", "512Mi"), ("1", "1Gi")),
+            # The hospital-side connector of the consortium exchange (docs/emr-sharing.md).
+            _entry(
+                CatalogApp.EMR_SHARING,
+                "EMR sharing",
+                ("250m", "512Mi"),
+                ("1", "1Gi"),
+                args=("app", "emr-sharing"),
+                exchange_client=True,
+            ),
             _entry(CatalogApp.APPOINTMENTS, "Appointments", ("100m", "256Mi"), ("500m", "512Mi")),
             _entry(CatalogApp.REFERRALS, "Referrals", ("100m", "256Mi"), ("500m", "512Mi")),
             _entry(CatalogApp.REMOTE_CONSULTATION, "Remote consultation", ("250m", "512Mi"), ("1", "1Gi")),
@@ -76,6 +105,9 @@ def image_tag(version: str) -> str:
 
 
 def app_image(app: CatalogApp, version: str, settings: WorkloadSettings) -> str:
+    """MedCloud's own image for an app with MedCloud's code, else the app's image at its version."""
+    if CATALOG[app].args:
+        return settings.own_image
     return f"{settings.app_image_prefix.rstrip('/')}/{app.value}:{image_tag(version)}"
 
 

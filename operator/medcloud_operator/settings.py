@@ -34,6 +34,25 @@ class WorkloadSettings(BaseModel):
     gateway_version: str = Field(
         default=__version__, min_length=1, description="Tag of the device gateway image; MedCloud's own version."
     )
+    own_image: str = Field(
+        # A semver's "+" is not allowed in an image tag; Helm writes "_" for it, and so does this default.
+        default=f"registry.medcloud.local/medcloud:{__version__.replace('+', '_')}",
+        min_length=1,
+        description=(
+            "MedCloud's own image, with its tag or digest: each Consortium's exchange and the catalog apps "
+            "with MedCloud's code run it (the chart's image)."
+        ),
+    )
+    key_service_audience: str = Field(
+        default="medcloud-keyservice",
+        min_length=1,
+        description="Audience of the projected token the exchange and exchange-client apps give the key service.",
+    )
+    exchange_audience: str = Field(
+        default="medcloud-exchange",
+        min_length=1,
+        description="Audience of the projected token exchange-client apps (emr-sharing) present to the exchange.",
+    )
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
         default="IfNotPresent", description="Pull policy of app and gateway containers."
     )
@@ -131,6 +150,20 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
             "ClusterRole (reviews, get consortia, create events) the operator binds to each Consortium's exchange "
             "identity; its RBAC holds `bind` on this name only (deploy/exchange-rbac.yaml)."
         ),
+    )
+    exchange_database_secret: str = Field(
+        default="exchange-{consortium}-app",
+        min_length=1,
+        description=(
+            "Secret (operator namespace) with a Consortium's exchange database URI when its spec names none; "
+            "{consortium} is replaced by its name. The default is what a CloudNativePG Cluster named "
+            "exchange-<consortium> creates (docs/install.md)."
+        ),
+    )
+    exchange_audit_retention_days: int = Field(
+        default=2190,
+        ge=1,
+        description="COMPLIANCE retention of each exchange's audit records, in days (default six years).",
     )
     ingress_namespace: str = Field(
         default="ingress-nginx",

@@ -532,8 +532,11 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
     deployment = one(render(values), "Deployment", "medcloud-operator")
     env = env_of(deployment, {"metadata.name": "medcloud-operator-abc", "metadata.namespace": NAMESPACE})
     # The images of apps and gateways (WorkloadSettings) are not chart values yet: the chart runs the
-    # operator with their defaults, as it did when they were a settings class of their own.
-    fields = set(OperatorSettings.model_fields) - set(WorkloadSettings.model_fields)
+    # operator with their defaults, as it did when they were a settings class of their own. MedCloud's
+    # own image (the exchange's, and the apps' with MedCloud's code) is the chart's image.
+    fields = set(OperatorSettings.model_fields) - (
+        set(WorkloadSettings.model_fields) - {"own_image", "key_service_audience"}
+    )
     # Only what the chart sets may count: drop settings this shell happens to carry.
     for field in fields:
         monkeypatch.delenv(f"MEDCLOUD_{field.upper()}", raising=False)

@@ -826,7 +826,7 @@ def _columns(output: str) -> list[str]:
             "hospital-city-general",
             ["NAME", "APP", "VERSION", "REPLICAS", "AVAILABLE", "PHASE", "READY", "AGE"],
         ),
-        ("consortia", None, ["NAME", "LEAD", "MEMBERS", "READY MEMBERS", "PHASE", "READY", "AGE"]),
+        ("consortia", None, ["NAME", "LEAD", "MEMBERS", "READY MEMBERS", "PHASE", "READY", "EXCHANGE", "AGE"]),
     ],
 )
 def test_kubectl_get_shows_the_printer_columns(

@@ -66,6 +66,35 @@ def build_config_map(app: Manifest, spec: AppInstanceSpec) -> Manifest:
     }
 
 
+TOKENS_DIR = "/var/run/secrets/medcloud"
+TOKENS_VOLUME = "medcloud-tokens"
+TOKEN_SECONDS = 3600
+
+
+def _exchange_client(exchange_url: str | None, settings: WorkloadSettings) -> tuple[list[Manifest], Manifest]:
+    """What an exchange-client app gets: the exchange's URL, and projected tokens for it and the key service."""
+    env = [
+        {"name": "MEDCLOUD_EXCHANGE_TOKEN_FILE", "value": f"{TOKENS_DIR}/exchange-token"},
+        {"name": "MEDCLOUD_KEY_SERVICE_TOKEN_FILE", "value": f"{TOKENS_DIR}/keyservice-token"},
+    ]
+    if exchange_url is not None:
+        env.insert(0, {"name": "MEDCLOUD_EXCHANGE_URL", "value": exchange_url})
+
+    def token(audience: str, path: str) -> Manifest:
+        return {"serviceAccountToken": {"audience": audience, "expirationSeconds": TOKEN_SECONDS, "path": path}}
+
+    volume = {
+        "name": TOKENS_VOLUME,
+        "projected": {
+            "sources": [
+                token(settings.exchange_audience, "exchange-token"),
+                token(settings.key_service_audience, "keyservice-token"),
+            ]
+        },
+    }
+    return env, volume
+
+
 def _env(app: Manifest, spec: AppInstanceSpec) -> list[Manifest]:
     namespace = app["metadata"]["namespace"]
     env = [
@@ -89,11 +118,17 @@ def _env(app: Manifest, spec: AppInstanceSpec) -> list[Manifest]:
 
 
 def build_deployment(
-    app: Manifest, spec: AppInstanceSpec, credentials_secret: str | None, ceiling: Ceiling, settings: WorkloadSettings
+    app: Manifest,
+    spec: AppInstanceSpec,
+    credentials_secret: str | None,
+    ceiling: Ceiling,
+    settings: WorkloadSettings,
+    exchange_url: str | None = None,
 ) -> Manifest:
     """The app's pods: restricted, sized by the catalog within the LimitRange, wired to store and gateway.
 
-    ``credentials_secret`` is the RecordStore's credentials Secret (None: the app uses no store).
+    ``credentials_secret`` is the RecordStore's credentials Secret (None: the app uses no store);
+    ``exchange_url`` the hospital's consortium exchange, for an exchange-client app (None: not known yet).
     """
     entry = CATALOG[spec.app]
     name = app["metadata"]["name"]
@@ -113,6 +148,14 @@ def build_deployment(
         "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}, workload.tmp_mount()],
         **workload.http_probes(HTTP_PORT_NAME, entry.health_path),
     }
+    volumes: list[Manifest] = [{"name": CONFIG_VOLUME, "configMap": {"name": child_name(name)}}]
+    if entry.args:
+        container["args"] = list(entry.args)
+    if entry.exchange_client:
+        env, volume = _exchange_client(exchange_url, settings)
+        container["env"] += env
+        container["volumeMounts"].append({"name": TOKENS_VOLUME, "mountPath": TOKENS_DIR, "readOnly": True})
+        volumes.append(volume)
     if credentials_secret is not None:
         # The store's bucket, endpoint and its own least-privilege keys (COSI
         # and ObjectBucketClaim names both), as the RecordStore publishes them.
@@ -131,9 +174,7 @@ def build_deployment(
                     # Apps read their config at start: a changed config must roll the pods.
                     "annotations": {workload.CONFIG_HASH_ANNOTATION: workload.config_hash(spec.config)},
                 },
-                "spec": workload.pod_spec_base(
-                    [container], [{"name": CONFIG_VOLUME, "configMap": {"name": child_name(name)}}]
-                ),
+                "spec": workload.pod_spec_base([container], volumes),
             },
         },
     }
@@ -189,12 +230,17 @@ def build_ingress(app: Manifest, spec: AppInstanceSpec, settings: WorkloadSettin
 
 
 def build_app(
-    app: Manifest, spec: AppInstanceSpec, credentials_secret: str | None, ceiling: Ceiling, settings: WorkloadSettings
+    app: Manifest,
+    spec: AppInstanceSpec,
+    credentials_secret: str | None,
+    ceiling: Ceiling,
+    settings: WorkloadSettings,
+    exchange_url: str | None = None,
 ) -> list[Manifest]:
     """Every child of the app, in the order they are applied (the config before the pods that mount it)."""
     objects = [
         build_config_map(app, spec),
-        build_deployment(app, spec, credentials_secret, ceiling, settings),
+        build_deployment(app, spec, credentials_secret, ceiling, settings, exchange_url),
         build_service(app, spec),
     ]
     ingress = build_ingress(app, spec, settings)

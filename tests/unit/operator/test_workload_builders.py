@@ -192,8 +192,27 @@ def test_images_come_from_the_configured_prefix_and_the_spec_version() -> None:
     # Build metadata is not allowed in a tag.
     assert app_image(CatalogApp.REFERRALS, "3.0.0+build.7", WorkloadSettings()).endswith(":3.0.0_build.7")
     assert gateway_image(WorkloadSettings(gateway_version="1.2.0")) == "registry.medcloud.local/medcloud-gateway:1.2.0"
+    deployment = build_app(app_spec(version="2.4.0", app="appointments"))["Deployment"]
+    assert pod(deployment)["containers"][0]["image"] == "registry.medcloud.local/apps/appointments:2.4.0"
+
+
+def test_an_app_with_medclouds_code_runs_medclouds_image_with_its_args_and_exchange_tokens() -> None:
+    assert app_image(CatalogApp.EMR_SHARING, "2.4.0", WorkloadSettings(own_image="reg.example/medcloud:1")) == (
+        "reg.example/medcloud:1"
+    )
     deployment = build_app(app_spec(version="2.4.0"))["Deployment"]
-    assert pod(deployment)["containers"][0]["image"] == "registry.medcloud.local/apps/emr-sharing:2.4.0"
+    spec = pod(deployment)
+    (container,) = spec["containers"]
+    assert container["args"] == ["app", "emr-sharing"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MEDCLOUD_EXCHANGE_TOKEN_FILE"] == "/var/run/secrets/medcloud/exchange-token"
+    assert env["MEDCLOUD_KEY_SERVICE_TOKEN_FILE"] == "/var/run/secrets/medcloud/keyservice-token"
+    (tokens,) = [v for v in spec["volumes"] if "projected" in v]
+    audiences = [s["serviceAccountToken"]["audience"] for s in tokens["projected"]["sources"]]
+    assert audiences == ["medcloud-exchange", "medcloud-keyservice"]
+    other = pod(build_app(app_spec(version="2.4.0", app="appointments"))["Deployment"])
+    assert "args" not in other["containers"][0]
+    assert not [v for v in other["volumes"] if "projected" in v]
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

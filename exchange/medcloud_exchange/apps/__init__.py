@@ -1,0 +1,1 @@
+"""Catalog apps with MedCloud's own code, run from MedCloud's image as ``medcloud app <name>`` (docs/catalog.md)."""

@@ -4,7 +4,8 @@ One walk over a resource's JSON, field by field, decides each element:
 
 * direct identifiers (``identifier``, ``subscriberId``, ``telecom``, ``photo``, a person's ``name``,
   ``contact``, ``address`` but for the retained parts) and free text (``text``, ``note``, ``comment``,
-  ``description``, ``Reference.display``, an Attachment's ``data``/``url``/``title``/``hash``) are dropped;
+  ``description``, a Communication's ``payload``, ``patientInstruction``, ``Reference.display``, an
+  Attachment's ``data``/``url``/``title``/``hash``) are dropped;
 * ``id`` and every relative reference ``Type/id`` become ``Type/<pseudonym>``: HMAC-SHA-256 under the
   purpose's key, so the same patient is the same pseudonym in every export of one purpose and a
   different one in another purpose's; ``Organization/<member>`` stays (the institution is what the
@@ -50,6 +51,8 @@ _ALWAYS_DROPPED = frozenset(
         "comment",
         "description",
         "hash",
+        "payload",
+        "patientInstruction",
         "modifierExtension",
     }
 )

@@ -22,6 +22,7 @@ from medcloud_exchange.bulk.deidentify import (
     reduce_date,
     shift_days,
 )
+from tests.fhir_r4 import assert_valid_r4
 
 DATA = Path(__file__).parents[2] / "data"
 KEY = bytes(range(32))
@@ -84,6 +85,7 @@ def test_every_de_identified_example_is_valid_fhir(name: str, dates: DateHandlin
     source = _example(name)
     out = _deid(dates=dates).resource(source, patient="p-1")
     get_fhir_model_class(out["resourceType"]).model_validate(out)  # raises on anything invalid
+    assert_valid_r4(out)
 
 
 def test_the_patient_example_keeps_no_direct_identifier() -> None:

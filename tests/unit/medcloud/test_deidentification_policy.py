@@ -41,9 +41,7 @@ def test_defaults_are_safe_harbor_with_months_and_ten_year_bands() -> None:
     ],
 )
 def test_a_policy_keeping_a_direct_identifier_is_refused(retain: list[str], refused: str) -> None:
-    with pytest.raises(
-        ValidationError, match=f"{re.escape(refused)} carries a direct identifier or free text"
-    ):
+    with pytest.raises(ValidationError, match=f"{re.escape(refused)} carries a direct identifier or free text"):
         DeidentificationPolicy.model_validate({**BASE, "retain": retain})
 
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import httpx
+import pyarrow.parquet as pq
+from minio import Minio
 
+from medcloud_analytics.lake import Lake
+from medcloud_cli.localcluster.cluster import MinioInfo
 from tests.exchange_support import Caller
 from tests.fhir_r4 import assert_valid_r4
 
@@ -51,3 +56,31 @@ def lines(data: bytes, resource_type: str) -> list[Json]:
         assert_valid_r4(resource)
         out.append(resource)
     return out
+
+
+def analytics_lake(minio: MinioInfo) -> Lake:
+    """A fresh analytics bucket on the real MinIO."""
+    bucket = f"analytics-{uuid.uuid4().hex[:8]}"
+    Minio(minio.endpoint, minio.access_key, minio.secret_key, secure=False).make_bucket(bucket)
+    return Lake(minio.endpoint, bucket, minio.access_key, minio.secret_key)
+
+
+def parquet_objects(root: Minio, lake: Lake) -> list[Any]:
+    """The Parquet objects (pyarrow's S3 writer also leaves empty directory markers ending in /)."""
+    return [o for o in root.list_objects(lake.bucket, recursive=True) if o.object_name.endswith(".parquet")]
+
+
+def assert_no_secret_in_lake(lake: Lake, minio: MinioInfo, secrets: list[str]) -> None:
+    """No secret in any object's bytes, nor in any value read back (compression would hide it from bytes)."""
+    root = Minio(minio.endpoint, minio.access_key, minio.secret_key, secure=False)
+    objects = parquet_objects(root, lake)
+    assert objects, "the lake is empty"
+    for obj in objects:
+        raw = root.get_object(lake.bucket, obj.object_name).read()
+        values = json.dumps(
+            pq.read_table(lake.filesystem().open_input_file(f"{lake.bucket}/{obj.object_name}")).to_pylist(),
+            default=str,
+        )
+        for secret in secrets:
+            assert secret.encode() not in raw, (obj.object_name, secret)
+            assert secret not in values, (obj.object_name, secret)

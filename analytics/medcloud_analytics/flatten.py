@@ -74,8 +74,12 @@ def _reference(value: Any) -> str | None:
     return None
 
 
-def _org(value: Any) -> str | None:
+def _org(value: Any, resource: Mapping[str, Any]) -> str | None:
+    """The member named by a reference: ``Organization/<m>``, or a contained PractitionerRole's organization."""
     ref = _reference(value)
+    if ref and ref.startswith("#"):
+        contained = [c for c in resource.get("contained") or [] if isinstance(c, dict) and c.get("id") == ref[1:]]
+        ref = _reference(contained[0].get("organization")) if contained else None
     return ref.removeprefix(ORGANIZATION) if ref and ref.startswith(ORGANIZATION) else None
 
 
@@ -111,17 +115,17 @@ def _patient(resource: Mapping[str, Any]) -> str | None:
 def _organisations(resource: Mapping[str, Any]) -> tuple[str | None, str | None]:
     rtype = resource.get("resourceType")
     if rtype == "ServiceRequest":
-        return _org(resource.get("requester")), _org(resource.get("performer"))
+        return _org(resource.get("requester"), resource), _org(resource.get("performer"), resource)
     if rtype == "Task":
-        return _org(resource.get("requester")), _org(resource.get("owner"))
+        return _org(resource.get("requester"), resource), _org(resource.get("owner"), resource)
     if rtype == "DocumentReference":
-        return _org(resource.get("custodian")) or _org(resource.get("author")), None
+        return _org(resource.get("custodian"), resource) or _org(resource.get("author"), resource), None
     if rtype == "Communication":
-        return _org(resource.get("sender")), _org(resource.get("recipient"))
+        return _org(resource.get("sender"), resource), _org(resource.get("recipient"), resource)
     if rtype == "Appointment":
-        actors = [_org(p.get("actor")) for p in resource.get("participant") or [] if isinstance(p, dict)]
+        actors = [_org(p.get("actor"), resource) for p in resource.get("participant") or [] if isinstance(p, dict)]
         return next((a for a in actors if a), None), None
-    return _org(resource.get("performer")) or _org(resource.get("managingOrganization")), None
+    return _org(resource.get("performer"), resource) or _org(resource.get("managingOrganization"), resource), None
 
 
 def row(resource: Mapping[str, Any]) -> dict[str, Any]:

@@ -66,3 +66,15 @@ def test_the_table_has_the_schema_and_one_row_each() -> None:
 
 def test_the_httpfs_extension_ships_in_the_wheel() -> None:
     assert httpfs_extension().stat().st_size > 1_000_000
+
+
+def test_a_requester_given_as_a_contained_practitioner_role_is_its_organization() -> None:
+    referral = {
+        "resourceType": "ServiceRequest",
+        "contained": [
+            {"resourceType": "PractitionerRole", "id": "requester", "organization": {"reference": "Organization/a"}}
+        ],
+        "requester": {"reference": "#requester"},
+        "performer": [{"reference": "Organization/b"}],
+    }
+    assert (flatten.row(referral)["from_org"], flatten.row(referral)["to_org"]) == ("a", "b")

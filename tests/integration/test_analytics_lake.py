@@ -15,12 +15,15 @@ from typing import Any
 
 import pytest
 from minio import Minio
+from typer.testing import CliRunner
 
 from medcloud.models.deidentification import DeidentificationPolicy
 from medcloud_analytics import flatten
 from medcloud_analytics.lake import Lake, connect
 from medcloud_cli.localcluster.cluster import MinioInfo
+from medcloud_cli.main import app
 from medcloud_exchange.bulk.deidentify import Deidentifier
+from tests.analytics_activity import TIERS, activity
 from tests.bulk_support import analytics_lake, assert_no_secret_in_lake, parquet_objects
 
 pytestmark = [pytest.mark.minio]
@@ -94,3 +97,27 @@ def test_parquet_is_partitioned_by_type_and_month_and_duckdb_reads_it_over_s3(
 def test_no_identifier_in_any_parquet_byte_or_value(lake: Lake, minio_server: MinioInfo) -> None:
     lake.write(flatten.table(_resources()), "batch-1")
     assert_no_secret_in_lake(lake, minio_server, list(SECRETS))
+
+
+def test_medcloud_analytics_prints_the_indicators_suppressed(lake: Lake) -> None:
+    lake.write(flatten.table(list(activity())), "batch-1")
+    env = {
+        "MEDCLOUD_ANALYTICS_ENDPOINT": lake.endpoint,
+        "MEDCLOUD_ANALYTICS_BUCKET": lake.bucket,
+        "MEDCLOUD_ANALYTICS_ACCESS_KEY": lake.access_key,
+        "MEDCLOUD_ANALYTICS_SECRET_KEY": lake.secret_key,
+    }
+    tiers = [arg for name, tier in TIERS.items() for arg in ("--tier", f"{name}={tier}")]
+    result = CliRunner().invoke(app, ["analytics", "indicators", *tiers], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "Referrals by tier and direction" in lines
+    (up,) = [line for line in lines if line.startswith("2026-11") and " up " in f" {line} "]
+    assert up.split() == ["2026-11", "township", "county", "up", "8", "7"]
+    (down,) = [line for line in lines if " down " in f" {line} "]
+    assert down.split()[-2:] == ["<5", "<5"]
+    (county,) = [line for line in lines if line.startswith("county-people")]
+    assert "58.3%" in county  # 7 of 12 with a controlled blood pressure
+    as_json = CliRunner().invoke(app, ["analytics", "indicators", "--json", *tiers], env=env)
+    cells = json.loads(as_json.output)
+    assert {c["patients"] for c in cells["monitoring"] if c["suppressed"]} == {None}

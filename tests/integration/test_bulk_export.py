@@ -2,7 +2,7 @@
 MinIO, PostgreSQL, operator, key service and exchange: a month of activity through the public APIs, the
 de-identified export, its Parquet in an analytics bucket, an indicator against the exchange's own index.
 
-The four institutions are those of examples/ (their own suffix, so this module's objects are its own).
+The four institutions are those of examples/ with a suffix of this module's own (tests/exchange_harness.py).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import psycopg
 import pytest
 import yaml
 from kubernetes import client
+from minio import Minio
+
 from medcloud_analytics.indicators import MIN_PATIENTS, compute_all
 from medcloud_analytics.ingest import BulkClient, load
 from medcloud_analytics.lake import connect
-from minio import Minio
-
 from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.exchange import make_audit_bucket
 from medcloud_cli.localcluster.postgres import PostgresInfo

@@ -49,7 +49,7 @@ from tests.exchange_harness import (
 )
 from tests.exchange_support import Caller, outcome_of
 from tests.integration.test_workflows import ago, created, new_patient, post
-from tests.operator_support import REPO, ClusterAdmin, RunningOperator
+from tests.operator_support import REPO, ClusterAdmin, RunningOperator, institution_code
 from tests.support import wait_for
 from tests.workflows_data import cbc_report, coverage
 from tests.workflows_requests import service_request
@@ -92,7 +92,11 @@ def admin(k8s_api_client: client.ApiClient) -> ClusterAdmin:
 def members(admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str]]:
     hospitals = {}
     for example, name in NAMES.items():
-        hospitals[name] = {**example_spec("Hospital", example), "consortium": CONSORTIUM, "institutionCode": "TEST0001"}
+        hospitals[name] = {
+            **example_spec("Hospital", example),
+            "consortium": CONSORTIUM,
+            "institutionCode": institution_code(name),
+        }
         hospitals[name].pop("quota", None)
     store = {"recordClass": "emr", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
     spec = example_spec("Consortium", "riverton-medical-alliance")

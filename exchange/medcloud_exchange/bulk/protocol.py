@@ -16,6 +16,8 @@ from typing import Any
 from medcloud_exchange.bulk.sources import RESOURCE_TYPES
 
 NDJSON = "application/fhir+ndjson"
+BULK_DATA = "http://hl7.org/fhir/uv/bulkdata"
+BULK_DATA_SERVER = f"{BULK_DATA}/CapabilityStatement/bulk-data"
 OUTPUT_FORMATS = frozenset({NDJSON, "application/ndjson", "ndjson"})
 
 
@@ -91,3 +93,11 @@ def manifest(
         "output": [{"type": t, "url": url, "count": n} for t, url, n in outputs if n > 0],
         "error": [],
     }
+
+
+def bulk_operations() -> list[dict[str, str]]:
+    """The CapabilityStatement's ``rest.operation`` entries of the three export levels."""
+    return [
+        {"name": name, "definition": f"{BULK_DATA}/OperationDefinition/{definition}"}
+        for name, definition in (("export", "export"), ("export", "patient-export"), ("export", "group-export"))
+    ]

@@ -6,8 +6,10 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from medcloud_exchange.bulk.protocol import (
+    BULK_DATA_SERVER,
     KickOffError,
     choose_purpose,
     manifest,
@@ -17,6 +19,7 @@ from medcloud_exchange.bulk.protocol import (
 )
 from medcloud_exchange.bulk.service import relink
 from medcloud_exchange.bulk.sources import RESOURCE_TYPES
+from medcloud_exchange.capability import capability_statement
 
 
 def test_no_type_means_every_type_and_types_come_in_the_exchanges_order() -> None:
@@ -81,3 +84,11 @@ def test_relink_points_the_patient_elements_at_the_exchange_patient() -> None:
     assert relink(resource, patient)["subject"] == {"reference": f"Patient/{patient}"}
     local = {"resourceType": "Coverage", "beneficiary": {"reference": "#p"}}
     assert relink(local, patient) == local
+
+
+def test_the_capability_statement_announces_the_three_exports() -> None:
+    statement = capability_statement("riverton", "2026-12-02")
+    CapabilityStatement.model_validate(statement)
+    assert BULK_DATA_SERVER in statement["instantiates"]
+    definitions = {o["definition"].rsplit("/", 1)[1] for o in statement["rest"][0]["operation"]}
+    assert definitions == {"export", "patient-export", "group-export"}

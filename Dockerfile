@@ -17,6 +17,7 @@ COPY operator ./operator
 COPY api ./api
 COPY gateway ./gateway
 COPY keyservice ./keyservice
+COPY analytics ./analytics
 COPY cli ./cli
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 

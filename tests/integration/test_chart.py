@@ -169,8 +169,9 @@ def test_default_values_render_operator_api_key_service_and_rbac_and_no_monitori
     assert kinds(docs) == Counter(
         {
             "ServiceAccount": 3,
-            # operator, operator-tenant-secrets, operator-recordstores, api, city-admin, exchange-client, exchange
-            "ClusterRole": 7,
+            # operator, operator-tenant-secrets, operator-recordstores, api, city-admin, exchange-client, exchange,
+            # city-health-commission
+            "ClusterRole": 8,
             "ClusterRoleBinding": 4,  # ... and the key service's system:auth-delegator
             "Role": 2,  # the operator's and the key service's, for key Secrets
             "RoleBinding": 2,
@@ -340,6 +341,7 @@ MIRRORED = (
     "keyservice-rbac.yaml",
     "exchange-client-rbac.yaml",
     "exchange-rbac.yaml",
+    "city-health-commission-rbac.yaml",
 )
 ADMISSION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 NOT_MIRRORED = {

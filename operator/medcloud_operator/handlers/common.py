@@ -1,7 +1,10 @@
 """The reconcile frame every kind (Hospital, RecordStore, DeviceGateway, AppInstance, Consortium) runs in.
 
 - Triggers (:func:`register_triggers`): created, changed or found at startup, and a resync timer,
-  all funnelled into the kind's one ``reconcile``.
+  all funnelled into the kind's one ``reconcile`` through the work queue (``medcloud_operator.workqueue``),
+  changes first. An object found at startup or by the timer that is *settled* (Ready at its generation,
+  with the digest of its spec and the settings in status) is not reconciled: the safety net costs no
+  request, and each object is reconciled in full once per ``full_resync_seconds``, spread by its uid.
 - The frame (:func:`reconcile_object`): under the object's lock and the duration metric, read the
   object (nothing to do when it is gone or being deleted), reconcile it, count the result in
   ``medcloud_reconcile_total``.
@@ -14,9 +17,12 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -30,7 +36,8 @@ from medcloud.models.conditions import Reason
 from medcloud_operator import events, metrics
 from medcloud_operator.apply import Action, Applied
 from medcloud_operator.context import OperatorContext, get_context
-from medcloud_operator.status import Check
+from medcloud_operator.status import RECONCILING_DIGEST, Check
+from medcloud_operator.workqueue import Priority
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -112,6 +119,7 @@ def reconcile_object(
         body = ctx.kube.get(kind, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
+        token = RECONCILING_DIGEST.set(desired_digest(body, ctx.settings_fingerprint))
         try:
             reconcile(body)
         except kopf.TemporaryError:
@@ -120,7 +128,49 @@ def reconcile_object(
         except Exception:
             metrics.RECONCILE_TOTAL.labels(kind=kind.kind, result=metrics.RESULT_ERROR).inc()
             raise
+        finally:
+            RECONCILING_DIGEST.reset(token)
         metrics.RECONCILE_TOTAL.labels(kind=kind.kind, result=metrics.RESULT_SUCCESS).inc()
+
+
+def desired_digest(body: Mapping[str, Any], settings_fingerprint: str) -> str:
+    """What the object's children are built from: its spec and the settings that shape them (hex SHA-256)."""
+    spec = json.dumps(body.get("spec") or {}, sort_keys=True, default=dict)  # Kopf hands nested views
+    return hashlib.sha256(f"{settings_fingerprint}\n{spec}".encode()).hexdigest()
+
+
+def is_settled(body: Mapping[str, Any], settings_fingerprint: str) -> bool:
+    """Ready at its current generation, and last reconciled from this very spec and these settings.
+
+    Read from the body alone (no request): the safety net's and the resume's cheap test.
+    """
+    status = body.get("status") or {}
+    return (
+        status.get("phase") == Phase.READY.value
+        and status.get("observedGeneration") == body.get("metadata", {}).get("generation")
+        and status.get("observedDigest") == desired_digest(body, settings_fingerprint)
+    )
+
+
+def full_resync_due(uid: str, now: float, interval: float, period: float) -> bool:
+    """Whether this tick of the safety net is the object's one full reconcile of the ``period``.
+
+    The period is cut into ticks of ``interval``; each object owns one of them, chosen by its uid,
+    so full reconciles are spread evenly instead of all coming at once.
+    """
+    ticks = max(1, round(period / interval))
+    slot = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) % ticks
+    return int(now // interval) % ticks == slot
+
+
+def queued(controller: str, priority: Priority, handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """``handler`` (synchronous) as a Kopf handler that waits its turn in the work queue at ``priority``."""
+
+    async def run_queued(memo: kopf.Memo, **kwargs: Any) -> Any:
+        work = functools.partial(handler, memo=memo, **kwargs)
+        return await get_context(memo).queue.run(controller, priority, work)
+
+    return run_queued
 
 
 def register_triggers(
@@ -132,16 +182,48 @@ def register_triggers(
     interval: float,
     prefix: str | None = None,
     resync_id: str | None = None,
+    safety_net: bool = True,
 ) -> None:
     """A kind's own triggers: create, update and resume call ``changed``; a timer every ``interval`` ``resync``.
+
+    All of them wait in the work queue: create and update as changes, resume after them, the timer
+    last. With ``safety_net`` the resume and the timer skip a settled object (:func:`is_settled`)
+    except on its one full reconcile per ``full_resync_seconds``; without it (a timer that does
+    work of its own, like a RecordStore's usage count) the timer always runs.
 
     Handler ids (``<prefix>_changed``, ``<prefix>_resync``) name the handlers in Kopf's logs and in
     its progress annotations, so they stay as they are once released.
     """
     group, version = kind.api_version.split("/")
     prefix = prefix or kind.kind.lower()
-    for cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
-        cause(group, version, kind.plural, id=f"{prefix}_changed", registry=registry)(changed)
+    controller = kind.kind.lower()
+    on_change = queued(controller, Priority.CHANGE, changed)
+    for cause in (kopf.on.update, kopf.on.create):
+        cause(group, version, kind.plural, id=f"{prefix}_changed", registry=registry)(on_change)
+
+    async def on_resume(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        ctx = get_context(memo)
+        if is_settled(body, ctx.settings_fingerprint):
+            # Nothing changed while no operator looked; the safety net's full reconcile comes in time.
+            metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="resume").inc()
+            return
+        await ctx.queue.run(controller, Priority.RESUME, functools.partial(changed, body=body, memo=memo, **kwargs))
+
+    kopf.on.resume(group, version, kind.plural, id=f"{prefix}_changed", registry=registry)(on_resume)
+
+    async def on_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        ctx = get_context(memo)
+        if (
+            safety_net
+            and is_settled(body, ctx.settings_fingerprint)
+            and not full_resync_due(
+                str(body["metadata"]["uid"]), time.time(), interval, ctx.settings.full_resync_seconds
+            )
+        ):
+            metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="resync").inc()
+            return
+        await ctx.queue.run(controller, Priority.RESYNC, functools.partial(resync, body=body, memo=memo, **kwargs))
+
     kopf.timer(
         group,
         version,
@@ -150,7 +232,7 @@ def register_triggers(
         interval=interval,
         initial_delay=interval,
         registry=registry,
-    )(resync)
+    )(on_timer)
 
 
 def raise_failure(body: Manifest, failure: ReconcileError, status_written: bool, logger: Logger) -> NoReturn:
@@ -204,7 +286,7 @@ def register_drift_handlers(
     owner_of: Callable[[kopf.Body], str | None],
     reconcile: Callable[[OperatorContext, kopf.Memo, str, str | None, Logger], None],
 ) -> None:
-    """Watch children (by ``labels``): one changed or deleted by someone else reconciles its owner.
+    """Watch children (by ``labels``): one changed or deleted by someone else reconciles its owner (queued as a change).
 
     ``owner_of`` names the owner of a child (None: not one of ours);
     ``reconcile`` is called with the context, Kopf's memo, that name, the
@@ -212,7 +294,7 @@ def register_drift_handlers(
     operator's own write (the resourceVersion it wrote) reconciles nothing.
     """
 
-    def child_changed(
+    async def child_changed(
         type: str | None,  # Kopf passes the watch event type by this name
         body: kopf.Body,
         memo: kopf.Memo,
@@ -233,7 +315,8 @@ def register_drift_handlers(
         ):
             return
         logger.debug("%s %s %s: reconciling %s %s", body["kind"], meta["name"], type.lower(), owner_kind, owner)
-        reconcile(ctx, memo, owner, namespace, logger)
+        repair = functools.partial(reconcile, ctx, memo, owner, namespace, logger)
+        await ctx.queue.run(owner_kind.lower(), Priority.CHANGE, repair)
 
     for kind in child_kinds:
         kopf.on.event(

@@ -80,6 +80,7 @@ from medcloud_operator.handlers.common import (
     api_message,
     classify_request,
     handling,
+    queued,
     raise_failure,
     reconcile_object,
     register_drift_handlers,
@@ -90,6 +91,7 @@ from medcloud_operator.handlers.common import (
 from medcloud_operator.kek import KekMissingError, KekState, ensure_kek
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.status import Check, parse_status, write_status
+from medcloud_operator.workqueue import Priority
 
 KIND = "Hospital"
 PLURAL = "hospitals"
@@ -350,7 +352,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         reconcile=_repair,
     )
     kopf.on.event(GROUP, VERSION, PLURAL, id="hospital_gone", registry=registry)(hospital_gone)
-    kopf.on.delete(GROUP, VERSION, PLURAL, id="hospital_deleted", registry=registry)(hospital_deleted)
+    kopf.on.delete(GROUP, VERSION, PLURAL, id="hospital_deleted", registry=registry)(
+        queued(HOSPITAL.kind.lower(), Priority.CHANGE, hospital_deleted)
+    )
 
 
 def hospital_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:

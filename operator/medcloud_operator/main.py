@@ -39,8 +39,9 @@ from medcloud_operator.workqueue import WorkQueue
 # Each registers its kind's handlers (``register(registry, settings)``).
 HANDLER_MODULES = (hospital, recordstore, devicegateway, device, appinstance, consortium, health)
 
+SHARDED_KINDS = (HOSPITAL, RECORD_STORE, DEVICE_GATEWAY, APP_INSTANCE, CONSORTIUM)
 # The work queue's controller names (the kind in lower case, as kubebuilder names controllers).
-CONTROLLERS = tuple(kind.kind.lower() for kind in (HOSPITAL, RECORD_STORE, DEVICE_GATEWAY, APP_INSTANCE, CONSORTIUM))
+CONTROLLERS = tuple(kind.kind.lower() for kind in SHARDED_KINDS)
 
 KOPF_DEFAULT_PEERING = "default"
 STATE_PREFIX = "kopf.medcloud.io"
@@ -142,6 +143,11 @@ def configure(
     queue = WorkQueue(cfg.max_concurrent_reconciles)
     for controller in CONTROLLERS:
         metrics.MAX_CONCURRENT_RECONCILES.labels(controller=controller).set(cfg.max_concurrent_reconciles)
+
+    # Sharding: of the MedCloud kinds, stream only this replica's shard (docs/operator.md#sharding).
+    if cfg.shard_selector:
+        for kind in SHARDED_KINDS:
+            settings.watching.label_selectors[kind.api_version, kind.plural] = cfg.shard_selector
 
     storage = Storage(cfg) if cfg.configured else None
     ctx = OperatorContext(settings=cfg, kube=Kube(new_api_client()), storage=storage, queue=queue)

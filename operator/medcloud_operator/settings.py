@@ -14,10 +14,11 @@ import json
 import secrets
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medcloud import __version__
+from medcloud_operator import sharding
 
 
 class WorkloadSettings(BaseModel):
@@ -124,6 +125,7 @@ RUNTIME_FIELDS = frozenset(
         "recordstore_retry_max_seconds",
         "minio_secret_key",
         "minio_timeout_seconds",
+        "shard_selector",
     }
 )
 """Settings that say how this process runs, not what it builds: a change of them leaves every object settled."""
@@ -263,9 +265,23 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
             "first, then resumes, then the safety net. Kopf's own thread pool gets the same size."
         ),
     )
+    shard_selector: str | None = Field(
+        default=None,
+        description=(
+            "Label selector (equality-based: k=v, k!=v, k, !k, comma-separated) of the MedCloud objects this "
+            "replica serves, e.g. medcloud.io/shard=east; unset: all. Give each shard its own peering_name."
+        ),
+    )
     deletion_retry_seconds: float = Field(
         default=15.0, gt=0, description="How often a refused deletion (RecordStores present) is retried."
     )
+
+    @field_validator("shard_selector")
+    @classmethod
+    def _equality_based(cls, value: str | None) -> str | None:
+        if value:
+            sharding.parse(value)  # raises on anything the local test could not judge like the API server
+        return value or None
 
     def fingerprint(self) -> str:
         """A digest of the settings that shape child objects (not of how this process runs)."""

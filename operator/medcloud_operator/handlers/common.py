@@ -33,7 +33,7 @@ from urllib3.exceptions import HTTPError
 from medcloud.kube.client import Kind, Manifest
 from medcloud.models import ConditionStatus, Phase, StatusBase
 from medcloud.models.conditions import Reason
-from medcloud_operator import events, metrics
+from medcloud_operator import events, metrics, sharding
 from medcloud_operator.apply import Action, Applied
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.status import RECONCILING_DIGEST, Check
@@ -119,6 +119,8 @@ def reconcile_object(
         body = ctx.kube.get(kind, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
+        if not sharding.matches(ctx.settings.shard_selector, body["metadata"].get("labels")):
+            return  # another shard's (a child's or a member's event led here): its replica acts on it
         token = RECONCILING_DIGEST.set(desired_digest(body, ctx.settings_fingerprint))
         try:
             reconcile(body)
@@ -263,17 +265,31 @@ def is_steady(previous: StatusBase, generation: int | None) -> bool:
 def report_applied(
     body: Manifest, previous: StatusBase, generation: int | None, results: list[Applied], logger: Logger
 ) -> None:
-    """One Event and log line per child that changed. A change while the spec stood still is drift being repaired."""
+    """A log line per child that changed; Events: one per drift repair, one per action the spec caused.
+
+    A change while the spec stood still is drift being repaired, worth an Event of its own. What a new
+    or changed spec caused is one Event per action (``Created``: the dozen objects of a new tenancy),
+    so onboarding a Hospital posts one Event, not one per child.
+    """
     steady = is_steady(previous, generation)
+    caused: dict[Action, list[str]] = {}
     for result in results:
         if not result.changed:
             continue
         if steady and result.action is not Action.DELETED:
             metrics.DRIFT_REPAIRS.labels(kind=result.kind).inc()
-            reason, what = "DriftRepaired", f"{result.describe()}: it had been changed or deleted outside the operator"
+            what = f"{result.describe()}: it had been changed or deleted outside the operator"
+            announce(body, "DriftRepaired", what, logger)
         else:
-            reason, what = result.action.value.capitalize(), result.describe()
-        announce(body, reason, what, logger)
+            caused.setdefault(result.action, []).append(f"{result.kind} {result.name}")
+            logger.info("%s", result.describe())
+    for action, objects in caused.items():
+        message = f"{action.value.capitalize()} {len(objects)}: {', '.join(objects)}"
+        events.post(body, events.NORMAL, action.value.capitalize(), message[:EVENT_MESSAGE_LIMIT])
+
+
+EVENT_MESSAGE_LIMIT = 1024
+"""Longer Event messages are cut: the API server refuses messages over 1 KiB in events.k8s.io/v1."""
 
 
 def register_drift_handlers(

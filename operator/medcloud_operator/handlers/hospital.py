@@ -61,7 +61,7 @@ from medcloud.models.conditions import Reason, now_utc
 from medcloud.tenancy import kek, labels, onboarding
 from medcloud.tenancy.institutions import code_holder
 from medcloud_operator import OPERATOR_NAME, events, metrics
-from medcloud_operator.apply import Applied, TerminatingError, apply, prune
+from medcloud_operator.apply import Action, Applied, TerminatingError, apply, prune
 from medcloud_operator.builders.hospital import (
     QUOTA_NAME,
     InvalidSpecError,
@@ -178,11 +178,15 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
         _claim_institution_code(ctx, name, spec.institution_code)
         desired = build_tenancy(name, spec, settings)
         cluster_wide = build_admin_cluster_access(name, spec, body["metadata"]["uid"])
+        # Never reconciled (onboarding): the children are created without a read first.
+        fresh = previous.observed_generation is None
         for obj in (*desired, *cluster_wide):
             stage = _condition_for(obj["kind"])
-            results.append(apply(kube, obj, ctx.own_writes))
+            results.append(apply(kube, obj, ctx.own_writes, expect_absent=fresh))
         stage = HospitalCondition.NETWORK_ISOLATED
-        results += prune(kube, PRUNED_KINDS, namespace, labels.tenancy_selector(name), desired)
+        if not (results and results[0].kind == NAMESPACE.kind and results[0].action is Action.CREATED):
+            # A namespace created just now holds nothing to prune.
+            results += prune(kube, PRUNED_KINDS, namespace, labels.tenancy_selector(name), desired)
         stage = HospitalCondition.NAMESPACE_READY
         results += prune(kube, CLUSTER_PRUNED_KINDS, None, labels.tenancy_selector(name), cluster_wide)
         checks[HospitalCondition.NAMESPACE_READY] = Check(

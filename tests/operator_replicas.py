@@ -28,6 +28,7 @@ ACTIVE_USER, STANDBY_USER = "medcloud-operator-a", "medcloud-operator-b"
 # Both replicas are one operator: a group holds them, and that group is the
 # subject each tenant's RoleBinding medcloud-operator-tenant binds.
 OPERATOR_GROUP = "medcloud-operator-peering-test"
+REPLICA_STORAGE_CIDR = "10.250.0.0/24"
 
 
 def operator_writes(audit_log: Path, since_line: int, users: set[str]) -> list[Json]:
@@ -104,7 +105,7 @@ def start_replica(
         "MEDCLOUD_METRICS_PORT": str(metrics_port),
         "MEDCLOUD_METRICS_ADDRESS": "127.0.0.1",
         "MEDCLOUD_PROBE_PORT": str(probe_port),
-        "MEDCLOUD_STORAGE_CIDRS": json.dumps(["10.250.0.0/24"]),
+        "MEDCLOUD_STORAGE_CIDRS": json.dumps([REPLICA_STORAGE_CIDR]),
         "MEDCLOUD_DELETION_RETRY_SECONDS": "1",
         "MEDCLOUD_OPERATOR_SUBJECT_KIND": "Group",
         "MEDCLOUD_OPERATOR_SUBJECT_NAME": OPERATOR_GROUP,

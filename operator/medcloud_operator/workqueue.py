@@ -5,8 +5,8 @@ in one thread pool in arrival order. After a restart every object's resume
 handler arrives at once, and a Hospital created at that moment would wait
 behind all of them. Here every reconcile first takes a place in this queue:
 at most ``workers`` run at a time, and a free worker always takes the most
-urgent waiting item (a change someone is waiting for, then a resume, then the
-periodic safety net), first come first served within one priority.
+urgent waiting item (a change someone is waiting for, then a resume, then a
+status refresh, then the periodic safety net), first come first served within one priority.
 
 The queue is the one place that sees every reconcile start and end, so it
 keeps the metrics the usual controller dashboards and alerts read
@@ -39,7 +39,10 @@ class Priority(IntEnum):
     """Created, changed, deleted, or a child drifted: someone is waiting for it."""
     RESUME = 1
     """Found at startup and not known to be settled."""
-    RESYNC = 2
+    REFRESH = 2
+    """A child whose status moves with its tenant's use (a ResourceQuota's usage) changed: the owner's status
+    follows, after every change and resume."""
+    RESYNC = 3
     """The periodic safety net."""
 
 

@@ -301,6 +301,7 @@ def register_drift_handlers(
     owner_kind: str,
     owner_of: Callable[[kopf.Body], str | None],
     reconcile: Callable[[OperatorContext, kopf.Memo, str, str | None, Logger], None],
+    refresh_kinds: Iterable[Kind] = (),
 ) -> None:
     """Watch children (by ``labels``): one changed or deleted by someone else reconciles its owner (queued as a change).
 
@@ -308,7 +309,11 @@ def register_drift_handlers(
     ``reconcile`` is called with the context, Kopf's memo, that name, the
     child's namespace and the logger. A change that is the echo of the
     operator's own write (the resourceVersion it wrote) reconciles nothing.
+    Events of ``refresh_kinds`` (children whose status a controller keeps moving, like a
+    ResourceQuota's usage) are queued as refreshes, behind changes and resumes: a province's
+    onboarding is not slowed by the quota controller's status updates of its new quotas.
     """
+    refreshing = {kind.kind for kind in refresh_kinds}
 
     async def child_changed(
         type: str | None,  # Kopf passes the watch event type by this name
@@ -332,7 +337,8 @@ def register_drift_handlers(
             return
         logger.debug("%s %s %s: reconciling %s %s", body["kind"], meta["name"], type.lower(), owner_kind, owner)
         repair = functools.partial(reconcile, ctx, memo, owner, namespace, logger)
-        await ctx.queue.run(owner_kind.lower(), Priority.CHANGE, repair)
+        priority = Priority.REFRESH if body["kind"] in refreshing else Priority.CHANGE
+        await ctx.queue.run(owner_kind.lower(), priority, repair)
 
     for kind in child_kinds:
         kopf.on.event(

@@ -354,6 +354,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         owner_kind=KIND,
         owner_of=_hospital_of,
         reconcile=_repair,
+        # The quota controller writes each quota's usage: status.quotaUsage follows, after changes.
+        refresh_kinds=(RESOURCE_QUOTA,),
     )
     kopf.on.event(GROUP, VERSION, PLURAL, id="hospital_gone", registry=registry)(hospital_gone)
     kopf.on.delete(GROUP, VERSION, PLURAL, id="hospital_deleted", registry=registry)(

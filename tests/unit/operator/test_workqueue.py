@@ -31,17 +31,25 @@ def test_a_freed_place_goes_to_the_most_urgent_waiter_first_come_first_served() 
             asyncio.create_task(wait("resync-1", Priority.RESYNC)),
             asyncio.create_task(wait("resume-1", Priority.RESUME)),
             asyncio.create_task(wait("resync-2", Priority.RESYNC)),
+            asyncio.create_task(wait("refresh-1", Priority.REFRESH)),
             asyncio.create_task(wait("change-1", Priority.CHANGE)),
             asyncio.create_task(wait("change-2", Priority.CHANGE)),
         ]
         await asyncio.sleep(0)  # every waiter is queued
-        assert gate.waiting == 5
+        assert gate.waiting == 6
         gate.release()
         await asyncio.gather(*waiters)
         assert (gate.held, gate.waiting) == (0, 0)
         return order
 
-    assert asyncio.run(scenario()) == ["change-1", "change-2", "resume-1", "resync-1", "resync-2"]
+    assert asyncio.run(scenario()) == [
+        "change-1",
+        "change-2",
+        "resume-1",
+        "refresh-1",
+        "resync-1",
+        "resync-2",
+    ]
 
 
 def test_a_cancelled_waiter_gives_up_its_turn_and_holds_no_place() -> None:

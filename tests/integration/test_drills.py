@@ -132,6 +132,21 @@ def kek_secrets(admin: ClusterAdmin, prefix: str) -> dict[str, Json]:
     }
 
 
+def offboard(admin: ClusterAdmin, names: list[str], operator: Replica, peering: str, *, show_log: bool) -> None:
+    """Delete the drill's Hospitals through the operator (its finalizer offboards them), then stop it."""
+    try:
+        for name in names:
+            admin.delete("Hospital", name)
+        for name in names:
+            wait_for(partial(admin.gone, "Hospital", name), f"Hospital {name} to be deleted", timeout=300)
+    finally:
+        operator.stop()
+        if show_log:
+            print(f"----- last lines of {operator.log} -----\n{log_tail(operator.log, 80)}")
+        with contextlib.suppress(ApiException):
+            admin.custom.delete_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, peering)
+
+
 def ready_count(admin: ClusterAdmin, names: list[str]) -> int:
     return sum(1 for name in names if is_ready(admin.get("Hospital", name)))
 
@@ -213,17 +228,7 @@ def test_the_operator_killed_mid_onboarding_of_100_hospitals_loses_and_orphans_n
         print(f"drill: SIGKILL with {ready_at_kill}/{HOSPITALS} Ready and {len(at_kill)} KEKs; all Ready after restart")
         passed = True
     finally:
-        try:
-            for name in names:
-                admin.delete("Hospital", name)
-            for name in names:
-                wait_for(partial(admin.gone, "Hospital", name), f"Hospital {name} to be deleted", timeout=300)
-        finally:
-            operator.stop()
-            if not passed:
-                print(f"----- last lines of {operator.log} -----\n{log_tail(operator.log, 80)}")
-            with contextlib.suppress(ApiException):
-                admin.custom.delete_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, peering)
+        offboard(admin, names, operator, peering, show_log=not passed)
 
 
 def apiserver(cluster: LocalCluster) -> ServerProcess:
@@ -257,6 +262,7 @@ def test_the_api_server_restarted_under_a_running_operator_which_recovers_on_its
     peering = f"medcloud-drill-{suffix}"
     operator = start_operator(replica_kubeconfigs[ACTIVE_USER], tmp_path, metrics_port, peering, suffix)
     names: list[str] = []
+    passed = False
     try:
         wait_for(operator.healthy, "the operator's liveness endpoint", timeout=90)
         before = f"apirestart-{suffix}-a"
@@ -281,13 +287,6 @@ def test_the_api_server_restarted_under_a_running_operator_which_recovers_on_its
             "the operator scraped",
         )
         assert alert_state(prometheus_url, "MedcloudOperatorDown") is None
+        passed = True
     finally:
-        try:
-            for name in names:
-                admin.delete("Hospital", name)
-            for name in names:
-                wait_for(partial(admin.gone, "Hospital", name), f"Hospital {name} to be deleted", timeout=300)
-        finally:
-            operator.stop()
-            with contextlib.suppress(ApiException):
-                admin.custom.delete_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL, peering)
+        offboard(admin, names, operator, peering, show_log=not passed)

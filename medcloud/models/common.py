@@ -475,6 +475,14 @@ class StatusBase(MedCloudModel):
         ge=0,
         description="metadata.generation of the spec the operator last acted on.",
     )
+    observed_digest: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "Digest of the spec and the operator settings the operator last reconciled (hex SHA-256): while it, "
+            "observedGeneration and the phase Ready stand, the operator's periodic safety net sends no request."
+        ),
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=32,

@@ -523,6 +523,7 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
                 "dnsPodLabels": {"k8s-app": "coredns"},
                 "logLevel": "DEBUG",
                 "resyncSeconds": 120.5,
+                "shardSelector": "medcloud.io/shard=east",
                 "minioEndpoint": "https://minio.medcloud-storage.svc:9000",
                 "minioPublicEndpoint": "https://s3.city.example",
                 "keyServiceUrl": "https://keys.medcloud-system.svc",
@@ -553,6 +554,7 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
     assert settings.dns_pod_labels == {"k8s-app": "coredns"}
     assert settings.log_level == "DEBUG"
     assert settings.resync_seconds == 120.5
+    assert settings.shard_selector == "medcloud.io/shard=east"
     assert settings.peering_name == "medcloud"
     assert settings.standalone is False
     # In every tenant namespace the operator binds its own ServiceAccount to the chart's tenant Secrets role.

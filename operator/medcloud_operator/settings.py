@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medcloud import __version__
+from medcloud.models import CatalogApp
 from medcloud_operator import sharding
 
 
@@ -28,6 +29,14 @@ class WorkloadSettings(BaseModel):
         default="registry.medcloud.local/apps",
         min_length=1,
         description="Registry path of the catalog apps' images: <prefix>/<app>:<version>.",
+    )
+    published_apps: list[CatalogApp] = Field(
+        default_factory=list,
+        description=(
+            "Catalog apps whose images are published under app_image_prefix. An AppInstance of any other app "
+            "without MedCloud's own code (those run own_image) is refused (Ready=False, AppNotInCatalogImage) "
+            "and gets no Deployment. JSON, e.g. '[\"referrals\"]'."
+        ),
     )
     gateway_image: str = Field(
         default="registry.medcloud.local/medcloud-gateway",

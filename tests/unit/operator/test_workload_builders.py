@@ -27,7 +27,8 @@ from medcloud_operator import membership as cons_b
 from medcloud_operator.builders import appinstance as app_b
 from medcloud_operator.builders import devicegateway as gw_b
 from medcloud_operator.builders import workload as w
-from medcloud_operator.catalog import CATALOG, app_image, gateway_image
+from medcloud_operator.catalog import CATALOG, AppWithoutImageError, app_image, gateway_image, require_published
+from medcloud_operator.handlers.workload import UNREALISABLE, classify
 from medcloud_operator.settings import OperatorSettings, WorkloadSettings
 from medcloud_operator.status import Check, dump
 
@@ -213,6 +214,33 @@ def test_an_app_with_medclouds_code_runs_medclouds_image_with_its_args_and_excha
     other = pod(build_app(app_spec(version="2.4.0", app="appointments"))["Deployment"])
     assert "args" not in other["containers"][0]
     assert not [v for v in other["volumes"] if "projected" in v]
+
+
+def test_only_published_apps_and_medcloud_s_own_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    own = sorted(a.value for a, entry in CATALOG.items() if entry.args)
+    for app in CatalogApp:
+        if CATALOG[app].args:
+            require_published(app, WorkloadSettings())  # MedCloud's own image: always there
+            continue
+        with pytest.raises(AppWithoutImageError, match=f"{app.value} has no published image"):
+            require_published(app, WorkloadSettings())
+    monkeypatch.setenv("MEDCLOUD_PUBLISHED_APPS", '["referrals", "appointments"]')
+    settings = OperatorSettings()
+    require_published(CatalogApp.REFERRALS, settings)
+    runnable = ", ".join(sorted([*own, "appointments", "referrals"]))
+    with pytest.raises(AppWithoutImageError, match=f"runnable: {runnable}"):
+        require_published(CatalogApp.INSURANCE_CARD, settings)
+
+
+def test_an_app_without_an_image_is_refused_for_good_and_fails() -> None:
+    failure = classify(AppWithoutImageError("the catalog app referrals has no published image"))
+    assert (failure.reason, failure.permanent) == (WorkloadReason.APP_NOT_IN_CATALOG_IMAGE, True)
+    assert failure.reason in UNREALISABLE
+    status = app_status(AppInstanceStatus(), failure=failure.check, spec_failed=True)
+    assert conditions(status)["Ready"] == ("False", "AppNotInCatalogImage")
+    assert conditions(status)["Available"] == ("False", "AppNotInCatalogImage")
+    assert status.phase is Phase.FAILED
+    assert not status.is_ready()
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medcloud import __version__
 from medcloud.models import CatalogApp
+from medcloud.tenancy.credentials import KEY_SERVICE_AUDIENCE
 from medcloud_operator import sharding
 
 
@@ -39,9 +40,9 @@ class WorkloadSettings(BaseModel):
         ),
     )
     gateway_image: str = Field(
-        default="registry.medcloud.local/medcloud-gateway",
+        default="registry.medcloud.local/medcloud",
         min_length=1,
-        description="Image (without tag) every DeviceGateway runs.",
+        description="Image (without tag) every DeviceGateway runs: MedCloud's own, as `medcloud gateway`.",
     )
     gateway_version: str = Field(
         default=__version__, min_length=1, description="Tag of the device gateway image; MedCloud's own version."
@@ -56,15 +57,28 @@ class WorkloadSettings(BaseModel):
         ),
     )
     key_service_audience: str = Field(
-        default="medcloud-keyservice",
+        default=KEY_SERVICE_AUDIENCE,
         min_length=1,
-        description="Audience of the projected token the exchange and exchange-client apps give the key service.",
+        description="Audience of the projected token the exchange, exchange-client apps and gateways show the keys.",
     )
     exchange_audience: str = Field(
         default="medcloud-exchange",
         min_length=1,
         description="Audience of the projected token exchange-client apps (emr-sharing) present to the exchange.",
     )
+    gateway_keys_cluster_role: str = Field(
+        default="medcloud-gateway-keys",
+        min_length=1,
+        description=(
+            "ClusterRole (get recordstores/keys) bound in a gateway's namespace to the gateway's own "
+            "ServiceAccount; the operator's RBAC holds `bind` on this name only (deploy/gateway-rbac.yaml)."
+        ),
+    )
+    broker_host: str | None = Field(
+        default=None,
+        description="MQTT broker device gateways subscribe at (host or IP); unset: the gateway's default.",
+    )
+    broker_port: int | None = Field(default=None, ge=1, le=65535, description="Its TLS port; unset: 8883.")
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
         default="IfNotPresent", description="Pull policy of app and gateway containers."
     )

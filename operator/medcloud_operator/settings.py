@@ -14,7 +14,7 @@ import json
 import secrets
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medcloud import __version__
@@ -86,6 +86,29 @@ class WorkloadSettings(BaseModel):
         default=None,
         description="ingressClassName of the Ingresses of exposed apps; unset: the cluster's default class.",
     )
+
+
+class EgressPeer(BaseModel):
+    """A platform service every tenant pod may open connections to: the key service, the broker, the exchange.
+
+    Reached by namespace (and pod labels) when it runs as pods, or by CIDRs
+    when it runs elsewhere (on the node's own address, say); on one TCP port.
+    """
+
+    name: str = Field(min_length=1, description="What it is (keyservice, broker, exchange), for people reading.")
+    namespace: str | None = Field(default=None, description="Namespace of its pods.")
+    pod_labels: dict[str, str] = Field(default_factory=dict, description="Labels of its pods in that namespace.")
+    cidrs: list[str] = Field(default_factory=list, description="Addresses it listens on, when not a pod.")
+    port: int = Field(ge=1, le=65535, description="Its TCP port (the pod's port, not a Service's).")
+
+    @model_validator(mode="after")
+    def _has_peers(self) -> EgressPeer:
+        # A rule with no peers would mean "everywhere" to the enforcer.
+        if self.namespace is None and not self.cidrs:
+            raise ValueError(f"egress peer {self.name}: set namespace or cidrs")
+        if self.pod_labels and self.namespace is None:
+            raise ValueError(f"egress peer {self.name}: pod_labels need a namespace")
+        return self
 
 
 class StorageSettings(BaseModel):
@@ -234,6 +257,15 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
         description="Namespace of an in-cluster record storage service tenants may reach.",
     )
     storage_port: int = Field(default=9000, ge=1, le=65535, description="TCP port of the record storage endpoint.")
+    platform_egress: list[EgressPeer] = Field(
+        default_factory=list,
+        description=(
+            "Platform services tenant pods may reach besides DNS and record storage (key service, broker, "
+            "exchange), each by namespace/pod labels or CIDRs and one port. JSON, e.g. "
+            '\'[{"name": "keyservice", "namespace": "medcloud-system", "pod_labels": '
+            '{"app.kubernetes.io/component": "keyservice"}, "port": 8443}]\'.'
+        ),
+    )
     pod_security_version: str = Field(
         default="latest", description="Pod Security Standards version pinned on tenant namespaces."
     )

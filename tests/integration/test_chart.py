@@ -574,6 +574,11 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
     # Device gateways run the chart's own image, as `medcloud gateway`, and get the chart's keys role.
     assert (settings.gateway_image, settings.image_pull_policy) == ("medcloud", "IfNotPresent")
     assert settings.gateway_keys_cluster_role == "medcloud-gateway-keys"
+    # Tenants may reach the chart's key service pods on their port, and nothing of the release else.
+    (keys,) = settings.platform_egress
+    assert (keys.name, keys.namespace, keys.port) == ("keyservice", NAMESPACE, 8443)
+    key_pods = one(render(values), "Deployment", "medcloud-keyservice")["spec"]["selector"]["matchLabels"]
+    assert keys.pod_labels == key_pods
     one(render(values), "ClusterRole", settings.gateway_keys_cluster_role)
     one(render(values), "ClusterRole", settings.tenant_secrets_cluster_role)
     assert storage.minio_endpoint == "https://minio.medcloud-storage.svc:9000"

@@ -387,6 +387,25 @@ def test_tenant_policies_refuse_other_hospitals_until_the_consortium_allows_them
         node_cluster.kubectl("delete", "namespace", caller, callee, "--wait=false", check=False)
 
 
+def test_a_tenant_pod_cannot_reach_the_kubernetes_api(
+    node_cluster: LocalCluster, image: str, restricted_namespace: str
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    namespace = tenant(node_cluster, f"np-api-{suffix}", allow_consortium_ingress=False)
+    try:
+        http_server(node_cluster, image, namespace, "client")
+        http_server(node_cluster, image, restricted_namespace, "control")
+        service = get(node_cluster, "service", "kubernetes", "-n", "default")["spec"]["clusterIP"]
+        # Without tenant policies a pod reaches the API server through its Service (kube-proxy) ...
+        settle(node_cluster, restricted_namespace, "control", service, 443, "open")
+        # ... a tenant pod reaches neither the Service nor the node address the API server binds.
+        settle(node_cluster, namespace, "client", service, 443, "blocked")
+        api_port = int(node_cluster.state.server.rsplit(":", 1)[1])
+        assert connects(node_cluster, namespace, "client", netsetup.NODE_IP, api_port) == "blocked"
+    finally:
+        node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
 def node_address_service(cluster: LocalCluster, namespace: str, name: str, port: int) -> str:
     """A Service whose one endpoint is ``port`` on the node's address; returns its ClusterIP."""
     service = {
@@ -437,25 +456,6 @@ def test_tenant_pods_reach_the_platform_services_on_their_ports_and_nothing_else
         assert connects(node_cluster, namespace, "client", api_ip, api_port) == "blocked"
     finally:
         broker.close()
-        node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-def test_a_tenant_pod_cannot_reach_the_kubernetes_api(
-    node_cluster: LocalCluster, image: str, restricted_namespace: str
-) -> None:
-    suffix = uuid.uuid4().hex[:6]
-    namespace = tenant(node_cluster, f"np-api-{suffix}", allow_consortium_ingress=False)
-    try:
-        http_server(node_cluster, image, namespace, "client")
-        http_server(node_cluster, image, restricted_namespace, "control")
-        service = get(node_cluster, "service", "kubernetes", "-n", "default")["spec"]["clusterIP"]
-        # Without tenant policies a pod reaches the API server through its Service (kube-proxy) ...
-        settle(node_cluster, restricted_namespace, "control", service, 443, "open")
-        # ... a tenant pod reaches neither the Service nor the node address the API server binds.
-        settle(node_cluster, namespace, "client", service, 443, "blocked")
-        api_port = int(node_cluster.state.server.rsplit(":", 1)[1])
-        assert connects(node_cluster, namespace, "client", netsetup.NODE_IP, api_port) == "blocked"
-    finally:
         node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 

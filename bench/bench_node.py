@@ -18,10 +18,11 @@ broker) and measures, in the same run:
 - RSS of the node's processes with those 8 pods running: kubelet, containerd,
   every shim, kube-proxy, kube-router.
 
-Not yet: `kubectl apply -f examples/` to every pod Ready. The examples'
-AppInstances name catalog images that do not exist, so on a real node those
-pods never become Ready (which is the point of the real node); that figure
-needs the operator to run catalog apps from MedCloud's own image.
+Not yet: `kubectl apply -f examples/` to every pod Ready. The operator now
+refuses the examples' AppInstances (no catalog app has a published image:
+AppNotInCatalogImage, no pods), so the pods of examples/ are the DeviceGateways';
+they run `medcloud gateway`, which needs MinIO, the key service and the broker
+reachable from pods, i.e. `dev up` running MedCloud on the node (docs/real-node.md).
 """
 
 from __future__ import annotations

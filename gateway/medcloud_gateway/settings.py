@@ -23,7 +23,7 @@ from medcloud.models import CodeMapping, DeviceClass, DeviceProtocol
 from medcloud.tenancy import gateway as gateway_env
 from medcloud.tenancy.credentials import ACCESS_KEY_FIELD, KEY_SERVICE_URL_FIELD, SECRET_KEY_FIELD
 
-DEFAULT_TOKEN_FILE = Path("/var/run/secrets/medcloud/keyservice/token")
+DEFAULT_TOKEN_FILE = Path(gateway_env.DEFAULT_KEY_SERVICE_TOKEN_FILE)
 
 
 def _split(value: Any) -> Any:
@@ -60,15 +60,13 @@ class GatewaySettings(BaseSettings):
     s3_ca_pem: str | None = Field(default=None, validation_alias="COSI_CERTIFICATE_AUTHORITY")
     key_service_url: str | None = Field(default=None, validation_alias=KEY_SERVICE_URL_FIELD)
     key_service_token_file: Path = Field(
-        default=DEFAULT_TOKEN_FILE, validation_alias="MEDCLOUD_GATEWAY_KEY_SERVICE_TOKEN_FILE"
+        default=DEFAULT_TOKEN_FILE, validation_alias=gateway_env.KEY_SERVICE_TOKEN_FILE
     )
     key_service_ca_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_KEY_SERVICE_CA_FILE")
 
     # MQTT: the broker devices publish to. By default one in the pod, on the Service's MQTT port.
-    mqtt_broker_host: str = Field(default="127.0.0.1", validation_alias="MEDCLOUD_GATEWAY_MQTT_BROKER_HOST")
-    mqtt_broker_port: int | None = Field(
-        default=None, ge=1, le=65535, validation_alias="MEDCLOUD_GATEWAY_MQTT_BROKER_PORT"
-    )
+    mqtt_broker_host: str = Field(default="127.0.0.1", validation_alias=gateway_env.BROKER_HOST)
+    mqtt_broker_port: int | None = Field(default=None, ge=1, le=65535, validation_alias=gateway_env.BROKER_PORT)
     mqtt_ca_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_MQTT_CA_FILE")
     mqtt_cert_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_MQTT_CERT_FILE")
     mqtt_key_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_MQTT_KEY_FILE")

@@ -7,7 +7,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_AUDIENCE = "medcloud-keyservice"
+from medcloud.tenancy.credentials import KEY_SERVICE_AUDIENCE
+
+DEFAULT_AUDIENCE = KEY_SERVICE_AUDIENCE
 
 
 class KeyServiceSettings(BaseSettings):

@@ -87,6 +87,9 @@ CLUSTER_ROLE_BINDING = Kind(
     immutable_fields=("roleRef",),
 )
 CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps", namespaced=True, owned_fields=("data", "binaryData"))
+SERVICE_ACCOUNT = Kind(
+    "v1", "ServiceAccount", "serviceaccounts", namespaced=True, owned_fields=("automountServiceAccountToken",)
+)
 SERVICE = Kind("v1", "Service", "services", namespaced=True, defaulted_fields=("spec",))
 DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments", namespaced=True, defaulted_fields=("spec",))
 INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses", namespaced=True, defaulted_fields=("spec",))
@@ -112,6 +115,7 @@ KINDS: dict[tuple[str, str], Kind] = {
         CLUSTER_ROLE,
         CLUSTER_ROLE_BINDING,
         CONFIG_MAP,
+        SERVICE_ACCOUNT,
         SERVICE,
         DEPLOYMENT,
         INGRESS,

@@ -31,3 +31,5 @@ class WorkloadReason(StrEnum):
     """Pods are refused (quota, LimitRange, Pod Security): the message says by whom and why."""
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     """The rollout made no progress for 10 minutes (image missing, pods crashing, no room on nodes)."""
+    APP_NOT_IN_CATALOG_IMAGE = "AppNotInCatalogImage"
+    """The catalog app has no published image here: no Deployment is made, and the AppInstance is never Ready."""

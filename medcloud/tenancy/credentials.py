@@ -45,6 +45,8 @@ SECRET_KEY_FIELD = "COSI_S3_ACCESS_SECRET_KEY"  # noqa: S105 - a key name, not a
 ACCESS_KEY_FIELD = "COSI_S3_ACCESS_KEY_ID"
 KEY_SERVICE_URL_FIELD = "MEDCLOUD_KEY_SERVICE_URL"
 """Where the store's data keys are served; the workloads mounting the Secret see it as this variable."""
+KEY_SERVICE_AUDIENCE = "medcloud-keyservice"
+"""The audience of the service-account tokens the key service accepts (and of the tokens projected for it)."""
 
 
 def build_credentials_secret(

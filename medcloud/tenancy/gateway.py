@@ -20,6 +20,12 @@ DEVICE_CLASSES = "MEDCLOUD_GATEWAY_DEVICE_CLASSES"
 HEALTH_PORT = "MEDCLOUD_GATEWAY_HEALTH_PORT"
 CODE_MAPPINGS = "MEDCLOUD_GATEWAY_CODE_MAPPINGS"
 """JSON list of ``{system, code, mdc}`` (DeviceGateway ``spec.codeMappings``); absent when there are none."""
+KEY_SERVICE_TOKEN_FILE = "MEDCLOUD_GATEWAY_KEY_SERVICE_TOKEN_FILE"  # noqa: S105 - a variable name
+"""Path of the bearer token the gateway shows the key service (a projected token of its audience)."""
+DEFAULT_KEY_SERVICE_TOKEN_FILE = "/var/run/secrets/medcloud/keyservice/token"  # noqa: S105 - a path
+BROKER_HOST = "MEDCLOUD_GATEWAY_MQTT_BROKER_HOST"
+BROKER_PORT = "MEDCLOUD_GATEWAY_MQTT_BROKER_PORT"
+"""The MQTT broker devices publish to, which the gateway subscribes at."""
 PORT: dict[DeviceProtocol, str] = {p: f"MEDCLOUD_GATEWAY_{p.value.upper()}_PORT" for p in DeviceProtocol}
 """The variable naming the port each protocol's listener binds (``MEDCLOUD_GATEWAY_MQTT_PORT``, ...)."""
 DEVICE_CA_FILE = "MEDCLOUD_GATEWAY_DEVICE_CA_FILE"

@@ -3,7 +3,9 @@
 Each of the six catalog apps (``medcloud.models.CatalogApp``) has one entry
 saying how it runs: its HTTP port and health path, the compute it asks for,
 and whether it needs a RecordStore. An AppInstance names an app and a
-version; the image is ``<MEDCLOUD_APP_IMAGE_PREFIX>/<app>:<version>``.
+version; the image is ``<MEDCLOUD_APP_IMAGE_PREFIX>/<app>:<version>``, for the
+apps listed in ``MEDCLOUD_PUBLISHED_APPS`` only: an AppInstance of another app
+is refused rather than given pods whose image exists nowhere.
 Device gateways all run one image, ``<MEDCLOUD_GATEWAY_IMAGE>:<MEDCLOUD_GATEWAY_VERSION>``.
 """
 
@@ -102,6 +104,22 @@ CATALOG: Mapping[CatalogApp, CatalogEntry] = MappingProxyType(
 def image_tag(version: str) -> str:
     """A semver as an image tag: ``+`` (build metadata) is not allowed in tags and becomes ``_``, as Helm does."""
     return version.replace("+", "_")
+
+
+class AppWithoutImageError(Exception):
+    """The catalog app has no published image in this installation; it cannot run until one is."""
+
+
+def require_published(app: CatalogApp, settings: WorkloadSettings) -> None:
+    """Refuse an app with no image: neither MedCloud's own code nor listed in ``settings.published_apps``."""
+    if CATALOG[app].args or app in settings.published_apps:
+        return
+    runnable = {a for a, entry in CATALOG.items() if entry.args} | set(settings.published_apps)
+    raise AppWithoutImageError(
+        f"the catalog app {app.value} has no published image in this installation "
+        f"(runnable: {', '.join(sorted(a.value for a in runnable)) or 'none'}); it cannot run until its image is "
+        "pushed under MEDCLOUD_APP_IMAGE_PREFIX and listed in MEDCLOUD_PUBLISHED_APPS"
+    )
 
 
 def app_image(app: CatalogApp, version: str, settings: WorkloadSettings) -> str:

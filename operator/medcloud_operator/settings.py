@@ -14,10 +14,12 @@ import json
 import secrets
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medcloud import __version__
+from medcloud.models import CatalogApp
+from medcloud.tenancy.credentials import KEY_SERVICE_AUDIENCE
 from medcloud_operator import sharding
 
 
@@ -29,10 +31,18 @@ class WorkloadSettings(BaseModel):
         min_length=1,
         description="Registry path of the catalog apps' images: <prefix>/<app>:<version>.",
     )
+    published_apps: list[CatalogApp] = Field(
+        default_factory=list,
+        description=(
+            "Catalog apps whose images are published under app_image_prefix. An AppInstance of any other app "
+            "without MedCloud's own code (those run own_image) is refused (Ready=False, AppNotInCatalogImage) "
+            "and gets no Deployment. JSON, e.g. '[\"referrals\"]'."
+        ),
+    )
     gateway_image: str = Field(
-        default="registry.medcloud.local/medcloud-gateway",
+        default="registry.medcloud.local/medcloud",
         min_length=1,
-        description="Image (without tag) every DeviceGateway runs.",
+        description="Image (without tag) every DeviceGateway runs: MedCloud's own, as `medcloud gateway`.",
     )
     gateway_version: str = Field(
         default=__version__, min_length=1, description="Tag of the device gateway image; MedCloud's own version."
@@ -47,15 +57,28 @@ class WorkloadSettings(BaseModel):
         ),
     )
     key_service_audience: str = Field(
-        default="medcloud-keyservice",
+        default=KEY_SERVICE_AUDIENCE,
         min_length=1,
-        description="Audience of the projected token the exchange and exchange-client apps give the key service.",
+        description="Audience of the projected token the exchange, exchange-client apps and gateways show the keys.",
     )
     exchange_audience: str = Field(
         default="medcloud-exchange",
         min_length=1,
         description="Audience of the projected token exchange-client apps (emr-sharing) present to the exchange.",
     )
+    gateway_keys_cluster_role: str = Field(
+        default="medcloud-gateway-keys",
+        min_length=1,
+        description=(
+            "ClusterRole (get recordstores/keys) bound in a gateway's namespace to the gateway's own "
+            "ServiceAccount; the operator's RBAC holds `bind` on this name only (deploy/gateway-rbac.yaml)."
+        ),
+    )
+    broker_host: str | None = Field(
+        default=None,
+        description="MQTT broker device gateways subscribe at (host or IP); unset: the gateway's default.",
+    )
+    broker_port: int | None = Field(default=None, ge=1, le=65535, description="Its TLS port; unset: 8883.")
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
         default="IfNotPresent", description="Pull policy of app and gateway containers."
     )
@@ -63,6 +86,29 @@ class WorkloadSettings(BaseModel):
         default=None,
         description="ingressClassName of the Ingresses of exposed apps; unset: the cluster's default class.",
     )
+
+
+class EgressPeer(BaseModel):
+    """A platform service every tenant pod may open connections to: the key service, the broker, the exchange.
+
+    Reached by namespace (and pod labels) when it runs as pods, or by CIDRs
+    when it runs elsewhere (on the node's own address, say); on one TCP port.
+    """
+
+    name: str = Field(min_length=1, description="What it is (keyservice, broker, exchange), for people reading.")
+    namespace: str | None = Field(default=None, description="Namespace of its pods.")
+    pod_labels: dict[str, str] = Field(default_factory=dict, description="Labels of its pods in that namespace.")
+    cidrs: list[str] = Field(default_factory=list, description="Addresses it listens on, when not a pod.")
+    port: int = Field(ge=1, le=65535, description="Its TCP port (the pod's port, not a Service's).")
+
+    @model_validator(mode="after")
+    def _has_peers(self) -> EgressPeer:
+        # A rule with no peers would mean "everywhere" to the enforcer.
+        if self.namespace is None and not self.cidrs:
+            raise ValueError(f"egress peer {self.name}: set namespace or cidrs")
+        if self.pod_labels and self.namespace is None:
+            raise ValueError(f"egress peer {self.name}: pod_labels need a namespace")
+        return self
 
 
 class StorageSettings(BaseModel):
@@ -211,6 +257,15 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
         description="Namespace of an in-cluster record storage service tenants may reach.",
     )
     storage_port: int = Field(default=9000, ge=1, le=65535, description="TCP port of the record storage endpoint.")
+    platform_egress: list[EgressPeer] = Field(
+        default_factory=list,
+        description=(
+            "Platform services tenant pods may reach besides DNS and record storage (key service, broker, "
+            "exchange), each by namespace/pod labels or CIDRs and one port. JSON, e.g. "
+            '\'[{"name": "keyservice", "namespace": "medcloud-system", "pod_labels": '
+            '{"app.kubernetes.io/component": "keyservice"}, "port": 8443}]\'.'
+        ),
+    )
     pod_security_version: str = Field(
         default="latest", description="Pod Security Standards version pinned on tenant namespaces."
     )

@@ -36,6 +36,7 @@ from tests.operator_support import (
     REPO,
     SA_GROUPS,
     RunningOperator,
+    published_env,
     raw,
     run_operator,
     storage_env,
@@ -77,7 +78,11 @@ def store_operator_kubeconfig(local_cluster: Any, operator_kubeconfig: Path) -> 
 @pytest.fixture(scope="module")
 def operator(store_operator_kubeconfig: Path, minio_server: MinioInfo) -> Iterator[RunningOperator]:
     """The whole operator, every handler, with the session's MinIO as RecordStore storage, for the module."""
-    env = {**storage_env(minio_server), "MEDCLOUD_APP_IMAGE_PREFIX": "registry.test.example/apps"}
+    env = {
+        **storage_env(minio_server),
+        "MEDCLOUD_APP_IMAGE_PREFIX": "registry.test.example/apps",
+        **published_env(),
+    }
     with run_operator(store_operator_kubeconfig, env, timeout=120) as running:
         yield running
 

@@ -170,8 +170,8 @@ def test_default_values_render_operator_api_key_service_and_rbac_and_no_monitori
         {
             "ServiceAccount": 3,
             # operator, operator-tenant-secrets, operator-recordstores, api, city-admin, exchange-client, exchange,
-            # city-health-commission
-            "ClusterRole": 8,
+            # city-health-commission, gateway-keys
+            "ClusterRole": 9,
             "ClusterRoleBinding": 4,  # ... and the key service's system:auth-delegator
             "Role": 2,  # the operator's and the key service's, for key Secrets
             "RoleBinding": 2,
@@ -342,6 +342,7 @@ MIRRORED = (
     "exchange-client-rbac.yaml",
     "exchange-rbac.yaml",
     "city-health-commission-rbac.yaml",
+    "gateway-rbac.yaml",
 )
 ADMISSION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 NOT_MIRRORED = {
@@ -438,7 +439,11 @@ def test_rbac_follows_release_name_and_namespace() -> None:
             "apiGroups": ["rbac.authorization.k8s.io"],
             "resources": ["clusterroles"],
             "verbs": ["bind"],
-            "resourceNames": ["riverton-medcloud-operator-tenant-secrets", "riverton-medcloud-exchange"],
+            "resourceNames": [
+                "riverton-medcloud-operator-tenant-secrets",
+                "riverton-medcloud-exchange",
+                "riverton-medcloud-gateway-keys",
+            ],
         }
     ]
     one(docs, "ClusterRole", "riverton-medcloud-exchange")
@@ -446,6 +451,8 @@ def test_rbac_follows_release_name_and_namespace() -> None:
     env = env_of(deployment, {"metadata.name": "p", "metadata.namespace": "city-ops"})
     assert env["MEDCLOUD_TENANT_SECRETS_CLUSTER_ROLE"] == "riverton-medcloud-operator-tenant-secrets"
     assert env["MEDCLOUD_EXCHANGE_CLUSTER_ROLE"] == "riverton-medcloud-exchange"
+    assert env["MEDCLOUD_GATEWAY_KEYS_CLUSTER_ROLE"] == "riverton-medcloud-gateway-keys"
+    one(docs, "ClusterRole", "riverton-medcloud-gateway-keys")
     assert (env["MEDCLOUD_OPERATOR_SUBJECT_KIND"], env["MEDCLOUD_OPERATOR_SUBJECT_NAME"]) == (
         "ServiceAccount",
         deployment["spec"]["template"]["spec"]["serviceAccountName"],
@@ -541,7 +548,7 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
         set(WorkloadSettings.model_fields) - {"own_image", "key_service_audience"}
     )
     # Only what the chart sets may count: drop settings this shell happens to carry.
-    for field in fields:
+    for field in OperatorSettings.model_fields:
         monkeypatch.delenv(f"MEDCLOUD_{field.upper()}", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -564,6 +571,15 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
         "namespace": NAMESPACE,
     }
     assert settings.tenant_secrets_cluster_role == "medcloud-operator-tenant-secrets"
+    # Device gateways run the chart's own image, as `medcloud gateway`, and get the chart's keys role.
+    assert (settings.gateway_image, settings.image_pull_policy) == ("medcloud", "IfNotPresent")
+    assert settings.gateway_keys_cluster_role == "medcloud-gateway-keys"
+    # Tenants may reach the chart's key service pods on their port, and nothing of the release else.
+    (keys,) = settings.platform_egress
+    assert (keys.name, keys.namespace, keys.port) == ("keyservice", NAMESPACE, 8443)
+    key_pods = one(render(values), "Deployment", "medcloud-keyservice")["spec"]["selector"]["matchLabels"]
+    assert keys.pod_labels == key_pods
+    one(render(values), "ClusterRole", settings.gateway_keys_cluster_role)
     one(render(values), "ClusterRole", settings.tenant_secrets_cluster_role)
     assert storage.minio_endpoint == "https://minio.medcloud-storage.svc:9000"
     assert storage.minio_public_endpoint == "https://s3.city.example"
@@ -579,7 +595,8 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
     # Every setting is either set by the chart or deliberately defaulted;
     # a new setting fails here until the chart passes it (or says why not).
     set_by_chart = {n.removeprefix("MEDCLOUD_").lower() for n in env if n.startswith("MEDCLOUD_")}
-    assert set_by_chart <= fields, f"the chart sets what no settings class reads: {set_by_chart - fields}"
+    known = set(OperatorSettings.model_fields)
+    assert set_by_chart <= known, f"the chart sets what no settings class reads: {set_by_chart - known}"
     assert fields - set_by_chart == set(OPERATOR_DEFAULTED), "operator settings the chart neither sets nor defaults"
 
 

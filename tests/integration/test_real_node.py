@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -309,7 +310,9 @@ def test_the_chart_runs_operator_api_and_key_service_as_restricted_pods(
         node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
-def tenant(cluster: LocalCluster, name: str, allow_consortium_ingress: bool) -> str:
+def tenant(
+    cluster: LocalCluster, name: str, allow_consortium_ingress: bool, settings: OperatorSettings | None = None
+) -> str:
     """A tenant namespace with exactly the namespace and NetworkPolicies the operator builds for a Hospital."""
     spec = HospitalSpec.model_validate(
         {
@@ -321,7 +324,7 @@ def tenant(cluster: LocalCluster, name: str, allow_consortium_ingress: bool) -> 
             "network": {"allowConsortiumIngress": allow_consortium_ingress},
         }
     )
-    settings = OperatorSettings()
+    settings = settings or OperatorSettings()
     namespace = hospital_namespace(name)
     apply(cluster, build_namespace(name, spec, settings))
     apply(cluster, *build_network_policies(name, spec, settings), namespace=namespace)
@@ -400,6 +403,59 @@ def test_a_tenant_pod_cannot_reach_the_kubernetes_api(
         api_port = int(node_cluster.state.server.rsplit(":", 1)[1])
         assert connects(node_cluster, namespace, "client", netsetup.NODE_IP, api_port) == "blocked"
     finally:
+        node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def node_address_service(cluster: LocalCluster, namespace: str, name: str, port: int) -> str:
+    """A Service whose one endpoint is ``port`` on the node's address; returns its ClusterIP."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"ports": [{"name": "tcp", "port": port, "targetPort": port, "protocol": "TCP"}]},
+    }
+    endpoints = {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": name},
+        "subsets": [{"addresses": [{"ip": netsetup.NODE_IP}], "ports": [{"name": "tcp", "port": port}]}],
+    }
+    apply(cluster, service, endpoints, namespace=namespace)
+    return str(get(cluster, "service", name, "-n", namespace)["spec"]["clusterIP"])
+
+
+def test_tenant_pods_reach_the_platform_services_on_their_ports_and_nothing_else(
+    node_cluster: LocalCluster, image: str, restricted_namespace: str
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    # The broker as a process on the node's address, not a pod; pods have no route to that address,
+    # so they reach it through a Service whose endpoint it is (the policy sees the address after DNAT).
+    broker = socket.create_server((netsetup.NODE_IP, 0))
+    broker_port = broker.getsockname()[1]
+    settings = OperatorSettings(
+        platform_egress=[
+            {"name": "keyservice", "namespace": restricted_namespace, "pod_labels": {"app": "keys"}, "port": 8080},
+            {"name": "broker", "cidrs": [f"{netsetup.NODE_IP}/32"], "port": broker_port},
+        ]
+    )
+    namespace = tenant(node_cluster, f"np-platform-{suffix}", allow_consortium_ingress=False, settings=settings)
+    try:
+        keys = http_server(node_cluster, image, restricted_namespace, "keys")
+        other = http_server(node_cluster, image, restricted_namespace, "other")
+        http_server(node_cluster, image, namespace, "client")
+        broker_ip = node_address_service(node_cluster, restricted_namespace, "broker", broker_port)
+        settle(node_cluster, namespace, "client", keys, 8080, "open")
+        # The same namespace and port, another pod: not the key service, so refused.
+        assert connects(node_cluster, namespace, "client", other, 8080) == "blocked"
+        # Without tenant policies a pod reaches the broker, so a refusal would be the policy, not the network.
+        settle(node_cluster, restricted_namespace, "other", broker_ip, broker_port, "open")
+        assert connects(node_cluster, namespace, "client", broker_ip, broker_port) == "open"
+        # The broker's address on another port (the API server's, behind the same kind of Service): refused.
+        api_port = int(node_cluster.state.server.rsplit(":", 1)[1])
+        api_ip = node_address_service(node_cluster, restricted_namespace, "not-broker", api_port)
+        assert connects(node_cluster, namespace, "client", api_ip, api_port) == "blocked"
+    finally:
+        broker.close()
         node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 

@@ -26,6 +26,7 @@ from kubernetes import client
 from tests.operator_support import (
     GROUP,
     PLURALS,
+    UNPUBLISHED_APP,
     VERSION,
     ClusterAdmin,
     Json,
@@ -400,6 +401,21 @@ def test_resources_above_the_tenants_limit_fail_with_a_reason(cluster: Cluster, 
     assert cluster.deployment(ns, "gw-greedy") is None
     wait_for(lambda: cluster.has_event("DeviceGateway", "greedy", "InvalidSpec", ns, "Warning"), "a Warning event")
     cluster.delete("DeviceGateway", "greedy", ns)
+
+
+def test_an_app_with_no_published_image_is_refused_and_never_ready(cluster: Cluster, tenant: Tenant) -> None:
+    ns = tenant.namespace
+    spec = {"app": UNPUBLISHED_APP.value, "version": "1.0.0", "recordStore": tenant.store}
+    cluster.create("AppInstance", "no-image", spec, ns)
+    app = cluster.wait_condition("AppInstance", "no-image", ns, "Ready", "False", "AppNotInCatalogImage")
+    assert app["status"]["phase"] == "Failed"
+    assert f"{UNPUBLISHED_APP.value} has no published image" in (condition(app, "Ready") or {})["message"]
+    # No pods whose image exists nowhere.
+    assert cluster.deployment(ns, "app-no-image") is None
+    wait_for(
+        lambda: cluster.has_event("AppInstance", "no-image", "AppNotInCatalogImage", ns, "Warning"), "a Warning event"
+    )
+    cluster.delete("AppInstance", "no-image", ns)
 
 
 def test_a_consortium_reports_its_members(cluster: Cluster, made: Made, tenant: Tenant) -> None:

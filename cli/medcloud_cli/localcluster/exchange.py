@@ -27,13 +27,13 @@ from minio.commonconfig import COMPLIANCE
 from minio.credentials.providers import StaticProvider
 from minio.objectlockconfig import DAYS, ObjectLockConfig
 
+from medcloud.tenancy.credentials import KEY_SERVICE_AUDIENCE
 from medcloud_cli.localcluster.cluster import LocalCluster, MinioInfo
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.process import free_port
 from medcloud_operator.builders.exchange import account_name
 from medcloud_operator.builders.exchangeserver import audit_policy
 
-KEY_SERVICE_AUDIENCE = "medcloud-keyservice"
 AUDIT_RETENTION_DAYS = 1
 """A development cluster's audit trail: locked (COMPLIANCE) for a day, then removable."""
 

@@ -1,4 +1,11 @@
-"""What a DeviceGateway becomes: a Deployment of the gateway image and a Service with one port per protocol.
+"""What a DeviceGateway becomes: its identity, a Deployment of MedCloud's image and a Service per protocol.
+
+The pod runs ``medcloud gateway`` as the gateway's own ServiceAccount
+``gw-<name>``, bound in the namespace to the ClusterRole that grants
+``get`` on ``recordstores/keys`` (deploy/gateway-rbac.yaml); a token of that
+account with the key service's audience is projected into the pod, and
+nothing else of the API is reachable with it (no API-audience token is
+mounted).
 
 Pure functions: the gateway as read from the API server, its parsed spec and
 what the handler found (the RecordStore's credentials Secret, the tenant's
@@ -10,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Unpack
 
 from medcloud.kube.client import Manifest
@@ -35,6 +43,12 @@ TRUST_DIR = "/etc/medcloud/device-trust"
 kubelet's atomic swap on a Secret change reaches the files the gateway re-reads)."""
 SERVING_VOLUME = "serving-tls"
 SERVING_DIR = "/etc/medcloud/serving-tls"
+COMMAND_ARGS = ["gateway"]
+"""MedCloud's one image runs the command its args name (its entrypoint is ``medcloud``)."""
+TOKEN_VOLUME = "keyservice-token"  # noqa: S105 - a volume name
+TOKEN_SECONDS = 3600
+"""Lifetime of the projected token; the kubelet renews it at 80%, and the gateway reads the file per request."""
+RBAC = "rbac.authorization.k8s.io"
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,7 @@ def _protocols(spec: DeviceGatewaySpec) -> list[DeviceProtocol]:
     return sorted(spec.protocols)
 
 
-def _env(namespace: str, hospital: str, spec: DeviceGatewaySpec) -> list[Manifest]:
+def _env(namespace: str, hospital: str, spec: DeviceGatewaySpec, settings: WorkloadSettings) -> list[Manifest]:
     env = [
         {"name": gateway_env.HOSPITAL, "value": hospital},
         {"name": gateway_env.NAMESPACE, "value": namespace},
@@ -82,7 +96,12 @@ def _env(namespace: str, hospital: str, spec: DeviceGatewaySpec) -> list[Manifes
         {"name": gateway_env.PROTOCOLS, "value": ",".join(p.value for p in _protocols(spec))},
         {"name": gateway_env.DEVICE_CLASSES, "value": ",".join(sorted(c.value for c in spec.device_classes))},
         {"name": gateway_env.HEALTH_PORT, "value": str(HEALTH_PORT)},
+        {"name": gateway_env.KEY_SERVICE_TOKEN_FILE, "value": gateway_env.DEFAULT_KEY_SERVICE_TOKEN_FILE},
     ]
+    if settings.broker_host is not None:
+        env.append({"name": gateway_env.BROKER_HOST, "value": settings.broker_host})
+    if settings.broker_port is not None:
+        env.append({"name": gateway_env.BROKER_PORT, "value": str(settings.broker_port)})
     for protocol in _protocols(spec):
         env.append({"name": gateway_env.PORT[protocol], "value": str(LISTENERS[protocol].port)})
     env += [
@@ -116,6 +135,7 @@ def build_deployment(
     meta = gateway["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     hospital = workload.hospital_of(namespace)
+    token_path = gateway_env.DEFAULT_KEY_SERVICE_TOKEN_FILE
     resources = workload.checked_resources(spec.resources.requests, spec.resources.limits, ceiling, "spec.resources")
     child_labels = workload.child_labels(hospital, COMPONENT, name, NAME, settings.gateway_version)
     ports = [{"name": HEALTH_PORT_NAME, "containerPort": HEALTH_PORT, "protocol": "TCP"}] + [
@@ -126,18 +146,34 @@ def build_deployment(
         "name": CONTAINER,
         "image": gateway_image(settings),
         "imagePullPolicy": settings.image_pull_policy,
-        "env": _env(namespace, hospital, spec),
+        "args": COMMAND_ARGS,
+        "env": _env(namespace, hospital, spec, settings),
         "envFrom": [{"secretRef": {"name": credentials_secret}}],
         "ports": ports,
         "resources": resources,
         "securityContext": workload.container_security_context(),
+        # The broker client certificate (MEDCLOUD_GATEWAY_MQTT_*) is still to come: until it is mounted the
+        # gateway refuses mqtt at start (its settings demand the certificates).
         "volumeMounts": [
+            {"name": TOKEN_VOLUME, "mountPath": str(PurePosixPath(token_path).parent), "readOnly": True},
             workload.tmp_mount(),
             {"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": True},
             {"name": SERVING_VOLUME, "mountPath": SERVING_DIR, "readOnly": True},
         ],
         **workload.http_probes(HEALTH_PORT_NAME, "/healthz"),
     }
+    pod_spec = workload.pod_spec_base(
+        [container],
+        [
+            _token_volume(PurePosixPath(token_path).name, settings),
+            {"name": TRUST_VOLUME, "secret": {"secretName": deviceca.TRUST_SECRET, "defaultMode": 0o444}},
+            {
+                "name": SERVING_VOLUME,
+                "secret": {"secretName": deviceca.serving_secret_name(child_name(name)), "defaultMode": 0o440},
+            },
+        ],
+    )
+    pod_spec["serviceAccountName"] = child_name(name)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -152,21 +188,55 @@ def build_deployment(
             "selector": {"matchLabels": workload.selector_labels(COMPONENT, name)},
             "template": {
                 "metadata": {"labels": child_labels},
-                "spec": workload.pod_spec_base(
-                    [container],
-                    [
-                        {"name": TRUST_VOLUME, "secret": {"secretName": deviceca.TRUST_SECRET, "defaultMode": 0o444}},
-                        {
-                            "name": SERVING_VOLUME,
-                            "secret": {
-                                "secretName": deviceca.serving_secret_name(child_name(name)),
-                                "defaultMode": 0o440,
-                            },
-                        },
-                    ],
-                ),
+                "spec": pod_spec,
             },
         },
+    }
+
+
+def _token_volume(file: str, settings: WorkloadSettings) -> Manifest:
+    """The gateway account's token for the key service only: the API server refuses it (another audience)."""
+    token = {"audience": settings.key_service_audience, "expirationSeconds": TOKEN_SECONDS, "path": file}
+    return {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}}
+
+
+def _identity_meta(gateway: Manifest, settings: WorkloadSettings) -> Manifest:
+    meta = gateway["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    return {
+        "name": child_name(name),
+        "namespace": namespace,
+        "labels": workload.child_labels(
+            workload.hospital_of(namespace), COMPONENT, name, NAME, settings.gateway_version
+        ),
+        "ownerReferences": [workload.owner_reference(gateway)],
+    }
+
+
+def build_service_account(gateway: Manifest, settings: WorkloadSettings) -> Manifest:
+    """The gateway's own identity; no API token is mounted from it (the pod projects one for the key service)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _identity_meta(gateway, settings),
+        "automountServiceAccountToken": False,
+    }
+
+
+def build_keys_binding(gateway: Manifest, settings: WorkloadSettings) -> Manifest:
+    """``get`` on ``recordstores/keys`` in the gateway's namespace: the key service's question, answered by RBAC.
+
+    A RoleBinding to a shared ClusterRole, since the operator may bind only
+    roles it names in advance: the grant covers the RecordStores of the
+    gateway's own hospital, never another's.
+    """
+    meta = _identity_meta(gateway, settings)
+    return {
+        "apiVersion": f"{RBAC}/v1",
+        "kind": "RoleBinding",
+        "metadata": meta,
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": settings.gateway_keys_cluster_role},
+        "subjects": [{"kind": "ServiceAccount", "name": meta["name"], "namespace": meta["namespace"]}],
     }
 
 
@@ -207,8 +277,10 @@ def build_gateway(
     ceiling: Ceiling,
     settings: WorkloadSettings,
 ) -> list[Manifest]:
-    """Every child of the gateway, in the order they are applied."""
+    """Every child of the gateway, in the order they are applied (the identity before the pods that use it)."""
     return [
+        build_service_account(gateway, settings),
+        build_keys_binding(gateway, settings),
         build_deployment(gateway, spec, credentials_secret, ceiling, settings),
         build_service(gateway, spec, settings),
     ]

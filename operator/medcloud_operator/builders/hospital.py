@@ -28,7 +28,7 @@ from medcloud.models import (
 from medcloud.models.conditions import Reason, set_condition
 from medcloud.tenancy import labels, onboarding
 from medcloud_operator.quantities import quantity
-from medcloud_operator.settings import OperatorSettings
+from medcloud_operator.settings import EgressPeer, OperatorSettings
 from medcloud_operator.status import Check, summarise
 
 QUOTA_NAME = "medcloud-quota"
@@ -44,6 +44,7 @@ NP_DEFAULT_DENY = "medcloud-default-deny"
 NP_SAME_NAMESPACE = "medcloud-allow-same-namespace"
 NP_DNS = "medcloud-allow-dns-egress"
 NP_STORAGE = "medcloud-allow-record-storage-egress"
+NP_PLATFORM = "medcloud-allow-platform-egress"
 NP_INGRESS_CONTROLLER = "medcloud-allow-ingress-controller"
 NP_CONSORTIUM = "medcloud-allow-consortium-ingress"
 NP_CONSORTIUM_EGRESS = "medcloud-allow-consortium-egress"
@@ -160,6 +161,16 @@ def _namespace_peer(namespace: str) -> Manifest:
     return {"namespaceSelector": {"matchLabels": {labels.NAMESPACE_NAME: namespace}}}
 
 
+def _platform_rule(peer: EgressPeer) -> Manifest:
+    peers: list[Manifest] = [{"ipBlock": {"cidr": cidr}} for cidr in peer.cidrs]
+    if peer.namespace is not None:
+        selected = _namespace_peer(peer.namespace)
+        if peer.pod_labels:
+            selected["podSelector"] = {"matchLabels": dict(peer.pod_labels)}
+        peers.append(selected)
+    return {"to": peers, "ports": [{"protocol": "TCP", "port": peer.port}]}
+
+
 def build_network_policies(name: str, spec: HospitalSpec, settings: OperatorSettings) -> list[Manifest]:
     """Default deny in both directions, then one policy per allowed kind of traffic.
 
@@ -203,6 +214,11 @@ def build_network_policies(name: str, spec: HospitalSpec, settings: OperatorSett
                 ["Egress"],
                 egress=[{"to": storage_peers, "ports": [{"protocol": "TCP", "port": settings.storage_port}]}],
             )
+        )
+    if settings.platform_egress:
+        # One rule per service: its peers on its port only (rules are ORed, peers and ports within one ANDed).
+        policies.append(
+            _policy(NP_PLATFORM, name, ["Egress"], egress=[_platform_rule(peer) for peer in settings.platform_egress])
         )
     if settings.ingress_namespace:
         policies.append(

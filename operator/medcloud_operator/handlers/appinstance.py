@@ -45,7 +45,7 @@ from medcloud_operator.builders.workload import (
     judge_dependencies,
     ready_replicas,
 )
-from medcloud_operator.catalog import CATALOG
+from medcloud_operator.catalog import CATALOG, require_published
 from medcloud_operator.handlers import workload
 from medcloud_operator.handlers.workload import Plan, Workload
 from medcloud_operator.kube import Kube
@@ -69,6 +69,8 @@ class AppWorkload(Workload[AppPlan, AppInstanceStatus]):
         namespace = body["metadata"]["namespace"]
         spec = AppInstanceSpec.model_validate(body.get("spec") or {})
         hospital_of(namespace)
+        # Before reading anything: an app with no image gets no Deployment whose pods could never start.
+        require_published(spec.app, settings)
         store = kube.get(RECORD_STORE, spec.record_store, namespace) if spec.record_store else None
         gateway = kube.get(DEVICE_GATEWAY, spec.device_gateway, namespace) if spec.device_gateway else None
         ceiling = Ceiling.of(kube.get(LIMIT_RANGE, LIMITS_NAME, namespace))

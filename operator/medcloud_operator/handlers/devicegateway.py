@@ -3,7 +3,7 @@
 The triggers are those of every workload (``handlers.workload.register``):
 
 - the DeviceGateway is created, changed or found at startup (Kopf's create/update/resume);
-- its Deployment or Service changes or disappears: drift repair, and rollout progress;
+- its ServiceAccount, RoleBinding, Deployment or Service changes or disappears: drift repair, and rollout progress;
 - its RecordStore or the tenant's LimitRange appears, changes or goes away
   (an index of gateways by what they read; no listing);
 - a resync timer, as a safety net.
@@ -20,7 +20,17 @@ from typing import Any
 
 import kopf
 
-from medcloud.kube.client import DEPLOYMENT, DEVICE, DEVICE_GATEWAY, LIMIT_RANGE, RECORD_STORE, SERVICE, Manifest
+from medcloud.kube.client import (
+    DEPLOYMENT,
+    DEVICE,
+    DEVICE_GATEWAY,
+    LIMIT_RANGE,
+    RECORD_STORE,
+    ROLE_BINDING,
+    SERVICE,
+    SERVICE_ACCOUNT,
+    Manifest,
+)
 from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus
 from medcloud.tenancy import labels
 from medcloud_operator import metrics
@@ -45,7 +55,7 @@ class GatewayPlan(Plan):
 class GatewayWorkload(Workload[GatewayPlan, DeviceGatewayStatus]):
     kind = DEVICE_GATEWAY
     component = builder.COMPONENT
-    child_kinds = (DEPLOYMENT, SERVICE)
+    child_kinds = (SERVICE_ACCOUNT, ROLE_BINDING, DEPLOYMENT, SERVICE)
     status_model = DeviceGatewayStatus
     depends_on = (("recordStore", RECORD_STORE),)
 

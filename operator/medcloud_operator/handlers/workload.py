@@ -42,6 +42,7 @@ from medcloud_operator import OPERATOR_NAME, events, metrics
 from medcloud_operator.apply import Applied, TerminatingError, apply, prune
 from medcloud_operator.builders.hospital import LIMITS_NAME
 from medcloud_operator.builders.workload import Findings, InvalidWorkloadError, child_selector, judge_rollout
+from medcloud_operator.catalog import AppWithoutImageError
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import (
     Logger,
@@ -119,6 +120,8 @@ def classify(exc: Exception) -> ReconcileError:
     """Turn what went wrong into a reason a person can act on, and a retry decision."""
     if isinstance(exc, ReconcileError):
         return exc
+    if isinstance(exc, AppWithoutImageError):
+        return ReconcileError(WorkloadReason.APP_NOT_IN_CATALOG_IMAGE, f"Not run: {exc}.", permanent=True)
     if isinstance(exc, ValidationError | InvalidWorkloadError):
         return ReconcileError(Reason.INVALID_SPEC, f"The spec cannot be realised: {exc}", permanent=True)
     if isinstance(exc, TerminatingError):
@@ -130,6 +133,9 @@ def classify(exc: Exception) -> ReconcileError:
 
 
 # --------------------------------------------------------------------------- reconcile
+
+UNREALISABLE = frozenset({Reason.INVALID_SPEC, WorkloadReason.APP_NOT_IN_CATALOG_IMAGE})
+"""Failure reasons that no retry heals: the workload's phase is Failed."""
 
 
 def reconcile(
@@ -178,7 +184,7 @@ def _reconcile(
         dependencies=plan.dependencies if plan is not None else None,
         available=available,
         failure=failure.check if failure is not None else None,
-        spec_failed=failure is not None and failure.reason is Reason.INVALID_SPEC,
+        spec_failed=failure is not None and failure.reason in UNREALISABLE,
         now=now_utc(),
     )
     new = workload.next_status(previous, findings, plan, deployment)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from medcloud.models import HospitalSpec
 from medcloud_operator.builders import hospital as b
@@ -137,6 +138,43 @@ def test_storage_egress_reaches_the_configured_cidrs_and_namespace_on_its_port()
     assert rule["ports"] == [{"protocol": "TCP", "port": 9443}]
 
 
+PLATFORM = [
+    {"name": "keyservice", "namespace": "medcloud-system", "pod_labels": {"app": "keys"}, "port": 8443},
+    {"name": "broker", "cidrs": ["10.89.0.1/32"], "port": 8883},
+    {"name": "exchange", "namespace": "medcloud-exchange", "port": 8080},
+]
+
+
+def test_platform_egress_is_one_rule_per_service_on_its_own_port() -> None:
+    assert b.NP_PLATFORM not in by_name(b.build_network_policies("riverton", make_spec(), settings()))
+    policy = by_name(b.build_network_policies("riverton", make_spec(), settings(platform_egress=PLATFORM)))
+    spec = policy[b.NP_PLATFORM]["spec"]
+    assert spec["policyTypes"] == ["Egress"]
+    assert spec["egress"] == [
+        {
+            "to": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "medcloud-system"}},
+                    "podSelector": {"matchLabels": {"app": "keys"}},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 8443}],
+        },
+        {"to": [{"ipBlock": {"cidr": "10.89.0.1/32"}}], "ports": [{"protocol": "TCP", "port": 8883}]},
+        {
+            "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "medcloud-exchange"}}}],
+            "ports": [{"protocol": "TCP", "port": 8080}],
+        },
+    ]
+
+
+def test_a_platform_peer_without_peers_is_refused_not_turned_into_everywhere() -> None:
+    with pytest.raises(ValidationError, match="set namespace or cidrs"):
+        settings(platform_egress=[{"name": "keyservice", "port": 8443}])
+    with pytest.raises(ValidationError, match="pod_labels need a namespace"):
+        settings(platform_egress=[{"name": "broker", "cidrs": ["10.0.0.1/32"], "pod_labels": {"a": "b"}, "port": 1}])
+
+
 def test_ingress_controller_namespace_is_allowed_in_and_can_be_turned_off() -> None:
     spec = by_name(b.build_network_policies("riverton", make_spec(), settings()))[b.NP_INGRESS_CONTROLLER]["spec"]
     assert spec["ingress"] == [
@@ -191,7 +229,7 @@ def test_listed_namespaces_are_allowed_in_by_their_immutable_name_label() -> Non
 
 def test_no_policy_ever_has_an_empty_peer_list() -> None:
     # An empty `from`/`to` means "from/to everywhere": it must never be emitted.
-    cfg = settings(storage_cidrs=["10.0.0.1/32"], storage_namespace="minio")
+    cfg = settings(storage_cidrs=["10.0.0.1/32"], storage_namespace="minio", platform_egress=PLATFORM)
     spec = make_spec(consortium="c", network={"allowFromNamespaces": ["x"]})
     for policy in b.build_network_policies("riverton", spec, cfg):
         for rule in policy["spec"].get("ingress", []):

@@ -42,7 +42,7 @@ def test_no_wildcards_and_no_cluster_wide_secrets() -> None:
                         "apiGroups": ["rbac.authorization.k8s.io"],
                         "resources": ["clusterroles"],
                         "verbs": ["bind"],
-                        "resourceNames": [TENANT_SECRETS, "medcloud-exchange"],
+                        "resourceNames": [TENANT_SECRETS, "medcloud-exchange", "medcloud-gateway-keys"],
                     },
                     {
                         "apiGroups": ["rbac.authorization.k8s.io"],
@@ -72,6 +72,8 @@ def test_escalate_only_on_namespaced_roles_and_bind_only_named_roles() -> None:
         # A consortium exchange's keys in a member namespace, and its shared ClusterRole (docs/exchange.md).
         ("roles", "medcloud-exchange"),
         ("clusterroles", "medcloud-exchange"),
+        # A device gateway's keys in its own namespace (deploy/gateway-rbac.yaml).
+        ("clusterroles", "medcloud-gateway-keys"),
     }
 
 
@@ -142,12 +144,20 @@ def _granted() -> dict[tuple[str, str], set[str]]:
 def test_workloads_get_what_they_run_and_nothing_that_reaches_into_pods() -> None:
     granted = _granted()
     # What AppInstances and DeviceGateways become, watched for drift and repaired.
-    for child in (("apps", "deployments"), ("", "services"), ("", "configmaps"), ("networking.k8s.io", "ingresses")):
+    children = (
+        ("apps", "deployments"),
+        ("", "services"),
+        ("", "configmaps"),
+        ("networking.k8s.io", "ingresses"),
+        # A DeviceGateway's own identity; its token is projected by the kubelet, never minted by the operator.
+        ("", "serviceaccounts"),
+    )
+    for child in children:
         assert {"get", "list", "watch", "create", "update", "patch", "delete"} <= granted[child], child
-    # Controllers make the pods; the operator never touches them, let alone execs into them.
+    # Controllers make the pods; the operator never touches them, let alone execs into them or mints tokens.
     for _group, resource in granted:
         assert not resource.startswith("pods"), resource
-        assert resource not in ("replicasets", "serviceaccounts", "daemonsets", "statefulsets"), resource
+        assert resource not in ("replicasets", "serviceaccounts/token", "daemonsets", "statefulsets"), resource
     # Kopf's finalizer and annotations, and the status the operator writes.
     for kind in ("appinstances", "devicegateways", "consortia"):
         assert {"get", "list", "watch", "patch"} <= granted[("medcloud.io", kind)]

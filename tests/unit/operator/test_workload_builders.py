@@ -23,11 +23,13 @@ from medcloud.models import (
 )
 from medcloud.models.common import parse_quantity
 from medcloud.tenancy.store import credentials_secret_name
+from medcloud_gateway.settings import GatewaySettings
 from medcloud_operator import membership as cons_b
 from medcloud_operator.builders import appinstance as app_b
 from medcloud_operator.builders import devicegateway as gw_b
 from medcloud_operator.builders import workload as w
-from medcloud_operator.catalog import CATALOG, app_image, gateway_image
+from medcloud_operator.catalog import CATALOG, AppWithoutImageError, app_image, gateway_image, require_published
+from medcloud_operator.handlers.workload import UNREALISABLE, classify
 from medcloud_operator.settings import OperatorSettings, WorkloadSettings
 from medcloud_operator.status import Check, dump
 
@@ -68,13 +70,15 @@ def build_app(spec: AppInstanceSpec, name: str = "emr", *, ceiling: w.Ceiling | 
     return {o["kind"]: o for o in objects}
 
 
-def build_gw(spec: DeviceGatewaySpec, name: str = "wards", *, ceiling: w.Ceiling | None = None) -> Json:
+def build_gw(
+    spec: DeviceGatewaySpec, name: str = "wards", *, ceiling: w.Ceiling | None = None, **settings: Any
+) -> Json:
     objects = gw_b.build_gateway(
         body("DeviceGateway", name, spec.model_dump(by_alias=True, exclude_none=True)),
         spec,
         credentials_secret_name(spec.record_store),
         ceiling or w.Ceiling(),
-        WorkloadSettings(),
+        WorkloadSettings(**settings),
     )
     return {o["kind"]: o for o in objects}
 
@@ -191,7 +195,7 @@ def test_images_come_from_the_configured_prefix_and_the_spec_version() -> None:
     assert app_image(CatalogApp.REFERRALS, "3.0.0", prefixed) == "harbor.city.example/medcloud/referrals:3.0.0"
     # Build metadata is not allowed in a tag.
     assert app_image(CatalogApp.REFERRALS, "3.0.0+build.7", WorkloadSettings()).endswith(":3.0.0_build.7")
-    assert gateway_image(WorkloadSettings(gateway_version="1.2.0")) == "registry.medcloud.local/medcloud-gateway:1.2.0"
+    assert gateway_image(WorkloadSettings(gateway_version="1.2.0")) == "registry.medcloud.local/medcloud:1.2.0"
     deployment = build_app(app_spec(version="2.4.0", app="appointments"))["Deployment"]
     assert pod(deployment)["containers"][0]["image"] == "registry.medcloud.local/apps/appointments:2.4.0"
 
@@ -213,6 +217,33 @@ def test_an_app_with_medclouds_code_runs_medclouds_image_with_its_args_and_excha
     other = pod(build_app(app_spec(version="2.4.0", app="appointments"))["Deployment"])
     assert "args" not in other["containers"][0]
     assert not [v for v in other["volumes"] if "projected" in v]
+
+
+def test_only_published_apps_and_medcloud_s_own_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    own = sorted(a.value for a, entry in CATALOG.items() if entry.args)
+    for app in CatalogApp:
+        if CATALOG[app].args:
+            require_published(app, WorkloadSettings())  # MedCloud's own image: always there
+            continue
+        with pytest.raises(AppWithoutImageError, match=f"{app.value} has no published image"):
+            require_published(app, WorkloadSettings())
+    monkeypatch.setenv("MEDCLOUD_PUBLISHED_APPS", '["referrals", "appointments"]')
+    settings = OperatorSettings()
+    require_published(CatalogApp.REFERRALS, settings)
+    runnable = ", ".join(sorted([*own, "appointments", "referrals"]))
+    with pytest.raises(AppWithoutImageError, match=f"runnable: {runnable}"):
+        require_published(CatalogApp.INSURANCE_CARD, settings)
+
+
+def test_an_app_without_an_image_is_refused_for_good_and_fails() -> None:
+    failure = classify(AppWithoutImageError("the catalog app referrals has no published image"))
+    assert (failure.reason, failure.permanent) == (WorkloadReason.APP_NOT_IN_CATALOG_IMAGE, True)
+    assert failure.reason in UNREALISABLE
+    status = app_status(AppInstanceStatus(), failure=failure.check, spec_failed=True)
+    assert conditions(status)["Ready"] == ("False", "AppNotInCatalogImage")
+    assert conditions(status)["Available"] == ("False", "AppNotInCatalogImage")
+    assert status.phase is Phase.FAILED
+    assert not status.is_ready()
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -377,6 +408,55 @@ def test_the_gateway_exposes_one_port_per_protocol() -> None:
     }
     only_mqtt = build_gw(gw_spec(protocols=["mqtt"]))["Service"]
     assert [p["port"] for p in only_mqtt["spec"]["ports"]] == [8883]
+
+
+def test_the_gateway_pod_runs_medcloud_gateway_with_a_key_service_token_only() -> None:
+    children = build_gw(gw_spec(protocols=["hl7v2"]), broker_host="10.89.0.1", broker_port=18883)
+    assert list(children) == ["ServiceAccount", "RoleBinding", "Deployment", "Service"]
+    spec = pod(children["Deployment"])
+    container = spec["containers"][0]
+    assert container["image"] == f"registry.medcloud.local/medcloud:{WorkloadSettings().gateway_version}"
+    assert container["args"] == ["gateway"]
+    # Its own account, and no API token from it: only a token the key service accepts.
+    assert spec["serviceAccountName"] == "gw-wards"
+    assert spec["automountServiceAccountToken"] is False
+    assert children["ServiceAccount"]["automountServiceAccountToken"] is False
+    (token,) = [v for v in spec["volumes"] if "projected" in v]
+    assert token["projected"]["sources"] == [
+        {"serviceAccountToken": {"audience": "medcloud-keyservice", "expirationSeconds": 3600, "path": "token"}}
+    ]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts[token["name"]] == {
+        "name": token["name"],
+        "mountPath": "/var/run/secrets/medcloud/keyservice",
+        "readOnly": True,
+    }
+    # The gateway reads what the operator wrote: the token file and the broker.
+    env = {e["name"]: e["value"] for e in container["env"]}
+    credentials = {
+        "COSI_S3_ENDPOINT": "http://10.89.0.1:9000",
+        "COSI_S3_BUCKET_ID": "b",
+        "COSI_S3_ACCESS_KEY_ID": "k",
+        "COSI_S3_ACCESS_SECRET_KEY": "s",
+    }
+    read = GatewaySettings.model_validate({**env, **credentials})
+    assert str(read.key_service_token_file) == "/var/run/secrets/medcloud/keyservice/token"
+    assert (read.mqtt_broker_host, read.broker_port) == ("10.89.0.1", 18883)
+    assert "MEDCLOUD_GATEWAY_MQTT_BROKER_HOST" not in {
+        e["name"] for e in pod(build_gw(gw_spec())["Deployment"])["containers"][0]["env"]
+    }
+
+
+def test_the_gateway_account_gets_the_keys_role_in_its_own_namespace_only() -> None:
+    binding = build_gw(gw_spec(), gateway_keys_cluster_role="medcloud-gateway-keys")["RoleBinding"]
+    assert binding["metadata"]["namespace"] == NS
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "medcloud-gateway-keys",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gw-wards", "namespace": NS}]
+    assert binding["metadata"]["ownerReferences"][0]["kind"] == "DeviceGateway"
 
 
 def test_gateway_endpoints_name_the_service() -> None:

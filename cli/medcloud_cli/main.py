@@ -11,6 +11,7 @@ import typer
 from medcloud_api import command as api_command
 from medcloud_cli.commands import crds, dev, onboard, records
 from medcloud_exchange import command as exchange_command
+from medcloud_exchange.apps import command as app_command
 from medcloud_gateway import command as gateway_command
 from medcloud_keyservice import command as keyservice_command
 from medcloud_operator import command as operator_command
@@ -25,6 +26,7 @@ app.add_typer(dev.app, name="dev")
 app.add_typer(crds.app, name="crds")
 app.add_typer(records.app, name="records")
 app.command("api")(api_command.serve)
+app.command("app")(app_command.run)
 app.command("exchange")(exchange_command.run)
 app.command("onboard")(onboard.run)
 app.command("operator")(operator_command.run)

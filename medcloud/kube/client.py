@@ -62,6 +62,7 @@ NAMESPACE = Kind("v1", "Namespace", "namespaces", namespaced=False)
 RESOURCE_QUOTA = Kind("v1", "ResourceQuota", "resourcequotas", namespaced=True, owned_fields=("spec",))
 LIMIT_RANGE = Kind("v1", "LimitRange", "limitranges", namespaced=True, owned_fields=("spec",))
 SECRET = Kind("v1", "Secret", "secrets", namespaced=True)
+SERVICE_ACCOUNT = Kind("v1", "ServiceAccount", "serviceaccounts", namespaced=True)
 NETWORK_POLICY = Kind(
     "networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", namespaced=True, owned_fields=("spec",)
 )
@@ -103,6 +104,7 @@ KINDS: dict[tuple[str, str], Kind] = {
         RESOURCE_QUOTA,
         LIMIT_RANGE,
         SECRET,
+        SERVICE_ACCOUNT,
         NETWORK_POLICY,
         ROLE,
         ROLE_BINDING,

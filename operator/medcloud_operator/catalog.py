@@ -2,8 +2,12 @@
 
 Each of the six catalog apps (``medcloud.models.CatalogApp``) has one entry
 saying how it runs: its HTTP port and health path, the compute it asks for,
-and whether it needs a RecordStore. An AppInstance names an app and a
-version; the image is ``<MEDCLOUD_APP_IMAGE_PREFIX>/<app>:<version>``.
+and whether it needs a RecordStore, and, for the apps that are MedCloud's own
+code (``exchange/medcloud_exchange/apps/``), the ``args`` its container runs
+MedCloud's own image with (``MEDCLOUD_MEDCLOUD_IMAGE``): ``["app", "<app>"]``,
+that is ``medcloud app <app>``. Such an app talks to its Consortium's exchange
+as a ServiceAccount of its own (docs/operator.md). Any other app names a
+version, and its image is ``<MEDCLOUD_APP_IMAGE_PREFIX>/<app>:<version>``.
 Device gateways all run one image, ``<MEDCLOUD_GATEWAY_IMAGE>:<MEDCLOUD_GATEWAY_VERSION>``.
 """
 
@@ -37,6 +41,12 @@ class CatalogEntry:
     port: int = 8080
     """The container's HTTP port; the app's Service publishes it on port 80."""
     health_path: str = "/healthz"
+    args: tuple[str, ...] = ()
+    """Non-empty: the app is MedCloud's own code, run as MedCloud's image with these args."""
+
+    @property
+    def own_code(self) -> bool:
+        return bool(self.args)
 
     @property
     def needs_record_store(self) -> bool:
@@ -44,8 +54,11 @@ class CatalogEntry:
         return self.app in APPS_NEEDING_RECORD_STORE
 
 
-def _entry(app: CatalogApp, title: str, requests: tuple[str, str], limits: tuple[str, str]) -> CatalogEntry:
-    return CatalogEntry(app=app, title=title, requests=Compute(*requests), limits=Compute(*limits))
+def _entry(
+    app: CatalogApp, title: str, requests: tuple[str, str], limits: tuple[str, str], *, own_code: bool = True
+) -> CatalogEntry:
+    args = ("app", app.value) if own_code else ()
+    return CatalogEntry(app=app, title=title, requests=Compute(*requests), limits=Compute(*limits), args=args)
 
 
 # Sized for a county hospital; the operator lowers them to fit a smaller
@@ -54,7 +67,7 @@ CATALOG: Mapping[CatalogApp, CatalogEntry] = MappingProxyType(
     {
         entry.app: entry
         for entry in (
-            _entry(CatalogApp.EMR_SHARING, "EMR sharing", ("250m", "512Mi"), ("1", "1Gi")),
+            _entry(CatalogApp.EMR_SHARING, "EMR sharing", ("250m", "512Mi"), ("1", "1Gi"), own_code=False),
             _entry(CatalogApp.APPOINTMENTS, "Appointments", ("100m", "256Mi"), ("500m", "512Mi")),
             _entry(CatalogApp.REFERRALS, "Referrals", ("100m", "256Mi"), ("500m", "512Mi")),
             _entry(CatalogApp.REMOTE_CONSULTATION, "Remote consultation", ("250m", "512Mi"), ("1", "1Gi")),
@@ -76,6 +89,9 @@ def image_tag(version: str) -> str:
 
 
 def app_image(app: CatalogApp, version: str, settings: WorkloadSettings) -> str:
+    """MedCloud's own image for an app of its own code; else the app's image under the prefix."""
+    if CATALOG[app].own_code:
+        return settings.medcloud_image
     return f"{settings.app_image_prefix.rstrip('/')}/{app.value}:{image_tag(version)}"
 
 

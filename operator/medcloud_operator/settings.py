@@ -26,6 +26,28 @@ class WorkloadSettings(BaseModel):
         min_length=1,
         description="Registry path of the catalog apps' images: <prefix>/<app>:<version>.",
     )
+    medcloud_image: str = Field(
+        # A semver's "+" is not allowed in an image tag; Helm writes "_" for it, and so does this default.
+        default=f"registry.medcloud.local/medcloud:{__version__.replace('+', '_')}",
+        min_length=1,
+        description=(
+            "MedCloud's own image, with its tag or digest: the catalog apps that are MedCloud's own code run it "
+            "with the catalog entry's args (catalog.py, docs/operator.md)."
+        ),
+    )
+    exchange_client_cluster_role: str = Field(
+        default="medcloud-exchange-client",
+        min_length=1,
+        description=(
+            "ClusterRole (use consortia/exchange) each app of MedCloud's own code is bound to in its hospital's "
+            "namespace (deploy/exchange-client-rbac.yaml); the operator holds `bind` on this name only."
+        ),
+    )
+    exchange_namespace: str = Field(
+        default="medcloud-system",
+        min_length=1,
+        description="Namespace the Consortiums' exchanges run in (the operator's): the apps may reach them there.",
+    )
     gateway_image: str = Field(
         default="registry.medcloud.local/medcloud-gateway",
         min_length=1,

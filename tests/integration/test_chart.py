@@ -417,7 +417,11 @@ def test_rbac_follows_release_name_and_namespace() -> None:
             "apiGroups": ["rbac.authorization.k8s.io"],
             "resources": ["clusterroles"],
             "verbs": ["bind"],
-            "resourceNames": ["riverton-medcloud-operator-tenant-secrets", "riverton-medcloud-exchange"],
+            "resourceNames": [
+                "riverton-medcloud-operator-tenant-secrets",
+                "riverton-medcloud-exchange",
+                "riverton-medcloud-exchange-client",
+            ],
         }
     ]
     one(docs, "ClusterRole", "riverton-medcloud-exchange")
@@ -425,6 +429,8 @@ def test_rbac_follows_release_name_and_namespace() -> None:
     env = env_of(deployment, {"metadata.name": "p", "metadata.namespace": "city-ops"})
     assert env["MEDCLOUD_TENANT_SECRETS_CLUSTER_ROLE"] == "riverton-medcloud-operator-tenant-secrets"
     assert env["MEDCLOUD_EXCHANGE_CLUSTER_ROLE"] == "riverton-medcloud-exchange"
+    assert env["MEDCLOUD_EXCHANGE_CLIENT_CLUSTER_ROLE"] == "riverton-medcloud-exchange-client"
+    assert env["MEDCLOUD_EXCHANGE_NAMESPACE"] == "city-ops"
     assert (env["MEDCLOUD_OPERATOR_SUBJECT_KIND"], env["MEDCLOUD_OPERATOR_SUBJECT_NAME"]) == (
         "ServiceAccount",
         deployment["spec"]["template"]["spec"]["serviceAccountName"],
@@ -512,7 +518,10 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
     env = env_of(deployment, {"metadata.name": "medcloud-operator-abc", "metadata.namespace": NAMESPACE})
     # The images of apps and gateways (WorkloadSettings) are not chart values yet: the chart runs the
     # operator with their defaults, as it did when they were a settings class of their own.
-    fields = set(OperatorSettings.model_fields) - set(WorkloadSettings.model_fields)
+    # The workload settings the chart derives from the release (its image, its exchange-client
+    # ClusterRole, its namespace) count; the others are left to the user's config.
+    from_release = {"medcloud_image", "exchange_client_cluster_role", "exchange_namespace"}
+    fields = set(OperatorSettings.model_fields) - (set(WorkloadSettings.model_fields) - from_release)
     # Only what the chart sets may count: drop settings this shell happens to carry.
     for field in fields:
         monkeypatch.delenv(f"MEDCLOUD_{field.upper()}", raising=False)

@@ -1,5 +1,12 @@
 """What an AppInstance becomes: its config as a ConfigMap, a Deployment, a Service and, when exposed, an Ingress.
 
+An app that is MedCloud's own code (its catalog entry has ``args``) also gets
+its identity at the exchange and nothing more: a ServiceAccount, a RoleBinding
+of the exchange-client ClusterRole in its own namespace (use
+``consortia/exchange``: the exchange acts on nothing else), a projected token
+for the audience ``medcloud-exchange`` (no API-server token), and a
+NetworkPolicy letting its pods reach the exchanges' pods on their port.
+
 Pure functions: the AppInstance as read from the API server, its parsed
 spec and what the handler found (the RecordStore's credentials Secret, the
 tenant's LimitRange) in; manifests and the next status out.
@@ -12,7 +19,9 @@ from typing import Unpack
 from medcloud.kube.client import Manifest
 from medcloud.models import AppInstanceSpec, AppInstanceStatus
 from medcloud.models.common import ComputeResources
+from medcloud.tenancy import labels as tenancy_labels
 from medcloud_operator.builders import devicegateway, workload
+from medcloud_operator.builders.exchange import COMPONENT as EXCHANGE_COMPONENT
 from medcloud_operator.builders.workload import Ceiling, Dependency, Findings
 from medcloud_operator.catalog import CATALOG, app_image
 from medcloud_operator.settings import WorkloadSettings
@@ -26,6 +35,13 @@ SERVICE_PORT = 80
 CONFIG_VOLUME = "config"
 CONFIG_DIR = "/etc/medcloud/config"
 """Where the app reads ``spec.config``: one file per key (keys like ``audit.retention`` are no env names)."""
+EXCHANGE_AUDIENCE = "medcloud-exchange"
+EXCHANGE_TOKEN_VOLUME = "exchange-token"  # noqa: S105 - a volume name
+EXCHANGE_TOKEN_DIR = "/var/run/secrets/medcloud/exchange"  # noqa: S105 - a path
+EXCHANGE_TOKEN_SECONDS = 3600
+EXCHANGE_PORT = 8090
+"""The exchange container's port (``medcloud exchange``'s default), which its Service targets."""
+RBAC = "rbac.authorization.k8s.io"
 
 
 def child_name(app: str) -> str:
@@ -77,6 +93,8 @@ def _env(app: Manifest, spec: AppInstanceSpec) -> list[Manifest]:
         {"name": "MEDCLOUD_CONFIG_DIR", "value": CONFIG_DIR},
         {"name": "MEDCLOUD_HTTP_PORT", "value": str(CATALOG[spec.app].port)},
     ]
+    if CATALOG[spec.app].own_code:
+        env.append({"name": "MEDCLOUD_EXCHANGE_TOKEN_FILE", "value": f"{EXCHANGE_TOKEN_DIR}/token"})
     if spec.record_store is not None:
         env.append({"name": "MEDCLOUD_RECORDSTORE", "value": spec.record_store})
     if spec.device_gateway is not None:
@@ -113,11 +131,21 @@ def build_deployment(
         "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True}, workload.tmp_mount()],
         **workload.http_probes(HTTP_PORT_NAME, entry.health_path),
     }
+    volumes: list[Manifest] = [{"name": CONFIG_VOLUME, "configMap": {"name": child_name(name)}}]
+    if entry.own_code:
+        container["args"] = list(entry.args)
+        container["volumeMounts"].append(
+            {"name": EXCHANGE_TOKEN_VOLUME, "mountPath": EXCHANGE_TOKEN_DIR, "readOnly": True}
+        )
+        volumes.append(exchange_token_volume())
     if credentials_secret is not None:
         # The store's bucket, endpoint and its own least-privilege keys (COSI
         # and ObjectBucketClaim names both), as the RecordStore publishes them.
         container["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
     labels = _labels(app, spec)
+    pod = workload.pod_spec_base([container], volumes)
+    if entry.own_code:
+        pod["serviceAccountName"] = child_name(name)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -131,10 +159,54 @@ def build_deployment(
                     # Apps read their config at start: a changed config must roll the pods.
                     "annotations": {workload.CONFIG_HASH_ANNOTATION: workload.config_hash(spec.config)},
                 },
-                "spec": workload.pod_spec_base(
-                    [container], [{"name": CONFIG_VOLUME, "configMap": {"name": child_name(name)}}]
-                ),
+                "spec": pod,
             },
+        },
+    }
+
+
+def exchange_token_volume() -> Manifest:
+    """The pod's token for the exchange only: its audience is the exchange's, so no API server accepts it."""
+    source = {"audience": EXCHANGE_AUDIENCE, "expirationSeconds": EXCHANGE_TOKEN_SECONDS, "path": "token"}
+    return {"name": EXCHANGE_TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": source}]}}
+
+
+def build_service_account(app: Manifest, spec: AppInstanceSpec) -> Manifest:
+    """The app's identity at the exchange; no API-server token is mounted from it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(app, spec),
+        "automountServiceAccountToken": False,
+    }
+
+
+def build_exchange_binding(app: Manifest, spec: AppInstanceSpec, settings: WorkloadSettings) -> Manifest:
+    """The app may use its hospital's Consortium exchange (consortia/exchange), in its own namespace only."""
+    meta = _meta(app, spec)
+    return {
+        "apiVersion": f"{RBAC}/v1",
+        "kind": "RoleBinding",
+        "metadata": meta,
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": settings.exchange_client_cluster_role},
+        "subjects": [{"kind": "ServiceAccount", "name": meta["name"], "namespace": meta["namespace"]}],
+    }
+
+
+def build_exchange_egress(app: Manifest, spec: AppInstanceSpec, settings: WorkloadSettings) -> Manifest:
+    """The app's pods may reach the exchanges' pods on their port; the tenancy's policies deny the rest."""
+    exchange_pods = {
+        "namespaceSelector": {"matchLabels": {tenancy_labels.NAMESPACE_NAME: settings.exchange_namespace}},
+        "podSelector": {"matchLabels": {tenancy_labels.COMPONENT: EXCHANGE_COMPONENT}},
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(app, spec),
+        "spec": {
+            "podSelector": {"matchLabels": workload.selector_labels(COMPONENT, app["metadata"]["name"])},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [exchange_pods], "ports": [{"protocol": "TCP", "port": EXCHANGE_PORT}]}],
         },
     }
 
@@ -191,8 +263,15 @@ def build_ingress(app: Manifest, spec: AppInstanceSpec, settings: WorkloadSettin
 def build_app(
     app: Manifest, spec: AppInstanceSpec, credentials_secret: str | None, ceiling: Ceiling, settings: WorkloadSettings
 ) -> list[Manifest]:
-    """Every child of the app, in the order they are applied (the config before the pods that mount it)."""
-    objects = [
+    """Every child of the app, in the order they are applied (identity and config before the pods that use them)."""
+    objects = []
+    if CATALOG[spec.app].own_code:
+        objects += [
+            build_service_account(app, spec),
+            build_exchange_binding(app, spec, settings),
+            build_exchange_egress(app, spec, settings),
+        ]
+    objects += [
         build_config_map(app, spec),
         build_deployment(app, spec, credentials_secret, ceiling, settings),
         build_service(app, spec),

@@ -184,16 +184,84 @@ def test_the_catalog_covers_every_app_with_limits_at_least_the_requests() -> Non
 
 
 def test_images_come_from_the_configured_prefix_and_the_spec_version() -> None:
-    assert (
-        app_image(CatalogApp.REFERRALS, "3.0.0", WorkloadSettings()) == "registry.medcloud.local/apps/referrals:3.0.0"
-    )
+    emr = CatalogApp.EMR_SHARING
+    assert app_image(emr, "3.0.0", WorkloadSettings()) == "registry.medcloud.local/apps/emr-sharing:3.0.0"
     prefixed = WorkloadSettings(app_image_prefix="harbor.city.example/medcloud/")
-    assert app_image(CatalogApp.REFERRALS, "3.0.0", prefixed) == "harbor.city.example/medcloud/referrals:3.0.0"
-    # Build metadata is not allowed in a tag.
-    assert app_image(CatalogApp.REFERRALS, "3.0.0+build.7", WorkloadSettings()).endswith(":3.0.0_build.7")
+    assert app_image(emr, "3.0.0", prefixed) == "harbor.city.example/medcloud/emr-sharing:3.0.0"
+    # A semver's build metadata is not allowed in a tag.
+    assert app_image(emr, "3.0.0+build.7", WorkloadSettings()).endswith(":3.0.0_build.7")
     assert gateway_image(WorkloadSettings(gateway_version="1.2.0")) == "registry.medcloud.local/medcloud-gateway:1.2.0"
     deployment = build_app(app_spec(version="2.4.0"))["Deployment"]
     assert pod(deployment)["containers"][0]["image"] == "registry.medcloud.local/apps/emr-sharing:2.4.0"
+
+
+OWN_CODE = [a for a in CatalogApp if a is not CatalogApp.EMR_SHARING]
+
+
+@pytest.mark.parametrize("app", OWN_CODE, ids=lambda a: a.value)
+def test_an_app_of_medclouds_own_code_runs_medclouds_image_with_its_args(app: CatalogApp) -> None:
+    settings = {"medcloud_image": "harbor.city.example/medcloud/medcloud:0.2.0"}
+    deployment = build_app(app_spec(app=app.value, version="9.9.9"), name=app.value, **settings)["Deployment"]
+    container = pod(deployment)["containers"][0]
+    assert container["image"] == "harbor.city.example/medcloud/medcloud:0.2.0"
+    assert container["args"] == ["app", app.value]
+    assert CATALOG[app].args == ("app", app.value)
+    assert "args" not in pod(build_app(app_spec())["Deployment"])["containers"][0]
+
+
+def test_an_app_of_medclouds_own_code_holds_an_exchange_token_only_and_may_use_the_exchange_only() -> None:
+    children = build_app(app_spec(app="referrals"), name="referrals", exchange_namespace="mc")
+    spec = pod(children["Deployment"])
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] == "app-referrals"
+    (token,) = [v for v in spec["volumes"] if v["name"] == "exchange-token"]
+    assert token["projected"]["sources"] == [
+        {"serviceAccountToken": {"audience": "medcloud-exchange", "expirationSeconds": 3600, "path": "token"}}
+    ]
+    container = spec["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MEDCLOUD_EXCHANGE_TOKEN_FILE"] == "/var/run/secrets/medcloud/exchange/token"
+    assert {m["name"]: m.get("readOnly") for m in container["volumeMounts"]}["exchange-token"] is True
+    assert children["ServiceAccount"]["automountServiceAccountToken"] is False
+    binding = children["RoleBinding"]
+    assert binding["metadata"]["namespace"] == NS
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "medcloud-exchange-client",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "app-referrals", "namespace": NS}]
+    policy = children["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == children["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert policy["policyTypes"] == ["Egress"]
+    assert policy["egress"] == [
+        {
+            "to": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mc"}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/component": "exchange"}},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 8090}],
+        }
+    ]
+    kinds = [
+        o["kind"]
+        for o in app_b.build_app(
+            body("AppInstance", "referrals", {}),
+            app_spec(app="referrals"),
+            None,
+            w.Ceiling(),
+            WorkloadSettings(),
+        )
+    ]
+    assert kinds.index("ServiceAccount") < kinds.index("Deployment")
+
+
+def test_emr_sharing_gets_no_exchange_identity_until_it_is_medclouds_own_code() -> None:
+    children = build_app(app_spec())
+    assert {"ServiceAccount", "RoleBinding", "NetworkPolicy"}.isdisjoint(children)
+    assert "serviceAccountName" not in pod(children["Deployment"])
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

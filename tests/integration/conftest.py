@@ -68,7 +68,11 @@ def store_operator_kubeconfig(local_cluster: Any, operator_kubeconfig: Path) -> 
 @pytest.fixture(scope="module")
 def operator(store_operator_kubeconfig: Path, minio_server: MinioInfo) -> Iterator[RunningOperator]:
     """The whole operator, every handler, with the session's MinIO as RecordStore storage, for the module."""
-    env = {**storage_env(minio_server), "MEDCLOUD_APP_IMAGE_PREFIX": "registry.test.example/apps"}
+    env = {
+        **storage_env(minio_server),
+        "MEDCLOUD_APP_IMAGE_PREFIX": "registry.test.example/apps",
+        "MEDCLOUD_MEDCLOUD_IMAGE": "registry.test.example/medcloud:test",
+    }
     with run_operator(store_operator_kubeconfig, env, timeout=120) as running:
         yield running
 

@@ -230,7 +230,27 @@ def test_a_gateway_and_an_app_become_ready_with_pods_running(cluster: Cluster, m
     assert meta_labels["app.kubernetes.io/component"] == "appinstance"
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == app["metadata"]["uid"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "registry.test.example/apps/remote-consultation:1.8.0"
+    # MedCloud's own code: MedCloud's image with the catalog entry's args, as its own ServiceAccount
+    # holding an exchange token only, bound to the exchange-client ClusterRole, let out to the exchange only.
+    assert container["image"] == "registry.test.example/medcloud:test"
+    assert container["args"] == ["app", "remote-consultation"]
+    pod_spec = deployment["spec"]["template"]["spec"]
+    assert (pod_spec["serviceAccountName"], pod_spec["automountServiceAccountToken"]) == ("app-consult", False)
+    (token,) = [v for v in pod_spec["volumes"] if "projected" in v]
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "medcloud-exchange"
+    account = raw(cluster.core.read_namespaced_service_account, "app-consult", ns)
+    assert account is not None
+    assert account["automountServiceAccountToken"] is False
+    binding = raw(cluster.rbac.read_namespaced_role_binding, "app-consult", ns)
+    assert binding is not None
+    assert binding["roleRef"]["name"] == "medcloud-exchange-client"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "app-consult", "namespace": ns}]
+    policy = raw(cluster.net.read_namespaced_network_policy, "app-consult", ns)
+    assert policy is not None
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "consult"
+    assert policy["spec"]["egress"][0]["ports"] == [{"protocol": "TCP", "port": 8090}]
+    for pod in pods:
+        assert pod["spec"]["serviceAccountName"] == "app-consult"
     assert container["envFrom"] == [{"secretRef": {"name": secret}}]
     assert raw(cluster.core.read_namespaced_secret, secret, ns) is not None
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -259,6 +279,11 @@ def test_a_gateway_and_an_app_become_ready_with_pods_running(cluster: Cluster, m
     cluster.delete("AppInstance", "consult", ns)
     wait_for(lambda: cluster.deployment(ns, "app-consult") is None, "the app's Deployment to be collected", 90)
     wait_for(lambda: cluster.service(ns, "app-consult") is None, "the app's Service to be collected", 90)
+    wait_for(
+        lambda: raw(cluster.rbac.read_namespaced_role_binding, "app-consult", ns) is None,
+        "the app's RoleBinding to be collected",
+        90,
+    )
 
 
 def test_a_missing_record_store_is_reported_until_it_exists(cluster: Cluster, made: Made, tenant: Tenant) -> None:

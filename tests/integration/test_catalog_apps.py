@@ -173,7 +173,8 @@ class Apps:
         (home / "config").mkdir(parents=True)
         token = home / "token"
         token.write_text(caller.token)
-        for key, value in (config or {}).items():
+        # As the operator gives it: spec.config, one file a key, naming the exchange.
+        for key, value in {"exchange.url": f"{self.exchange_url}/fhir", **(config or {})}.items():
             (home / "config" / key).write_text(value)
         port = free_port()
         env = {
@@ -186,11 +187,13 @@ class Apps:
             "MEDCLOUD_JOB_INTERVAL_SECONDS": "0.5",
         }
         log = (home / "log").open("wb")
-        self.processes.append(subprocess.Popen([MEDCLOUD, "app", app], env=env, stdout=log, stderr=log))
+        process = subprocess.Popen([MEDCLOUD, "app", app], env=env, stdout=log, stderr=log)
+        self.processes.append(process)
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
         self.clients.append(http)
 
         def up() -> bool:
+            assert process.poll() is None, f"{app} of {hospital} exited: {(home / 'log').read_text()[-2000:]}"
             with contextlib.suppress(httpx.HTTPError):
                 return http.get("/healthz").status_code == 200
             return False

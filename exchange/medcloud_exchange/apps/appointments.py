@@ -84,22 +84,20 @@ class SlotPublisher:
         comment, slots = wanted(json.loads(raw))
         hospital = self._settings.hospital
         found = _ok(
-            self._exchange.call("GET", "/fhir/Schedule", self._headers, params={"actor": f"Organization/{hospital}"}),
-            "GET /fhir/Schedule",
+            self._exchange.call("GET", "/Schedule", self._headers, params={"actor": f"Organization/{hospital}"}),
+            "GET /Schedule",
         )
         mine = [s for s in resources(found) if s.get("comment") == comment]
-        schedule = mine[0] if mine else self._post("/fhir/Schedule", schedule_resource(hospital, comment))
+        schedule = mine[0] if mine else self._post("/Schedule", schedule_resource(hospital, comment))
         published = resources(
             _ok(
-                self._exchange.call(
-                    "GET", "/fhir/Slot", self._headers, params={"schedule": f"Schedule/{schedule['id']}"}
-                ),
-                "GET /fhir/Slot",
+                self._exchange.call("GET", "/Slot", self._headers, params={"schedule": f"Schedule/{schedule['id']}"}),
+                "GET /Slot",
             )
         )
         new = missing(slots, published)
         for start, end in new:
-            self._post("/fhir/Slot", slot_resource(str(schedule["id"]), start, end))
+            self._post("/Slot", slot_resource(str(schedule["id"]), start, end))
         return {"schedule": f"Schedule/{schedule['id']}", "published": len(new), "slots": len(slots)}
 
 

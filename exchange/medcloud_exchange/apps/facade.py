@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import httpx
 from fastapi import FastAPI, Request, Response
 
 from medcloud_exchange.apps.connector import Connector
@@ -113,13 +114,18 @@ def create_facade(settings: AppSettings, definition: AppDefinition, connector: C
             text = f"{settings.app.value} serves {serves_text(definition.serves)}; not {request.method} {path}"
             return Response(json.dumps(operation_outcome("not-supported", text)), 404, media_type=FHIR_JSON)
         body = await request.body()
-        answer = exchange.call(
-            request.method,
-            f"/fhir/{path}",
-            dict(request.headers),
-            params=list(request.query_params.multi_items()),
-            body=body or None,
-        )
+        try:
+            answer = exchange.call(
+                request.method,
+                f"/{path}",
+                dict(request.headers),
+                params=list(request.query_params.multi_items()),
+                body=body or None,
+            )
+        except (httpx.HTTPError, OSError) as error:
+            # The exchange unreachable (or the token not mounted yet): say so, never a 500.
+            text = f"the exchange could not be reached: {type(error).__name__}"
+            return Response(json.dumps(operation_outcome("transient", text)), 502, media_type=FHIR_JSON)
         return Response(answer.body, answer.status, headers=answer.headers)
 
     return app

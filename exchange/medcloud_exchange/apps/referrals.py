@@ -63,7 +63,7 @@ class InboxWatcher:
             return False
 
     def run_once(self) -> Mapping[str, Any]:
-        answer = self._exchange.call("GET", "/fhir/Task", self._headers, params=inbox_query(self._hospital))
+        answer = self._exchange.call("GET", "/Task", self._headers, params=inbox_query(self._hospital))
         if answer.status != 200:
             raise RuntimeError(f"inbox: the exchange answered {answer.status}: {answer.body[:300]!r}")
         failed = 0
@@ -73,9 +73,7 @@ class InboxWatcher:
                 failed += 1
                 continue
             headers = {**self._headers, "Content-Type": "application/fhir+json"}
-            step = self._exchange.call(
-                "PUT", f"/fhir/Task/{task['id']}", headers, body=json.dumps(received(task)).encode()
-            )
+            step = self._exchange.call("PUT", f"/Task/{task['id']}", headers, body=json.dumps(received(task)).encode())
             if step.status == 200:
                 self.delivered.append(note)
             else:

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from medcloud.models import CatalogApp
 
 EXCHANGE_URL_KEY = "exchange.url"
-"""The config key (``spec.config``, one file under the config dir) naming the Consortium's exchange."""
+"""The config key (``spec.config``, one file under the config dir): the exchange's FHIR base URL (``.../fhir``)."""
 
 
 class AppSettings(BaseSettings):
@@ -23,7 +23,9 @@ class AppSettings(BaseSettings):
     http_port: int = Field(default=8080, ge=1, le=65535)
     host: str = Field(default="0.0.0.0", description="Address to bind.")  # noqa: S104 - a pod's own address
     config_dir: Path = Field(default=Path("/etc/medcloud/config"), description="spec.config, one file a key.")
-    exchange_url: str | None = Field(default=None, description="The exchange's base URL; else config exchange.url.")
+    exchange_url: str | None = Field(
+        default=None, description="The exchange's FHIR base URL (.../fhir); else config exchange.url."
+    )
     exchange_token_file: Path = Field(
         default=Path("/var/run/secrets/medcloud/exchange/token"),
         description="The app's projected token for the audience medcloud-exchange (re-read per call: it rotates).",

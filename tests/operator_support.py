@@ -14,6 +14,7 @@ import contextlib
 import json
 import re
 import urllib.request
+import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -91,7 +92,12 @@ def api_ready(obj: Json | None) -> bool:
 
 def hospital_spec(name: str, **spec: Any) -> Json:
     """A Hospital's spec: a county hospital named after ``name``, with ``spec`` on top."""
-    return {"displayName": f"Hospital {name}", "institutionCode": "TEST0001", "tier": "county", **spec}
+    return {"displayName": f"Hospital {name}", "institutionCode": institution_code(name), "tier": "county", **spec}
+
+
+def institution_code(name: str) -> str:
+    """A code of its own for each test Hospital: the operator flags a code two Hospitals share."""
+    return f"T{zlib.crc32(name.encode()):08X}"
 
 
 @dataclass

@@ -15,7 +15,7 @@ from medcloud_api.audit import AuditMiddleware
 from medcloud_api.config import APISettings
 from medcloud_api.kube import Kube, new_api_client
 from medcloud_api.metrics import Metrics, MetricsMiddleware
-from medcloud_api.routers import consortia, health, hospitals, progress
+from medcloud_api.routers import consortia, devices, health, hospitals, progress
 
 TITLE = "MedCloud control API"
 VERSION = "0.1.0"
@@ -66,6 +66,7 @@ def create_app(settings: APISettings | None = None, api_client: client.ApiClient
     app.include_router(hospitals.router)
     app.include_router(progress.router)
     app.include_router(consortia.router)
+    app.include_router(devices.router)
     app.add_route("/metrics", metrics.endpoint, methods=["GET"], include_in_schema=False)
 
     def openapi() -> dict[str, Any]:

@@ -8,7 +8,7 @@ count as a difference.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -26,6 +26,7 @@ from medcloud.models import (
     Resource,
     hospital_namespace,
 )
+from medcloud.tenancy import onboarding
 from medcloud_api import FIELD_MANAGER
 from medcloud_api.problems import FieldError, dotted, pointer
 from medcloud_api.profiles import default_profile
@@ -60,6 +61,7 @@ class Desired:
     spec: dict[str, Any]
     body_path: Path
     """Where the object came from in the request body, for error pointers; () is the Hospital itself."""
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def ref(self) -> ObjectRef:
@@ -71,6 +73,8 @@ class Desired:
 
     def manifest(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "labels": {CREATED_BY: FIELD_MANAGER}}
+        if self.annotations:
+            meta["annotations"] = dict(self.annotations)
         if self.namespace is not None:
             meta["namespace"] = self.namespace
         return {"apiVersion": API_VERSION, "kind": self.kind.__name__, "metadata": meta, "spec": self.spec}
@@ -175,7 +179,7 @@ def _missing(kind: str, name: str) -> str:
 def build_plan(resolved: Resolved) -> list[Desired]:
     """The objects to create, in order: the Hospital, then stores, gateways (they need a store) and apps."""
     namespace = hospital_namespace(resolved.name)
-    plan = [Desired(Hospital, resolved.name, None, spec_json(resolved.spec), ())]
+    plan = []
     plan += [
         Desired(RecordStore, s.name, namespace, spec_json(s.spec), ("recordStores", i))
         for i, s in enumerate(resolved.record_stores)
@@ -187,7 +191,12 @@ def build_plan(resolved: Resolved) -> list[Desired]:
     plan += [
         Desired(AppInstance, a.name, namespace, spec_json(a.spec), ("apps", i)) for i, a in enumerate(resolved.apps)
     ]
-    return plan
+    # The Hospital comes first and says what follows, so an onboarding that stops part-way is visibly incomplete.
+    intended = onboarding.annotation_value((d.kind.__name__, d.name) for d in plan)
+    hospital = Desired(
+        Hospital, resolved.name, None, spec_json(resolved.spec), (), annotations={onboarding.ANNOTATION: intended}
+    )
+    return [hospital, *plan]
 
 
 # ---------------------------------------------------------------------------

@@ -37,6 +37,7 @@ TITLES: dict[str, str] = {
     "validation-failed": "The request is not valid",
     "rejected-by-kubernetes": "The Kubernetes API rejected the object",
     "conflict": "Conflicts with what exists",
+    "institution-code-taken": "The institution code belongs to another hospital",
     "records-under-retention": "Records are under retention",
     "onboarding-failed": "Onboarding failed part-way",
     "tenant-namespace-missing": "The tenant namespace did not appear",
@@ -301,7 +302,12 @@ def install(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return problem_response(request, invalid_request(validation_errors(exc.errors())))
+        errors = validation_errors(exc.errors())
+        if any(error.get("type") == "json_invalid" for error in exc.errors()):
+            # Not a request that fails the models but no JSON at all: the client's bug, 400.
+            problem = ProblemError(400, "validation-failed", "the request body is not valid UTF-8 JSON", errors=errors)
+            return problem_response(request, problem)
+        return problem_response(request, invalid_request(errors))
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -310,7 +316,7 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
         if status == 400 and request.method in ("POST", "PATCH"):
             # Starlette's words for a body it cannot even decode.
-            detail = "the request body could not be parsed: send UTF-8 JSON"
+            detail = "the request body is not valid UTF-8 JSON"
         elif status == 404 and detail == "Not Found":
             detail = f"no route {request.url.path}"
         elif status == 405:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import typer
 
 from medcloud_api import command as api_command
-from medcloud_cli.commands import crds, dev, onboard, records
+from medcloud_cli.commands import crds, dev, devices, onboard, records
 from medcloud_exchange import command as exchange_command
-from medcloud_exchange.apps import command as app_command
+from medcloud_exchange.apps import command as apps_command
 from medcloud_gateway import command as gateway_command
 from medcloud_keyservice import command as keyservice_command
 from medcloud_operator import command as operator_command
@@ -25,8 +25,9 @@ app = typer.Typer(
 app.add_typer(dev.app, name="dev")
 app.add_typer(crds.app, name="crds")
 app.add_typer(records.app, name="records")
+app.add_typer(devices.app, name="devices")
+app.add_typer(apps_command.app, name="app")
 app.command("api")(api_command.serve)
-app.command("app")(app_command.run)
 app.command("exchange")(exchange_command.run)
 app.command("onboard")(onboard.run)
 app.command("operator")(operator_command.run)

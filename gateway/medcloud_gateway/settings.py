@@ -77,17 +77,15 @@ class GatewaySettings(BaseSettings):
     mqtt_publish_errors: bool = Field(default=True, validation_alias="MEDCLOUD_GATEWAY_MQTT_PUBLISH_ERRORS")
 
     # HTTPS: without a certificate the readings port speaks plain HTTP (local development only).
-    tls_cert_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_TLS_CERT_FILE")
-    tls_key_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_TLS_KEY_FILE")
+    tls_cert_file: Path | None = Field(default=None, validation_alias=gateway_env.TLS_CERT_FILE)
+    tls_key_file: Path | None = Field(default=None, validation_alias=gateway_env.TLS_KEY_FILE)
 
     # Device identity: a client certificate of the hospital's device CA, checked against the CRL, on HTTPS and
     # (with hl7v2_tls) MLLP. Unset: listeners authenticate nobody (local development only).
-    device_ca_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_DEVICE_CA_FILE")
-    device_crl_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_DEVICE_CRL_FILE")
-    crl_reload_seconds: float = Field(
-        default=10.0, gt=0, le=300, validation_alias="MEDCLOUD_GATEWAY_CRL_RELOAD_SECONDS"
-    )
-    hl7v2_tls: bool = Field(default=False, validation_alias="MEDCLOUD_GATEWAY_HL7V2_TLS")
+    device_ca_file: Path | None = Field(default=None, validation_alias=gateway_env.DEVICE_CA_FILE)
+    device_crl_file: Path | None = Field(default=None, validation_alias=gateway_env.DEVICE_CRL_FILE)
+    crl_reload_seconds: float = Field(default=10.0, gt=0, le=300, validation_alias=gateway_env.CRL_RELOAD_SECONDS)
+    hl7v2_tls: bool = Field(default=False, validation_alias=gateway_env.HL7V2_TLS)
     # A device is Online up to online_seconds after its last stored reading, Stale up to offline_seconds, then Offline.
     online_seconds: float = Field(default=300, gt=0, validation_alias="MEDCLOUD_GATEWAY_ONLINE_SECONDS")
     offline_seconds: float = Field(default=3600, gt=0, validation_alias="MEDCLOUD_GATEWAY_OFFLINE_SECONDS")

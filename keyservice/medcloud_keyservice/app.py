@@ -23,6 +23,8 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -127,6 +129,14 @@ class KeyService:
         return ring
 
 
+AUDITED_PARAMETER_MAX = 253
+"""An invalid path parameter is audited up to this length (the longest valid one), so the log stays bounded."""
+
+
+def _clipped(value: object) -> str:
+    return str(value or "")[:AUDITED_PARAMETER_MAX]
+
+
 def _client_from(settings: KeyServiceSettings) -> client.ApiClient:
     if settings.kubeconfig is not None:
         # The kubernetes package leaves its config loaders unannotated.
@@ -147,6 +157,24 @@ def create_app(settings: KeyServiceSettings | None = None, api_client: client.Ap
         redoc_url=None,
     )
     app.state.service = service
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A path that names no store: audited like every answer, and answered without echoing it."""
+        fields = [".".join(str(part) for part in error["loc"]) for error in exc.errors()]
+        params = request.path_params
+        audit.write(
+            UnwrapRecord(
+                namespace=_clipped(params.get("namespace")),
+                store=_clipped(params.get("name")),
+                requested=_clipped(params.get("version")),
+                result=Result.INVALID,
+                reason=f"invalid {', '.join(fields)}",
+                source=request.client.host if request.client else None,
+            )
+        )
+        detail = [{"loc": error["loc"], "msg": error["msg"], "type": error["type"]} for error in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": detail}, headers={"Cache-Control": "no-store"})
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

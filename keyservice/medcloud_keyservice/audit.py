@@ -25,6 +25,7 @@ class Result(StrEnum):
     NOT_FOUND = "not-found"
     SHREDDED = "shredded"
     UNAVAILABLE = "unavailable"
+    INVALID = "invalid-request"
 
 
 @dataclass(frozen=True)

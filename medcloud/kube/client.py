@@ -93,6 +93,7 @@ INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses", namespaced=True, 
 HOSPITAL = Kind("medcloud.io/v1alpha1", "Hospital", "hospitals", namespaced=False)
 RECORD_STORE = Kind("medcloud.io/v1alpha1", "RecordStore", "recordstores", namespaced=True)
 DEVICE_GATEWAY = Kind("medcloud.io/v1alpha1", "DeviceGateway", "devicegateways", namespaced=True)
+DEVICE = Kind("medcloud.io/v1alpha1", "Device", "devices", namespaced=True)
 APP_INSTANCE = Kind("medcloud.io/v1alpha1", "AppInstance", "appinstances", namespaced=True)
 CONSORTIUM = Kind("medcloud.io/v1alpha1", "Consortium", "consortia", namespaced=False)
 CLUSTER_KOPF_PEERING = Kind("kopf.dev/v1", "ClusterKopfPeering", "clusterkopfpeerings", namespaced=False)

@@ -33,6 +33,7 @@ from medcloud.models.consortium import (
     SharingCategory,
     SharingRule,
 )
+from medcloud.models.device import Device, DeviceSpec, DeviceState, DeviceStatus
 from medcloud.models.devicegateway import (
     CodeMapping,
     DeviceClass,
@@ -71,7 +72,7 @@ from medcloud.models.recordstore import (
 )
 from medcloud.models.workload import WorkloadCondition, WorkloadReason
 
-KINDS: tuple[type[Resource], ...] = (Hospital, RecordStore, DeviceGateway, AppInstance, Consortium)
+KINDS: tuple[type[Resource], ...] = (Hospital, RecordStore, DeviceGateway, AppInstance, Consortium, Device)
 """Every MedCloud kind, in the order their CRDs are written and installed."""
 
 KINDS_BY_NAME: dict[str, type[Resource]] = {kind.__name__: kind for kind in KINDS}
@@ -106,12 +107,16 @@ __all__ = [
     "ConsortiumSpec",
     "ConsortiumStatus",
     "DeletionPolicy",
+    "Device",
     "DeviceClass",
     "DeviceCounts",
     "DeviceGateway",
     "DeviceGatewaySpec",
     "DeviceGatewayStatus",
     "DeviceProtocol",
+    "DeviceSpec",
+    "DeviceState",
+    "DeviceStatus",
     "Exposure",
     "Hospital",
     "HospitalAdmins",

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -200,6 +201,24 @@ DNS1123Label = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123
 DNS1123Subdomain = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN_PATTERN)]
 """A DNS-1123 subdomain: dot-separated labels, at most 253 characters (most object names)."""
 
+
+def _printable(value: str) -> str:
+    # A NUL or other control character in a name shown to people breaks
+    # terminals, logs and C-string consumers (pydantic itself refuses lone surrogates).
+    if any(char < " " or char == "\x7f" for char in value):
+        raise ValueError("must not contain control characters (such as NUL)")
+    return value
+
+
+PLAIN_TEXT_RULE = CELRule(
+    rule=r"!self.matches('[\\x00-\\x1f\\x7f]')",
+    message="must not contain control characters (such as NUL)",
+)
+
+PlainText = Annotated[str, AfterValidator(_printable), PLAIN_TEXT_RULE]
+"""Free text people read (display names, user names): any characters but control characters."""
+
+
 HOSPITAL_NAME_MAX = 54
 HOSPITAL_NAMESPACE_PREFIX = "hospital-"
 
@@ -259,6 +278,66 @@ def parse_quantity(value: str | int) -> Decimal:
     return Decimal(number.group(0)).scaleb(_DECIMAL_SUFFIXES[suffix])
 
 
+# The API server parses any quantity but stores it as an int64 of its
+# smallest unit: 1e309 becomes 9223372036854775807 and 1e-309 rounds up, so
+# what runs is not what was written (and the operator would "correct" it on
+# every reconcile). Every MedCloud quantity is therefore bounded, with the
+# same limits in the model (for the control API) and in CEL (for kubectl).
+CPU_MAXIMUM = "100000"
+CPU_MINIMUM = "1m"
+BYTES_MAXIMUM = "1Ei"
+# Whole millicores only: the API server rounds finer amounts up, and then the
+# stored quota would differ from the spec forever.
+CPU_PATTERN = r"^(([0-9]{1,6}([.][0-9]{1,3})?)|([0-9]{1,9}m))$"
+_CPU_RE = re.compile(CPU_PATTERN)
+CPU_BOUNDS = (
+    "CPU must be cores with at most 3 decimals or whole millicores (e.g. 2.5 or 500m), "
+    f"0 or {CPU_MINIMUM} to {CPU_MAXIMUM}"
+)
+BYTES_BOUNDS = f"a size must be a whole number of bytes, at most {BYTES_MAXIMUM}"
+
+
+def _cpu_in_range(value: str) -> str:
+    amount = parse_quantity(value)
+    in_range = amount == 0 or parse_quantity(CPU_MINIMUM) <= amount <= parse_quantity(CPU_MAXIMUM)
+    if not _CPU_RE.match(value) or not in_range:
+        raise ValueError(f"{value} is out of range: {CPU_BOUNDS}")
+    return value
+
+
+def _bytes_in_range(value: str) -> str:
+    amount = parse_quantity(value)
+    if amount != amount.to_integral_value() or amount > parse_quantity(BYTES_MAXIMUM):
+        raise ValueError(f"{value} is out of range: {BYTES_BOUNDS}")
+    return value
+
+
+_CPU_RULE = CELRule(
+    rule=(
+        f"string(self).matches('{CPU_PATTERN}') && (quantity(string(self)).compareTo(quantity('0')) == 0 || "
+        f"(quantity(string(self)).compareTo(quantity('{CPU_MINIMUM}')) >= 0 && "
+        f"quantity(string(self)).compareTo(quantity('{CPU_MAXIMUM}')) <= 0))"
+    ),
+    message=CPU_BOUNDS,
+)
+# isInteger() is false for any binary-suffixed quantity (the API server keeps
+# those as decimals), so wholeness is checked on the value as a double; the
+# bound comes first so that int() never sees a value beyond int64.
+_BYTES_RULE = CELRule(
+    rule=(
+        f"quantity(string(self)).compareTo(quantity('{BYTES_MAXIMUM}')) <= 0 && "
+        "double(int(quantity(string(self)).asApproximateFloat())) == quantity(string(self)).asApproximateFloat()"
+    ),
+    message=BYTES_BOUNDS,
+)
+
+CpuQuantity = Annotated[Quantity, AfterValidator(_cpu_in_range), _CPU_RULE]
+"""An amount of CPU such as ``500m`` or ``2.5``: whole millicores, 0 or between 1m and 100000."""
+
+ByteQuantity = Annotated[Quantity, AfterValidator(_bytes_in_range), _BYTES_RULE]
+"""A size such as ``256Mi`` or ``2Ti``: whole bytes, at most 1Ei."""
+
+
 DURATION_PATTERN = r"^[1-9][0-9]{0,4}[dy]$"
 _DURATION_RE = re.compile(DURATION_PATTERN)
 DAYS_PER_YEAR = 365
@@ -297,8 +376,8 @@ def _limit_rule(resource: str) -> CELRule:
 class ComputeResources(MedCloudModel):
     """CPU and memory amounts of one container."""
 
-    cpu: Quantity | None = Field(default=None, description="CPU, e.g. 250m or 1.")
-    memory: Quantity | None = Field(default=None, description="Memory, e.g. 256Mi or 1Gi.")
+    cpu: CpuQuantity | None = Field(default=None, description="CPU, e.g. 250m or 1.")
+    memory: ByteQuantity | None = Field(default=None, description="Memory, e.g. 256Mi or 1Gi.")
 
 
 class ResourceRequirements(MedCloudModel):

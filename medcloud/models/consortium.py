@@ -15,6 +15,7 @@ from medcloud.models.common import (
     CRDInfo,
     HospitalName,
     MedCloudModel,
+    PlainText,
     PrinterColumn,
     Resource,
     StatusBase,
@@ -131,6 +132,29 @@ class ExamRecognition(MedCloudModel):
         return unique_items(values)
 
 
+class ConsortiumExchangeSpec(MedCloudModel):
+    """Where the consortium's exchange finds its database (docs/exchange.md, docs/install.md)."""
+
+    database_secret: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description=(
+            "Secret in the operator namespace holding the PostgreSQL connection URI (libpq) of the exchange's "
+            "database, e.g. the <cluster>-app Secret CloudNativePG creates. Unset: the operator's setting "
+            "MEDCLOUD_EXCHANGE_DATABASE_SECRET with {consortium} filled in."
+        ),
+    )
+    database_secret_key: str = Field(
+        default="uri",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key of that Secret holding the URI (CloudNativePG's is uri).",
+    )
+
+
 _MAX_MEMBERS = 100
 
 _CONSENT_RULE = CELRule(
@@ -168,7 +192,7 @@ class ConsortiumSpec(MedCloudModel):
         _CONSENT_RULE,
     )
 
-    display_name: str = Field(
+    display_name: PlainText = Field(
         min_length=1, max_length=128, description="Human-readable name of the alliance, e.g. Riverton Medical Alliance."
     )
     lead_hospital: HospitalName = Field(
@@ -192,6 +216,11 @@ class ConsortiumSpec(MedCloudModel):
     exam_recognition: ExamRecognition = Field(
         default_factory=ExamRecognition,
         description="Mutual recognition of exam results: recognised producers and validity windows.",
+        json_schema_extra=empty_default(),
+    )
+    exchange: ConsortiumExchangeSpec = Field(
+        default_factory=ConsortiumExchangeSpec,
+        description="How the consortium's exchange is deployed: its database connection Secret.",
         json_schema_extra=empty_default(),
     )
 
@@ -226,7 +255,7 @@ class ConsortiumSpec(MedCloudModel):
 
 
 class ConsortiumExchangeStatus(MedCloudModel):
-    """What the operator granted the consortium's exchange (docs/exchange.md)."""
+    """What the operator granted and provisioned for the consortium's exchange (docs/exchange.md)."""
 
     service_account: str = Field(
         description="The exchange's identity: a ServiceAccount in the operator namespace, as namespace/name."
@@ -237,6 +266,10 @@ class ConsortiumExchangeStatus(MedCloudModel):
         description="Members whose store keys and credentials the exchange may read: those spec.sharing shares from.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+    endpoint: str | None = Field(
+        default=None, description="In-cluster base URL of the exchange's FHIR server (its Service), e.g. .../fhir."
+    )
+    audit_bucket: str | None = Field(default=None, description="The exchange's object-locked audit bucket.")
 
 
 class ConsortiumStatus(StatusBase):
@@ -268,6 +301,14 @@ class Consortium(Resource):
             ),
             PrinterColumn(
                 "Exchange",
+                '.status.conditions[?(@.type=="ExchangeReady")].status',
+                description="The exchange serves: its pods pass readiness (PostgreSQL and MinIO answer)",
+            ),
+            PrinterColumn(
+                "Endpoint", ".status.exchange.endpoint", description="The exchange's FHIR base URL", priority=1
+            ),
+            PrinterColumn(
+                "Exchange Identity",
                 ".status.exchange.serviceAccount",
                 description="The exchange's identity (docs/exchange.md)",
                 priority=1,
@@ -287,6 +328,8 @@ class ConsortiumCondition(StrEnum):
     """Every member Hospital exists and is Ready."""
     MEMBERSHIP_CONSISTENT = "MembershipConsistent"
     """Members name this consortium in their own spec.consortium, and no Hospital claims it unlisted."""
+    EXCHANGE_READY = "ExchangeReady"
+    """The consortium's exchange is deployed and its pods pass readiness (its database and audit store answer)."""
 
 
 class ConsortiumReason(StrEnum):
@@ -301,3 +344,12 @@ class ConsortiumReason(StrEnum):
     MEMBERSHIP_MISMATCH = "MembershipMismatch"
     """A member's spec.consortium names another (or none), so its network policies do not admit fellow
     members; or a Hospital names this consortium without being listed."""
+    EXCHANGE_SERVING = "ExchangeServing"
+    EXCHANGE_STARTING = "ExchangeStarting"
+    """The exchange's Deployment is rolling out and has not been ready yet."""
+    EXCHANGE_UNAVAILABLE = "ExchangeUnavailable"
+    """It had served, and its pods now fail readiness: PostgreSQL or MinIO is unreachable (Degraded; heals itself)."""
+    EXCHANGE_NOT_CONFIGURED = "ExchangeNotConfigured"
+    """The operator has no MinIO or no key service URL, so no exchange is deployed."""
+    DATABASE_SECRET_MISSING = "DatabaseSecretMissing"  # noqa: S105 - a reason, not a secret
+    """The database connection Secret (spec.exchange.databaseSecret or the operator's default) or its key is absent."""

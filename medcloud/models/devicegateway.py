@@ -106,9 +106,14 @@ class DeviceGatewaySpec(MedCloudModel):
 class DeviceCounts(MedCloudModel):
     """Devices known to the gateway."""
 
-    enrolled: int = Field(default=0, ge=0, description="Devices that hold a valid client certificate.")
+    enrolled: int = Field(default=0, ge=0, description="Devices (Device objects) that hold a valid client certificate.")
     revoked: int = Field(default=0, ge=0, description="Devices whose certificate has been revoked.")
-    active: int = Field(default=0, ge=0, description="Enrolled devices that sent a reading recently.")
+    pending: int = Field(default=0, ge=0, description="Devices that asked to enrol and wait for an approver.")
+    active: int | None = Field(
+        default=None,
+        ge=0,
+        description="Enrolled devices that sent a reading recently (the gateway's presence); unset until reported.",
+    )
 
 
 class DeviceGatewayStatus(StatusBase):

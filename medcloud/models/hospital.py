@@ -14,13 +14,15 @@ from medcloud.models.common import (
     HOSPITAL_NAMESPACE_PREFIX,
     PHASE_COLUMN,
     READY_COLUMN,
+    ByteQuantity,
     CELRule,
+    CpuQuantity,
     CRDInfo,
     DNS1123Label,
     DNS1123Subdomain,
     MedCloudModel,
+    PlainText,
     PrinterColumn,
-    Quantity,
     Resource,
     StatusBase,
     empty_default,
@@ -45,7 +47,7 @@ class Tier(StrEnum):
 
 # Principal names are free-form (users may be e-mail addresses or
 # system:serviceaccount:... names); bounding them keeps CEL costs estimable.
-Principal = Annotated[str, Field(min_length=1, max_length=253)]
+Principal = Annotated[PlainText, Field(min_length=1, max_length=253)]
 
 
 class HospitalAdmins(MedCloudModel):
@@ -68,9 +70,9 @@ class HospitalAdmins(MedCloudModel):
 class HospitalQuota(MedCloudModel):
     """Resource quota of the tenant namespace; every field has a default for a mid-size hospital."""
 
-    cpu: Quantity = Field(default="16", description="Total CPU the tenant's pods may request, e.g. 16 or 8500m.")
-    memory: Quantity = Field(default="64Gi", description="Total memory the tenant's pods may request, e.g. 64Gi.")
-    storage: Quantity = Field(
+    cpu: CpuQuantity = Field(default="16", description="Total CPU the tenant's pods may request, e.g. 16 or 8500m.")
+    memory: ByteQuantity = Field(default="64Gi", description="Total memory the tenant's pods may request, e.g. 64Gi.")
+    storage: ByteQuantity = Field(
         default="1Ti", description="Total storage the tenant's persistent volume claims may request, e.g. 1Ti."
     )
     pods: int = Field(default=200, ge=0, le=100000, description="Maximum number of pods in the tenant namespace.")
@@ -118,7 +120,7 @@ class KekRotation(MedCloudModel):
 class HospitalSpec(MedCloudModel):
     """Desired state of a hospital tenant."""
 
-    display_name: str = Field(
+    display_name: PlainText = Field(
         min_length=1, max_length=128, description="Human-readable name of the institution, e.g. Riverton City Hospital."
     )
     institution_code: Annotated[
@@ -263,11 +265,17 @@ class HospitalCondition(StrEnum):
     """Default-deny network policies and the allowed exceptions are in place."""
     KEY_READY = "KeyReady"
     """The tenant key-encryption key exists in the operator's namespace."""
+    ONBOARDED = "Onboarded"
+    """Every RecordStore, DeviceGateway and AppInstance an unfinished onboarding asked for exists."""
 
 
 class HospitalReason(StrEnum):
     """Reasons only a Hospital reports (the shared ones are :class:`medcloud.models.conditions.Reason`)."""
 
+    ONBOARDING_INCOMPLETE = "OnboardingIncomplete"
+    """An onboarding stopped part-way: objects it asked for are missing; repeat the request."""
+    INSTITUTION_CODE_TAKEN = "InstitutionCodeTaken"
+    """An older Hospital has the same institution code; this one gets no tenancy until that one is gone."""
     NAMESPACE_TERMINATING = "NamespaceTerminating"
     """A namespace of the same name is still being deleted; the operator waits."""
     OPERATOR_NAMESPACE_MISSING = "OperatorNamespaceMissing"

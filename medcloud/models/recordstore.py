@@ -10,13 +10,13 @@ from pydantic import AwareDatetime, Field, model_validator
 from medcloud.models.common import (
     PHASE_COLUMN,
     READY_COLUMN,
+    ByteQuantity,
     CELRule,
     CRDInfo,
     DNS1123Subdomain,
     Duration,
     MedCloudModel,
     PrinterColumn,
-    Quantity,
     Resource,
     StatusBase,
     duration_days,
@@ -150,7 +150,7 @@ class RecordStoreSpec(MedCloudModel):
         _COMPLIANCE_STAYS,
         _COMPLIANCE_NEVER_SHORTER,
     ]
-    quota: Quantity = Field(default="100Gi", description="Maximum size of the bucket, e.g. 500Gi or 2Ti.")
+    quota: ByteQuantity = Field(default="100Gi", description="Maximum size of the bucket, e.g. 500Gi or 2Ti.")
     key_rotation: KeyRotation = Field(
         default_factory=KeyRotation,
         description=(
@@ -272,6 +272,8 @@ class RecordStoreReason(StrEnum):
     """The bucket exists but belongs to another store or lacks object lock; it is never taken over."""
     SECRET_CONFLICT = "SecretConflict"  # noqa: S105 - a condition reason, not a secret
     """A Secret of the credentials' name exists and was not written by the operator; it is never overwritten."""
+    HOSPITAL_MISSING = "HospitalMissing"
+    """The namespace is named like a hospital's but no such Hospital exists: the store has no KEK to use."""
     HOSPITAL_NOT_READY = "HospitalNotReady"
     """The Hospital of the namespace does not exist or has no KEK yet."""
     KEYS_MISSING = "KeysMissing"

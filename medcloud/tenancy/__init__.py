@@ -6,7 +6,9 @@
 - :mod:`medcloud.tenancy.kek`: the hospital KEK Secret's format, and reading it;
 - :mod:`medcloud.tenancy.keyring`: a store's key-ring Secret's format, and reading it;
 - :mod:`medcloud.tenancy.gateway`: the environment the operator gives a device gateway's pod;
-- :mod:`medcloud.tenancy.devicecrl`: the device CRL of a hospital's tenant CA: its format, building and reading it.
+- :mod:`medcloud.tenancy.devicecrl`: the device CRL of a hospital's tenant CA: its format, building and reading it;
+- :mod:`medcloud.tenancy.institutions`: which Hospital holds an institution code;
+- :mod:`medcloud.tenancy.onboarding`: the children an unfinished onboarding asked for (a Hospital annotation).
 
 Writing these objects is the operator's job; the key service, the device
 gateway and the record CLI only read them.

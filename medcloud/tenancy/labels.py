@@ -16,6 +16,8 @@ COMPONENT = "app.kubernetes.io/component"
 HOSPITAL = "medcloud.io/hospital"
 TIER = "medcloud.io/tier"
 CONSORTIUM = "medcloud.io/consortium"
+DEVICE_GATEWAY = "medcloud.io/device-gateway"
+"""On a Device (written by the control API): the DeviceGateway it sends to, so a gateway's devices are one LIST."""
 NAMESPACE_NAME = "kubernetes.io/metadata.name"
 """Set by the API server on every namespace; the only namespace label tenants cannot forge."""
 

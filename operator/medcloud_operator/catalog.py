@@ -2,12 +2,8 @@
 
 Each of the six catalog apps (``medcloud.models.CatalogApp``) has one entry
 saying how it runs: its HTTP port and health path, the compute it asks for,
-and whether it needs a RecordStore, and, for the apps that are MedCloud's own
-code (``exchange/medcloud_exchange/apps/``), the ``args`` its container runs
-MedCloud's own image with (``MEDCLOUD_MEDCLOUD_IMAGE``): ``["app", "<app>"]``,
-that is ``medcloud app <app>``. Such an app talks to its Consortium's exchange
-as a ServiceAccount of its own (docs/operator.md). Any other app names a
-version, and its image is ``<MEDCLOUD_APP_IMAGE_PREFIX>/<app>:<version>``.
+and whether it needs a RecordStore. An AppInstance names an app and a
+version; the image is ``<MEDCLOUD_APP_IMAGE_PREFIX>/<app>:<version>``.
 Device gateways all run one image, ``<MEDCLOUD_GATEWAY_IMAGE>:<MEDCLOUD_GATEWAY_VERSION>``.
 """
 
@@ -42,11 +38,11 @@ class CatalogEntry:
     """The container's HTTP port; the app's Service publishes it on port 80."""
     health_path: str = "/healthz"
     args: tuple[str, ...] = ()
-    """Non-empty: the app is MedCloud's own code, run as MedCloud's image with these args."""
-
-    @property
-    def own_code(self) -> bool:
-        return bool(self.args)
+    """MedCloud's own code: the app runs MedCloud's image (``MEDCLOUD_OWN_IMAGE``) as ``medcloud <args>``,
+    e.g. ``("app", "emr-sharing")``. Empty: the app's image is ``<MEDCLOUD_APP_IMAGE_PREFIX>/<app>:<version>``."""
+    exchange_client: bool = False
+    """The app calls its consortium's exchange: it gets ``MEDCLOUD_EXCHANGE_URL`` (from the Consortium's
+    status) and projected tokens for the exchange and the key service (docs/catalog.md)."""
 
     @property
     def needs_record_store(self) -> bool:
@@ -55,10 +51,22 @@ class CatalogEntry:
 
 
 def _entry(
-    app: CatalogApp, title: str, requests: tuple[str, str], limits: tuple[str, str], *, own_code: bool = True
+    app: CatalogApp,
+    title: str,
+    requests: tuple[str, str],
+    limits: tuple[str, str],
+    *,
+    args: tuple[str, ...] = (),
+    exchange_client: bool = False,
 ) -> CatalogEntry:
-    args = ("app", app.value) if own_code else ()
-    return CatalogEntry(app=app, title=title, requests=Compute(*requests), limits=Compute(*limits), args=args)
+    return CatalogEntry(
+        app=app,
+        title=title,
+        requests=Compute(*requests),
+        limits=Compute(*limits),
+        args=args,
+        exchange_client=exchange_client,
+    )
 
 
 # Sized for a county hospital; the operator lowers them to fit a smaller
@@ -67,17 +75,55 @@ CATALOG: Mapping[CatalogApp, CatalogEntry] = MappingProxyType(
     {
         entry.app: entry
         for entry in (
-            _entry(CatalogApp.EMR_SHARING, "EMR sharing", ("250m", "512Mi"), ("1", "1Gi"), own_code=False),
-            _entry(CatalogApp.APPOINTMENTS, "Appointments", ("100m", "256Mi"), ("500m", "512Mi")),
-            _entry(CatalogApp.REFERRALS, "Referrals", ("100m", "256Mi"), ("500m", "512Mi")),
-            _entry(CatalogApp.REMOTE_CONSULTATION, "Remote consultation", ("250m", "512Mi"), ("1", "1Gi")),
+            # The hospital-side connector of the consortium exchange (docs/emr-sharing.md).
+            _entry(
+                CatalogApp.EMR_SHARING,
+                "EMR sharing",
+                ("250m", "512Mi"),
+                ("1", "1Gi"),
+                args=("app", "emr-sharing"),
+                exchange_client=True,
+            ),
+            _entry(
+                CatalogApp.APPOINTMENTS,
+                "Appointments",
+                ("100m", "256Mi"),
+                ("500m", "512Mi"),
+                args=("app", "appointments"),
+                exchange_client=True,
+            ),
+            _entry(
+                CatalogApp.REFERRALS,
+                "Referrals",
+                ("100m", "256Mi"),
+                ("500m", "512Mi"),
+                args=("app", "referrals"),
+                exchange_client=True,
+            ),
+            _entry(
+                CatalogApp.REMOTE_CONSULTATION,
+                "Remote consultation",
+                ("250m", "512Mi"),
+                ("1", "1Gi"),
+                args=("app", "remote-consultation"),
+                exchange_client=True,
+            ),
             _entry(
                 CatalogApp.EXAM_MUTUAL_RECOGNITION,
                 "Exam-result mutual recognition",
                 ("100m", "256Mi"),
                 ("500m", "512Mi"),
+                args=("app", "exam-mutual-recognition"),
+                exchange_client=True,
             ),
-            _entry(CatalogApp.INSURANCE_CARD, "Insurance card", ("100m", "128Mi"), ("250m", "256Mi")),
+            _entry(
+                CatalogApp.INSURANCE_CARD,
+                "Insurance card",
+                ("100m", "128Mi"),
+                ("250m", "256Mi"),
+                args=("app", "insurance-card"),
+                exchange_client=True,
+            ),
         )
     }
 )
@@ -89,9 +135,9 @@ def image_tag(version: str) -> str:
 
 
 def app_image(app: CatalogApp, version: str, settings: WorkloadSettings) -> str:
-    """MedCloud's own image for an app of its own code; else the app's image under the prefix."""
-    if CATALOG[app].own_code:
-        return settings.medcloud_image
+    """MedCloud's own image for an app with MedCloud's code, else the app's image at its version."""
+    if CATALOG[app].args:
+        return settings.own_image
     return f"{settings.app_image_prefix.rstrip('/')}/{app.value}:{image_tag(version)}"
 
 

@@ -21,13 +21,13 @@ from medcloud.kube.client import CLUSTER_KOPF_PEERING, NAMESPACE, load_configura
 from medcloud.tenancy import labels
 from medcloud_operator import OPERATOR_NAME, health, metrics
 from medcloud_operator.context import MEMO_KEY, OperatorContext, get_context
-from medcloud_operator.handlers import appinstance, consortium, devicegateway, hospital, recordstore
+from medcloud_operator.handlers import appinstance, consortium, device, devicegateway, hospital, recordstore
 from medcloud_operator.kube import Kube, new_api_client
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.storage import Storage
 
 # Each registers its kind's handlers (``register(registry, settings)``).
-HANDLER_MODULES = (hospital, recordstore, devicegateway, appinstance, consortium, health)
+HANDLER_MODULES = (hospital, recordstore, devicegateway, device, appinstance, consortium, health)
 
 KOPF_DEFAULT_PEERING = "default"
 STATE_PREFIX = "kopf.medcloud.io"

@@ -51,6 +51,11 @@ RESOURCES = Gauge(
     "MedCloud resources this operator replica knows, by kind and phase.",
     ["kind", "phase"],
 )
+DEVICES = Gauge(
+    "medcloud_devices",
+    "Devices of each DeviceGateway by enrolment state (pending, enrolled, revoked), counted from its Device objects.",
+    ["namespace", "gateway", "state"],
+)
 
 RESULT_SUCCESS = "success"
 RESULT_ERROR = "error"

@@ -26,15 +26,6 @@ class WorkloadSettings(BaseModel):
         min_length=1,
         description="Registry path of the catalog apps' images: <prefix>/<app>:<version>.",
     )
-    medcloud_image: str = Field(
-        # A semver's "+" is not allowed in an image tag; Helm writes "_" for it, and so does this default.
-        default=f"registry.medcloud.local/medcloud:{__version__.replace('+', '_')}",
-        min_length=1,
-        description=(
-            "MedCloud's own image, with its tag or digest: the catalog apps that are MedCloud's own code run it "
-            "with the catalog entry's args (catalog.py, docs/operator.md)."
-        ),
-    )
     exchange_client_cluster_role: str = Field(
         default="medcloud-exchange-client",
         min_length=1,
@@ -55,6 +46,25 @@ class WorkloadSettings(BaseModel):
     )
     gateway_version: str = Field(
         default=__version__, min_length=1, description="Tag of the device gateway image; MedCloud's own version."
+    )
+    own_image: str = Field(
+        # A semver's "+" is not allowed in an image tag; Helm writes "_" for it, and so does this default.
+        default=f"registry.medcloud.local/medcloud:{__version__.replace('+', '_')}",
+        min_length=1,
+        description=(
+            "MedCloud's own image, with its tag or digest: each Consortium's exchange and the catalog apps "
+            "with MedCloud's code run it (the chart's image)."
+        ),
+    )
+    key_service_audience: str = Field(
+        default="medcloud-keyservice",
+        min_length=1,
+        description="Audience of the projected token the exchange and exchange-client apps give the key service.",
+    )
+    exchange_audience: str = Field(
+        default="medcloud-exchange",
+        min_length=1,
+        description="Audience of the projected token exchange-client apps (emr-sharing) present to the exchange.",
     )
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
         default="IfNotPresent", description="Pull policy of app and gateway containers."
@@ -154,6 +164,20 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
             "identity; its RBAC holds `bind` on this name only (deploy/exchange-rbac.yaml)."
         ),
     )
+    exchange_database_secret: str = Field(
+        default="exchange-{consortium}-app",
+        min_length=1,
+        description=(
+            "Secret (operator namespace) with a Consortium's exchange database URI when its spec names none; "
+            "{consortium} is replaced by its name. The default is what a CloudNativePG Cluster named "
+            "exchange-<consortium> creates (docs/install.md)."
+        ),
+    )
+    exchange_audit_retention_days: int = Field(
+        default=2190,
+        ge=1,
+        description="COMPLIANCE retention of each exchange's audit records, in days (default six years).",
+    )
     ingress_namespace: str = Field(
         default="ingress-nginx",
         description="Namespace of the ingress controller allowed into every tenant; empty: none.",
@@ -197,6 +221,14 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
         description=(
             "How often every Hospital is reconciled even without events: it catches what no watch "
             "reports (a deleted KEK Secret) and refreshes status. Read once, when handlers register."
+        ),
+    )
+    kek_recheck_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "How soon a Hospital whose KEK Secret is unreadable (phase Failed, KEKInvalid) looks at it "
+            "again: the operator never watches Secrets, so restoring or deleting the Secret heals within this."
         ),
     )
     deletion_retry_seconds: float = Field(

@@ -26,10 +26,10 @@ from typing import Any
 import certifi
 import urllib3
 from minio import Minio, MinioAdmin
-from minio.commonconfig import ENABLED, Tags
+from minio.commonconfig import COMPLIANCE, ENABLED, Tags
 from minio.credentials.providers import StaticProvider
 from minio.error import InvalidResponseError, MinioAdminException, S3Error, ServerError
-from minio.objectlockconfig import ObjectLockConfig
+from minio.objectlockconfig import DAYS, ObjectLockConfig
 from minio.versioningconfig import VersioningConfig
 from urllib3.util import Retry, Timeout
 
@@ -39,6 +39,9 @@ from medcloud.tenancy.credentials import Endpoint
 from medcloud.tenancy.store import StoreNames
 from medcloud_operator.builders.recordstore import LockRule, StoredVersion, normalized_policy, usage
 from medcloud_operator.settings import StorageSettings
+
+TAG_CONSORTIUM = "medcloud.io/consortium"
+"""Tag of an exchange's audit bucket: the Consortium it is the audit trail of."""
 
 
 class StorageError(RuntimeError):
@@ -189,6 +192,36 @@ class Storage:
             if quota_now.get("quota") != quota or quota_now.get("quotatype") != "hard":
                 self.admin.bucket_quota_set(bucket, quota)
                 changes.append(f"quota of {bucket} set to {quota} bytes")
+        return changes
+
+    def ensure_audit_bucket(self, bucket: str, consortium: str, retention_days: int) -> list[str]:
+        """A consortium exchange's audit bucket: object lock, COMPLIANCE retention, versioning; what changed.
+
+        COMPLIANCE: nobody, MinIO's root included, can shorten the retention or delete a
+        locked version before it ends. A bucket tagged for another consortium is refused.
+        """
+        changes: list[str] = []
+        wanted_tags = {TAG_CONSORTIUM: consortium}
+        with _translated(f"bucket {bucket}"):
+            if not self.s3.bucket_exists(bucket):
+                self.s3.make_bucket(bucket, location=self.region, object_lock=True)
+                changes.append(f"bucket {bucket} created with object lock")
+                have: dict[str, str] = {}
+            else:
+                have = dict(self.s3.get_bucket_tags(bucket) or {})
+                if have.get(TAG_CONSORTIUM) not in (None, consortium):
+                    raise BucketConflictError(f"bucket {bucket} belongs to consortium {have.get(TAG_CONSORTIUM)}")
+            if any(have.get(k) != v for k, v in wanted_tags.items()):
+                tags = Tags.new_bucket_tags()
+                tags.update({**have, **wanted_tags})
+                self.s3.set_bucket_tags(bucket, tags)
+            if self.s3.get_bucket_versioning(bucket).status != ENABLED:
+                self.s3.set_bucket_versioning(bucket, VersioningConfig(ENABLED))
+                changes.append(f"versioning enabled on {bucket}")
+            current = self._lock_config(bucket)
+            if (current.mode, current.duration, current.duration_unit) != (COMPLIANCE, retention_days, DAYS):
+                self.s3.set_object_lock_config(bucket, ObjectLockConfig(COMPLIANCE, retention_days, DAYS))
+                changes.append(f"default retention of {bucket} set to COMPLIANCE {retention_days} days")
         return changes
 
     def _lock_config(self, bucket: str) -> ObjectLockConfig:

@@ -71,7 +71,7 @@ def operator(store_operator_kubeconfig: Path, minio_server: MinioInfo) -> Iterat
     env = {
         **storage_env(minio_server),
         "MEDCLOUD_APP_IMAGE_PREFIX": "registry.test.example/apps",
-        "MEDCLOUD_MEDCLOUD_IMAGE": "registry.test.example/medcloud:test",
+        "MEDCLOUD_OWN_IMAGE": "registry.test.example/medcloud:test",
     }
     with run_operator(store_operator_kubeconfig, env, timeout=120) as running:
         yield running

@@ -22,10 +22,12 @@ the tests see is the operator's; no test writes a status.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,14 +39,19 @@ import httpx
 import pytest
 import uvicorn
 import yaml
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
 
 from medcloud.models import Tier
+from medcloud.tenancy import onboarding
 from medcloud_api.config import APISettings
 from medcloud_api.main import create_app
+from medcloud_api.plan import build_plan, resolve
 from medcloud_api.profiles import default_profile
+from medcloud_api.schemas import HospitalCreate
 from medcloud_cli.commands.onboard import ServerSentEvent, iter_sse
 from medcloud_cli.localcluster.process import free_port
 from medcloud_cli.main import app as cli_app
@@ -58,6 +65,8 @@ from tests.operator_support import (
     ClusterAdmin,
     Json,
     RunningOperator,
+    institution_code,
+    is_ready,
 )
 from tests.support import fuzz, wait_for
 
@@ -78,7 +87,7 @@ def sa_user(name: str) -> str:
 
 
 def hospital_body(name: str, tier: str = "township", **extra: Any) -> Json:
-    spec = {"displayName": f"Test {name}", "institutionCode": f"T{RUN.upper()}{len(name):02d}X", "tier": tier}
+    spec = {"displayName": f"Test {name}", "institutionCode": institution_code(name), "tier": tier}
     spec.update(extra.pop("spec", {}))
     return {"name": name, "spec": spec, **extra}
 
@@ -485,6 +494,53 @@ def test_repeating_an_onboarding_changes_nothing_and_a_conflicting_one_is_409_wi
     ]
     assert "Nothing was changed" in conflict["detail"]
     assert admin.get("Hospital", HOSPITAL_A)["spec"]["displayName"] == f"Test {HOSPITAL_A}"
+
+
+def test_an_institution_code_another_hospital_holds_is_409_and_nothing_is_written(
+    http: httpx.Client, admin: Admin, callers: dict[str, Caller], tenants: dict[str, Json]
+) -> None:
+    taken = tenants[HOSPITAL_A]["spec"]["institutionCode"]
+    name = f"dup-{RUN}"
+    body = hospital_body(name, "township", spec={"institutionCode": taken})
+
+    refused = problem(
+        http.post("/v1/hospitals", json=body, headers=callers["city-admin"].headers), 409, "institution-code-taken"
+    )
+
+    assert taken in refused["detail"]
+    assert HOSPITAL_A not in refused["detail"]  # the holder may be a Hospital the caller cannot see
+    assert admin.get("Hospital", name) is None
+
+
+def test_an_onboarding_interrupted_after_the_hospital_is_visibly_incomplete_until_repeated(
+    http: httpx.Client, admin: Admin, callers: dict[str, Caller], cleanup: set[str]
+) -> None:
+    name = f"crashed-{RUN}"
+    body = hospital_body(name, "township")
+    cleanup.add(name)
+    # What the API had written when it died: the Hospital (first in the plan), and nothing after it.
+    hospital = build_plan(resolve(HospitalCreate.model_validate(body)))[0].manifest()
+    admin.custom.create_cluster_custom_object(GROUP, VERSION, "hospitals", hospital)
+
+    def incomplete() -> Json | None:
+        found = admin.get("Hospital", name) or {}
+        conditions = {c["type"]: c for c in (found.get("status") or {}).get("conditions", [])}
+        keyed = conditions.get("KeyReady", {}).get("status") == "True"
+        return conditions.get("Onboarded") if keyed and "Onboarded" in conditions else None
+
+    onboarded = wait_for(incomplete, "the operator to check the onboarding")
+    assert (onboarded["status"], onboarded["reason"]) == ("False", "OnboardingIncomplete")
+    assert "missing: RecordStore" in onboarded["message"]
+    assert "repeat it" in onboarded["message"]
+    assert admin.get("Hospital", name)["status"]["phase"] != "Ready"
+
+    again = http.post("/v1/hospitals", json=body, headers=callers["city-admin"].headers)
+
+    assert again.status_code == 201, again.text
+    assert ("Hospital", name) in refs(again.json()["unchanged"])
+    assert "RecordStore" in {kind for kind, _ in refs(again.json()["created"])}
+    assert onboarding.ANNOTATION not in (admin.get("Hospital", name)["metadata"].get("annotations") or {})
+    wait_for(lambda: is_ready(admin.get("Hospital", name)), "the Hospital to be Ready once complete", timeout=120)
 
 
 def test_a_failure_part_way_rolls_back_everything_the_request_created(
@@ -953,6 +1009,147 @@ def test_the_api_works_with_exactly_the_rbac_of_deploy_api_rbac(
         assert lean.delete(f"/v1/hospitals/{name}", headers=city).status_code == 202
 
 
+# --------------------------------------------------------------------------- probe: forged tokens
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64url(text: str) -> Json:
+    decoded: Json = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    return decoded
+
+
+def _signed(header: Json, claims: Json, key: rsa.RSAPrivateKey) -> str:
+    signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{_b64url(signature)}"
+
+
+def _forgeries(token: str, cluster_key: rsa.RSAPrivateKey) -> dict[str, str]:
+    """Tokens made from a real one: re-signed as it is (the control), and changed one thing at a time."""
+    header_text, claims_text, signature = token.split(".")
+    header, claims = _unb64url(header_text), _unb64url(claims_text)
+    stranger_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    return {
+        "resigned-as-issued": _signed(header, claims, cluster_key),
+        "expired": _signed(header, {**claims, "iat": now - 7200, "nbf": now - 7200, "exp": now - 3600}, cluster_key),
+        "not-yet-valid": _signed(header, {**claims, "nbf": now + 3600, "iat": now + 3600}, cluster_key),
+        "wrong-audience": _signed(header, {**claims, "aud": ["medcloud-keyservice"]}, cluster_key),
+        "other-key": _signed(header, claims, stranger_key),
+        "alg-none": f"{_b64url(json.dumps({'alg': 'none', 'typ': 'JWT'}).encode())}.{claims_text}.",
+        "claims-swapped": f"{header_text}.{_b64url(json.dumps({**claims, 'sub': sa_user('city-admin')}).encode())}"
+        f".{signature}",
+        "truncated": token[: len(token) // 2],
+        "garbage": "x" * 2048,
+    }
+
+
+def test_forged_expired_and_wrong_audience_tokens_are_401(
+    http: httpx.Client, admin: Admin, local_cluster: Any, tenants: Json
+) -> None:
+    pki_dir = getattr(local_cluster, "pki_dir", None)
+    if pki_dir is None:
+        pytest.skip("needs the local cluster's service-account signing key")
+    key = serialization.load_pem_private_key((Path(pki_dir) / "sa-signer.key").read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    tokens = _forgeries(admin.token("nobody"), key)
+    keyservice_token = admin.core.create_namespaced_service_account_token(
+        "nobody",
+        CALLERS_NAMESPACE,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=["medcloud-keyservice"], expiration_seconds=600)
+        ),
+    ).status.token
+
+    # The control: the signing key really is the cluster's, so each refusal below is for what was changed.
+    control = http.get("/v1/hospitals", headers={"Authorization": f"Bearer {tokens.pop('resigned-as-issued')}"})
+    assert control.status_code == 200, control.text
+    tokens["issued-for-the-key-service"] = str(keyservice_token)
+    for case, token in tokens.items():
+        response = http.get("/v1/hospitals", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401, (case, response.text)
+        assert response.json()["type"].endswith("/unauthorized"), case
+        assert token not in response.text, case
+
+
+# --------------------------------------------------------------------------- probe: malformed requests
+
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
+def _valid_onboarding(name: str) -> Json:
+    return hospital_body(name, "village", recordStores=[], deviceGateways=[], apps=[])
+
+
+MALFORMED: list[tuple[str, Callable[[str], bytes], int]] = [
+    ("not-json", lambda _: b'{"name": ', 400),
+    ("invalid-utf8", lambda n: json.dumps(_valid_onboarding(n)).encode().replace(b"Test", b"T\xff\xfe"), 400),
+    ("empty", lambda _: b"", 422),
+    ("array", lambda n: json.dumps([_valid_onboarding(n)]).encode(), 422),
+    ("string", lambda _: b'"hospital"', 422),
+    ("unknown-field", lambda n: json.dumps({**_valid_onboarding(n), "extra": 1}).encode(), 422),
+    ("nul-display-name", lambda n: json.dumps(_patched(n, displayName="City\x00General")).encode(), 422),
+    ("control-user", lambda n: json.dumps(_patched(n, admins={"users": ["li\x1bwei"]})).encode(), 422),
+    ("cpu-1e309", lambda n: json.dumps(_patched(n, quota={"cpu": "1e309"})).encode(), 422),
+    ("memory-sixty-nines", lambda n: json.dumps(_patched(n, quota={"memory": "9" * 60 + "Ei"})).encode(), 422),
+    ("cpu-tiny", lambda n: json.dumps(_patched(n, quota={"cpu": "1e-309"})).encode(), 422),
+    ("pods-negative", lambda n: json.dumps(_patched(n, quota={"pods": -1})).encode(), 422),
+    ("pods-float", lambda n: json.dumps(_patched(n, quota={"pods": 1.5})).encode(), 422),
+    ("pods-huge", lambda n: json.dumps(_patched(n, quota={"pods": 10**30})).encode(), 422),
+    ("name-too-long", lambda n: json.dumps({**_valid_onboarding(n), "name": "x" * 300}).encode(), 422),
+    ("name-uppercase", lambda n: json.dumps({**_valid_onboarding(n), "name": "Bad"}).encode(), 422),
+    ("tier-unknown", lambda n: json.dumps(_patched(n, tier="metropolis")).encode(), 422),
+    ("code-null", lambda n: json.dumps(_patched(n, institutionCode=None)).encode(), 422),
+    ("deep-nesting", lambda n: json.dumps(_patched(n, quota=_nested(200))).encode(), 422),
+    (
+        "store-bad-retention",
+        lambda n: json.dumps(
+            {
+                **_valid_onboarding(n),
+                "recordStores": [{"name": "emr", "spec": {"recordClass": "emr", "retention": {"period": "30 years"}}}],
+            }
+        ).encode(),
+        422,
+    ),
+]
+
+
+def _patched(name: str, **spec: Any) -> Json:
+    body = _valid_onboarding(name)
+    body["spec"] = {**body["spec"], **spec}
+    return body
+
+
+def _nested(depth: int) -> Json:
+    node: Json = {}
+    for _ in range(depth):
+        node = {"a": node}
+    return node
+
+
+@pytest.mark.parametrize(("case", "make", "status"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_a_malformed_onboarding_is_a_clean_problem_and_leaves_nothing(
+    http: httpx.Client,
+    admin: Admin,
+    callers: dict[str, Caller],
+    case: str,
+    make: Callable[[str], bytes],
+    status: int,
+) -> None:
+    name = f"bad-{case}-{RUN}"[:54]
+    body = make(name)
+
+    response = http.post("/v1/hospitals", content=body, headers={**JSON_TYPE, **callers["city-admin"].headers})
+
+    problem(response, status, "validation-failed")
+    assert "\x00" not in response.text
+    assert "\\u0000" not in response.text
+    assert admin.get("Hospital", name) is None
+
+
 # --------------------------------------------------------------------------- schemathesis
 
 
@@ -1008,5 +1205,5 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
     finally:
         cleanup.update(set(admin.names("Hospital")) - before)
     assert not failures, "\n\n".join(failures)
-    assert len(calls) == 11, f"every operation is exercised: {sorted(calls)}"
-    assert sum(calls.values()) > 11 * SCHEMATHESIS_EXAMPLES, calls
+    assert len(calls) == 16, f"every operation is exercised: {sorted(calls)}"
+    assert sum(calls.values()) > 16 * SCHEMATHESIS_EXAMPLES, calls

@@ -173,8 +173,7 @@ class Apps:
         (home / "config").mkdir(parents=True)
         token = home / "token"
         token.write_text(caller.token)
-        # As the operator gives it: spec.config, one file a key, naming the exchange.
-        for key, value in {"exchange.url": f"{self.exchange_url}/fhir", **(config or {})}.items():
+        for key, value in (config or {}).items():
             (home / "config" / key).write_text(value)
         port = free_port()
         env = {
@@ -183,6 +182,7 @@ class Apps:
             "MEDCLOUD_HOST": "127.0.0.1",
             "MEDCLOUD_HTTP_PORT": str(port),
             "MEDCLOUD_CONFIG_DIR": str(home / "config"),
+            "MEDCLOUD_EXCHANGE_URL": self.exchange_url,
             "MEDCLOUD_EXCHANGE_TOKEN_FILE": str(token),
             "MEDCLOUD_JOB_INTERVAL_SECONDS": "0.5",
         }

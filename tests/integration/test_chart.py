@@ -176,6 +176,8 @@ def test_default_values_render_operator_api_key_service_and_rbac_and_no_monitori
             "RoleBinding": 2,
             "Deployment": 3,
             "Service": 3,  # the API, the key service, and the operator's headless metrics Service
+            "ValidatingAdmissionPolicy": 2,  # tenant admins: no key-service tokens, no legacy token Secrets
+            "ValidatingAdmissionPolicyBinding": 2,
         }
     )
     for doc in docs:
@@ -185,7 +187,7 @@ def test_default_values_render_operator_api_key_service_and_rbac_and_no_monitori
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
         assert labels["app.kubernetes.io/part-of"] == "medcloud"
         assert labels["helm.sh/chart"] == "medcloud-0.1.0"
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", *ADMISSION_KINDS):
             assert doc["metadata"]["namespace"] == NAMESPACE
     operator = one(docs, "Deployment", "medcloud-operator")
     assert container(operator)["command"] == ["medcloud", "operator"]
@@ -339,7 +341,9 @@ MIRRORED = (
     "exchange-client-rbac.yaml",
     "exchange-rbac.yaml",
 )
+ADMISSION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 NOT_MIRRORED = {
+    "tenant-admission-policy.yaml": "mirrored as a whole: test_admission_policies_are_those_of_deploy",
     "kopf-peering-crds.yaml": "CRDs: shipped in charts/medcloud/crds (tests/unit/medcloud/test_chart_crds.py)",
     "city-admin-rbac.yaml": "its ClusterRole is mirrored below; its ServiceAccount and binding are for dev up only",
 }
@@ -380,6 +384,21 @@ def test_rbac_is_exactly_that_of_deploy() -> None:
         if "roleRef" in want:
             assert got["roleRef"] == want["roleRef"]
             assert got["subjects"] == want["subjects"]
+
+
+def test_admission_policies_are_those_of_deploy() -> None:
+    """Same policies and bindings, rule for rule, for release "medcloud" in medcloud-system; the operator follows."""
+    expected = deploy_docs("tenant-admission-policy.yaml")
+    rendered = [d for d in render() if d["kind"] in ADMISSION_KINDS]
+    assert sorted((d["kind"], d["metadata"]["name"], yaml.safe_dump(d["spec"])) for d in rendered) == sorted(
+        (d["kind"], d["metadata"]["name"], yaml.safe_dump(d["spec"])) for d in expected
+    )
+    elsewhere = render(release="riverton", namespace="city-ops")
+    policy = one(elsewhere, "ValidatingAdmissionPolicy", "riverton-medcloud-tenant-token-audiences")
+    trusted = next(v for v in policy["spec"]["variables"] if v["name"] == "trusted")
+    assert "'system:serviceaccount:city-ops:riverton-medcloud-operator'" in trusted["expression"]
+    binding = one(elsewhere, "ValidatingAdmissionPolicyBinding", "riverton-medcloud-tenant-token-audiences")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
 
 
 def test_city_admin_role_is_that_of_deploy() -> None:
@@ -447,8 +466,10 @@ def test_reused_service_accounts_are_bound_and_not_created() -> None:
         }
     )
     assert kinds(docs)["ServiceAccount"] == 0
-    subjects = {s["name"] for d in docs if d["kind"].endswith("Binding") for s in d["subjects"]}
+    subjects = {s["name"] for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding") for s in d["subjects"]}
     assert subjects == {"existing-operator", "existing-api", "existing-keyservice"}
+    policy = one(docs, "ValidatingAdmissionPolicy", "medcloud-tenant-token-audiences")
+    assert ":existing-operator'" in next(v for v in policy["spec"]["variables"] if v["name"] == "trusted")["expression"]
     accounts = {
         d["metadata"]["name"]: d["spec"]["template"]["spec"]["serviceAccountName"]
         for d in docs
@@ -517,10 +538,10 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
     deployment = one(render(values), "Deployment", "medcloud-operator")
     env = env_of(deployment, {"metadata.name": "medcloud-operator-abc", "metadata.namespace": NAMESPACE})
     # The images of apps and gateways (WorkloadSettings) are not chart values yet: the chart runs the
-    # operator with their defaults, as it did when they were a settings class of their own.
-    # The workload settings the chart derives from the release (its image, its exchange-client
-    # ClusterRole, its namespace) count; the others are left to the user's config.
-    from_release = {"medcloud_image", "exchange_client_cluster_role", "exchange_namespace"}
+    # operator with their defaults, as it did when they were a settings class of their own. What the
+    # chart derives from the release counts: MedCloud's own image (the exchange's, and the apps' with
+    # MedCloud's code), the key service's audience, the exchange-client ClusterRole and the namespace.
+    from_release = {"own_image", "key_service_audience", "exchange_client_cluster_role", "exchange_namespace"}
     fields = set(OperatorSettings.model_fields) - (set(WorkloadSettings.model_fields) - from_release)
     # Only what the chart sets may count: drop settings this shell happens to carry.
     for field in fields:

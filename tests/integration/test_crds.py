@@ -176,6 +176,13 @@ def valid(kind: str, name: str) -> dict[str, Any]:
         "DeviceGateway": {"protocols": ["mqtt"], "deviceClasses": ["ecg"], "recordStore": "emr"},
         "AppInstance": {"app": "emr-sharing", "version": "1.0.0", "recordStore": "emr"},
         "Consortium": {"displayName": "Test Alliance", "leadHospital": "a", "members": ["a", "b"]},
+        # The API server checks the CSR's shape only (a string); the operator checks what it says.
+        "Device": {
+            "gateway": "ward-3",
+            "deviceClass": "spo2",
+            "owner": "ward 3",
+            "csr": "-----BEGIN CERTIFICATE REQUEST-----",
+        },
     }
     return {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "spec": copy.deepcopy(specs[kind])}
 
@@ -252,6 +259,49 @@ INVALID: list[Invalid] = [
         "Hospital",
         {"spec.quota": {"cpu": "-4"}},
         ('spec.quota.cpu: Invalid value: "-4"', "should match"),
+    ),
+    # Quantities the API server would clamp or round (issue 15, item 5): refused, with what the bound is.
+    Invalid(
+        "hosp-cpu-huge",
+        "Hospital",
+        {"spec.quota": {"cpu": "1e309"}},
+        ("spec.quota.cpu: Invalid value", "CPU must be cores with at most 3 decimals or whole millicores"),
+    ),
+    Invalid(
+        "hosp-cpu-tiny",
+        "Hospital",
+        {"spec.quota": {"cpu": "1e-309"}},
+        ("spec.quota.cpu: Invalid value", "CPU must be cores with at most 3 decimals or whole millicores"),
+    ),
+    Invalid(
+        "hosp-cpu-sub-milli",
+        "Hospital",
+        {"spec.quota": {"cpu": "1.0001"}},
+        ("spec.quota.cpu: Invalid value", "CPU must be cores with at most 3 decimals or whole millicores"),
+    ),
+    Invalid(
+        "hosp-memory-sixty-nines",
+        "Hospital",
+        {"spec.quota": {"memory": "9" * 60 + "Ei"}},
+        ("spec.quota.memory: Invalid value", "a size must be a whole number of bytes, at most 1Ei"),
+    ),
+    Invalid(
+        "hosp-storage-fraction",
+        "Hospital",
+        {"spec.quota": {"storage": "0.5"}},
+        ("spec.quota.storage: Invalid value", "a size must be a whole number of bytes, at most 1Ei"),
+    ),
+    Invalid(
+        "hosp-display-name-nul",
+        "Hospital",
+        {"spec.displayName": "City\x00General"},
+        ("spec.displayName: Invalid value", "must not contain control characters (such as NUL)"),
+    ),
+    Invalid(
+        "hosp-admin-user-nul",
+        "Hospital",
+        {"spec.admins": {"users": ["li\x00wei"]}},
+        ("spec.admins.users[0]: Invalid value", "must not contain control characters (such as NUL)"),
     ),
     Invalid(
         "hosp-name-too-long",
@@ -342,6 +392,12 @@ INVALID: list[Invalid] = [
         ("spec.quota: Invalid value", "must be of type integer,string"),
     ),
     Invalid(
+        "rs-quota-huge",
+        "RecordStore",
+        {"spec.quota": "2Ei"},
+        ("spec.quota: Invalid value", "a size must be a whole number of bytes, at most 1Ei"),
+    ),
+    Invalid(
         "rs-rotation-period",
         "RecordStore",
         {"spec.keyRotation": {"period": "90 days"}},
@@ -422,6 +478,35 @@ INVALID: list[Invalid] = [
         "DeviceGateway",
         {"spec.replicas": 0},
         ("spec.replicas: Invalid value: 0", "should be greater than or equal to 1"),
+    ),
+    # Device: patterns, enums, decisions that cannot be undone (transition rules)
+    Invalid("dev-owner", "Device", {"spec.owner": "-ward"}, ('spec.owner: Invalid value: "-ward"', "should match")),
+    Invalid(
+        "dev-class", "Device", {"spec.deviceClass": "toaster"}, ('spec.deviceClass: Unsupported value: "toaster"',)
+    ),
+    Invalid("dev-no-csr", "Device", {"spec.csr": DELETE}, ("spec.csr: Required value",)),
+    Invalid(
+        "dev-unapprove",
+        "Device",
+        {"spec.approved": False},
+        ("an approval cannot be withdrawn; revoke instead",),
+        before={"spec.approved": True},
+        update=True,
+    ),
+    Invalid(
+        "dev-unrevoke",
+        "Device",
+        {"spec.revoked": False},
+        ("a revocation cannot be undone; enrol a new Device",),
+        before={"spec.revoked": True},
+        update=True,
+    ),
+    Invalid(
+        "dev-new-csr",
+        "Device",
+        {"spec.csr": "-----BEGIN CERTIFICATE REQUEST----- other"},
+        ("csr cannot change; enrol a new Device",),
+        update=True,
     ),
     Invalid("dgw-no-store", "DeviceGateway", {"spec.recordStore": DELETE}, ("spec.recordStore: Required value",)),
     Invalid(
@@ -709,7 +794,8 @@ def test_examples_live_in_their_hospitals_namespaces(applied_examples: list[dict
     for doc in applied_examples:
         if KINDS_BY_NAME[doc["kind"]].crd.namespaced:
             by_hospital.setdefault(doc["metadata"]["namespace"], set()).add(doc["kind"])
-    assert all(kinds == {"RecordStore", "DeviceGateway", "AppInstance"} for kinds in by_hospital.values())
+    # Every hospital has its stores, gateways and apps; devices enrol later (one example Device).
+    assert all(kinds - {"Device"} == {"RecordStore", "DeviceGateway", "AppInstance"} for kinds in by_hospital.values())
 
 
 # ---------------------------------------------------------------------------
@@ -740,7 +826,7 @@ def _columns(output: str) -> list[str]:
             "hospital-city-general",
             ["NAME", "APP", "VERSION", "REPLICAS", "AVAILABLE", "PHASE", "READY", "AGE"],
         ),
-        ("consortia", None, ["NAME", "LEAD", "MEMBERS", "READY MEMBERS", "PHASE", "READY", "AGE"]),
+        ("consortia", None, ["NAME", "LEAD", "MEMBERS", "READY MEMBERS", "PHASE", "READY", "EXCHANGE", "AGE"]),
     ],
 )
 def test_kubectl_get_shows_the_printer_columns(

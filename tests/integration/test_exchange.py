@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -702,6 +704,141 @@ def test_the_database_going_away_and_back_is_503_then_served_again_on_its_own(
             assert found.json()["total"] == 2
     finally:
         private.stop()
+
+
+def test_the_emr_sharing_connector_publishes_the_hospitals_documents_and_serves_them_to_clinicians(
+    exchange: Exchange,
+    callers: dict[str, Caller],
+    admin: ClusterAdmin,
+    key_service: str,
+    minio_server: MinioInfo,
+    tmp_path: Path,
+) -> None:
+    """County's EMR writes a document to its RecordStore; the connector (a local process) publishes it once;
+    the city finds it under consent, directly and through its own connector's FHIR facade."""
+    from medcloud.records.client import RecordClient
+    from medcloud.records.keyclient import HttpKeyProvider
+    from medcloud_exchange.apps.emr_sharing import STATE_RECORD, EmrSharingSettings, create_facade
+
+    namespace = f"hospital-{COUNTY}"
+    # The connector's identity: the exchange client role (callers) and its store's keys.
+    admin.rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "emr-sharing-keys"},
+            "rules": [
+                {
+                    "apiGroups": ["medcloud.io"],
+                    "resources": ["recordstores/keys"],
+                    "resourceNames": [STORE],
+                    "verbs": ["get"],
+                }
+            ],
+        },
+    )
+    admin.rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "emr-sharing-keys"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "emr-sharing-keys"},
+            "subjects": [{"kind": "ServiceAccount", "name": "emr-connector", "namespace": namespace}],
+        },
+    )
+    exchange_token, keys_token = tmp_path / "exchange-token", tmp_path / "keys-token"
+    exchange_token.write_text(callers[COUNTY].token)
+    keys_token.write_text(token(admin, namespace, "emr-connector", KEYS_AUDIENCE))
+    secret = admin.core.read_namespaced_secret(f"{STORE}-credentials", namespace)
+    credentials = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+    records = RecordClient(
+        Minio(
+            minio_server.endpoint, credentials["AWS_ACCESS_KEY_ID"], credentials["AWS_SECRET_ACCESS_KEY"], secure=False
+        ),
+        credentials["BUCKET_NAME"],
+        HttpKeyProvider(key_service, namespace, STORE, token_file=keys_token),
+    )
+
+    def keys_granted() -> bool:
+        try:
+            records.put_json("emr-sharing/probe.json", {})
+        except Exception:  # RBAC reaches the authorizer a moment after it is written
+            return False
+        return True
+
+    wait_for(keys_granted, "the connector's keys granted", timeout=30)
+    resident, insurance = identifiers()
+    text = b"Discharge summary written by the county EMR. CONNECTOR-" + SUFFIX.encode()
+    records.put_fhir(
+        document("emr", text, contained_patient(resident, insurance)), f"fhir/DocumentReference/{SUFFIX}.json"
+    )
+
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        **credentials,
+        "MEDCLOUD_S3_SECURE": "false",
+        "MEDCLOUD_KEY_SERVICE_URL": key_service,
+        "MEDCLOUD_EXCHANGE_URL": exchange.url,
+        "MEDCLOUD_EXCHANGE_TOKEN_FILE": str(exchange_token),
+        "MEDCLOUD_KEY_SERVICE_TOKEN_FILE": str(keys_token),
+        "MEDCLOUD_NAMESPACE": namespace,
+    }
+    command = [sys.executable, "-c", "from medcloud_cli.main import app; app()", "app", "emr-sharing", "--once"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert first.returncode == 0, first.stderr
+    assert "published 1," in first.stderr, first.stderr
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    assert "published 0," in again.stderr, again.stderr
+    assert "already published 1" in again.stderr, again.stderr
+
+    # What it remembers holds neither the document text nor the identifiers, decrypted or at rest.
+    state = json.dumps(records.get_json(STATE_RECORD))
+    root = Minio(minio_server.endpoint, minio_server.access_key, minio_server.secret_key, secure=False)
+    at_rest = root.get_object(credentials["BUCKET_NAME"], STATE_RECORD).read()
+    for secret_text in (resident[1], insurance[1], "CONNECTOR-", SUFFIX):
+        assert secret_text not in state
+        assert secret_text.encode() not in at_rest
+
+    city = callers[CITY]
+    assert search(exchange, city, resident).status_code == 403, "no consent yet"
+    recorded = post_consent(
+        exchange,
+        callers[COUNTY],
+        consent({"identifier": {"system": resident[0], "value": resident[1]}}, actors=(CITY,), purposes=("TREAT",)),
+    )
+    assert recorded.status_code == 201, recorded.text
+
+    # The city's clinicians, through the city's connector facade (its own token, their practitioner and purpose).
+    city_token = tmp_path / "city-token"
+    city_token.write_text(city.token)
+    facade_settings = EmrSharingSettings(
+        exchange_url=exchange.url,
+        exchange_token_file=city_token,
+        keyservice_token_file=city_token,
+        namespace=f"hospital-{CITY}",
+        bucket="unused",
+        s3_host="127.0.0.1",
+        s3_port=1,
+        access_key="unused",
+        secret_key=SecretStr("unused"),
+        key_service_url=key_service,
+    )
+    with serve(create_facade(facade_settings)) as facade, httpx.Client(base_url=facade, timeout=60) as http:
+        clinician = {"X-MedCloud-Practitioner": "Practitioner/dr-wang", "X-MedCloud-Purpose-Of-Use": "TREAT"}
+        query = {"patient.identifier": f"{resident[0]}|{resident[1]}", "category": "emr"}
+        found = http.get("/fhir/DocumentReference", params=query, headers=clinician)
+        assert found.status_code == 200, found.text
+        bundle = Bundle.model_validate(found.json())
+        assert bundle.total == 1
+        doc_id = found.json()["entry"][0]["resource"]["id"]
+        content = http.get(f"/fhir/Binary/{doc_id}", headers=clinician)
+        assert content.status_code == 200
+        assert content.content == text
+        unnamed = http.get("/fhir/DocumentReference", params=query)
+        assert unnamed.status_code == 400
+        OperationOutcome.model_validate(unnamed.json())
+    events = disclosure(exchange, callers[COUNTY], found.json()["entry"][0]["resource"]["subject"]["reference"])
+    assert any("dr-wang" in json.dumps(e) for e in events), "the clinician who read it is in the disclosure"
 
 
 def test_the_operator_grants_the_exchange_exactly_as_far_as_sharing_reaches(

@@ -10,6 +10,7 @@ the device can no longer connect.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -50,36 +51,45 @@ def devices(tmp_path: Path) -> Devices:
     return Devices(tmp_path / "devices")
 
 
-@pytest.fixture
-def device_broker(tmp_path: Path, devices: Devices) -> Iterator[tuple[BrokerInfo, ServerProcess]]:
+@contextlib.contextmanager
+def device_mosquitto(
+    directory: Path, ca_file: Path, serving: KeyPair, crl_file: Path
+) -> Iterator[tuple[int, ServerProcess]]:
+    """A Mosquitto of medcloud_gateway.broker's configuration over ``ca_file`` and ``crl_file``: port, process."""
     port = free_port()
-    serving = devices.ca.issue("broker", "broker", server_names=("127.0.0.1",), client=False)
-    gateway_pair = devices.issue(GATEWAY_IDENTITY)
-    files = BrokerFiles(devices.ca.paths.cert, serving.cert, serving.key, devices.crl, tmp_path / "acl")
+    files = BrokerFiles(ca_file, serving.cert, serving.key, crl_file, directory / "acl")
     files.acl_file.write_text(acl(GATEWAY_IDENTITY))
-    config = tmp_path / "mosquitto.conf"
+    config = directory / "mosquitto.conf"
     # Stay as this user (the keys are readable by it alone), as the local cluster's broker does.
     config.write_text(f"user {getpass.getuser()}\n" + mosquitto_config(files, host="127.0.0.1", port=port))
     process = ServerProcess(
         name="mosquitto-devices",
         args=["mosquitto", "-c", str(config)],
-        log_path=tmp_path / "mosquitto.log",
+        log_path=directory / "mosquitto.log",
         ports=(port,),
         die_with_parent=True,
     )
     process.start()
-    process.wait_ready(lambda: port_accepts(port), 30)
-    info = BrokerInfo(
-        host="127.0.0.1",
-        port=port,
-        ca_file=str(devices.ca.paths.cert),
-        client_cert=str(gateway_pair.cert),
-        client_key=str(gateway_pair.key),
-    )
     try:
-        yield info, process
+        process.wait_ready(lambda: port_accepts(port), 30)
+        yield port, process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def device_broker(tmp_path: Path, devices: Devices) -> Iterator[tuple[BrokerInfo, ServerProcess]]:
+    serving = devices.ca.issue("broker", "broker", server_names=("127.0.0.1",), client=False)
+    gateway_pair = devices.issue(GATEWAY_IDENTITY)
+    with device_mosquitto(tmp_path, devices.ca.paths.cert, serving, devices.crl) as (port, process):
+        info = BrokerInfo(
+            host="127.0.0.1",
+            port=port,
+            ca_file=str(devices.ca.paths.cert),
+            client_cert=str(gateway_pair.cert),
+            client_key=str(gateway_pair.key),
+        )
+        yield info, process
 
 
 def connect(broker: BrokerInfo, pair: KeyPair) -> mqtt.Client | None:

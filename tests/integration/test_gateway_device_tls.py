@@ -74,6 +74,20 @@ class Devices:
         self.publish()
 
 
+def device_tls_settings(plain: GatewaySettings, ca_file: Path, crl_file: Path, protocols: list[str]) -> GatewaySettings:
+    """``plain`` with device certificates required (``ca_file``, ``crl_file`` re-read every ``RELOAD`` s)."""
+    return GatewaySettings.model_validate(
+        {
+            **plain.model_dump(),
+            "protocols": protocols,
+            "device_ca_file": ca_file,
+            "device_crl_file": crl_file,
+            "crl_reload_seconds": RELOAD,
+            "hl7v2_tls": "hl7v2" in protocols,
+        }
+    )
+
+
 @pytest.fixture
 def devices(tmp_path: Path) -> Devices:
     return Devices(tmp_path / "devices")
@@ -88,16 +102,7 @@ def gateway(
     devices: Devices,
 ) -> Iterator[base.Running]:
     plain = base.session_gateway_settings(records, minio_server, mqtt_broker, serving_ca)
-    settings = GatewaySettings.model_validate(
-        {
-            **plain.model_dump(),
-            "protocols": ["https", "hl7v2"],
-            "device_ca_file": devices.ca.paths.cert,
-            "device_crl_file": devices.crl,
-            "crl_reload_seconds": RELOAD,
-            "hl7v2_tls": True,
-        }
-    )
+    settings = device_tls_settings(plain, devices.ca.paths.cert, devices.crl, ["https", "hl7v2"])
     with base.running(Gateway(settings, Ingestor(records, GatewayMetrics())), serving_ca.paths.cert) as running:
         yield running
 

@@ -166,6 +166,14 @@ def wait_ready(cluster: Cluster, name: str) -> Json:
     return wait_for(ready, f"Hospital {name} to be Ready")
 
 
+def wait_failed(cluster: Cluster, name: str) -> Json:
+    def failed() -> Json | None:
+        hospital = cluster.hospital(name)
+        return hospital if (hospital or {}).get("status", {}).get("phase") == "Failed" else None
+
+    return wait_for(failed, f"Hospital {name} to fail")
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -187,6 +195,7 @@ def test_a_hospital_becomes_ready_with_every_child_as_specified(cluster: Cluster
         "NamespaceReady": "True",
         "NetworkIsolated": "True",
         "KeyReady": "True",
+        "Onboarded": "True",
         "Ready": "True",
     }
 
@@ -665,17 +674,25 @@ def test_network_policies_say_what_the_specs_say(cluster: Cluster, hospitals: Ho
     assert not allowed(pa, outside("internet", ip="8.8.8.8"), 443)
 
 
+# Quantities at the model's bounds must be stored exactly as written, or the
+# operator would "correct" the ResourceQuota on every reconcile.
+EXTREME_QUOTA = {"cpu": "100000", "memory": "1Ei", "storage": "1.5Gi"}
+
+
+@pytest.mark.parametrize("quota", [None, EXTREME_QUOTA], ids=["default-quota", "extreme-quota"])
 def test_an_idle_operator_writes_nothing(
     cluster: Cluster,
     local_cluster: Any,
     operator_kubeconfig: Path,
     hospitals: HospitalFactory,
     operator: RunningOperator,
+    quota: dict[str, str] | None,
 ) -> None:
     audit_log = getattr(local_cluster, "audit_log", None)
     if audit_log is None:
         pytest.skip("needs the local cluster's audit log")
-    name = hospitals("idle", consortium="east", admins={"users": ["li"]})
+    extra = {} if quota is None else {"quota": quota}
+    name = hospitals("idle", consortium="east", admins={"users": ["li"]}, **extra)
     ns = f"hospital-{name}"
     wait_ready(cluster, name)
     wait_for(lambda: (cluster.hospital(name) or {}).get("status", {}).get("quotaUsage"), "quota usage in status")
@@ -784,6 +801,27 @@ def test_a_lost_kek_is_reported_and_never_silently_regenerated(cluster: Cluster,
     assert restored_secret["data"] == backup["data"]
 
 
+def test_an_unreadable_kek_secret_fails_the_hospital_and_deleting_it_heals(
+    cluster: Cluster, operator_kubeconfig: Path
+) -> None:
+    name = f"kekbad-{uuid.uuid4().hex[:6]}"
+    garbage = {"metadata": {"name": f"kek-{name}"}, "data": {"v1": base64.b64encode(b"short").decode()}}
+    cluster.core.create_namespaced_secret(OPERATOR_NAMESPACE, garbage)
+    cluster.create("Hospital", name, hospital_spec(name))
+    # A short recheck keeps the test quick; the default is half a minute.
+    with run_operator(operator_kubeconfig, {**TENANCY_ENV, "MEDCLOUD_KEK_RECHECK_SECONDS": "1"}):
+        key = condition(wait_failed(cluster, name), "KeyReady")
+        assert key is not None
+        assert (key["status"], key["reason"]) == ("False", "KEKInvalid")
+        assert "names no readable current KEK version" in key["message"]
+
+        cluster.core.delete_namespaced_secret(f"kek-{name}", OPERATOR_NAMESPACE)
+        healed = wait_ready(cluster, name)
+        assert healed["status"]["kek"]["version"] == 1
+        cluster.delete("Hospital", name)
+        wait_for(gone(cluster, name), f"Hospital {name} to be deleted", timeout=120)
+
+
 def test_kek_rotation_on_demand_adds_a_version_once_and_keeps_the_old_one(
     cluster: Cluster, hospitals: HospitalFactory
 ) -> None:
@@ -839,15 +877,33 @@ def test_kek_rotation_on_demand_adds_a_version_once_and_keeps_the_old_one(
     )
 
 
+def test_a_duplicate_institution_code_fails_the_younger_hospital_until_the_older_is_gone(
+    cluster: Cluster, hospitals: HospitalFactory
+) -> None:
+    code = f"DUP{uuid.uuid4().hex[:8].upper()}"
+    first = hospitals("code-first", institutionCode=code)
+    wait_ready(cluster, first)
+    second = hospitals("code-second", institutionCode=code)
+
+    hospital = wait_failed(cluster, second)
+    namespace_ready = condition(hospital, "NamespaceReady")
+    assert namespace_ready is not None
+    assert (namespace_ready["status"], namespace_ready["reason"]) == ("False", "InstitutionCodeTaken")
+    assert f"already belongs to Hospital {first}" in namespace_ready["message"]
+    assert not is_ready(hospital)
+    assert cluster.namespace(f"hospital-{second}") is None
+    assert is_ready(cluster.hospital(first))
+
+    cluster.delete("Hospital", first)
+    wait_for(gone(cluster, first), f"Hospital {first} to be deleted", timeout=120)
+    wait_ready(cluster, second)
+
+
 def test_an_unrealisable_spec_fails_with_a_reason(cluster: Cluster, hospitals: HospitalFactory) -> None:
     # Valid for the schema (a DNS subdomain), too long for the namespace label it becomes.
     name = hospitals("invalid", consortium="c" * 70)
 
-    def failed() -> Json | None:
-        hospital = cluster.hospital(name)
-        return hospital if (hospital or {}).get("status", {}).get("phase") == "Failed" else None
-
-    hospital = wait_for(failed, "the Hospital to fail")
+    hospital = wait_failed(cluster, name)
     ready = condition(hospital, "Ready")
     assert ready is not None
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")

@@ -17,16 +17,20 @@ from minio import Minio
 from minio.commonconfig import GOVERNANCE
 from minio.retention import Retention
 from paho.mqtt.enums import CallbackAPIVersion
+from typer.testing import CliRunner
 
 from medcloud_cli.localcluster.cluster import (
     UNPRIVILEGED_USER,
     BrokerInfo,
     ClusterOptions,
+    ClusterState,
     LocalCluster,
     MinioInfo,
+    stop_from_state,
 )
 from medcloud_cli.localcluster.postgres import PostgresInfo
 from medcloud_cli.localcluster.process import pid_alive, port_is_free
+from medcloud_cli.main import app as medcloud_cli
 from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -281,3 +285,47 @@ def test_postgres_answers_on_loopback_with_a_password_and_runs_unprivileged(
     assert server.pid is not None
     owner = Path(f"/proc/{server.pid}").stat().st_uid
     assert owner != 0, "PostgreSQL never runs as root"
+
+
+def test_a_second_dev_up_on_a_running_cluster_is_refused_and_keeps_its_record(servers: LocalCluster) -> None:
+    state_file = servers.state_dir / LocalCluster.STATE_FILE
+    recorded = state_file.read_text()
+
+    result = CliRunner().invoke(medcloud_cli, ["dev", "up", "--no-real-node", "--state-dir", str(servers.state_dir)])
+
+    assert result.exit_code == 1, result.output
+    assert "a cluster already runs" in result.output
+    assert state_file.read_text() == recorded
+    assert all(p.running() for p in servers.processes)
+    status = CliRunner().invoke(medcloud_cli, ["dev", "status", "--state-dir", str(servers.state_dir)])
+    assert status.exit_code == 0, status.output
+    assert "minio" in status.output
+
+
+def test_dev_up_on_a_partly_running_cluster_starts_only_what_died(tmp_path: Path) -> None:
+    state_dir = tmp_path / "dev"
+    cluster = LocalCluster(state_dir, ClusterOptions(with_kubernetes=False, detach=True))
+    state = cluster.start()
+    try:
+        assert state.minio is not None
+        broker_pid = state.pids["mosquitto"]
+        minio = next(p for p in cluster.processes if p.name == "minio")
+        minio.stop(grace=2)
+        assert not pid_alive(state.pids["minio"])
+
+        result = CliRunner().invoke(medcloud_cli, ["dev", "up", "--no-real-node", "--state-dir", str(state_dir)])
+
+        assert result.exit_code == 0, result.output
+        assert "started again: minio" in result.output
+        after = ClusterState.load(state_dir / LocalCluster.STATE_FILE)
+        assert after.pids["mosquitto"] == broker_pid
+        assert after.pids["minio"] != state.pids["minio"]
+        assert pid_alive(after.pids["minio"])
+        # The same endpoint and credentials as before: what was exported still works.
+        store = Minio(state.minio.endpoint, state.minio.access_key, state.minio.secret_key, secure=False)
+        wait_for(lambda: store.list_buckets() is not None, "MinIO to answer again")
+        again = CliRunner().invoke(medcloud_cli, ["dev", "up", "--no-real-node", "--state-dir", str(state_dir)])
+        assert again.exit_code == 1, again.output
+        assert "a cluster already runs" in again.output
+    finally:
+        stop_from_state(state_dir)

@@ -243,7 +243,7 @@ def test_only_the_highest_priority_replica_acts_and_the_standby_takes_over(
 
     def create_hospital(prefix: str) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-        admin.create("Hospital", name, hospital_spec(name, institutionCode="PEER0001"))
+        admin.create("Hospital", name, hospital_spec(name))
         hospitals.append(name)
         return name
 

@@ -455,6 +455,24 @@ def test_a_store_outside_a_hospital_namespace_fails_with_a_reason(
         tenants.stores.remove((namespace, name))
 
 
+def test_a_store_in_a_hospital_namespace_without_its_hospital_fails_saying_why(
+    cluster: Cluster, tenants: Tenants
+) -> None:
+    namespace = f"hospital-ghost-{uuid.uuid4().hex[:6]}"
+    cluster.core.create_namespace({"metadata": {"name": namespace}})
+    name = tenants.store(namespace, "orphan")
+    try:
+        store = wait_status(cluster, namespace, name, "Failed", lambda s: s.get("phase") == "Failed")
+        keys = condition(store, "KeysReady")
+        assert keys is not None
+        assert (keys["status"], keys["reason"]) == ("False", "HospitalMissing")
+        assert f"No Hospital {namespace.removeprefix('hospital-')} exists" in keys["message"]
+    finally:
+        tenants.delete_store(namespace, name)
+        tenants.stores.remove((namespace, name))
+        cluster.core.delete_namespace(namespace)
+
+
 # --------------------------------------------------------------------------- isolation and confidentiality
 
 
@@ -890,6 +908,46 @@ def test_the_key_service_unwraps_for_authorised_callers_only_and_audits_each(
         assert spelling not in everything_logged
 
 
+def test_the_key_service_cross_tenant_matrix_and_every_request_is_audited(
+    cluster: Cluster, tenants: Tenants, hospital: str, key_service: KeyService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="medcloud_keyservice.audit")
+    other_hospital = tenants.hospital("northgate")
+    mine, theirs = tenants.store(hospital, "mine"), tenants.store(other_hospital, "theirs")
+    wait_ready(cluster, hospital, mine)
+    wait_ready(cluster, other_hospital, theirs)
+    key_service.grant(hospital, "reader-a", mine)
+    key_service.grant(other_hospital, "reader-b", theirs)
+    reader_a, reader_b = key_service.token(hospital, "reader-a"), key_service.token(other_hospital, "reader-b")
+    # A's reader presenting a token of an account of the same name in B's namespace is another identity.
+    namesake = key_service.token(other_hospital, "reader-a")
+    keys = "/v1/namespaces/{}/recordstores/{}/keys/{}"
+    matrix = [
+        (reader_a, keys.format(hospital, mine, "current"), 200),
+        (reader_a, keys.format(other_hospital, theirs, "current"), 403),
+        (reader_a, keys.format(other_hospital, theirs, "1"), 403),
+        (reader_a, keys.format(other_hospital, mine, "current"), 403),
+        (reader_b, keys.format(hospital, mine, "current"), 403),
+        (reader_b, keys.format(other_hospital, theirs, "current"), 200),
+        (namesake, keys.format(hospital, mine, "current"), 403),
+        (namesake, keys.format(other_hospital, theirs, "current"), 403),
+        (reader_a, keys.format(hospital, "Bad_Name", "current"), 422),
+        (reader_a, keys.format(hospital, mine, "0"), 422),
+        (reader_a, keys.format("kube-system", mine, "current"), 403),
+    ]
+
+    with httpx.Client(base_url=key_service.url) as http:
+        for token, path, expected in matrix:
+            response = http.get(path, headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == expected, (path, response.text)
+            if expected != 200:
+                assert "key" not in response.json(), path
+
+    lines = _audit_lines_of(caplog)
+    assert len(lines) == len(matrix), "every request, refused or not, is one audit line"
+    assert [line["result"] for line in lines].count("granted") == 2
+
+
 def test_a_shredded_store_gets_410_from_the_key_service(
     cluster: Cluster, tenants: Tenants, hospital: str, key_service: KeyService
 ) -> None:
@@ -948,3 +1006,45 @@ def test_records_cli_puts_lists_and_gets_with_either_key_source(
     assert denied.exit_code == 1
     assert "403" in denied.output
     assert not (tmp_path / "x").exists()
+
+
+def _one_line_error(result: Any) -> str:
+    """A failed CLI run: exit 1, and one line of error, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return str(lines[0])
+
+
+def test_records_cli_failures_are_one_clear_line_and_a_nonzero_exit(
+    cluster: Cluster,
+    local_cluster: Any,
+    storage: PrivateMinio,
+    tenants: Tenants,
+    hospital: str,
+    tmp_path: Path,
+) -> None:
+    name = tenants.store(hospital, "cli-errors")
+    wait_ready(cluster, hospital, name)
+    admin = ["-n", hospital, "--kubeconfig", str(local_cluster.kubeconfig), "--direct-keys"]
+    runner = CliRunner()
+    source = tmp_path / "visit.txt"
+    source.write_bytes(b"not a real visit")
+
+    never = runner.invoke(medcloud_cli, ["records", "get", name, "visits/never-written", "-", *admin])
+    assert "no record visits/never-written" in _one_line_error(never)
+
+    no_store = runner.invoke(medcloud_cli, ["records", "ls", "no-such-store", *admin[:4]])
+    assert "RecordStore" in _one_line_error(no_store)
+
+    storage.stop()
+    try:
+        down = runner.invoke(medcloud_cli, ["records", "put", name, "visits/1", str(source), *admin])
+        assert "cannot reach the store" in _one_line_error(down)
+        listing = runner.invoke(medcloud_cli, ["records", "ls", name, *admin[:4]])
+        assert "cannot reach the store" in _one_line_error(listing)
+    finally:
+        storage.start()

@@ -52,7 +52,7 @@ from tests.exchange_support import (
     document,
     outcome_of,
 )
-from tests.operator_support import REPO, ClusterAdmin, RunningOperator
+from tests.operator_support import REPO, ClusterAdmin, RunningOperator, institution_code
 from tests.workflows_data import INSURANCE_CARD, RESIDENT_ID, appointment, cbc_report, coverage, slot
 from tests.workflows_requests import SNOMED, recognition_task, service_request
 
@@ -112,7 +112,11 @@ def members(admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str
     """The four example institutions, Ready with a Ready RecordStore ``emr`` each, and their Consortium."""
     hospitals = {}
     for example, name in NAMES.items():
-        hospitals[name] = {**example_spec("Hospital", example), "consortium": CONSORTIUM, "institutionCode": "TEST0001"}
+        hospitals[name] = {
+            **example_spec("Hospital", example),
+            "consortium": CONSORTIUM,
+            "institutionCode": institution_code(name),
+        }
         hospitals[name].pop("quota", None)
     store = {"recordClass": "emr", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
     with consortium_members(admin, hospitals, CONSORTIUM, SPEC, STORE, store) as names:

@@ -201,14 +201,17 @@ def test_a_gateway_and_an_app_become_ready_with_pods_running(cluster: Cluster, m
     gateway = cluster.wait_ready("DeviceGateway", "wards", ns)
     app = cluster.wait_ready("AppInstance", "consult", ns)
 
-    # The gateway: where devices connect, one Service port per protocol, counts zero until enrolment exists.
+    # The gateway: where devices connect, one Service port per protocol, no Devices yet (active is not claimed).
     host = f"gw-wards.{ns}.svc"
     assert gateway["status"]["endpoints"] == {
         "hl7v2": f"mllp://{host}:2575",
         "https": f"https://{host}:8443",
         "mqtt": f"mqtts://{host}:8883",
     }
-    assert gateway["status"]["devices"] == {"enrolled": 0, "revoked": 0, "active": 0}
+    assert gateway["status"]["devices"] == {"enrolled": 0, "revoked": 0, "pending": 0}
+    # Its pods mount the hospital's device trust (CA + CRL) and a serving certificate of the same CA.
+    assert cluster.core.read_namespaced_secret("medcloud-device-trust", ns).data["ca.crl"]
+    assert cluster.core.read_namespaced_secret("gw-wards-serving", ns).type == "kubernetes.io/tls"
     assert (condition(gateway, "DependenciesReady") or {})["status"] == "True"
     service = cluster.service(ns, "gw-wards")
     assert service is not None

@@ -27,6 +27,8 @@ from medcloud.models import (
     hospital_namespace,
 )
 from medcloud.models.common import DNS1123_LABEL_PATTERN, DNS1123_SUBDOMAIN_PATTERN, HOSPITAL_NAME_MAX
+from medcloud.tenancy import onboarding as tenancy_onboarding
+from medcloud.tenancy.institutions import code_holder
 from medcloud_api import FIELD_MANAGER, onboarding, pagination, problems
 from medcloud_api.deps import Authorizer, Authz, KubeDep, SettingsDep, current_user
 from medcloud_api.kube import Kube
@@ -145,13 +147,30 @@ def onboard_hospital(
         authz.authorize_object("create", desired.kind, desired.name, desired.namespace)
         authz.authorize_object("get", desired.kind, desired.name, desired.namespace)
 
+    holder = code_holder(kube.list_all(Hospital), body.spec.institution_code)
+    if holder not in (None, body.name):
+        # The holder's name is not told: the caller may not be allowed to see that Hospital.
+        raise ProblemError(
+            409,
+            "institution-code-taken",
+            f"institution code {body.spec.institution_code} already belongs to another hospital; "
+            "each institution is onboarded once. Nothing was changed.",
+        )
     outcome = onboarding.onboard(kube, plan, settings.namespace_wait_seconds)
+    _onboarding_finished(kube, body.name)
     view = load_view(kube, body.name)
     if view is None:  # deleted between our create and this read
         raise not_found(f"hospital {body.name}")
     response.status_code = 201 if outcome.created else 200
     response.headers["Location"] = f"/v1/hospitals/{body.name}"
     return OnboardingResult(hospital=view, created=outcome.created, unchanged=outcome.unchanged)
+
+
+def _onboarding_finished(kube: Kube, name: str) -> None:
+    """Everything the plan asked for exists: drop the Hospital's note of it, so the operator stops checking."""
+    hospital = kube.get(Hospital, name)
+    if hospital is not None and tenancy_onboarding.ANNOTATION in (hospital["metadata"].get("annotations") or {}):
+        kube.merge_patch(Hospital, name, {"metadata": {"annotations": {tenancy_onboarding.ANNOTATION: None}}})
 
 
 # ---------------------------------------------------------------------------

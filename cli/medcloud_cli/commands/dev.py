@@ -14,6 +14,7 @@ from medcloud_cli import environment as env
 from medcloud_cli.localcluster import binaries, images, node
 from medcloud_cli.localcluster.cluster import (
     KEPT_STATE,
+    AlreadyRunningError,
     ClusterOptions,
     ClusterState,
     LocalCluster,
@@ -24,6 +25,7 @@ from medcloud_cli.localcluster.cluster import (
 )
 from medcloud_cli.localcluster.platform import PlatformInfo, start_platform
 from medcloud_cli.localcluster.process import StartupError
+from medcloud_cli.localcluster.restart import restart_missing
 
 app = typer.Typer(help="Run MedCloud on a local cluster on 127.0.0.1 (like `kind`, without containers).")
 # Neither wraps: export lines and the commands shown on stderr must stay copyable.
@@ -94,12 +96,31 @@ def up(
                 cluster.save_state()
             if not cluster_only:
                 platform = start_platform(cluster)
+    except AlreadyRunningError as exc:
+        # Not ours to stop: the running cluster and its state.json stay as they are.
+        if not exc.dead:
+            console.print(f"[red]dev up refused:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        _restart_missing(state_dir)
+        return
     except (StartupError, binaries.BuildError, RuntimeError, OSError) as exc:
         console.print(f"[red]dev up failed:[/red] {exc}")
         console.print(f"logs: {state_dir / 'logs'}")
         cluster.stop()
         raise typer.Exit(1) from exc
     _print_ready(state, platform)
+
+
+def _restart_missing(state_dir: Path) -> None:
+    """Part of the cluster died: start those servers again, as they were, and touch nothing else."""
+    try:
+        restarted = restart_missing(state_dir, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    except StartupError as exc:
+        console.print(f"[red]dev up failed:[/red] {exc}")
+        console.print(f"logs: {state_dir / 'logs'}")
+        raise typer.Exit(1) from exc
+    console.print(f"[green]started again:[/green] {', '.join(restarted)}; the rest kept running.")
+    console.print("see: medcloud dev status")
 
 
 def _print_ready(state: ClusterState, platform: PlatformInfo | None) -> None:

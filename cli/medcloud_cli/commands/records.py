@@ -20,13 +20,16 @@ MinIO only ever sees ciphertext.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, cast
 
 import typer
+import urllib3.exceptions
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -34,11 +37,11 @@ from medcloud.kube.client import Kube
 from medcloud.models import GROUP, VERSION
 from medcloud.records.client import InMemoryKeyProvider, KeyProvider, RecordClient
 from medcloud.records.keyclient import HttpKeyProvider
-from medcloud.records.keys import RecordCryptoError
 from medcloud.tenancy import keyring
 from medcloud.tenancy.credentials import ACCESS_KEY_FIELD, KEY_SERVICE_URL_FIELD, SECRET_KEY_FIELD, Endpoint, decoded
 from medcloud.tenancy.store import StoreNames
 from medcloud_cli import environment as env
+from medcloud_cli.commands.record_errors import RecordsCommandError, explain
 
 app = typer.Typer(
     help=(
@@ -49,10 +52,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-class RecordsCommandError(RuntimeError):
-    """Something the user can fix: the message says what."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,8 @@ def store_access(api_client: client.ApiClient, namespace: str, store: str) -> St
         body = cast(dict[str, Any], raw)
     except ApiException as exc:
         raise RecordsCommandError(f"cannot read RecordStore {namespace}/{store}: {exc.reason}") from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise RecordsCommandError(f"cannot reach the Kubernetes API: {exc}") from None
     status = body.get("status") or {}
     secret_name = (status.get("secretRef") or {}).get("name")
     if not secret_name or not status.get("bucket"):
@@ -210,9 +211,17 @@ def _run(kubeconfig: Path | None, namespace: str, store: str, source: KeySource)
     return open_client(access, _keys(api_client, access, source))
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=1)
+@contextlib.contextmanager
+def _reported(namespace: str, store: str, record: str | None = None) -> Iterator[None]:
+    """Print what went wrong as one ``error:`` line and exit 1; only a bug shows a traceback."""
+    try:
+        yield
+    except Exception as exc:
+        message = explain(exc, store=f"{namespace}/{store}", record=record)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(code=1) from None
 
 
 # --------------------------------------------------------------------------- commands
@@ -235,14 +244,12 @@ def put(
 ) -> None:
     """Encrypt FILE into record NAME under the store's current data key."""
     keys = KeySource(key_service, token, token_file, direct_keys, operator_namespace, ca_file)
-    try:
+    with _reported(namespace, store, name):
         records = _run(kubeconfig, namespace, store, keys)
         if source_file == "-":
             info = records.put(name, cast(BinaryIO, sys.stdin.buffer), content_type=content_type)
         else:
             info = records.put_file(name, source_file, content_type=content_type)
-    except (RecordsCommandError, RecordCryptoError, OSError) as exc:
-        raise _fail(str(exc)) from None
     typer.echo(f"{info.name}\t{info.size} bytes\tkey version {info.key_version}\tversion id {info.version_id}")
 
 
@@ -263,15 +270,13 @@ def get(
 ) -> None:
     """Decrypt record NAME into FILE; the file appears only if every byte authenticated."""
     keys = KeySource(key_service, token, token_file, direct_keys, operator_namespace, ca_file)
-    try:
+    with _reported(namespace, store, name):
         records = _run(kubeconfig, namespace, store, keys)
         if target == "-":
             sys.stdout.buffer.write(records.get_bytes(name, version_id=version_id))
             sys.stdout.buffer.flush()
         else:
             records.get_file(name, target, version_id=version_id)
-    except (RecordsCommandError, RecordCryptoError, OSError) as exc:
-        raise _fail(str(exc)) from None
 
 
 @app.command("ls")
@@ -282,12 +287,10 @@ def list_records(
     kubeconfig: KubeconfigOpt = None,
 ) -> None:
     """List records: name, size, data-key version, content type, last modified. Needs no keys."""
-    try:
+    with _reported(namespace, store):
         access = store_access(_api_client(kubeconfig), namespace, store)
         records = open_client(access, _NoKeys(namespace, store))
         rows = list(records.list(prefix))
-    except (RecordsCommandError, OSError) as exc:
-        raise _fail(str(exc)) from None
     for info in rows:
         modified = info.last_modified.isoformat() if isinstance(info.last_modified, datetime) else "-"
         size = "-" if info.size is None else str(info.size)

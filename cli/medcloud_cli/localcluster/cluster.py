@@ -98,6 +98,8 @@ class ClusterState:
     broker: BrokerInfo | None = None
     postgres: PostgresInfo | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """How each server was started (args, env, cwd, ports, log), so `dev up` can start a dead one again."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -140,6 +142,31 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None, expect: str | None
     with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 - loopback URLs we built
         body = response.read().decode(errors="replace")
         return bool(response.status == 200 and (expect is None or expect in body))
+
+
+def command_of(proc: ServerProcess) -> dict[str, Any]:
+    """What it takes to start ``proc`` again exactly as it was started (same ports, same data)."""
+    return {
+        "args": list(proc.args),
+        "env": dict(proc.env) if proc.env is not None else None,
+        "cwd": str(proc.cwd) if proc.cwd is not None else None,
+        "ports": list(proc.ports),
+        "log": str(proc.log_path),
+    }
+
+
+class AlreadyRunningError(StartupError):
+    """A cluster recorded in the state directory still runs: refused, and its record is left alone."""
+
+    def __init__(self, state_dir: Path, state: ClusterState) -> None:
+        self.state_dir, self.state = state_dir, state
+        self.alive = sorted(name for name, pid in state.pids.items() if pid_alive(pid))
+        self.dead = sorted(name for name, pid in state.pids.items() if not pid_alive(pid))
+        missing = f"; not running: {', '.join(self.dead)}"
+        super().__init__(
+            f"a cluster already runs from {state_dir} ({', '.join(self.alive)})"
+            + (missing if self.dead else "; stop it first with `medcloud dev down`")
+        )
 
 
 class LocalCluster:
@@ -197,10 +224,7 @@ class LocalCluster:
         if (self.state_dir / self.STATE_FILE).exists():
             existing = ClusterState.load(self.state_dir / self.STATE_FILE)
             if any(pid_alive(p) for p in existing.pids.values()):
-                raise StartupError(
-                    f"a cluster already runs from {self.state_dir} (pids {sorted(existing.pids.values())}); "
-                    "stop it first (`medcloud dev down`)"
-                )
+                raise AlreadyRunningError(self.state_dir, existing)
         opts = self.options
         needed = ["etcd", "kube-apiserver", "kubectl"] if opts.with_kubernetes else []
         if opts.with_kubernetes and opts.with_controllers:
@@ -250,6 +274,7 @@ class LocalCluster:
     def save_state(self) -> None:
         state = self._require_state()
         state.pids = {p.name: p.pid for p in self.processes if p.pid is not None}
+        state.commands = {p.name: command_of(p) for p in self.processes}
         state.save(self.state_dir / self.STATE_FILE)
 
     def spawn(

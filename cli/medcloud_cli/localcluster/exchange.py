@@ -31,6 +31,7 @@ from medcloud_cli.localcluster.cluster import LocalCluster, MinioInfo
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.process import free_port
 from medcloud_operator.builders.exchange import account_name
+from medcloud_operator.builders.exchangeserver import audit_policy
 
 KEY_SERVICE_AUDIENCE = "medcloud-keyservice"
 AUDIT_RETENTION_DAYS = 1
@@ -53,17 +54,7 @@ def make_audit_bucket(minio: MinioInfo, name: str, days: int = AUDIT_RETENTION_D
     admin = MinioAdmin(
         endpoint=minio.endpoint, credentials=StaticProvider(minio.access_key, minio.secret_key), secure=minio.secure
     )
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"], "Resource": [f"arn:aws:s3:::{name}/*"]},
-            {
-                "Effect": "Allow",
-                "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
-                "Resource": [f"arn:aws:s3:::{name}"],
-            },
-        ],
-    }
+    policy = audit_policy(name)
     user, secret = f"{name}-writer", secrets.token_urlsafe(24)
     admin.policy_add(f"{name}-append", policy=policy)
     # Adding an existing user sets its secret: a later `dev up` gets fresh credentials.

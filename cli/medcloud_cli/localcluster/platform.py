@@ -130,6 +130,9 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
         "MEDCLOUD_PROBE_PORT": str(probe_port),
         "MEDCLOUD_STANDALONE": "true",
         "MEDCLOUD_KEY_SERVICE_URL": key_service_url,
+        # The operator provisions each Consortium's exchange too (its pod runs on KWOK here; the local
+        # process of localcluster/exchange.py serves): a development audit trail is locked for a day only.
+        "MEDCLOUD_EXCHANGE_AUDIT_RETENTION_DAYS": "1",
         **storage_env(cluster),
     }
     operator = cluster.spawn(

@@ -9,9 +9,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medcloud.models import CatalogApp
 
-EXCHANGE_URL_KEY = "exchange.url"
-"""The config key (``spec.config``, one file under the config dir): the exchange's FHIR base URL (``.../fhir``)."""
-
 
 class AppSettings(BaseSettings):
     """Read once at start from ``MEDCLOUD_*`` (set by the operator, builders/appinstance.py)."""
@@ -23,8 +20,9 @@ class AppSettings(BaseSettings):
     http_port: int = Field(default=8080, ge=1, le=65535)
     host: str = Field(default="0.0.0.0", description="Address to bind.")  # noqa: S104 - a pod's own address
     config_dir: Path = Field(default=Path("/etc/medcloud/config"), description="spec.config, one file a key.")
-    exchange_url: str | None = Field(
-        default=None, description="The exchange's FHIR base URL (.../fhir); else config exchange.url."
+    exchange_url: str = Field(
+        min_length=1,
+        description="The exchange's URL, FHIR at /fhir (the operator sets it from the Consortium's status).",
     )
     exchange_token_file: Path = Field(
         default=Path("/var/run/secrets/medcloud/exchange/token"),
@@ -44,10 +42,5 @@ class AppSettings(BaseSettings):
         return path.read_text().strip() if path.is_file() else None
 
     def exchange_base(self) -> str:
-        url = self.exchange_url or self.config(EXCHANGE_URL_KEY)
-        if not url:
-            raise ValueError(
-                f"no exchange URL: set spec.config[{EXCHANGE_URL_KEY!r}] on the AppInstance "
-                "(or MEDCLOUD_EXCHANGE_URL when running it by hand)"
-            )
-        return url.rstrip("/")
+        """The exchange's FHIR base URL."""
+        return f"{self.exchange_url.rstrip('/')}/fhir"

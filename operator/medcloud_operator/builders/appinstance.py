@@ -1,11 +1,11 @@
 """What an AppInstance becomes: its config as a ConfigMap, a Deployment, a Service and, when exposed, an Ingress.
 
-An app that is MedCloud's own code (its catalog entry has ``args``) also gets
-its identity at the exchange and nothing more: a ServiceAccount, a RoleBinding
-of the exchange-client ClusterRole in its own namespace (use
-``consortia/exchange``: the exchange acts on nothing else), a projected token
-for the audience ``medcloud-exchange`` (no API-server token), and a
-NetworkPolicy letting its pods reach the exchanges' pods on their port.
+An exchange-client app (its catalog entry's ``exchange_client``) also gets its
+identity at the exchange and nothing more: a ServiceAccount of its own (its
+projected tokens are that account's; no API-server token is mounted), a
+RoleBinding of the exchange-client ClusterRole in its own namespace (use
+``consortia/exchange``), and a NetworkPolicy letting its pods reach the
+exchanges' pods on their port.
 
 Pure functions: the AppInstance as read from the API server, its parsed
 spec and what the handler found (the RecordStore's credentials Secret, the
@@ -35,10 +35,6 @@ SERVICE_PORT = 80
 CONFIG_VOLUME = "config"
 CONFIG_DIR = "/etc/medcloud/config"
 """Where the app reads ``spec.config``: one file per key (keys like ``audit.retention`` are no env names)."""
-EXCHANGE_AUDIENCE = "medcloud-exchange"
-EXCHANGE_TOKEN_VOLUME = "exchange-token"  # noqa: S105 - a volume name
-EXCHANGE_TOKEN_DIR = "/var/run/secrets/medcloud/exchange"  # noqa: S105 - a path
-EXCHANGE_TOKEN_SECONDS = 3600
 EXCHANGE_PORT = 8090
 """The exchange container's port (``medcloud exchange``'s default), which its Service targets."""
 RBAC = "rbac.authorization.k8s.io"
@@ -82,6 +78,35 @@ def build_config_map(app: Manifest, spec: AppInstanceSpec) -> Manifest:
     }
 
 
+TOKENS_DIR = "/var/run/secrets/medcloud"
+TOKENS_VOLUME = "medcloud-tokens"
+TOKEN_SECONDS = 3600
+
+
+def _exchange_client(exchange_url: str | None, settings: WorkloadSettings) -> tuple[list[Manifest], Manifest]:
+    """What an exchange-client app gets: the exchange's URL, and projected tokens for it and the key service."""
+    env = [
+        {"name": "MEDCLOUD_EXCHANGE_TOKEN_FILE", "value": f"{TOKENS_DIR}/exchange-token"},
+        {"name": "MEDCLOUD_KEY_SERVICE_TOKEN_FILE", "value": f"{TOKENS_DIR}/keyservice-token"},
+    ]
+    if exchange_url is not None:
+        env.insert(0, {"name": "MEDCLOUD_EXCHANGE_URL", "value": exchange_url})
+
+    def token(audience: str, path: str) -> Manifest:
+        return {"serviceAccountToken": {"audience": audience, "expirationSeconds": TOKEN_SECONDS, "path": path}}
+
+    volume = {
+        "name": TOKENS_VOLUME,
+        "projected": {
+            "sources": [
+                token(settings.exchange_audience, "exchange-token"),
+                token(settings.key_service_audience, "keyservice-token"),
+            ]
+        },
+    }
+    return env, volume
+
+
 def _env(app: Manifest, spec: AppInstanceSpec) -> list[Manifest]:
     namespace = app["metadata"]["namespace"]
     env = [
@@ -93,8 +118,6 @@ def _env(app: Manifest, spec: AppInstanceSpec) -> list[Manifest]:
         {"name": "MEDCLOUD_CONFIG_DIR", "value": CONFIG_DIR},
         {"name": "MEDCLOUD_HTTP_PORT", "value": str(CATALOG[spec.app].port)},
     ]
-    if CATALOG[spec.app].own_code:
-        env.append({"name": "MEDCLOUD_EXCHANGE_TOKEN_FILE", "value": f"{EXCHANGE_TOKEN_DIR}/token"})
     if spec.record_store is not None:
         env.append({"name": "MEDCLOUD_RECORDSTORE", "value": spec.record_store})
     if spec.device_gateway is not None:
@@ -107,11 +130,17 @@ def _env(app: Manifest, spec: AppInstanceSpec) -> list[Manifest]:
 
 
 def build_deployment(
-    app: Manifest, spec: AppInstanceSpec, credentials_secret: str | None, ceiling: Ceiling, settings: WorkloadSettings
+    app: Manifest,
+    spec: AppInstanceSpec,
+    credentials_secret: str | None,
+    ceiling: Ceiling,
+    settings: WorkloadSettings,
+    exchange_url: str | None = None,
 ) -> Manifest:
     """The app's pods: restricted, sized by the catalog within the LimitRange, wired to store and gateway.
 
-    ``credentials_secret`` is the RecordStore's credentials Secret (None: the app uses no store).
+    ``credentials_secret`` is the RecordStore's credentials Secret (None: the app uses no store);
+    ``exchange_url`` the hospital's consortium exchange, for an exchange-client app (None: not known yet).
     """
     entry = CATALOG[spec.app]
     name = app["metadata"]["name"]
@@ -132,19 +161,20 @@ def build_deployment(
         **workload.http_probes(HTTP_PORT_NAME, entry.health_path),
     }
     volumes: list[Manifest] = [{"name": CONFIG_VOLUME, "configMap": {"name": child_name(name)}}]
-    if entry.own_code:
+    if entry.args:
         container["args"] = list(entry.args)
-        container["volumeMounts"].append(
-            {"name": EXCHANGE_TOKEN_VOLUME, "mountPath": EXCHANGE_TOKEN_DIR, "readOnly": True}
-        )
-        volumes.append(exchange_token_volume())
+    if entry.exchange_client:
+        env, volume = _exchange_client(exchange_url, settings)
+        container["env"] += env
+        container["volumeMounts"].append({"name": TOKENS_VOLUME, "mountPath": TOKENS_DIR, "readOnly": True})
+        volumes.append(volume)
     if credentials_secret is not None:
         # The store's bucket, endpoint and its own least-privilege keys (COSI
         # and ObjectBucketClaim names both), as the RecordStore publishes them.
         container["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
     labels = _labels(app, spec)
     pod = workload.pod_spec_base([container], volumes)
-    if entry.own_code:
+    if entry.exchange_client:
         pod["serviceAccountName"] = child_name(name)
     return {
         "apiVersion": "apps/v1",
@@ -163,12 +193,6 @@ def build_deployment(
             },
         },
     }
-
-
-def exchange_token_volume() -> Manifest:
-    """The pod's token for the exchange only: its audience is the exchange's, so no API server accepts it."""
-    source = {"audience": EXCHANGE_AUDIENCE, "expirationSeconds": EXCHANGE_TOKEN_SECONDS, "path": "token"}
-    return {"name": EXCHANGE_TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": source}]}}
 
 
 def build_service_account(app: Manifest, spec: AppInstanceSpec) -> Manifest:
@@ -261,11 +285,16 @@ def build_ingress(app: Manifest, spec: AppInstanceSpec, settings: WorkloadSettin
 
 
 def build_app(
-    app: Manifest, spec: AppInstanceSpec, credentials_secret: str | None, ceiling: Ceiling, settings: WorkloadSettings
+    app: Manifest,
+    spec: AppInstanceSpec,
+    credentials_secret: str | None,
+    ceiling: Ceiling,
+    settings: WorkloadSettings,
+    exchange_url: str | None = None,
 ) -> list[Manifest]:
     """Every child of the app, in the order they are applied (identity and config before the pods that use them)."""
     objects = []
-    if CATALOG[spec.app].own_code:
+    if CATALOG[spec.app].exchange_client:
         objects += [
             build_service_account(app, spec),
             build_exchange_binding(app, spec, settings),
@@ -273,7 +302,7 @@ def build_app(
         ]
     objects += [
         build_config_map(app, spec),
-        build_deployment(app, spec, credentials_secret, ceiling, settings),
+        build_deployment(app, spec, credentials_secret, ceiling, settings, exchange_url),
         build_service(app, spec),
     ]
     ingress = build_ingress(app, spec, settings)

@@ -7,12 +7,14 @@ LimitRange) in; manifests and the next status out.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Unpack
 
 from medcloud.kube.client import Manifest
 from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus, DeviceProtocol
+from medcloud.tenancy import deviceca, devicecrl
 from medcloud.tenancy import gateway as gateway_env
 from medcloud_operator.builders import workload
 from medcloud_operator.builders.workload import Ceiling, Dependency, Findings
@@ -27,6 +29,12 @@ PREFIX = "gw-"
 CONTAINER = "gateway"
 HEALTH_PORT = 8080
 HEALTH_PORT_NAME = "health"
+TRUST_VOLUME = "device-trust"
+TRUST_DIR = "/etc/medcloud/device-trust"
+"""Where the hospital's device CA certificate and CRL are mounted (a whole Secret volume, no subPath, so the
+kubelet's atomic swap on a Secret change reaches the files the gateway re-reads)."""
+SERVING_VOLUME = "serving-tls"
+SERVING_DIR = "/etc/medcloud/serving-tls"
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,14 @@ def _env(namespace: str, hospital: str, spec: DeviceGatewaySpec) -> list[Manifes
     ]
     for protocol in _protocols(spec):
         env.append({"name": gateway_env.PORT[protocol], "value": str(LISTENERS[protocol].port)})
+    env += [
+        {"name": gateway_env.DEVICE_CA_FILE, "value": f"{TRUST_DIR}/{deviceca.CA_CERT_KEY}"},
+        {"name": gateway_env.DEVICE_CRL_FILE, "value": f"{TRUST_DIR}/{devicecrl.CRL_KEY}"},
+        {"name": gateway_env.TLS_CERT_FILE, "value": f"{SERVING_DIR}/{deviceca.TLS_CERT_KEY}"},
+        {"name": gateway_env.TLS_KEY_FILE, "value": f"{SERVING_DIR}/{deviceca.TLS_KEY_KEY}"},
+    ]
+    if DeviceProtocol.HL7V2 in spec.protocols:
+        env.append({"name": gateway_env.HL7V2_TLS, "value": "true"})
     if spec.code_mappings:
         # JSON, in the spec's order: the gateway reads it into its vocabulary (a code listed twice: the last wins).
         mappings = [m.model_dump(mode="json", by_alias=True) for m in spec.code_mappings]
@@ -115,7 +131,11 @@ def build_deployment(
         "ports": ports,
         "resources": resources,
         "securityContext": workload.container_security_context(),
-        "volumeMounts": [workload.tmp_mount()],
+        "volumeMounts": [
+            workload.tmp_mount(),
+            {"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": True},
+            {"name": SERVING_VOLUME, "mountPath": SERVING_DIR, "readOnly": True},
+        ],
         **workload.http_probes(HEALTH_PORT_NAME, "/healthz"),
     }
     return {
@@ -132,7 +152,19 @@ def build_deployment(
             "selector": {"matchLabels": workload.selector_labels(COMPONENT, name)},
             "template": {
                 "metadata": {"labels": child_labels},
-                "spec": workload.pod_spec_base([container], []),
+                "spec": workload.pod_spec_base(
+                    [container],
+                    [
+                        {"name": TRUST_VOLUME, "secret": {"secretName": deviceca.TRUST_SECRET, "defaultMode": 0o444}},
+                        {
+                            "name": SERVING_VOLUME,
+                            "secret": {
+                                "secretName": deviceca.serving_secret_name(child_name(name)),
+                                "defaultMode": 0o440,
+                            },
+                        },
+                    ],
+                ),
             },
         },
     }
@@ -182,18 +214,46 @@ def build_gateway(
     ]
 
 
+def serving_names(gateway: str, namespace: str) -> list[str]:
+    """The DNS names devices reach the gateway by: its Service's, short and fully qualified."""
+    child = child_name(gateway)
+    return [workload.service_host(child, namespace), f"{workload.service_host(child, namespace)}.cluster.local"]
+
+
+def build_serving_secret(gateway: Manifest, serving: deviceca.TenantCA, settings: WorkloadSettings) -> Manifest:
+    """The gateway's serving certificate and key (issued by the tenant CA), owned by the gateway."""
+    meta = gateway["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    hospital = workload.hospital_of(namespace)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {
+            "name": deviceca.serving_secret_name(child_name(name)),
+            "namespace": namespace,
+            "labels": workload.child_labels(hospital, COMPONENT, name, NAME, settings.gateway_version),
+            "ownerReferences": [workload.owner_reference(gateway)],
+        },
+        "data": {
+            deviceca.TLS_CERT_KEY: base64.b64encode(serving.cert_pem).decode(),
+            deviceca.TLS_KEY_KEY: base64.b64encode(serving.key_pem).decode(),
+        },
+    }
+
+
 def dependencies(spec: DeviceGatewaySpec, record_store: Manifest | None) -> list[Dependency]:
     return [Dependency("RecordStore", spec.record_store, "spec.recordStore", record_store)]
 
 
 def next_status(
-    previous: DeviceGatewayStatus, *, endpoints: dict[str, str] | None, **findings: Unpack[Findings]
+    previous: DeviceGatewayStatus,
+    *,
+    endpoints: dict[str, str] | None,
+    devices: DeviceCounts | None = None,
+    **findings: Unpack[Findings],
 ) -> DeviceGatewayStatus:
-    """The gateway's status: conditions and phase, where devices connect, and device counts.
-
-    Device enrolment is a later feature: until the gateway reports them, the
-    counts are zero.
-    """
+    """The gateway's status: conditions and phase, where devices connect, and device counts (from its Devices)."""
     shown = endpoints if endpoints is not None else dict(previous.endpoints)
     ready_message = f"Accepting readings on {', '.join(sorted(shown)) or 'no protocol'}."
     outcome = workload.next_outcome(previous, ready_message=ready_message, **findings)
@@ -202,5 +262,5 @@ def next_status(
         observed_generation=findings["generation"],
         conditions=outcome.conditions,
         endpoints=shown,
-        devices=previous.devices or DeviceCounts(),
+        devices=devices if devices is not None else (previous.devices or DeviceCounts()),
     )

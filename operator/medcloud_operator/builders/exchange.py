@@ -53,7 +53,7 @@ def exchange_selector(consortium: str) -> str:
     return ",".join(f"{k}={v}" for k, v in exchange_labels(consortium).items())
 
 
-def _meta(name: str, consortium: str, owner: Manifest, namespace: str | None = None) -> Manifest:
+def exchange_meta(name: str, consortium: str, owner: Manifest, namespace: str | None = None) -> Manifest:
     meta: Manifest = {
         "name": name,
         "labels": exchange_labels(consortium),
@@ -84,7 +84,7 @@ def build_exchange_rbac(
         {
             "apiVersion": f"{RBAC}/v1",
             "kind": "ClusterRoleBinding",
-            "metadata": _meta(account, name, consortium),
+            "metadata": exchange_meta(account, name, consortium),
             "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": cluster_role},
             "subjects": subjects,
         }
@@ -95,7 +95,7 @@ def build_exchange_rbac(
             {
                 "apiVersion": f"{RBAC}/v1",
                 "kind": "Role",
-                "metadata": _meta(ROLE_NAME, name, consortium, namespace),
+                "metadata": exchange_meta(ROLE_NAME, name, consortium, namespace),
                 "rules": [
                     {
                         "apiGroups": ["medcloud.io"],
@@ -114,7 +114,7 @@ def build_exchange_rbac(
             {
                 "apiVersion": f"{RBAC}/v1",
                 "kind": "RoleBinding",
-                "metadata": _meta(ROLE_NAME, name, consortium, namespace),
+                "metadata": exchange_meta(ROLE_NAME, name, consortium, namespace),
                 "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": ROLE_NAME},
                 "subjects": subjects,
             },

@@ -18,6 +18,7 @@ from medcloud.models import (
     API_VERSION,
     ConditionStatus,
     HospitalCondition,
+    HospitalReason,
     HospitalSpec,
     HospitalStatus,
     KeyEncryptionKey,
@@ -25,7 +26,7 @@ from medcloud.models import (
     hospital_namespace,
 )
 from medcloud.models.conditions import Reason, set_condition
-from medcloud.tenancy import labels
+from medcloud.tenancy import labels, onboarding
 from medcloud_operator.quantities import quantity
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.status import Check, summarise
@@ -275,9 +276,16 @@ def admin_rules() -> list[Manifest]:
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings", "roles"], "verbs": READ},
         {"apiGroups": ["medcloud.io"], "resources": ["appinstances", "devicegateways", "recordstores"], "verbs": WRITE},
+        # Devices: enrol, approve and revoke (custom verbs the control API checks); no patch, so an
+        # approval or a revocation goes through the API, which records who made it.
         {
             "apiGroups": ["medcloud.io"],
-            "resources": ["appinstances/status", "devicegateways/status", "recordstores/status"],
+            "resources": ["devices"],
+            "verbs": ["get", "list", "watch", "create", "delete", "approve", "revoke"],
+        },
+        {
+            "apiGroups": ["medcloud.io"],
+            "resources": ["appinstances/status", "devicegateways/status", "recordstores/status", "devices/status"],
             "verbs": ["get"],
         },
     ]
@@ -438,7 +446,12 @@ def build_tenancy(name: str, spec: HospitalSpec, settings: OperatorSettings) -> 
 # --------------------------------------------------------------------------- status
 
 
-HOSPITAL_PARTS = (HospitalCondition.NAMESPACE_READY, HospitalCondition.NETWORK_ISOLATED, HospitalCondition.KEY_READY)
+HOSPITAL_PARTS = (
+    HospitalCondition.NAMESPACE_READY,
+    HospitalCondition.NETWORK_ISOLATED,
+    HospitalCondition.KEY_READY,
+    HospitalCondition.ONBOARDED,
+)
 
 
 def next_status(
@@ -454,7 +467,7 @@ def next_status(
 ) -> HospitalStatus:
     """The status after a reconcile whose parts came out as ``checks`` (see ``summarise``).
 
-    Ready is True only when all three parts are True.
+    Ready is True only when all four parts are True.
     """
     summary = summarise(
         previous,
@@ -474,6 +487,21 @@ def next_status(
         kek=kek if kek is not None else previous.kek,
         quota_usage=dict(quota_usage) if quota_usage is not None else dict(previous.quota_usage),
         message=summary.ready.message,
+    )
+
+
+def onboarding_check(wanted: list[onboarding.Child] | None, existing: list[onboarding.Child]) -> Check:
+    """The Onboarded part: True unless an unfinished onboarding asked for children that do not exist."""
+    if wanted is None:
+        return Check(ConditionStatus.TRUE, Reason.RECONCILED, "No onboarding is unfinished.")
+    absent = onboarding.missing(wanted, existing)
+    if not absent:
+        return Check(ConditionStatus.TRUE, Reason.RECONCILED, "Everything the onboarding asked for exists.")
+    return Check(
+        ConditionStatus.FALSE,
+        HospitalReason.ONBOARDING_INCOMPLETE,
+        f"Onboarding is not complete; missing: {onboarding.describe(absent)}. If the onboarding request was "
+        "interrupted, repeat it (POST /v1/hospitals with the same body): it creates only what is missing.",
     )
 
 

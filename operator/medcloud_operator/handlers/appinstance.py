@@ -24,8 +24,10 @@ import kopf
 from medcloud.kube.client import (
     APP_INSTANCE,
     CONFIG_MAP,
+    CONSORTIUM,
     DEPLOYMENT,
     DEVICE_GATEWAY,
+    HOSPITAL,
     INGRESS,
     LIMIT_RANGE,
     NETWORK_POLICY,
@@ -46,6 +48,7 @@ from medcloud_operator.builders.workload import (
     judge_dependencies,
     ready_replicas,
 )
+from medcloud_operator.catalog import CATALOG
 from medcloud_operator.handlers import workload
 from medcloud_operator.handlers.workload import Plan, Workload
 from medcloud_operator.kube import Kube
@@ -73,8 +76,9 @@ class AppWorkload(Workload[AppPlan, AppInstanceStatus]):
         gateway = kube.get(DEVICE_GATEWAY, spec.device_gateway, namespace) if spec.device_gateway else None
         ceiling = Ceiling.of(kube.get(LIMIT_RANGE, LIMITS_NAME, namespace))
         secret = credentials_secret(spec.record_store, store) if spec.record_store else None
+        exchange_url = _exchange_url(kube, namespace) if CATALOG[spec.app].exchange_client else None
         return AppPlan(
-            desired=builder.build_app(body, spec, secret, ceiling, settings),
+            desired=builder.build_app(body, spec, secret, ceiling, settings, exchange_url),
             dependencies=judge_dependencies(builder.dependencies(spec, store, gateway)),
             url=builder.url(body, spec),
         )
@@ -88,6 +92,17 @@ class AppWorkload(Workload[AppPlan, AppInstanceStatus]):
             ready_replicas=ready_replicas(deployment) if deployment is not None else None,
             **findings,
         )
+
+
+def _exchange_url(kube: Kube, namespace: str) -> str | None:
+    """The exchange of the hospital's consortium, as its Consortium's status names it (None: none yet)."""
+    hospital = kube.get(HOSPITAL, hospital_of(namespace))
+    consortium = ((hospital or {}).get("spec") or {}).get("consortium")
+    if not consortium:
+        return None
+    live = kube.get(CONSORTIUM, str(consortium))
+    endpoint = (((live or {}).get("status") or {}).get("exchange") or {}).get("endpoint")
+    return str(endpoint).removesuffix("/fhir") if endpoint else None
 
 
 APPS = AppWorkload()

@@ -1,6 +1,8 @@
 """Consortium handlers: report how many member Hospitals there are, how many are Ready, and who is missing.
 
-A Consortium owns no children; its status follows its members. Triggers,
+Its status follows its members and its exchange (handlers thin: the exchange's grants
+come from builders/exchange.py, its workload, Secrets and audit bucket from
+medcloud_operator.exchangeserver). Triggers,
 all funnelled into one ``reconcile`` (one LIST of Hospitals, a status write
 only when something changed):
 
@@ -8,6 +10,7 @@ only when something changed):
 - a Hospital changes, appears or goes away: the consortia that list it (an
   index of consortia by member, so no listing) and the one its own
   ``spec.consortium`` names are reconciled;
+- the exchange's Deployment or Service changes (its pods become ready or stop being ready);
 - a resync timer, as a safety net.
 """
 
@@ -20,14 +23,14 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
-from medcloud.kube.client import CONSORTIUM, HOSPITAL, NAMESPACE, ROLE, ROLE_BINDING, Manifest
+from medcloud.kube.client import CONSORTIUM, DEPLOYMENT, HOSPITAL, NAMESPACE, ROLE, ROLE_BINDING, SERVICE, Manifest
 from medcloud.models import GROUP, VERSION, ConditionStatus, ConsortiumCondition, ConsortiumSpec, ConsortiumStatus
 from medcloud.models.common import hospital_namespace
 from medcloud.models.conditions import Reason, now_utc
 from medcloud.models.consortium import ConsortiumExchangeStatus
 from medcloud.tenancy import labels
 from medcloud.tenancy.store import hospital_of_namespace
-from medcloud_operator import events, metrics
+from medcloud_operator import events, exchangeserver, metrics
 from medcloud_operator.apply import apply
 from medcloud_operator.builders import exchange as exchange_rbac
 from medcloud_operator.builders.exchange import build_exchange_rbac
@@ -35,9 +38,12 @@ from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.handlers.common import (
     Logger,
     ReconcileError,
+    classify_request,
     raise_failure,
     reconcile_object,
+    register_drift_handlers,
     register_triggers,
+    report_applied,
 )
 from medcloud_operator.membership import next_status
 from medcloud_operator.settings import OperatorSettings
@@ -64,17 +70,26 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
     try:
         hospitals = {h["metadata"]["name"]: h for h in ctx.kube.list(HOSPITAL)}
         exchange = _grant_exchange(ctx, body, spec, previous)
-        new = next_status(previous, name=name, generation=generation, spec=spec, hospitals=hospitals, now=now_utc())
-        new = new.model_copy(update={"exchange": exchange})
+        served = exchangeserver.provision(ctx, body, spec, previous)
+        now = now_utc()
+        new = next_status(previous, name=name, generation=generation, spec=spec, hospitals=hospitals, now=now)
+        new = exchangeserver.with_exchange(new.model_copy(update={"exchange": exchange}), served, generation, now)
         written = write_status(ctx.kube, CONSORTIUM, name, previous, new)
     except (ApiException, HTTPError, OSError) as exc:
-        message = f"cannot read the member Hospitals or write the status: {exc}"
-        raise_failure(body, ReconcileError(Reason.APPLY_FAILED, message, delay=10), False, logger)
+        failure = classify_request(exc) or ReconcileError(Reason.APPLY_FAILED, str(exc))
+        raise_failure(body, failure, False, logger)
+    report_applied(body, previous, generation, served.applied, logger)
     assert new.phase is not None
     metrics.PHASES.set(KIND, name, new.phase)
     if not written:
+        if served.retry:
+            raise kopf.TemporaryError(served.check.message, delay=30)
         return
-    for type_ in (ConsortiumCondition.READY, ConsortiumCondition.MEMBERSHIP_CONSISTENT):
+    for type_ in (
+        ConsortiumCondition.READY,
+        ConsortiumCondition.MEMBERSHIP_CONSISTENT,
+        ConsortiumCondition.EXCHANGE_READY,
+    ):
         condition, before = new.condition(type_), previous.condition(type_)
         if condition is None or (
             before is not None and (before.status, before.reason) == (condition.status, condition.reason)
@@ -83,6 +98,8 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
         ok = condition.status is ConditionStatus.TRUE
         events.post(body, events.NORMAL if ok else events.WARNING, condition.reason, condition.message)
         logger.info("Consortium %s: %s %s: %s", name, type_, condition.reason, condition.message)
+    if served.retry:
+        raise kopf.TemporaryError(served.check.message, delay=30)
 
 
 def _grant_exchange(
@@ -166,3 +183,13 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     kopf.on.event(GROUP, VERSION, PLURAL, id="consortium-deleted", registry=registry)(consortium_deleted)
     kopf.index(GROUP, VERSION, PLURAL, id=MEMBER_INDEX, registry=registry)(consortia_by_member)
     kopf.on.event(GROUP, VERSION, HOSPITAL.plural, id="consortium-members", registry=registry)(member_changed)
+    # The exchange's Deployment (its pods' readiness) and Service: a change reconciles their Consortium.
+    register_drift_handlers(
+        registry,
+        (DEPLOYMENT, SERVICE),
+        id_prefix="consortium-exchange",
+        labels={labels.COMPONENT: exchange_rbac.COMPONENT, labels.MANAGED_BY: labels.OPERATOR_NAME},
+        owner_kind=KIND,
+        owner_of=lambda child: (child["metadata"].get("labels") or {}).get(labels.CONSORTIUM),
+        reconcile=lambda ctx, _memo, owner, _namespace, logger: reconcile(ctx, owner, logger),
+    )

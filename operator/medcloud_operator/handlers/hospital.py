@@ -5,6 +5,8 @@ Triggers, all funnelled into one `reconcile`:
 - the Hospital is created, changed or found at startup (Kopf's create/update/resume);
 - a child of its tenancy changes or disappears (watch events on the child
   kinds, by label): drift repair;
+- another Hospital with the same institution code is deleted (the code is
+  free for the oldest one left);
 - a resync timer, for what no watch reports (the KEK Secret is not watched:
   the operator never streams Secret contents) and as a safety net.
 
@@ -27,8 +29,10 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from medcloud.kube.client import (
+    APP_INSTANCE,
     CLUSTER_ROLE,
     CLUSTER_ROLE_BINDING,
+    DEVICE_GATEWAY,
     HOSPITAL,
     LIMIT_RANGE,
     NAMESPACE,
@@ -54,7 +58,8 @@ from medcloud.models import (
     hospital_namespace,
 )
 from medcloud.models.conditions import Reason, now_utc
-from medcloud.tenancy import kek, labels
+from medcloud.tenancy import kek, labels, onboarding
+from medcloud.tenancy.institutions import code_holder
 from medcloud_operator import OPERATOR_NAME, events, metrics
 from medcloud_operator.apply import Applied, TerminatingError, apply, prune
 from medcloud_operator.builders.hospital import (
@@ -64,6 +69,7 @@ from medcloud_operator.builders.hospital import (
     build_admin_cluster_access,
     build_tenancy,
     next_status,
+    onboarding_check,
     terminating_status,
 )
 from medcloud_operator.context import OperatorContext, get_context
@@ -88,6 +94,8 @@ from medcloud_operator.status import Check, parse_status, write_status
 KIND = "Hospital"
 PLURAL = "hospitals"
 
+ONBOARDED_KINDS: tuple[Kind, ...] = (RECORD_STORE, DEVICE_GATEWAY, APP_INSTANCE)
+"""Kinds an onboarding creates in the tenant namespace (the Onboarded condition checks them)."""
 CHILD_KINDS: tuple[Kind, ...] = (
     NAMESPACE,
     RESOURCE_QUOTA,
@@ -122,7 +130,14 @@ def classify(exc: Exception, stage: HospitalCondition, settings: OperatorSetting
     if isinstance(exc, KekMissingError):
         return ReconcileError(Reason.KEK_MISSING, str(exc), permanent=True)
     if isinstance(exc, kek.KekInvalidError):
-        return ReconcileError(Reason.KEK_INVALID, f"{exc}; restore the Secret from backup.", permanent=True)
+        # Not permanent: the operator does not watch Secrets, so it looks again to notice a restored
+        # (or, when no key was ever issued from it, deleted) Secret.
+        return ReconcileError(
+            Reason.KEK_INVALID,
+            f"{exc}; restore the Secret from backup (or, if this Hospital never had a key, delete it: "
+            "the operator then issues one).",
+            delay=settings.kek_recheck_seconds,
+        )
     if isinstance(exc, TerminatingError):
         return ReconcileError(HospitalReason.NAMESPACE_TERMINATING, f"{exc}; waiting until it is gone.", delay=5)
     if isinstance(exc, ApiException) and exc.status == 404 and stage is HospitalCondition.KEY_READY:
@@ -158,6 +173,7 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
     stage = HospitalCondition.NAMESPACE_READY
     try:
         spec = HospitalSpec.model_validate(body.get("spec") or {})
+        _claim_institution_code(ctx, name, spec.institution_code)
         desired = build_tenancy(name, spec, settings)
         cluster_wide = build_admin_cluster_access(name, spec, body["metadata"]["uid"])
         for obj in (*desired, *cluster_wide):
@@ -191,6 +207,8 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
             f"KEK version {key.version} is in place in namespace {settings.operator_namespace}"
             + (f" (versions {_listed(state.versions)} kept)." if len(state.versions) > 1 else "."),
         )
+        stage = HospitalCondition.ONBOARDED
+        checks[HospitalCondition.ONBOARDED] = _onboarding(ctx, body, namespace)
     except ApiException as exc:
         retry_on_conflict(exc, "a child object")
         _fail(ctx, body, previous, generation, namespace, checks, stage, classify(exc, stage, settings), logger)
@@ -223,6 +241,34 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
     metrics.KEK_AGE.set(name, key.created_at)
 
 
+def _onboarding(ctx: OperatorContext, body: Manifest, namespace: str) -> Check:
+    """Whether what an unfinished onboarding asked for exists (see :mod:`medcloud.tenancy.onboarding`)."""
+    wanted = onboarding.intended(body["metadata"].get("annotations"))
+    if not wanted:
+        return onboarding_check(wanted, [])
+    existing = [
+        (kind.kind, item["metadata"]["name"]) for kind in ONBOARDED_KINDS for item in ctx.kube.list(kind, namespace)
+    ]
+    return onboarding_check(wanted, existing)
+
+
+def _claim_institution_code(ctx: OperatorContext, name: str, code: str) -> None:
+    """Refuse to build a tenancy for a Hospital whose code an older Hospital holds.
+
+    Checked on every reconcile (the resync timer included), so the duplicate
+    recovers by itself once the holder is deleted.
+    """
+    holder = code_holder(ctx.kube.list(HOSPITAL), code)
+    if holder is not None and holder != name:
+        raise ReconcileError(
+            HospitalReason.INSTITUTION_CODE_TAKEN,
+            f"Institution code {code} already belongs to Hospital {holder}, created earlier; the code identifies "
+            "one institution in every audit trail. No namespace is created for this Hospital: delete it, or "
+            f"delete {holder} if this is the institution's real record.",
+            permanent=True,
+        )
+
+
 def _issued_version(current: KeyEncryptionKey | None) -> int | None:
     return current.version if current is not None else None
 
@@ -252,7 +298,8 @@ def _fail(
         checks=checks,
         kek=None,
         quota_usage=None,
-        spec_failed=failure.reason is Reason.INVALID_SPEC,
+        # Failed: what no retry alone can mend (someone must change the spec or the KEK Secret).
+        spec_failed=failure.reason in (Reason.INVALID_SPEC, HospitalReason.INSTITUTION_CODE_TAKEN, Reason.KEK_INVALID),
         now=now_utc(),
     )
     written = write_status(ctx.kube, HOSPITAL, name, previous, new)
@@ -302,6 +349,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         owner_of=_hospital_of,
         reconcile=_repair,
     )
+    kopf.on.event(GROUP, VERSION, PLURAL, id="hospital_gone", registry=registry)(hospital_gone)
     kopf.on.delete(GROUP, VERSION, PLURAL, id="hospital_deleted", registry=registry)(hospital_deleted)
 
 
@@ -315,6 +363,21 @@ def _hospital_of(child: kopf.Body) -> str | None:
 
 def _repair(ctx: OperatorContext, memo: kopf.Memo, hospital: str, namespace: str | None, logger: Logger) -> None:
     reconcile(ctx, hospital, logger)
+
+
+def hospital_gone(type: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """A Hospital is gone for good: a younger one refused its institution code may now take it."""
+    if type != "DELETED":
+        return
+    code = (body.get("spec") or {}).get("institutionCode")
+    ctx = get_context(memo)
+    for other in ctx.kube.list(HOSPITAL):
+        if (other.get("spec") or {}).get("institutionCode") == code:
+            try:
+                reconcile(ctx, other["metadata"]["name"], logger)
+            except (kopf.PermanentError, kopf.TemporaryError) as exc:
+                # Not this Hospital's event to retry: its own handlers and timer do.
+                logger.info("Hospital %s: %s", other["metadata"]["name"], exc)
 
 
 def hospital_deleted(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:

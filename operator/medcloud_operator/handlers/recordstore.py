@@ -198,15 +198,21 @@ class Outcome:
     facts: StoreFacts = field(default_factory=StoreFacts)
 
 
-def _check_hospital(kube: Kube, names: StoreNames, operator_namespace: str) -> tuple[Manifest, kek.Kek]:
+def _check_hospital(
+    kube: Kube, names: StoreNames, operator_namespace: str, recheck_seconds: float
+) -> tuple[Manifest, kek.Kek]:
     """The hospital's KEK Secret and current KEK; the Hospital must exist and have issued one."""
     hospital = kube.get(HOSPITAL, names.hospital)
     if hospital is None:
+        # Failed, and looked at again only as often as every store is refreshed: a Hospital
+        # that does not exist seldom appears by itself, and a tight retry would only make noise.
         raise StoreReconcileError(
             RecordStoreCondition.KEYS_READY,
-            RecordStoreReason.HOSPITAL_NOT_READY,
-            f"Hospital {names.hospital} (of namespace {names.namespace}) does not exist.",
-            delay=10,
+            RecordStoreReason.HOSPITAL_MISSING,
+            f"No Hospital {names.hospital} exists for namespace {names.namespace}, so this store has no "
+            f"key-encryption key. Create Hospital {names.hospital}, or create the RecordStore in its "
+            f"hospital's namespace; checked again every {recheck_seconds:g} s.",
+            delay=recheck_seconds,
         )
     if not ((hospital.get("status") or {}).get("kek") or {}).get("version"):
         raise StoreReconcileError(
@@ -233,7 +239,7 @@ def _reconcile_parts(
     spec = RecordStoreSpec.model_validate(body.get("spec") or {})
     names = StoreNames.of(meta["namespace"], meta["name"])
     outcome.stage = RecordStoreCondition.KEYS_READY
-    kek_secret, current_kek = _check_hospital(kube, names, operator_namespace)
+    kek_secret, current_kek = _check_hospital(kube, names, operator_namespace, ctx.settings.recordstore_refresh_seconds)
 
     outcome.stage = RecordStoreCondition.STORAGE_AVAILABLE
     storage = ctx.storage
@@ -341,7 +347,7 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger, *, refresh_
         generation=generation,
         checks=outcome.checks,
         facts=outcome.facts,
-        spec_failed=failure is not None and failure.reason is Reason.INVALID_SPEC,
+        spec_failed=failure is not None and failure.reason in (Reason.INVALID_SPEC, RecordStoreReason.HOSPITAL_MISSING),
         now=now_utc(),
     )
     _report(body, previous, generation, outcome, logger)
@@ -402,6 +408,11 @@ def recordstore_deleted(
             metrics.PHASES.forget(KIND, f"{namespace}/{name}")
             return
         previous = parse_status(RecordStoreStatus, body.get("status"))
+        if previous.bucket is None and kube.get(HOSPITAL, names.hospital) is None:
+            # Never provisioned anything (its Hospital never existed), and without that Hospital
+            # the operator holds no access to the namespace's Secrets: nothing to revoke.
+            metrics.PHASES.forget(KIND, f"{namespace}/{name}")
+            return
         generation = body["metadata"].get("generation")
         try:
             policy = RecordStoreSpec.model_validate(body.get("spec") or {}).deletion_policy

@@ -125,7 +125,11 @@ def test_code_mappings_reach_the_gateway_as_the_operator_writes_them(monkeypatch
 
 
 def test_device_certificates_need_the_crl_and_a_serving_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
-    base = {**operator_env(), **SECRET_ENV, "MEDCLOUD_GATEWAY_PROTOCOLS": "https,hl7v2"}
+    # The operator's env sets all of them (tests/unit/operator/test_device_builders.py); here one at a time.
+    tls = {"MEDCLOUD_GATEWAY_DEVICE_CA_FILE", "MEDCLOUD_GATEWAY_DEVICE_CRL_FILE", "MEDCLOUD_GATEWAY_HL7V2_TLS"}
+    tls |= {"MEDCLOUD_GATEWAY_TLS_CERT_FILE", "MEDCLOUD_GATEWAY_TLS_KEY_FILE"}
+    without = {k: v for k, v in operator_env().items() if k not in tls}
+    base = {**without, **SECRET_ENV, "MEDCLOUD_GATEWAY_PROTOCOLS": "https,hl7v2"}
     with pytest.raises(ValidationError, match="MEDCLOUD_GATEWAY_DEVICE_CA_FILE needs MEDCLOUD_GATEWAY_DEVICE_CRL_FILE"):
         settings(monkeypatch, {**base, "MEDCLOUD_GATEWAY_DEVICE_CA_FILE": "/etc/medcloud/devices/ca.crt"})
     monkeypatch.delenv("MEDCLOUD_GATEWAY_DEVICE_CA_FILE")

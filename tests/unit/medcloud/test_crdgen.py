@@ -226,6 +226,7 @@ def test_scopes_and_short_names() -> None:
         "DeviceGateway": ("Namespaced", ("dgw",)),
         "AppInstance": ("Namespaced", ("app",)),
         "Consortium": ("Cluster", ("cons",)),
+        "Device": ("Namespaced", ("mdev",)),
     }
 
 

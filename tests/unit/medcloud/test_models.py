@@ -195,6 +195,39 @@ def test_quantities_accept_integers_and_keep_strings() -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("cpu", "1e309", "CPU must be cores with at most 3 decimals or whole millicores"),
+        ("cpu", "1e-309", "CPU must be cores with at most 3 decimals or whole millicores"),
+        ("cpu", "100001", "CPU must be cores with at most 3 decimals or whole millicores"),
+        ("cpu", "1.0001", "CPU must be cores with at most 3 decimals or whole millicores"),
+        ("memory", "9" * 60 + "Ei", "a size must be a whole number of bytes, at most 1Ei"),
+        ("memory", "0.5", "a size must be a whole number of bytes, at most 1Ei"),
+        ("storage", "2Ei", "a size must be a whole number of bytes, at most 1Ei"),
+    ],
+)
+def test_quantities_out_of_range_are_refused_with_the_bound(field: str, value: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Hospital.model_validate(hospital(quota={field: value}))
+
+
+@pytest.mark.parametrize("text", ["Riverton\x00General", "bell\x07", "line\nbreak", "delete\x7f"])
+def test_display_names_and_principals_refuse_control_characters(text: str) -> None:
+    with pytest.raises(ValidationError, match="must not contain control characters"):
+        Hospital.model_validate(hospital(displayName=text))
+    with pytest.raises(ValidationError, match="must not contain control characters"):
+        Hospital.model_validate(hospital(admins={"users": [text]}))
+    unicode_name = "Riverton 市第一医院"
+    assert Hospital.model_validate(hospital(displayName=unicode_name)).spec.display_name == unicode_name
+
+
+def test_quantities_at_the_bounds_are_accepted() -> None:
+    quota = Hospital.model_validate(hospital(quota={"cpu": "100000", "memory": "1Ei", "storage": 0})).spec.quota
+    assert (quota.cpu, quota.memory, quota.storage) == ("100000", "1Ei", "0")
+    assert Hospital.model_validate(hospital(quota={"cpu": "1m"})).spec.quota.cpu == "1m"
+
+
+@pytest.mark.parametrize(
     ("text", "value"),
     [
         ("100m", Decimal("0.1")),

@@ -15,7 +15,7 @@ from medcloud.models import (
 )
 from medcloud.models.conditions import Reason, find_condition, set_condition
 from medcloud_operator.builders.hospital import next_status as next_hospital_status
-from medcloud_operator.builders.hospital import terminating_status
+from medcloud_operator.builders.hospital import onboarding_check, terminating_status
 from medcloud_operator.status import Check, dump, merge_patch
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -74,6 +74,7 @@ def all_true() -> dict[HospitalCondition, Check]:
         HospitalCondition.NAMESPACE_READY: Check(TRUE, Reason.RECONCILED, "ns"),
         HospitalCondition.NETWORK_ISOLATED: Check(TRUE, Reason.RECONCILED, "net"),
         HospitalCondition.KEY_READY: Check(TRUE, Reason.RECONCILED, "key"),
+        HospitalCondition.ONBOARDED: Check(TRUE, Reason.RECONCILED, "onboarded"),
     }
 
 
@@ -102,7 +103,13 @@ def test_all_parts_true_make_the_hospital_ready() -> None:
     assert status.is_ready()
     assert status.namespace == "hospital-a"
     assert status.kek == KEK
-    assert [c.type for c in status.conditions] == ["NamespaceReady", "NetworkIsolated", "KeyReady", "Ready"]
+    assert [c.type for c in status.conditions] == [
+        "NamespaceReady",
+        "NetworkIsolated",
+        "KeyReady",
+        "Onboarded",
+        "Ready",
+    ]
 
 
 def test_a_second_reconcile_with_nothing_changed_needs_no_write() -> None:
@@ -147,6 +154,23 @@ def test_parts_not_reached_keep_their_previous_condition() -> None:
     assert key is not None
     assert key.status is TRUE
     assert key.last_transition_time == T0
+
+
+def test_an_unfinished_onboarding_with_missing_children_is_never_ready() -> None:
+    wanted = [("RecordStore", "emr"), ("DeviceGateway", "wards"), ("AppInstance", "referrals")]
+    checks = all_true()
+    checks[HospitalCondition.ONBOARDED] = onboarding_check(wanted, [("RecordStore", "emr")])
+
+    status = reconciled(HospitalStatus(), T0, checks)
+
+    onboarded = status.condition("Onboarded")
+    assert onboarded is not None
+    assert (onboarded.status, onboarded.reason) == (FALSE, "OnboardingIncomplete")
+    assert "missing: DeviceGateway wards, AppInstance referrals" in onboarded.message
+    assert not status.is_ready()
+    assert status.phase is Phase.PROVISIONING
+    assert onboarding_check(wanted, [*wanted, ("AppInstance", "extra")]).status is TRUE
+    assert onboarding_check(None, []).status is TRUE
 
 
 def test_terminating_keeps_the_rest_of_the_status() -> None:

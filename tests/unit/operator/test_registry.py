@@ -13,13 +13,21 @@ from medcloud_operator.settings import OperatorSettings
 CHANGE_HANDLERS = {
     "appinstance_changed",
     "consortium_changed",
+    "device_changed",
     "devicegateway_changed",
     "hospital_changed",
     "hospital_deleted",
     "recordstore_changed",
     "recordstore_deleted",
 }
-TIMERS = {"appinstance_resync", "consortium_resync", "devicegateway_resync", "hospital_resync", "recordstore_refresh"}
+TIMERS = {
+    "appinstance_resync",
+    "consortium_resync",
+    "device_resync",
+    "devicegateway_resync",
+    "hospital_resync",
+    "recordstore_refresh",
+}
 INDEXES = {"appinstances_by_dependency", "consortia_by_member", "devicegateways_by_dependency"}
 
 

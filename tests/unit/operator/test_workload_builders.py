@@ -27,7 +27,7 @@ from medcloud_operator import membership as cons_b
 from medcloud_operator.builders import appinstance as app_b
 from medcloud_operator.builders import devicegateway as gw_b
 from medcloud_operator.builders import workload as w
-from medcloud_operator.catalog import CATALOG, app_image, gateway_image
+from medcloud_operator.catalog import CATALOG, gateway_image
 from medcloud_operator.settings import OperatorSettings, WorkloadSettings
 from medcloud_operator.status import Check, dump
 
@@ -183,45 +183,30 @@ def test_the_catalog_covers_every_app_with_limits_at_least_the_requests() -> Non
     assert not CATALOG[CatalogApp.APPOINTMENTS].needs_record_store
 
 
-def test_images_come_from_the_configured_prefix_and_the_spec_version() -> None:
-    emr = CatalogApp.EMR_SHARING
-    assert app_image(emr, "3.0.0", WorkloadSettings()) == "registry.medcloud.local/apps/emr-sharing:3.0.0"
-    prefixed = WorkloadSettings(app_image_prefix="harbor.city.example/medcloud/")
-    assert app_image(emr, "3.0.0", prefixed) == "harbor.city.example/medcloud/emr-sharing:3.0.0"
-    # A semver's build metadata is not allowed in a tag.
-    assert app_image(emr, "3.0.0+build.7", WorkloadSettings()).endswith(":3.0.0_build.7")
+def test_every_catalog_app_is_medclouds_code_and_runs_medclouds_image_with_its_args() -> None:
     assert gateway_image(WorkloadSettings(gateway_version="1.2.0")) == "registry.medcloud.local/medcloud-gateway:1.2.0"
-    deployment = build_app(app_spec(version="2.4.0"))["Deployment"]
-    assert pod(deployment)["containers"][0]["image"] == "registry.medcloud.local/apps/emr-sharing:2.4.0"
+    settings = {"own_image": "harbor.city.example/medcloud/medcloud:0.2.0"}
+    for app in CatalogApp:
+        entry = CATALOG[app]
+        assert (entry.args, entry.exchange_client) == (("app", app.value), True)
+        # The version stays on the labels; the code is the image's, whatever the version says.
+        deployment = build_app(app_spec(app=app.value, version="9.9.9+b.1"), name=app.value, **settings)["Deployment"]
+        container = pod(deployment)["containers"][0]
+        assert container["image"] == "harbor.city.example/medcloud/medcloud:0.2.0"
+        assert container["args"] == ["app", app.value]
+        assert deployment["metadata"]["labels"]["app.kubernetes.io/version"] == "9.9.9_b.1"
 
 
-OWN_CODE = [a for a in CatalogApp if a is not CatalogApp.EMR_SHARING]
-
-
-@pytest.mark.parametrize("app", OWN_CODE, ids=lambda a: a.value)
-def test_an_app_of_medclouds_own_code_runs_medclouds_image_with_its_args(app: CatalogApp) -> None:
-    settings = {"medcloud_image": "harbor.city.example/medcloud/medcloud:0.2.0"}
-    deployment = build_app(app_spec(app=app.value, version="9.9.9"), name=app.value, **settings)["Deployment"]
-    container = pod(deployment)["containers"][0]
-    assert container["image"] == "harbor.city.example/medcloud/medcloud:0.2.0"
-    assert container["args"] == ["app", app.value]
-    assert CATALOG[app].args == ("app", app.value)
-    assert "args" not in pod(build_app(app_spec())["Deployment"])["containers"][0]
-
-
-def test_an_app_of_medclouds_own_code_holds_an_exchange_token_only_and_may_use_the_exchange_only() -> None:
+def test_an_exchange_client_app_holds_its_own_identity_and_tokens_and_may_reach_the_exchange_only() -> None:
     children = build_app(app_spec(app="referrals"), name="referrals", exchange_namespace="mc")
     spec = pod(children["Deployment"])
     assert spec["automountServiceAccountToken"] is False
     assert spec["serviceAccountName"] == "app-referrals"
-    (token,) = [v for v in spec["volumes"] if v["name"] == "exchange-token"]
-    assert token["projected"]["sources"] == [
-        {"serviceAccountToken": {"audience": "medcloud-exchange", "expirationSeconds": 3600, "path": "token"}}
-    ]
-    container = spec["containers"][0]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["MEDCLOUD_EXCHANGE_TOKEN_FILE"] == "/var/run/secrets/medcloud/exchange/token"
-    assert {m["name"]: m.get("readOnly") for m in container["volumeMounts"]}["exchange-token"] is True
+    (tokens,) = [v for v in spec["volumes"] if "projected" in v]
+    audiences = [t["serviceAccountToken"]["audience"] for t in tokens["projected"]["sources"]]
+    assert audiences == ["medcloud-exchange", "medcloud-keyservice"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["MEDCLOUD_EXCHANGE_TOKEN_FILE"] == "/var/run/secrets/medcloud/exchange-token"
     assert children["ServiceAccount"]["automountServiceAccountToken"] is False
     binding = children["RoleBinding"]
     assert binding["metadata"]["namespace"] == NS
@@ -248,20 +233,10 @@ def test_an_app_of_medclouds_own_code_holds_an_exchange_token_only_and_may_use_t
     kinds = [
         o["kind"]
         for o in app_b.build_app(
-            body("AppInstance", "referrals", {}),
-            app_spec(app="referrals"),
-            None,
-            w.Ceiling(),
-            WorkloadSettings(),
+            body("AppInstance", "referrals", {}), app_spec(app="referrals"), None, w.Ceiling(), WorkloadSettings()
         )
     ]
-    assert kinds.index("ServiceAccount") < kinds.index("Deployment")
-
-
-def test_emr_sharing_gets_no_exchange_identity_until_it_is_medclouds_own_code() -> None:
-    children = build_app(app_spec())
-    assert {"ServiceAccount", "RoleBinding", "NetworkPolicy"}.isdisjoint(children)
-    assert "serviceAccountName" not in pod(children["Deployment"])
+    assert kinds.index("ServiceAccount") < kinds.index("RoleBinding") < kinds.index("Deployment")
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -276,7 +251,15 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_every_app_child_is_labelled_owned_and_named_after_the_app() -> None:
     children = build_app(app_spec(exposure={"host": "emr.riverton.example"}))
-    assert set(children) == {"ConfigMap", "Deployment", "Service", "Ingress"}
+    assert set(children) == {
+        "ServiceAccount",
+        "RoleBinding",
+        "NetworkPolicy",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "Ingress",
+    }
     for child in children.values():
         meta = child["metadata"]
         assert meta["name"] == "app-emr"
@@ -643,9 +626,9 @@ def test_the_same_findings_later_give_the_same_status_so_nothing_is_written() ->
         now=T0,
     )
     assert dump(gw_again) == dump(gw)
-    # Enrolment is a later feature: the counts are there, and zero.
+    # No Devices counted in: the counts are there, zero, and active is not claimed.
     assert gw.devices is not None
-    assert (gw.devices.enrolled, gw.devices.revoked, gw.devices.active) == (0, 0, 0)
+    assert (gw.devices.enrolled, gw.devices.revoked, gw.devices.pending, gw.devices.active) == (0, 0, 0, None)
     assert gw.endpoints == {"mqtt": "mqtts://gw-wards.hospital-riverton.svc:8883"}
     assert gw.phase is Phase.READY
 

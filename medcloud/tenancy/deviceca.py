@@ -1,0 +1,215 @@
+"""A hospital's tenant device CA: its Secrets' formats, making it, and signing device CSRs (pure).
+
+The operator makes one CA per hospital and keeps it in the Secret
+:data:`CA_SECRET` of the hospital's namespace (``tls.crt``, ``tls.key``): only
+the operator reads that Secret. What a gateway needs, the CA certificate and
+the CRL (:mod:`medcloud.tenancy.devicecrl`), is in a second Secret,
+:data:`TRUST_SECRET` (``ca.crt``, ``ca.crl``), which the gateway's pods mount:
+a gateway never holds the CA key. Both live in the hospital's namespace, so
+offboarding (the namespace deleted) removes the key with everything the
+hospital had; there is no copy elsewhere.
+
+A device certificate names the device in its subject CN (the Device object's
+name), is for TLS client authentication only, and carries a random 159-bit
+serial, the number the CRL revokes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_SECRET = "medcloud-device-ca"  # noqa: S105 - a Secret's name
+"""The Secret (type kubernetes.io/tls) holding the tenant CA's certificate and key; the operator's alone."""
+TRUST_SECRET = "medcloud-device-trust"  # noqa: S105 - a Secret's name
+"""The Secret the gateway mounts: the CA certificate (:data:`CA_CERT_KEY`) and the CRL (``ca.crl``)."""
+CA_CERT_KEY = "ca.crt"
+TLS_CERT_KEY = "tls.crt"
+TLS_KEY_KEY = "tls.key"
+CRL_NUMBER_ANNOTATION = "medcloud.io/crl-number"
+"""On the trust Secret: the number of the CRL it holds (each new CRL's number is one more)."""
+CRL_NEXT_UPDATE_ANNOTATION = "medcloud.io/crl-next-update"
+"""On the trust Secret: the CRL's nextUpdate (ISO 8601), so a timer knows when to sign a fresh one."""
+CA_VALIDITY = dt.timedelta(days=3650)
+DEVICE_VALIDITY = dt.timedelta(days=365)
+MIN_RSA_BITS = 2048
+MAX_CSR_BYTES = 8192
+RESERVED_DEVICE_IDS = frozenset({"medcloud-gateway"})
+"""Names no device may take: the gateway's own MQTT identity, which the broker's ACL lets read every device's topic."""
+
+
+class CSRError(ValueError):
+    """A certificate signing request the CA will not sign; the message says why."""
+
+
+@dataclass(frozen=True)
+class TenantCA:
+    cert_pem: bytes
+    key_pem: bytes
+
+
+@dataclass(frozen=True)
+class Issued:
+    cert_pem: bytes
+    serial: int
+    not_after: dt.datetime
+
+
+def new_ca(hospital: str, *, now: dt.datetime) -> TenantCA:
+    """A fresh P-256 CA for ``hospital``'s devices, valid for :data:`CA_VALIDITY`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, hospital),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{hospital} device CA"),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return TenantCA(cert.public_bytes(serialization.Encoding.PEM), key_pem)
+
+
+def check_csr(csr_pem: str, device_id: str) -> x509.CertificateSigningRequest:
+    """The CSR, if it is one the CA signs for ``device_id``; :class:`CSRError` saying why not otherwise."""
+    if device_id in RESERVED_DEVICE_IDS:
+        raise CSRError(f"{device_id!r} is the gateway's own identity, not a device's")
+    if len(csr_pem.encode()) > MAX_CSR_BYTES:
+        raise CSRError(f"the CSR is larger than {MAX_CSR_BYTES} bytes")
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+    except ValueError as exc:
+        raise CSRError(f"not a PEM certificate signing request: {exc}") from exc
+    if not csr.is_signature_valid:
+        raise CSRError("the CSR's signature does not verify: it was not made with the key it carries")
+    names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if [str(n.value) for n in names] != [device_id]:
+        raise CSRError(f"the CSR's subject CN must be the device id {device_id!r}, got {[n.value for n in names]}")
+    public = csr.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        if public.key_size < MIN_RSA_BITS:
+            raise CSRError(f"an RSA key must have at least {MIN_RSA_BITS} bits, this one has {public.key_size}")
+    elif not (isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name in ("secp256r1", "secp384r1")):
+        raise CSRError("the key must be EC P-256, EC P-384 or RSA of at least 2048 bits")
+    return csr
+
+
+def sign_device(ca: TenantCA, csr_pem: str, device_id: str, *, now: dt.datetime) -> Issued:
+    """The device's client certificate: CN ``device_id`` and the CSR's key, nothing else taken from the CSR."""
+    csr = check_csr(csr_pem, device_id)
+    issuer = x509.load_pem_x509_certificate(ca.cert_pem)
+    key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the tenant CA key must be an EC private key")
+    serial = x509.random_serial_number()
+    not_after = min(now + DEVICE_VALIDITY, issuer.not_valid_after_utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .issuer_name(issuer.subject)
+        .public_key(csr.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(cert.public_bytes(serialization.Encoding.PEM), serial, not_after)
+
+
+def serial_text(serial: int) -> str:
+    """A serial as status and ``kubectl`` show it: upper-case hex, as ``openssl x509 -serial`` prints it."""
+    return format(serial, "X")
+
+
+SERVING_VALIDITY = dt.timedelta(days=90)
+SERVING_RENEW_BEFORE = dt.timedelta(days=30)
+
+
+def serving_secret_name(child: str) -> str:
+    """The Secret (kubernetes.io/tls) with a gateway's serving certificate, named after its Deployment."""
+    return f"{child}-serving"
+
+
+def sign_server(ca: TenantCA, dns_names: list[str], *, now: dt.datetime) -> TenantCA:
+    """A fresh key and a server certificate for ``dns_names`` (the gateway's Service names), by the tenant CA.
+
+    Devices then need one CA: the hospital's, for the gateway they talk to and for themselves.
+    """
+    issuer = x509.load_pem_x509_certificate(ca.cert_pem)
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the tenant CA key must be an EC private key")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(min(now + SERVING_VALIDITY, issuer.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return TenantCA(cert.public_bytes(serialization.Encoding.PEM), key_pem)
+
+
+def serving_due(cert_pem: bytes | None, ca_cert_pem: bytes, dns_names: list[str], now: dt.datetime) -> bool:
+    """Whether a gateway's serving certificate must be issued again: none, another CA's, other names, or near expiry."""
+    if not cert_pem:
+        return True
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName
+        )
+    except (ValueError, x509.ExtensionNotFound):
+        return True
+    issuer = x509.load_pem_x509_certificate(ca_cert_pem)
+    return (
+        cert.issuer != issuer.subject
+        or sorted(names) != sorted(dns_names)
+        or cert.not_valid_after_utc - now <= SERVING_RENEW_BEFORE
+    )

@@ -40,7 +40,7 @@ from tests.exchange_harness import (
 )
 from tests.exchange_support import consent, outcome_of
 from tests.integration.test_workflows import example_spec
-from tests.operator_support import ClusterAdmin, RunningOperator
+from tests.operator_support import ClusterAdmin, RunningOperator, institution_code
 from tests.support import wait_for
 from tests.workflows_data import INSURANCE_CARD, appointment, cbc_report, coverage
 from tests.workflows_requests import service_request
@@ -88,7 +88,11 @@ def admin(k8s_api_client: client.ApiClient) -> ClusterAdmin:
 def members(admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str]]:
     hospitals = {}
     for example, name in NAMES.items():
-        hospitals[name] = {**spec_of("Hospital", example), "consortium": CONSORTIUM, "institutionCode": "TEST0001"}
+        hospitals[name] = {
+            **spec_of("Hospital", example),
+            "consortium": CONSORTIUM,
+            "institutionCode": institution_code(name),
+        }
         hospitals[name].pop("quota", None)
     store = {"recordClass": "emr", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
     spec = spec_of("Consortium", "riverton-medical-alliance")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -46,7 +46,7 @@ def _run_workflow_app(name: CatalogApp) -> None:
     from medcloud_exchange.apps.facade import create_facade
     from medcloud_exchange.apps.settings import AppSettings
 
-    settings = AppSettings(app=name)  # type: ignore[call-arg]  # the rest from the environment
+    settings = AppSettings(app=name)  # the rest from the environment
     typer.echo(f"MedCloud {name.value} of {settings.hospital} on http://{settings.host}:{settings.http_port}", err=True)
     # No access log: query strings carry patient identifiers.
     uvicorn.run(create_facade(settings, APPS[name]), host=settings.host, port=settings.http_port, access_log=False)
@@ -55,9 +55,15 @@ def _run_workflow_app(name: CatalogApp) -> None:
 def _register_workflow_apps() -> None:
     from medcloud_exchange.apps.catalog import APPS
 
+    def command_of(name: CatalogApp) -> Callable[[], None]:
+        def run() -> None:
+            _run_workflow_app(name)
+
+        return run
+
     for name in APPS:
         app.command(name.value, help=f"The {name.value} app for a hospital (docs/apps/{name.value}.md).")(
-            partial(_run_workflow_app, name)
+            command_of(name)
         )
 
 

@@ -20,6 +20,7 @@ COPY api ./api
 COPY gateway ./gateway
 COPY keyservice ./keyservice
 COPY exchange ./exchange
+COPY analytics ./analytics
 COPY cli ./cli
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 

@@ -22,6 +22,8 @@ if [ "$(uname -s)" = Linux ] && [ "$(id -u)" -eq 0 ]; then
 fi
 # PostgreSQL: the exchange's database, started by the local cluster (cli/medcloud_cli/localcluster/postgres.py).
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+# Prometheus and promtool: `dev up` scrapes MedCloud with the chart's alert rules; the suite tests them.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${need_apt[*]}"
   SUDO=""

@@ -35,3 +35,19 @@ def assert_valid_r4_observation(document: dict[str, Any]) -> None:
     Observation.model_validate(document)
     error = best_match(_observation_validator().iter_errors(document))
     assert error is None, f"not valid FHIR R4 JSON at {list(error.absolute_path)}: {error.message}"
+
+
+@cache
+def _validator(resource_type: str) -> Draft6Validator:
+    if not SCHEMA.is_file():
+        pytest.fail(f"{SCHEMA} is missing: run scripts/bootstrap.sh (it fetches the FHIR R4 JSON schema)")
+    root = json.loads(SCHEMA.read_text())
+    if resource_type not in root["definitions"]:
+        pytest.fail(f"{resource_type} is not a FHIR R4 resource type")
+    return Draft6Validator({"$ref": f"#/definitions/{resource_type}", "definitions": root["definitions"]})
+
+
+def assert_valid_r4(resource: dict[str, Any]) -> None:
+    """Any resource against its own definition in HL7's R4 JSON schema."""
+    error = best_match(_validator(str(resource.get("resourceType"))).iter_errors(resource))
+    assert error is None, f"not valid FHIR R4 JSON at {list(error.absolute_path)}: {error.message}"

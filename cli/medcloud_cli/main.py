@@ -1,13 +1,14 @@
 """The `medcloud` command: one entry point, one sub-command per deployable and per concern.
 
 The roof of the layout: it imports each deployable's own command (operator,
-api, gateway, keyservice, exchange) and the local cluster; nothing imports it.
+api, gateway, keyservice, exchange, analytics) and the local cluster; nothing imports it.
 """
 
 from __future__ import annotations
 
 import typer
 
+from medcloud_analytics import command as analytics_command
 from medcloud_api import command as api_command
 from medcloud_cli.commands import crds, dev, devices, onboard, records
 from medcloud_exchange import command as exchange_command
@@ -27,6 +28,7 @@ app.add_typer(crds.app, name="crds")
 app.add_typer(records.app, name="records")
 app.add_typer(devices.app, name="devices")
 app.add_typer(apps_command.app, name="app")
+app.add_typer(analytics_command.app, name="analytics")
 app.command("api")(api_command.serve)
 app.command("exchange")(exchange_command.run)
 app.command("onboard")(onboard.run)

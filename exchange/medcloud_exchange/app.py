@@ -458,4 +458,7 @@ def create_app(settings: ExchangeSettings | None = None, exchange: Exchange | No
     from medcloud_exchange.workflows.mount import include
 
     include(app, exchange)
+    from medcloud_exchange.bulk import routes as bulk_routes
+
+    bulk_routes.include(app, exchange)
     return app

@@ -43,6 +43,7 @@ class Interaction(StrEnum):
     CREATE = "create"
     UPDATE = "update"
     DELETE = "delete"
+    OPERATION = "operation"
 
 
 _ACTION = {
@@ -51,6 +52,7 @@ _ACTION = {
     Interaction.CREATE: "C",
     Interaction.UPDATE: "U",
     Interaction.DELETE: "D",
+    Interaction.OPERATION: "E",
 }
 _TRANSACTIONS = {
     "ITI-67": "Find Document References",

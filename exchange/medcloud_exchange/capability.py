@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from medcloud_exchange.bulk.protocol import BULK_DATA_SERVER, bulk_operations
 from medcloud_exchange.workflows.capabilities import workflow_resources
 
 MHD = "https://profiles.ihe.net/ITI/MHD"
@@ -29,7 +30,7 @@ def capability_statement(consortium: str, date: str) -> dict[str, Any]:
         "implementation": {"description": f"MedCloud consortium exchange of {consortium}"},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
-        "instantiates": [f"{MHD}/CapabilityStatement/IHE.MHD.DocumentResponder"],
+        "instantiates": [f"{MHD}/CapabilityStatement/IHE.MHD.DocumentResponder", BULK_DATA_SERVER],
         "rest": [
             {
                 "mode": "server",
@@ -68,6 +69,7 @@ def capability_statement(consortium: str, date: str) -> dict[str, Any]:
                     },
                     *workflow_resources(),
                 ],
+                "operation": bulk_operations(),
             }
         ],
     }

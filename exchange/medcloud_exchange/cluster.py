@@ -32,6 +32,7 @@ from medcloud_exchange import FIELD_MANAGER
 from medcloud_exchange.settings import ExchangeSettings
 
 EXCHANGE_SUBRESOURCE = "exchange"
+EXPORT_SUBRESOURCE = "export"
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 EVENT_NAMESPACE = "default"
 
@@ -93,6 +94,14 @@ class Cluster:
             namespace=hospital_namespace(hospital),
             name=self._consortium,
             subresource=EXCHANGE_SUBRESOURCE,
+        )
+        allowed, _reason = self._reviews.may(caller, attributes)
+        return allowed
+
+    def may_export(self, caller: Caller) -> bool:
+        """Whether RBAC grants ``caller`` ``get`` on ``consortia/export`` of this Consortium (a FHIR Bulk export)."""
+        attributes = medcloud_resource(
+            Consortium.crd.plural, "get", name=self._consortium, subresource=EXPORT_SUBRESOURCE
         )
         allowed, _reason = self._reviews.may(caller, attributes)
         return allowed

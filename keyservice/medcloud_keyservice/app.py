@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import make_asgi_app
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from starlette.responses import Response
@@ -157,6 +158,9 @@ def create_app(settings: KeyServiceSettings | None = None, api_client: client.Ap
         redoc_url=None,
     )
     app.state.service = service
+    # The process's own series (process_*, python_*), so Prometheus sees the service up or down;
+    # no series names a caller, a store or a key.
+    app.mount("/metrics", make_asgi_app())
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

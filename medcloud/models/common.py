@@ -11,7 +11,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import (
+    Context,
+    Decimal,
+    DecimalException,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    Underflow,
+    localcontext,
+)
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
@@ -262,6 +272,8 @@ Quantity = Annotated[
 
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 _BINARY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+# Quantities are computed exactly or not at all: no rounding, no overflow to infinity, no underflow to 0.
+_EXACT = Context(prec=64, traps=[InvalidOperation, Overflow, Underflow, Inexact, DivisionByZero])
 _DECIMAL_SUFFIXES = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 
 
@@ -275,7 +287,14 @@ def parse_quantity(value: str | int) -> Decimal:
     number = re.match(r"^[0-9.]+([eE][+-]?[0-9]+)?", text)
     assert number is not None  # the pattern above guarantees a leading number
     suffix = text[number.end() :]
-    return Decimal(number.group(0)).scaleb(_DECIMAL_SUFFIXES[suffix])
+    try:
+        with localcontext(_EXACT):
+            return Decimal(number.group(0)).scaleb(_DECIMAL_SUFFIXES[suffix])
+    except DecimalException as exc:
+        # An exponent beyond what Decimal holds exactly ("1e999999999" would be
+        # an error, "1e-999999999" silently 0): refuse it instead of a 500 or a
+        # value other than the one written.
+        raise ValueError(f"{text!r} is beyond any quantity MedCloud accepts") from exc
 
 
 # The API server parses any quantity but stores it as an int64 of its
@@ -474,6 +493,14 @@ class StatusBase(MedCloudModel):
         default=None,
         ge=0,
         description="metadata.generation of the spec the operator last acted on.",
+    )
+    observed_digest: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "Digest of the spec and the operator settings the operator last reconciled (hex SHA-256): while it, "
+            "observedGeneration and the phase Ready stand, the operator's periodic safety net sends no request."
+        ),
     )
     conditions: list[Condition] = Field(
         default_factory=list,

@@ -22,6 +22,7 @@ from medcloud.models.common import (
     empty_default,
     unique_items,
 )
+from medcloud.models.deidentification import DeidentificationPolicy
 from medcloud.models.hospital import Tier
 
 ANY_MEMBER = "*"
@@ -222,6 +223,13 @@ class ConsortiumSpec(MedCloudModel):
         default_factory=ConsortiumExchangeSpec,
         description="How the consortium's exchange is deployed: its database connection Secret.",
         json_schema_extra=empty_default(),
+    )
+    deidentification: DeidentificationPolicy | None = Field(
+        default=None,
+        description=(
+            "How the exchange de-identifies a FHIR Bulk export for the city health commission "
+            "(docs/analytics.md); without it the exchange exports nothing."
+        ),
     )
 
     @field_validator("members")

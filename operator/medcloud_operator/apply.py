@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from medcloud.kube.client import Kind, Manifest, kind_of
 from medcloud.tenancy import labels
 from medcloud_operator.kube import Kube
@@ -204,11 +206,27 @@ def merged(desired: Manifest, live: Manifest, kind: Kind) -> Manifest:
     return body
 
 
-def apply(kube: Kube, desired: Manifest, own_writes: OwnWrites | None = None) -> Applied:
-    """Create ``desired`` if absent, update it if it differs, do nothing (no request but a GET) if it matches."""
+def apply(
+    kube: Kube, desired: Manifest, own_writes: OwnWrites | None = None, *, expect_absent: bool = False
+) -> Applied:
+    """Create ``desired`` if absent, update it if it differs, do nothing (no request but a GET) if it matches.
+
+    ``expect_absent`` (the owner was never reconciled: onboarding) creates first and reads only when
+    the object turns out to exist (409): a new tenant's dozen children cost no GET each.
+    """
     kind = kind_of(desired)
     meta = desired["metadata"]
     name, namespace = meta["name"], meta.get("namespace")
+    if expect_absent:
+        try:
+            written = kube.create(desired)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        else:
+            if own_writes is not None:
+                own_writes.record(written)
+            return Applied(kind.kind, name, namespace, Action.CREATED, written)
     live = kube.get(kind, name, namespace)
     if live is None:
         written = kube.create(desired)

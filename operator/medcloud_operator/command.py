@@ -8,6 +8,7 @@ which is what a container or `medcloud dev up` starts.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import kopf
@@ -54,6 +55,10 @@ def run(
     if liveness is None and settings.probe_port:
         liveness = f"http://0.0.0.0:{settings.probe_port}/healthz"
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat[(log_format or settings.log_format).upper()])
+    if not verbose:
+        # Kopf logs every handler's success per object at INFO ("Handler 'drift-roles' succeeded."): a line
+        # per child event, tens of thousands while a province onboards. Its warnings and errors stay.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
     # Imported here: the handlers (and what they import) load only when the operator runs.
     from medcloud_operator.main import build_registry

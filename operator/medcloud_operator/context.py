@@ -3,7 +3,7 @@
 It is built once, by the startup handler (``medcloud_operator.main``), from
 the settings read at start: the Kubernetes client, the MinIO client (None
 when the operator has no MinIO), the record of the operator's own writes,
-per-object locks and the metrics server.
+per-object locks, the work queue and the metrics server.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from medcloud_operator.apply import OwnWrites
 from medcloud_operator.kube import Kube
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.storage import Storage
+from medcloud_operator.workqueue import WorkQueue
 
 MEMO_KEY = "medcloud"
 
@@ -48,6 +49,12 @@ class OperatorContext:
     own_writes: OwnWrites = field(default_factory=OwnWrites)
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     metrics_server: WSGIServer | None = None
+    queue: WorkQueue = field(default_factory=lambda: WorkQueue(4))
+    """Every reconcile waits here for one of its workers (``max_concurrent_reconciles``), changes first."""
+    settings_fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings_fingerprint = self.settings.fingerprint()
 
 
 def get_context(memo: kopf.Memo) -> OperatorContext:

@@ -17,7 +17,16 @@ import kopf
 from kubernetes import config
 from kubernetes.client.exceptions import ApiException
 
-from medcloud.kube.client import CLUSTER_KOPF_PEERING, NAMESPACE, load_configuration
+from medcloud.kube.client import (
+    APP_INSTANCE,
+    CLUSTER_KOPF_PEERING,
+    CONSORTIUM,
+    DEVICE_GATEWAY,
+    HOSPITAL,
+    NAMESPACE,
+    RECORD_STORE,
+    load_configuration,
+)
 from medcloud.tenancy import labels
 from medcloud_operator import OPERATOR_NAME, health, metrics
 from medcloud_operator.context import MEMO_KEY, OperatorContext, get_context
@@ -25,9 +34,14 @@ from medcloud_operator.handlers import appinstance, consortium, device, devicega
 from medcloud_operator.kube import Kube, new_api_client
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.storage import Storage
+from medcloud_operator.workqueue import WorkQueue
 
 # Each registers its kind's handlers (``register(registry, settings)``).
 HANDLER_MODULES = (hospital, recordstore, devicegateway, device, appinstance, consortium, health)
+
+SHARDED_KINDS = (HOSPITAL, RECORD_STORE, DEVICE_GATEWAY, APP_INSTANCE, CONSORTIUM)
+# The work queue's controller names (the kind in lower case, as kubebuilder names controllers).
+CONTROLLERS = tuple(kind.kind.lower() for kind in SHARDED_KINDS)
 
 KOPF_DEFAULT_PEERING = "default"
 STATE_PREFIX = "kopf.medcloud.io"
@@ -123,8 +137,20 @@ def configure(
         if kind is not NAMESPACE:
             settings.watching.label_selectors[kind.api_version, kind.plural] = labels.managed_selector()
 
+    # Reconciles run in the work queue's own threads, changes first; Kopf's pool (the handlers
+    # that are not reconciles: deletions' bookkeeping, indexes, member events) gets the same size.
+    settings.execution.max_workers = cfg.max_concurrent_reconciles
+    queue = WorkQueue(cfg.max_concurrent_reconciles)
+    for controller in CONTROLLERS:
+        metrics.MAX_CONCURRENT_RECONCILES.labels(controller=controller).set(cfg.max_concurrent_reconciles)
+
+    # Sharding: of the MedCloud kinds, stream only this replica's shard (docs/operator.md#sharding).
+    if cfg.shard_selector:
+        for kind in SHARDED_KINDS:
+            settings.watching.label_selectors[kind.api_version, kind.plural] = cfg.shard_selector
+
     storage = Storage(cfg) if cfg.configured else None
-    ctx = OperatorContext(settings=cfg, kube=Kube(new_api_client()), storage=storage)
+    ctx = OperatorContext(settings=cfg, kube=Kube(new_api_client()), storage=storage, queue=queue)
     if not settings.peering.standalone and settings.peering.clusterwide:
         _ensure_peering_object(ctx.kube, settings.peering.name, logger)
     if cfg.metrics_port:
@@ -178,6 +204,7 @@ def _ensure_peering_object(kube: Kube, name: str, logger: kopf.Logger) -> None:
 
 def shutdown(memo: kopf.Memo, **_: Any) -> None:
     ctx = get_context(memo)
+    ctx.queue.close()
     if ctx.storage is not None:
         ctx.storage.close()
     if ctx.metrics_server is not None:

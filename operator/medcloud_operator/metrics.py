@@ -46,6 +46,12 @@ DRIFT_REPAIRS = Counter(
     "Child objects found changed or deleted by someone else and put back, by kind.",
     ["kind"],
 )
+SETTLED_SKIPS = Counter(
+    "medcloud_settled_skips_total",
+    "Objects found settled (Ready at their generation, from this spec and these settings) and so not reconciled, "
+    "by kind and trigger (resume, resync).",
+    ["kind", "trigger"],
+)
 RESOURCES = Gauge(
     "medcloud_resources",
     "MedCloud resources this operator replica knows, by kind and phase.",
@@ -60,6 +66,50 @@ DEVICES = Gauge(
 RESULT_SUCCESS = "success"
 RESULT_ERROR = "error"
 RESULT_REQUEUE = "requeue"
+RESULT_REQUEUE_AFTER = "requeue_after"
+
+# controller-runtime's own names and labels (``controller`` is the kind in lower case, as kubebuilder names
+# controllers; ``name`` is the work queue's, the same), so its dashboards and alerts work unchanged.
+# Counted by the work queue (medcloud_operator.workqueue), which every reconcile passes through.
+CONTROLLER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+QUEUE_BUCKETS = (1e-05, 1e-04, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+CR_RECONCILE_TOTAL = Counter(
+    "controller_runtime_reconcile_total",
+    "Total number of reconciliations per controller (result: success, error, requeue_after).",
+    ["controller", "result"],
+)
+CR_RECONCILE_ERRORS = Counter(
+    "controller_runtime_reconcile_errors_total", "Total number of reconciliation errors per controller.", ["controller"]
+)
+CR_RECONCILE_TIME = Histogram(
+    "controller_runtime_reconcile_time_seconds",
+    "Length of time per reconciliation per controller.",
+    ["controller"],
+    buckets=CONTROLLER_BUCKETS,
+)
+ACTIVE_WORKERS = Gauge(
+    "controller_runtime_active_workers", "Number of currently used workers per controller.", ["controller"]
+)
+MAX_CONCURRENT_RECONCILES = Gauge(
+    "controller_runtime_max_concurrent_reconciles",
+    "Maximum number of concurrent reconciles per controller.",
+    ["controller"],
+)
+WORKQUEUE_DEPTH = Gauge("workqueue_depth", "Current depth of workqueue.", ["name"])
+WORKQUEUE_ADDS = Counter("workqueue_adds_total", "Total number of adds handled by workqueue.", ["name"])
+WORKQUEUE_RETRIES = Counter("workqueue_retries_total", "Total number of retries handled by workqueue.", ["name"])
+WORKQUEUE_QUEUE_DURATION = Histogram(
+    "workqueue_queue_duration_seconds",
+    "How long in seconds an item stays in workqueue before being requested.",
+    ["name"],
+    buckets=QUEUE_BUCKETS,
+)
+WORKQUEUE_WORK_DURATION = Histogram(
+    "workqueue_work_duration_seconds",
+    "How long in seconds processing an item from workqueue takes.",
+    ["name"],
+    buckets=QUEUE_BUCKETS,
+)
 
 
 class PhaseTracker:

@@ -9,13 +9,16 @@ and registers the handlers with what it read (``medcloud_operator.main``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medcloud import __version__
+from medcloud_operator import sharding
 
 
 class WorkloadSettings(BaseModel):
@@ -114,6 +117,31 @@ class StorageSettings(BaseModel):
     @property
     def configured(self) -> bool:
         return bool(self.minio_endpoint and self.minio_access_key and self.minio_secret_key)
+
+
+RUNTIME_FIELDS = frozenset(
+    {
+        "namespaces",
+        "metrics_port",
+        "metrics_address",
+        "probe_port",
+        "peering_name",
+        "standalone",
+        "peering_priority",
+        "log_level",
+        "log_format",
+        "resync_seconds",
+        "full_resync_seconds",
+        "max_concurrent_reconciles",
+        "deletion_retry_seconds",
+        "recordstore_refresh_seconds",
+        "recordstore_retry_max_seconds",
+        "minio_secret_key",
+        "minio_timeout_seconds",
+        "shard_selector",
+    }
+)
+"""Settings that say how this process runs, not what it builds: a change of them leaves every object settled."""
 
 
 class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
@@ -231,9 +259,47 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
             "again: the operator never watches Secrets, so restoring or deleting the Secret heals within this."
         ),
     )
+    full_resync_seconds: float = Field(
+        default=21600.0,
+        gt=0,
+        description=(
+            "How often each settled object is reconciled in full anyway (its reads and comparisons), spread "
+            "evenly over this period by the object's uid: what no watch reports (a deleted KEK Secret) is "
+            "caught within it. Every resync_seconds the safety net only compares the object's status with "
+            "its spec and the settings, without a request."
+        ),
+    )
+    max_concurrent_reconciles: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description=(
+            "Reconciles that run at once (threads of the work queue); waiting ones are served changes "
+            "first, then resumes, then the safety net. Kopf's own thread pool gets the same size."
+        ),
+    )
+    shard_selector: str | None = Field(
+        default=None,
+        description=(
+            "Label selector (equality-based: k=v, k!=v, k, !k, comma-separated) of the MedCloud objects this "
+            "replica serves, e.g. medcloud.io/shard=east; unset: all. Give each shard its own peering_name."
+        ),
+    )
     deletion_retry_seconds: float = Field(
         default=15.0, gt=0, description="How often a refused deletion (RecordStores present) is retried."
     )
+
+    @field_validator("shard_selector")
+    @classmethod
+    def _equality_based(cls, value: str | None) -> str | None:
+        if value:
+            sharding.parse(value)  # raises on anything the local test could not judge like the API server
+        return value or None
+
+    def fingerprint(self) -> str:
+        """A digest of the settings that shape child objects (not of how this process runs)."""
+        shaping = self.model_dump(mode="json", exclude=set(RUNTIME_FIELDS))
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
     def operator_subject(self) -> dict[str, str]:
         """The operator's own identity as an RBAC subject, spelled as the API server stores it."""

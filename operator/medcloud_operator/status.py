@@ -8,6 +8,7 @@ missing empty list) never cause a write.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -18,6 +19,9 @@ from medcloud.kube.client import Kind
 from medcloud.models import READY, Condition, ConditionStatus, Phase, StatusBase
 from medcloud.models.conditions import Reason, find_condition, set_condition
 from medcloud_operator.kube import Kube
+
+RECONCILING_DIGEST: ContextVar[str | None] = ContextVar("RECONCILING_DIGEST", default=None)
+"""The digest of the object being reconciled in this thread (set by the reconcile frame); written with its status."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,14 @@ def summarise(
 def write_status(
     kube: Kube, kind: Kind, name: str, stored: StatusBase | None, new: StatusBase, namespace: str | None = None
 ) -> bool:
-    """Patch the status subresource with what differs from ``stored``; True if a write was needed."""
+    """Patch the status subresource with what differs from ``stored``; True if a write was needed.
+
+    Within a reconcile frame the new status carries the digest the frame is reconciling
+    (``observedDigest``): it goes out in the same patch, so recording it costs no request of its own.
+    """
+    digest = RECONCILING_DIGEST.get()
+    if digest is not None:
+        new = new.model_copy(update={"observed_digest": digest})
     patch = merge_patch(dump(stored) if stored is not None else {}, dump(new))
     if not patch:
         return False

@@ -10,6 +10,7 @@ defines its own ``operator``.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,18 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from minio import Minio
 
 from medcloud.kube.crds import install_crds
 from medcloud_cli.localcluster.cluster import MinioInfo
+from tests.operator_replicas import (
+    ACTIVE_USER,
+    OPERATOR_CLUSTER_ROLE,
+    OPERATOR_GROUP,
+    OPERATOR_KEYS_ROLE,
+    STANDBY_USER,
+)
 from tests.operator_support import (
     OPERATOR_NAMESPACE,
     OPERATOR_USER,
@@ -100,3 +109,48 @@ def bucket(root: Minio, request: pytest.FixtureRequest) -> Iterator[str]:
         for obj in root.list_objects(name, recursive=True):
             root.remove_object(name, obj.object_name)
         root.remove_bucket(name)
+
+
+# --------------------------------------------------------------------------- operator replicas (peering, sharding)
+
+
+@pytest.fixture(scope="module")
+def peering_cluster(local_cluster: Any, k8s_api_client: client.ApiClient, operator_rbac: None) -> client.ApiClient:
+    """CRDs (ours and Kopf's peering ones), the operator's namespace and its RBAC."""
+    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "kopf-peering-crds.yaml"))
+    local_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev")
+    return k8s_api_client
+
+
+@pytest.fixture
+def replica_kubeconfigs(local_cluster: Any, peering_cluster: client.ApiClient) -> Iterator[dict[str, Path]]:
+    """Two operator identities, each bound to exactly the operator's Roles; the bindings go afterwards."""
+    if getattr(local_cluster, "audit_log", None) is None:
+        pytest.skip("needs the local cluster's audit log")
+    rbac = client.RbacAuthorizationV1Api(peering_cluster)
+    name = f"medcloud-operator-peering-test-{uuid.uuid4().hex[:6]}"
+    subjects = [
+        {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user} for user in (ACTIVE_USER, STANDBY_USER)
+    ]
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_CLUSTER_ROLE},
+            "subjects": subjects,
+        }
+    )
+    try:
+        rbac.create_namespaced_role_binding(
+            OPERATOR_NAMESPACE,
+            {
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": OPERATOR_KEYS_ROLE},
+                "subjects": subjects,
+            },
+        )
+        yield {user: local_cluster.kubeconfig_for_user(user, (OPERATOR_GROUP,)) for user in (ACTIVE_USER, STANDBY_USER)}
+    finally:
+        with contextlib.suppress(ApiException):
+            rbac.delete_namespaced_role_binding(name, OPERATOR_NAMESPACE)
+        with contextlib.suppress(ApiException):
+            rbac.delete_cluster_role_binding(name)

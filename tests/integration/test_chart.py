@@ -169,8 +169,9 @@ def test_default_values_render_operator_api_key_service_and_rbac_and_no_monitori
     assert kinds(docs) == Counter(
         {
             "ServiceAccount": 3,
-            # operator, operator-tenant-secrets, operator-recordstores, api, city-admin, exchange-client, exchange
-            "ClusterRole": 7,
+            # operator, operator-tenant-secrets, operator-recordstores, api, city-admin, exchange-client, exchange,
+            # city-health-commission
+            "ClusterRole": 8,
             "ClusterRoleBinding": 4,  # ... and the key service's system:auth-delegator
             "Role": 2,  # the operator's and the key service's, for key Secrets
             "RoleBinding": 2,
@@ -340,6 +341,7 @@ MIRRORED = (
     "keyservice-rbac.yaml",
     "exchange-client-rbac.yaml",
     "exchange-rbac.yaml",
+    "city-health-commission-rbac.yaml",
 )
 ADMISSION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 NOT_MIRRORED = {
@@ -527,6 +529,7 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
                 "dnsPodLabels": {"k8s-app": "coredns"},
                 "logLevel": "DEBUG",
                 "resyncSeconds": 120.5,
+                "shardSelector": "medcloud.io/shard=east",
                 "minioEndpoint": "https://minio.medcloud-storage.svc:9000",
                 "minioPublicEndpoint": "https://s3.city.example",
                 "keyServiceUrl": "https://keys.medcloud-system.svc",
@@ -557,6 +560,7 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
     assert settings.dns_pod_labels == {"k8s-app": "coredns"}
     assert settings.log_level == "DEBUG"
     assert settings.resync_seconds == 120.5
+    assert settings.shard_selector == "medcloud.io/shard=east"
     assert settings.peering_name == "medcloud"
     assert settings.standalone is False
     # In every tenant namespace the operator binds its own ServiceAccount to the chart's tenant Secrets role.

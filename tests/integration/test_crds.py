@@ -600,6 +600,32 @@ INVALID: list[Invalid] = [
         ("spec.members: Invalid value: 0", "should have at least 1 items"),
     ),
     Invalid(
+        "cons-deid-keeps-identifier",
+        "Consortium",
+        {
+            "spec.deidentification": {
+                "purposes": [{"name": "indicators"}],
+                "retain": ["Patient.address.state", "Patient.name"],
+            }
+        },
+        (
+            "spec.deidentification.retain[1]: Forbidden",
+            "Patient.name carries a direct identifier or free text, which Safe Harbor drops: it cannot be retained",
+        ),
+    ),
+    Invalid(
+        "cons-deid-whole-address",
+        "Consortium",
+        {"spec.deidentification": {"purposes": [{"name": "indicators"}], "retain": ["Patient.address"]}},
+        ("spec.deidentification.retain[0]: Forbidden", "Patient.address carries a direct identifier or free text"),
+    ),
+    Invalid(
+        "cons-deid-no-purpose",
+        "Consortium",
+        {"spec.deidentification": {"purposes": []}},
+        ("spec.deidentification.purposes: Invalid value: 0", "should have at least 1 items"),
+    ),
+    Invalid(
         "cons-sharing-no-from",
         "Consortium",
         {"spec.sharing": [{"category": "emr", "to": ["*"]}]},

@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,17 +23,26 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from medcloud_cli.localcluster.process import ServerProcess, free_port, log_tail
+from medcloud_cli.localcluster.process import log_tail
+from tests.operator_replicas import (
+    ACTIVE_USER,
+    OPERATOR_GROUP,
+    PEERING_GROUP,
+    PEERING_PLURAL,
+    PEERING_VERSION,
+    STANDBY_USER,
+    Replica,
+    about_hospital,
+    operator_writes,
+    start_replica,
+)
 from tests.operator_support import (
     GROUP,
     OPERATOR_NAMESPACE,
-    REPO,
     VERSION,
     ClusterAdmin,
     Json,
     audit_lines,
-    audit_writes,
-    healthz,
     hospital_spec,
     is_ready,
     raw,
@@ -46,14 +51,6 @@ from tests.support import wait_for
 
 pytestmark = pytest.mark.cluster
 
-PEERING_GROUP, PEERING_VERSION, PEERING_PLURAL = "kopf.dev", "v1", "clusterkopfpeerings"
-# Names from deploy/operator-rbac.yaml.
-OPERATOR_CLUSTER_ROLE = "medcloud-operator"
-OPERATOR_KEYS_ROLE = "medcloud-operator-keys"
-ACTIVE_USER, STANDBY_USER = "medcloud-operator-a", "medcloud-operator-b"
-# Both replicas are one operator: a group holds them, and that group is the
-# subject each tenant's RoleBinding medcloud-operator-tenant binds.
-OPERATOR_GROUP = "medcloud-operator-peering-test"
 ACTIVE_PRIORITY, STANDBY_PRIORITY = 200, 100
 # What the tenancy of one Hospital is written as: (resource, subresource).
 TENANCY_WRITES = {
@@ -69,151 +66,12 @@ TENANCY_WRITES = {
 # --------------------------------------------------------------------------- helpers
 
 
-def _writes(audit_log: Path, since_line: int, users: set[str]) -> list[Json]:
-    """Write requests (the audit policy logs only those) by ``users``, except to Kopf's peering objects.
-
-    Peering heartbeats are how replicas see each other, so every replica
-    writes them; everything else is acting on the cluster.
-    """
-    entries = audit_writes(audit_log, since_line, users)
-    return [e for e in entries if (e.get("objectRef") or {}).get("apiGroup") != PEERING_GROUP]
-
-
-def _about(entry: Json, hospital: str) -> bool:
-    """Whether an audited write concerns ``hospital``'s tenancy."""
-    ref = entry.get("objectRef") or {}
-    ns = f"hospital-{hospital}"
-    return (
-        ref.get("namespace") == ns
-        or (ref.get("resource") == "namespaces" and ref.get("name") == ns)
-        or (ref.get("resource") == "hospitals" and ref.get("name") == hospital)
-        or (ref.get("resource") == "secrets" and ref.get("name") == f"kek-{hospital}")
-    )
-
-
 def _kinds(entries: list[Json]) -> set[tuple[str, str]]:
     return {(e["objectRef"].get("resource", ""), e["objectRef"].get("subresource", "")) for e in entries}
 
 
 def _summary(entries: list[Json]) -> list[tuple[str, str, str]]:
     return [(e["user"]["username"], e["verb"], json.dumps(e.get("objectRef"), sort_keys=True)) for e in entries]
-
-
-@dataclass
-class Replica:
-    """One operator process: its identity (API user and Kopf peer id), priority and log."""
-
-    user: str
-    peer_id: str
-    priority: int
-    probe_port: int
-    process: ServerProcess
-
-    @property
-    def log(self) -> Path:
-        return self.process.log_path
-
-    def healthy(self) -> bool:
-        if not self.process.running():
-            raise AssertionError(f"operator {self.user} exited:\n{log_tail(self.log)}")
-        return healthz(self.probe_port)
-
-    def stop(self) -> int | None:
-        """SIGTERM (as Kubernetes stops a pod), SIGKILL after a grace period; the exit code."""
-        self.process.stop(grace=30)
-        if self.process.popen is None:
-            return None
-        # stop() may see the process as a zombie before reaping it: reap it for its exit code.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.popen.wait(timeout=10)
-        return self.process.popen.returncode
-
-
-def _start_replica(kubeconfig: Path, user: str, priority: int, peering: str, log_dir: Path, suffix: str) -> Replica:
-    metrics_port, probe_port = free_port(), free_port()
-    peer_id = f"{user}-{suffix}"
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig),
-        # Kopf's peer identity; in a pod it is the pod's name.
-        "POD_ID": peer_id,
-        "MEDCLOUD_PEERING_PRIORITY": str(priority),
-        "MEDCLOUD_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
-        "MEDCLOUD_METRICS_PORT": str(metrics_port),
-        "MEDCLOUD_METRICS_ADDRESS": "127.0.0.1",
-        "MEDCLOUD_PROBE_PORT": str(probe_port),
-        "MEDCLOUD_STORAGE_CIDRS": json.dumps(["10.250.0.0/24"]),
-        "MEDCLOUD_DELETION_RETRY_SECONDS": "1",
-        "MEDCLOUD_OPERATOR_SUBJECT_KIND": "Group",
-        "MEDCLOUD_OPERATOR_SUBJECT_NAME": OPERATOR_GROUP,
-    }
-    process = ServerProcess(
-        name=f"operator {user}",
-        args=[
-            sys.executable,
-            "-m",
-            "medcloud_operator",
-            "--peering",
-            peering,
-            "--liveness",
-            f"http://127.0.0.1:{probe_port}/healthz",
-            "--log-format",
-            "plain",
-            "--verbose",
-        ],
-        log_path=log_dir / f"{user}.log",
-        env=env,
-        ports=(metrics_port, probe_port),
-        cwd=REPO,
-        die_with_parent=True,
-    )
-    process.start()
-    return Replica(user, peer_id, priority, probe_port, process)
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def peering_cluster(local_cluster: Any, k8s_api_client: client.ApiClient, operator_rbac: None) -> client.ApiClient:
-    """CRDs (ours and Kopf's peering ones), the operator's namespace and its RBAC."""
-    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "kopf-peering-crds.yaml"))
-    local_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/clusterkopfpeerings.kopf.dev")
-    return k8s_api_client
-
-
-@pytest.fixture
-def replica_kubeconfigs(local_cluster: Any, peering_cluster: client.ApiClient) -> Iterator[dict[str, Path]]:
-    """Two operator identities, each bound to exactly the operator's Roles; the bindings go afterwards."""
-    if getattr(local_cluster, "audit_log", None) is None:
-        pytest.skip("needs the local cluster's audit log")
-    rbac = client.RbacAuthorizationV1Api(peering_cluster)
-    name = f"medcloud-operator-peering-test-{uuid.uuid4().hex[:6]}"
-    subjects = [
-        {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user} for user in (ACTIVE_USER, STANDBY_USER)
-    ]
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_CLUSTER_ROLE},
-            "subjects": subjects,
-        }
-    )
-    try:
-        rbac.create_namespaced_role_binding(
-            OPERATOR_NAMESPACE,
-            {
-                "metadata": {"name": name},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": OPERATOR_KEYS_ROLE},
-                "subjects": subjects,
-            },
-        )
-        yield {user: local_cluster.kubeconfig_for_user(user, (OPERATOR_GROUP,)) for user in (ACTIVE_USER, STANDBY_USER)}
-    finally:
-        with contextlib.suppress(ApiException):
-            rbac.delete_namespaced_role_binding(name, OPERATOR_NAMESPACE)
-        with contextlib.suppress(ApiException):
-            rbac.delete_cluster_role_binding(name)
 
 
 # --------------------------------------------------------------------------- test
@@ -254,7 +112,7 @@ def test_only_the_highest_priority_replica_acts_and_the_standby_takes_over(
         """No write by ``users`` for a couple of seconds (the last reconciles and status mirrors are done)."""
         mark = audit_lines(audit_log)
         time.sleep(2)
-        return not _writes(audit_log, mark, users)
+        return not operator_writes(audit_log, mark, users)
 
     operators = {ACTIVE_USER, STANDBY_USER}
     try:
@@ -262,13 +120,13 @@ def test_only_the_highest_priority_replica_acts_and_the_standby_takes_over(
         # (The order is not what keeps the standby quiet: with mandatory peering,
         # Kopf keeps a replica paused until it has seen the peering's state.)
         mark = audit_lines(audit_log)
-        active = _start_replica(
+        active = start_replica(
             replica_kubeconfigs[ACTIVE_USER], ACTIVE_USER, ACTIVE_PRIORITY, peering, tmp_path, suffix
         )
         replicas.append(active)
         wait_for(active.healthy, "the active replica's liveness endpoint", timeout=90)
         wait_for(lambda: active.peer_id in peers(), f"{active.peer_id} in ClusterKopfPeering {peering}")
-        standby = _start_replica(
+        standby = start_replica(
             replica_kubeconfigs[STANDBY_USER], STANDBY_USER, STANDBY_PRIORITY, peering, tmp_path, suffix
         )
         replicas.append(standby)
@@ -284,11 +142,11 @@ def test_only_the_highest_priority_replica_acts_and_the_standby_takes_over(
         wait_ready(first)
         wait_for(lambda: (hospital(first) or {}).get("status", {}).get("quotaUsage"), "quota usage in status")
         wait_for(lambda: settled(operators), "the operators to settle")
-        writes = _writes(audit_log, mark, operators)
+        writes = operator_writes(audit_log, mark, operators)
         by_active = [w for w in writes if w["user"]["username"] == ACTIVE_USER]
         by_standby = [w for w in writes if w["user"]["username"] == STANDBY_USER]
         assert by_standby == [], _summary(by_standby)
-        assert _kinds([w for w in by_active if _about(w, first)]) >= TENANCY_WRITES, _summary(by_active)
+        assert _kinds([w for w in by_active if about_hospital(w, first)]) >= TENANCY_WRITES, _summary(by_active)
         rbac = client.RbacAuthorizationV1Api(peering_cluster)
         own = rbac.read_namespaced_role_binding("medcloud-operator-tenant", f"hospital-{first}")
         assert [(s.kind, s.name) for s in own.subjects] == [("Group", OPERATOR_GROUP)]
@@ -306,8 +164,8 @@ def test_only_the_highest_priority_replica_acts_and_the_standby_takes_over(
         second = create_hospital("peer-b")
         wait_ready(second)
         wait_for(lambda: settled(operators), "the remaining operator to settle")
-        writes = _writes(audit_log, mark, operators)
-        about_second = [w for w in writes if _about(w, second)]
+        writes = operator_writes(audit_log, mark, operators)
+        about_second = [w for w in writes if about_hospital(w, second)]
         assert {w["user"]["username"] for w in writes} <= {STANDBY_USER}, _summary(writes)
         assert _kinds(about_second) >= TENANCY_WRITES, _summary(about_second)
         assert standby.process.running(), log_tail(standby.log)

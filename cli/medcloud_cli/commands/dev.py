@@ -143,6 +143,7 @@ def _print_ready(state: ClusterState, platform: PlatformInfo | None) -> None:
                 "(answers once the Consortium is applied; callers: docs/exchange.md)"
             )
         console.print(f"operator metrics: {platform.operator_metrics}")
+        console.print(f"Prometheus (the chart's alert rules loaded): {platform.prometheus_url}")
         console.print("try: kubectl apply -f examples/   or   medcloud onboard hospital.yaml")
         console.print(
             f"record keys: a token for audience {platform.key_service_audience} of an account granted "

@@ -1,4 +1,4 @@
-"""MedCloud itself on the local cluster: CRDs, RBAC, the key service, the operator and the control API.
+"""MedCloud itself on the local cluster: CRDs, RBAC, the key service, the operator, the control API, Prometheus.
 
 `medcloud dev up` runs this after the servers are up. The key service, the
 operator and the API run as local processes, each with a service-account
@@ -20,6 +20,7 @@ from pathlib import Path
 from kubernetes import client, config
 
 from medcloud.kube.crds import install_crds
+from medcloud_cli.localcluster import prometheus
 from medcloud_cli.localcluster.cluster import LocalCluster
 from medcloud_cli.localcluster.exchange import example_consortium, start_exchange
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
@@ -50,6 +51,7 @@ class PlatformInfo:
     city_admin_token: str
     operator_metrics: str
     key_service_url: str
+    prometheus_url: str
     exchange_url: str | None = None
     exchange_consortium: str | None = None
     key_service_audience: str = KEY_SERVICE_AUDIENCE
@@ -166,6 +168,16 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
             )
         finally:
             api.close()
+    # Prometheus last, with the chart's alert rules: it scrapes what runs now.
+    _, prometheus_url = prometheus.start_prometheus(
+        cluster,
+        {
+            prometheus.OPERATOR_JOB: f"127.0.0.1:{metrics_port}",
+            prometheus.API_JOB: f"127.0.0.1:{api_port}",
+            prometheus.KEYSERVICE_JOB: f"127.0.0.1:{keys_port}",
+            **({prometheus.EXCHANGE_JOB: exchange_url.removeprefix("http://")} if exchange_url else {}),
+        },
+    )
     info = PlatformInfo(
         api_url=f"http://127.0.0.1:{api_port}",
         city_admin_token=tokens[CITY_ADMIN],
@@ -173,6 +185,7 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
         key_service_url=key_service_url,
         exchange_url=exchange_url,
         exchange_consortium=consortium,
+        prometheus_url=prometheus_url,
     )
     # For `dev status`: where each service answers (no tokens: state.json is not the place for them).
     state.extra["urls"] = {
@@ -180,6 +193,7 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
         "keyservice": info.key_service_url,
         "operator-metrics": info.operator_metrics,
         **({"exchange": info.exchange_url} if info.exchange_url else {}),
+        "prometheus": info.prometheus_url,
     }
     state.extra["keyServiceAudience"] = info.key_service_audience
     cluster.save_state()

@@ -1,7 +1,10 @@
 """The reconcile frame every kind (Hospital, RecordStore, DeviceGateway, AppInstance, Consortium) runs in.
 
 - Triggers (:func:`register_triggers`): created, changed or found at startup, and a resync timer,
-  all funnelled into the kind's one ``reconcile``.
+  all funnelled into the kind's one ``reconcile`` through the work queue (``medcloud_operator.workqueue``),
+  changes first. An object found at startup or by the timer that is *settled* (Ready at its generation,
+  with the digest of its spec and the settings in status) is not reconciled: the safety net costs no
+  request, and each object is reconciled in full once per ``full_resync_seconds``, spread by its uid.
 - The frame (:func:`reconcile_object`): under the object's lock and the duration metric, read the
   object (nothing to do when it is gone or being deleted), reconcile it, count the result in
   ``medcloud_reconcile_total``.
@@ -14,9 +17,12 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -27,10 +33,11 @@ from urllib3.exceptions import HTTPError
 from medcloud.kube.client import Kind, Manifest
 from medcloud.models import ConditionStatus, Phase, StatusBase
 from medcloud.models.conditions import Reason
-from medcloud_operator import events, metrics
+from medcloud_operator import events, metrics, sharding
 from medcloud_operator.apply import Action, Applied
 from medcloud_operator.context import OperatorContext, get_context
-from medcloud_operator.status import Check
+from medcloud_operator.status import RECONCILING_DIGEST, Check
+from medcloud_operator.workqueue import Priority
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -112,6 +119,9 @@ def reconcile_object(
         body = ctx.kube.get(kind, name, namespace)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
+        if not sharding.matches(ctx.settings.shard_selector, body["metadata"].get("labels")):
+            return  # another shard's (a child's or a member's event led here): its replica acts on it
+        token = RECONCILING_DIGEST.set(desired_digest(body, ctx.settings_fingerprint))
         try:
             reconcile(body)
         except kopf.TemporaryError:
@@ -120,7 +130,49 @@ def reconcile_object(
         except Exception:
             metrics.RECONCILE_TOTAL.labels(kind=kind.kind, result=metrics.RESULT_ERROR).inc()
             raise
+        finally:
+            RECONCILING_DIGEST.reset(token)
         metrics.RECONCILE_TOTAL.labels(kind=kind.kind, result=metrics.RESULT_SUCCESS).inc()
+
+
+def desired_digest(body: Mapping[str, Any], settings_fingerprint: str) -> str:
+    """What the object's children are built from: its spec and the settings that shape them (hex SHA-256)."""
+    spec = json.dumps(body.get("spec") or {}, sort_keys=True, default=dict)  # Kopf hands nested views
+    return hashlib.sha256(f"{settings_fingerprint}\n{spec}".encode()).hexdigest()
+
+
+def is_settled(body: Mapping[str, Any], settings_fingerprint: str) -> bool:
+    """Ready at its current generation, and last reconciled from this very spec and these settings.
+
+    Read from the body alone (no request): the safety net's and the resume's cheap test.
+    """
+    status = body.get("status") or {}
+    return (
+        status.get("phase") == Phase.READY.value
+        and status.get("observedGeneration") == body.get("metadata", {}).get("generation")
+        and status.get("observedDigest") == desired_digest(body, settings_fingerprint)
+    )
+
+
+def full_resync_due(uid: str, now: float, interval: float, period: float) -> bool:
+    """Whether this tick of the safety net is the object's one full reconcile of the ``period``.
+
+    The period is cut into ticks of ``interval``; each object owns one of them, chosen by its uid,
+    so full reconciles are spread evenly instead of all coming at once.
+    """
+    ticks = max(1, round(period / interval))
+    slot = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) % ticks
+    return int(now // interval) % ticks == slot
+
+
+def queued(controller: str, priority: Priority, handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """``handler`` (synchronous) as a Kopf handler that waits its turn in the work queue at ``priority``."""
+
+    async def run_queued(memo: kopf.Memo, **kwargs: Any) -> Any:
+        work = functools.partial(handler, memo=memo, **kwargs)
+        return await get_context(memo).queue.run(controller, priority, work)
+
+    return run_queued
 
 
 def register_triggers(
@@ -132,16 +184,48 @@ def register_triggers(
     interval: float,
     prefix: str | None = None,
     resync_id: str | None = None,
+    safety_net: bool = True,
 ) -> None:
     """A kind's own triggers: create, update and resume call ``changed``; a timer every ``interval`` ``resync``.
+
+    All of them wait in the work queue: create and update as changes, resume after them, the timer
+    last. With ``safety_net`` the resume and the timer skip a settled object (:func:`is_settled`)
+    except on its one full reconcile per ``full_resync_seconds``; without it (a timer that does
+    work of its own, like a RecordStore's usage count) the timer always runs.
 
     Handler ids (``<prefix>_changed``, ``<prefix>_resync``) name the handlers in Kopf's logs and in
     its progress annotations, so they stay as they are once released.
     """
     group, version = kind.api_version.split("/")
     prefix = prefix or kind.kind.lower()
-    for cause in (kopf.on.update, kopf.on.create, kopf.on.resume):
-        cause(group, version, kind.plural, id=f"{prefix}_changed", registry=registry)(changed)
+    controller = kind.kind.lower()
+    on_change = queued(controller, Priority.CHANGE, changed)
+    for cause in (kopf.on.update, kopf.on.create):
+        cause(group, version, kind.plural, id=f"{prefix}_changed", registry=registry)(on_change)
+
+    async def on_resume(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        ctx = get_context(memo)
+        if is_settled(body, ctx.settings_fingerprint):
+            # Nothing changed while no operator looked; the safety net's full reconcile comes in time.
+            metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="resume").inc()
+            return
+        await ctx.queue.run(controller, Priority.RESUME, functools.partial(changed, body=body, memo=memo, **kwargs))
+
+    kopf.on.resume(group, version, kind.plural, id=f"{prefix}_changed", registry=registry)(on_resume)
+
+    async def on_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+        ctx = get_context(memo)
+        if (
+            safety_net
+            and is_settled(body, ctx.settings_fingerprint)
+            and not full_resync_due(
+                str(body["metadata"]["uid"]), time.time(), interval, ctx.settings.full_resync_seconds
+            )
+        ):
+            metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="resync").inc()
+            return
+        await ctx.queue.run(controller, Priority.RESYNC, functools.partial(resync, body=body, memo=memo, **kwargs))
+
     kopf.timer(
         group,
         version,
@@ -150,7 +234,7 @@ def register_triggers(
         interval=interval,
         initial_delay=interval,
         registry=registry,
-    )(resync)
+    )(on_timer)
 
 
 def raise_failure(body: Manifest, failure: ReconcileError, status_written: bool, logger: Logger) -> NoReturn:
@@ -181,17 +265,31 @@ def is_steady(previous: StatusBase, generation: int | None) -> bool:
 def report_applied(
     body: Manifest, previous: StatusBase, generation: int | None, results: list[Applied], logger: Logger
 ) -> None:
-    """One Event and log line per child that changed. A change while the spec stood still is drift being repaired."""
+    """A log line per child that changed; Events: one per drift repair, one per action the spec caused.
+
+    A change while the spec stood still is drift being repaired, worth an Event of its own. What a new
+    or changed spec caused is one Event per action (``Created``: the dozen objects of a new tenancy),
+    so onboarding a Hospital posts one Event, not one per child.
+    """
     steady = is_steady(previous, generation)
+    caused: dict[Action, list[str]] = {}
     for result in results:
         if not result.changed:
             continue
         if steady and result.action is not Action.DELETED:
             metrics.DRIFT_REPAIRS.labels(kind=result.kind).inc()
-            reason, what = "DriftRepaired", f"{result.describe()}: it had been changed or deleted outside the operator"
+            what = f"{result.describe()}: it had been changed or deleted outside the operator"
+            announce(body, "DriftRepaired", what, logger)
         else:
-            reason, what = result.action.value.capitalize(), result.describe()
-        announce(body, reason, what, logger)
+            caused.setdefault(result.action, []).append(f"{result.kind} {result.name}")
+            logger.info("%s", result.describe())
+    for action, objects in caused.items():
+        message = f"{action.value.capitalize()} {len(objects)}: {', '.join(objects)}"
+        events.post(body, events.NORMAL, action.value.capitalize(), message[:EVENT_MESSAGE_LIMIT])
+
+
+EVENT_MESSAGE_LIMIT = 1024
+"""Longer Event messages are cut: the API server refuses messages over 1 KiB in events.k8s.io/v1."""
 
 
 def register_drift_handlers(
@@ -203,16 +301,21 @@ def register_drift_handlers(
     owner_kind: str,
     owner_of: Callable[[kopf.Body], str | None],
     reconcile: Callable[[OperatorContext, kopf.Memo, str, str | None, Logger], None],
+    refresh_kinds: Iterable[Kind] = (),
 ) -> None:
-    """Watch children (by ``labels``): one changed or deleted by someone else reconciles its owner.
+    """Watch children (by ``labels``): one changed or deleted by someone else reconciles its owner (queued as a change).
 
     ``owner_of`` names the owner of a child (None: not one of ours);
     ``reconcile`` is called with the context, Kopf's memo, that name, the
     child's namespace and the logger. A change that is the echo of the
     operator's own write (the resourceVersion it wrote) reconciles nothing.
+    Events of ``refresh_kinds`` (children whose status a controller keeps moving, like a
+    ResourceQuota's usage) are queued as refreshes, behind changes and resumes: a province's
+    onboarding is not slowed by the quota controller's status updates of its new quotas.
     """
+    refreshing = {kind.kind for kind in refresh_kinds}
 
-    def child_changed(
+    async def child_changed(
         type: str | None,  # Kopf passes the watch event type by this name
         body: kopf.Body,
         memo: kopf.Memo,
@@ -233,7 +336,9 @@ def register_drift_handlers(
         ):
             return
         logger.debug("%s %s %s: reconciling %s %s", body["kind"], meta["name"], type.lower(), owner_kind, owner)
-        reconcile(ctx, memo, owner, namespace, logger)
+        repair = functools.partial(reconcile, ctx, memo, owner, namespace, logger)
+        priority = Priority.REFRESH if body["kind"] in refreshing else Priority.CHANGE
+        await ctx.queue.run(owner_kind.lower(), priority, repair)
 
     for kind in child_kinds:
         kopf.on.event(

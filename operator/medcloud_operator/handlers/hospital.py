@@ -61,7 +61,7 @@ from medcloud.models.conditions import Reason, now_utc
 from medcloud.tenancy import kek, labels, onboarding
 from medcloud.tenancy.institutions import code_holder
 from medcloud_operator import OPERATOR_NAME, events, metrics
-from medcloud_operator.apply import Applied, TerminatingError, apply, prune
+from medcloud_operator.apply import Action, Applied, TerminatingError, apply, prune
 from medcloud_operator.builders.hospital import (
     QUOTA_NAME,
     InvalidSpecError,
@@ -80,6 +80,7 @@ from medcloud_operator.handlers.common import (
     api_message,
     classify_request,
     handling,
+    queued,
     raise_failure,
     reconcile_object,
     register_drift_handlers,
@@ -90,6 +91,7 @@ from medcloud_operator.handlers.common import (
 from medcloud_operator.kek import KekMissingError, KekState, ensure_kek
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.status import Check, parse_status, write_status
+from medcloud_operator.workqueue import Priority
 
 KIND = "Hospital"
 PLURAL = "hospitals"
@@ -176,11 +178,15 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
         _claim_institution_code(ctx, name, spec.institution_code)
         desired = build_tenancy(name, spec, settings)
         cluster_wide = build_admin_cluster_access(name, spec, body["metadata"]["uid"])
+        # Never reconciled (onboarding): the children are created without a read first.
+        fresh = previous.observed_generation is None
         for obj in (*desired, *cluster_wide):
             stage = _condition_for(obj["kind"])
-            results.append(apply(kube, obj, ctx.own_writes))
+            results.append(apply(kube, obj, ctx.own_writes, expect_absent=fresh))
         stage = HospitalCondition.NETWORK_ISOLATED
-        results += prune(kube, PRUNED_KINDS, namespace, labels.tenancy_selector(name), desired)
+        if not (results and results[0].kind == NAMESPACE.kind and results[0].action is Action.CREATED):
+            # A namespace created just now holds nothing to prune.
+            results += prune(kube, PRUNED_KINDS, namespace, labels.tenancy_selector(name), desired)
         stage = HospitalCondition.NAMESPACE_READY
         results += prune(kube, CLUSTER_PRUNED_KINDS, None, labels.tenancy_selector(name), cluster_wide)
         checks[HospitalCondition.NAMESPACE_READY] = Check(
@@ -348,9 +354,13 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         owner_kind=KIND,
         owner_of=_hospital_of,
         reconcile=_repair,
+        # The quota controller writes each quota's usage: status.quotaUsage follows, after changes.
+        refresh_kinds=(RESOURCE_QUOTA,),
     )
     kopf.on.event(GROUP, VERSION, PLURAL, id="hospital_gone", registry=registry)(hospital_gone)
-    kopf.on.delete(GROUP, VERSION, PLURAL, id="hospital_deleted", registry=registry)(hospital_deleted)
+    kopf.on.delete(GROUP, VERSION, PLURAL, id="hospital_deleted", registry=registry)(
+        queued(HOSPITAL.kind.lower(), Priority.CHANGE, hospital_deleted)
+    )
 
 
 def hospital_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:

@@ -73,6 +73,7 @@ from medcloud_operator.handlers.common import (
     api_message,
     handling,
     is_steady,
+    queued,
     raise_failure,
     reconcile_object,
     register_triggers,
@@ -88,6 +89,7 @@ from medcloud_operator.storage import (
     StorageRejectedError,
     StorageUnavailableError,
 )
+from medcloud_operator.workqueue import Priority
 
 KIND = "RecordStore"
 PLURAL = "recordstores"
@@ -474,5 +476,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         resync=recordstore_refresh,
         interval=settings.recordstore_refresh_seconds,
         resync_id="recordstore_refresh",
+        # The refresh re-counts usage and picks up key rotations: it always has work to do.
+        safety_net=False,
     )
-    kopf.on.delete(GROUP, VERSION, PLURAL, id="recordstore_deleted", registry=registry)(recordstore_deleted)
+    kopf.on.delete(GROUP, VERSION, PLURAL, id="recordstore_deleted", registry=registry)(
+        queued(RECORD_STORE.kind.lower(), Priority.CHANGE, recordstore_deleted)
+    )

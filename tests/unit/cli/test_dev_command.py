@@ -32,6 +32,7 @@ def _platform(api_url: str) -> PlatformInfo:
         city_admin_token="tok",
         operator_metrics="http://127.0.0.1:9090/metrics",
         key_service_url="http://127.0.0.1:8443",
+        prometheus_url="http://127.0.0.1:9091",
     )
 
 

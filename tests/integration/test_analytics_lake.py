@@ -1,0 +1,123 @@
+"""Parquet in an analytics bucket of its own and DuckDB's SQL over it, against the real MinIO.
+
+The resources are the public FHIR examples (tests/data/analytics/SOURCES.md) de-identified by the
+exchange's de-identifier, and blood pressures made from the IHE example across two months.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from minio import Minio
+from typer.testing import CliRunner
+
+from medcloud.models.deidentification import DeidentificationPolicy
+from medcloud_analytics import flatten
+from medcloud_analytics.lake import Lake, connect
+from medcloud_cli.localcluster.cluster import MinioInfo
+from medcloud_cli.main import app
+from medcloud_exchange.bulk.deidentify import Deidentifier
+from tests.analytics_activity import TIERS, activity
+from tests.bulk_support import analytics_lake, assert_no_secret_in_lake, parquet_objects
+
+pytestmark = [pytest.mark.minio]
+
+DATA = Path(__file__).parents[1] / "data"
+SECRETS = ("Chalmers", "Peter", "12345", "Erewhon", "1974-12-25", "ex-patient", "a minimal blood pressure")
+
+
+def _resources() -> list[dict[str, Any]]:
+    policy = DeidentificationPolicy.model_validate({"purposes": [{"name": "indicators"}]})
+    deid = Deidentifier.for_purpose(policy, b"k" * 32, "indicators", date(2026, 12, 2))
+    patient = json.loads((DATA / "analytics" / "patient-example.json").read_text())
+    bp = json.loads((DATA / "analytics" / "observation-bloodpressure.json").read_text())
+    out = [deid.resource(patient)]
+    for i in range(12):
+        reading = copy.deepcopy(bp)
+        reading["id"] = f"bp-{i}"
+        reading["subject"] = {"reference": f"Patient/p-{i % 4}"}
+        reading["effectiveDateTime"] = f"2026-{10 + i % 2}-{1 + i:02d}T08:00:00+08:00"
+        reading["component"][0]["valueQuantity"]["value"] = 120 + 3 * i
+        out.append(deid.resource(reading, patient=f"p-{i % 4}"))
+    return out
+
+
+def _files(root: Minio, lake: Lake) -> list[Any]:
+    """The Parquet objects (pyarrow's S3 writer also leaves empty directory markers ending in /)."""
+    return [o for o in root.list_objects(lake.bucket, recursive=True) if o.object_name.endswith(".parquet")]
+
+
+@pytest.fixture
+def lake(minio_server: MinioInfo) -> Lake:
+    return analytics_lake(minio_server)
+
+
+def test_parquet_is_partitioned_by_type_and_month_and_duckdb_reads_it_over_s3(
+    lake: Lake, minio_server: MinioInfo
+) -> None:
+    resources = _resources()
+    written = lake.write(flatten.table(resources), "batch-1")
+    root = Minio(minio_server.endpoint, minio_server.access_key, minio_server.secret_key, secure=False)
+    names = sorted(o.object_name for o in parquet_objects(root, lake))
+    assert names == sorted(w.removeprefix(f"{lake.bucket}/") for w in written)
+    assert {n.rsplit("/", 1)[0] for n in names} == {
+        "resource_type=Patient/month=unknown",
+        "resource_type=Observation/month=2026-10",
+        "resource_type=Observation/month=2026-11",
+    }
+
+    conn = connect(lake)
+    got = dict(
+        conn.execute(
+            "SELECT month, count(*) FROM records WHERE resource_type = 'Observation' GROUP BY month"
+        ).fetchall()
+    )
+    expected = Counter(flatten.month_of(r) for r in resources if r["resourceType"] == "Observation")
+    assert got == dict(expected)
+    (systolic,) = conn.execute("SELECT max(systolic) FROM records").fetchone() or (None,)
+    assert systolic == 120 + 3 * 11
+    # The same patient pseudonym joins across months; four patients in all.
+    (patients,) = conn.execute(
+        "SELECT count(DISTINCT patient) FROM records WHERE resource_type = 'Observation'"
+    ).fetchone() or (0,)
+    assert patients == 4
+
+    # A second batch is added beside the first, never over it.
+    lake.write(flatten.table(resources[1:3]), "batch-2")
+    (total,) = conn.execute("SELECT count(*) FROM records").fetchone() or (0,)
+    assert total == len(resources) + 2
+
+
+def test_no_identifier_in_any_parquet_byte_or_value(lake: Lake, minio_server: MinioInfo) -> None:
+    lake.write(flatten.table(_resources()), "batch-1")
+    assert_no_secret_in_lake(lake, minio_server, list(SECRETS))
+
+
+def test_medcloud_analytics_prints_the_indicators_suppressed(lake: Lake) -> None:
+    lake.write(flatten.table(list(activity())), "batch-1")
+    env = {
+        "MEDCLOUD_ANALYTICS_ENDPOINT": lake.endpoint,
+        "MEDCLOUD_ANALYTICS_BUCKET": lake.bucket,
+        "MEDCLOUD_ANALYTICS_ACCESS_KEY": lake.access_key,
+        "MEDCLOUD_ANALYTICS_SECRET_KEY": lake.secret_key,
+    }
+    tiers = [arg for name, tier in TIERS.items() for arg in ("--tier", f"{name}={tier}")]
+    result = CliRunner().invoke(app, ["analytics", "indicators", *tiers], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "Referrals by tier and direction" in lines
+    (up,) = [line for line in lines if line.startswith("2026-11") and " up " in f" {line} "]
+    assert up.split() == ["2026-11", "township", "county", "up", "8", "7"]
+    (down,) = [line for line in lines if " down " in f" {line} "]
+    assert down.split()[-2:] == ["<5", "<5"]
+    (county,) = [line for line in lines if line.startswith("county-people")]
+    assert "58.3%" in county  # 7 of 12 with a controlled blood pressure
+    as_json = CliRunner().invoke(app, ["analytics", "indicators", "--json", *tiers], env=env)
+    cells = json.loads(as_json.output)
+    assert {c["patients"] for c in cells["monitoring"] if c["suppressed"]} == {None}

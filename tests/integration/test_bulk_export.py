@@ -1,0 +1,277 @@
+"""FHIR Bulk ``$export`` for the city health commission (docs/analytics.md), against the real API server,
+MinIO, PostgreSQL, operator, key service and exchange: a month of activity through the public APIs, the
+de-identified export, its Parquet in an analytics bucket, an indicator against the exchange's own index.
+
+The four institutions are those of examples/ with a suffix of this module's own (tests/exchange_harness.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import yaml
+from kubernetes import client
+from minio import Minio
+
+from medcloud_analytics.indicators import MIN_PATIENTS, compute_all
+from medcloud_analytics.ingest import BulkClient, load
+from medcloud_analytics.lake import connect
+from medcloud_cli.localcluster.cluster import MinioInfo
+from medcloud_cli.localcluster.exchange import make_audit_bucket
+from medcloud_cli.localcluster.postgres import PostgresInfo
+from medcloud_exchange.app import create_app
+from tests.bulk_support import (
+    COMMISSION_NAMESPACE,
+    COMMISSION_ROLE,
+    analytics_lake,
+    assert_no_secret_in_lake,
+    commission_caller,
+    export,
+    kick_off,
+    lines,
+)
+from tests.exchange_harness import (
+    admitted_callers,
+    consortium_members,
+    exchange_settings,
+    granted_exchange,
+    key_service,
+    new_database,
+    serve,
+    token,
+)
+from tests.exchange_support import Caller, outcome_of
+from tests.integration.test_workflows import ago, created, new_patient, post
+from tests.operator_support import REPO, ClusterAdmin, RunningOperator, institution_code
+from tests.support import wait_for
+from tests.workflows_data import cbc_report, coverage
+from tests.workflows_requests import service_request
+
+pytestmark = [pytest.mark.cluster, pytest.mark.minio]
+
+SUFFIX = uuid.uuid4().hex[:5]
+NAMES = {e: f"{e}-{SUFFIX}" for e in ("city-general", "county-people", "township-maple", "community-eastgate")}
+COUNTY, TOWNSHIP = NAMES["county-people"], NAMES["township-maple"]
+CONSORTIUM = f"riverton-bx-{SUFFIX}"
+STORE = "emr"
+Json = dict[str, Any]
+
+
+def _renamed(value: Any) -> Any:
+    if isinstance(value, str):
+        return NAMES.get(value, value)
+    if isinstance(value, list):
+        return [_renamed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _renamed(v) for k, v in value.items()}
+    return value
+
+
+def example_spec(kind: str, name: str) -> Json:
+    for path in sorted((REPO / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == kind and doc["metadata"]["name"] == name:
+                spec: Json = _renamed(doc["spec"])
+                return spec
+    raise LookupError(f"no {kind} {name} in examples/")
+
+
+@pytest.fixture(scope="module")
+def admin(k8s_api_client: client.ApiClient) -> ClusterAdmin:
+    return ClusterAdmin(k8s_api_client)
+
+
+@pytest.fixture(scope="module")
+def members(admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str]]:
+    hospitals = {}
+    for example, name in NAMES.items():
+        hospitals[name] = {
+            **example_spec("Hospital", example),
+            "consortium": CONSORTIUM,
+            "institutionCode": institution_code(name),
+        }
+        hospitals[name].pop("quota", None)
+    store = {"recordClass": "emr", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
+    spec = example_spec("Consortium", "riverton-medical-alliance")
+    with consortium_members(admin, hospitals, CONSORTIUM, spec, STORE, store) as names:
+        yield names
+
+
+@pytest.fixture(scope="module")
+def database(postgres_server: PostgresInfo) -> str:
+    return new_database(postgres_server, f"bulk_{SUFFIX}")
+
+
+@pytest.fixture(scope="module")
+def exchange(
+    local_cluster: Any,
+    admin: ClusterAdmin,
+    members: list[str],
+    operator: RunningOperator,
+    database: str,
+    minio_server: MinioInfo,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[httpx.Client]:
+    granted_exchange(local_cluster, admin, CONSORTIUM)
+    with key_service(local_cluster) as keys:
+        settings = exchange_settings(
+            local_cluster,
+            admin,
+            CONSORTIUM,
+            database=database,
+            audit=make_audit_bucket(minio_server, f"exchange-audit-{CONSORTIUM}"),
+            minio_server=minio_server,
+            key_service_url=keys,
+            folder=tmp_path_factory.mktemp("bulk"),
+        )
+        with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+            yield http
+
+
+@pytest.fixture(scope="module")
+def callers(admin: ClusterAdmin, exchange: httpx.Client, members: list[str]) -> dict[str, Caller]:
+    return admitted_callers(admin, exchange, members, "workflows")
+
+
+@pytest.fixture(scope="module")
+def commission(local_cluster: Any, admin: ClusterAdmin, exchange: httpx.Client) -> Caller:
+    """The city health commission's service account, bound to medcloud-city-health-commission."""
+    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "city-health-commission-rbac.yaml"))
+    with contextlib.suppress(client.ApiException):
+        admin.core.create_namespace({"metadata": {"name": COMMISSION_NAMESPACE}})
+    caller = commission_caller(token(admin, COMMISSION_NAMESPACE, "indicators", "medcloud-exchange"))
+    with contextlib.suppress(client.ApiException):
+        admin.rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": f"commission-export-{SUFFIX}"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": COMMISSION_ROLE},
+                "subjects": [{"kind": "ServiceAccount", "name": "indicators", "namespace": COMMISSION_NAMESPACE}],
+            }
+        )
+    wait_for(lambda: kick_off(exchange, caller).status_code == 202, "the commission admitted", timeout=30)
+    return caller
+
+
+def _index_count(database: str, table: str, until: str) -> int:
+    """What the index holds of ``table`` up to the export's transaction time, counted apart from the exchange."""
+    with psycopg.connect(database) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table} WHERE created_at <= %s", (until,)).fetchone()  # noqa: S608
+    return int(row[0]) if row else 0
+
+
+def test_the_commission_exports_de_identified_ndjson_and_since_carries_only_changes(
+    exchange: httpx.Client, callers: dict[str, Caller], commission: Caller, database: str, minio_server: MinioInfo
+) -> None:
+    township, county = callers[TOWNSHIP], callers[COUNTY]
+    secrets: list[str] = ["Chen", "Mei", "1990-03-07", "Riverton Province Medical Insurance Bureau"]
+    for _ in range(6):
+        card, resident = new_patient()
+        secrets += [card, resident]
+        cover = created(post(exchange, township, "/fhir/Coverage", coverage(card, resident)))
+        patient = {"reference": cover["beneficiary"]["reference"]}
+        created(post(exchange, county, "/fhir/DiagnosticReport", cbc_report(COUNTY, patient, ago(3))))
+        created(
+            post(
+                exchange,
+                township,
+                "/fhir/ServiceRequest",
+                service_request("referral", TOWNSHIP, COUNTY, patient["reference"]),
+            )
+        )
+
+    manifest, files = export(exchange, commission)
+    until = manifest["transactionTime"]
+    counts = {o["type"]: o["count"] for o in manifest["output"]}
+    assert counts["Coverage"] == _index_count(database, "coverage", until)
+    assert counts["DiagnosticReport"] == _index_count(database, "exam_result", until)
+    assert counts["ServiceRequest"] == _index_count(database, "service_request", until)
+    assert counts["Patient"] == _index_count(database, "patient", until)
+    exported = b"".join(files.values())
+    for resource_type, data in files.items():
+        assert len(lines(data, resource_type)) == counts[resource_type]
+    for secret in secrets:
+        assert secret.encode() not in exported, secret
+    # Every patient reference is a pseudonym of a Patient in the same export, never an exchange id.
+    patients = {p["id"] for p in lines(files["Patient"], "Patient")}
+    with psycopg.connect(database) as conn:
+        ids = [str(r[0]) for r in conn.execute("SELECT id FROM patient").fetchall()]
+    assert not any(i.encode() in exported for i in ids)
+    subjects = {
+        r["subject"]["reference"].removeprefix("Patient/") for r in lines(files["DiagnosticReport"], "DiagnosticReport")
+    }
+    assert subjects <= patients
+
+    # Into the analytics bucket as Parquet, through the analytics' own Bulk client: nothing identifying
+    # there either, in any byte or any value read back; DuckDB counts what the manifest counted.
+    lake = analytics_lake(minio_server)
+    bulk = BulkClient(exchange, commission.token, commission.practitioner)
+    first = bulk.export()
+    assert load(lake, first) == sum(counts.values())
+    assert_no_secret_in_lake(lake, minio_server, [*secrets, *ids])
+    by_type = dict(connect(lake).execute("SELECT resource_type, count(*) FROM records GROUP BY 1").fetchall())
+    assert by_type == {t: n for t, n in counts.items() if n}
+
+    # The referral indicator equals what the exchange's own index says, counted apart from the export.
+    tiers = {NAMES[e]: example_spec("Hospital", e)["tier"] for e in NAMES}
+    cells = compute_all(connect(lake), tiers)
+    up = [c for c in cells["referrals"] if (c["from_tier"], c["to_tier"]) == (tiers[TOWNSHIP], tiers[COUNTY])]
+    with psycopg.connect(database) as conn:
+        referrals, referred = conn.execute(
+            "SELECT count(*), count(DISTINCT patient_id) FROM service_request "
+            "WHERE kind = 'referral' AND requester = %s AND performer = %s AND created_at <= %s",
+            (TOWNSHIP, COUNTY, first.transaction_time),
+        ).fetchone() or (0, 0)
+    assert referred >= MIN_PATIENTS
+    assert [(c["direction"], c["referrals"], c["patients"]) for c in up] == [("up", referrals, referred)]
+
+    # What changed after the first export, and nothing else.
+    card, resident = new_patient()
+    created(post(exchange, township, "/fhir/Coverage", coverage(card, resident)))
+    later_manifest, later_files = export(exchange, commission, _since=until)
+    later_counts = {o["type"]: o["count"] for o in later_manifest["output"]}
+    assert later_counts == {"Patient": 1, "Coverage": 1}
+    assert card.encode() not in b"".join(later_files.values())
+    (new_patient_line,) = lines(later_files["Patient"], "Patient")
+    assert new_patient_line["id"] not in patients
+
+    # _type narrows the export; a type the exchange does not export is a clear 400.
+    only, _ = export(exchange, commission, _type="Coverage")
+    assert [o["type"] for o in only["output"]] == ["Coverage"]
+    bad = kick_off(exchange, commission, _type="Observation,Claim")
+    assert bad.status_code == 400, bad.text
+    assert "does not export: Claim, Observation" in outcome_of(bad)
+
+
+def test_an_export_without_the_role_is_refused_and_audited(
+    exchange: httpx.Client, callers: dict[str, Caller], commission: Caller, minio_server: MinioInfo
+) -> None:
+    county = callers[COUNTY]
+    refused = kick_off(exchange, county)
+    assert refused.status_code == 403, refused.text
+    assert "consortia/export" in outcome_of(refused)
+    root = Minio(minio_server.endpoint, minio_server.access_key, minio_server.secret_key, secure=False)
+    bucket = f"exchange-audit-{CONSORTIUM}"
+    events = [
+        json.loads(root.get_object(bucket, o.object_name).read())
+        for o in root.list_objects(bucket, prefix="system/", recursive=True)
+    ]
+    denied = [e for e in events if e["outcome"] == "4" and "consortia/export" in e.get("outcomeDesc", "")]
+    assert denied, "the refused export left no AuditEvent"
+    # The commission's own kick-off is audited too, as a RESTful operation.
+    export(exchange, commission, _type="Patient")
+    events = [
+        json.loads(root.get_object(bucket, o.object_name).read())
+        for o in root.list_objects(bucket, prefix="system/", recursive=True)
+    ]
+    assert any(e["subtype"][0]["code"] == "operation" and "$export kick-off" in e["outcomeDesc"] for e in events)
+    # Someone else's job is not known to them; no token is a 401.
+    job = kick_off(exchange, commission).headers["Content-Location"]
+    assert exchange.get(job, headers=county.headers()).status_code == 403
+    assert exchange.get(job).status_code == 401

@@ -1,0 +1,92 @@
+"""The indicators over an in-process DuckDB (no servers), each checked against counts made in Python from the
+same resources, and every cell under five patients suppressed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pytest
+
+from medcloud_analytics import flatten
+from medcloud_analytics.indicators import BY_NAME, MIN_PATIENTS, compute_all, suppress
+from tests.analytics_activity import TIERS, activity
+
+
+@pytest.fixture(scope="module")
+def cells() -> dict[str, list[dict[str, Any]]]:
+    conn = duckdb.connect()
+    conn.register("lake", flatten.table(list(activity())))
+    conn.execute("CREATE VIEW records AS SELECT * FROM lake")
+    return compute_all(conn, TIERS)
+
+
+def _cell(rows: list[dict[str, Any]], **where: Any) -> dict[str, Any]:
+    (found,) = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+    return found
+
+
+def test_referrals_by_direction(cells: dict[str, list[dict[str, Any]]]) -> None:
+    resources = list(activity())
+    up = [
+        r
+        for r in resources
+        if r["resourceType"] == "ServiceRequest" and r["id"] and r["subject"]["reference"].startswith("Patient/up")
+    ]
+    cell = _cell(cells["referrals"], direction="up")
+    assert (cell["referrals"], cell["patients"]) == (len(up), len({r["subject"]["reference"] for r in up}))
+    assert (cell["from_tier"], cell["to_tier"]) == ("township", "county")
+    across = _cell(cells["referrals"], direction="across")
+    assert across["patients"] == 6
+    down = _cell(cells["referrals"], direction="down")
+    assert down["suppressed"] is True
+    assert down["referrals"] is None
+    assert down["patients"] is None
+
+
+def test_tests_not_repeated(cells: dict[str, list[dict[str, Any]]]) -> None:
+    (cell,) = cells["recognition"]
+    assert (cell["orders"], cell["patients"]) == (8, 8)
+    # 6 of 8 recognised, but the 2 repeated are a small rest: the share and what would reveal it suppressed.
+    assert (cell["recognised"], cell["recognised_patients"], cell["not_repeated_share"]) == (None, None, None)
+
+
+def test_consultations_by_specialty(cells: dict[str, list[dict[str, Any]]]) -> None:
+    cardiology = _cell(cells["consultations"], specialty="394579002")
+    assert (cardiology["consultations"], cardiology["patients"]) == (5, 5)
+    assert _cell(cells["consultations"], specialty="394582007")["patients"] is None
+
+
+def test_monitoring_shares_by_institution(cells: dict[str, list[dict[str, Any]]]) -> None:
+    county = _cell(cells["monitoring"], institution="county-people")
+    assert (county["patients"], county["bp_patients"], county["bp_controlled"]) == (12, 12, 7)
+    assert county["bp_controlled_share"] == round(7 / 12, 4)
+    assert (county["glucose_patients"], county["glucose_controlled"]) == (12, 6)
+    assert county["glucose_controlled_share"] == 0.5
+    clinic = _cell(cells["monitoring"], institution="community-east")
+    assert clinic["suppressed"] is True
+    assert clinic["patients"] is None
+    assert clinic["bp_controlled_share"] is None
+
+
+def test_no_output_cell_counts_fewer_than_five_patients(cells: dict[str, list[dict[str, Any]]]) -> None:
+    for name, rows in cells.items():
+        for row in rows:
+            for measure in BY_NAME[name].patient_counts:
+                assert row[measure] is None or row[measure] >= MIN_PATIENTS, (name, row)
+
+
+def test_suppression_rules() -> None:
+    indicator = BY_NAME["monitoring"]
+    row = {"patients": 20, "bp_patients": 20, "bp_controlled": 17, "glucose_patients": 4, "glucose_controlled": 4}
+    (cell,) = suppress([row], indicator)
+    assert cell["bp_controlled_share"] is None  # 3 uncontrolled: the rest would be small
+    assert cell["bp_controlled"] is None
+    assert cell["glucose_patients"] is None
+    assert cell["patients"] == 20
+
+
+def test_a_share_with_large_parts_is_shown() -> None:
+    row = {"month": "2026-11", "orders": 24, "patients": 20, "recognised": 11, "recognised_patients": 10}
+    (cell,) = suppress([row], BY_NAME["recognition"])
+    assert (cell["not_repeated_share"], cell["recognised"], cell["suppressed"]) == (0.5, 11, False)

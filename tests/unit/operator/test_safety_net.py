@@ -1,0 +1,62 @@
+"""The safety net's cheap test: a settled object (Ready at its generation, from this spec and settings) is skipped."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from typing import Any
+
+from medcloud_operator.handlers.common import desired_digest, full_resync_due, is_settled
+from medcloud_operator.settings import OperatorSettings
+
+FINGERPRINT = OperatorSettings().fingerprint()
+
+
+def settled_hospital(**spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "metadata": {"name": "maple", "generation": 3, "uid": "0b7c"},
+        "spec": {"tier": "county", "quota": {"cpu": "4"}, **spec},
+    }
+    body["status"] = {"phase": "Ready", "observedGeneration": 3, "observedDigest": desired_digest(body, FINGERPRINT)}
+    return body
+
+
+def test_ready_at_its_generation_from_this_spec_and_settings_is_settled() -> None:
+    assert is_settled(settled_hospital(), FINGERPRINT)
+
+
+def test_a_changed_spec_a_new_generation_or_another_phase_is_not() -> None:
+    changed = settled_hospital()
+    changed["spec"]["quota"]["cpu"] = "8"
+    newer = settled_hospital()
+    newer["metadata"]["generation"] = 4
+    degraded = settled_hospital()
+    degraded["status"]["phase"] = "Degraded"
+    never = settled_hospital()
+    del never["status"]["observedDigest"]
+    for body in (changed, newer, degraded, never):
+        assert not is_settled(body, FINGERPRINT)
+
+
+def test_settings_that_shape_children_unsettle_everything_but_runtime_ones_do_not() -> None:
+    body = settled_hospital()
+    assert not is_settled(body, OperatorSettings(storage_cidrs=["10.1.0.0/24"]).fingerprint())
+    assert is_settled(body, OperatorSettings(max_concurrent_reconciles=16, peering_priority=7).fingerprint())
+
+
+def test_the_digest_ignores_key_order() -> None:
+    body = settled_hospital()
+    reordered = copy.deepcopy(body)
+    reordered["spec"] = dict(reversed(list(body["spec"].items())))
+    assert desired_digest(body, FINGERPRINT) == desired_digest(reordered, FINGERPRINT)
+
+
+def test_each_object_has_exactly_one_full_resync_per_period_and_they_are_spread() -> None:
+    interval, period = 300.0, 3600.0  # twelve ticks a period
+    uids = [f"uid-{i}" for i in range(1200)]
+    ticks = [t * interval + 1 for t in range(12)]
+    due = {uid: [t for t in ticks if full_resync_due(uid, t, interval, period)] for uid in uids}
+    assert all(len(times) == 1 for times in due.values())
+    per_tick = Counter(times[0] for times in due.values())
+    assert len(per_tick) == 12  # no tick left out ...
+    assert max(per_tick.values()) < 2 * 1200 / 12  # ... and none carries twice its share

@@ -42,7 +42,7 @@ def test_no_wildcards_and_no_cluster_wide_secrets() -> None:
                         "apiGroups": ["rbac.authorization.k8s.io"],
                         "resources": ["clusterroles"],
                         "verbs": ["bind"],
-                        "resourceNames": [TENANT_SECRETS, "medcloud-exchange"],
+                        "resourceNames": [TENANT_SECRETS, "medcloud-exchange", "medcloud-exchange-client"],
                     },
                     {
                         "apiGroups": ["rbac.authorization.k8s.io"],
@@ -72,6 +72,7 @@ def test_escalate_only_on_namespaced_roles_and_bind_only_named_roles() -> None:
         # A consortium exchange's keys in a member namespace, and its shared ClusterRole (docs/exchange.md).
         ("roles", "medcloud-exchange"),
         ("clusterroles", "medcloud-exchange"),
+        ("clusterroles", "medcloud-exchange-client"),
     }
 
 
@@ -147,7 +148,10 @@ def test_workloads_get_what_they_run_and_nothing_that_reaches_into_pods() -> Non
     # Controllers make the pods; the operator never touches them, let alone execs into them.
     for _group, resource in granted:
         assert not resource.startswith("pods"), resource
-        assert resource not in ("replicasets", "serviceaccounts", "daemonsets", "statefulsets"), resource
+        assert resource not in ("replicasets", "daemonsets", "statefulsets", "serviceaccounts/token"), resource
+    # An exchange-client app's own ServiceAccount (docs/operator.md): no escalation, since the
+    # operator can ask no token for it and binds it only the ClusterRoles it may bind by name.
+    assert {"get", "list", "watch", "create", "update", "patch", "delete"} <= granted[("", "serviceaccounts")]
     # Kopf's finalizer and annotations, and the status the operator writes.
     for kind in ("appinstances", "devicegateways", "consortia"):
         assert {"get", "list", "watch", "patch"} <= granted[("medcloud.io", kind)]

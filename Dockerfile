@@ -1,6 +1,8 @@
 # The medcloud image: one image for the operator (`medcloud operator`), the
 # control API (`medcloud api`), the device gateway (`medcloud gateway`) and the
-# key service (`medcloud keyservice`); the Helm chart picks the command.
+# key service (`medcloud keyservice`), the consortium exchange (`medcloud exchange`)
+# and the catalog apps of MedCloud's own code (`medcloud app <name>`); the Helm
+# chart and the operator pick the command.
 #
 #   docker build -t registry.example.org/medcloud/medcloud:0.1.0 .
 #
@@ -17,6 +19,7 @@ COPY operator ./operator
 COPY api ./api
 COPY gateway ./gateway
 COPY keyservice ./keyservice
+COPY exchange ./exchange
 COPY analytics ./analytics
 COPY cli ./cli
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .

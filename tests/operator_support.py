@@ -26,7 +26,6 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from medcloud.models import CatalogApp
 from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.process import free_port
 from medcloud_operator.main import build_registry
@@ -36,8 +35,6 @@ from tests.support import wait_for
 REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "medcloud.io", "v1alpha1"
 OPERATOR_NAMESPACE = "medcloud-system"
-UNPUBLISHED_APP = CatalogApp.EXAM_MUTUAL_RECOGNITION
-"""The one catalog app the tests' operator (``published_env``) has no image of."""
 # The identity deploy/operator-rbac.yaml binds; a client certificate with this
 # name authenticates as that service account's user name.
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-operator"
@@ -265,8 +262,3 @@ def run_operator(
             yield RunningOperator(metrics_port, probe_port, runner)
     assert runner.exception is None, runner.output
     assert runner.exit_code == 0, runner.output
-
-
-def published_env() -> dict[str, str]:
-    """``MEDCLOUD_PUBLISHED_APPS`` for every catalog app but ``UNPUBLISHED_APP``: KWOK pods never pull an image."""
-    return {"MEDCLOUD_PUBLISHED_APPS": json.dumps(sorted(a.value for a in CatalogApp if a is not UNPUBLISHED_APP))}

@@ -39,6 +39,19 @@ class WorkloadSettings(BaseModel):
             "and gets no Deployment. JSON, e.g. '[\"referrals\"]'."
         ),
     )
+    exchange_client_cluster_role: str = Field(
+        default="medcloud-exchange-client",
+        min_length=1,
+        description=(
+            "ClusterRole (use consortia/exchange) each app of MedCloud's own code is bound to in its hospital's "
+            "namespace (deploy/exchange-client-rbac.yaml); the operator holds `bind` on this name only."
+        ),
+    )
+    exchange_namespace: str = Field(
+        default="medcloud-system",
+        min_length=1,
+        description="Namespace the Consortiums' exchanges run in (the operator's): the apps may reach them there.",
+    )
     gateway_image: str = Field(
         default="registry.medcloud.local/medcloud",
         min_length=1,

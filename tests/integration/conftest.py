@@ -36,7 +36,6 @@ from tests.operator_support import (
     REPO,
     SA_GROUPS,
     RunningOperator,
-    published_env,
     raw,
     run_operator,
     storage_env,
@@ -81,7 +80,7 @@ def operator(store_operator_kubeconfig: Path, minio_server: MinioInfo) -> Iterat
     env = {
         **storage_env(minio_server),
         "MEDCLOUD_APP_IMAGE_PREFIX": "registry.test.example/apps",
-        **published_env(),
+        "MEDCLOUD_OWN_IMAGE": "registry.test.example/medcloud:test",
     }
     with run_operator(store_operator_kubeconfig, env, timeout=120) as running:
         yield running

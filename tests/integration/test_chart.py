@@ -443,6 +443,7 @@ def test_rbac_follows_release_name_and_namespace() -> None:
                 "riverton-medcloud-operator-tenant-secrets",
                 "riverton-medcloud-exchange",
                 "riverton-medcloud-gateway-keys",
+                "riverton-medcloud-exchange-client",
             ],
         }
     ]
@@ -453,6 +454,8 @@ def test_rbac_follows_release_name_and_namespace() -> None:
     assert env["MEDCLOUD_EXCHANGE_CLUSTER_ROLE"] == "riverton-medcloud-exchange"
     assert env["MEDCLOUD_GATEWAY_KEYS_CLUSTER_ROLE"] == "riverton-medcloud-gateway-keys"
     one(docs, "ClusterRole", "riverton-medcloud-gateway-keys")
+    assert env["MEDCLOUD_EXCHANGE_CLIENT_CLUSTER_ROLE"] == "riverton-medcloud-exchange-client"
+    assert env["MEDCLOUD_EXCHANGE_NAMESPACE"] == "city-ops"
     assert (env["MEDCLOUD_OPERATOR_SUBJECT_KIND"], env["MEDCLOUD_OPERATOR_SUBJECT_NAME"]) == (
         "ServiceAccount",
         deployment["spec"]["template"]["spec"]["serviceAccountName"],
@@ -542,11 +545,11 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
     deployment = one(render(values), "Deployment", "medcloud-operator")
     env = env_of(deployment, {"metadata.name": "medcloud-operator-abc", "metadata.namespace": NAMESPACE})
     # The images of apps and gateways (WorkloadSettings) are not chart values yet: the chart runs the
-    # operator with their defaults, as it did when they were a settings class of their own. MedCloud's
-    # own image (the exchange's, and the apps' with MedCloud's code) is the chart's image.
-    fields = set(OperatorSettings.model_fields) - (
-        set(WorkloadSettings.model_fields) - {"own_image", "key_service_audience"}
-    )
+    # operator with their defaults, as it did when they were a settings class of their own. What the
+    # chart derives from the release counts: MedCloud's own image (the exchange's, and the apps' with
+    # MedCloud's code), the key service's audience, the exchange-client ClusterRole and the namespace.
+    from_release = {"own_image", "key_service_audience", "exchange_client_cluster_role", "exchange_namespace"}
+    fields = set(OperatorSettings.model_fields) - (set(WorkloadSettings.model_fields) - from_release)
     # Only what the chart sets may count: drop settings this shell happens to carry.
     for field in OperatorSettings.model_fields:
         monkeypatch.delenv(f"MEDCLOUD_{field.upper()}", raising=False)

@@ -26,7 +26,6 @@ from kubernetes import client
 from tests.operator_support import (
     GROUP,
     PLURALS,
-    UNPUBLISHED_APP,
     VERSION,
     ClusterAdmin,
     Json,
@@ -234,7 +233,27 @@ def test_a_gateway_and_an_app_become_ready_with_pods_running(cluster: Cluster, m
     assert meta_labels["app.kubernetes.io/component"] == "appinstance"
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == app["metadata"]["uid"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == "registry.test.example/apps/remote-consultation:1.8.0"
+    # MedCloud's own code: MedCloud's image with the catalog entry's args, as its own ServiceAccount
+    # holding an exchange token only, bound to the exchange-client ClusterRole, let out to the exchange only.
+    assert container["image"] == "registry.test.example/medcloud:test"
+    assert container["args"] == ["app", "remote-consultation"]
+    pod_spec = deployment["spec"]["template"]["spec"]
+    assert (pod_spec["serviceAccountName"], pod_spec["automountServiceAccountToken"]) == ("app-consult", False)
+    (token,) = [v for v in pod_spec["volumes"] if "projected" in v]
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "medcloud-exchange"
+    account = raw(cluster.core.read_namespaced_service_account, "app-consult", ns)
+    assert account is not None
+    assert account["automountServiceAccountToken"] is False
+    binding = raw(cluster.rbac.read_namespaced_role_binding, "app-consult", ns)
+    assert binding is not None
+    assert binding["roleRef"]["name"] == "medcloud-exchange-client"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "app-consult", "namespace": ns}]
+    policy = raw(cluster.net.read_namespaced_network_policy, "app-consult", ns)
+    assert policy is not None
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "consult"
+    assert policy["spec"]["egress"][0]["ports"] == [{"protocol": "TCP", "port": 8090}]
+    for pod in pods:
+        assert pod["spec"]["serviceAccountName"] == "app-consult"
     assert container["envFrom"] == [{"secretRef": {"name": secret}}]
     assert raw(cluster.core.read_namespaced_secret, secret, ns) is not None
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -263,6 +282,11 @@ def test_a_gateway_and_an_app_become_ready_with_pods_running(cluster: Cluster, m
     cluster.delete("AppInstance", "consult", ns)
     wait_for(lambda: cluster.deployment(ns, "app-consult") is None, "the app's Deployment to be collected", 90)
     wait_for(lambda: cluster.service(ns, "app-consult") is None, "the app's Service to be collected", 90)
+    wait_for(
+        lambda: raw(cluster.rbac.read_namespaced_role_binding, "app-consult", ns) is None,
+        "the app's RoleBinding to be collected",
+        90,
+    )
 
 
 def test_a_missing_record_store_is_reported_until_it_exists(cluster: Cluster, made: Made, tenant: Tenant) -> None:
@@ -401,21 +425,6 @@ def test_resources_above_the_tenants_limit_fail_with_a_reason(cluster: Cluster, 
     assert cluster.deployment(ns, "gw-greedy") is None
     wait_for(lambda: cluster.has_event("DeviceGateway", "greedy", "InvalidSpec", ns, "Warning"), "a Warning event")
     cluster.delete("DeviceGateway", "greedy", ns)
-
-
-def test_an_app_with_no_published_image_is_refused_and_never_ready(cluster: Cluster, tenant: Tenant) -> None:
-    ns = tenant.namespace
-    spec = {"app": UNPUBLISHED_APP.value, "version": "1.0.0", "recordStore": tenant.store}
-    cluster.create("AppInstance", "no-image", spec, ns)
-    app = cluster.wait_condition("AppInstance", "no-image", ns, "Ready", "False", "AppNotInCatalogImage")
-    assert app["status"]["phase"] == "Failed"
-    assert f"{UNPUBLISHED_APP.value} has no published image" in (condition(app, "Ready") or {})["message"]
-    # No pods whose image exists nowhere.
-    assert cluster.deployment(ns, "app-no-image") is None
-    wait_for(
-        lambda: cluster.has_event("AppInstance", "no-image", "AppNotInCatalogImage", ns, "Warning"), "a Warning event"
-    )
-    cluster.delete("AppInstance", "no-image", ns)
 
 
 def test_a_consortium_reports_its_members(cluster: Cluster, made: Made, tenant: Tenant) -> None:

@@ -1,5 +1,12 @@
 """What an AppInstance becomes: its config as a ConfigMap, a Deployment, a Service and, when exposed, an Ingress.
 
+An exchange-client app (its catalog entry's ``exchange_client``) also gets its
+identity at the exchange and nothing more: a ServiceAccount of its own (its
+projected tokens are that account's; no API-server token is mounted), a
+RoleBinding of the exchange-client ClusterRole in its own namespace (use
+``consortia/exchange``), and a NetworkPolicy letting its pods reach the
+exchanges' pods on their port.
+
 Pure functions: the AppInstance as read from the API server, its parsed
 spec and what the handler found (the RecordStore's credentials Secret, the
 tenant's LimitRange) in; manifests and the next status out.
@@ -12,7 +19,9 @@ from typing import Unpack
 from medcloud.kube.client import Manifest
 from medcloud.models import AppInstanceSpec, AppInstanceStatus
 from medcloud.models.common import ComputeResources
+from medcloud.tenancy import labels as tenancy_labels
 from medcloud_operator.builders import devicegateway, workload
+from medcloud_operator.builders.exchange import COMPONENT as EXCHANGE_COMPONENT
 from medcloud_operator.builders.workload import Ceiling, Dependency, Findings
 from medcloud_operator.catalog import CATALOG, app_image
 from medcloud_operator.settings import WorkloadSettings
@@ -26,6 +35,9 @@ SERVICE_PORT = 80
 CONFIG_VOLUME = "config"
 CONFIG_DIR = "/etc/medcloud/config"
 """Where the app reads ``spec.config``: one file per key (keys like ``audit.retention`` are no env names)."""
+EXCHANGE_PORT = 8090
+"""The exchange container's port (``medcloud exchange``'s default), which its Service targets."""
+RBAC = "rbac.authorization.k8s.io"
 
 
 def child_name(app: str) -> str:
@@ -161,6 +173,9 @@ def build_deployment(
         # and ObjectBucketClaim names both), as the RecordStore publishes them.
         container["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
     labels = _labels(app, spec)
+    pod = workload.pod_spec_base([container], volumes)
+    if entry.exchange_client:
+        pod["serviceAccountName"] = child_name(name)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -174,8 +189,48 @@ def build_deployment(
                     # Apps read their config at start: a changed config must roll the pods.
                     "annotations": {workload.CONFIG_HASH_ANNOTATION: workload.config_hash(spec.config)},
                 },
-                "spec": workload.pod_spec_base([container], volumes),
+                "spec": pod,
             },
+        },
+    }
+
+
+def build_service_account(app: Manifest, spec: AppInstanceSpec) -> Manifest:
+    """The app's identity at the exchange; no API-server token is mounted from it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(app, spec),
+        "automountServiceAccountToken": False,
+    }
+
+
+def build_exchange_binding(app: Manifest, spec: AppInstanceSpec, settings: WorkloadSettings) -> Manifest:
+    """The app may use its hospital's Consortium exchange (consortia/exchange), in its own namespace only."""
+    meta = _meta(app, spec)
+    return {
+        "apiVersion": f"{RBAC}/v1",
+        "kind": "RoleBinding",
+        "metadata": meta,
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": settings.exchange_client_cluster_role},
+        "subjects": [{"kind": "ServiceAccount", "name": meta["name"], "namespace": meta["namespace"]}],
+    }
+
+
+def build_exchange_egress(app: Manifest, spec: AppInstanceSpec, settings: WorkloadSettings) -> Manifest:
+    """The app's pods may reach the exchanges' pods on their port; the tenancy's policies deny the rest."""
+    exchange_pods = {
+        "namespaceSelector": {"matchLabels": {tenancy_labels.NAMESPACE_NAME: settings.exchange_namespace}},
+        "podSelector": {"matchLabels": {tenancy_labels.COMPONENT: EXCHANGE_COMPONENT}},
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(app, spec),
+        "spec": {
+            "podSelector": {"matchLabels": workload.selector_labels(COMPONENT, app["metadata"]["name"])},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [exchange_pods], "ports": [{"protocol": "TCP", "port": EXCHANGE_PORT}]}],
         },
     }
 
@@ -237,8 +292,15 @@ def build_app(
     settings: WorkloadSettings,
     exchange_url: str | None = None,
 ) -> list[Manifest]:
-    """Every child of the app, in the order they are applied (the config before the pods that mount it)."""
-    objects = [
+    """Every child of the app, in the order they are applied (identity and config before the pods that use them)."""
+    objects = []
+    if CATALOG[spec.app].exchange_client:
+        objects += [
+            build_service_account(app, spec),
+            build_exchange_binding(app, spec, settings),
+            build_exchange_egress(app, spec, settings),
+        ]
+    objects += [
         build_config_map(app, spec),
         build_deployment(app, spec, credentials_secret, ceiling, settings, exchange_url),
         build_service(app, spec),

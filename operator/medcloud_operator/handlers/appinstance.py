@@ -30,8 +30,11 @@ from medcloud.kube.client import (
     HOSPITAL,
     INGRESS,
     LIMIT_RANGE,
+    NETWORK_POLICY,
     RECORD_STORE,
+    ROLE_BINDING,
     SERVICE,
+    SERVICE_ACCOUNT,
     Manifest,
 )
 from medcloud.models import AppInstanceSpec, AppInstanceStatus
@@ -60,8 +63,8 @@ class AppPlan(Plan):
 class AppWorkload(Workload[AppPlan, AppInstanceStatus]):
     kind = APP_INSTANCE
     component = builder.COMPONENT
-    child_kinds = (CONFIG_MAP, DEPLOYMENT, SERVICE, INGRESS)
-    pruned_kinds = (INGRESS,)
+    child_kinds = (SERVICE_ACCOUNT, ROLE_BINDING, NETWORK_POLICY, CONFIG_MAP, DEPLOYMENT, SERVICE, INGRESS)
+    pruned_kinds = (INGRESS, NETWORK_POLICY, ROLE_BINDING, SERVICE_ACCOUNT)
     status_model = AppInstanceStatus
     depends_on = (("recordStore", RECORD_STORE), ("deviceGateway", DEVICE_GATEWAY))
 

@@ -42,7 +42,12 @@ def test_no_wildcards_and_no_cluster_wide_secrets() -> None:
                         "apiGroups": ["rbac.authorization.k8s.io"],
                         "resources": ["clusterroles"],
                         "verbs": ["bind"],
-                        "resourceNames": [TENANT_SECRETS, "medcloud-exchange", "medcloud-gateway-keys"],
+                        "resourceNames": [
+                            TENANT_SECRETS,
+                            "medcloud-exchange",
+                            "medcloud-gateway-keys",
+                            "medcloud-exchange-client",
+                        ],
                     },
                     {
                         "apiGroups": ["rbac.authorization.k8s.io"],
@@ -74,6 +79,8 @@ def test_escalate_only_on_namespaced_roles_and_bind_only_named_roles() -> None:
         ("clusterroles", "medcloud-exchange"),
         # A device gateway's keys in its own namespace (deploy/gateway-rbac.yaml).
         ("clusterroles", "medcloud-gateway-keys"),
+        # A catalog app's use of the exchange in its own namespace (deploy/exchange-client-rbac.yaml).
+        ("clusterroles", "medcloud-exchange-client"),
     }
 
 
@@ -157,7 +164,10 @@ def test_workloads_get_what_they_run_and_nothing_that_reaches_into_pods() -> Non
     # Controllers make the pods; the operator never touches them, let alone execs into them or mints tokens.
     for _group, resource in granted:
         assert not resource.startswith("pods"), resource
-        assert resource not in ("replicasets", "serviceaccounts/token", "daemonsets", "statefulsets"), resource
+        assert resource not in ("replicasets", "daemonsets", "statefulsets", "serviceaccounts/token"), resource
+    # An exchange-client app's own ServiceAccount (docs/operator.md): no escalation, since the
+    # operator can ask no token for it and binds it only the ClusterRoles it may bind by name.
+    assert {"get", "list", "watch", "create", "update", "patch", "delete"} <= granted[("", "serviceaccounts")]
     # Kopf's finalizer and annotations, and the status the operator writes.
     for kind in ("appinstances", "devicegateways", "consortia"):
         assert {"get", "list", "watch", "patch"} <= granted[("medcloud.io", kind)]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from medcloud.models import (
 from medcloud.models.common import parse_quantity
 from medcloud.tenancy.store import credentials_secret_name
 from medcloud_gateway.settings import GatewaySettings
+from medcloud_operator import catalog
 from medcloud_operator import membership as cons_b
 from medcloud_operator.builders import appinstance as app_b
 from medcloud_operator.builders import devicegateway as gw_b
@@ -187,52 +190,75 @@ def test_the_catalog_covers_every_app_with_limits_at_least_the_requests() -> Non
     assert not CATALOG[CatalogApp.APPOINTMENTS].needs_record_store
 
 
-def test_images_come_from_the_configured_prefix_and_the_spec_version() -> None:
+def test_every_catalog_app_is_medclouds_code_and_runs_medclouds_image_with_its_args() -> None:
+    assert gateway_image(WorkloadSettings(gateway_version="1.2.0")) == "registry.medcloud.local/medcloud:1.2.0"
+    settings = {"own_image": "harbor.city.example/medcloud/medcloud:0.2.0"}
+    for app in CatalogApp:
+        entry = CATALOG[app]
+        assert (entry.args, entry.exchange_client) == (("app", app.value), True)
+        # The version stays on the labels; the code is the image's, whatever the version says.
+        deployment = build_app(app_spec(app=app.value, version="9.9.9+b.1"), name=app.value, **settings)["Deployment"]
+        container = pod(deployment)["containers"][0]
+        assert container["image"] == "harbor.city.example/medcloud/medcloud:0.2.0"
+        assert container["args"] == ["app", app.value]
+        assert deployment["metadata"]["labels"]["app.kubernetes.io/version"] == "9.9.9_b.1"
+
+
+def test_an_exchange_client_app_holds_its_own_identity_and_tokens_and_may_reach_the_exchange_only() -> None:
+    children = build_app(app_spec(app="referrals"), name="referrals", exchange_namespace="mc")
+    spec = pod(children["Deployment"])
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] == "app-referrals"
+    (tokens,) = [v for v in spec["volumes"] if "projected" in v]
+    audiences = [t["serviceAccountToken"]["audience"] for t in tokens["projected"]["sources"]]
+    assert audiences == ["medcloud-exchange", "medcloud-keyservice"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["MEDCLOUD_EXCHANGE_TOKEN_FILE"] == "/var/run/secrets/medcloud/exchange-token"
+    assert children["ServiceAccount"]["automountServiceAccountToken"] is False
+    binding = children["RoleBinding"]
+    assert binding["metadata"]["namespace"] == NS
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "medcloud-exchange-client",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "app-referrals", "namespace": NS}]
+    policy = children["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == children["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert policy["policyTypes"] == ["Egress"]
+    assert policy["egress"] == [
+        {
+            "to": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mc"}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/component": "exchange"}},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 8090}],
+        }
+    ]
+    kinds = [
+        o["kind"]
+        for o in app_b.build_app(
+            body("AppInstance", "referrals", {}), app_spec(app="referrals"), None, w.Ceiling(), WorkloadSettings()
+        )
+    ]
+    assert kinds.index("ServiceAccount") < kinds.index("RoleBinding") < kinds.index("Deployment")
+
+
+def test_an_app_without_medclouds_code_runs_only_when_its_image_is_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    for app in CatalogApp:
+        require_published(app, WorkloadSettings())  # every shipped app is MedCloud's own code: always there
+    # A catalog entry with no code of MedCloud's (no args) needs its published image.
+    without_code = {**CATALOG, CatalogApp.REFERRALS: dataclasses.replace(CATALOG[CatalogApp.REFERRALS], args=())}
+    monkeypatch.setattr(catalog, "CATALOG", MappingProxyType(without_code))
+    with pytest.raises(AppWithoutImageError, match="referrals has no published image"):
+        require_published(CatalogApp.REFERRALS, WorkloadSettings())
+    monkeypatch.setenv("MEDCLOUD_PUBLISHED_APPS", '["referrals"]')
+    require_published(CatalogApp.REFERRALS, OperatorSettings())
     assert (
         app_image(CatalogApp.REFERRALS, "3.0.0", WorkloadSettings()) == "registry.medcloud.local/apps/referrals:3.0.0"
     )
-    prefixed = WorkloadSettings(app_image_prefix="harbor.city.example/medcloud/")
-    assert app_image(CatalogApp.REFERRALS, "3.0.0", prefixed) == "harbor.city.example/medcloud/referrals:3.0.0"
-    # Build metadata is not allowed in a tag.
-    assert app_image(CatalogApp.REFERRALS, "3.0.0+build.7", WorkloadSettings()).endswith(":3.0.0_build.7")
-    assert gateway_image(WorkloadSettings(gateway_version="1.2.0")) == "registry.medcloud.local/medcloud:1.2.0"
-    deployment = build_app(app_spec(version="2.4.0", app="appointments"))["Deployment"]
-    assert pod(deployment)["containers"][0]["image"] == "registry.medcloud.local/apps/appointments:2.4.0"
-
-
-def test_an_app_with_medclouds_code_runs_medclouds_image_with_its_args_and_exchange_tokens() -> None:
-    assert app_image(CatalogApp.EMR_SHARING, "2.4.0", WorkloadSettings(own_image="reg.example/medcloud:1")) == (
-        "reg.example/medcloud:1"
-    )
-    deployment = build_app(app_spec(version="2.4.0"))["Deployment"]
-    spec = pod(deployment)
-    (container,) = spec["containers"]
-    assert container["args"] == ["app", "emr-sharing"]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["MEDCLOUD_EXCHANGE_TOKEN_FILE"] == "/var/run/secrets/medcloud/exchange-token"
-    assert env["MEDCLOUD_KEY_SERVICE_TOKEN_FILE"] == "/var/run/secrets/medcloud/keyservice-token"
-    (tokens,) = [v for v in spec["volumes"] if "projected" in v]
-    audiences = [s["serviceAccountToken"]["audience"] for s in tokens["projected"]["sources"]]
-    assert audiences == ["medcloud-exchange", "medcloud-keyservice"]
-    other = pod(build_app(app_spec(version="2.4.0", app="appointments"))["Deployment"])
-    assert "args" not in other["containers"][0]
-    assert not [v for v in other["volumes"] if "projected" in v]
-
-
-def test_only_published_apps_and_medcloud_s_own_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    own = sorted(a.value for a, entry in CATALOG.items() if entry.args)
-    for app in CatalogApp:
-        if CATALOG[app].args:
-            require_published(app, WorkloadSettings())  # MedCloud's own image: always there
-            continue
-        with pytest.raises(AppWithoutImageError, match=f"{app.value} has no published image"):
-            require_published(app, WorkloadSettings())
-    monkeypatch.setenv("MEDCLOUD_PUBLISHED_APPS", '["referrals", "appointments"]')
-    settings = OperatorSettings()
-    require_published(CatalogApp.REFERRALS, settings)
-    runnable = ", ".join(sorted([*own, "appointments", "referrals"]))
-    with pytest.raises(AppWithoutImageError, match=f"runnable: {runnable}"):
-        require_published(CatalogApp.INSURANCE_CARD, settings)
 
 
 def test_an_app_without_an_image_is_refused_for_good_and_fails() -> None:
@@ -258,7 +284,15 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_every_app_child_is_labelled_owned_and_named_after_the_app() -> None:
     children = build_app(app_spec(exposure={"host": "emr.riverton.example"}))
-    assert set(children) == {"ConfigMap", "Deployment", "Service", "Ingress"}
+    assert set(children) == {
+        "ServiceAccount",
+        "RoleBinding",
+        "NetworkPolicy",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "Ingress",
+    }
     for child in children.values():
         meta = child["metadata"]
         assert meta["name"] == "app-emr"

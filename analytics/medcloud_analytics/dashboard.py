@@ -33,7 +33,7 @@ def _rows(cells: Cells, category: Any, group: Any, value: str, share: bool = Fal
             "category": category(c),
             "group": group(c),
             "value": c.get(value),
-            "at": c.get(value) or 0,  # where the label sits: a suppressed cell's at the axis
+            "at": c.get(value) or 0,  # the bar's height and where the label sits: a suppressed cell's at the axis
             "label": _label(c.get(value), share),
             "suppressed": c.get(value) is None,
         }
@@ -42,13 +42,13 @@ def _rows(cells: Cells, category: Any, group: Any, value: str, share: bool = Fal
 
 
 def bar_chart(title: str, rows: list[dict[str, Any]], x: str, y: str, share: bool = False) -> dict[str, Any]:
-    """Grouped bars of ``value`` with each bar's label above it; suppressed cells get only a grey label."""
+    """Grouped bars of ``value`` with each bar's label above it; a suppressed cell gets only a grey ``<5``."""
     axis = {"format": ".0%"} if share else {"tickMinStep": 1}
     scale = {"domain": [0, 1]} if share else {}
     return {
         "$schema": VEGA_LITE,
-        "title": title,
-        "width": 480,
+        "description": title,
+        "width": 400,
         "height": 200,
         "data": {"values": rows},
         "encoding": {
@@ -57,10 +57,10 @@ def bar_chart(title: str, rows: list[dict[str, Any]], x: str, y: str, share: boo
         },
         "layer": [
             {
+                # A suppressed cell's bar has no height (an empty layer would leave the chart unbounded).
                 "mark": "bar",
-                "transform": [{"filter": "datum.value !== null"}],
                 "encoding": {
-                    "y": {"field": "value", "type": "quantitative", "title": y, "axis": axis, "scale": scale},
+                    "y": {"field": "at", "type": "quantitative", "title": y, "axis": axis, "scale": scale},
                     "color": {"field": "group", "type": "nominal", "title": None},
                 },
             },

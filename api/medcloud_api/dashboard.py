@@ -59,7 +59,8 @@ def page(document: Mapping[str, Any], render: Render) -> str:
 <title>MedCloud indicators</title>
 <style>
 body {{ font-family: sans-serif; margin: 16px; background: #ffffff; color: #222222; }}
-main {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 16px; }}
+main {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 16px; align-items: start; }}
+.chart svg {{ display: block; max-width: 100%; height: auto; }}
 .chart {{ border: 1px solid #dddddd; padding: 8px; }}
 h2 {{ font-size: 14px; margin: 0 0 4px; }}
 </style></head>

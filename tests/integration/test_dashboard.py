@@ -166,7 +166,7 @@ def test_the_dashboard_is_the_commissions_alone_and_errors_are_problems(api_url:
         assert page.text.count("<svg") == 5
 
 
-def test_an_api_without_published_indicators_answers_503(
+def test_an_api_without_published_indicators_answers_404(
     local_cluster: Any, minio_server: MinioInfo, tokens: dict[str, str]
 ) -> None:
     empty = analytics_lake(minio_server)
@@ -179,8 +179,8 @@ def test_an_api_without_published_indicators_answers_503(
     )
     with serve(create_app(settings)) as url:
         got = httpx.get(f"{url}/v1/dashboard", headers={"Authorization": f"Bearer {tokens['commission']}"}, timeout=60)
-    assert got.status_code == 503
-    assert got.json()["type"].endswith("dashboard-unavailable")
+    assert got.status_code == 404
+    assert got.json()["type"].endswith("not-found")
     assert "medcloud analytics publish" in got.json()["detail"]
 
 

@@ -13,6 +13,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from medcloud.auth import medcloud_resource
+from medcloud_api import problems
 from medcloud_api.config import APISettings
 from medcloud_api.dashboard import InvalidIndicatorsError, page
 from medcloud_api.deps import CurrentUser, KubeDep, SettingsDep
@@ -31,7 +32,8 @@ def _unavailable(detail: str) -> ProblemError:
 
 def _read_document(settings: APISettings) -> Any:
     if not (settings.analytics_endpoint and settings.analytics_access_key and settings.analytics_secret_key):
-        raise _unavailable("this API has no analytics bucket configured (MEDCLOUD_API_ANALYTICS_*)")
+        # Nothing to show here, not a fault: a deployment without analytics has no dashboard.
+        raise ProblemError(404, "not-found", "this API has no analytics bucket configured (MEDCLOUD_API_ANALYTICS_*)")
     storage = Minio(
         settings.analytics_endpoint,
         settings.analytics_access_key,
@@ -48,7 +50,9 @@ def _read_document(settings: APISettings) -> Any:
             response.release_conn()
     except S3Error as exc:
         if exc.code in ("NoSuchKey", "NoSuchBucket"):
-            raise _unavailable("no indicators published yet: run `medcloud analytics publish`") from exc
+            raise ProblemError(
+                404, "not-found", "no indicators published yet: run `medcloud analytics publish`"
+            ) from exc
         raise _unavailable(f"the analytics bucket refused the read ({exc.code})") from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise _unavailable("the analytics bucket is unreachable") from exc
@@ -65,6 +69,10 @@ def _svg(spec: dict[str, Any]) -> str:
 @router.get(
     "",
     response_class=HTMLResponse,
+    responses={
+        200: {"content": {"text/html": {"schema": {"type": "string"}}}},
+        **problems.responses(401, 403, 404, 503),
+    },
     summary="The indicators as charts (HTML with inline SVG)",
     description=(
         "Referrals, tests not repeated, consultations, and blood-pressure and glucose control, as the "

@@ -20,6 +20,8 @@ if [ "$(uname -s)" = Linux ] && [ "$(id -u)" -eq 0 ]; then
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
   done
 fi
+# Headless Chromium loads the control API's dashboard in its test (tests/integration/test_dashboard.py).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # PostgreSQL: the exchange's database, started by the local cluster (cli/medcloud_cli/localcluster/postgres.py).
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
 # Prometheus and promtool: `dev up` scrapes MedCloud with the chart's alert rules; the suite tests them.

@@ -74,3 +74,28 @@ def load(
         export = BulkClient(http, token, practitioner).export(since=since)
     rows = load_export(Lake(endpoint, bucket, access_key, secret_key, secure), export)
     typer.echo(f"loaded {rows} resources as batch {export.batch} (transaction time {export.transaction_time})")
+
+
+@app.command("publish")
+def publish(
+    endpoint: Endpoint,
+    bucket: Bucket,
+    access_key: AccessKey,
+    secret_key: SecretKey,
+    secure: Secure = False,
+    tier: Annotated[
+        list[str] | None, typer.Option(help="A member's tier, hospital=tier (Hospital spec.tier); repeatable.")
+    ] = None,
+) -> None:
+    """Write the suppressed indicators as the dashboard's charts (dashboard/indicators.json) for the API."""
+    from datetime import UTC, datetime
+
+    from medcloud_analytics.dashboard import document
+    from medcloud_analytics.dashboard import publish as publish_document
+    from medcloud_analytics.indicators import compute_all
+    from medcloud_analytics.lake import Lake, connect
+
+    lake = Lake(endpoint, bucket, access_key, secret_key, secure)
+    cells = compute_all(connect(lake), _tiers(tier or []))
+    key = publish_document(lake, document(cells, datetime.now(UTC).isoformat(timespec="seconds")))
+    typer.echo(f"published s3://{bucket}/{key}")

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -61,6 +61,14 @@ class APISettings(BaseSettings):
             "continue token, so a filter matching little never turns one request into a full scan."
         ),
     )
+    analytics_endpoint: str | None = Field(
+        default=None,
+        description="MinIO host:port of the analytics bucket the dashboard reads; unset: no dashboard (503).",
+    )
+    analytics_bucket: str = Field(default="analytics", description="The analytics bucket.")
+    analytics_access_key: str | None = Field(default=None, description="A read-only key of the analytics bucket.")
+    analytics_secret_key: SecretStr | None = Field(default=None, description="Its secret.")
+    analytics_secure: bool = Field(default=False, description="TLS to the analytics MinIO.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
     def in_cluster(self) -> bool:

@@ -15,7 +15,7 @@ from medcloud_api.audit import AuditMiddleware
 from medcloud_api.config import APISettings
 from medcloud_api.kube import Kube, new_api_client
 from medcloud_api.metrics import Metrics, MetricsMiddleware
-from medcloud_api.routers import consortia, devices, health, hospitals, progress
+from medcloud_api.routers import consortia, dashboard, devices, health, hospitals, progress
 
 TITLE = "MedCloud control API"
 VERSION = "0.1.0"
@@ -35,6 +35,7 @@ TAGS = [
     {"name": "hospitals", "description": "Onboard, view, change and offboard hospitals."},
     {"name": "progress", "description": "Live onboarding progress (Server-Sent Events)."},
     {"name": "consortia", "description": "Medical alliances, their members and what they share."},
+    {"name": "dashboard", "description": "The city health commission's indicators as charts."},
     {"name": "health", "description": "Probes; no authentication."},
 ]
 
@@ -67,6 +68,7 @@ def create_app(settings: APISettings | None = None, api_client: client.ApiClient
     app.include_router(progress.router)
     app.include_router(consortia.router)
     app.include_router(devices.router)
+    app.include_router(dashboard.router)
     app.add_route("/metrics", metrics.endpoint, methods=["GET"], include_in_schema=False)
 
     def openapi() -> dict[str, Any]:

@@ -47,6 +47,7 @@ TITLES: dict[str, str] = {
     "kubernetes-forbidden": "The Kubernetes API refused the request",
     "kubernetes-unavailable": "The Kubernetes API is unavailable",
     "kubernetes-error": "Unexpected answer from the Kubernetes API",
+    "dashboard-unavailable": "The dashboard's indicators are unavailable",
     "internal-error": "Internal error",
 }
 

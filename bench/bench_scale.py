@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,7 +55,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def spec(name: str) -> dict[str, Any]:
-    return {"displayName": f"Hospital {name}", "institutionCode": "TEST0001", "tier": "county"}
+    # A code of its own per Hospital: the operator fails every Hospital but the oldest of those sharing one.
+    return {"displayName": f"Hospital {name}", "institutionCode": f"B{zlib.crc32(name.encode()):08X}", "tier": "county"}
 
 
 def hospital(name: str) -> Manifest:

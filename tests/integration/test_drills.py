@@ -174,7 +174,7 @@ def test_the_operator_killed_mid_onboarding_of_100_hospitals_loses_and_orphans_n
         wait_for(lambda: alert_state(prometheus_url, "MedcloudOperatorDown") is None, "no alert", timeout=60)
 
         def create(name: str) -> None:
-            admin.create("Hospital", name, hospital_spec(name, institutionCode="DRIL0001"))
+            admin.create("Hospital", name, hospital_spec(name))
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(create, names))
@@ -240,7 +240,7 @@ def apiserver(cluster: LocalCluster) -> ServerProcess:
 def _created(admin: ClusterAdmin, name: str) -> bool:
     """Create the Hospital; False while the API server is still starting (it answers 503 until its paths are in)."""
     try:
-        admin.create("Hospital", name, hospital_spec(name, institutionCode="DRIL0002"))
+        admin.create("Hospital", name, hospital_spec(name))
     except ApiException as exc:
         if exc.status == 503:
             return False
@@ -266,7 +266,7 @@ def test_the_api_server_restarted_under_a_running_operator_which_recovers_on_its
     try:
         wait_for(operator.healthy, "the operator's liveness endpoint", timeout=90)
         before = f"apirestart-{suffix}-a"
-        admin.create("Hospital", before, hospital_spec(before, institutionCode="DRIL0002"))
+        admin.create("Hospital", before, hospital_spec(before))
         names.append(before)
         wait_for(lambda: is_ready(admin.get("Hospital", before)), f"Hospital {before} Ready", timeout=120)
         pid_before = operator.process.popen.pid if operator.process.popen else None

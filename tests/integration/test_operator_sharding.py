@@ -83,7 +83,7 @@ def test_two_replicas_split_the_hospitals_by_label_and_each_serves_only_its_own(
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "Hospital",
                 "metadata": {"name": name, "labels": {SHARD_LABEL: shard}},
-                "spec": hospital_spec(name, institutionCode="SHRD0001"),
+                "spec": hospital_spec(name),
             }
             admin.custom.create_cluster_custom_object(GROUP, VERSION, "hospitals", body)
             shards[name] = shard

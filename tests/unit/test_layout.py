@@ -102,3 +102,13 @@ def test_the_readme_layout_table_matches_the_folders() -> None:
     packages = {p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("*/medcloud_*/__init__.py")}
     packages.add("medcloud")
     assert packages <= set(listed), f"README's layout table misses {sorted(packages - set(listed))}"
+
+
+def test_every_test_module_has_a_basename_of_its_own() -> None:
+    # pytest imports test modules by basename (rootdir-relative, no __init__.py):
+    # two files of one name make the whole run stop at collection.
+    tests = Path(__file__).resolve().parents[1]
+    seen: dict[str, list[str]] = {}
+    for path in tests.rglob("test_*.py"):
+        seen.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}

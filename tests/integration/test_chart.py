@@ -517,7 +517,14 @@ OPERATOR_DEFAULTED = {
     "metrics_address": "0.0.0.0 is right in a pod: Prometheus scrapes the pod address",
     "peering_priority": "random per replica, so exactly one of the peered replicas acts",
 }
-API_DEFAULTED = {"kubeconfig": "unset, so the API uses its in-cluster ServiceAccount"}
+API_DEFAULTED = {
+    "kubeconfig": "unset, so the API uses its in-cluster ServiceAccount",
+    # The commission's dashboard (docs/analytics.md) is not a chart value yet: unset, /v1/dashboard answers 404.
+    **dict.fromkeys(
+        ("analytics_endpoint", "analytics_bucket", "analytics_access_key", "analytics_secret_key", "analytics_secure"),
+        "unset: no analytics bucket, so the dashboard is not served (docs/analytics.md)",
+    ),
+}
 KEYSERVICE_DEFAULTED = {"kubeconfig": "unset, so the key service uses its in-cluster ServiceAccount"}
 
 

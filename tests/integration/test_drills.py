@@ -95,6 +95,9 @@ def prometheus_url(local_cluster: Any, metrics_port: int) -> Iterator[str]:
     )
     yield url
     proc.stop()
+    # The session cluster's record must not name a server that is gone (`dev up` would start it again).
+    local_cluster.processes.remove(proc)
+    local_cluster.save_state()
 
 
 def alert_state(url: str, alert: str) -> str | None:
@@ -274,6 +277,8 @@ def test_the_api_server_restarted_under_a_running_operator_which_recovers_on_its
         server = apiserver(local_cluster)
         server.stop(grace=10)
         server.start()
+        # The cluster's record (state.json) names the new process, as `dev up` would after its own restart.
+        local_cluster.save_state()
         after = f"apirestart-{suffix}-b"
         wait_for(partial(_created, admin, after), "the API server to take a Hospital again", timeout=120)
         names.append(after)

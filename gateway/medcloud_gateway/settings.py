@@ -3,11 +3,11 @@
 Names the operator sets (``operator/medcloud_operator/builders/devicegateway.py``):
 ``MEDCLOUD_HOSPITAL``, ``MEDCLOUD_NAMESPACE``, ``MEDCLOUD_RECORDSTORE``,
 ``MEDCLOUD_GATEWAY_PROTOCOLS``, ``MEDCLOUD_GATEWAY_DEVICE_CLASSES``,
-``MEDCLOUD_GATEWAY_HEALTH_PORT`` and ``MEDCLOUD_GATEWAY_<PROTOCOL>_PORT``, plus the
-RecordStore's credentials Secret as env (``COSI_S3_*``, ``COSI_CERTIFICATE_AUTHORITY``,
-``MEDCLOUD_KEY_SERVICE_URL``). The others (broker address and TLS files, the key
-service token file, the HTTPS serving certificate) are the gateway's own; the
-operator does not set them yet (see docs/gateway.md).
+``MEDCLOUD_GATEWAY_HEALTH_PORT`` and ``MEDCLOUD_GATEWAY_<PROTOCOL>_PORT``, the key
+service token file, the device CA, CRL and serving certificate files, the broker's
+address, client certificate and share group (when the operator is given the broker's
+CA), plus the RecordStore's credentials Secret as env (``COSI_S3_*``,
+``COSI_CERTIFICATE_AUTHORITY``, ``MEDCLOUD_KEY_SERVICE_URL``); see docs/gateway.md.
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ class GatewaySettings(BaseSettings):
     # MQTT: the broker devices publish to. By default one in the pod, on the Service's MQTT port.
     mqtt_broker_host: str = Field(default="127.0.0.1", validation_alias=gateway_env.BROKER_HOST)
     mqtt_broker_port: int | None = Field(default=None, ge=1, le=65535, validation_alias=gateway_env.BROKER_PORT)
-    mqtt_ca_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_MQTT_CA_FILE")
-    mqtt_cert_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_MQTT_CERT_FILE")
-    mqtt_key_file: Path | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_MQTT_KEY_FILE")
+    mqtt_ca_file: Path | None = Field(default=None, validation_alias=gateway_env.MQTT_CA_FILE)
+    mqtt_cert_file: Path | None = Field(default=None, validation_alias=gateway_env.MQTT_CERT_FILE)
+    mqtt_key_file: Path | None = Field(default=None, validation_alias=gateway_env.MQTT_KEY_FILE)
     mqtt_client_id: str | None = Field(default=None, validation_alias="MEDCLOUD_GATEWAY_MQTT_CLIENT_ID")
-    mqtt_share_group: str = Field(default="medcloud-gateway", validation_alias="MEDCLOUD_GATEWAY_MQTT_SHARE_GROUP")
+    mqtt_share_group: str = Field(default="medcloud-gateway", validation_alias=gateway_env.MQTT_SHARE_GROUP)
     mqtt_publish_errors: bool = Field(default=True, validation_alias="MEDCLOUD_GATEWAY_MQTT_PUBLISH_ERRORS")
 
     # HTTPS: without a certificate the readings port speaks plain HTTP (local development only).

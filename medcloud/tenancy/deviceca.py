@@ -167,29 +167,48 @@ def serving_secret_name(child: str) -> str:
     return f"{child}-serving"
 
 
+def broker_secret_name(child: str) -> str:
+    """The Secret (kubernetes.io/tls plus ``ca.crt``) with a gateway's MQTT client certificate towards the broker."""
+    return f"{child}-broker"
+
+
 def sign_server(ca: TenantCA, dns_names: list[str], *, now: dt.datetime) -> TenantCA:
     """A fresh key and a server certificate for ``dns_names`` (the gateway's Service names), by the tenant CA.
 
     Devices then need one CA: the hospital's, for the gateway they talk to and for themselves.
     """
+    return _sign_leaf(ca, dns_names[0], ExtendedKeyUsageOID.SERVER_AUTH, dns_names, now=now)
+
+
+def sign_client(ca: TenantCA, common_name: str, *, now: dt.datetime) -> TenantCA:
+    """A fresh key and a TLS client certificate with subject CN ``common_name`` (what a broker takes as user)."""
+    return _sign_leaf(ca, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [], now=now)
+
+
+def _sign_leaf(
+    ca: TenantCA, common_name: str, usage: x509.ObjectIdentifier, dns_names: list[str], *, now: dt.datetime
+) -> TenantCA:
     issuer = x509.load_pem_x509_certificate(ca.cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ValueError("the tenant CA key must be an EC private key")
+        raise ValueError("the issuing CA key must be an EC private key")
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(issuer.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(min(now + SERVING_VALIDITY, issuer.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     )
+    if dns_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -198,18 +217,41 @@ def sign_server(ca: TenantCA, dns_names: list[str], *, now: dt.datetime) -> Tena
 
 def serving_due(cert_pem: bytes | None, ca_cert_pem: bytes, dns_names: list[str], now: dt.datetime) -> bool:
     """Whether a gateway's serving certificate must be issued again: none, another CA's, other names, or near expiry."""
+    return leaf_due(cert_pem, ca_cert_pem, now, dns_names=dns_names)
+
+
+def client_due(cert_pem: bytes | None, ca_cert_pem: bytes, common_name: str, now: dt.datetime) -> bool:
+    """Whether a client certificate must be issued again: none, another CA's, another CN, or near expiry."""
+    return leaf_due(cert_pem, ca_cert_pem, now, common_name=common_name)
+
+
+def leaf_due(
+    cert_pem: bytes | None,
+    ca_cert_pem: bytes,
+    now: dt.datetime,
+    *,
+    dns_names: list[str] | None = None,
+    common_name: str | None = None,
+) -> bool:
+    """Whether a certificate the operator issued must be issued again.
+
+    Due when there is none, it is unreadable, another CA issued it, its names
+    are not the wanted ones, or it has :data:`SERVING_RENEW_BEFORE` or less
+    left: renewed a month before it expires, by the reconcile that notices.
+    """
     if not cert_pem:
         return True
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-            x509.DNSName
-        )
+        if dns_names is not None:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            if sorted(san.get_values_for_type(x509.DNSName)) != sorted(dns_names):
+                return True
     except (ValueError, x509.ExtensionNotFound):
         return True
+    if common_name is not None:
+        names = [str(n.value) for n in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if names != [common_name]:
+            return True
     issuer = x509.load_pem_x509_certificate(ca_cert_pem)
-    return (
-        cert.issuer != issuer.subject
-        or sorted(names) != sorted(dns_names)
-        or cert.not_valid_after_utc - now <= SERVING_RENEW_BEFORE
-    )
+    return cert.issuer != issuer.subject or cert.not_valid_after_utc - now <= SERVING_RENEW_BEFORE

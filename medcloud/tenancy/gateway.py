@@ -26,6 +26,13 @@ DEFAULT_KEY_SERVICE_TOKEN_FILE = "/var/run/secrets/medcloud/keyservice/token"  #
 BROKER_HOST = "MEDCLOUD_GATEWAY_MQTT_BROKER_HOST"
 BROKER_PORT = "MEDCLOUD_GATEWAY_MQTT_BROKER_PORT"
 """The MQTT broker devices publish to, which the gateway subscribes at."""
+MQTT_CA_FILE = "MEDCLOUD_GATEWAY_MQTT_CA_FILE"
+"""The CA the broker's certificate is checked against."""
+MQTT_CERT_FILE = "MEDCLOUD_GATEWAY_MQTT_CERT_FILE"
+MQTT_KEY_FILE = "MEDCLOUD_GATEWAY_MQTT_KEY_FILE"
+"""The gateway's client certificate and key towards the broker (issued by the operator from the broker's CA)."""
+MQTT_SHARE_GROUP = "MEDCLOUD_GATEWAY_MQTT_SHARE_GROUP"
+"""The shared-subscription group: one per DeviceGateway, so that only its own replicas split its stream."""
 PORT: dict[DeviceProtocol, str] = {p: f"MEDCLOUD_GATEWAY_{p.value.upper()}_PORT" for p in DeviceProtocol}
 """The variable naming the port each protocol's listener binds (``MEDCLOUD_GATEWAY_MQTT_PORT``, ...)."""
 DEVICE_CA_FILE = "MEDCLOUD_GATEWAY_DEVICE_CA_FILE"

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from kubernetes.client.exceptions import ApiException
 
@@ -66,21 +68,67 @@ def ensure_trust(kube: Kube, namespace: str, hospital: str, now: dt.datetime | N
     return Trust(ca, created, True)
 
 
-def ensure_serving(kube: Kube, gateway: Manifest, ca: deviceca.TenantCA, settings: WorkloadSettings) -> bool:
-    """The gateway's serving certificate Secret, issued (again) by the tenant CA when due; True if written."""
+def ensure_serving(kube: Kube, gateway: Manifest, ca: deviceca.TenantCA, settings: WorkloadSettings) -> bytes:
+    """The gateway's serving certificate (PEM), issued (again) by the tenant CA when due and kept in its Secret."""
     meta = gateway["metadata"]
-    namespace = meta["namespace"]
-    name = deviceca.serving_secret_name(gateway_builder.child_name(meta["name"]))
+    names = gateway_builder.serving_names(meta["name"], meta["namespace"])
+    return _ensure_leaf(
+        kube,
+        gateway,
+        deviceca.serving_secret_name(gateway_builder.child_name(meta["name"])),
+        due=lambda current, now: deviceca.serving_due(current, ca.cert_pem, names, now),
+        issue=lambda now: gateway_builder.build_serving_secret(
+            gateway, deviceca.sign_server(ca, names, now=now), settings
+        ),
+    )
+
+
+def ensure_broker_client(
+    kube: Kube, gateway: Manifest, broker_ca: deviceca.TenantCA, settings: WorkloadSettings
+) -> bytes:
+    """The gateway's MQTT client certificate (PEM), issued (again) by the broker's client CA when due."""
+    meta = gateway["metadata"]
+    identity = gateway_builder.broker_identity(meta["name"], meta["namespace"])
+    return _ensure_leaf(
+        kube,
+        gateway,
+        deviceca.broker_secret_name(gateway_builder.child_name(meta["name"])),
+        due=lambda current, now: deviceca.client_due(current, broker_ca.cert_pem, identity, now),
+        issue=lambda now: gateway_builder.build_broker_secret(
+            gateway, deviceca.sign_client(broker_ca, identity, now=now), broker_ca.cert_pem, settings
+        ),
+    )
+
+
+def _ensure_leaf(
+    kube: Kube,
+    gateway: Manifest,
+    name: str,
+    *,
+    due: Callable[[bytes | None, dt.datetime], bool],
+    issue: Callable[[dt.datetime], Manifest],
+) -> bytes:
+    """A certificate Secret of the gateway written only when ``due`` says so; the certificate in force returned."""
+    namespace = gateway["metadata"]["namespace"]
     live = kube.get(SECRET, name, namespace)
     current = base64.b64decode((live or {}).get("data", {}).get(deviceca.TLS_CERT_KEY, "")) or None
-    names = gateway_builder.serving_names(meta["name"], namespace)
     now = dt.datetime.now(dt.UTC)
-    if not deviceca.serving_due(current, ca.cert_pem, names, now):
-        return False
-    desired = gateway_builder.build_serving_secret(gateway, deviceca.sign_server(ca, names, now=now), settings)
+    if current is not None and not due(current, now):
+        return current
+    desired = issue(now)
     if live is None:
         kube.create(desired)
     else:
+        # resourceVersion: a concurrent reconcile's certificate is not overwritten; the 409 retries.
         desired["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
         kube.replace(desired)
-    return True
+    return base64.b64decode(desired["data"][deviceca.TLS_CERT_KEY])
+
+
+def read_broker_ca(settings: WorkloadSettings) -> deviceca.TenantCA | None:
+    """The CA the broker checks client certificates with, from the files the settings name (None: not configured)."""
+    if settings.broker_client_ca_file is None or settings.broker_client_ca_key_file is None:
+        return None
+    return deviceca.TenantCA(
+        Path(settings.broker_client_ca_file).read_bytes(), Path(settings.broker_client_ca_key_file).read_bytes()
+    )

@@ -92,6 +92,18 @@ class WorkloadSettings(BaseModel):
         description="MQTT broker device gateways subscribe at (host or IP); unset: the gateway's default.",
     )
     broker_port: int | None = Field(default=None, ge=1, le=65535, description="Its TLS port; unset: 8883.")
+    broker_client_ca_file: str | None = Field(
+        default=None,
+        description=(
+            "PEM certificate of the CA the broker checks client certificates against (also the CA gateways "
+            "verify the broker's certificate with). With broker_client_ca_key_file, the operator issues each "
+            "DeviceGateway's broker client certificate (Secret gw-<name>-broker). Unset: gateways get none, and "
+            "one with mqtt enabled stops at start naming the missing MQTT settings (never Ready)."
+        ),
+    )
+    broker_client_ca_key_file: str | None = Field(
+        default=None, description="That CA's private key (PEM, EC); read by the operator alone, never copied."
+    )
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
         default="IfNotPresent", description="Pull policy of app and gateway containers."
     )
@@ -99,6 +111,12 @@ class WorkloadSettings(BaseModel):
         default=None,
         description="ingressClassName of the Ingresses of exposed apps; unset: the cluster's default class.",
     )
+
+    @model_validator(mode="after")
+    def _broker_ca_whole(self) -> WorkloadSettings:
+        if (self.broker_client_ca_file is None) != (self.broker_client_ca_key_file is None):
+            raise ValueError("set both broker_client_ca_file and broker_client_ca_key_file, or neither")
+        return self
 
 
 class EgressPeer(BaseModel):

@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from minio import Minio
 
 from medcloud.kube.crds import install_crds
-from medcloud_cli.localcluster.cluster import MinioInfo
+from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
 from tests.operator_replicas import (
     ACTIVE_USER,
     OPERATOR_CLUSTER_ROLE,
@@ -75,10 +75,17 @@ def store_operator_kubeconfig(local_cluster: Any, operator_kubeconfig: Path) -> 
 
 
 @pytest.fixture(scope="module")
-def operator(store_operator_kubeconfig: Path, minio_server: MinioInfo) -> Iterator[RunningOperator]:
-    """The whole operator, every handler, with the session's MinIO as RecordStore storage, for the module."""
+def operator(
+    store_operator_kubeconfig: Path, minio_server: MinioInfo, mqtt_broker: BrokerInfo
+) -> Iterator[RunningOperator]:
+    """The whole operator, every handler, with the session's MinIO as RecordStore storage, for the module.
+
+    It is given the session broker's client CA, so gateways with MQTT get a broker client certificate.
+    """
     env = {
         **storage_env(minio_server),
+        "MEDCLOUD_BROKER_CLIENT_CA_FILE": mqtt_broker.ca_file,
+        "MEDCLOUD_BROKER_CLIENT_CA_KEY_FILE": mqtt_broker.ca_key_file,
         "MEDCLOUD_APP_IMAGE_PREFIX": "registry.test.example/apps",
         "MEDCLOUD_OWN_IMAGE": "registry.test.example/medcloud:test",
     }

@@ -12,6 +12,11 @@ through the operator's own code.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import json
+import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,9 +25,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from kubernetes import client
+from paho.mqtt.enums import CallbackAPIVersion
 
+from medcloud.tenancy import deviceca
+from medcloud_cli.localcluster.cluster import BrokerInfo
 from tests.operator_support import (
     GROUP,
     PLURALS,
@@ -289,6 +302,121 @@ def test_a_gateway_and_an_app_become_ready_with_pods_running(cluster: Cluster, m
     )
 
 
+def broker_accepts(broker: BrokerInfo, cert_pem: bytes, key_pem: bytes, directory: Path) -> bool:
+    """Whether the real broker completes an MQTT CONNECT with this client certificate (CONNACK within 10 s)."""
+    cert, key = directory / "client.crt", directory / "client.key"
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
+    key.chmod(0o600)
+    connected = threading.Event()
+    mqtt_client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:6]}")
+    mqtt_client.on_connect = lambda _c, _u, _f, reason, _p: connected.set() if not reason.is_failure else None
+    mqtt_client.tls_set(ca_certs=broker.ca_file, certfile=str(cert), keyfile=str(key))
+    try:
+        mqtt_client.connect(broker.host, broker.port)
+    except (ssl.SSLError, OSError):
+        return False
+    mqtt_client.loop_start()
+    try:
+        return connected.wait(10)
+    finally:
+        mqtt_client.disconnect()
+        mqtt_client.loop_stop()
+
+
+def secret_data(cluster: Cluster, name: str, namespace: str) -> dict[str, bytes]:
+    secret = raw(cluster.core.read_namespaced_secret, name, namespace)
+    assert secret is not None, name
+    return {key: base64.b64decode(value) for key, value in secret["data"].items()}
+
+
+def test_the_gateway_gets_a_broker_client_certificate_the_real_broker_accepts_and_a_renewal_before_expiry(
+    cluster: Cluster, tenant: Tenant, mqtt_broker: BrokerInfo, tmp_path: Path
+) -> None:
+    ns = tenant.namespace
+    cluster.create(
+        "DeviceGateway",
+        "bedside",
+        {"protocols": ["mqtt", "hl7v2"], "deviceClasses": ["spo2"], "recordStore": tenant.store},
+        ns,
+    )
+    cluster.wait_ready("DeviceGateway", "bedside", ns)
+    broker = secret_data(cluster, "gw-bedside-broker", ns)
+    assert sorted(broker) == ["ca.crt", "tls.crt", "tls.key"]
+    assert broker["ca.crt"] == Path(mqtt_broker.ca_file).read_bytes()
+    cert = x509.load_pem_x509_certificate(broker["tls.crt"])
+    ca = x509.load_pem_x509_certificate(broker["ca.crt"])
+    assert cert.issuer == ca.subject
+    assert [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == [f"gw-bedside.{ns}"]
+    # The broker the session runs (client certificates required) takes it.
+    assert broker_accepts(mqtt_broker, broker["tls.crt"], broker["tls.key"], tmp_path)
+
+    # The serving certificate names the Service devices reach.
+    serving = x509.load_pem_x509_certificate(secret_data(cluster, "gw-bedside-serving", ns)["tls.crt"])
+    names = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(names.get_values_for_type(x509.DNSName)) == [
+        f"gw-bedside.{ns}.svc",
+        f"gw-bedside.{ns}.svc.cluster.local",
+    ]
+
+    # The pod mounts both read-only, and the template carries their digest.
+    deployment = cluster.deployment(ns, "gw-bedside")
+    assert deployment is not None
+    template = deployment["spec"]["template"]
+    mounts = {m["name"]: m for m in template["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["broker-tls"]["readOnly"]
+    assert mounts["serving-tls"]["readOnly"]
+    digest = template["metadata"]["annotations"]["medcloud.io/certificates"]
+    # No key material in the gateway's status or its namespace's events.
+    gateway = cluster.get("DeviceGateway", "bedside", ns)
+    events = raw(cluster.core.list_namespaced_event, ns) or {}
+    for text in (json.dumps(gateway), json.dumps(events)):
+        assert "PRIVATE KEY" not in text
+        assert "BEGIN CERTIFICATE" not in text
+
+    # A certificate 10 days from its end (someone else's clock, or months of running): the next reconcile
+    # issues a fresh one and the pods roll onto it.
+    ca_key = serialization.load_pem_private_key(Path(mqtt_broker.ca_key_file).read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = dt.datetime.now(dt.UTC)
+    old = deviceca.sign_client(
+        deviceca.TenantCA(broker["ca.crt"], Path(mqtt_broker.ca_key_file).read_bytes()), f"gw-bedside.{ns}", now=now
+    )
+    short = (
+        x509.CertificateBuilder()
+        .subject_name(x509.load_pem_x509_certificate(old.cert_pem).subject)
+        .issuer_name(ca.subject)
+        .public_key(x509.load_pem_x509_certificate(old.cert_pem).public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=80))
+        .not_valid_after(now + dt.timedelta(days=10))
+        .sign(ca_key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    cluster.core.patch_namespaced_secret(
+        "gw-bedside-broker",
+        ns,
+        {"data": {"tls.crt": base64.b64encode(short).decode(), "tls.key": base64.b64encode(old.key_pem).decode()}},
+    )
+    cluster.patch("DeviceGateway", "bedside", {"spec": {"deviceClasses": ["spo2", "ecg"]}}, ns)
+
+    def renewed() -> bytes | None:
+        current = secret_data(cluster, "gw-bedside-broker", ns)["tls.crt"]
+        return current if current != short else None
+
+    fresh = x509.load_pem_x509_certificate(wait_for(renewed, "the broker certificate renewed", 60))
+    assert fresh.not_valid_after_utc - now > dt.timedelta(days=80)
+
+    def rolled() -> str | None:
+        deployment = cluster.deployment(ns, "gw-bedside") or {}
+        value = deployment.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
+        found = value.get("medcloud.io/certificates")
+        return found if found and found != digest else None
+
+    wait_for(rolled, "the gateway's pod template to carry the new certificate's digest", 60)
+    cluster.delete("DeviceGateway", "bedside", ns)
+
+
 def test_a_missing_record_store_is_reported_until_it_exists(cluster: Cluster, made: Made, tenant: Tenant) -> None:
     ns = tenant.namespace
     cluster.create("AppInstance", "referrals", {"app": "referrals", "version": "3.0.0", "recordStore": "later"}, ns)
@@ -370,7 +498,10 @@ def test_a_reconcile_with_nothing_changed_writes_nothing(
     ns = tenant.namespace
     cluster.create("AppInstance", "cards", {"app": "insurance-card", "version": "1.0.0", "replicas": 1}, ns)
     cluster.create(
-        "DeviceGateway", "ward-b", {"protocols": ["https"], "deviceClasses": ["ecg"], "recordStore": tenant.store}, ns
+        "DeviceGateway",
+        "ward-b",
+        {"protocols": ["https", "mqtt"], "deviceClasses": ["ecg"], "recordStore": tenant.store},
+        ns,
     )
     cluster.wait_ready("AppInstance", "cards", ns)
     cluster.wait_ready("DeviceGateway", "ward-b", ns)

@@ -81,6 +81,8 @@ class BrokerInfo:
     ca_file: str
     client_cert: str
     client_key: str
+    ca_key_file: str = ""
+    """The key of the CA the broker checks client certificates with: the operator issues gateways' from it."""
 
 
 @dataclass
@@ -561,6 +563,7 @@ class LocalCluster:
             ca_file=str(broker_ca.paths.cert),
             client_cert=str(client.cert),
             client_key=str(client.key),
+            ca_key_file=str(broker_ca.paths.key),
         )
 
     # ------------------------------------------------------------- kubectl

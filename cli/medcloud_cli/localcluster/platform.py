@@ -136,6 +136,7 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
         # process of localcluster/exchange.py serves): a development audit trail is locked for a day only.
         "MEDCLOUD_EXCHANGE_AUDIT_RETENTION_DAYS": "1",
         **storage_env(cluster),
+        **broker_env(cluster),
     }
     operator = cluster.spawn(
         "operator",
@@ -198,6 +199,17 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
     state.extra["keyServiceAudience"] = info.key_service_audience
     cluster.save_state()
     return info
+
+
+def broker_env(cluster: LocalCluster) -> dict[str, str]:
+    """The CA the broker checks client certificates with: the operator issues each gateway's broker certificate."""
+    state = cluster.state
+    if state is None or state.broker is None or not state.broker.ca_key_file:
+        return {}
+    return {
+        "MEDCLOUD_BROKER_CLIENT_CA_FILE": state.broker.ca_file,
+        "MEDCLOUD_BROKER_CLIENT_CA_KEY_FILE": state.broker.ca_key_file,
+    }
 
 
 def storage_env(cluster: LocalCluster) -> dict[str, str]:

@@ -15,7 +15,9 @@ LimitRange) in; manifests and the next status out.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Unpack
@@ -43,6 +45,12 @@ TRUST_DIR = "/etc/medcloud/device-trust"
 kubelet's atomic swap on a Secret change reaches the files the gateway re-reads)."""
 SERVING_VOLUME = "serving-tls"
 SERVING_DIR = "/etc/medcloud/serving-tls"
+BROKER_VOLUME = "broker-tls"
+BROKER_DIR = "/etc/medcloud/broker-tls"
+"""The gateway's MQTT client certificate and key, and the CA of the broker's certificate (Secret gw-<name>-broker)."""
+CERTIFICATES_ANNOTATION = "medcloud.io/certificates"
+"""On the pod template: a digest of the serving and broker client certificates in force, so a renewal rolls the
+pods (each starts with the new files) instead of leaving them on a certificate about to expire."""
 COMMAND_ARGS = ["gateway"]
 """MedCloud's one image runs the command its args name (its entrypoint is ``medcloud``)."""
 TOKEN_VOLUME = "keyservice-token"  # noqa: S105 - a volume name
@@ -88,7 +96,27 @@ def _protocols(spec: DeviceGatewaySpec) -> list[DeviceProtocol]:
     return sorted(spec.protocols)
 
 
-def _env(namespace: str, hospital: str, spec: DeviceGatewaySpec, settings: WorkloadSettings) -> list[Manifest]:
+def broker_tls(spec: DeviceGatewaySpec, settings: WorkloadSettings) -> bool:
+    """Whether the gateway gets a broker client certificate: it speaks MQTT and the operator knows the broker's CA."""
+    return DeviceProtocol.MQTT in spec.protocols and settings.broker_client_ca_file is not None
+
+
+def broker_identity(gateway: str, namespace: str) -> str:
+    """The gateway's name at the broker: its client certificate's CN (the broker's user) and its share group."""
+    return f"{child_name(gateway)}.{namespace}"
+
+
+def certificates_digest(certificates: Sequence[bytes]) -> str:
+    """A short digest of the certificates a pod starts with (public certificates only, never keys)."""
+    digest = hashlib.sha256()
+    for cert in certificates:
+        digest.update(hashlib.sha256(cert).digest())
+    return digest.hexdigest()[:16]
+
+
+def _env(
+    gateway: str, namespace: str, hospital: str, spec: DeviceGatewaySpec, settings: WorkloadSettings
+) -> list[Manifest]:
     env = [
         {"name": gateway_env.HOSPITAL, "value": hospital},
         {"name": gateway_env.NAMESPACE, "value": namespace},
@@ -102,6 +130,16 @@ def _env(namespace: str, hospital: str, spec: DeviceGatewaySpec, settings: Workl
         env.append({"name": gateway_env.BROKER_HOST, "value": settings.broker_host})
     if settings.broker_port is not None:
         env.append({"name": gateway_env.BROKER_PORT, "value": str(settings.broker_port)})
+    if broker_tls(spec, settings):
+        env += [
+            {"name": gateway_env.MQTT_CA_FILE, "value": f"{BROKER_DIR}/{deviceca.CA_CERT_KEY}"},
+            {"name": gateway_env.MQTT_CERT_FILE, "value": f"{BROKER_DIR}/{deviceca.TLS_CERT_KEY}"},
+            {"name": gateway_env.MQTT_KEY_FILE, "value": f"{BROKER_DIR}/{deviceca.TLS_KEY_KEY}"},
+        ]
+    if DeviceProtocol.MQTT in spec.protocols:
+        # The broker is shared by every hospital: the group is this gateway's alone, so its replicas split its
+        # stream and never another gateway's.
+        env.append({"name": gateway_env.MQTT_SHARE_GROUP, "value": broker_identity(gateway, namespace)})
     for protocol in _protocols(spec):
         env.append({"name": gateway_env.PORT[protocol], "value": str(LISTENERS[protocol].port)})
     env += [
@@ -125,8 +163,12 @@ def build_deployment(
     credentials_secret: str,
     ceiling: Ceiling,
     settings: WorkloadSettings,
+    certificates: Sequence[bytes] = (),
 ) -> Manifest:
     """The gateway's pods: restricted, within the LimitRange, with the RecordStore's credentials in their env.
+
+    ``certificates`` are the serving and broker client certificates in force:
+    their digest on the pod template rolls the pods when the operator renews one.
 
     The credentials Secret carries the bucket, endpoint and the store's own
     access keys (COSI and ObjectBucketClaim names both); the gateway writes
@@ -147,13 +189,11 @@ def build_deployment(
         "image": gateway_image(settings),
         "imagePullPolicy": settings.image_pull_policy,
         "args": COMMAND_ARGS,
-        "env": _env(namespace, hospital, spec, settings),
+        "env": _env(name, namespace, hospital, spec, settings),
         "envFrom": [{"secretRef": {"name": credentials_secret}}],
         "ports": ports,
         "resources": resources,
         "securityContext": workload.container_security_context(),
-        # The broker client certificate (MEDCLOUD_GATEWAY_MQTT_*) is still to come: until it is mounted the
-        # gateway refuses mqtt at start (its settings demand the certificates).
         "volumeMounts": [
             {"name": TOKEN_VOLUME, "mountPath": str(PurePosixPath(token_path).parent), "readOnly": True},
             workload.tmp_mount(),
@@ -162,17 +202,23 @@ def build_deployment(
         ],
         **workload.http_probes(HEALTH_PORT_NAME, "/healthz"),
     }
-    pod_spec = workload.pod_spec_base(
-        [container],
-        [
-            _token_volume(PurePosixPath(token_path).name, settings),
-            {"name": TRUST_VOLUME, "secret": {"secretName": deviceca.TRUST_SECRET, "defaultMode": 0o444}},
+    volumes = [
+        _token_volume(PurePosixPath(token_path).name, settings),
+        {"name": TRUST_VOLUME, "secret": {"secretName": deviceca.TRUST_SECRET, "defaultMode": 0o444}},
+        {
+            "name": SERVING_VOLUME,
+            "secret": {"secretName": deviceca.serving_secret_name(child_name(name)), "defaultMode": 0o440},
+        },
+    ]
+    if broker_tls(spec, settings):
+        container["volumeMounts"].append({"name": BROKER_VOLUME, "mountPath": BROKER_DIR, "readOnly": True})
+        volumes.append(
             {
-                "name": SERVING_VOLUME,
-                "secret": {"secretName": deviceca.serving_secret_name(child_name(name)), "defaultMode": 0o440},
-            },
-        ],
-    )
+                "name": BROKER_VOLUME,
+                "secret": {"secretName": deviceca.broker_secret_name(child_name(name)), "defaultMode": 0o440},
+            }
+        )
+    pod_spec = workload.pod_spec_base([container], volumes)
     pod_spec["serviceAccountName"] = child_name(name)
     return {
         "apiVersion": "apps/v1",
@@ -187,7 +233,14 @@ def build_deployment(
             "replicas": spec.replicas,
             "selector": {"matchLabels": workload.selector_labels(COMPONENT, name)},
             "template": {
-                "metadata": {"labels": child_labels},
+                "metadata": {
+                    "labels": child_labels,
+                    **(
+                        {"annotations": {CERTIFICATES_ANNOTATION: certificates_digest(certificates)}}
+                        if certificates
+                        else {}
+                    ),
+                },
                 "spec": pod_spec,
             },
         },
@@ -276,12 +329,13 @@ def build_gateway(
     credentials_secret: str,
     ceiling: Ceiling,
     settings: WorkloadSettings,
+    certificates: Sequence[bytes] = (),
 ) -> list[Manifest]:
     """Every child of the gateway, in the order they are applied (the identity before the pods that use it)."""
     return [
         build_service_account(gateway, settings),
         build_keys_binding(gateway, settings),
-        build_deployment(gateway, spec, credentials_secret, ceiling, settings),
+        build_deployment(gateway, spec, credentials_secret, ceiling, settings, certificates),
         build_service(gateway, spec, settings),
     ]
 
@@ -294,23 +348,37 @@ def serving_names(gateway: str, namespace: str) -> list[str]:
 
 def build_serving_secret(gateway: Manifest, serving: deviceca.TenantCA, settings: WorkloadSettings) -> Manifest:
     """The gateway's serving certificate and key (issued by the tenant CA), owned by the gateway."""
+    name = gateway["metadata"]["name"]
+    return _tls_secret(gateway, deviceca.serving_secret_name(child_name(name)), serving, {}, settings)
+
+
+def build_broker_secret(
+    gateway: Manifest, client: deviceca.TenantCA, broker_ca_pem: bytes, settings: WorkloadSettings
+) -> Manifest:
+    """The gateway's broker client certificate and key, with the broker's CA certificate; owned by the gateway."""
+    name = gateway["metadata"]["name"]
+    secret = deviceca.broker_secret_name(child_name(name))
+    return _tls_secret(gateway, secret, client, {deviceca.CA_CERT_KEY: broker_ca_pem}, settings)
+
+
+def _tls_secret(
+    gateway: Manifest, secret: str, pair: deviceca.TenantCA, extra: dict[str, bytes], settings: WorkloadSettings
+) -> Manifest:
     meta = gateway["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     hospital = workload.hospital_of(namespace)
+    data = {deviceca.TLS_CERT_KEY: pair.cert_pem, deviceca.TLS_KEY_KEY: pair.key_pem, **extra}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "kubernetes.io/tls",
         "metadata": {
-            "name": deviceca.serving_secret_name(child_name(name)),
+            "name": secret,
             "namespace": namespace,
             "labels": workload.child_labels(hospital, COMPONENT, name, NAME, settings.gateway_version),
             "ownerReferences": [workload.owner_reference(gateway)],
         },
-        "data": {
-            deviceca.TLS_CERT_KEY: base64.b64encode(serving.cert_pem).decode(),
-            deviceca.TLS_KEY_KEY: base64.b64encode(serving.key_pem).decode(),
-        },
+        "data": {key: base64.b64encode(value).decode() for key, value in sorted(data.items())},
     }
 
 

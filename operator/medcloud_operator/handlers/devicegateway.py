@@ -39,7 +39,7 @@ from medcloud_operator.builders import devicegateway as builder
 from medcloud_operator.builders.hospital import LIMITS_NAME
 from medcloud_operator.builders.workload import Ceiling, Findings, credentials_secret, hospital_of, judge_dependencies
 from medcloud_operator.context import get_context
-from medcloud_operator.deviceca import ensure_serving, ensure_trust
+from medcloud_operator.deviceca import ensure_broker_client, ensure_serving, ensure_trust, read_broker_ca
 from medcloud_operator.handlers import workload
 from medcloud_operator.handlers.workload import Plan, Workload
 from medcloud_operator.kube import Kube
@@ -68,13 +68,18 @@ class GatewayWorkload(Workload[GatewayPlan, DeviceGatewayStatus]):
         ceiling = Ceiling.of(kube.get(LIMIT_RANGE, LIMITS_NAME, namespace))
         # The pods mount the CA certificate + CRL and a serving certificate: both exist before the Deployment.
         trust = ensure_trust(kube, namespace, hospital_of(namespace))
-        ensure_serving(kube, body, trust.ca, settings)
+        certificates = [ensure_serving(kube, body, trust.ca, settings)]
+        broker_ca = read_broker_ca(settings)
+        if broker_ca is not None and builder.broker_tls(spec, settings):
+            certificates.append(ensure_broker_client(kube, body, broker_ca, settings))
         devices = kube.list(DEVICE, namespace, label_selector=f"{labels.DEVICE_GATEWAY}={meta['name']}")
         counts = device_builder.counts(devices)
         for state in ("pending", "enrolled", "revoked"):
             metrics.DEVICES.labels(namespace=namespace, gateway=meta["name"], state=state).set(getattr(counts, state))
         return GatewayPlan(
-            desired=builder.build_gateway(body, spec, credentials_secret(spec.record_store, store), ceiling, settings),
+            desired=builder.build_gateway(
+                body, spec, credentials_secret(spec.record_store, store), ceiling, settings, certificates
+            ),
             dependencies=judge_dependencies(builder.dependencies(spec, store)),
             endpoints=builder.endpoints(meta["name"], namespace, spec),
             devices=counts,

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from medcloud_cli.commands import dev
-from medcloud_cli.localcluster.cluster import ClusterState, LocalCluster, MinioInfo
-from medcloud_cli.localcluster.platform import KEY_SERVICE_AUDIENCE, PlatformInfo, storage_env
+from medcloud_cli.localcluster.cluster import BrokerInfo, ClusterState, LocalCluster, MinioInfo
+from medcloud_cli.localcluster.platform import KEY_SERVICE_AUDIENCE, PlatformInfo, broker_env, storage_env
 from medcloud_cli.main import app as medcloud_cli
 
 
@@ -82,6 +82,30 @@ def test_storage_env_is_what_the_operator_settings_read(monkeypatch: pytest.Monk
     assert storage.configured
     assert storage.minio_endpoint == "http://127.0.0.1:9000"
     assert OperatorSettings().storage_port == 9000
+
+
+def test_broker_env_gives_the_operator_the_brokers_client_ca(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`dev up`'s operator issues gateways' broker certificates from the CA the local broker checks."""
+    from medcloud_operator.settings import OperatorSettings
+
+    cluster = LocalCluster(tmp_path)
+    cluster.state = _state(tmp_path)
+    assert broker_env(cluster) == {}
+    cluster.state.broker = BrokerInfo(
+        "127.0.0.1", 8883, "/pki/mqtt-ca.crt", "/pki/c.crt", "/pki/c.key", "/pki/mqtt-ca.key"
+    )
+    for field in OperatorSettings.model_fields:
+        monkeypatch.delenv(f"MEDCLOUD_{field.upper()}", raising=False)
+    for name, value in broker_env(cluster).items():
+        monkeypatch.setenv(name, value)
+    settings = OperatorSettings()
+    assert (settings.broker_client_ca_file, settings.broker_client_ca_key_file) == (
+        "/pki/mqtt-ca.crt",
+        "/pki/mqtt-ca.key",
+    )
+    # A state written before the CA key was recorded: nothing, rather than half a setting.
+    cluster.state.broker = BrokerInfo("127.0.0.1", 8883, "/pki/mqtt-ca.crt", "/pki/c.crt", "/pki/c.key")
+    assert broker_env(cluster) == {}
 
 
 def _envvars_read_by_commands() -> dict[str, set[str]]:

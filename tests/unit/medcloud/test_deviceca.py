@@ -97,3 +97,33 @@ def test_the_serving_certificate_is_issued_again_only_when_due(ca: deviceca.Tena
     assert deviceca.serving_due(serving.cert_pem, ca.cert_pem, names, later)
     other = deviceca.new_ca("other-hospital", now=NOW)
     assert deviceca.serving_due(serving.cert_pem, other.cert_pem, names, NOW)
+
+
+def test_a_client_certificate_names_its_holder_for_client_auth_only(ca: deviceca.TenantCA) -> None:
+    issued = deviceca.sign_client(ca, "gw-wards.hospital-city", now=NOW)
+    cert = x509.load_pem_x509_certificate(issued.cert_pem)
+    assert [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == ["gw-wards.hospital-city"]
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ]
+    assert cert.issuer == x509.load_pem_x509_certificate(ca.cert_pem).subject
+    key = serialization.load_pem_private_key(issued.key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+
+
+def test_a_client_certificate_is_renewed_a_month_before_it_expires_and_not_before(ca: deviceca.TenantCA) -> None:
+    issued = deviceca.sign_client(ca, "gw-wards.hospital-city", now=NOW)
+    not_after = x509.load_pem_x509_certificate(issued.cert_pem).not_valid_after_utc
+    renew_from = not_after - deviceca.SERVING_RENEW_BEFORE
+    assert not deviceca.client_due(issued.cert_pem, ca.cert_pem, "gw-wards.hospital-city", NOW)
+    assert not deviceca.client_due(
+        issued.cert_pem, ca.cert_pem, "gw-wards.hospital-city", renew_from - dt.timedelta(seconds=1)
+    )
+    assert deviceca.client_due(issued.cert_pem, ca.cert_pem, "gw-wards.hospital-city", renew_from)
+    assert deviceca.client_due(issued.cert_pem, ca.cert_pem, "gw-wards.hospital-city", not_after)
+    # Another identity, another CA, none or garbage: issued again at once.
+    assert deviceca.client_due(issued.cert_pem, ca.cert_pem, "gw-other.hospital-city", NOW)
+    assert deviceca.client_due(issued.cert_pem, deviceca.new_ca("x", now=NOW).cert_pem, "gw-wards.hospital-city", NOW)
+    assert deviceca.client_due(None, ca.cert_pem, "gw-wards.hospital-city", NOW)
+    assert deviceca.client_due(b"not a certificate", ca.cert_pem, "gw-wards.hospital-city", NOW)

@@ -783,3 +783,69 @@ def test_long_member_lists_are_shortened_in_messages() -> None:
     ready = status.condition("Ready")
     assert ready is not None
     assert "and 30 more" in ready.message
+
+
+BROKER_CA = {"broker_client_ca_file": "/etc/broker/ca.crt", "broker_client_ca_key_file": "/etc/broker/ca.key"}
+
+
+def test_with_the_brokers_ca_the_gateway_pod_mounts_its_broker_client_certificate_read_only() -> None:
+    children = build_gw(gw_spec(), broker_host="broker.medcloud-system.svc", broker_port=8883, **BROKER_CA)
+    spec = pod(children["Deployment"])
+    container = spec["containers"][0]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert mounts[gw_b.BROKER_VOLUME] == {
+        "name": "broker-tls",
+        "mountPath": "/etc/medcloud/broker-tls",
+        "readOnly": True,
+    }
+    assert volumes[gw_b.BROKER_VOLUME]["secret"] == {"secretName": "gw-wards-broker", "defaultMode": 0o440}
+    assert all(m["readOnly"] for m in container["volumeMounts"] if m["name"] != "tmp")
+    env = {e["name"]: e["value"] for e in container["env"]}
+    credentials = {
+        "COSI_S3_ENDPOINT": "http://10.89.0.1:9000",
+        "COSI_S3_BUCKET_ID": "b",
+        "COSI_S3_ACCESS_KEY_ID": "k",
+        "COSI_S3_ACCESS_SECRET_KEY": "s",
+    }
+    # With every protocol on, the gateway's own settings are complete (it refused mqtt before: no certificates).
+    read = GatewaySettings.model_validate({**env, **credentials})
+    assert (str(read.mqtt_ca_file), str(read.mqtt_cert_file), str(read.mqtt_key_file)) == (
+        "/etc/medcloud/broker-tls/ca.crt",
+        "/etc/medcloud/broker-tls/tls.crt",
+        "/etc/medcloud/broker-tls/tls.key",
+    )
+    assert (read.mqtt_broker_host, read.broker_port) == ("broker.medcloud-system.svc", 8883)
+    # One share group per gateway: on a broker every hospital shares, no other gateway takes its readings.
+    assert read.mqtt_share_group == f"gw-wards.{NS}" == gw_b.broker_identity("wards", NS)
+    other = build_gw(gw_spec(), name="icu", **BROKER_CA)["Deployment"]
+    assert {e["name"]: e["value"] for e in pod(other)["containers"][0]["env"]}[
+        "MEDCLOUD_GATEWAY_MQTT_SHARE_GROUP"
+    ] != read.mqtt_share_group
+
+
+def test_without_mqtt_or_the_brokers_ca_no_broker_certificate_is_mounted() -> None:
+    for children in (build_gw(gw_spec(protocols=["https", "hl7v2"]), **BROKER_CA), build_gw(gw_spec())):
+        spec = pod(children["Deployment"])
+        assert gw_b.BROKER_VOLUME not in {v["name"] for v in spec["volumes"]}
+        assert "MEDCLOUD_GATEWAY_MQTT_CERT_FILE" not in {e["name"] for e in spec["containers"][0]["env"]}
+    with pytest.raises(ValueError, match="both"):
+        WorkloadSettings(broker_client_ca_file="/etc/broker/ca.crt")
+
+
+def test_a_renewed_certificate_rolls_the_gateway_pods_and_the_same_one_changes_nothing() -> None:
+    spec = gw_spec()
+    gateway = body("DeviceGateway", "wards", spec.model_dump(by_alias=True, exclude_none=True))
+
+    def template(*certificates: bytes) -> Json:
+        deployment = gw_b.build_deployment(gateway, spec, "c", w.Ceiling(), WorkloadSettings(), certificates)
+        return deployment["spec"]["template"]  # type: ignore[no-any-return]
+
+    first = template(b"serving-1", b"broker-1")
+    assert first == template(b"serving-1", b"broker-1")
+    assert (
+        first["metadata"]["annotations"][gw_b.CERTIFICATES_ANNOTATION]
+        != template(b"serving-2", b"broker-1")["metadata"]["annotations"][gw_b.CERTIFICATES_ANNOTATION]
+    )
+    assert template(b"serving-1", b"broker-1") != template(b"serving-1", b"broker-2")
+    assert "annotations" not in template()["metadata"]

@@ -373,6 +373,29 @@ def create_app(settings: ExchangeSettings | None = None, exchange: Exchange | No
             resource, status_code=201, headers={"Location": f"/fhir/DocumentReference/{resource['id']}/_history/1"}
         )
 
+    @app.post("/fhir", response_class=FhirResponse, responses=fhir_errors, tags=["MHD"])
+    def provide(ctx: Writer, body: FhirBody) -> FhirResponse:
+        """ITI-65 Provide Document Bundle: a transaction Bundle (SubmissionSet List, DocumentReferences, their
+        Binary, optionally the Patient), stored whole or not at all; answers the transaction-response Bundle."""
+        return FhirResponse(exchange.provide(ctx, body))
+
+    @app.get("/fhir/Patient", response_class=FhirResponse, responses=fhir_errors, tags=["Patient"])
+    def find_patients(
+        request: Request,
+        ctx: Reader,
+        identifier: Annotated[str, Query(max_length=256, description="system|value of a patient identifier")],
+    ) -> FhirResponse:
+        """ITI-78 by identifier (blind-indexed); names, birth dates and the like are not indexed (they are only
+        inside the members' encrypted records), so they are refused as search parameters."""
+        unsupported = sorted(set(request.query_params) - {"identifier"})
+        if unsupported:
+            raise invalid(
+                f"Patient search supports only identifier=system|value; not {', '.join(unsupported)} "
+                "(demographics are kept only encrypted, in the members' stores, and are not indexed)"
+            )
+        patients = exchange.find_patients(ctx, parse_patient_token(identifier))
+        return FhirResponse(searchset(patients, len(patients), "Patient"))
+
     @app.get("/fhir/DocumentReference", response_class=FhirResponse, responses=fhir_errors, tags=["MHD"])
     def find(
         request: Request,
@@ -461,4 +484,11 @@ def create_app(settings: ExchangeSettings | None = None, exchange: Exchange | No
     from medcloud_exchange.bulk import routes as bulk_routes
 
     bulk_routes.include(app, exchange)
+
+    # After the bulk routes: /fhir/Patient/$export must not be read as a patient id.
+    @app.get("/fhir/Patient/{id}", response_class=FhirResponse, responses=fhir_errors, tags=["Patient"])
+    def read_patient(ctx: Reader, id: ResourceId) -> FhirResponse:
+        """A patient of the consortium index, with the demographics the caller may see."""
+        return FhirResponse(exchange.read_patient(ctx, _id(id, "Patient")))
+
     return app

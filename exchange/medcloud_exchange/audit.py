@@ -58,6 +58,8 @@ _TRANSACTIONS = {
     "ITI-67": "Find Document References",
     "ITI-68": "Retrieve Document",
     "ITI-105": "Simplified Publish",
+    "ITI-65": "Provide Document Bundle",
+    "ITI-78": "Mobile Patient Demographics Query",
 }
 
 

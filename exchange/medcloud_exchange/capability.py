@@ -30,7 +30,11 @@ def capability_statement(consortium: str, date: str) -> dict[str, Any]:
         "implementation": {"description": f"MedCloud consortium exchange of {consortium}"},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
-        "instantiates": [f"{MHD}/CapabilityStatement/IHE.MHD.DocumentResponder", BULK_DATA_SERVER],
+        "instantiates": [
+            f"{MHD}/CapabilityStatement/IHE.MHD.DocumentResponder",
+            f"{MHD}/CapabilityStatement/IHE.MHD.DocumentRecipient",
+            BULK_DATA_SERVER,
+        ],
         "rest": [
             {
                 "mode": "server",
@@ -49,6 +53,11 @@ def capability_statement(consortium: str, date: str) -> dict[str, Any]:
                         ],
                     },
                     {"type": "Binary", "interaction": [{"code": "read"}]},
+                    {
+                        "type": "Patient",
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
+                        "searchParam": [_param("identifier", "token", "system|value (blind-indexed)")],
+                    },
                     {
                         "type": "Consent",
                         "interaction": [
@@ -69,6 +78,7 @@ def capability_statement(consortium: str, date: str) -> dict[str, Any]:
                     },
                     *workflow_resources(),
                 ],
+                "interaction": [{"code": "transaction", "documentation": "ITI-65 Provide Document Bundle"}],
                 "operation": bulk_operations(),
             }
         ],

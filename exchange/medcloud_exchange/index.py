@@ -223,3 +223,33 @@ def update_consent(conn: Conn, terms: ConsentTerms, expected_version: int | None
         (*_values(terms), uuid.UUID(terms.id)),
     )
     return current.version + 1
+
+
+# --------------------------------------------------------------------------- demographics and submission sets
+
+
+def record_patient(conn: Conn, patient: uuid.UUID, publisher: str, record: str) -> None:
+    """The publisher's newest Patient record for this patient (the name of an encrypted record, not its content)."""
+    conn.execute(
+        "INSERT INTO patient_record (patient_id, publisher, record) VALUES (%s, %s, %s) "
+        "ON CONFLICT (patient_id, publisher) DO UPDATE SET record = excluded.record, updated_at = now()",
+        (patient, publisher, record),
+    )
+
+
+def patient_records(conn: Conn, patient: uuid.UUID) -> list[tuple[str, str]]:
+    """(publisher, record name) of every publisher's Patient record, newest first."""
+    rows = conn.execute(
+        "SELECT publisher, record FROM patient_record WHERE patient_id = %s ORDER BY updated_at DESC, publisher",
+        (patient,),
+    ).fetchall()
+    return [(str(p), str(r)) for p, r in rows]
+
+
+def insert_submission_set(
+    conn: Conn, set_id: uuid.UUID, patient: uuid.UUID, publisher: str, documents: Sequence[uuid.UUID]
+) -> None:
+    conn.execute(
+        "INSERT INTO submission_set (id, patient_id, publisher, documents) VALUES (%s, %s, %s, %s)",
+        (set_id, patient, publisher, list(documents)),
+    )

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
 from medcloud.models.consortium import ConsortiumSpec
@@ -35,7 +36,7 @@ DOCUMENT_STATUSES = ("current", "superseded", "entered-in-error")
 MAX_IDENTIFIERS = 8
 
 
-def _validated(model: type[Any], body: Mapping[str, Any], kind: str) -> Any:
+def validated(model: type[Any], body: Mapping[str, Any], kind: str) -> Any:
     if body.get("resourceType") != kind:
         raise unprocessable(f"expected a {kind}, got resourceType {body.get('resourceType')!r}")
     try:
@@ -46,6 +47,10 @@ def _validated(model: type[Any], body: Mapping[str, Any], kind: str) -> Any:
         raise unprocessable(f"not a valid FHIR R4 {kind}: {where}: {first.get('msg')}") from None
     except (TypeError, ValueError) as exc:
         raise unprocessable(f"not a valid FHIR R4 {kind}: {exc}") from None
+
+
+# The workflows import it under its first name.
+_validated = validated
 
 
 def _aware(value: date | datetime) -> datetime:
@@ -102,6 +107,8 @@ class Publication:
     content_type: str
     content: bytes
     metadata: dict[str, Any]
+    # The Patient the publisher sent (contained, or an ITI-65 Bundle entry): demographics, kept encrypted only.
+    patient_resource: dict[str, Any] | None = None
 
 
 def _category(concepts: list[Any] | None) -> str:
@@ -122,33 +129,59 @@ def _category(concepts: list[Any] | None) -> str:
     return str(category)
 
 
-def _subject(doc: Any) -> tuple[tuple[Identifier, ...], uuid.UUID | None]:
+# A subject reference resolved to a Patient the publisher sent alongside (an ITI-65 Bundle entry).
+PatientResolver = Callable[[str], Mapping[str, Any] | None]
+
+
+def _patient_identifiers(patient: Any, where: str) -> tuple[Identifier, ...]:
+    if not patient.identifier:
+        raise unprocessable(f"{where} must be a Patient with identifiers (system and value)")
+    identifiers = tuple(dict.fromkeys(_identifier(i) for i in patient.identifier))
+    if len(identifiers) > MAX_IDENTIFIERS:
+        raise unprocessable(f"a patient may carry at most {MAX_IDENTIFIERS} identifiers")
+    return identifiers
+
+
+def parse_patient(body: Mapping[str, Any], where: str) -> tuple[tuple[Identifier, ...], dict[str, Any]]:
+    """A Patient the publisher sends: its identifiers (for the blind index) and the resource (kept encrypted)."""
+    patient = validated(Patient, body, "Patient")
+    return _patient_identifiers(patient, where), patient.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+_Subject = tuple[tuple[Identifier, ...], uuid.UUID | None, dict[str, Any] | None]
+
+
+def _subject(doc: Any, resolve: PatientResolver | None) -> _Subject:
     subject = doc.subject
     if subject is None:
         raise unprocessable("DocumentReference.subject must name the patient")
     if subject.identifier is not None:
-        return (_identifier(subject.identifier),), None
+        return (_identifier(subject.identifier),), None, None
     reference = subject.reference or ""
     if reference.startswith("#"):
         patient = next(
             (c for c in doc.contained or [] if c.get_resource_type() == "Patient" and c.id == reference[1:]), None
         )
-        if patient is None or not patient.identifier:
+        if patient is None:
             raise unprocessable(f"subject {reference} must be a contained Patient with identifiers")
-        identifiers = tuple(dict.fromkeys(_identifier(i) for i in patient.identifier))
-        if len(identifiers) > MAX_IDENTIFIERS:
-            raise unprocessable(f"a patient may carry at most {MAX_IDENTIFIERS} identifiers")
-        return identifiers, None
+        identifiers = _patient_identifiers(patient, f"subject {reference}")
+        return identifiers, None, patient.model_dump(mode="json", by_alias=True, exclude_none=True)
+    sent = resolve(reference) if resolve is not None and reference else None
+    if sent is not None:
+        identifiers, resource = parse_patient(sent, f"subject {reference}")
+        return identifiers, None, resource
     if reference.startswith(PATIENT):
         try:
-            return (), uuid.UUID(reference.removeprefix(PATIENT))
+            return (), uuid.UUID(reference.removeprefix(PATIENT)), None
         except ValueError:
             raise unprocessable(f"{reference} is not a patient of this exchange") from None
-    raise unprocessable("DocumentReference.subject needs an identifier, Patient/<id> or a contained Patient")
+    raise unprocessable(
+        "DocumentReference.subject needs an identifier, Patient/<id>, a contained Patient or a Patient of the Bundle"
+    )
 
 
-def parse_publication(body: Mapping[str, Any], max_bytes: int) -> Publication:
-    doc = _validated(DocumentReference, body, "DocumentReference")
+def parse_publication(body: Mapping[str, Any], max_bytes: int, resolve: PatientResolver | None = None) -> Publication:
+    doc = validated(DocumentReference, body, "DocumentReference")
     if doc.status not in DOCUMENT_STATUSES:
         raise unprocessable(f"DocumentReference.status must be one of {', '.join(DOCUMENT_STATUSES)}")
     if not doc.content or len(doc.content) != 1:
@@ -167,7 +200,7 @@ def parse_publication(body: Mapping[str, Any], max_bytes: int) -> Publication:
         raise unprocessable("DocumentReference.type needs a coding with system and code (e.g. LOINC 18842-5)")
     if doc.date is None:
         raise unprocessable("DocumentReference.date is required")
-    identifiers, patient = _subject(doc)
+    identifiers, patient, patient_resource = _subject(doc, resolve)
     metadata = doc.model_dump(mode="json", by_alias=True, exclude_none=True)
     # The content goes into its own record; the metadata keeps a pointer, not a second copy.
     metadata["content"][0]["attachment"].pop("data", None)
@@ -182,6 +215,7 @@ def parse_publication(body: Mapping[str, Any], max_bytes: int) -> Publication:
         content_type=content_type,
         content=data,
         metadata=metadata,
+        patient_resource=patient_resource,
     )
 
 
@@ -225,7 +259,7 @@ def _codes(codings: list[Any] | None, system: str, allowed: tuple[str, ...], wha
 
 
 def parse_consent(body: Mapping[str, Any], spec: ConsortiumSpec, consent_id: str) -> ConsentInput:
-    consent = _validated(Consent, body, "Consent")
+    consent = validated(Consent, body, "Consent")
     try:
         status = ConsentStatus(consent.status)
     except ValueError:
@@ -331,3 +365,25 @@ def searchset(entries: list[dict[str, Any]], total: int, self_url: str) -> dict[
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+# Elements of a publisher's Patient that point into its own system, meaningless (or dangling) elsewhere.
+_LOCAL_ELEMENTS = ("id", "meta", "text", "contained", "link", "generalPractitioner", "managingOrganization")
+
+
+def patient_out(patient: uuid.UUID, sent: list[Mapping[str, Any]], asked: tuple[Identifier, ...]) -> dict[str, Any]:
+    """The consortium's Patient: the exchange's id, the newest demographics a visible member sent, every
+    identifier visible members sent (and the one asked for, which the reader already knows)."""
+    out: dict[str, Any] = {"resourceType": "Patient"}
+    if sent:
+        out.update({k: v for k, v in sent[0].items() if k not in _LOCAL_ELEMENTS})
+    identifiers: dict[Identifier, dict[str, Any]] = {}
+    for resource in sent:
+        for item in resource.get("identifier") or []:
+            identifiers.setdefault((item.get("system", ""), item.get("value", "")), item)
+    for system, value in asked:
+        identifiers.setdefault((system, value), {"system": system, "value": value})
+    out["id"] = str(patient)
+    if identifiers:
+        out["identifier"] = list(identifiers.values())
+    return out

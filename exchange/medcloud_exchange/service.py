@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,8 @@ from medcloud_exchange.decision import (
     decide,
 )
 from medcloud_exchange.metrics import BREAK_GLASS, DECISION_SECONDS, DECISIONS
-from medcloud_exchange.outcomes import conflict, forbidden, invalid, not_found, unprocessable
+from medcloud_exchange.outcomes import FhirError, conflict, forbidden, invalid, not_found, unprocessable
+from medcloud_exchange.provide import parse_provide_bundle, submission_set_out, transaction_response
 from medcloud_exchange.resources import (
     ConsentInput,
     Identifier,
@@ -41,9 +42,16 @@ from medcloud_exchange.resources import (
     document_out,
     parse_consent,
     parse_publication,
+    patient_out,
 )
 from medcloud_exchange.settings import ExchangeSettings
-from medcloud_exchange.stores import PublisherStores, content_name, metadata_name
+from medcloud_exchange.stores import (
+    PublisherStores,
+    content_name,
+    metadata_name,
+    patient_name,
+    submission_set_name,
+)
 
 log = logging.getLogger("medcloud_exchange")
 
@@ -81,6 +89,16 @@ class SearchFilters:
     dates: tuple[tuple[str, datetime], ...] = ()
     count: int = 20
     offset: int = 0
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a publish wrote: the patient, the documents in order, the SubmissionSet, and whether the patient is new."""
+
+    patient: uuid.UUID
+    documents: tuple[uuid.UUID, ...]
+    submission_set: uuid.UUID | None
+    patient_created: bool
 
 
 class Exchange:
@@ -187,41 +205,91 @@ class Exchange:
         lands in the requester's record), written into that member's store, the caller audited as its author."""
         publication = parse_publication(body, self.settings.max_document_bytes)
         publisher = custodian or ctx.hospital
-        if not ctx.spec.shares(publisher, publication.category):
-            # The exchange holds keys only of stores that spec.sharing reaches: what it cannot share it does not take.
-            raise forbidden(
-                f"Consortium {self.settings.consortium} shares no {publication.category} records of {publisher}"
-            )
-        document_id = uuid.uuid4()
+        stored = self._publish(ctx, [publication], publisher, "ITI-105")
+        return document_out(publication.metadata, stored.documents[0], stored.patient, publisher, self._base())
+
+    def provide(self, ctx: Context, body: dict[str, Any]) -> dict[str, Any]:
+        """ITI-65 Provide Document Bundle: every entry stored, or none (index and payload); the transaction-response."""
+        provision = parse_provide_bundle(body, self.settings.max_document_bytes)
+        stored = self._publish(
+            ctx,
+            [publication for _, publication in provision.documents],
+            ctx.hospital,
+            "ITI-65",
+            provision.submission_set,
+        )
+        documents = {url: doc_id for (url, _), doc_id in zip(provision.documents, stored.documents, strict=True)}
+        return transaction_response(provision, documents, stored.submission_set, stored.patient, stored.patient_created)
+
+    def _publish(
+        self,
+        ctx: Context,
+        publications: Sequence[Publication],
+        publisher: str,
+        transaction: str,
+        submission_set: dict[str, Any] | None = None,
+    ) -> Stored:
+        """Store documents of one patient (and their demographics and SubmissionSet) in one transaction.
+
+        The records are written inside the index transaction, which commits last; if anything fails, the
+        records already written are hidden, so a publish is all or nothing.
+        """
+        for publication in publications:
+            if not ctx.spec.shares(publisher, publication.category):
+                # The exchange holds keys only of stores spec.sharing reaches: what it cannot share it does not take.
+                raise forbidden(
+                    f"Consortium {self.settings.consortium} shares no {publication.category} records of {publisher}"
+                )
+        document_ids = [uuid.uuid4() for _ in publications]
+        set_id = uuid.uuid4() if submission_set is not None else None
+        first = publications[0]
+        demographics = next((p.patient_resource for p in publications if p.patient_resource is not None), None)
         records = self.stores.client(publisher)
         written: list[str] = []
         try:
             with self.db.transaction() as conn:
-                patient = self._patient_for_write(conn, publication.identifiers, publication.patient)
-                content = records.put(
-                    content_name(document_id), publication.content, content_type=publication.content_type
-                )
-                written.append(content_name(document_id))
-                metadata = records.put_fhir(publication.metadata, metadata_name(document_id))
-                written.append(metadata_name(document_id))
-                index.insert_document(
-                    conn,
-                    self._row(document_id, patient, publisher, publication, content.version_id, metadata.version_id),
-                )
+                known = index.patient_for(conn, self._key, first.identifiers) if first.identifiers else first.patient
+                patient = self._patient_for_write(conn, first.identifiers, first.patient)
+                for document_id, publication in zip(document_ids, publications, strict=True):
+                    content = records.put(
+                        content_name(document_id), publication.content, content_type=publication.content_type
+                    )
+                    written.append(content_name(document_id))
+                    metadata = records.put_fhir(publication.metadata, metadata_name(document_id))
+                    written.append(metadata_name(document_id))
+                    index.insert_document(
+                        conn,
+                        self._row(
+                            document_id, patient, publisher, publication, content.version_id, metadata.version_id
+                        ),
+                    )
+                if demographics is not None:
+                    # Named per publish, never overwritten: hiding a failed publish must not hide the previous one.
+                    name = patient_name(patient, document_ids[0])
+                    records.put_fhir(demographics, name)
+                    written.append(name)
+                    index.record_patient(conn, patient, publisher, name)
+                if submission_set is not None and set_id is not None:
+                    out = submission_set_out(submission_set, set_id, patient, document_ids)
+                    records.put_fhir(out, submission_set_name(set_id))
+                    written.append(submission_set_name(set_id))
+                    index.insert_submission_set(conn, set_id, patient, publisher, document_ids)
+                categories = ", ".join(sorted({p.category for p in publications}))
                 self._audit(
                     Interaction.CREATE,
-                    "ITI-105",
+                    transaction,
                     ctx,
                     ok=True,
-                    description=f"published {publication.category} document"
+                    description=f"published {len(publications)} {categories} document(s)"
                     + (f" into the record of {publisher}" if publisher != ctx.hospital else ""),
                     patient=patient,
-                    objects=[f"DocumentReference/{document_id}"],
+                    objects=[f"DocumentReference/{d}" for d in document_ids]
+                    + ([f"List/{set_id}"] if set_id is not None else []),
                 )
         except BaseException:
             self._hide(publisher, written)
             raise
-        return document_out(publication.metadata, document_id, patient, publisher, self._base())
+        return Stored(patient, tuple(document_ids), set_id, known is None)
 
     def _row(
         self,
@@ -346,16 +414,7 @@ class Exchange:
             row = index.document(conn, document_id)
             consents = index.consents_of(conn, row.patient_id) if row else []
         if row is None:
-            self._audit(
-                Interaction.READ,
-                interaction,
-                ctx,
-                ok=False,
-                description="no such document",
-                patient=None,
-                objects=[f"DocumentReference/{document_id}"],
-            )
-            raise not_found(f"DocumentReference/{document_id} is not known")
+            raise self._unknown(ctx, interaction, f"DocumentReference/{document_id}")
         decision = self.decide(ctx, row.patient_id, consents)
         pair = (row.publisher, row.category)
         if pair not in decision.permitted:
@@ -374,6 +433,19 @@ class Exchange:
             # Outside spec.sharing the document does not exist for this reader.
             raise not_found(f"DocumentReference/{document_id} is not known")
         return row
+
+    def _unknown(self, ctx: Context, interaction: str, reference: str) -> FhirError:
+        """Audit a read of something the exchange does not know; the 404 to raise."""
+        self._audit(
+            Interaction.READ,
+            interaction,
+            ctx,
+            ok=False,
+            description=f"no such {reference.split('/')[0]}",
+            patient=None,
+            objects=[reference],
+        )
+        return not_found(f"{reference} is not known")
 
     def _audit_read(self, ctx: Context, row: index.DocumentRow, interaction: str) -> None:
         self._audit(
@@ -477,3 +549,73 @@ class Exchange:
             objects=["AuditEvent"],
         )
         return events
+
+    # ------------------------------------------------------------------ Patient (the consortium patient index)
+
+    def read_patient(self, ctx: Context, patient: uuid.UUID) -> dict[str, Any]:
+        with self.db.connection() as conn:
+            known = index.patient_exists(conn, patient)
+        if not known:
+            raise self._unknown(ctx, "ITI-78", f"Patient/{patient}")
+        return self._answer_patient(ctx, Interaction.READ, patient, (), None)
+
+    def find_patients(self, ctx: Context, identifier: Identifier) -> list[dict[str, Any]]:
+        """ITI-78 by identifier: through the blind index, so the identifier is looked up without being stored."""
+        with self.db.connection() as conn:
+            patient = index.patient_for(conn, self._key, [identifier])
+        query = f"identifier=Patient/{patient or 'unknown'}"
+        if patient is None:
+            self._audit(
+                Interaction.SEARCH, "ITI-78", ctx, ok=True, description="no such patient", patient=None, query=query
+            )
+            return []
+        return [self._answer_patient(ctx, Interaction.SEARCH, patient, (identifier,), query)]
+
+    def _answer_patient(
+        self,
+        ctx: Context,
+        interaction: Interaction,
+        patient: uuid.UUID,
+        asked: tuple[Identifier, ...],
+        query: str | None,
+    ) -> dict[str, Any]:
+        with self.db.connection() as conn:
+            consents = index.consents_of(conn, patient)
+            records = index.patient_records(conn, patient)
+        resource, sources = self._patient_resource(ctx, patient, consents, records, asked)
+        self._audit(
+            interaction,
+            "ITI-78",
+            ctx,
+            ok=True,
+            description=_demographics(sources),
+            patient=patient,
+            objects=[f"Patient/{patient}"],
+            query=query,
+        )
+        return resource
+
+    def _patient_resource(
+        self,
+        ctx: Context,
+        patient: uuid.UUID,
+        consents: list[ConsentTerms],
+        records: list[tuple[str, str]],
+        asked: tuple[Identifier, ...],
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The Patient as this reader may see it: demographics only from members whose records about the
+        patient the decision lets it see (its own always), decrypted from their stores; else the bare id."""
+        visible = {ctx.hospital}
+        if any(publisher != ctx.hospital for publisher, _ in records):
+            decision = self.decide(ctx, patient, consents)
+            visible |= {publisher for publisher, _ in decision.permitted}
+        sent = [
+            (publisher, self.stores.client(publisher).get_json(name))
+            for publisher, name in records
+            if publisher in visible
+        ]
+        return patient_out(patient, [resource for _, resource in sent], asked), [p for p, _ in sent]
+
+
+def _demographics(sources: list[str]) -> str:
+    return f"demographics of {', '.join(sources)}" if sources else "no demographics visible to this member"

@@ -31,6 +31,15 @@ def metadata_name(document: uuid.UUID) -> str:
     return f"exchange/{document}/DocumentReference.json"
 
 
+def patient_name(patient: uuid.UUID, publish: uuid.UUID) -> str:
+    """The demographics a publisher sent with one publish (a new record each time: see Exchange._publish)."""
+    return f"exchange/patients/{patient}/{publish}.json"
+
+
+def submission_set_name(submission_set: uuid.UUID) -> str:
+    return f"exchange/submissionsets/{submission_set}/List.json"
+
+
 class PublisherStores:
     """One record client per member hospital, made on first use and kept."""
 

@@ -30,6 +30,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.documentreference import DocumentReference
 from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.patient import Patient
 from kubernetes import client
 from minio import Minio
 from minio.error import S3Error
@@ -60,6 +61,7 @@ from tests.exchange_support import (
     contained_patient,
     document,
     outcome_of,
+    provide_bundle,
 )
 from tests.operator_support import (
     OPERATOR_NAMESPACE,
@@ -200,6 +202,8 @@ def valid_bundle(response: httpx.Response) -> Json:
         resource = entry["resource"]
         if resource["resourceType"] == "AuditEvent":
             AuditEvent.model_validate(resource)
+        elif resource["resourceType"] == "Patient":
+            Patient.model_validate(resource)
         else:
             DocumentReference.model_validate(resource)
     return body
@@ -224,6 +228,25 @@ def publish(exchange: Exchange, caller: Caller, doc: Json) -> Json:
     created: Json = response.json()
     DocumentReference.model_validate(created)
     return created
+
+
+def provide(http: httpx.Client, caller: Caller, bundle: Json) -> httpx.Response:
+    """ITI-65: the transaction Bundle POSTed to the FHIR base."""
+    return http.post(
+        "/fhir", content=json.dumps(bundle), headers={**caller.headers(), "Content-Type": "application/fhir+json"}
+    )
+
+
+def current_exchange_records(minio_server: MinioInfo) -> set[str]:
+    """Every record the exchange's publishes keep visible (current versions under exchange/), in every bucket."""
+    root = Minio(
+        minio_server.endpoint, access_key=minio_server.access_key, secret_key=minio_server.secret_key, secure=False
+    )
+    return {
+        f"{bucket.name}/{o.object_name}"
+        for bucket in root.list_buckets()
+        for o in root.list_objects(bucket.name, prefix="exchange/", recursive=True)
+    }
 
 
 def post_consent(exchange: Exchange, caller: Caller, body: Json) -> httpx.Response:
@@ -336,6 +359,128 @@ def test_county_publishes_city_reads_only_under_consent_revocation_and_break_gla
     users = [a for e in reads for a in e["agent"] if a.get("requestor")]
     assert {"Practitioner/dr-li"} == {u["who"]["display"] for u in users}
     assert {"TREAT", "ETREAT"} <= {u["purposeOfUse"][0]["coding"][0]["code"] for u in users}
+
+
+def test_county_provides_a_document_bundle_city_finds_it_and_sees_the_patient_under_consent(
+    exchange: Exchange, callers: dict[str, Caller]
+) -> None:
+    """ITI-65 end to end: the transaction-response names where everything now lives; the Patient resource
+    (ITI-78 by identifier) shows another member's demographics only as far as the decision lets it."""
+    resident, insurance = identifiers()
+    county, city = callers[COUNTY], callers[CITY]
+    family = f"Family{SUFFIX}"
+    response = provide(
+        exchange.http, county, provide_bundle("emr", b"Bundle summary", resident, insurance, family=family)
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    Bundle.model_validate(answer)
+    assert answer["type"] == "transaction-response"
+    by_kind = {e["response"]["location"].split("/")[0]: e["response"] for e in answer["entry"]}
+    assert set(by_kind) == {"DocumentReference", "List", "Binary", "Patient"}
+    assert all(r["status"] in ("201 Created", "200 OK") for r in by_kind.values())
+    assert by_kind["Patient"]["status"] == "201 Created", "a new patient of the consortium"
+    document_id = by_kind["DocumentReference"]["location"].split("/")[1]
+    patient = by_kind["Patient"]["location"]
+    assert by_kind["Binary"]["location"] == f"Binary/{document_id}"
+
+    # The publisher reads its document, its content and its patient with the demographics it sent.
+    doc = exchange.http.get(f"/fhir/DocumentReference/{document_id}", headers=county.headers())
+    assert doc.status_code == 200, doc.text
+    DocumentReference.model_validate(doc.json())
+    assert doc.json()["subject"] == {"reference": patient}
+    assert exchange.http.get(f"/fhir/Binary/{document_id}", headers=county.headers()).content == b"Bundle summary"
+    own = exchange.http.get(f"/fhir/{patient}", headers=county.headers())
+    assert own.status_code == 200, own.text
+    Patient.model_validate(own.json())
+    assert own.json()["id"] == patient.split("/")[1]
+    assert own.json()["name"][0]["family"] == family
+    assert {(i["system"], i["value"]) for i in own.json()["identifier"]} == {resident, insurance}
+
+    # The city without consent resolves the identifier it knows to the patient, and sees nothing else.
+    token = f"{insurance[0]}|{insurance[1]}"
+    bare = valid_bundle(exchange.http.get("/fhir/Patient", params={"identifier": token}, headers=city.headers()))
+    assert bare["total"] == 1
+    assert bare["entry"][0]["resource"] == {
+        "resourceType": "Patient",
+        "id": patient.split("/")[1],
+        "identifier": [{"system": insurance[0], "value": insurance[1]}],
+    }
+    # With the patient's consent it sees the county's demographics, and finds and retrieves the document.
+    recorded = post_consent(
+        exchange, county, consent({"identifier": {"system": resident[0], "value": resident[1]}}, actors=(CITY,))
+    )
+    assert recorded.status_code == 201, recorded.text
+    seen = valid_bundle(exchange.http.get("/fhir/Patient", params={"identifier": token}, headers=city.headers()))
+    assert seen["entry"][0]["resource"]["name"][0]["family"] == family
+    assert valid_bundle(search(exchange, city, resident))["total"] == 1
+    assert exchange.http.get(f"/fhir/Binary/{document_id}", headers=city.headers()).content == b"Bundle summary"
+
+    # A second Bundle about the same patient links to it (200 OK), and the disclosure lists the ITI-65 writes
+    # and the ITI-78 queries.
+    again = provide(exchange.http, county, provide_bundle("emr", b"Follow-up", resident, family=family))
+    assert again.status_code == 200, again.text
+    patient_entry = next(e for e in again.json()["entry"] if e["response"]["location"].startswith("Patient/"))
+    assert patient_entry["response"] == {"status": "200 OK", "location": patient}
+    events = disclosure(exchange, county, patient)
+    transactions = {c["code"] for e in events for c in e.get("subtype", []) if c["code"].startswith("ITI-")}
+    assert {"ITI-65", "ITI-78", "ITI-67", "ITI-68"} <= transactions
+    assert valid_bundle(search(exchange, county, resident))["total"] == 2
+
+    # Unknown patients and unsupported parameters are clean refusals.
+    unknown = exchange.http.get(f"/fhir/Patient/{uuid.uuid4()}", headers=city.headers())
+    assert unknown.status_code == 404
+    outcome_of(unknown)
+    nobody = exchange.http.get("/fhir/Patient", params={"identifier": f"{resident[0]}|nobody"}, headers=city.headers())
+    assert valid_bundle(nobody)["total"] == 0
+    by_name = exchange.http.get("/fhir/Patient", params={"identifier": token, "family": family}, headers=city.headers())
+    assert by_name.status_code == 400
+    assert "not indexed" in outcome_of(by_name)
+
+
+def test_a_document_bundle_is_stored_whole_or_not_at_all(
+    exchange: Exchange,
+    exchange_settings: ExchangeSettings,
+    callers: dict[str, Caller],
+    database: str,
+    minio_server: MinioInfo,
+) -> None:
+    """Refused before writing (a document of a category the county does not share), or failing after the
+    records are written (the audit store unreachable): no index row, no visible record, no patient."""
+    county = callers[COUNTY]
+    resident, _ = identifiers()
+
+    def counts() -> tuple[Any, ...]:
+        with psycopg.connect(database) as conn:
+            return tuple(
+                conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 - fixed names
+                for table in ("document", "submission_set", "patient_record", "patient")
+            )
+
+    before, records = counts(), current_exchange_records(minio_server)
+    mixed = provide_bundle("emr", b"shared", resident)
+    second = json.loads(
+        json.dumps(next(e for e in mixed["entry"] if e["resource"]["resourceType"] == "DocumentReference"))
+    )
+    second["fullUrl"] = f"urn:uuid:{uuid.uuid4()}"
+    second["resource"]["category"][0]["coding"][0]["code"] = "referrals"
+    second["resource"]["content"][0]["attachment"] = {"contentType": "text/plain", "data": "bm90IHNoYXJlZA=="}
+    mixed["entry"].append(second)
+    submission_set = next(e for e in mixed["entry"] if e["resource"]["resourceType"] == "List")
+    submission_set["resource"]["entry"].append({"item": {"reference": second["fullUrl"]}})
+    refused = provide(exchange.http, county, mixed)
+    assert refused.status_code == 403, refused.text
+    assert "referrals" in outcome_of(refused)
+
+    dead = free_port()
+    no_audit = exchange_settings.model_copy(update={"audit_endpoint": f"127.0.0.1:{dead}"})
+    with serve(create_app(no_audit)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        failed = provide(http, county, provide_bundle("emr", b"written then hidden", resident))
+    assert failed.status_code == 503, failed.text
+    assert failed.headers["retry-after"] == "7"
+    assert counts() == before
+    assert current_exchange_records(minio_server) == records, "the records written before the failure are hidden"
+    assert search(exchange, county, resident).json()["total"] == 0
 
 
 def test_a_category_outside_sharing_is_never_returned_not_even_counted(
@@ -510,15 +655,22 @@ def test_no_identifier_or_document_text_at_rest(
     resident, insurance = identifiers()
     text = f"Secret diagnosis {uuid.uuid4().hex}".encode()
     created = publish(exchange, callers[COUNTY], document("emr", text, contained_patient(resident, insurance)))
+    family = f"Surname{uuid.uuid4().hex[:12]}"
+    provided = provide(exchange.http, callers[COUNTY], provide_bundle("emr", text, resident, insurance, family=family))
+    assert provided.status_code == 200, provided.text
     post_consent(
         exchange,
         callers[COUNTY],
         consent({"identifier": {"system": resident[0], "value": resident[1]}}, actors=(CITY,)),
     )
-    assert valid_bundle(search(exchange, callers[CITY], insurance))["total"] == 1
+    assert valid_bundle(search(exchange, callers[CITY], insurance))["total"] == 2
     assert exchange.http.get(f"/fhir/Binary/{created['id']}", headers=callers[CITY].headers()).content == text
+    shown = exchange.http.get(
+        "/fhir/Patient", params={"identifier": f"{resident[0]}|{resident[1]}"}, headers=callers[CITY].headers()
+    )
+    assert valid_bundle(shown)["entry"][0]["resource"]["name"][0]["family"] == family
 
-    markers = [resident[1].encode(), insurance[1].encode(), text, base64.b64encode(text)]
+    markers = [resident[1].encode(), insurance[1].encode(), text, base64.b64encode(text), family.encode()]
     dump = subprocess.run(
         [str(bin_dir() / "pg_dump"), "--data-only", exchange.settings.database_url.get_secret_value()],
         capture_output=True,

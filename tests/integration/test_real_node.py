@@ -21,13 +21,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from unittest import mock
 
 import pytest
 from kubernetes import config
 
 from medcloud.kube.crds import install_crds
 from medcloud.models import HospitalSpec, hospital_namespace
-from medcloud_cli.localcluster import images, netsetup
+from medcloud_cli.localcluster import images, netsetup, platformservices
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, stop_from_state
 from medcloud_cli.localcluster.images import PAUSE_REFERENCE
 from medcloud_cli.localcluster.node import KWOK_TOLERATION, NODE_NAME, ctr_args, real_node_supported, shim_pids
@@ -60,7 +61,8 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClus
         pytest.skip("another real node runs on this machine (one at a time)")
     cluster = LocalCluster(
         tmp_path_factory.mktemp("medcloud-node"),
-        ClusterOptions(nodes=1, with_minio=False, with_broker=False, real_node=True),
+        # MinIO, the broker and PostgreSQL too: pods reach them through the platform Services.
+        ClusterOptions(nodes=1, real_node=True),
         progress=lambda msg: print(f"[real node] {msg}", flush=True),
     )
     cluster.start()
@@ -457,6 +459,73 @@ def test_tenant_pods_reach_the_platform_services_on_their_ports_and_nothing_else
     finally:
         broker.close()
         node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+TLS_HANDSHAKE = (
+    "import pathlib, socket, ssl, sys\n"
+    "host, port, ca, cert, key = sys.argv[1:]\n"
+    "pathlib.Path('/tmp/c.pem').write_text(cert); pathlib.Path('/tmp/k.pem').write_text(key)\n"
+    "context = ssl.create_default_context(cadata=ca)\n"
+    "context.load_cert_chain('/tmp/c.pem', '/tmp/k.pem')\n"
+    "with socket.create_connection((host, int(port)), timeout=5) as raw:\n"
+    "    with context.wrap_socket(raw, server_hostname=host) as tls:\n"
+    "        print(tls.version())\n"
+)
+HTTP_STATUS = "import sys, urllib.request\nprint(urllib.request.urlopen(sys.argv[1], timeout=5).status)\n"
+
+
+def test_tenant_pods_reach_minio_and_the_broker_through_the_platform_services_and_nothing_else(
+    node_cluster: LocalCluster, image: str, restricted_namespace: str
+) -> None:
+    """The host's MinIO and broker as the operator's own settings (the platform contract) present them to tenants:
+    Services on fixed addresses; the tenant's egress admits them and still refuses the API and other hospitals."""
+    state = node_cluster.state
+    assert state is not None
+    assert state.broker is not None
+    published = platformservices.endpoints(state)
+    assert set(published) == {"minio", "mosquitto", "postgres"}
+    # Read from the environment as the operator reads it.
+    with mock.patch.dict(os.environ, platformservices.operator_env(state)):
+        settings = OperatorSettings()
+    assert settings.minio_public_endpoint == f"http://{platformservices.MINIO.cluster_ip}:9000"
+    assert (settings.broker_host, settings.broker_port) == (platformservices.BROKER.cluster_ip, 8883)
+    suffix = uuid.uuid4().hex[:6]
+    namespace = tenant(node_cluster, f"np-services-{suffix}", allow_consortium_ingress=False, settings=settings)
+    other = tenant(node_cluster, f"np-other-{suffix}", allow_consortium_ingress=False, settings=settings)
+    try:
+        http_server(node_cluster, image, namespace, "client")
+        neighbour = http_server(node_cluster, image, other, "records")
+        minio_health = f"{settings.minio_public_endpoint}/minio/health/live"
+        wait_for(
+            lambda: (
+                node_cluster.kubectl(
+                    "exec", "-n", namespace, "client", "--", "python3", "-c", HTTP_STATUS, minio_health, check=False
+                ).stdout.strip()
+                == "200"
+            ),
+            "MinIO answering a tenant pod at its Service",
+            60,
+        )
+        broker = platformservices.BROKER
+        handshake = node_cluster.kubectl(
+            "exec", "-n", namespace, "client", "--", "python3", "-c", TLS_HANDSHAKE,
+            broker.cluster_ip, str(broker.port), Path(state.broker.ca_file).read_text(),
+            Path(state.broker.client_cert).read_text(), Path(state.broker.client_key).read_text(),
+        )  # fmt: skip
+        # Mutual TLS with the broker's certificate verified for its Service address.
+        assert handshake.stdout.strip().startswith("TLSv1.")
+        # PostgreSQL is the exchange's, not the tenants': its Service answers a pod without tenant
+        # policies, and is refused to the tenant.
+        postgres = platformservices.POSTGRES
+        http_server(node_cluster, image, restricted_namespace, "control")
+        settle(node_cluster, restricted_namespace, "control", postgres.cluster_ip, postgres.port, "open")
+        assert connects(node_cluster, namespace, "client", postgres.cluster_ip, postgres.port) == "blocked"
+        api = get(node_cluster, "service", "kubernetes", "-n", "default")["spec"]["clusterIP"]
+        assert connects(node_cluster, namespace, "client", api, 443) == "blocked"
+        # Another hospital's pod (it does not admit its consortium).
+        assert connects(node_cluster, namespace, "client", neighbour, 8080) == "blocked"
+    finally:
+        node_cluster.kubectl("delete", "namespace", namespace, other, "--wait=false", check=False)
 
 
 def test_stop_leaves_no_chain_ipset_cgroup_bridge_mount_or_path(node_cluster: LocalCluster) -> None:

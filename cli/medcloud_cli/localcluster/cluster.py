@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from medcloud_cli.localcluster import binaries, netsetup
+from medcloud_cli.localcluster import binaries, netsetup, platformservices
 from medcloud_cli.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.node import RealNode, kill_workloads, teardown_node
 from medcloud_cli.localcluster.pki import CertificateAuthority, KeyPair, service_account_signer
@@ -202,6 +202,15 @@ class LocalCluster:
         return self.log_dir / "audit.log"
 
     @property
+    def server_host(self) -> str:
+        """Where the platform servers (MinIO, the broker, PostgreSQL) listen besides loopback, if anywhere else.
+
+        With a real node: the node address too, so that pods reach them through the platform
+        Services (platformservices.py). It is a local-only /32, never the machine's own interface.
+        """
+        return netsetup.NODE_IP if self.node is not None else "127.0.0.1"
+
+    @property
     def ca(self) -> CertificateAuthority:
         if self._ca is None:
             self._ca = CertificateAuthority(self.pki_dir, "ca", "medcloud-dev-ca")
@@ -263,6 +272,10 @@ class LocalCluster:
                 self._start_broker()
             if opts.with_postgres:
                 self._require_state().postgres = start_postgres(self)
+            if self.node is not None:
+                for process in ("minio", "mosquitto", "postgres"):
+                    if process in self._require_state().ports:
+                        platformservices.publish(self, process)
         except BaseException:
             self.stop()
             raise
@@ -489,8 +502,10 @@ class LocalCluster:
         state = self._require_state()
         port = free_port()
         state.ports["minio"] = port
+        # MinIO listens on one address: the node's when there is a node (the machine reaches it there too).
+        host = self.server_host
         state.minio = MinioInfo(
-            endpoint=f"127.0.0.1:{port}",
+            endpoint=f"{host}:{port}",
             access_key="medcloud-root",
             secret_key=secrets.token_urlsafe(24),
         )
@@ -509,14 +524,14 @@ class LocalCluster:
                 "server",
                 str(self.state_dir / "minio-data"),
                 "--address",
-                f"127.0.0.1:{port}",
+                f"{host}:{port}",
                 "--quiet",
                 "--anonymous",
             ],
             (port,),
             env=env,
         )
-        minio.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{port}/minio/health/ready"), 90)
+        minio.wait_ready(lambda: _http_ok(f"http://{host}:{port}/minio/health/ready"), 90)
 
     def _start_broker(self) -> None:
         state = self._require_state()
@@ -526,7 +541,12 @@ class LocalCluster:
         port = free_port()
         state.ports["mosquitto"] = port
         broker_ca = CertificateAuthority(self.pki_dir, "mqtt-ca", "medcloud-dev-device-ca")
-        serving = broker_ca.issue("mqtt-server", "mosquitto", server_names=("127.0.0.1", "localhost"), client=False)
+        # Pods reach it by its Service address (or, with DNS one day, its Service name).
+        names: tuple[str, ...] = ("127.0.0.1", "localhost")
+        if self.node is not None:
+            service = platformservices.BROKER
+            names += (netsetup.NODE_IP, service.cluster_ip, service.dns_name, f"{service.dns_name}.cluster.local")
+        serving = broker_ca.issue("mqtt-server", "mosquitto", server_names=names, client=False)
         client = broker_ca.issue("mqtt-client", "medcloud-dev-client")
         config = self.state_dir / "mosquitto.conf"
         config.write_text(
@@ -544,13 +564,20 @@ class LocalCluster:
                     # QoS 1 messages held for a subscriber that has not acknowledged yet (the gateway acknowledges
                     # only stored readings): enough for a storage outage of a few thousand readings.
                     "max_queued_messages 10000",
-                    f"listener {port} 127.0.0.1",
-                    f"cafile {broker_ca.paths.cert}",
-                    f"certfile {serving.cert}",
-                    f"keyfile {serving.key}",
-                    "require_certificate true",
-                    "use_identity_as_username true",
-                    "tls_version tlsv1.2",
+                    # TLS settings belong to each listener: the same ones on loopback and the node address.
+                    *(
+                        line
+                        for address in dict.fromkeys(("127.0.0.1", self.server_host))
+                        for line in (
+                            f"listener {port} {address}",
+                            f"cafile {broker_ca.paths.cert}",
+                            f"certfile {serving.cert}",
+                            f"keyfile {serving.key}",
+                            "require_certificate true",
+                            "use_identity_as_username true",
+                            "tls_version tlsv1.2",
+                        )
+                    ),
                     "",
                 ]
             )

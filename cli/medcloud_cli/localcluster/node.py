@@ -399,6 +399,7 @@ class RealNode:
                 "--run-service-proxy=false",
                 "--enable-cni=false",
                 "--health-port=0",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 f"--metrics-port={metrics}",
                 "--metrics-addr=127.0.0.1",
             ],

@@ -20,7 +20,7 @@ from pathlib import Path
 from kubernetes import client, config
 
 from medcloud.kube.crds import install_crds
-from medcloud_cli.localcluster import prometheus
+from medcloud_cli.localcluster import platformservices, prometheus
 from medcloud_cli.localcluster.cluster import LocalCluster
 from medcloud_cli.localcluster.exchange import example_consortium, start_exchange
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
@@ -218,7 +218,8 @@ def storage_env(cluster: LocalCluster) -> dict[str, str]:
     ``MEDCLOUD_MINIO_*`` are what the operator's StorageSettings read (buckets,
     users, the stores' credentials Secrets); ``MEDCLOUD_STORAGE_*`` are the
     OperatorSettings that let tenants reach that endpoint through their network
-    policies.
+    policies. With a real node, pods reach MinIO and the broker through the
+    platform Services (platformservices.operator_env).
     """
     state = cluster.state
     if state is None or state.minio is None:
@@ -230,4 +231,6 @@ def storage_env(cluster: LocalCluster) -> dict[str, str]:
         "MEDCLOUD_MINIO_SECRET_KEY": state.minio.secret_key,
         "MEDCLOUD_STORAGE_CIDRS": json.dumps(["127.0.0.1/32"]),
         "MEDCLOUD_STORAGE_PORT": str(state.minio.port),
+        # With a real node: MinIO and the broker as pods reach them, through the platform Services.
+        **platformservices.operator_env(state),
     }

@@ -2,7 +2,8 @@
 
 Debian's ``postgresql`` package provides the binaries (``/usr/lib/postgresql/<major>/bin``).
 Each start initialises a fresh data folder with ``initdb`` and runs ``postgres`` on a free
-127.0.0.1 port with password (SCRAM) authentication only, no Unix socket.
+127.0.0.1 port with password (SCRAM) authentication only, no Unix socket. With a real node it
+listens on the node address too and admits the pod range (platformservices.py).
 
 PostgreSQL refuses to run as root. When this process is root, the server runs as the
 ``postgres`` system user (``setpriv``, which execs in place, so the server stays the
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medcloud_cli.localcluster import netsetup
 from medcloud_cli.localcluster.process import StartupError, free_port, port_accepts
 
 if TYPE_CHECKING:
@@ -124,6 +126,10 @@ def start_postgres(cluster: LocalCluster) -> PostgresInfo:
     if init.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         raise StartupError(f"initdb failed: {init.stderr.strip() or init.stdout.strip()}")
+    if cluster.node is not None:
+        # Pods reach it through the platform Service (the node address); they connect from the pod range.
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {netsetup.POD_CIDR} scram-sha-256\n")
     port = free_port()
     state.ports[PROCESS_NAME] = port
     args = [
@@ -132,7 +138,7 @@ def start_postgres(cluster: LocalCluster) -> PostgresInfo:
         "-D",
         str(data),
         "-c",
-        "listen_addresses=127.0.0.1",
+        f"listen_addresses={','.join(dict.fromkeys(('127.0.0.1', cluster.server_host)))}",
         "-c",
         f"port={port}",
         # TCP only: no socket file to place where the server user may write.

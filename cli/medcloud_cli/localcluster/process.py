@@ -31,8 +31,12 @@ class StartupError(RuntimeError):
 # Ports for our servers come from below the kernel's ephemeral range: a port
 # the kernel handed out for "bind to 0" is also one it may give the next
 # outgoing connection (to MinIO, the API server, ...) before our server binds
-# it, which made busy test runs fail with "address already in use".
-_SERVER_PORTS = range(20000, 32000)
+# it, which made busy test runs fail with "address already in use". They also
+# stay below Kubernetes' NodePort range (30000-32767): kube-proxy opens node
+# ports on the real node's address, where our servers listen too, and
+# kube-router lets every pod reach a node-local port in that range whatever
+# the NetworkPolicies say (its "allow LOCAL TCP traffic to node ports" rule).
+_SERVER_PORTS = range(20000, 30000)
 _handed_out: set[int] = set()
 
 
@@ -63,7 +67,9 @@ def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            # Every address, never listened on: a server on the real node's address (10.89.0.1) holds
+            # its port as surely as one on loopback.
+            sock.bind(("0.0.0.0", port))  # noqa: S104 - bound to test the port, closed at once
         except OSError:
             return False
         return True

@@ -41,6 +41,15 @@ class ExchangeSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(default=8090, ge=1, le=65535, description="Port the HTTP server listens on.")
     kube_timeout_seconds: float = Field(default=10.0, gt=0, description="Timeout of each Kubernetes API request.")
+    data_key_ttl_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description=(
+            "How long a member store's data key fetched from the key service is used before it is asked for "
+            "again: a member dropped from spec.sharing (its key grant revoked) is unreadable within this bound."
+        ),
+    )
     database_timeout_seconds: float = Field(default=5.0, gt=0, description="Wait for a database connection at most.")
     retry_after_seconds: int = Field(default=5, ge=1, description="Retry-After of a 503 answer.")
     max_document_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Largest document a publish takes.")

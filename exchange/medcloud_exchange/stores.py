@@ -67,6 +67,7 @@ class PublisherStores:
             store,
             token_file=self._settings.key_service_token_file,
             timeout=self._settings.kube_timeout_seconds,
+            key_ttl=self._settings.data_key_ttl_seconds,
         )
         minio = minio_client(
             credentials.endpoint.address, credentials.access_key, credentials.secret_key, credentials.endpoint.secure

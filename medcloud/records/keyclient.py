@@ -1,9 +1,11 @@
 """The record client's :class:`~medcloud.records.client.KeyProvider` over the key service.
 
-Keys are fetched on first use and kept in this process's memory for its
-life (never written anywhere); the current version is asked for again after
-``current_ttl`` seconds, so a rotation reaches long-running writers without
-a restart. The bearer token is read from a file on every request when one is
+Keys are fetched on first use and kept in this process's memory (never
+written anywhere): for its life by default, or for ``key_ttl`` seconds, after
+which a key is asked for again, so that a revoked grant stops a long-running
+reader within that bound (the exchange sets it). The current version is asked
+for again after ``current_ttl`` seconds, so a rotation reaches long-running
+writers without a restart. The bearer token is read from a file on every request when one is
 given: a projected service account token is rotated by the kubelet.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,9 @@ class HttpKeyProvider:
         verify: bool | str = True,
         timeout: float = 10.0,
         current_ttl: float = 30.0,
+        key_ttl: float | None = None,
         http: httpx.Client | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if (token is None) == (token_file is None):
             raise ValueError("give exactly one of token and token_file")
@@ -48,7 +53,10 @@ class HttpKeyProvider:
         self._token_file = Path(token_file) if token_file is not None else None
         self._http = http or httpx.Client(base_url=base_url.rstrip("/"), verify=verify, timeout=timeout)
         self._current_ttl = current_ttl
-        self._keys: dict[int, bytes] = {}
+        self._key_ttl = key_ttl
+        self._clock = clock
+        # version -> (key, when it was fetched)
+        self._keys: dict[int, tuple[bytes, float]] = {}
         self._hospital: str | None = None
         self._current: tuple[int, float] | None = None
         self._lock = threading.Lock()
@@ -68,19 +76,19 @@ class HttpKeyProvider:
 
     def current_version(self) -> int:
         with self._lock:
-            if self._current is not None and time.monotonic() - self._current[1] < self._current_ttl:
+            if self._current is not None and self._clock() - self._current[1] < self._current_ttl:
                 return self._current[0]
         version = self._fetch("current")
         return version
 
     def data_key(self, version: int) -> bytes:
         with self._lock:
-            key = self._keys.get(version)
-        if key is not None:
-            return key
+            cached = self._keys.get(version)
+        if cached is not None and (self._key_ttl is None or self._clock() - cached[1] < self._key_ttl):
+            return cached[0]
         self._fetch(str(version))
         with self._lock:
-            return self._keys[version]
+            return self._keys[version][0]
 
     # -- internals ------------------------------------------------------------------
 
@@ -111,9 +119,10 @@ class HttpKeyProvider:
             raise KeyUnavailableError("key service returned a key of the wrong size")
         version = int(body["version"])
         with self._lock:
-            self._keys[version] = key
+            now = self._clock()
+            self._keys[version] = (key, now)
             self._hospital = str(body["hospital"])
-            self._current = (int(body["currentVersion"]), time.monotonic())
+            self._current = (int(body["currentVersion"]), now)
         return version
 
     def close(self) -> None:

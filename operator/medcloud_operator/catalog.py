@@ -45,6 +45,9 @@ class CatalogEntry:
     exchange_client: bool = False
     """The app calls its consortium's exchange: it gets ``MEDCLOUD_EXCHANGE_URL`` (from the Consortium's
     status) and projected tokens for the exchange and the key service (docs/catalog.md)."""
+    store_keys: bool = False
+    """The app decrypts records of its RecordStore itself: the operator grants its identity ``get`` on
+    ``recordstores/keys`` of that one store (a Role with ``resourceNames``, bound to the app's account)."""
 
     @property
     def needs_record_store(self) -> bool:
@@ -60,6 +63,7 @@ def _entry(
     *,
     args: tuple[str, ...] = (),
     exchange_client: bool = False,
+    store_keys: bool = False,
 ) -> CatalogEntry:
     return CatalogEntry(
         app=app,
@@ -68,6 +72,7 @@ def _entry(
         limits=Compute(*limits),
         args=args,
         exchange_client=exchange_client,
+        store_keys=store_keys,
     )
 
 
@@ -85,6 +90,8 @@ CATALOG: Mapping[CatalogApp, CatalogEntry] = MappingProxyType(
                 ("1", "1Gi"),
                 args=("app", "emr-sharing"),
                 exchange_client=True,
+                # It reads the EMR's documents from the store to publish them.
+                store_keys=True,
             ),
             _entry(
                 CatalogApp.APPOINTMENTS,

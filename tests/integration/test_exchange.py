@@ -36,6 +36,7 @@ from minio import Minio
 from minio.error import S3Error
 from pydantic import SecretStr
 
+from medcloud.records.keyclient import HttpKeyProvider, KeyAccessDeniedError
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, MinioInfo
 from medcloud_cli.localcluster.exchange import AuditBucket, make_audit_bucket
 from medcloud_cli.localcluster.postgres import PostgresInfo, bin_dir
@@ -869,7 +870,6 @@ def test_the_emr_sharing_connector_publishes_the_hospitals_documents_and_serves_
     """County's EMR writes a document to its RecordStore; the connector (a local process) publishes it once;
     the city finds it under consent, directly and through its own connector's FHIR facade."""
     from medcloud.records.client import RecordClient
-    from medcloud.records.keyclient import HttpKeyProvider
     from medcloud_exchange.apps.emr_sharing import STATE_RECORD, EmrSharingSettings, create_facade
 
     namespace = f"hospital-{COUNTY}"
@@ -1004,6 +1004,24 @@ def test_the_operator_grants_the_exchange_exactly_as_far_as_sharing_reaches(
     assert role(COUNTY) is not None
     assert role(CITY) is None
     assert role(VILLAGE) is None
+    # The county's data key as the exchange holds it: fetched with its identity, kept for data_key_ttl_seconds
+    # (a clock the test moves, so the bound is checked without waiting it out).
+    now = [0.0]
+    ttl = exchange.settings.data_key_ttl_seconds
+
+    def keys_as_the_exchange() -> HttpKeyProvider:
+        return HttpKeyProvider(
+            exchange.settings.key_service_url,
+            f"hospital-{COUNTY}",
+            STORE,
+            token_file=exchange.settings.key_service_token_file,
+            key_ttl=ttl,
+            clock=lambda: now[0],
+        )
+
+    held = keys_as_the_exchange()
+    version = held.current_version()
+    key = held.data_key(version)
     spec = {**SPEC, "sharing": [{"category": "emr", "from": [VILLAGE], "to": [CITY]}]}
     admin.custom.patch_cluster_custom_object(
         "medcloud.io", "v1alpha1", "consortia", CONSORTIUM, {"spec": spec}, _content_type="application/merge-patch+json"
@@ -1016,3 +1034,20 @@ def test_the_operator_grants_the_exchange_exactly_as_far_as_sharing_reaches(
         ("recordstores/keys", "emr"),
         ("secrets", "emr-credentials"),
     }
+
+    # The grant is revoked: a fresh fetch is refused at once; the key already held is used at most until its
+    # TTL runs out, then asked for again, and refused.
+    def refused() -> bool:
+        try:
+            keys_as_the_exchange().data_key(version)
+        except KeyAccessDeniedError:
+            return True
+        return False
+
+    wait_for(refused, "the key service to refuse the county's keys to the exchange")
+    now[0] += ttl / 2
+    assert held.data_key(version) == key, "within the stated bound the cached key still serves"
+    now[0] += ttl / 2
+    with pytest.raises(KeyAccessDeniedError):
+        held.data_key(version)
+    assert ExchangeSettings.model_fields["data_key_ttl_seconds"].default == 300.0, "the bound docs/exchange.md states"

@@ -302,6 +302,59 @@ def test_a_gateway_and_an_app_become_ready_with_pods_running(cluster: Cluster, m
     )
 
 
+def _may_get_keys(cluster: Cluster, user: str, namespace: str, store: str) -> bool:
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=user,
+            groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+            resource_attributes=client.V1ResourceAttributes(
+                group=GROUP, resource="recordstores", subresource="keys", verb="get", name=store, namespace=namespace
+            ),
+        )
+    )
+    return bool(client.AuthorizationV1Api(cluster.api).create_subject_access_review(review).status.allowed)
+
+
+def test_emr_sharing_is_bound_to_its_own_stores_keys_and_loses_them_with_the_app(
+    cluster: Cluster, made: Made, tenant: Tenant
+) -> None:
+    """The operator (with exactly deploy/operator-rbac.yaml) grants the connector `get recordstores/keys` on
+    the store its spec names, and on nothing else; the grant goes when the AppInstance goes."""
+    ns = tenant.namespace
+    other = "emr-other"
+    made.store(ns, other)
+    cluster.create("AppInstance", "share", {"app": "emr-sharing", "version": "1.0.0", "recordStore": tenant.store}, ns)
+    cluster.wait_ready("AppInstance", "share", ns)
+    role = raw(cluster.rbac.read_namespaced_role, "app-share-store-keys", ns)
+    assert role is not None
+    assert role["rules"] == [
+        {"apiGroups": [GROUP], "resources": ["recordstores/keys"], "resourceNames": [tenant.store], "verbs": ["get"]}
+    ]
+    binding = raw(cluster.rbac.read_namespaced_role_binding, "app-share-store-keys", ns)
+    assert binding is not None
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "app-share", "namespace": ns}]
+    user = f"system:serviceaccount:{ns}:app-share"
+    wait_for(lambda: _may_get_keys(cluster, user, ns, tenant.store), "RBAC to grant the connector its store's keys")
+    assert not _may_get_keys(cluster, user, ns, other), "another store of the same hospital"
+    assert not _may_get_keys(cluster, f"system:serviceaccount:{ns}:app-nobody", ns, tenant.store)
+
+    # Pointed at the other store, the grant follows it; the first store's keys are no longer granted.
+    cluster.patch("AppInstance", "share", {"spec": {"recordStore": other}}, ns)
+    wait_for(lambda: _may_get_keys(cluster, user, ns, other), "the grant to follow spec.recordStore")
+    assert not _may_get_keys(cluster, user, ns, tenant.store)
+
+    cluster.delete("AppInstance", "share", ns)
+    wait_for(
+        lambda: (
+            raw(cluster.rbac.read_namespaced_role, "app-share-store-keys", ns) is None
+            and raw(cluster.rbac.read_namespaced_role_binding, "app-share-store-keys", ns) is None
+        ),
+        "the key grant to be collected",
+        90,
+    )
+    assert not _may_get_keys(cluster, user, ns, other)
+
+
 def broker_accepts(broker: BrokerInfo, cert_pem: bytes, key_pem: bytes, directory: Path) -> bool:
     """Whether the real broker completes an MQTT CONNECT with this client certificate (CONNACK within 10 s)."""
     cert, key = directory / "client.crt", directory / "client.key"

@@ -217,6 +217,43 @@ def build_exchange_binding(app: Manifest, spec: AppInstanceSpec, settings: Workl
     }
 
 
+STORE_KEYS_SUFFIX = "-store-keys"
+
+
+def build_store_keys(app: Manifest, spec: AppInstanceSpec) -> list[Manifest]:
+    """``get`` on ``recordstores/keys`` of the app's own RecordStore, and no other, for the app's account.
+
+    A Role of its own per app (``resourceNames``: the store the spec names), so that two apps of one
+    hospital never hold each other's keys; owned by the AppInstance, so it goes with the app.
+    """
+    assert spec.record_store is not None, "store_keys apps need a RecordStore (the CRD requires it)"
+    meta = _meta(app, spec)
+    account = meta["name"]
+    named = {**meta, "name": f"{account}{STORE_KEYS_SUFFIX}"}
+    return [
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "Role",
+            "metadata": named,
+            "rules": [
+                {
+                    "apiGroups": ["medcloud.io"],
+                    "resources": ["recordstores/keys"],
+                    "resourceNames": [spec.record_store],
+                    "verbs": ["get"],
+                }
+            ],
+        },
+        {
+            "apiVersion": f"{RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": named,
+            "roleRef": {"apiGroup": RBAC, "kind": "Role", "name": named["name"]},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": meta["namespace"]}],
+        },
+    ]
+
+
 def build_exchange_egress(app: Manifest, spec: AppInstanceSpec, settings: WorkloadSettings) -> Manifest:
     """The app's pods may reach the exchanges' pods on their port; the tenancy's policies deny the rest."""
     exchange_pods = {
@@ -300,6 +337,8 @@ def build_app(
             build_exchange_binding(app, spec, settings),
             build_exchange_egress(app, spec, settings),
         ]
+        if CATALOG[spec.app].store_keys:
+            objects += build_store_keys(app, spec)
     objects += [
         build_config_map(app, spec),
         build_deployment(app, spec, credentials_secret, ceiling, settings, exchange_url),

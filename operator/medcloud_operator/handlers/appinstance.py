@@ -32,6 +32,7 @@ from medcloud.kube.client import (
     LIMIT_RANGE,
     NETWORK_POLICY,
     RECORD_STORE,
+    ROLE,
     ROLE_BINDING,
     SERVICE,
     SERVICE_ACCOUNT,
@@ -63,8 +64,8 @@ class AppPlan(Plan):
 class AppWorkload(Workload[AppPlan, AppInstanceStatus]):
     kind = APP_INSTANCE
     component = builder.COMPONENT
-    child_kinds = (SERVICE_ACCOUNT, ROLE_BINDING, NETWORK_POLICY, CONFIG_MAP, DEPLOYMENT, SERVICE, INGRESS)
-    pruned_kinds = (INGRESS, NETWORK_POLICY, ROLE_BINDING, SERVICE_ACCOUNT)
+    child_kinds = (SERVICE_ACCOUNT, ROLE, ROLE_BINDING, NETWORK_POLICY, CONFIG_MAP, DEPLOYMENT, SERVICE, INGRESS)
+    pruned_kinds = (INGRESS, NETWORK_POLICY, ROLE_BINDING, ROLE, SERVICE_ACCOUNT)
     status_model = AppInstanceStatus
     depends_on = (("recordStore", RECORD_STORE), ("deviceGateway", DEVICE_GATEWAY))
 

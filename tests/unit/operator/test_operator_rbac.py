@@ -87,7 +87,9 @@ def test_escalate_only_on_namespaced_roles_and_bind_only_named_roles() -> None:
 def test_tenant_secrets_role_grants_secrets_by_name_only_and_is_never_bound_cluster_wide() -> None:
     (role,) = [d for d in documents() if d["kind"] == "ClusterRole" and d["metadata"]["name"] == TENANT_SECRETS]
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update", "patch", "delete"]}
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update", "patch", "delete"]},
+        # What lets it bind an app's Role on its store's keys (builders/appinstance.build_store_keys).
+        {"apiGroups": ["medcloud.io"], "resources": ["recordstores/keys"], "verbs": ["get"]},
     ]
     every_file = sorted(path.name for path in DEPLOY.glob("*.yaml"))
     for doc in documents(*every_file):

@@ -62,15 +62,22 @@ def gw_spec(**overrides: Any) -> DeviceGatewaySpec:
     return DeviceGatewaySpec.model_validate(raw)
 
 
-def build_app(spec: AppInstanceSpec, name: str = "emr", *, ceiling: w.Ceiling | None = None, **settings: Any) -> Json:
-    objects = app_b.build_app(
+def app_children(
+    spec: AppInstanceSpec, name: str = "emr", *, ceiling: w.Ceiling | None = None, **settings: Any
+) -> list[Json]:
+    return app_b.build_app(
         body("AppInstance", name, spec.model_dump(by_alias=True, exclude_none=True)),
         spec,
         credentials_secret_name(spec.record_store) if spec.record_store else None,
         ceiling or w.Ceiling(),
         WorkloadSettings(**settings),
     )
-    return {o["kind"]: o for o in objects}
+
+
+def build_app(spec: AppInstanceSpec, name: str = "emr", *, ceiling: w.Ceiling | None = None, **settings: Any) -> Json:
+    """The children by kind; of two RoleBindings, the exchange-client one (named after the app)."""
+    objects = app_children(spec, name, ceiling=ceiling, **settings)
+    return {o["kind"]: o for o in reversed(objects)}
 
 
 def build_gw(
@@ -282,10 +289,35 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 # --------------------------------------------------------------------------- AppInstance
 
 
+def test_emr_sharing_may_get_the_keys_of_its_own_store_and_no_other() -> None:
+    """The connector decrypts its hospital's EMR documents: a Role of its own on that one store's keys."""
+    objects = app_children(app_spec(recordStore="emr-main"))
+    (role,) = [o for o in objects if o["kind"] == "Role"]
+    assert role["metadata"]["name"] == "app-emr-store-keys"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["medcloud.io"],
+            "resources": ["recordstores/keys"],
+            "resourceNames": ["emr-main"],
+            "verbs": ["get"],
+        }
+    ]
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "app-emr-store-keys"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "app-emr-store-keys"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "app-emr", "namespace": NS}]
+    kinds = [o["kind"] for o in objects]
+    assert kinds.index("ServiceAccount") < kinds.index("Role") < kinds.index("Deployment")
+    # Apps that do not decrypt their store themselves get no key grant at all.
+    for app in ("referrals", "appointments", "insurance-card"):
+        assert not [o for o in app_children(app_spec(app=app), name=app) if o["kind"] == "Role"], app
+
+
 def test_every_app_child_is_labelled_owned_and_named_after_the_app() -> None:
+    objects = app_children(app_spec(exposure={"host": "emr.riverton.example"}))
     children = build_app(app_spec(exposure={"host": "emr.riverton.example"}))
     assert set(children) == {
         "ServiceAccount",
+        "Role",
         "RoleBinding",
         "NetworkPolicy",
         "ConfigMap",
@@ -293,9 +325,10 @@ def test_every_app_child_is_labelled_owned_and_named_after_the_app() -> None:
         "Service",
         "Ingress",
     }
-    for child in children.values():
+    for child in objects:
         meta = child["metadata"]
-        assert meta["name"] == "app-emr"
+        store_keys = child["kind"] == "Role" or child.get("roleRef", {}).get("kind") == "Role"
+        assert meta["name"] == ("app-emr-store-keys" if store_keys else "app-emr")
         assert meta["namespace"] == NS
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "medcloud-operator"
         assert meta["labels"]["medcloud.io/hospital"] == "riverton"

@@ -1,22 +1,26 @@
 """Device gateway throughput per transport into a real MinIO, against raw MinIO puts of the same encrypted bytes.
 
-Prints figures only; never passes or fails. Run: ``.venv/bin/python bench/bench_gateway.py [--count N]``.
+Prints figures only; never passes or fails. Run:
+``.venv/bin/python bench/bench_gateway.py [--count N] [--single N] [--batch N]``.
 
 It starts its own MinIO and Mosquitto (a LocalCluster without Kubernetes) and
 one gateway process in this process (HTTPS with TLS, MLLP, MQTT), storing into a
 bucket with object lock like a RecordStore's, data keys from an in-process key
-ring. For each transport it sends ``count`` readings one after the other, as one
-device would, and counts until every one is stored:
+ring. Each transport is driven by one sender, as one device or one hub would,
+and timed until every reading is stored:
 
-- HTTPS: ``POST /v1/readings``, one connection kept alive, 201 after each is stored;
-- MLLP: one connection, one ORU^R01 per reading and its ACK (and, batched, ten OBX per message);
-- MQTT: QoS 1 publishes from a device; done when the gateway has stored them all.
+- HTTPS, one reading a request (``--single`` of them), 201 after each is stored;
+- HTTPS, ``--batch`` readings a request (a JSON array), ``--count`` in all;
+- MLLP, one ORU^R01 of one OBX and its ACK at a time (``--single``);
+- MLLP streaming: windows of 50 ORU^R01 of 10 OBX written at once, then their 50 ACKs (``--count`` OBX);
+- MQTT: ``--count`` QoS 1 publishes of one reading each; done when the gateway has stored them all
+  (the gateway batches them: a batch record is acknowledged once stored).
 
-The baseline is ``Minio.put_object`` of the very bytes one stored Observation
-became (ciphertext and metadata), ``count`` times, on the same MinIO: the ratio
-says what fraction of raw storage throughput a transport keeps. A 12-lead, 10 s,
-500 Hz ECG strip's end-to-end latency (HTTPS POST until 201, i.e. stored) is the
-median of a few.
+Two baselines, both ``Minio.put_object`` of bytes the gateway stored (ciphertext and metadata), on the
+same MinIO in the same run: the record of one reading put once per reading (what storing each reading
+as its own object costs), and the record of a ``--batch``-reading batch put once per batch (what
+storing batches costs at best, counted in readings). A 12-lead, 10 s, 500 Hz ECG strip's end-to-end
+latency (HTTPS POST until 201, i.e. stored) is the median of a few.
 """
 
 from __future__ import annotations
@@ -132,29 +136,24 @@ def _wait_stored(metrics: GatewayMetrics, protocol: DeviceProtocol, target: floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=500, help="readings per transport")
+    parser.add_argument("--count", type=int, default=20_000, help="readings per batched transport")
+    parser.add_argument("--single", type=int, default=1_000, help="readings per one-at-a-time transport")
+    parser.add_argument("--batch", type=int, default=500, help="readings per HTTPS request when batched")
     args = parser.parse_args()
-    count: int = args.count
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as state:
         servers = LocalCluster(Path(state), ClusterOptions(with_kubernetes=False))
         try:
             info = servers.start()
             assert info.minio is not None
             assert info.broker is not None
-            run(Path(state), info.minio, info.broker, count)
+            run(Path(state), info.minio, info.broker, args.count, args.single, args.batch)
         finally:
             servers.stop()
 
 
-def run(state: Path, minio_info: Any, broker: Any, count: int) -> None:
-    minio = Minio(minio_info.endpoint, minio_info.access_key, minio_info.secret_key, secure=False)
-    bucket = f"bench-gateway-{uuid.uuid4().hex[:8]}"
-    minio.make_bucket(bucket, object_lock=True)
-    ring = KeyRing.create(hospital="bench", store="vitals", kek=generate_kek())
-    records = RecordClient(minio, bucket, InMemoryKeyProvider(ring))
-    ca = CertificateAuthority(state / "pki", "bench-ca", "bench CA")
+def _settings(state: Path, minio_info: Any, broker: Any, bucket: str, ca: CertificateAuthority) -> GatewaySettings:
     serving = ca.issue("gateway", "gateway", server_names=("127.0.0.1",), client=False)
-    settings = GatewaySettings.model_validate(
+    return GatewaySettings.model_validate(
         {
             "hospital": "bench",
             "namespace": "hospital-bench",
@@ -178,73 +177,36 @@ def run(state: Path, minio_info: Any, broker: Any, count: int) -> None:
             "tls_key_file": str(serving.key),
         }
     )
-    metrics = GatewayMetrics()
-    figures: dict[str, float] = {}
-    with _Running(Gateway(settings, Ingestor(records, metrics))):
-        context = ssl.create_default_context(cafile=str(ca.paths.cert))
-        url = f"https://127.0.0.1:{settings.https_port}"
-        with httpx.Client(base_url=url, verify=context, timeout=60) as client:
 
-            def https() -> None:
-                for n in range(count):
-                    response = client.post("/v1/readings", json=_reading(n, "hr-https"))
-                    assert response.status_code == 201, response.text
 
-            figures["HTTPS"] = _rate(count, https)
+def _strip() -> bytes:
+    payload = {
+        "deviceId": "ecg-1",
+        "patient": "Patient/p-1",
+        "time": _time(int(time.time()) % 86400),
+        "waveform": {
+            "samplesPerSecond": 500,
+            "unit": "uV",
+            "leads": {lead: [(i * 7 + k) % 400 - 200 for i in range(5000)] for k, lead in enumerate(LEADS)},
+        },
+    }
+    return json.dumps(payload).encode()
 
-            def strip() -> float:
-                payload = {
-                    "deviceId": "ecg-1",
-                    "patient": "Patient/p-1",
-                    "time": _time(int(time.time()) % 86400),
-                    "waveform": {
-                        "samplesPerSecond": 500,
-                        "unit": "uV",
-                        "leads": {lead: [(i * 7 + k) % 400 - 200 for i in range(5000)] for k, lead in enumerate(LEADS)},
-                    },
-                }
-                body = json.dumps(payload).encode()
-                start = time.perf_counter()
-                response = client.post("/v1/readings", content=body, headers={"content-type": "application/json"})
-                assert response.status_code == 201, response.text
-                return (time.perf_counter() - start) * 1000
 
-            latencies = [strip() for _ in range(5)]
+def _mllp(port: int, messages: list[bytes], window: int) -> None:
+    """Write ``window`` messages at once, then read their ACKs, until all are sent."""
+    decoder = MllpDecoder()
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as conn:
+        for start in range(0, len(messages), window):
+            chunk = messages[start : start + window]
+            conn.sendall(b"".join(frame(m) for m in chunk))
+            acks: list[bytes] = []
+            while len(acks) < len(chunk):
+                acks.extend(decoder.feed(conn.recv(65536)))
+            assert all(b"MSA|AA|" in a for a in acks), acks[0]
 
-        def mllp(obx: int) -> Callable[[], None]:
-            def send() -> None:
-                decoder = MllpDecoder()
-                with socket.create_connection(("127.0.0.1", settings.hl7v2_port), timeout=60) as conn:
-                    for n in range(count // obx):
-                        conn.sendall(frame(_oru(n + 100_000 * obx, obx)))
-                        acks: list[bytes] = []
-                        while not acks:
-                            acks = decoder.feed(conn.recv(65536))
-                        assert b"MSA|AA|" in acks[0], acks[0]
 
-            return send
-
-        figures["MLLP"] = _rate(count, mllp(1))
-        figures["MLLP, 10 OBX/message"] = _rate(count, mllp(10))
-
-        device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-device")
-        device.tls_set(ca_certs=broker.ca_file, certfile=broker.client_cert, keyfile=broker.client_key)
-        device.connect(broker.host, broker.port)
-        device.loop_start()
-        try:
-
-            def publish() -> None:
-                for n in range(count):
-                    device.publish("devices/hr-mqtt/readings", json.dumps(_reading(n)), qos=1)
-                _wait_stored(metrics, DeviceProtocol.MQTT, count)
-
-            figures["MQTT"] = _rate(count, publish)
-        finally:
-            device.loop_stop()
-            device.disconnect()
-
-    # The baseline: the bytes one stored Observation became, put raw, as many times.
-    name = next(iter(records.list("fhir/Observation/"))).name
+def _object(minio: Minio, bucket: str, name: str) -> tuple[bytes, dict[str, str | list[str] | tuple[str]]]:
     stat = minio.stat_object(bucket, name)
     response = minio.get_object(bucket, name)
     try:
@@ -255,17 +217,99 @@ def run(state: Path, minio_info: Any, broker: Any, count: int) -> None:
     metadata: dict[str, str | list[str] | tuple[str]] = {
         k: str(v) for k, v in (stat.metadata or {}).items() if k.lower().startswith("x-amz-meta-")
     }
+    return ciphertext, metadata
 
-    def raw() -> None:
-        for n in range(count):
-            minio.put_object(bucket, f"raw/{n}", io.BytesIO(ciphertext), len(ciphertext), metadata=metadata)
 
-    baseline = _rate(count, raw)
-    print(f"{count} readings per transport, one sender each, one gateway process; object {len(ciphertext)} bytes")
-    print(f"{'transport':<24}{'observations/s':>16}{'ratio to raw put':>18}")
-    print(f"{'raw MinIO put':<24}{baseline:>16.0f}{1.0:>18.2f}")
+def _raw_puts(minio: Minio, bucket: str, name: str, puts: int) -> float:
+    """Puts per second of the object ``name``'s very bytes and metadata."""
+    ciphertext, metadata = _object(minio, bucket, name)
+    prefix = uuid.uuid4().hex[:8]
+
+    def put() -> None:
+        for n in range(puts):
+            minio.put_object(bucket, f"raw/{prefix}/{n}", io.BytesIO(ciphertext), len(ciphertext), metadata=metadata)
+
+    return _rate(puts, put)
+
+
+def run(state: Path, minio_info: Any, broker: Any, count: int, single: int, batch: int) -> None:
+    minio = Minio(minio_info.endpoint, minio_info.access_key, minio_info.secret_key, secure=False)
+    bucket = f"bench-gateway-{uuid.uuid4().hex[:8]}"
+    minio.make_bucket(bucket, object_lock=True)
+    ring = KeyRing.create(hospital="bench", store="vitals", kek=generate_kek())
+    records = RecordClient(minio, bucket, InMemoryKeyProvider(ring))
+    ca = CertificateAuthority(state / "pki", "bench-ca", "bench CA")
+    settings = _settings(state, minio_info, broker, bucket, ca)
+    metrics = GatewayMetrics()
+    figures: dict[str, float] = {}
+    samples: dict[str, str] = {}
+    with _Running(Gateway(settings, Ingestor(records, metrics))):
+        context = ssl.create_default_context(cafile=str(ca.paths.cert))
+        url = f"https://127.0.0.1:{settings.https_port}"
+        with httpx.Client(base_url=url, verify=context, timeout=120) as client:
+
+            def https_single() -> None:
+                for n in range(single):
+                    response = client.post("/v1/readings", json=_reading(n, "hr-https"))
+                    assert response.status_code == 201, response.text
+                    samples["single"] = response.json()["record"]
+
+            figures["HTTPS, 1 reading/request"] = _rate(single, https_single)
+
+            def https_batched() -> None:
+                for start in range(0, count, batch):
+                    body = [_reading(n, "hr-https-batch") for n in range(start, min(count, start + batch))]
+                    response = client.post("/v1/readings", json=body)
+                    assert response.status_code == 201, response.text
+                    samples["batch"] = response.json()["record"]
+
+            figures[f"HTTPS, {batch} readings/request"] = _rate(count, https_batched)
+
+            strip = _strip()
+
+            def latency() -> float:
+                start = time.perf_counter()
+                response = client.post("/v1/readings", content=strip, headers={"content-type": "application/json"})
+                assert response.status_code == 201, response.text
+                return (time.perf_counter() - start) * 1000
+
+            latencies = [latency() for _ in range(5)]
+
+        port = settings.hl7v2_port
+        singles = [_oru(n, 1) for n in range(single)]
+        figures["MLLP, 1 OBX/message, ACK each"] = _rate(single, lambda: _mllp(port, singles, 1))
+        streamed = [_oru(n + 100_000, 10) for n in range(count // 10)]
+        figures["MLLP stream, 50 msgs x 10 OBX"] = _rate(count, lambda: _mllp(port, streamed, 50))
+
+        device = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-device")
+        device.tls_set(ca_certs=broker.ca_file, certfile=broker.client_cert, keyfile=broker.client_key)
+        device.max_inflight_messages_set(1000)
+        device.connect(broker.host, broker.port)
+        device.loop_start()
+        try:
+
+            def publish() -> None:
+                for n in range(count):
+                    device.publish("devices/hr-mqtt/readings", json.dumps(_reading(n)), qos=1)
+                _wait_stored(metrics, DeviceProtocol.MQTT, count)
+
+            figures["MQTT, 1 reading/message"] = _rate(count, publish)
+        finally:
+            device.loop_stop()
+            device.disconnect()
+
+    per_reading = _raw_puts(minio, bucket, samples["single"], min(single, 1000))
+    per_batch = _raw_puts(minio, bucket, samples["batch"], 200) * batch
+    size_one = len(_object(minio, bucket, samples["single"])[0])
+    size_batch = len(_object(minio, bucket, samples["batch"])[0])
+    print(f"one gateway process, one sender per transport; --count {count} --single {single} --batch {batch}")
+    print(f"baseline A: raw put of a 1-reading record ({size_one} B), one put per reading")
+    print(f"baseline B: raw put of a {batch}-reading batch record ({size_batch} B), one put per {batch} readings")
+    print(f"{'transport':<34}{'observations/s':>16}{'ratio to A':>12}{'ratio to B':>12}")
+    print(f"{'A: raw put per reading':<34}{per_reading:>16.0f}{1.0:>12.2f}{per_reading / per_batch:>12.3f}")
+    print(f"{'B: raw put per batch':<34}{per_batch:>16.0f}{per_batch / per_reading:>12.2f}{1.0:>12.3f}")
     for label, rate in figures.items():
-        print(f"{label:<24}{rate:>16.0f}{rate / baseline:>18.2f}")
+        print(f"{label:<34}{rate:>16.0f}{rate / per_reading:>12.2f}{rate / per_batch:>12.3f}")
     print(
         f"12-lead 10 s 500 Hz ECG strip over HTTPS, POST to stored (201): median {statistics.median(latencies):.0f} ms "
         f"(min {min(latencies):.0f}, max {max(latencies):.0f}, n={len(latencies)})"

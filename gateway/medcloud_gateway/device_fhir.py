@@ -16,7 +16,7 @@ from typing import Any
 
 from medcloud.models import DeviceClass
 from medcloud_gateway.mdc import Code
-from medcloud_gateway.normalize import CATEGORY_SYSTEM, DEVICE_ID_SYSTEM, UCUM, validated
+from medcloud_gateway.normalize import CATEGORY_SYSTEM, DEVICE_ID_SYSTEM, UCUM, fhir_datetime, validated
 
 _PROFILE = "http://hl7.org/fhir/StructureDefinition/"
 _CATEGORY_DISPLAY = {"vital-signs": "Vital Signs", "laboratory": "Laboratory", "procedure": "Procedure"}
@@ -96,7 +96,7 @@ def observation(
         "status": context.status,
         "code": concept(codes),
         "subject": {"reference": context.patient},
-        "effectiveDateTime": context.time.isoformat(),
+        "effectiveDateTime": fhir_datetime(context.time),
         "device": {"identifier": {"system": DEVICE_ID_SYSTEM, "value": context.device}},
     }
     if profile:

@@ -16,6 +16,7 @@ Field use (HL7 v2.5 numbering):
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -183,10 +184,18 @@ def _msh_field(msh: Any, number: int, component: int = 1) -> str:
     return _field(msh, number, component)
 
 
+@functools.lru_cache(maxsize=16)
+def parsed(text: str) -> Any:
+    """``hl7.parse(text)``, remembered for the last few texts: the header, the PCD-01 test and the parser each read
+    the same message, and python-hl7 takes longer to parse one than everything else the gateway does with it.
+    The message is only read, never changed."""
+    return hl7.parse(text)
+
+
 def parse_header(text: str) -> Header:
     """The MSH of ``text``; :class:`Hl7Error` when there is none."""
     try:
-        message = hl7.parse(text)
+        message = parsed(text)
         msh = message.segment("MSH")
     except Exception as exc:  # python-hl7 raises bare errors of several kinds on malformed text
         raise Hl7Error(f"no readable MSH segment: {exc}") from None
@@ -251,7 +260,7 @@ def parse_oru(text: str, *, local: tzinfo | None = None) -> OruResult:
     header = parse_header(text)
     if (header.message_type, header.trigger_event) != ("ORU", "R01"):
         raise Hl7Error(f"message type {header.message_type}^{header.trigger_event} is not ORU^R01")
-    message = hl7.parse(text)
+    message = parsed(text)
     pids = _segments(message, "PID")
     if not pids or not _field(pids[0], 3):
         raise Hl7Error("no PID-3 patient identifier")

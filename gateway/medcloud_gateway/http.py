@@ -1,4 +1,4 @@
-"""HTTPS: ``POST /v1/readings`` with a JSON reading or a FHIR Observation, plus health and metrics.
+"""HTTPS: ``POST /v1/readings`` with a reading or a batch of them (array or FHIR Bundle), plus health and metrics.
 
 Two apps: the readings app on the HTTPS port (it also answers the health
 endpoints), and the health app on the plain health port that the kubelet probes
@@ -22,8 +22,9 @@ from medcloud_gateway.ingest import Ingestor
 from medcloud_gateway.metrics import Result
 from medcloud_gateway.presence import DeviceState
 
-MAX_BODY_BYTES = 1024 * 1024
-"""A reading is a few hundred bytes; a 12-lead, 10 s ECG strip at 500 Hz about 300 KiB. Anything larger is refused."""
+MAX_BODY_BYTES = 2 * 1024 * 1024
+"""A reading is a few hundred bytes (a batch of 5,000 about 1 MiB); a 12-lead, 10 s ECG strip at 500 Hz about
+300 KiB. Anything larger is refused."""
 
 Readiness = Callable[[], list[str]]
 """What is not ready yet (empty: ready)."""
@@ -67,14 +68,19 @@ def _readings_router(ingestor: Ingestor) -> APIRouter:
         "/readings",
         status_code=201,
         responses={
-            201: {"description": "Stored as an encrypted FHIR Observation."},
-            413: {"description": "Body too large to be a reading."},
-            422: {"description": "Not a reading this gateway takes; `error` says why. Nothing was stored."},
-            503: {"description": "A good reading that could not be stored now; send it again later."},
+            201: {"description": "Stored as encrypted FHIR Observations, one record for the request."},
+            413: {"description": "Body too large."},
+            422: {
+                "description": "Not a reading this gateway takes, or a batch with one: `error` says why, `errors` "
+                "names each bad reading's index. Nothing was stored."
+            },
+            503: {"description": "Good readings that could not be stored now; send them again later."},
         },
     )
     async def post_reading(request: Request, content_length: Annotated[int | None, Header()] = None) -> JSONResponse:
-        """Store one reading: a device reading (``deviceId``, ``patient``, ``kind``, ...) or a FHIR Observation."""
+        """Store one reading (a device reading, a FHIR Observation, an Open mHealth data point, an ECG strip)
+        or a batch of them: a JSON array, or a FHIR Bundle whose entries are Observations. A batch is stored
+        as one record, or refused whole."""
         if content_length is not None and content_length > MAX_BODY_BYTES:
             ingestor.reject(DeviceProtocol.HTTPS, "body too large")
             return JSONResponse({"result": "rejected", "error": "body too large"}, status_code=413)
@@ -88,12 +94,14 @@ def _readings_router(ingestor: Ingestor) -> APIRouter:
         except ValueError:
             pass  # ingest_payload names the problem
         else:
-            if isinstance(decoded, dict):
+            if isinstance(decoded, dict | list):
                 payload = decoded
-        # With device certificates, the reading must be the connected device's (its certificate's common name).
+        # With device certificates, the readings must be the connected device's (its certificate's common name).
         device = request.scope.get(DEVICE_SCOPE_KEY)
         outcome = await asyncio.to_thread(ingestor.ingest_payload, DeviceProtocol.HTTPS, payload, device_id=device)
-        return JSONResponse(outcome.as_json(), status_code=_STATUS[outcome.result])
+        batch = isinstance(payload, list) or (isinstance(payload, dict) and payload.get("resourceType") == "Bundle")
+        answer = outcome.as_batch_json() if batch else outcome.as_json()
+        return JSONResponse(answer, status_code=_STATUS[outcome.result])
 
     return router
 

@@ -2,7 +2,9 @@
 
 Messages on one connection are answered in order, each after its readings are
 stored (AA) or refused (AE: bad observations, or storage unavailable; AR: not an
-ORU^R01 this gateway reads). Bytes that are not MLLP close the connection.
+ORU^R01 this gateway reads). Messages that arrive together (a sender that streams
+several before reading the ACKs) are one batch: their readings are stored as one
+record and then all of them are answered. Bytes that are not MLLP close the connection.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from typing import Any
 
 from medcloud.models import DeviceProtocol
 from medcloud_gateway.devicetls import DeviceTrust
@@ -26,14 +30,26 @@ from medcloud_gateway.hl7v2 import (
     parse_header,
     parse_oru,
 )
-from medcloud_gateway.ingest import Ingestor, Outcome
+from medcloud_gateway.ingest import Ingestor
 from medcloud_gateway.mdc import Vocabulary
 from medcloud_gateway.metrics import Result
 from medcloud_gateway.pcd01 import is_device_message, normalise_segments, parse_pcd01
 
 log = logging.getLogger(__name__)
 
-_READ_SIZE = 64 * 1024
+_READ_SIZE = 256 * 1024
+MAX_MESSAGES = 500
+"""Messages answered as one batch at most (what one read brings, about 150 of ten OBX each, is usually less)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One message's ACK code and text, and the Observations it stores if the batch is stored."""
+
+    header: Header | None
+    code: AckCode
+    text: str
+    observations: list[dict[str, Any]] = field(default_factory=list)
 
 
 class MllpServer:
@@ -76,38 +92,52 @@ class MllpServer:
             self._server.close()
             await self._server.wait_closed()
 
-    def answer(self, message: bytes) -> str:
-        """The ACK for one message, after storing its readings (blocking: storage is synchronous)."""
+    def decide(self, message: bytes) -> Decision:
+        """What one message asks to store, or its refusal (pure: nothing is written)."""
         header: Header | None = None
-        outcomes: list[Outcome]
+        observations: list[dict[str, Any]] = []
         try:
             text = normalise_segments(message.decode())
             header = parse_header(text)
             # IEEE 11073 (MDC) or vendor-coded results are IHE PCD-01; LOINC-coded ones the gateway's own ORU.
-            pcd01 = is_device_message(text)
-            if pcd01:
+            if is_device_message(text):
                 device = parse_pcd01(text, self._vocabulary, local=self._local)
                 errors = device.errors
+                if not errors:
+                    observations, refused = self._ingestor.gate_all(device.observations)
+                    errors = [e for _, e in refused]
             else:
                 result = parse_oru(text, local=self._local)
                 errors = result.errors
+                if not errors:
+                    observations, refused = self._ingestor.observe_all(result.readings)
+                    errors = [e for _, e in refused]
         except (UnicodeDecodeError, Hl7Error) as exc:
             reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
             self._ingestor.reject(DeviceProtocol.HL7V2, reason)
-            return self._ack(header, AckCode.REJECT, reason)
+            return Decision(header, AckCode.REJECT, reason)
         if errors:
             for error in errors:
                 self._ingestor.reject(DeviceProtocol.HL7V2, error)
-            return self._ack(header, AckCode.ERROR, "; ".join(errors))
-        if pcd01:
-            outcomes = self._ingestor.ingest_device(DeviceProtocol.HL7V2, device.observations)
-        else:
-            outcomes = self._ingestor.ingest_all(DeviceProtocol.HL7V2, result.readings)
-        problems = [o.error for o in outcomes if not o.stored and o.error]
-        if problems:
-            # Some may be stored already; a resend lands on the same record names (stable ids).
-            return self._ack(header, AckCode.ERROR, "; ".join(problems))
-        return self._ack(header, AckCode.ACCEPT, f"stored {len(outcomes)} observation(s)")
+            return Decision(header, AckCode.ERROR, "; ".join(errors))
+        return Decision(header, AckCode.ACCEPT, f"stored {len(observations)} observation(s)", observations)
+
+    def answer_all(self, messages: list[bytes]) -> list[str]:
+        """The ACKs of several messages of one stream, in order, after storing all their readings as one record
+        (blocking: storage is synchronous). If that store fails, every message that had readings is answered AE
+        and none of it is stored: the sender sends them again."""
+        decisions = [self.decide(message) for message in messages]
+        observations = [o for d in decisions for o in d.observations]
+        if observations:
+            outcome = self._ingestor.store_batch(DeviceProtocol.HL7V2, observations)
+            if not outcome.stored:
+                failed = AckCode.ERROR, outcome.error or "not stored"
+                decisions = [Decision(d.header, *failed) if d.observations else d for d in decisions]
+        return [self._ack(d.header, d.code, d.text) for d in decisions]
+
+    def answer(self, message: bytes) -> str:
+        """The ACK for one message, after storing its readings."""
+        return self.answer_all([message])[0]
 
     @staticmethod
     def _ack(header: Header | None, code: AckCode, text: str) -> str:
@@ -120,13 +150,19 @@ class MllpServer:
         certificate = tls.getpeercert(binary_form=True) if tls is not None else None
         try:
             while data := await reader.read(_READ_SIZE):
-                for message in decoder.feed(data):
-                    if self._trust is not None and self._trust.revoked(certificate):
-                        # Revoked since the handshake: the connection ends, the message is not answered.
-                        self._ingestor.reject(DeviceProtocol.HL7V2, "device certificate revoked")
-                        return
-                    ack = await asyncio.to_thread(self.answer, message)
-                    writer.write(frame(ack))
+                messages = decoder.feed(data)
+                if not messages:
+                    continue
+                if self._trust is not None and self._trust.revoked(certificate):
+                    # Revoked since the handshake: the connection ends, the messages are not answered.
+                    self._ingestor.reject(DeviceProtocol.HL7V2, "device certificate revoked", len(messages))
+                    return
+                # Every message that arrived together (a sender streaming without waiting for each ACK) is one
+                # batch, stored as one record; nothing more is read until it is answered, so a slow store slows
+                # the sender (TCP back-pressure) instead of filling memory.
+                for start in range(0, len(messages), MAX_MESSAGES):
+                    acks = await asyncio.to_thread(self.answer_all, messages[start : start + MAX_MESSAGES])
+                    writer.write(b"".join(frame(ack) for ack in acks))
                     await writer.drain()
         except MllpFramingError as exc:
             self._ingestor.metrics.count(DeviceProtocol.HL7V2, Result.REJECTED)

@@ -2,10 +2,12 @@
 
 The gateway subscribes (QoS 1) as one member of a shared subscription, so
 gateway replicas split the stream instead of each storing every reading; the
-Observation's stable id makes a redelivered reading land on the same record.
-A message is acknowledged (PUBACK) only once its reading is stored or refused:
-while storage is down the gateway retries the reading it holds and the broker
-keeps the rest, so an outage loses nothing. The only thing published back is,
+Observation's stable id makes a redelivered reading the same Observation.
+Messages are taken in batches, each batch's readings stored as one record. A
+message is acknowledged (PUBACK) only once its batch is stored or it is refused:
+while storage is down the gateway retries the batch it holds and the broker
+keeps the rest, so an outage loses nothing. A message's payload may itself be a
+batch (a JSON array of readings), taken or refused whole. The only thing published back is,
 when enabled, a refused reading's reason on ``devices/<deviceId>/errors``.
 """
 
@@ -16,8 +18,9 @@ import json
 import logging
 import re
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 
@@ -33,6 +36,10 @@ _TOPIC = re.compile(r"^devices/([^/]+)/readings$")
 _MAX_BACKOFF = 30.0
 _STORE_RETRY = 0.5
 _MAX_STORE_RETRY = 10.0
+MAX_BATCH = 500
+"""Messages stored as one record at most; the broker's in-flight window must be at least this."""
+LINGER = 0.005
+"""Seconds a batch waits after its first message for more: what a single reading's latency gains at most."""
 
 
 def device_of(topic: str) -> str | None:
@@ -72,12 +79,33 @@ class BrokerConnection:
         return context
 
 
-class MqttListener:
-    """Stays subscribed, reconnecting with backoff, until cancelled."""
+@dataclass
+class _Received:
+    """One message of a batch and what it asks to store, or why it is refused."""
 
-    def __init__(self, ingestor: Ingestor, broker: BrokerConnection) -> None:
+    message: aiomqtt.Message
+    device_id: str | None
+    observations: list[dict[str, Any]] = field(default_factory=list)
+    refused: Outcome | None = None
+
+
+class MqttListener:
+    """Stays subscribed, reconnecting with backoff, until cancelled.
+
+    Messages are taken in batches: what has arrived, waiting at most ``linger`` seconds after the first for
+    more, up to ``max_batch``. A batch's good readings are stored as one record; then every message of it is
+    acknowledged, in the order received. The broker sends at most its in-flight window of unacknowledged
+    messages (mosquitto's ``max_inflight_messages``, which must be at least ``max_batch``), so memory stays
+    bounded however slow storage is: the broker keeps the rest.
+    """
+
+    def __init__(
+        self, ingestor: Ingestor, broker: BrokerConnection, *, max_batch: int = MAX_BATCH, linger: float = LINGER
+    ) -> None:
         self._ingestor = ingestor
         self._broker = broker
+        self._max_batch = max_batch
+        self._linger = linger
         self.subscribed = asyncio.Event()
         """Set while subscribed: readiness, and what tests wait for before publishing."""
 
@@ -101,8 +129,7 @@ class MqttListener:
                     self.subscribed.set()
                     backoff = 1.0
                     log.info("subscribed to %s on %s:%s", READINGS_FILTER, self._broker.host, self._broker.port)
-                    async for message in client.messages:
-                        await self._handle(client, message)
+                    await self._consume(client)
             except aiomqtt.MqttError as exc:
                 self.subscribed.clear()
                 log.warning(
@@ -111,30 +138,77 @@ class MqttListener:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
 
-    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
-        device_id = device_of(topic)
-        if device_id is None:
-            self._ingestor.reject(DeviceProtocol.MQTT, f"topic {topic!r} is not devices/<deviceId>/readings")
-            self._ack(client, message)
-            return
-        raw = message.payload
-        payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw if raw is not None else "")
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        messages = client.messages
+        loop = asyncio.get_running_loop()
+        # The next message's wait, kept across batches when the linger ran out: cancelling it could drop a
+        # message it had just taken off the queue.
+        waiting: asyncio.Future[aiomqtt.Message] | None = None
+        try:
+            while True:
+                if waiting is None:
+                    waiting = asyncio.ensure_future(anext(messages))
+                batch = [await waiting]
+                waiting = None
+                deadline = loop.time() + self._linger
+                while len(batch) < self._max_batch:
+                    if len(messages):
+                        batch.append(await anext(messages))
+                        continue
+                    timeout = deadline - loop.time()
+                    if timeout <= 0:
+                        break
+                    waiting = asyncio.ensure_future(anext(messages))
+                    done, _ = await asyncio.wait({waiting}, timeout=timeout)
+                    if not done:
+                        break
+                    batch.append(waiting.result())
+                    waiting = None
+                await self._handle(client, batch)
+        finally:
+            if waiting is not None:
+                waiting.cancel()
+
+    def _decide(self, batch: list[aiomqtt.Message]) -> list[_Received]:
+        """Each message's Observations, or its refusal (pure but for the counters; run in a thread)."""
+        received = []
+        for message in batch:
+            topic = message.topic.value
+            device_id = device_of(topic)
+            if device_id is None:
+                error = f"topic {topic!r} is not devices/<deviceId>/readings"
+                received.append(_Received(message, None, refused=self._ingestor.reject(DeviceProtocol.MQTT, error)))
+                continue
+            raw = message.payload
+            payload = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw if raw is not None else "")
+            observations, errors = self._ingestor.decide_payload(payload, device_id=device_id)
+            if errors:
+                refused = self._ingestor.refuse(DeviceProtocol.MQTT, errors, max(1, len(observations) + len(errors)))
+                received.append(_Received(message, device_id, refused=refused))
+            else:
+                received.append(_Received(message, device_id, observations))
+        return received
+
+    async def _handle(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> None:
+        received = await asyncio.to_thread(self._decide, batch)
+        observations = [o for r in received for o in r.observations]
         backoff = _STORE_RETRY
-        while True:
-            outcome = await asyncio.to_thread(
-                self._ingestor.ingest_payload, DeviceProtocol.MQTT, payload, device_id=device_id
-            )
+        while observations:
+            outcome = await asyncio.to_thread(self._ingestor.store_batch, DeviceProtocol.MQTT, observations)
             if outcome.result is not Result.FAILED:
                 break
-            # Storage or key service down: the reading stays unacknowledged and is tried again, in order. If the
-            # gateway stops meanwhile, the broker redelivers it to the next session (QoS 1, persistent session).
-            log.info("retrying observation %s in %.1fs: %s", outcome.observation_id, backoff, outcome.error)
+            # Storage or key service down: the whole batch stays unacknowledged and is tried again, as one
+            # record under the same name. If the gateway stops meanwhile, the broker redelivers every message of
+            # it to the next session (QoS 1, persistent session).
+            log.info("retrying a batch of %d observation(s) in %.1fs: %s", len(observations), backoff, outcome.error)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_STORE_RETRY)
-        if not outcome.stored and self._broker.publish_errors:
-            await self._report(client, device_id, outcome)
-        self._ack(client, message)
+        for item in received:
+            if item.refused is not None and item.device_id is not None and self._broker.publish_errors:
+                await self._report(client, item.device_id, item.refused)
+        # In the order received, as MQTT wants PUBACKs sent.
+        for item in received:
+            self._ack(client, item.message)
 
     @staticmethod
     def _ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:

@@ -34,11 +34,9 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
 
-import hl7
-
 from medcloud.models import DeviceClass
 from medcloud_gateway.device_fhir import Context, DeviceObservation, concept, observation, quantity, sampled_data
-from medcloud_gateway.hl7v2 import Header, Hl7Error, parse_header, parse_timestamp
+from medcloud_gateway.hl7v2 import Header, Hl7Error, parse_header, parse_timestamp, parsed
 from medcloud_gateway.mdc import (
     BP_PANEL,
     DEVICE_ATTRIBUTES,
@@ -90,7 +88,7 @@ def normalise_segments(text: str) -> str:
 
 def is_device_message(text: str) -> bool:
     """True when any OBX-3 is coded in MDC or a vendor system (not LOINC): a PCD-01 message for this module."""
-    message = hl7.parse(normalise_segments(text))
+    message = parsed(normalise_segments(text))
     for obx in _segments(message, "OBX"):
         system = _component(obx, 3, 3)
         if system and system.upper() not in ("LN", "LOINC"):
@@ -328,7 +326,7 @@ def parse_pcd01(text: str, vocabulary: Vocabulary, *, local: tzinfo | None = Non
     header = parse_header(text)
     if (header.message_type, header.trigger_event) != ("ORU", "R01"):
         raise Hl7Error(f"message type {header.message_type}^{header.trigger_event} is not ORU^R01")
-    message = hl7.parse(text)
+    message = parsed(text)
     pids = _segments(message, "PID")
     patient_id = _component(pids[0], 3) if pids else ""
     if not patient_id:

@@ -28,6 +28,7 @@ from minio import Minio
 from paho.mqtt.enums import CallbackAPIVersion
 
 from medcloud.models import DeviceProtocol
+from medcloud.records.batches import NDJSON_CONTENT_TYPE, batch_name, decode_batch
 from medcloud.records.client import RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
@@ -175,10 +176,13 @@ def stored(records: RecordClient) -> list[dict[str, Any]]:
     """Every Observation in the store, decrypted, checked to be valid FHIR."""
     out = []
     for info in records.list("fhir/Observation/"):
-        document = records.get_json(info.name)
-        Observation.model_validate(document)
-        assert info.name == f"fhir/Observation/{document['id']}.json"
-        out.append(document)
+        # One record per batch: NDJSON, named after its Observations' ids (medcloud.records.batches).
+        assert info.content_type == NDJSON_CONTENT_TYPE
+        documents = decode_batch(records.get_bytes(info.name))
+        assert info.name == batch_name("Observation", [d["id"] for d in documents])
+        for document in documents:
+            Observation.model_validate(document)
+        out.extend(documents)
     return out
 
 
@@ -349,7 +353,7 @@ def test_https_readings_and_observations_are_stored(gateway: Running, records: R
         second = client.post("/v1/readings", json=observation)
     assert first.status_code == 201, first.text
     assert second.status_code == 201, second.text
-    assert first.json()["record"] == f"fhir/Observation/{first.json()['observationId']}.json"
+    assert first.json()["record"] == batch_name("Observation", [first.json()["observationId"]])
     observations = by_code(stored(records))
     assert observations["15074-8"]["valueQuantity"] == {
         "value": 6.1,

@@ -22,6 +22,7 @@ import pytest
 from minio import Minio
 
 from medcloud.models import DeviceProtocol
+from medcloud.records.batches import decode_batch
 from medcloud.records.client import RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
 from medcloud_cli.localcluster import binaries
@@ -147,10 +148,12 @@ def test_a_storage_outage_loses_and_doubles_no_mqtt_reading(
         wait_for(
             lambda: metrics.value(DeviceProtocol.MQTT, Result.STORED) >= READINGS, "every reading stored", timeout=600
         )
-        names = [info.name for info in records.list("fhir/Observation/")]
-    assert len(names) == READINGS
-    assert len(set(names)) == READINGS
-    times = {records.get_json(name)["effectiveDateTime"] for name in names[:: READINGS // 10]}
-    assert len(times) == 10
+        # Batches of readings, one record each: every Observation in exactly one of them.
+        observations = [
+            o for info in records.list("fhir/Observation/") for o in decode_batch(records.get_bytes(info.name))
+        ]
+    assert len(observations) == READINGS
+    assert len({o["id"] for o in observations}) == READINGS
+    assert len({o["effectiveDateTime"] for o in observations}) == READINGS
     assert metrics.value(DeviceProtocol.MQTT, Result.STORED) == READINGS
     assert metrics.value(DeviceProtocol.MQTT, Result.REJECTED) == 0

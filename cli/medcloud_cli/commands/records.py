@@ -21,6 +21,7 @@ MinIO only ever sees ciphertext.
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from kubernetes.client.exceptions import ApiException
 
 from medcloud.kube.client import Kube
 from medcloud.models import GROUP, VERSION
+from medcloud.records.batches import select_resource
 from medcloud.records.client import InMemoryKeyProvider, KeyProvider, RecordClient
 from medcloud.records.keyclient import HttpKeyProvider
 from medcloud.tenancy import keyring
@@ -260,6 +262,10 @@ def get(
     target: Annotated[str, typer.Argument(metavar="FILE", help="Where to write the record, or - for standard output.")],
     namespace: NamespaceOpt,
     version_id: Annotated[str | None, typer.Option(help="An older version of the record (S3 version id).")] = None,
+    resource: Annotated[
+        str | None,
+        typer.Option(help="Only the resource with this id, from an NDJSON batch (fhir/<type>/<batch>.ndjson)."),
+    ] = None,
     kubeconfig: KubeconfigOpt = None,
     key_service: KeyServiceOpt = None,
     token: TokenOpt = None,
@@ -272,11 +278,24 @@ def get(
     keys = KeySource(key_service, token, token_file, direct_keys, operator_namespace, ca_file)
     with _reported(namespace, store, name):
         records = _run(kubeconfig, namespace, store, keys)
-        if target == "-":
-            sys.stdout.buffer.write(records.get_bytes(name, version_id=version_id))
-            sys.stdout.buffer.flush()
+        if resource is not None:
+            try:
+                found = select_resource(records.get_bytes(name, version_id=version_id), resource)
+            except (KeyError, ValueError):
+                raise RecordsCommandError(f"record {name} holds no resource {resource!r}") from None
+            _write(target, json.dumps(found, ensure_ascii=False).encode() + b"\n")
+        elif target == "-":
+            _write(target, records.get_bytes(name, version_id=version_id))
         else:
             records.get_file(name, target, version_id=version_id)
+
+
+def _write(target: str, data: bytes) -> None:
+    if target == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        Path(target).write_bytes(data)
 
 
 @app.command("ls")

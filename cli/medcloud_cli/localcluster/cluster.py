@@ -564,6 +564,9 @@ class LocalCluster:
                     # QoS 1 messages held for a subscriber that has not acknowledged yet (the gateway acknowledges
                     # only stored readings): enough for a storage outage of a few thousand readings.
                     "max_queued_messages 10000",
+                    # Unacknowledged QoS 1 messages sent to a subscriber at once (default 20): the gateway takes
+                    # up to 500 a batch and acknowledges them once the batch is stored.
+                    "max_inflight_messages 1000",
                     # TLS settings belong to each listener: the same ones on loopback and the node address.
                     *(
                         line

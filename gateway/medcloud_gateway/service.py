@@ -38,6 +38,9 @@ from medcloud_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
+MAX_CONCURRENT_REQUESTS = 64
+"""HTTP connections and requests one listener serves at once; uvicorn answers the next 503."""
+
 
 class _Server(uvicorn.Server):
     """A uvicorn server that leaves signals to the gateway: several run in one loop."""
@@ -143,6 +146,9 @@ class Gateway:
             log_config=None,
             access_log=False,
             lifespan="off",
+            # Bounded memory when storage is slow: requests beyond this many at once are answered 503 at once
+            # instead of holding their bodies (up to 2 MiB each) while they wait.
+            limit_concurrency=MAX_CONCURRENT_REQUESTS,
         )
         if certfile is not None and self.trust is not None:
             # Mutual TLS: uvicorn builds its own context in load(); the device-checking one replaces it, and the

@@ -163,27 +163,41 @@ def session_gateway_settings(
     )
 
 
-@pytest.fixture
-def gateway(
+@contextlib.contextmanager
+def serving(
     records: RecordClient, minio_server: MinioInfo, mqtt_broker: BrokerInfo, serving_ca: CertificateAuthority
 ) -> Iterator[Running]:
+    """A gateway over the session's MinIO and broker storing into ``records``, until the block ends."""
     settings = session_gateway_settings(records, minio_server, mqtt_broker, serving_ca)
     with running(Gateway(settings, Ingestor(records, GatewayMetrics())), serving_ca.paths.cert) as gateway:
         yield gateway
 
 
-def stored(records: RecordClient) -> list[dict[str, Any]]:
-    """Every Observation in the store, decrypted, checked to be valid FHIR."""
+@pytest.fixture
+def gateway(
+    records: RecordClient, minio_server: MinioInfo, mqtt_broker: BrokerInfo, serving_ca: CertificateAuthority
+) -> Iterator[Running]:
+    with serving(records, minio_server, mqtt_broker, serving_ca) as gateway:
+        yield gateway
+
+
+def batches(records: RecordClient) -> list[list[dict[str, Any]]]:
+    """Every batch record's Observations, decrypted, each checked to be valid FHIR and the record to be named
+    after the Observations it holds (one record per batch: NDJSON, see medcloud.records.batches)."""
     out = []
     for info in records.list("fhir/Observation/"):
-        # One record per batch: NDJSON, named after its Observations' ids (medcloud.records.batches).
         assert info.content_type == NDJSON_CONTENT_TYPE
         documents = decode_batch(records.get_bytes(info.name))
         assert info.name == batch_name("Observation", [d["id"] for d in documents])
         for document in documents:
             Observation.model_validate(document)
-        out.extend(documents)
+        out.append(documents)
     return out
+
+
+def stored(records: RecordClient) -> list[dict[str, Any]]:
+    """Every Observation in the store, whatever batch it is in."""
+    return [document for batch in batches(records) for document in batch]
 
 
 def loinc(observation: dict[str, Any]) -> str:

@@ -6,9 +6,7 @@ NoSuchBucket), and the test creates it to end the outage.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,16 +17,14 @@ from minio import Minio
 from paho.mqtt.enums import CallbackAPIVersion
 
 from medcloud.models import DeviceProtocol
-from medcloud.records.batches import NDJSON_CONTENT_TYPE, batch_name, decode_batch
+from medcloud.records.batches import batch_name
 from medcloud.records.client import RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
-from medcloud_gateway.hl7v2 import MllpDecoder, frame
-from medcloud_gateway.ingest import Ingestor
-from medcloud_gateway.metrics import GatewayMetrics, Result
-from medcloud_gateway.service import Gateway
-from tests.integration.test_gateway import Running, oru, running, session_gateway_settings
+from medcloud_gateway.metrics import Result
+from tests.integration import test_gateway_devices as devices
+from tests.integration.test_gateway import Running, batches, oru, serving, stored
 from tests.support import connect_records, wait_for
 
 pytestmark = [pytest.mark.minio, pytest.mark.broker]
@@ -46,17 +42,6 @@ def reading(n: int, device: str = "hr-1") -> dict[str, Any]:
     }
 
 
-def batches(records: RecordClient) -> list[list[dict[str, Any]]]:
-    """Every batch record's Observations, each record checked to be named after what it holds."""
-    out = []
-    for info in records.list("fhir/Observation/"):
-        assert info.content_type == NDJSON_CONTENT_TYPE
-        documents = decode_batch(records.get_bytes(info.name))
-        assert info.name == batch_name("Observation", [d["id"] for d in documents])
-        out.append(documents)
-    return out
-
-
 def times(documents: list[dict[str, Any]]) -> list[str]:
     return [d["effectiveDateTime"] for d in documents]
 
@@ -70,15 +55,6 @@ def outage_bucket(root: Minio) -> Iterator[str]:
         for obj in root.list_objects(name, recursive=True):
             root.remove_object(name, obj.object_name)
         root.remove_bucket(name)
-
-
-@contextlib.contextmanager
-def serving(
-    records: RecordClient, minio_server: MinioInfo, broker: BrokerInfo, ca: CertificateAuthority
-) -> Iterator[Running]:
-    settings = session_gateway_settings(records, minio_server, broker, ca)
-    with running(Gateway(settings, Ingestor(records, GatewayMetrics())), ca.paths.cert) as gateway:
-        yield gateway
 
 
 @pytest.fixture
@@ -119,9 +95,9 @@ def test_an_https_batch_is_one_record_in_order_and_stored_once_when_sent_twice(
     assert answer["result"] == "stored"
     assert answer["count"] == 300
     assert again.json() == answer  # the same batch lands on the same record name
-    (stored,) = batches(records)
-    assert [d["id"] for d in stored] == answer["observationIds"]
-    assert times(stored) == [r["time"] for r in batch]
+    (kept,) = batches(records)
+    assert [d["id"] for d in kept] == answer["observationIds"]
+    assert times(kept) == [r["time"] for r in batch]
     assert answer["record"] == batch_name("Observation", answer["observationIds"])
     assert gateway.metrics.value(DeviceProtocol.HTTPS, Result.STORED) == 600
 
@@ -143,8 +119,8 @@ def test_a_fhir_bundle_of_observations_is_one_record(gateway: Running, records: 
     with gateway.https() as client:
         response = client.post("/v1/readings", json=bundle)
     assert response.status_code == 201, response.text
-    (stored,) = batches(records)
-    assert times(stored) == [f"2024-05-02T07:0{n}:00Z" for n in range(5)]
+    (kept,) = batches(records)
+    assert times(kept) == [f"2024-05-02T07:0{n}:00Z" for n in range(5)]
 
 
 def test_a_bad_reading_refuses_the_whole_https_batch_naming_its_index(gateway: Running, records: RecordClient) -> None:
@@ -178,8 +154,8 @@ def test_an_https_batch_that_cannot_be_stored_is_503_and_stored_whole_when_sent_
         assert refused.json()["result"] == "failed"
         root.make_bucket(outage_bucket)
         assert batches(records) == []
-        stored = client.post("/v1/readings", json=batch)
-    assert stored.status_code == 201, stored.text
+        resent = client.post("/v1/readings", json=batch)
+    assert resent.status_code == 201, resent.text
     (documents,) = batches(records)
     assert times(documents) == [r["time"] for r in batch]
 
@@ -188,16 +164,8 @@ def test_an_https_batch_that_cannot_be_stored_is_503_and_stored_whole_when_sent_
 
 
 def send_stream(gateway: Running, messages: list[str]) -> list[str]:
-    """Several ORUs written at once on one connection, then every ACK read: a streaming sender."""
-    decoder = MllpDecoder()
-    acks: list[bytes] = []
-    with socket.create_connection(("127.0.0.1", gateway.settings.hl7v2_port), timeout=60) as conn:
-        conn.sendall(b"".join(frame(m) for m in messages))
-        while len(acks) < len(messages):
-            data = conn.recv(65536)
-            assert data, "the gateway closed the connection before every ACK"
-            acks.extend(decoder.feed(data))
-    return [a.decode().split("\r")[1] for a in acks]
+    """Several ORUs written at once on one connection (a streaming sender); each ACK's MSA, in order."""
+    return [ack.split("\r")[1] for ack in devices.send_stream(gateway, [m.encode() for m in messages])]
 
 
 def hl7(n: int, value: str = "72") -> str:
@@ -213,8 +181,8 @@ def test_an_mllp_stream_is_stored_as_batches_and_each_message_answered_in_order(
     msas = send_stream(gateway, messages)
     assert [m.split("|")[2] for m in msas] == [f"S-{n}" for n in range(40)]
     assert [m.split("|")[1] for m in msas] == ["AE" if n == 17 else "AA" for n in range(40)]
-    stored = [d for batch in batches(records) for d in batch]
-    assert len(stored) == len({d["id"] for d in stored}) == 39
+    kept = stored(records)
+    assert len(kept) == len({d["id"] for d in kept}) == 39
     # Fewer records than messages: what arrived together was stored together, in the order sent.
     assert len(batches(records)) < 39
     for batch in batches(records):
@@ -234,8 +202,8 @@ def test_an_mllp_batch_that_cannot_be_stored_is_answered_ae_whole_and_stored_onc
         assert batches(records) == []
         accepted = send_stream(gateway, messages)
     assert all(m.split("|")[1] == "AA" for m in accepted), accepted
-    stored = [d for batch in batches(records) for d in batch]
-    assert len(stored) == len({d["id"] for d in stored}) == 20
+    kept = stored(records)
+    assert len(kept) == len({d["id"] for d in kept}) == 20
 
 
 # ----------------------------------------------------------------------------- MQTT
@@ -271,9 +239,9 @@ def test_mqtt_readings_across_an_outage_are_stored_once_in_batches_in_order(
     finally:
         device.loop_stop()
         device.disconnect()
-    stored = [d for batch in found for d in batch]
-    assert len(stored) == len({d["id"] for d in stored}) == 399
+    kept = [d for batch in found for d in batch]
+    assert len(kept) == len({d["id"] for d in kept}) == 399
     assert len(found) < 399
-    assert sorted(times(stored)) == sorted(reading(n)["time"] for n in range(400) if n != 200)
+    assert sorted(times(kept)) == sorted(reading(n)["time"] for n in range(400) if n != 200)
     for batch in found:
         assert times(batch) == sorted(times(batch))

@@ -55,6 +55,9 @@ def mosquitto_config(files: BrokerFiles, *, host: str, port: int, max_queued: in
             "allow_anonymous false",
             # QoS 1 readings held while the gateway has not acknowledged them (it does once stored).
             f"max_queued_messages {max_queued}",
+            # Unacknowledged readings sent to the gateway at once (default 20): it takes up to 500 a batch and
+            # acknowledges them once the batch is stored (mqtt.MAX_BATCH).
+            "max_inflight_messages 1000",
             f"acl_file {files.acl_file}",
             f"listener {port} {host}",
             f"cafile {files.ca_file}",

@@ -200,7 +200,9 @@ def build_deployment(
             {"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": True},
             {"name": SERVING_VOLUME, "mountPath": SERVING_DIR, "readOnly": True},
         ],
-        **workload.http_probes(HEALTH_PORT_NAME, "/healthz"),
+        # Ready only once every enabled listener takes readings (MQTT subscribed, MLLP and HTTPS listening):
+        # /readyz answers 503 until then; /healthz is whether the process answers at all.
+        **workload.http_probes(HEALTH_PORT_NAME, "/healthz", ready_path="/readyz"),
     }
     volumes = [
         _token_volume(PurePosixPath(token_path).name, settings),
@@ -323,6 +325,30 @@ def build_service(gateway: Manifest, spec: DeviceGatewaySpec, settings: Workload
     }
 
 
+def build_device_ingress(gateway: Manifest, spec: DeviceGatewaySpec, settings: WorkloadSettings) -> Manifest:
+    """Devices may open the gateway's listener ports from anywhere; nothing else reaches its pods.
+
+    Devices sit on hospital and home networks, outside every namespace, so the
+    tenancy's default deny would shut them out. Each listener takes only a
+    device certificate of the hospital's CA that is not in its CRL (the MQTT
+    port is the broker's side: the gateway listens on none but those below).
+    The health port stays closed to other namespaces (the kubelet's probes come
+    from the node).
+    """
+    meta = _identity_meta(gateway, settings)
+    ports = [{"protocol": "TCP", "port": LISTENERS[p].port} for p in _protocols(spec) if p is not DeviceProtocol.MQTT]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta,
+        "spec": {
+            "podSelector": {"matchLabels": workload.selector_labels(COMPONENT, gateway["metadata"]["name"])},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"ports": ports}] if ports else [],
+        },
+    }
+
+
 def build_gateway(
     gateway: Manifest,
     spec: DeviceGatewaySpec,
@@ -335,6 +361,7 @@ def build_gateway(
     return [
         build_service_account(gateway, settings),
         build_keys_binding(gateway, settings),
+        build_device_ingress(gateway, spec, settings),
         build_deployment(gateway, spec, credentials_secret, ceiling, settings, certificates),
         build_service(gateway, spec, settings),
     ]

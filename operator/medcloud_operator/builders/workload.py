@@ -201,11 +201,12 @@ def tmp_mount() -> Manifest:
     return {"name": TMP_VOLUME, "mountPath": "/tmp"}  # noqa: S108 - an emptyDir of the pod's own
 
 
-def http_probes(port: str, path: str) -> Manifest:
-    """Readiness and liveness on the container's health endpoint."""
+def http_probes(port: str, path: str, ready_path: str | None = None) -> Manifest:
+    """Readiness and liveness on the container's health endpoint (readiness on ``ready_path`` when it has one)."""
     probe = {"httpGet": {"path": path, "port": port, "scheme": "HTTP"}}
+    ready = {"httpGet": {"path": ready_path or path, "port": port, "scheme": "HTTP"}}
     return {
-        "readinessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+        "readinessProbe": {**ready, "periodSeconds": 10, "failureThreshold": 3},
         "livenessProbe": {**probe, "initialDelaySeconds": 10, "periodSeconds": 20, "failureThreshold": 3},
     }
 

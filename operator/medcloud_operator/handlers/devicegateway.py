@@ -25,6 +25,7 @@ from medcloud.kube.client import (
     DEVICE,
     DEVICE_GATEWAY,
     LIMIT_RANGE,
+    NETWORK_POLICY,
     RECORD_STORE,
     ROLE_BINDING,
     SERVICE,
@@ -55,7 +56,7 @@ class GatewayPlan(Plan):
 class GatewayWorkload(Workload[GatewayPlan, DeviceGatewayStatus]):
     kind = DEVICE_GATEWAY
     component = builder.COMPONENT
-    child_kinds = (SERVICE_ACCOUNT, ROLE_BINDING, DEPLOYMENT, SERVICE)
+    child_kinds = (SERVICE_ACCOUNT, ROLE_BINDING, NETWORK_POLICY, DEPLOYMENT, SERVICE)
     status_model = DeviceGatewayStatus
     depends_on = (("recordStore", RECORD_STORE),)
 

@@ -479,7 +479,7 @@ def test_the_gateway_exposes_one_port_per_protocol() -> None:
 
 def test_the_gateway_pod_runs_medcloud_gateway_with_a_key_service_token_only() -> None:
     children = build_gw(gw_spec(protocols=["hl7v2"]), broker_host="10.89.0.1", broker_port=18883)
-    assert list(children) == ["ServiceAccount", "RoleBinding", "Deployment", "Service"]
+    assert list(children) == ["ServiceAccount", "RoleBinding", "NetworkPolicy", "Deployment", "Service"]
     spec = pod(children["Deployment"])
     container = spec["containers"][0]
     assert container["image"] == f"registry.medcloud.local/medcloud:{WorkloadSettings().gateway_version}"
@@ -882,3 +882,20 @@ def test_a_renewed_certificate_rolls_the_gateway_pods_and_the_same_one_changes_n
     )
     assert template(b"serving-1", b"broker-1") != template(b"serving-1", b"broker-2")
     assert "annotations" not in template()["metadata"]
+
+
+def test_devices_reach_the_gateways_listeners_from_anywhere_and_its_readiness_is_its_listeners() -> None:
+    children = build_gw(gw_spec(protocols=["mqtt", "https", "hl7v2"]))
+    policy = children["NetworkPolicy"]
+    assert policy["metadata"]["name"] == "gw-wards"
+    assert policy["spec"]["podSelector"] == children["Deployment"]["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    # Any source (devices are outside every namespace), the device ports only: not the health port, and not
+    # 8883, where the gateway listens on nothing (it subscribes to the broker).
+    assert policy["spec"]["ingress"] == [
+        {"ports": [{"protocol": "TCP", "port": 2575}, {"protocol": "TCP", "port": 8443}]}
+    ]
+    assert build_gw(gw_spec(protocols=["mqtt"]))["NetworkPolicy"]["spec"]["ingress"] == []
+    container = pod(children["Deployment"])["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"

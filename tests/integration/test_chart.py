@@ -923,6 +923,54 @@ def schema_properties(node: dict[str, Any], path: str = "") -> Iterable[tuple[st
         yield from schema_properties(child, child_path)
 
 
+def test_the_local_clusters_chart_values_reach_the_operator_as_the_platform_contract_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`dev up`'s chart mode: the platform Services in the operator's settings, the broker CA mounted, fixed
+    Service addresses for the API and the key service."""
+    from medcloud_cli.localcluster import chartplatform, platformservices
+    from medcloud_cli.localcluster.cluster import BrokerInfo, ClusterState, MinioInfo
+    from medcloud_operator.settings import OperatorSettings
+
+    state = ClusterState(
+        state_dir=str(tmp_path),
+        server="https://10.89.0.1:21005",
+        kubeconfig="",
+        user_kubeconfig="",
+        audit_log="",
+        minio=MinioInfo(endpoint="10.89.0.1:21000", access_key="root", secret_key="s3cret"),
+        broker=BrokerInfo(host="127.0.0.1", port=21001, ca_file="ca.crt", client_cert="", client_key=""),
+    )
+    for process, port in {"minio": 21000, "mosquitto": 21001}.items():
+        platformservices.record(state, process, port)
+    values = chartplatform.chart_values("medcloud.local/medcloud:abc", state, 21005, broker_ca=True)
+    docs = render(values)
+    deployment = one(docs, "Deployment", "medcloud-operator")
+    for field in OperatorSettings.model_fields:
+        monkeypatch.delenv(f"MEDCLOUD_{field.upper()}", raising=False)
+    for name, value in env_of(deployment, {"metadata.name": "op", "metadata.namespace": NAMESPACE}).items():
+        monkeypatch.setenv(name, value)
+    settings = OperatorSettings()
+    assert settings.minio_endpoint == settings.minio_public_endpoint == "http://10.96.0.20:9000"
+    assert (settings.storage_cidrs, settings.storage_port) == (["10.89.0.1/32"], 21000)
+    assert (settings.broker_host, settings.broker_port) == ("10.96.0.21", 8883)
+    assert settings.key_service_url == "http://10.96.0.30:8443"
+    assert [p.name for p in settings.platform_egress] == ["mqtt", "keyservice"]
+    assert settings.broker_client_ca_file == "/etc/medcloud/broker-client-ca/ca.crt"
+    assert settings.broker_client_ca_key_file == "/etc/medcloud/broker-client-ca/ca.key"
+    assert (settings.image_pull_policy, settings.own_image) == ("Never", "medcloud.local/medcloud:abc")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["broker-client-ca"]["secret"]["secretName"] == chartplatform.BROKER_CA_SECRET
+    assert one(docs, "Service", "medcloud-api")["spec"]["clusterIP"] == "10.96.0.31"
+    assert one(docs, "Service", "medcloud-keyservice")["spec"]["clusterIP"] == "10.96.0.30"
+    # Without a broker CA nothing is mounted, and a Service's address is the cluster's choice by default.
+    plain = render()
+    assert "broker-client-ca" not in {
+        v["name"] for v in one(plain, "Deployment", "medcloud-operator")["spec"]["template"]["spec"]["volumes"]
+    }
+    assert "clusterIP" not in one(plain, "Service", "medcloud-api")["spec"]
+
+
 def test_every_value_is_commented_and_the_schema_says_the_same() -> None:
     comments = values_comments((CHART / "values.yaml").read_text(encoding="utf-8"))
     schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))

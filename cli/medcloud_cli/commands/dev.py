@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medcloud_cli import environment as env
-from medcloud_cli.localcluster import binaries, images, node
+from medcloud_cli.localcluster import binaries, chartplatform, images, node
 from medcloud_cli.localcluster.cluster import (
     KEPT_STATE,
     AlreadyRunningError,
@@ -39,6 +40,13 @@ def default_state_dir() -> Path:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "medcloud" / "dev"
+
+
+class PlatformMode(StrEnum):
+    """How `dev up` runs MedCloud's operator, API and key service."""
+
+    CHART = "chart"
+    PROCESS = "process"
 
 
 StateDir = Annotated[
@@ -78,13 +86,28 @@ def up(
             help="Run a real kubelet node (containerd) beside the KWOK ones; default: on when Linux root.",
         ),
     ] = None,
+    platform_mode: Annotated[
+        PlatformMode | None,
+        typer.Option(
+            "--platform",
+            help=(
+                "chart: MedCloud from its Helm chart, as pods on the real node (the default with a real node); "
+                "process: as local processes (the default without one)."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Start the local cluster with MedCloud's key service, operator and API in the background; return once ready."""
     supported, why = node.real_node_supported()
-    if real_node and not supported:
+    if (real_node or platform_mode is PlatformMode.CHART) and not supported:
         console.print(f"[red]no real node here:[/red] {why}")
         raise typer.Exit(1)
-    options = ClusterOptions(nodes=nodes, detach=True, real_node=supported if real_node is None else real_node)
+    with_node = supported if real_node is None else real_node
+    if platform_mode is PlatformMode.CHART and not with_node:
+        console.print("[red]--platform chart runs MedCloud on the real node:[/red] drop --no-real-node")
+        raise typer.Exit(1)
+    mode = platform_mode or (PlatformMode.CHART if with_node else PlatformMode.PROCESS)
+    options = ClusterOptions(nodes=nodes, detach=True, real_node=with_node)
     cluster = LocalCluster(state_dir, options, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     platform: PlatformInfo | None = None
     try:
@@ -94,7 +117,9 @@ def up(
                 image = images.ensure_imported(node.ctr_args(cluster.node.dir), progress=cluster.progress)
                 state.extra["image"] = image.reference
                 cluster.save_state()
-            if not cluster_only:
+            if not cluster_only and mode is PlatformMode.CHART:
+                platform = chartplatform.start_chart_platform(cluster, image.reference)
+            elif not cluster_only:
                 platform = start_platform(cluster)
     except AlreadyRunningError as exc:
         # Not ours to stop: the running cluster and its state.json stay as they are.
@@ -151,6 +176,12 @@ def _print_ready(state: ClusterState, platform: PlatformInfo | None) -> None:
             f"  export {env.KEY_SERVICE_TOKEN}=$(kubectl create token APP -n NAMESPACE "
             f"--audience {platform.key_service_audience})"
         )
+    release = state.extra.get("release")
+    if release:
+        console.print(
+            f"MedCloud from its chart: release {release['name']} in {release['namespace']} "
+            "(operator, API, key service as pods; `medcloud dev status` lists them)"
+        )
     node = state.extra.get("node")
     if node:
         console.print(
@@ -195,6 +226,12 @@ def status(state_dir: StateDir = default_state_dir()) -> None:  # noqa: B008
     out.print(f"KUBECONFIG={state.kubeconfig}")
     for name, url in (state.extra.get("urls") or {}).items():
         out.print(f"{name}: {url}")
+    release = state.extra.get("release")
+    if release and all(alive for _, _, alive in rows):
+        cluster = LocalCluster(state_dir)
+        out.print(chartplatform.helm(cluster, "list", timeout=30).stdout.rstrip())
+        pods = cluster.kubectl("get", "pods", "-n", release["namespace"], "-o", "wide", check=False)
+        out.print((pods.stdout or pods.stderr).rstrip())
     if not all(alive for _, _, alive in rows):
         raise typer.Exit(1)
 

@@ -138,6 +138,12 @@ def publish(cluster: LocalCluster, process: str) -> PublishedService:
     node_port = state.ports[process]
     items = [namespace_manifest(), *service_manifests(service, node_port)]
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    return record(state, process, node_port)
+
+
+def record(state: ClusterState, process: str, node_port: int) -> PublishedService:
+    """Write into ``state`` that ``process`` is published, listening on ``node_port`` of the node address."""
+    service = HOST_PROCESSES[process]
     published = PublishedService(
         name=service.name,
         cluster_ip=service.cluster_ip,

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medcloud_cli.commands import dev
+from medcloud_cli.localcluster import node
 from medcloud_cli.localcluster.cluster import BrokerInfo, ClusterState, LocalCluster, MinioInfo
 from medcloud_cli.localcluster.platform import KEY_SERVICE_AUDIENCE, PlatformInfo, broker_env, storage_env
 from medcloud_cli.main import app as medcloud_cli
@@ -201,3 +202,20 @@ def test_dev_down_purge_never_deletes_a_folder_the_cluster_did_not_make(tmp_path
     assert result.exit_code == 1
     assert (precious / "chapter1.tex").exists()
     assert "not deleting it" in result.output
+
+
+@pytest.mark.parametrize(
+    ("supported", "args", "says"),
+    [
+        (False, ["--platform", "chart"], "no real node here"),
+        (True, ["--platform", "chart", "--no-real-node"], "drop --no-real-node"),
+    ],
+)
+def test_chart_mode_without_a_real_node_is_refused_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, supported: bool, args: list[str], says: str
+) -> None:
+    monkeypatch.setattr(node, "real_node_supported", lambda: (supported, "the real node needs root"))
+    result = CliRunner().invoke(medcloud_cli, ["dev", "up", "--state-dir", str(tmp_path), *args])
+    assert result.exit_code == 1
+    assert says in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -25,15 +25,7 @@ def _state(tmp_path: Path, published: dict[str, int]) -> ClusterState:
         minio=MinioInfo(endpoint="10.89.0.1:21000", access_key="root", secret_key="s3cret"),
     )
     for process, port in published.items():
-        service = platformservices.HOST_PROCESSES[process]
-        state.extra.setdefault(platformservices.STATE_KEY, {})[process] = {
-            "name": service.name,
-            "cluster_ip": service.cluster_ip,
-            "port": service.port,
-            "dns_name": service.dns_name,
-            "node_ip": netsetup.NODE_IP,
-            "node_port": port,
-        }
+        platformservices.record(state, process, port)
     return state
 
 

@@ -1,0 +1,199 @@
+"""`medcloud dev up` in chart mode: MedCloud from its Helm chart as pods on the real node, then examples/.
+
+Runs the command a person runs (as subprocesses, detached servers, its own
+state folder), so it needs Linux root and skips when another real node runs.
+The operator reconciling examples/ is the chart's pod (no operator process
+runs on the machine): Hospitals and RecordStores go Ready with buckets made in
+the host's MinIO through the platform Service, and a store's own credentials
+(from its Secret, the Service address in it) put and read an object. `dev
+down` at the end leaves no chain, bridge, cgroup or mount.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from minio import Minio
+
+from medcloud_cli import environment as env
+from medcloud_cli.localcluster import netsetup, platformservices
+from medcloud_cli.localcluster.chartplatform import NAMESPACE, RELEASE
+from medcloud_cli.localcluster.cluster import ClusterState, LocalCluster
+from medcloud_cli.localcluster.node import NODE_NAME, real_node_supported
+
+pytestmark = [pytest.mark.node, pytest.mark.cluster]
+
+SUPPORTED, WHY_NOT = real_node_supported()
+REPO = Path(__file__).resolve().parents[2]
+MEDCLOUD = [sys.executable, "-m", "medcloud_cli.main"]
+Json = dict[str, Any]
+
+
+@dataclass
+class DevUp:
+    state_dir: Path
+    exports: dict[str, str]
+    stderr: str
+    cluster: LocalCluster
+
+    @property
+    def state(self) -> ClusterState:
+        return ClusterState.load(self.state_dir / LocalCluster.STATE_FILE)
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done: subprocess.CompletedProcess[str] = self.cluster.kubectl(*args, check=check)
+        return done
+
+    def get(self, *args: str) -> Json:
+        return dict(json.loads(self.kubectl("get", *args, "-o", "json").stdout))
+
+
+def medcloud(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDCLOUD_") and k != "KUBECONFIG"}
+    return subprocess.run(
+        [*MEDCLOUD, *args], capture_output=True, text=True, check=False, timeout=timeout, env=env, cwd=REPO
+    )
+
+
+@pytest.fixture(scope="module")
+def dev_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevUp]:
+    if not SUPPORTED:
+        pytest.skip(WHY_NOT)
+    if netsetup.link_exists(netsetup.NODE_BRIDGE):
+        pytest.skip("another real node runs on this machine (one at a time)")
+    state_dir = tmp_path_factory.mktemp("medcloud-dev-chart")
+    up = medcloud("dev", "up", "--state-dir", str(state_dir), "--nodes", "1", "--platform", "chart")
+    try:
+        assert up.returncode == 0, f"dev up failed:\n{up.stderr[-6000:]}"
+        exports = dict(
+            line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines() if line.startswith("export ")
+        )
+        yield DevUp(state_dir, exports, up.stderr, LocalCluster(state_dir))
+    finally:
+        down = medcloud("dev", "down", "--state-dir", str(state_dir), timeout=300)
+        print(down.stderr)
+
+
+def ready(item: Json) -> bool:
+    conditions = {c["type"]: c["status"] for c in item.get("status", {}).get("conditions", [])}
+    return conditions.get("Ready") == "True"
+
+
+def test_dev_up_runs_operator_api_and_key_service_from_the_chart_as_restricted_pods(dev_up: DevUp) -> None:
+    state = dev_up.state
+    assert state.extra["platformMode"] == "chart"
+    # No MedCloud process on the machine: the operator, API and key service are the chart's pods.
+    assert not {"operator", "api", "keyservice"} & set(state.pids)
+    namespace = dev_up.get("namespace", NAMESPACE)
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    pods = dev_up.get("pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
+    components = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in pods}
+    assert set(components) == {"operator", "api", "keyservice"}
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == NODE_NAME
+        assert pod["spec"]["containers"][0]["image"] == state.extra["image"]
+        assert pod["spec"]["containers"][0]["imagePullPolicy"] == "Never"
+        assert ready(pod), pod["metadata"]["name"]
+    policies = {p["metadata"]["name"] for p in dev_up.get("networkpolicies", "-n", NAMESPACE)["items"]}
+    assert {f"{RELEASE}-operator", f"{RELEASE}-api", f"{RELEASE}-keyservice"} <= policies
+
+    # The export lines point at the pods: the API answers the city administrator's token from the machine.
+    api_url = dev_up.exports[env.API_URL]
+    assert api_url == f"http://{platformservices.API_IP}:8080"
+    request = urllib.request.Request(  # noqa: S310 - the Service address dev up printed
+        f"{api_url}/v1/hospitals", headers={"Authorization": f"Bearer {dev_up.exports[env.API_TOKEN]}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        assert response.status == 200
+    assert dev_up.exports[env.KEY_SERVICE_URL] == f"http://{platformservices.KEY_SERVICE_IP}:8443"
+    # The consortium's exchange is the operator's pod once the Consortium is applied (the next test).
+    assert dev_up.exports[env.EXCHANGE_URL] == f"http://{platformservices.EXCHANGE.cluster_ip}:8080"
+
+    status = medcloud("dev", "status", "--state-dir", str(dev_up.state_dir), timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert "deployed" in status.stdout  # helm list
+    for component in ("operator", "api", "keyservice"):
+        assert f"{RELEASE}-{component}-" in status.stdout
+
+
+def wait_all_ready(dev_up: DevUp, kind: str, expected: int, timeout: float = 300) -> list[Json]:
+    deadline = time.monotonic() + timeout
+    items: list[Json] = []
+    while time.monotonic() < deadline:
+        items = dev_up.get(kind, "-A")["items"]
+        if len(items) == expected and all(ready(i) for i in items):
+            return items
+        time.sleep(2)
+    summary = [(i["metadata"].get("namespace"), i["metadata"]["name"], i.get("status", {})) for i in items]
+    logs = dev_up.kubectl("logs", "-n", NAMESPACE, f"deployment/{RELEASE}-operator", "--tail=40", check=False)
+    raise AssertionError(f"{kind} not all Ready: {json.dumps(summary)[:3000]}\n{logs.stdout[-3000:]}")
+
+
+def examples_count(kind: str) -> int:
+    import yaml
+
+    return sum(
+        1
+        for path in (REPO / "examples").glob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") == kind
+    )
+
+
+def test_the_operator_pod_reconciles_examples_with_real_minio_through_the_service(dev_up: DevUp) -> None:
+    dev_up.kubectl("apply", "-f", str(REPO / "examples"))
+    wait_all_ready(dev_up, "hospitals", examples_count("Hospital"))
+    stores = wait_all_ready(dev_up, "recordstores", examples_count("RecordStore"))
+
+    state = dev_up.state
+    assert state.minio is not None
+    root = Minio(state.minio.endpoint, state.minio.access_key, state.minio.secret_key, secure=False)
+    store = stores[0]
+    secret = dev_up.get("secret", f"{store['metadata']['name']}-credentials", "-n", store["metadata"]["namespace"])
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    # The endpoint tenants get is MinIO's platform Service; the bucket exists in the host's MinIO.
+    assert data["COSI_S3_ENDPOINT"] == f"http://{platformservices.MINIO.cluster_ip}:9000"
+    assert data["MEDCLOUD_KEY_SERVICE_URL"] == f"http://{platformservices.KEY_SERVICE_IP}:8443"
+    assert root.bucket_exists(data["BUCKET_NAME"])
+    assert root.get_object_lock_config(data["BUCKET_NAME"]) is not None
+    # The store's own least-privilege credentials work at the Service address (reachable from the machine too).
+    own = Minio(
+        f"{platformservices.MINIO.cluster_ip}:9000",
+        data["AWS_ACCESS_KEY_ID"],
+        data["AWS_SECRET_ACCESS_KEY"],
+        secure=False,
+    )
+    own.put_object(data["BUCKET_NAME"], "probe/ciphertext", io.BytesIO(b"\x00\x01"), 2)
+    assert own.get_object(data["BUCKET_NAME"], "probe/ciphertext").read() == b"\x00\x01"
+
+    operator_log = dev_up.kubectl("logs", "-n", NAMESPACE, f"deployment/{RELEASE}-operator", check=False).stdout
+    assert store["metadata"]["name"] in operator_log
+
+    # The Consortium's exchange is the operator's pod, on the platform PostgreSQL through its Service.
+    wait_all_ready(dev_up, "consortia", examples_count("Consortium"))
+    with urllib.request.urlopen(f"{dev_up.exports[env.EXCHANGE_URL]}/fhir/metadata", timeout=10) as response:  # noqa: S310
+        assert json.loads(response.read())["resourceType"] == "CapabilityStatement"
+
+
+def test_dev_down_removes_everything_from_the_machine(dev_up: DevUp) -> None:
+    down = medcloud("dev", "down", "--state-dir", str(dev_up.state_dir), timeout=300)
+    assert down.returncode == 0, down.stderr
+    assert "kubelet" in down.stderr
+    assert netsetup.kube_chains_left() == []
+    assert netsetup.kube_ipsets() == []
+    assert netsetup.kube_cgroups() == []
+    assert not netsetup.link_exists(netsetup.NODE_BRIDGE)
+    assert not netsetup.link_exists(netsetup.POD_BRIDGE)
+    assert netsetup.mounts_under([dev_up.state_dir, *netsetup.NETNS_DIRS, Path("/run/containerd")]) == []

@@ -14,6 +14,9 @@ round trips, the same for every request).
   encrypted puts, an AuditEvent, one transaction) against, in the same run, (a) a raw
   INSERT of the index row plus one raw put of the same bytes, and (b) the INSERT plus three
   raw puts (as many objects as the exchange writes). Ratio = raw time / exchange time.
+- ITI-65: ``Exchange.provide`` of a Provide Document Bundle (one 4 KiB document, its Binary, the
+  SubmissionSet and a Patient: four records, five index rows, one audit record) against a raw
+  INSERT plus five raw puts (as many objects), as a ratio;
 - search: the index at N documents (bulk-loaded: 10 per patient over three publishers and
   every category), ``find_documents`` restricted to a real decision's pairs, p50/p95 over
   random patients; and the whole ITI-67 path (decision, its audit, the search, each
@@ -122,6 +125,20 @@ def _timed(run: Callable[[], object], count: int) -> float:
     return time.perf_counter() - start
 
 
+def _raw_publish(shared: psycopg.Connection[Any], minio: Minio, bucket: str, bodies: list[bytes]) -> None:
+    """The baseline: one index row INSERTed and the bytes put raw, in one transaction."""
+    name = uuid.uuid4()
+    with shared.transaction():
+        shared.execute(
+            "INSERT INTO raw_document (id, patient_id, publisher, store, category, type_system, "
+            "type_code, date, content_type, size) VALUES (%s, %s, 'county', 'emr', 'emr', "
+            "'http://loinc.org', '18842-5', now(), 'application/pdf', %s)",
+            (name, uuid.uuid4(), len(DOCUMENT)),
+        )
+        for i, body in enumerate(bodies):
+            minio.put_object(bucket, f"raw/{name}/{i}", io.BytesIO(body), len(body))
+
+
 def bench_publish(exchange: Exchange, minio: Minio, bucket: str, dsn: str, count: int) -> None:
     spec = _spec()
     ctx = _context("county", spec)
@@ -136,19 +153,7 @@ def bench_publish(exchange: Exchange, minio: Minio, bucket: str, dsn: str, count
     with psycopg.connect(dsn) as shared:
 
         def raw_pooled(puts: int) -> Callable[[], None]:
-            def run() -> None:
-                name = uuid.uuid4()
-                with shared.transaction():
-                    shared.execute(
-                        "INSERT INTO raw_document (id, patient_id, publisher, store, category, type_system, "
-                        "type_code, date, content_type, size) VALUES (%s, %s, 'county', 'emr', 'emr', "
-                        "'http://loinc.org', '18842-5', now(), 'application/pdf', %s)",
-                        (name, uuid.uuid4(), len(DOCUMENT)),
-                    )
-                    for i, body in enumerate([DOCUMENT, metadata, metadata][:puts]):
-                        minio.put_object(bucket, f"raw/{name}/{i}", io.BytesIO(body), len(body))
-
-            return run
+            return lambda: _raw_publish(shared, minio, bucket, [DOCUMENT, metadata, metadata][:puts])
 
         counter = iter(range(10**9))
         publish = lambda: exchange.publish(ctx, _document(f"bench-{next(counter)}"))  # noqa: E731
@@ -167,6 +172,57 @@ def bench_publish(exchange: Exchange, minio: Minio, bucket: str, dsn: str, count
     print(f"  raw INSERT + 3 puts:           {count / raw3_s:8.1f} /s  ({raw3_s / count * 1000:6.2f} ms each)")
     print(f"  ratio exchange/raw (1 put):    {raw1_s / exchange_s:8.2f}")
     print(f"  ratio exchange/raw (3 puts):   {raw3_s / exchange_s:8.2f}")
+
+
+BUNDLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "exchange" / "provide-bundle-binary.json"
+
+
+def _provide_bundle(patient_value: str) -> dict[str, Any]:
+    """The NIST MHD test Bundle (tests/data/exchange/SOURCES.md): SubmissionSet, DocumentReference, a 4 KiB
+    Binary, and a Patient entry carrying the identifier."""
+    bundle: dict[str, Any] = json.loads(BUNDLE.read_text())
+    patient_url = f"urn:uuid:{uuid.uuid4()}"
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if "subject" in resource:
+            resource["subject"] = {"reference": patient_url}
+        if resource["resourceType"] == "DocumentReference":
+            resource["type"] = {"coding": [{"system": "http://loinc.org", "code": "18842-5"}]}
+            resource["category"] = _document("x")["category"]
+            resource["content"][0]["attachment"]["contentType"] = "application/pdf"
+        if resource["resourceType"] == "Binary":
+            resource.update(contentType="application/pdf", data=base64.b64encode(DOCUMENT).decode())
+    patient = {"resourceType": "Patient", "identifier": [{"system": RESIDENT_ID, "value": patient_value}]}
+    bundle["entry"].append(
+        {"fullUrl": patient_url, "resource": patient, "request": {"method": "POST", "url": "Patient"}}
+    )
+    return bundle
+
+
+def bench_provide(exchange: Exchange, minio: Minio, bucket: str, dsn: str, count: int) -> None:
+    """ITI-65 (one document, its Binary, the SubmissionSet and the Patient) against a raw INSERT plus raw
+    puts of what it keeps: the content, the DocumentReference, the SubmissionSet, the Patient, and one
+    more for its audit record (5 puts, as many objects as the exchange writes)."""
+    ctx = _context("county", _spec())
+    sample = _provide_bundle("x")
+    kept = [DOCUMENT]
+    kept += [json.dumps(e["resource"]).encode() for e in sample["entry"] if e["resource"]["resourceType"] != "Binary"]
+    kept.append(kept[1])  # as many objects as the exchange writes: the audit record too
+    with psycopg.connect(dsn) as shared:
+
+        def raw() -> None:
+            _raw_publish(shared, minio, bucket, kept)
+
+        counter = iter(range(10**9))
+        provide = lambda: exchange.provide(ctx, _provide_bundle(f"bundle-{next(counter)}"))  # noqa: E731
+        for run in (provide, raw):
+            _timed(run, 10)
+        rounds = [(_timed(provide, count), _timed(raw, count)) for _ in range(3)]
+    exchange_s, raw_s = (statistics.median(r[i] for r in rounds) for i in range(2))
+    print(f"\nITI-65 Provide Document Bundle (1 document of 4 KiB, Binary, SubmissionSet, Patient), {count} per round")
+    print(f"  exchange ITI-65:               {count / exchange_s:8.1f} /s  ({exchange_s / count * 1000:6.2f} ms each)")
+    print(f"  raw INSERT + {len(kept)} puts:           {count / raw_s:8.1f} /s  ({raw_s / count * 1000:6.2f} ms each)")
+    print(f"  ratio exchange/raw:            {raw_s / exchange_s:8.2f}")
 
 
 def bulk_index(dsn: str, documents: int) -> list[uuid.UUID]:
@@ -313,6 +369,7 @@ def main() -> None:
     with in_process_exchange("bench-exchange-") as (exchange, minio, records, dsn):
         print("MedCloud exchange benchmark (PostgreSQL 15 and MinIO on loopback, this machine)")
         bench_publish(exchange, minio, records, dsn, args.publishes)
+        bench_provide(exchange, minio, records, dsn, args.publishes)
         bench_search(exchange, dsn, args.documents, args.samples)
         bench_decision(exchange, args.samples * 10)
 

@@ -31,7 +31,7 @@ from medcloud_exchange.settings import ExchangeSettings
 from medcloud_keyservice.app import create_app as create_key_service
 from medcloud_keyservice.settings import KeyServiceSettings
 from tests.exchange_support import CLIENT_ROLE, Caller
-from tests.operator_support import OPERATOR_NAMESPACE, REPO, ClusterAdmin, is_ready
+from tests.operator_support import OPERATOR_NAMESPACE, REPO, ClusterAdmin, is_ready, storage_env
 from tests.support import wait_for
 
 Json = dict[str, Any]
@@ -41,14 +41,26 @@ KEYS_AUDIENCE = "medcloud-keyservice"
 EXCHANGE_AUDIENCE = "medcloud-exchange"
 
 
+def exchange_operator_env(minio_server: MinioInfo, **extra: str) -> dict[str, str]:
+    """Operator settings with MinIO and a key service URL, so it deploys exchanges; audit kept for a day."""
+    return {
+        **storage_env(minio_server),
+        "MEDCLOUD_KEY_SERVICE_URL": "http://medcloud-keyservice.medcloud-system.svc:8080",
+        "MEDCLOUD_EXCHANGE_AUDIT_RETENTION_DAYS": "1",
+        "MEDCLOUD_OWN_IMAGE": "registry.test.example/medcloud:0.0.1",
+        **extra,
+    }
+
+
 def exchange_account(consortium: str) -> str:
     """The service account the operator grants the Consortium's exchange (docs/exchange.md)."""
     return f"medcloud-exchange-{consortium}"
 
 
 @contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    port = free_port()
+def serve(app: Any, port: int | None = None) -> Iterator[str]:
+    """The app on loopback (on ``port``, else a free one) in a thread, until the block ends."""
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

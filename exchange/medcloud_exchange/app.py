@@ -342,9 +342,19 @@ def create_app(settings: ExchangeSettings | None = None, exchange: Exchange | No
 
     @app.get("/readyz", include_in_schema=False)
     def readyz() -> dict[str, str]:
-        with exchange.db.connection() as conn:
-            conn.execute("SELECT 1")
-        if not exchange.audit.reachable():
+        """Ready when PostgreSQL and the audit bucket answer; else 503 naming which (the operator shows it)."""
+        try:
+            with exchange.db.connection() as conn:
+                conn.execute("SELECT 1")
+        except UNAVAILABLE as exc:
+            log.warning("not ready: PostgreSQL: %s", type(exc).__name__)
+            raise unavailable("PostgreSQL (the index) does not answer", settings.retry_after_seconds) from None
+        try:
+            reachable = exchange.audit.reachable()
+        except UNAVAILABLE as exc:
+            log.warning("not ready: the audit store: %s", type(exc).__name__)
+            raise unavailable("MinIO (the audit store) does not answer", settings.retry_after_seconds) from None
+        if not reachable:
             raise unavailable("the audit bucket does not exist", settings.retry_after_seconds)
         return {"status": "ok"}
 

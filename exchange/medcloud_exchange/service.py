@@ -248,7 +248,10 @@ class Exchange:
         written: list[str] = []
         try:
             with self.db.transaction() as conn:
-                known = index.patient_for(conn, self._key, first.identifiers) if first.identifiers else first.patient
+                # Whether the patient is new matters to ITI-65's answer only: the simplified publish skips the query.
+                known = first.patient
+                if first.identifiers and submission_set is not None:
+                    known = index.patient_for(conn, self._key, first.identifiers)
                 patient = self._patient_for_write(conn, first.identifiers, first.patient)
                 for document_id, publication in zip(document_ids, publications, strict=True):
                     content = records.put(

@@ -25,6 +25,7 @@ from medcloud.models import (
 )
 from medcloud.models.conditions import set_condition
 from medcloud.tenancy.store import StoreNames
+from medcloud_operator import exchangeprobe
 from medcloud_operator.apply import Applied, apply
 from medcloud_operator.builders import exchangeserver as build
 from medcloud_operator.builders.exchangeserver import AUDIT_SECRET_KEY, Database, ExchangeNames
@@ -117,7 +118,10 @@ def provision(
     results = [apply(ctx.kube, manifest, ctx.own_writes) for manifest in manifests]
     deployment = next(r for r in results if r.kind == "Deployment")
     check = build.judge_exchange(
-        deployment.obj, previous.condition(ConsortiumCondition.EXCHANGE_READY), written=deployment.changed
+        deployment.obj,
+        previous.condition(ConsortiumCondition.EXCHANGE_READY),
+        written=deployment.changed,
+        unready=exchangeprobe.unready_because(settings, names.consortium),
     )
     return ExchangeOutcome(check, names.endpoint(), names.audit_bucket, applied + results)
 

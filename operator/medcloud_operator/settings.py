@@ -270,6 +270,25 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
         ge=1,
         description="COMPLIANCE retention of each exchange's audit records, in days (default six years).",
     )
+    exchange_readiness_url: str = Field(
+        default="",
+        description=(
+            "Where the operator also asks each Consortium's exchange whether it serves (its /readyz: PostgreSQL "
+            "and the audit bucket), {consortium} and {namespace} (the operator's) filled in, e.g. "
+            "http://medcloud-exchange-{consortium}.{namespace}.svc/readyz. Empty: the pods' readiness alone "
+            "decides (a kubelet runs the same check). Set it where no kubelet does (KWOK nodes, an exchange run "
+            "as a local process), or to have the condition name what is down."
+        ),
+    )
+    exchange_probe_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="How often the operator asks a serving (or degraded) exchange whether it is ready.",
+    )
+    exchange_probe_timeout_seconds: float = Field(
+        default=3.0, gt=0, le=60, description="How long one readiness question to an exchange may take."
+    )
     ingress_namespace: str = Field(
         default="ingress-nginx",
         description="Namespace of the ingress controller allowed into every tenant; empty: none.",

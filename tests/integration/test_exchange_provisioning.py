@@ -28,6 +28,7 @@ from minio.error import S3Error
 from minio.objectlockconfig import DAYS
 
 from medcloud_cli.localcluster.cluster import MinioInfo
+from tests.exchange_harness import exchange_operator_env
 from tests.operator_support import (
     OPERATOR_NAMESPACE,
     ClusterAdmin,
@@ -39,7 +40,6 @@ from tests.operator_support import (
     raw,
     run_operator,
     sample,
-    storage_env,
 )
 from tests.support import wait_for
 
@@ -55,13 +55,7 @@ SPEC = {"displayName": "Provisioning test alliance", "leadHospital": "nowhere-a"
 @pytest.fixture(scope="module")
 def operator(store_operator_kubeconfig: Path, minio_server: MinioInfo) -> Iterator[RunningOperator]:
     """The operator with MinIO and a key service URL, so it deploys exchanges; audit kept for a day."""
-    env = {
-        **storage_env(minio_server),
-        "MEDCLOUD_KEY_SERVICE_URL": "http://medcloud-keyservice.medcloud-system.svc:8080",
-        "MEDCLOUD_EXCHANGE_AUDIT_RETENTION_DAYS": "1",
-        "MEDCLOUD_OWN_IMAGE": "registry.test.example/medcloud:0.0.1",
-    }
-    with run_operator(store_operator_kubeconfig, env, timeout=120) as running:
+    with run_operator(store_operator_kubeconfig, exchange_operator_env(minio_server), timeout=120) as running:
         yield running
 
 

@@ -244,8 +244,14 @@ def build_service(consortium: Manifest, names: ExchangeNames) -> Manifest:
     }
 
 
-def judge_exchange(deployment: Manifest | None, previous: Condition | None, *, written: bool = True) -> Check:
+def judge_exchange(
+    deployment: Manifest | None, previous: Condition | None, *, written: bool = True, unready: str | None = None
+) -> Check:
     """``ExchangeReady`` from the Deployment: its pods are ready exactly when ``/readyz`` passes.
+
+    ``unready``: what the exchange itself answered the operator's readiness question
+    (exchangeprobe.py), when it did not pass; it overrides pods that report ready (KWOK nodes
+    report every pod ready, and a kubelet's probe result reaches the Deployment only later).
 
     Once it has served, pods that stop being ready mean its readiness fails (PostgreSQL or MinIO
     unreachable): Degraded, and Ready again on its own when they answer (the Deployment's status
@@ -262,12 +268,16 @@ def judge_exchange(deployment: Manifest | None, previous: Condition | None, *, w
             return Check(previous.status, previous.reason, previous.message)
         rollout = workload.judge_rollout(deployment, written=True)
         assert rollout is not None  # written=True always gives a verdict
-    if rollout.ok:
-        return Check(ConditionStatus.TRUE, ConsortiumReason.EXCHANGE_SERVING, f"The exchange serves: {rollout.message}")
     served = previous is not None and previous.reason in (
         ConsortiumReason.EXCHANGE_SERVING,
         ConsortiumReason.EXCHANGE_UNAVAILABLE,
     )
+    if rollout.ok and unready is not None:
+        reason = ConsortiumReason.EXCHANGE_UNAVAILABLE if served else ConsortiumReason.EXCHANGE_STARTING
+        verb = "fails" if served else "does not pass yet"
+        return Check(ConditionStatus.FALSE, reason, f"The exchange {verb} its readiness check: {unready}")
+    if rollout.ok:
+        return Check(ConditionStatus.TRUE, ConsortiumReason.EXCHANGE_SERVING, f"The exchange serves: {rollout.message}")
     if served and (rollout.reason != WorkloadReason.ROLLING_OUT or _pods_unready(deployment)):
         return Check(
             ConditionStatus.FALSE,

@@ -11,11 +11,15 @@ only when something changed):
   index of consortia by member, so no listing) and the one its own
   ``spec.consortium`` names are reconciled;
 - the exchange's Deployment or Service changes (its pods become ready or stop being ready);
+- with ``MEDCLOUD_EXCHANGE_READINESS_URL`` set, a probe timer: the exchange's own ``/readyz`` is
+  asked every ``exchange_probe_seconds``, and a verdict other than ExchangeReady's reconciles
+  (Degraded when PostgreSQL or MinIO is gone, Ready again on its own when they are back);
 - a resync timer, as a safety net.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import kopf
@@ -24,13 +28,21 @@ from pydantic import ValidationError
 from urllib3.exceptions import HTTPError
 
 from medcloud.kube.client import CONSORTIUM, DEPLOYMENT, HOSPITAL, NAMESPACE, ROLE, ROLE_BINDING, SERVICE, Manifest
-from medcloud.models import GROUP, VERSION, ConditionStatus, ConsortiumCondition, ConsortiumSpec, ConsortiumStatus
+from medcloud.models import (
+    GROUP,
+    VERSION,
+    ConditionStatus,
+    ConsortiumCondition,
+    ConsortiumReason,
+    ConsortiumSpec,
+    ConsortiumStatus,
+)
 from medcloud.models.common import hospital_namespace
 from medcloud.models.conditions import Reason, now_utc
 from medcloud.models.consortium import ConsortiumExchangeStatus
 from medcloud.tenancy import labels
 from medcloud.tenancy.store import hospital_of_namespace
-from medcloud_operator import events, exchangeserver, metrics
+from medcloud_operator import events, exchangeprobe, exchangeserver, metrics
 from medcloud_operator.apply import apply
 from medcloud_operator.builders import exchange as exchange_rbac
 from medcloud_operator.builders.exchange import build_exchange_rbac
@@ -48,6 +60,7 @@ from medcloud_operator.handlers.common import (
 from medcloud_operator.membership import next_status
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.status import parse_status, write_status
+from medcloud_operator.workqueue import Priority
 
 KIND = CONSORTIUM.kind
 PLURAL = CONSORTIUM.plural
@@ -142,6 +155,22 @@ def consortium_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any
     reconcile(get_context(memo), name, logger)
 
 
+# The verdicts the probe can change: an exchange that runs (its pods ready) and serves, or does not.
+PROBED = (ConsortiumReason.EXCHANGE_SERVING, ConsortiumReason.EXCHANGE_UNAVAILABLE, ConsortiumReason.EXCHANGE_STARTING)
+
+
+def probe_exchange(ctx: OperatorContext, name: str, status: Manifest | None, logger: Logger) -> None:
+    """Ask the exchange whether it serves; reconcile only when the answer differs from ExchangeReady."""
+    current = parse_status(ConsortiumStatus, status).condition(ConsortiumCondition.EXCHANGE_READY)
+    if current is None or current.reason not in PROBED:
+        return
+    unready = exchangeprobe.unready_because(ctx.settings, name)
+    if (unready is None) == (current.status is ConditionStatus.TRUE):
+        return
+    logger.info("Consortium %s: the exchange's readiness changed (%s)", name, unready or "it serves")
+    reconcile(ctx, name, logger)
+
+
 def consortium_deleted(type: str | None, name: str, **_: Any) -> None:
     if type == "DELETED":
         metrics.PHASES.forget(KIND, name)
@@ -193,3 +222,19 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         owner_of=lambda child: (child["metadata"].get("labels") or {}).get(labels.CONSORTIUM),
         reconcile=lambda ctx, _memo, owner, _namespace, logger: reconcile(ctx, owner, logger),
     )
+    if settings.exchange_readiness_url:
+
+        async def on_probe(name: str, status: kopf.Status, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+            ctx = get_context(memo)
+            work = functools.partial(probe_exchange, ctx, name, dict(status), logger)
+            await ctx.queue.run(KIND.lower(), Priority.REFRESH, work)
+
+        kopf.timer(
+            GROUP,
+            VERSION,
+            PLURAL,
+            id="consortium_exchange_probe",
+            interval=settings.exchange_probe_seconds,
+            initial_delay=settings.exchange_probe_seconds,
+            registry=registry,
+        )(on_probe)

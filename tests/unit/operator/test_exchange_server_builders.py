@@ -124,6 +124,25 @@ def test_exchange_ready_starting_serving_unavailable_and_back() -> None:
     assert with_exchange(status, ExchangeOutcome(healed), 1, NOW).phase is Phase.READY
 
 
+def test_what_the_exchange_answers_overrides_pods_that_report_ready() -> None:
+    """KWOK (or a late kubelet) reports the pods ready; the exchange's own /readyz says otherwise."""
+    down = "http://x/readyz answers 503: PostgreSQL (the index) does not answer"
+    never = build.judge_exchange(deployment(), None, unready=down)
+    assert (never.status, never.reason) == (ConditionStatus.FALSE, ConsortiumReason.EXCHANGE_STARTING)
+    status = ConsortiumStatus(phase=Phase.READY)
+    served = with_exchange(status, ExchangeOutcome(build.judge_exchange(deployment(), None)), 1, NOW)
+    lost = build.judge_exchange(deployment(), served.condition("ExchangeReady"), unready=down)
+    assert (lost.status, lost.reason) == (ConditionStatus.FALSE, ConsortiumReason.EXCHANGE_UNAVAILABLE)
+    assert "PostgreSQL (the index) does not answer" in lost.message
+    degraded = with_exchange(status, ExchangeOutcome(lost), 1, NOW)
+    assert degraded.phase is Phase.DEGRADED
+    # Still down: still Unavailable (not Starting); answering again: Serving.
+    still = build.judge_exchange(deployment(), degraded.condition("ExchangeReady"), unready=down)
+    assert still.reason == ConsortiumReason.EXCHANGE_UNAVAILABLE
+    healed = build.judge_exchange(deployment(), degraded.condition("ExchangeReady"), unready=None)
+    assert healed.reason == ConsortiumReason.EXCHANGE_SERVING
+
+
 def test_a_foreign_change_not_yet_seen_by_the_controller_keeps_the_verdict() -> None:
     serving = ConsortiumStatus(phase=Phase.READY)
     serving = with_exchange(serving, ExchangeOutcome(build.judge_exchange(deployment(), None)), 1, NOW)

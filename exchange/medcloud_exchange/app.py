@@ -389,6 +389,11 @@ def create_app(settings: ExchangeSettings | None = None, exchange: Exchange | No
         Binary, optionally the Patient), stored whole or not at all; answers the transaction-response Bundle."""
         return FhirResponse(exchange.provide(ctx, body))
 
+    @app.get("/fhir/List/{id}", response_class=FhirResponse, responses=fhir_errors, tags=["MHD"])
+    def read_submission_set(ctx: Reader, id: ResourceId) -> FhirResponse:
+        """An ITI-65 SubmissionSet (ITI-66 read), listing only the documents the caller may see."""
+        return FhirResponse(exchange.read_submission_set(ctx, _id(id, "List")))
+
     @app.get("/fhir/Patient", response_class=FhirResponse, responses=fhir_errors, tags=["Patient"])
     def find_patients(
         request: Request,

@@ -59,6 +59,7 @@ _TRANSACTIONS = {
     "ITI-68": "Retrieve Document",
     "ITI-105": "Simplified Publish",
     "ITI-65": "Provide Document Bundle",
+    "ITI-66": "Find Document Lists",
     "ITI-78": "Mobile Patient Demographics Query",
 }
 

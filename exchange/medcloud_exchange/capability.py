@@ -53,6 +53,7 @@ def capability_statement(consortium: str, date: str) -> dict[str, Any]:
                         ],
                     },
                     {"type": "Binary", "interaction": [{"code": "read"}]},
+                    {"type": "List", "interaction": [{"code": "read"}], "documentation": "ITI-65 SubmissionSets"},
                     {
                         "type": "Patient",
                         "interaction": [{"code": "read"}, {"code": "search-type"}],

@@ -253,3 +253,17 @@ def insert_submission_set(
         "INSERT INTO submission_set (id, patient_id, publisher, documents) VALUES (%s, %s, %s, %s)",
         (set_id, patient, publisher, list(documents)),
     )
+
+
+def submission_set(conn: Conn, set_id: uuid.UUID) -> tuple[uuid.UUID, str, list[uuid.UUID]] | None:
+    """(patient, publisher, documents) of a SubmissionSet."""
+    row = conn.execute(
+        "SELECT patient_id, publisher, documents FROM submission_set WHERE id = %s", (set_id,)
+    ).fetchone()
+    return (row[0], str(row[1]), list(row[2])) if row else None
+
+
+def documents(conn: Conn, ids: Sequence[uuid.UUID]) -> list[DocumentRow]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(f"SELECT {_DOC_COLUMNS} FROM document WHERE id = ANY(%s)", (list(ids),)).fetchall()  # noqa: S608
+    return [DocumentRow(**r) for r in rows]

@@ -473,6 +473,45 @@ class Exchange:
         self._audit_read(ctx, row, "ITI-67")
         return resource
 
+    def read_submission_set(self, ctx: Context, set_id: uuid.UUID) -> dict[str, Any]:
+        """An ITI-65 SubmissionSet, listing only the documents the decision lets this reader see."""
+        with self.db.connection() as conn:
+            found = index.submission_set(conn, set_id)
+            rows = index.documents(conn, found[2]) if found else []
+            consents = index.consents_of(conn, found[0]) if found else []
+        if found is None:
+            raise self._unknown(ctx, "ITI-66", f"List/{set_id}")
+        patient, publisher, _ = found
+        decision = self.decide(ctx, patient, consents)
+        visible = {row.id for row in rows if (row.publisher, row.category) in decision.permitted}
+        if not visible:
+            shareable = any((row.publisher, row.category) in decision.shareable for row in rows)
+            self._audit(
+                Interaction.READ,
+                "ITI-66",
+                ctx,
+                ok=False,
+                description=decision.reason if shareable else "not shared with this member",
+                patient=patient,
+                objects=[f"List/{set_id}"],
+            )
+            if shareable:
+                raise forbidden(f"consent refuses: {decision.reason}")
+            raise not_found(f"List/{set_id} is not known")
+        stored = self.stores.client(publisher).get_json(submission_set_name(set_id))
+        shown = {f"DocumentReference/{document}" for document in visible}
+        stored["entry"] = [e for e in stored.get("entry") or [] if e["item"]["reference"] in shown]
+        self._audit(
+            Interaction.READ,
+            "ITI-66",
+            ctx,
+            ok=True,
+            description=f"SubmissionSet of {publisher}, {len(visible)} of {len(rows)} documents visible",
+            patient=patient,
+            objects=[f"List/{set_id}"],
+        )
+        return dict(stored)
+
     # ------------------------------------------------------------------ consents
 
     def create_consent(self, ctx: Context, body: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.documentreference import DocumentReference
+from fhir.resources.R4B.list import List as FhirList
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.patient import Patient
 from kubernetes import client
@@ -397,6 +398,13 @@ def test_county_provides_a_document_bundle_city_finds_it_and_sees_the_patient_un
     assert own.json()["id"] == patient.split("/")[1]
     assert own.json()["name"][0]["family"] == family
     assert {(i["system"], i["value"]) for i in own.json()["identifier"]} == {resident, insurance}
+    submission_set = exchange.http.get(f"/fhir/{by_kind['List']['location']}", headers=county.headers())
+    assert submission_set.status_code == 200, submission_set.text
+    FhirList.model_validate(submission_set.json())
+    assert submission_set.json()["entry"] == [{"item": {"reference": f"DocumentReference/{document_id}"}}]
+    assert submission_set.json()["subject"] == {"reference": patient}
+    refused_set = exchange.http.get(f"/fhir/{by_kind['List']['location']}", headers=city.headers())
+    assert refused_set.status_code == 403, "the city has no consent yet"
 
     # The city without consent resolves the identifier it knows to the patient, and sees nothing else.
     token = f"{insurance[0]}|{insurance[1]}"
@@ -416,6 +424,9 @@ def test_county_provides_a_document_bundle_city_finds_it_and_sees_the_patient_un
     assert seen["entry"][0]["resource"]["name"][0]["family"] == family
     assert valid_bundle(search(exchange, city, resident))["total"] == 1
     assert exchange.http.get(f"/fhir/Binary/{document_id}", headers=city.headers()).content == b"Bundle summary"
+    shared_set = exchange.http.get(f"/fhir/{by_kind['List']['location']}", headers=city.headers())
+    assert shared_set.status_code == 200, shared_set.text
+    assert len(shared_set.json()["entry"]) == 1
 
     # A second Bundle about the same patient links to it (200 OK), and the disclosure lists the ITI-65 writes
     # and the ITI-78 queries.
@@ -425,7 +436,7 @@ def test_county_provides_a_document_bundle_city_finds_it_and_sees_the_patient_un
     assert patient_entry["response"] == {"status": "200 OK", "location": patient}
     events = disclosure(exchange, county, patient)
     transactions = {c["code"] for e in events for c in e.get("subtype", []) if c["code"].startswith("ITI-")}
-    assert {"ITI-65", "ITI-78", "ITI-67", "ITI-68"} <= transactions
+    assert {"ITI-65", "ITI-66", "ITI-78", "ITI-67", "ITI-68"} <= transactions
     assert valid_bundle(search(exchange, county, resident))["total"] == 2
 
     # Unknown patients and unsupported parameters are clean refusals.

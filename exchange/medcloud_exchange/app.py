@@ -32,7 +32,7 @@ from medcloud_exchange.capability import capability_statement
 from medcloud_exchange.cluster import Cluster, hospital_of, namespace_of, new_api_client
 from medcloud_exchange.database import Database
 from medcloud_exchange.decision import CATEGORIES, Purpose
-from medcloud_exchange.metrics import REQUESTS
+from medcloud_exchange.metrics import REQUESTS, exchange_registry
 from medcloud_exchange.outcomes import (
     FHIR_JSON,
     FhirError,
@@ -272,6 +272,7 @@ def create_app(settings: ExchangeSettings | None = None, exchange: Exchange | No
         )
         exchange = Exchange(settings, database, cluster, PublisherStores(cluster, settings), audit)
     retry = str(settings.retry_after_seconds)
+    own_series = exchange_registry(settings.consortium, exchange.db.reachable)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -360,7 +361,7 @@ def create_app(settings: ExchangeSettings | None = None, exchange: Exchange | No
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest() + generate_latest(own_series), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/fhir/metadata", response_class=FhirResponse, tags=["conformance"])
     def metadata() -> FhirResponse:

@@ -17,6 +17,12 @@ from psycopg_pool import ConnectionPool
 from medcloud_exchange.migrations import migrate
 
 
+# A 201 promises the document is indexed: the commit must be on disk (in the WAL) before the answer, whatever
+# the server's default. A server run with synchronous_commit=off (a development server, or a tuned one) would
+# otherwise lose the last acknowledged publishes in a crash while their payloads stay in MinIO (docs/drills.md).
+DURABLE_COMMIT = "-c synchronous_commit=on"
+
+
 class Database:
     def __init__(self, url: str, timeout: float, max_size: int = 8) -> None:
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
@@ -27,7 +33,7 @@ class Database:
             open=False,
             # A connection broken by a database restart is replaced, not handed out.
             check=ConnectionPool.check_connection,
-            kwargs={"connect_timeout": max(1, int(timeout))},
+            kwargs={"connect_timeout": max(1, int(timeout)), "options": DURABLE_COMMIT},
             reconnect_timeout=0,
         )
         self._migrated = False
@@ -49,6 +55,15 @@ class Database:
                         migrate(conn)
                         self._migrated = True
             yield conn
+
+    def reachable(self, timeout: float) -> bool:
+        """Whether a connection answers within ``timeout`` seconds: the exchange's readiness for its metrics."""
+        try:
+            with self._pool.connection(timeout=timeout) as conn:
+                conn.execute("SELECT 1")
+        except (psycopg.Error, OSError):
+            return False
+        return True
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:

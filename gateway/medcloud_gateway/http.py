@@ -30,6 +30,8 @@ Readiness = Callable[[], list[str]]
 """What is not ready yet (empty: ready)."""
 
 _STATUS = {Result.STORED: 201, Result.REJECTED: 422, Result.FAILED: 503}
+RETRY_AFTER_SECONDS = 5
+"""What a 503 tells a device to wait: storage and the key service come back on their own (docs/drills.md)."""
 
 
 def _health_router(ingestor: Ingestor, readiness: Readiness) -> APIRouter:
@@ -74,7 +76,7 @@ def _readings_router(ingestor: Ingestor) -> APIRouter:
                 "description": "Not a reading this gateway takes, or a batch with one: `error` says why, `errors` "
                 "names each bad reading's index. Nothing was stored."
             },
-            503: {"description": "Good readings that could not be stored now; send them again later."},
+            503: {"description": "Good readings that could not be stored now; send them again after `Retry-After`."},
         },
     )
     async def post_reading(request: Request, content_length: Annotated[int | None, Header()] = None) -> JSONResponse:
@@ -101,7 +103,9 @@ def _readings_router(ingestor: Ingestor) -> APIRouter:
         outcome = await asyncio.to_thread(ingestor.ingest_payload, DeviceProtocol.HTTPS, payload, device_id=device)
         batch = isinstance(payload, list) or (isinstance(payload, dict) and payload.get("resourceType") == "Bundle")
         answer = outcome.as_batch_json() if batch else outcome.as_json()
-        return JSONResponse(answer, status_code=_STATUS[outcome.result])
+        # Good readings not stored now: the device is told it may send them again, and when (RFC 9110 Retry-After).
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if outcome.result is Result.FAILED else None
+        return JSONResponse(answer, status_code=_STATUS[outcome.result], headers=retry)
 
     return router
 

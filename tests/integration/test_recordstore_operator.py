@@ -42,6 +42,7 @@ from medcloud.records.client import RecordClient
 from medcloud.records.keyclient import HttpKeyProvider, KeyAccessDeniedError
 from medcloud.records.keys import KeyRing, KeyShreddedError, KeyUnwrapError
 from medcloud.tenancy.store import StoreNames
+from medcloud_cli.commands.record_errors import EXIT_RETRYABLE
 from medcloud_cli.commands.records import StoreAccess, direct_key_provider, open_client, store_access
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, MinioInfo
 from medcloud_cli.localcluster.process import ServerProcess, free_port
@@ -1008,9 +1009,9 @@ def test_records_cli_puts_lists_and_gets_with_either_key_source(
     assert not (tmp_path / "x").exists()
 
 
-def _one_line_error(result: Any) -> str:
-    """A failed CLI run: exit 1, and one line of error, no traceback."""
-    assert result.exit_code == 1, result.output
+def _one_line_error(result: Any, exit_code: int = 1) -> str:
+    """A failed CLI run: exit 1 (or ``exit_code``), and one line of error, no traceback."""
+    assert result.exit_code == exit_code, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
@@ -1043,8 +1044,9 @@ def test_records_cli_failures_are_one_clear_line_and_a_nonzero_exit(
     storage.stop()
     try:
         down = runner.invoke(medcloud_cli, ["records", "put", name, "visits/1", str(source), *admin])
-        assert "cannot reach the store" in _one_line_error(down)
+        # MinIO down: worth retrying, so EX_TEMPFAIL rather than 1.
+        assert "cannot reach the store" in _one_line_error(down, EXIT_RETRYABLE)
         listing = runner.invoke(medcloud_cli, ["records", "ls", name, *admin[:4]])
-        assert "cannot reach the store" in _one_line_error(listing)
+        assert "cannot reach the store" in _one_line_error(listing, EXIT_RETRYABLE)
     finally:
         storage.start()

@@ -43,7 +43,7 @@ from medcloud.tenancy import keyring
 from medcloud.tenancy.credentials import ACCESS_KEY_FIELD, KEY_SERVICE_URL_FIELD, SECRET_KEY_FIELD, Endpoint, decoded
 from medcloud.tenancy.store import StoreNames
 from medcloud_cli import environment as env
-from medcloud_cli.commands.record_errors import RecordsCommandError, explain
+from medcloud_cli.commands.record_errors import EXIT_RETRYABLE, RecordsCommandError, explain, retryable
 
 app = typer.Typer(
     help=(
@@ -215,7 +215,7 @@ def _run(kubeconfig: Path | None, namespace: str, store: str, source: KeySource)
 
 @contextlib.contextmanager
 def _reported(namespace: str, store: str, record: str | None = None) -> Iterator[None]:
-    """Print what went wrong as one ``error:`` line and exit 1; only a bug shows a traceback."""
+    """Print what went wrong as one ``error:`` line and exit 1 (75 if worth retrying); only a bug shows a traceback."""
     try:
         yield
     except Exception as exc:
@@ -223,7 +223,7 @@ def _reported(namespace: str, store: str, record: str | None = None) -> Iterator
         if message is None:
             raise
         typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=EXIT_RETRYABLE if retryable(exc) else 1) from None
 
 
 # --------------------------------------------------------------------------- commands

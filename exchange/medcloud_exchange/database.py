@@ -16,7 +16,6 @@ from psycopg_pool import ConnectionPool
 
 from medcloud_exchange.migrations import migrate
 
-
 # A 201 promises the document is indexed: the commit must be on disk (in the WAL) before the answer, whatever
 # the server's default. A server run with synchronous_commit=off (a development server, or a tuned one) would
 # otherwise lose the last acknowledged publishes in a crash while their payloads stay in MinIO (docs/drills.md).

@@ -196,10 +196,24 @@ def test_default_values_render_operator_api_key_service_and_rbac_and_no_monitori
     assert container(one(docs, "Deployment", "medcloud-keyservice"))["command"] == ["medcloud", "keyservice"]
 
 
+def build_exchange_service(consortium: str) -> dict[str, Any]:
+    """The Service the operator makes for a Consortium's exchange in the release namespace."""
+    from medcloud_operator.builders.exchangeserver import ExchangeNames, build_service
+
+    body = {"apiVersion": "medcloud.io/v1alpha1", "kind": "Consortium", "metadata": {"name": consortium, "uid": "u"}}
+    return build_service(body, ExchangeNames.of(consortium, "medcloud-system"))
+
+
 def test_monitoring_enabled_renders_service_monitors_rule_and_dashboard() -> None:
     docs = render(MONITORING_ON)
     monitors = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceMonitor"}
-    assert set(monitors) == {"medcloud-operator-metrics", "medcloud-api"}
+    assert set(monitors) == {"medcloud-operator-metrics", "medcloud-api", "medcloud-keyservice", "medcloud-exchanges"}
+    # The exchanges' Services are the operator's, one per Consortium: the monitor selects them by the operator's labels.
+    exchanges = monitors.pop("medcloud-exchanges")
+    exchange_service = build_exchange_service("riverton")
+    assert exchanges["spec"]["selector"]["matchLabels"].items() <= exchange_service["metadata"]["labels"].items()
+    assert exchanges["spec"]["namespaceSelector"] == {"matchNames": ["medcloud-system"]}
+    assert exchanges["spec"]["endpoints"][0]["port"] in {p["name"] for p in exchange_service["spec"]["ports"]}
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
     for name, monitor in monitors.items():
         # Labels, interval and extra endpoint properties are passed through.
@@ -226,6 +240,8 @@ def test_monitoring_enabled_renders_service_monitors_rule_and_dashboard() -> Non
         "MedcloudAPIDown",
         "MedcloudAPIErrorRateHigh",
         "MedcloudAPILatencyHigh",
+        "MedcloudKeyServiceDown",
+        "MedcloudExchangeDatabaseUnavailable",
     }
     for alert in alerts:
         assert alert["labels"]["severity"] in {"warning", "critical"}

@@ -396,16 +396,16 @@ def test_minio_down_while_the_gateway_takes_readings_and_an_app_writes_loses_and
         # The alert's `for` is cut to seconds: it fires within the outage (the drill waits for it if not yet).
         wait_alert(prometheus_url, "MedcloudRecordStoreDegraded", "firing")
         wait_alert(prometheus_url, "MedcloudRecordStorageUnavailable", "firing")
-        held = sent - metrics.value(DeviceProtocol.MQTT, Result.STORED)
-        failed_attempts = metrics.value(DeviceProtocol.MQTT, Result.FAILED)
+        held = sent - int(metrics.value(DeviceProtocol.MQTT, Result.STORED))
+        failed_attempts = int(metrics.value(DeviceProtocol.MQTT, Result.FAILED))
         outage = watch() - down_at
         storage.start()
         up_at = watch()
 
-        wait_for(lambda: metrics.value(DeviceProtocol.MQTT, Result.STORED) >= sent, "every reading stored", timeout=600)
-        drained_after = watch() - up_at
         wait_ready(cluster, namespace, store, timeout=120)
         ready_after = watch() - up_at
+        wait_for(lambda: metrics.value(DeviceProtocol.MQTT, Result.STORED) >= sent, "every reading stored", timeout=600)
+        drained_after = watch() - up_at
     wait_alert(prometheus_url, "MedcloudRecordStoreDegraded", None)
     cleared_after = watch() - up_at
 
@@ -427,7 +427,7 @@ def test_minio_down_while_the_gateway_takes_readings_and_an_app_writes_loses_and
         f"{held} held at restart, {failed_attempts} store attempts failed), {len(app.acknowledged)} app records "
         f"({app.refused} refused writes retried: {', '.join(sorted(app.errors))}); "
         f"Degraded after {degraded_after:.1f} s; "
-        f"after restart: backlog stored in {drained_after:.1f} s, Ready in {ready_after:.1f} s, alert cleared in "
+        f"after restart: Ready in {ready_after:.1f} s, backlog stored in {drained_after:.1f} s, alert cleared in "
         f"{cleared_after:.1f} s; 0 lost, 0 doubled"
     )
 
@@ -500,7 +500,7 @@ def test_the_key_service_down_gives_writers_retryable_errors_and_they_resume_unr
         # Nothing half-written: no object, no version, no delete marker.
         assert every_object(storage, records.bucket) == []
         failed = {
-            protocol.value: metrics.value(protocol, Result.FAILED)
+            protocol.value: int(metrics.value(protocol, Result.FAILED))
             for protocol in (DeviceProtocol.MQTT, DeviceProtocol.HTTPS)
         }
 

@@ -662,6 +662,10 @@ def test_postgres_restarted_mid_publish_leaves_every_publish_complete_or_refused
         assert refused_while_down > 0, "no publish met the restart: not a drill"
         with psycopg.connect(settings.database_url.get_secret_value()) as conn:
             rows = {str(r[0]) for r in conn.execute("SELECT id FROM document WHERE publisher = %s", (county,))}
+            # The demographics each publish sent along (a fresh patient each time, so one record each).
+            demographics = {
+                str(r[0]) for r in conn.execute("SELECT record FROM patient_record WHERE publisher = %s", (county,))
+            }
         assert rows == set(results.created), (
             f"index rows without a 201: {sorted(rows - set(results.created))[:3]}; "
             f"201s without a row: {sorted(set(results.created) - rows)[:3]}"
@@ -671,6 +675,8 @@ def test_postgres_restarted_mid_publish_leaves_every_publish_complete_or_refused
         for obj in storage.root().list_objects(bucket, prefix="exchange/", recursive=True):
             visible.add(str(obj.object_name))
         expected = {name for row in rows for name in (content_name(uuid.UUID(row)), metadata_name(uuid.UUID(row)))}
+        assert len(demographics) == len(rows), "a publish's demographics are missing from the index, or stray"
+        expected |= demographics
         assert visible == expected, (
             f"payloads without an index row: {sorted(visible - expected)[:3]}; "
             f"index rows without a payload: {sorted(expected - visible)[:3]}"
@@ -680,5 +686,5 @@ def test_postgres_restarted_mid_publish_leaves_every_publish_complete_or_refused
         f"({before} before the stop), {results.refused} refused 503 OperationOutcome, 0 other answers; "
         f"MedcloudExchangeDatabaseUnavailable firing {fired_after:.1f} s after the stop; publishing again "
         f"{resumed_after:.1f} s after the start, alert cleared in {cleared_after:.1f} s; "
-        f"0 half-written (index rows = 201s; visible payloads = 2 per row)"
+        f"0 half-written (index rows = 201s; visible objects = content, metadata and demographics of each)"
     )

@@ -72,6 +72,7 @@ from tests.exchange_harness import admitted_callers, consortium_members, granted
 from tests.exchange_harness import exchange_settings as harness_settings
 from tests.exchange_support import RESIDENT_ID, contained_patient, document
 from tests.integration import test_gateway as gateway_base
+from tests.integration import test_recordstore_operator as recordstores
 from tests.integration.test_drills import drill_rules
 from tests.integration.test_recordstore_operator import (
     AUDIENCE,
@@ -89,8 +90,6 @@ from tests.operator_support import (
     RunningOperator,
     condition,
     hospital_spec,
-    run_operator,
-    storage_env,
 )
 from tests.support import wait_for
 
@@ -102,6 +101,11 @@ READINGS_PER_SECOND = 10.0
 APP_WRITES_PER_SECOND = 5.0
 device = gateway_base.device
 serving_ca = gateway_base.serving_ca
+# This module's MinIO (stopped by drill 1), the operator on it, and the tenants: as the RecordStore tests have them.
+cluster = recordstores.cluster
+storage = recordstores.storage
+operator = recordstores.operator
+tenants = recordstores.tenants
 
 
 # --------------------------------------------------------------------------- servers this module stops and starts
@@ -135,44 +139,6 @@ class ThreadServer:
         self._server.should_exit = True
         self._thread.join(timeout=30)
         assert not self._thread.is_alive(), f"the server on {self.url} did not stop"
-
-
-@pytest.fixture(scope="module")
-def cluster(k8s_api_client: Any, crds: None) -> Cluster:
-    return Cluster(k8s_api_client)
-
-
-@pytest.fixture(scope="module")
-def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateMinio]:
-    servers = LocalCluster(
-        tmp_path_factory.mktemp("drill-minio"), ClusterOptions(with_kubernetes=False, with_broker=False)
-    )
-    state = servers.start()
-    assert state.minio is not None
-    try:
-        yield PrivateMinio(servers, state.minio)
-    finally:
-        servers.stop()
-
-
-@pytest.fixture(scope="module")
-def operator(store_operator_kubeconfig: Path, storage: PrivateMinio) -> Iterator[RunningOperator]:
-    env = {
-        **storage_env(storage.info),
-        "MEDCLOUD_RECORDSTORE_RETRY_MAX_SECONDS": "2",
-        "MEDCLOUD_RECORDSTORE_REFRESH_SECONDS": "2",
-    }
-    with run_operator(store_operator_kubeconfig, env) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def tenants(cluster: Cluster, operator: RunningOperator) -> Iterator[Tenants]:
-    made = Tenants(cluster)
-    try:
-        yield made
-    finally:
-        made.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +226,17 @@ def store_writer(cluster: Cluster, key_service: KeyService, namespace: str, stor
     # current_ttl: the writer asks for the current key version every time (a cached version hides the outage).
     keys = HttpKeyProvider(key_service.url, namespace, store, token=token, timeout=5, current_ttl=0)
     return open_client(access, keys)
+
+
+def drill_gateway(
+    records: RecordClient, storage: PrivateMinio, broker: BrokerInfo, serving_ca: CertificateAuthority
+) -> Gateway:
+    """A gateway storing into ``records`` (the store's credentials, keys from the key service), on the broker."""
+    serving = serving_ca.issue("gateway", "gateway", server_names=("127.0.0.1",), client=False)
+    settings = gateway_base.gateway_settings(
+        records, storage.url, storage.info.access_key, storage.info.secret_key, broker, serving
+    )
+    return Gateway(settings, Ingestor(records, GatewayMetrics()))
 
 
 def store_phase(cluster: Cluster, namespace: str, store: str) -> tuple[str | None, str | None]:
@@ -365,14 +342,11 @@ def test_minio_down_while_the_gateway_takes_readings_and_an_app_writes_loses_and
     app = AppWriter(store_writer(cluster, key_service, namespace, store, "emr"), "app")
     wait_alert(prometheus_url, "MedcloudRecordStoreDegraded", None)
 
-    serving = serving_ca.issue("gateway", "gateway", server_names=("127.0.0.1",), client=False)
-    settings = gateway_base.gateway_settings(
-        gateway_records, storage.url, storage.info.access_key, storage.info.secret_key, mqtt_broker, serving
-    )
-    metrics = GatewayMetrics()
+    gateway = drill_gateway(gateway_records, storage, mqtt_broker, serving_ca)
+    metrics = gateway.ingestor.metrics
     watch = Stopwatch()
     with (
-        gateway_base.running(Gateway(settings, Ingestor(gateway_records, metrics)), serving_ca.paths.cert),
+        gateway_base.running(gateway, serving_ca.paths.cert),
         app.running(),
     ):
         for n in range(READINGS_BEFORE):
@@ -470,15 +444,12 @@ def test_the_key_service_down_gives_writers_retryable_errors_and_they_resume_unr
     runner = CliRunner()
     wait_alert(prometheus_url, "MedcloudKeyServiceDown", None)
 
-    serving = serving_ca.issue("gateway", "gateway", server_names=("127.0.0.1",), client=False)
-    settings = gateway_base.gateway_settings(
-        gateway_records, storage.url, storage.info.access_key, storage.info.secret_key, mqtt_broker, serving
-    )
-    metrics = GatewayMetrics()
+    gateway = drill_gateway(gateway_records, storage, mqtt_broker, serving_ca)
+    metrics = gateway.ingestor.metrics
     watch = Stopwatch()
     with (
-        gateway_base.running(Gateway(settings, Ingestor(gateway_records, metrics)), serving_ca.paths.cert) as gateway,
-        gateway.https() as https,
+        gateway_base.running(gateway, serving_ca.paths.cert) as running,
+        running.https() as https,
     ):
         keys_server.stop()
         down_at = watch()

@@ -1,6 +1,7 @@
 """How the exchange's integration tests stand up a Consortium and its exchange: members provisioned by
 the operator, the key service and the exchange in threads as their own identities, and the hospitals'
-systems admitted. One copy, used by tests/integration/test_exchange.py and test_workflows.py.
+systems admitted. One copy, used by tests/integration/test_exchange.py, and through the ``alliance``
+fixtures of tests/integration/conftest.py by test_workflows.py, test_catalog_apps.py and test_bulk_export.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import httpx
 import psycopg
 import uvicorn
+import yaml
 from kubernetes import config
 from kubernetes.client.exceptions import ApiException
 from minio import Minio
@@ -31,7 +34,7 @@ from medcloud_exchange.settings import ExchangeSettings
 from medcloud_keyservice.app import create_app as create_key_service
 from medcloud_keyservice.settings import KeyServiceSettings
 from tests.exchange_support import CLIENT_ROLE, Caller
-from tests.operator_support import OPERATOR_NAMESPACE, REPO, ClusterAdmin, is_ready, storage_env
+from tests.operator_support import OPERATOR_NAMESPACE, REPO, ClusterAdmin, institution_code, is_ready, storage_env
 from tests.support import wait_for
 
 Json = dict[str, Any]
@@ -39,6 +42,77 @@ SA_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{OPERATOR_NAMESP
 KEYSERVICE_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:medcloud-keyservice"
 KEYS_AUDIENCE = "medcloud-keyservice"
 EXCHANGE_AUDIENCE = "medcloud-exchange"
+EXAMPLES = REPO / "examples"
+EXAMPLE_CONSORTIUM = "riverton-medical-alliance"
+
+
+def example_spec(kind: str, name: str) -> Json:
+    """The spec of ``kind``/``name`` as examples/ writes it."""
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == kind and doc["metadata"]["name"] == name:
+                spec: Json = doc["spec"]
+                return spec
+    raise LookupError(f"no {kind} {name} in examples/")
+
+
+@dataclass(frozen=True)
+class ExampleAlliance:
+    """The example Consortium and its members (examples/), renamed with a suffix of one test module's own so
+    the module's Hospitals, namespaces, database and audit bucket leave every other module's alone.
+
+    A module names its ``ALLIANCE = ExampleAlliance("<label>")``; the fixtures of tests/integration/conftest.py
+    (``members``, ``database``, ``exchange``, ``callers``) stand it up."""
+
+    label: str
+    """Short, lower-case letters: part of the Consortium's and the database's names."""
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:5])
+
+    @property
+    def consortium(self) -> str:
+        return f"riverton-{self.label}-{self.suffix}"
+
+    @property
+    def database(self) -> str:
+        return f"{self.label}_{self.suffix}"
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Each example member's name -> this module's."""
+        members: list[str] = example_spec("Consortium", EXAMPLE_CONSORTIUM)["members"]
+        return {example: f"{example}-{self.suffix}" for example in members}
+
+    def __getitem__(self, example: str) -> str:
+        return self.names[example]
+
+    def renamed(self, value: Any) -> Any:
+        """``value`` with every example member's name replaced by this module's."""
+        if isinstance(value, str):
+            return self.names.get(value, value)
+        if isinstance(value, list):
+            return [self.renamed(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.renamed(v) for k, v in value.items()}
+        return value
+
+    def spec(self, kind: str, name: str) -> Json:
+        """The spec of ``kind``/``name`` in examples/, members renamed."""
+        spec: Json = self.renamed(example_spec(kind, name))
+        return spec
+
+    def consortium_spec(self) -> Json:
+        return self.spec("Consortium", EXAMPLE_CONSORTIUM)
+
+    def hospitals(self) -> dict[str, Json]:
+        """Each member's Hospital spec: its tier and accreditation as in examples/, a code of its own, no quota
+        (the shared test cluster's nodes are small)."""
+        out = {}
+        for example, name in self.names.items():
+            hospital = {**self.spec("Hospital", example), "consortium": self.consortium}
+            hospital["institutionCode"] = institution_code(name)
+            hospital.pop("quota", None)
+            out[name] = hospital
+        return out
 
 
 def exchange_operator_env(minio_server: MinioInfo, **extra: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -23,6 +24,22 @@ from minio import Minio
 
 from medcloud.kube.crds import install_crds
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
+from medcloud_cli.localcluster.exchange import make_audit_bucket
+from medcloud_cli.localcluster.postgres import PostgresInfo
+from medcloud_exchange.app import create_app as create_exchange
+from tests.exchange_harness import (
+    ExampleAlliance,
+    admitted_callers,
+    consortium_members,
+    exchange_settings,
+    granted_exchange,
+    new_database,
+    serve,
+)
+from tests.exchange_harness import (
+    key_service as running_key_service,
+)
+from tests.exchange_support import Caller
 from tests.operator_replicas import (
     ACTIVE_USER,
     OPERATOR_CLUSTER_ROLE,
@@ -35,11 +52,14 @@ from tests.operator_support import (
     OPERATOR_USER,
     REPO,
     SA_GROUPS,
+    ClusterAdmin,
     RunningOperator,
     raw,
     run_operator,
     storage_env,
 )
+
+Json = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +181,73 @@ def replica_kubeconfigs(local_cluster: Any, peering_cluster: client.ApiClient) -
             rbac.delete_namespaced_role_binding(name, OPERATOR_NAMESPACE)
         with contextlib.suppress(ApiException):
             rbac.delete_cluster_role_binding(name)
+
+
+# --------------------------------------------------------------------------- the example alliance and its exchange
+# One setup for the modules that run the example Consortium's workflows (test_workflows, test_catalog_apps,
+# test_bulk_export): each names its own ``ALLIANCE = ExampleAlliance("<label>")``.
+
+
+@pytest.fixture(scope="module")
+def alliance(request: pytest.FixtureRequest) -> ExampleAlliance:
+    found = getattr(request.module, "ALLIANCE", None)
+    if not isinstance(found, ExampleAlliance):
+        raise TypeError(f"{request.module.__name__} uses the alliance fixtures but names no ALLIANCE")
+    return found
+
+
+@pytest.fixture(scope="module")
+def admin(k8s_api_client: client.ApiClient) -> ClusterAdmin:
+    return ClusterAdmin(k8s_api_client)
+
+
+@pytest.fixture(scope="module")
+def members(alliance: ExampleAlliance, admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str]]:
+    """Every example institution, Ready with a Ready RecordStore ``emr`` each, and their Consortium."""
+    store = {"recordClass": "emr", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
+    spec = alliance.consortium_spec()
+    with consortium_members(admin, alliance.hospitals(), alliance.consortium, spec, "emr", store) as names:
+        yield names
+
+
+@pytest.fixture(scope="module")
+def database(alliance: ExampleAlliance, postgres_server: PostgresInfo) -> str:
+    return new_database(postgres_server, alliance.database)
+
+
+@pytest.fixture(scope="module")
+def exchange_grant(local_cluster: Any, admin: ClusterAdmin, alliance: ExampleAlliance, members: list[str]) -> Json:
+    """What the operator granted the alliance's exchange (docs/exchange.md), once the shipped RBAC is applied."""
+    return granted_exchange(local_cluster, admin, alliance.consortium)
+
+
+@pytest.fixture(scope="module")
+def exchange(
+    local_cluster: Any,
+    admin: ClusterAdmin,
+    alliance: ExampleAlliance,
+    exchange_grant: Json,
+    database: str,
+    minio_server: MinioInfo,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[httpx.Client]:
+    """The alliance's exchange, as its own identity, in a thread, with the key service in another."""
+    with running_key_service(local_cluster) as keys:
+        settings = exchange_settings(
+            local_cluster,
+            admin,
+            alliance.consortium,
+            database=database,
+            audit=make_audit_bucket(minio_server, f"exchange-audit-{alliance.consortium}"),
+            minio_server=minio_server,
+            key_service_url=keys,
+            folder=tmp_path_factory.mktemp(f"exchange-{alliance.label}"),
+        )
+        with serve(create_exchange(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+            yield http
+
+
+@pytest.fixture(scope="module")
+def callers(admin: ClusterAdmin, exchange: httpx.Client, members: list[str]) -> dict[str, Caller]:
+    """Each member's workflow apps' service account, bound to medcloud-exchange-client in its namespace."""
+    return admitted_callers(admin, exchange, members, "workflows")

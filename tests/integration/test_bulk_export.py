@@ -2,21 +2,18 @@
 MinIO, PostgreSQL, operator, key service and exchange: a month of activity through the public APIs, the
 de-identified export, its Parquet in an analytics bucket, an indicator against the exchange's own index.
 
-The four institutions are those of examples/ with a suffix of this module's own (tests/exchange_harness.py).
+The institutions are those of examples/ with a suffix of this module's own (tests/exchange_harness.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-import yaml
 from kubernetes import client
 from minio import Minio
 
@@ -24,9 +21,6 @@ from medcloud_analytics.indicators import MIN_PATIENTS, compute_all
 from medcloud_analytics.ingest import BulkClient, load
 from medcloud_analytics.lake import connect
 from medcloud_cli.localcluster.cluster import MinioInfo
-from medcloud_cli.localcluster.exchange import make_audit_bucket
-from medcloud_cli.localcluster.postgres import PostgresInfo
-from medcloud_exchange.app import create_app
 from tests.bulk_support import (
     COMMISSION_NAMESPACE,
     COMMISSION_ROLE,
@@ -37,107 +31,21 @@ from tests.bulk_support import (
     kick_off,
     lines,
 )
-from tests.exchange_harness import (
-    admitted_callers,
-    consortium_members,
-    exchange_settings,
-    granted_exchange,
-    key_service,
-    new_database,
-    serve,
-    token,
-)
+from tests.exchange_harness import ExampleAlliance, token
 from tests.exchange_support import Caller, outcome_of
 from tests.integration.test_workflows import ago, created, new_patient, post
-from tests.operator_support import REPO, ClusterAdmin, RunningOperator, institution_code
+from tests.operator_support import REPO, ClusterAdmin
 from tests.support import wait_for
 from tests.workflows_data import cbc_report, coverage
 from tests.workflows_requests import service_request
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio]
 
-SUFFIX = uuid.uuid4().hex[:5]
-NAMES = {e: f"{e}-{SUFFIX}" for e in ("city-general", "county-people", "township-maple", "community-eastgate")}
-COUNTY, TOWNSHIP = NAMES["county-people"], NAMES["township-maple"]
-CONSORTIUM = f"riverton-bx-{SUFFIX}"
-STORE = "emr"
+# The example alliance, stood up by the fixtures of tests/integration/conftest.py.
+ALLIANCE = ExampleAlliance("bx")
+SUFFIX = ALLIANCE.suffix
+COUNTY, TOWNSHIP = ALLIANCE["county-people"], ALLIANCE["township-maple"]
 Json = dict[str, Any]
-
-
-def _renamed(value: Any) -> Any:
-    if isinstance(value, str):
-        return NAMES.get(value, value)
-    if isinstance(value, list):
-        return [_renamed(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _renamed(v) for k, v in value.items()}
-    return value
-
-
-def example_spec(kind: str, name: str) -> Json:
-    for path in sorted((REPO / "examples").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") == kind and doc["metadata"]["name"] == name:
-                spec: Json = _renamed(doc["spec"])
-                return spec
-    raise LookupError(f"no {kind} {name} in examples/")
-
-
-@pytest.fixture(scope="module")
-def admin(k8s_api_client: client.ApiClient) -> ClusterAdmin:
-    return ClusterAdmin(k8s_api_client)
-
-
-@pytest.fixture(scope="module")
-def members(admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str]]:
-    hospitals = {}
-    for example, name in NAMES.items():
-        hospitals[name] = {
-            **example_spec("Hospital", example),
-            "consortium": CONSORTIUM,
-            "institutionCode": institution_code(name),
-        }
-        hospitals[name].pop("quota", None)
-    store = {"recordClass": "emr", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
-    spec = example_spec("Consortium", "riverton-medical-alliance")
-    with consortium_members(admin, hospitals, CONSORTIUM, spec, STORE, store) as names:
-        yield names
-
-
-@pytest.fixture(scope="module")
-def database(postgres_server: PostgresInfo) -> str:
-    return new_database(postgres_server, f"bulk_{SUFFIX}")
-
-
-@pytest.fixture(scope="module")
-def exchange(
-    local_cluster: Any,
-    admin: ClusterAdmin,
-    members: list[str],
-    operator: RunningOperator,
-    database: str,
-    minio_server: MinioInfo,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[httpx.Client]:
-    granted_exchange(local_cluster, admin, CONSORTIUM)
-    with key_service(local_cluster) as keys:
-        settings = exchange_settings(
-            local_cluster,
-            admin,
-            CONSORTIUM,
-            database=database,
-            audit=make_audit_bucket(minio_server, f"exchange-audit-{CONSORTIUM}"),
-            minio_server=minio_server,
-            key_service_url=keys,
-            folder=tmp_path_factory.mktemp("bulk"),
-        )
-        with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
-            yield http
-
-
-@pytest.fixture(scope="module")
-def callers(admin: ClusterAdmin, exchange: httpx.Client, members: list[str]) -> dict[str, Caller]:
-    return admitted_callers(admin, exchange, members, "workflows")
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +127,7 @@ def test_the_commission_exports_de_identified_ndjson_and_since_carries_only_chan
     assert by_type == {t: n for t, n in counts.items() if n}
 
     # The referral indicator equals what the exchange's own index says, counted apart from the export.
-    tiers = {NAMES[e]: example_spec("Hospital", e)["tier"] for e in NAMES}
+    tiers = {name: hospital["tier"] for name, hospital in ALLIANCE.hospitals().items()}
     cells = compute_all(connect(lake), tiers)
     up = [c for c in cells["referrals"] if (c["from_tier"], c["to_tier"]) == (tiers[TOWNSHIP], tiers[COUNTY])]
     with psycopg.connect(database) as conn:
@@ -257,7 +165,7 @@ def test_an_export_without_the_role_is_refused_and_audited(
     assert refused.status_code == 403, refused.text
     assert "consortia/export" in outcome_of(refused)
     root = Minio(minio_server.endpoint, minio_server.access_key, minio_server.secret_key, secure=False)
-    bucket = f"exchange-audit-{CONSORTIUM}"
+    bucket = f"exchange-audit-{ALLIANCE.consortium}"
     events = [
         json.loads(root.get_object(bucket, o.object_name).read())
         for o in root.list_objects(bucket, prefix="system/", recursive=True)

@@ -22,109 +22,30 @@ from typing import Any
 
 import httpx
 import pytest
-from kubernetes import client
 
-from medcloud_cli.localcluster.cluster import MinioInfo
-from medcloud_cli.localcluster.exchange import make_audit_bucket
-from medcloud_cli.localcluster.postgres import PostgresInfo
 from medcloud_cli.localcluster.process import free_port
-from medcloud_exchange.app import create_app
-from tests.exchange_harness import (
-    admitted_callers,
-    consortium_members,
-    exchange_settings,
-    granted_exchange,
-    key_service,
-    new_database,
-    serve,
-)
+from tests.exchange_harness import ExampleAlliance, admitted_callers
 from tests.exchange_support import consent, outcome_of
-from tests.integration.test_workflows import example_spec
-from tests.operator_support import ClusterAdmin, RunningOperator, institution_code
+from tests.operator_support import ClusterAdmin
 from tests.support import wait_for
 from tests.workflows_data import INSURANCE_CARD, appointment, cbc_report, coverage
 from tests.workflows_requests import service_request
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio]
 
-SUFFIX = uuid.uuid4().hex[:5]
-CITY, COUNTY, TOWNSHIP, COMMUNITY = (
-    f"{n}-{SUFFIX}" for n in ("city-general", "county-people", "township-maple", "community-eastgate")
-)
-NAMES = {"city-general": CITY, "county-people": COUNTY, "township-maple": TOWNSHIP, "community-eastgate": COMMUNITY}
-CONSORTIUM = f"riverton-apps-{SUFFIX}"
-STORE = "emr"
+# The example alliance, stood up by the fixtures of tests/integration/conftest.py.
+ALLIANCE = ExampleAlliance("apps")
+SUFFIX = ALLIANCE.suffix
+CITY, COUNTY, VILLAGE = (ALLIANCE[e] for e in ("city-general", "county-people", "village-willow"))
 FHIR = {"Content-Type": "application/fhir+json"}
 DESK = {"X-MedCloud-Practitioner": "Practitioner/dr-li", "X-MedCloud-Purpose-Of-Use": "TREAT"}
 MEDCLOUD = str(Path(sys.executable).parent / "medcloud")
 Json = dict[str, Any]
 
 
-def spec_of(kind: str, name: str) -> Json:
-    """The example's spec, with the other module's member names replaced by this module's."""
-    from tests.integration import test_workflows
-
-    ours = {v: NAMES[k] for k, v in test_workflows.NAMES.items()}
-
-    def swap(value: Any) -> Any:
-        if isinstance(value, str):
-            return ours.get(value, value)
-        if isinstance(value, list):
-            return [swap(v) for v in value]
-        if isinstance(value, dict):
-            return {k: swap(v) for k, v in value.items()}
-        return value
-
-    spec: Json = swap(example_spec(kind, name))
-    return spec
-
-
 @pytest.fixture(scope="module")
-def admin(k8s_api_client: client.ApiClient) -> ClusterAdmin:
-    return ClusterAdmin(k8s_api_client)
-
-
-@pytest.fixture(scope="module")
-def members(admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str]]:
-    hospitals = {}
-    for example, name in NAMES.items():
-        hospitals[name] = {
-            **spec_of("Hospital", example),
-            "consortium": CONSORTIUM,
-            "institutionCode": institution_code(name),
-        }
-        hospitals[name].pop("quota", None)
-    store = {"recordClass": "emr", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
-    spec = spec_of("Consortium", "riverton-medical-alliance")
-    with consortium_members(admin, hospitals, CONSORTIUM, spec, STORE, store) as names:
-        yield names
-
-
-@pytest.fixture(scope="module")
-def exchange_url(
-    local_cluster: Any,
-    admin: ClusterAdmin,
-    members: list[str],
-    operator: RunningOperator,
-    postgres_server: PostgresInfo,
-    minio_server: MinioInfo,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    """The example Consortium's exchange, as its own identity, in a thread; its base URL."""
-    granted_exchange(local_cluster, admin, CONSORTIUM)
-    with key_service(local_cluster) as keys:
-        settings = exchange_settings(
-            local_cluster,
-            admin,
-            CONSORTIUM,
-            database=new_database(postgres_server, f"apps_{SUFFIX}"),
-            audit=make_audit_bucket(minio_server, f"exchange-audit-{CONSORTIUM}"),
-            minio_server=minio_server,
-            key_service_url=keys,
-            folder=tmp_path_factory.mktemp("apps-exchange"),
-        )
-        with serve(create_app(settings)) as url:
-            yield url
+def exchange_url(exchange: httpx.Client) -> str:
+    return str(exchange.base_url)
 
 
 class Notifications:
@@ -253,14 +174,14 @@ def job_report(http: httpx.Client, *, runs: int) -> Json:
 def test_apps_of_medclouds_own_code_do_their_jobs_end_to_end_for_their_hospitals(
     apps: Apps, exchange_url: str, notifications: Notifications
 ) -> None:
-    township_card = apps.start("insurance-card", TOWNSHIP)
+    village_card = apps.start("insurance-card", VILLAGE)
     county_card = apps.start("insurance-card", COUNTY)
 
-    # insurance-card: registered once at the county's desk, presented at the township's.
+    # insurance-card: registered once at the county's desk, presented at the village clinic's.
     card, resident = new_card()
     patient = created(post(county_card, "/fhir/Coverage", coverage(card, resident)))["beneficiary"]["reference"]
     presented = {"beneficiary.identifier": f"{INSURANCE_CARD}|{card}"}
-    refused = township_card.get("/fhir/Coverage", params=presented, headers=DESK)
+    refused = village_card.get("/fhir/Coverage", params=presented, headers=DESK)
     assert refused.status_code == 403, refused.text  # the exchange's refusal, relayed: no consent yet
     assert "consent" in outcome_of(refused)
     with httpx.Client(base_url=exchange_url, timeout=60) as exchange:
@@ -273,42 +194,42 @@ def test_apps_of_medclouds_own_code_do_their_jobs_end_to_end_for_their_hospitals
             ).status_code
             == 201
         )
-    (cover,) = resources(township_card.get("/fhir/Coverage", params=presented, headers=DESK), "Coverage")
+    (cover,) = resources(village_card.get("/fhir/Coverage", params=presented, headers=DESK), "Coverage")
     assert cover["beneficiary"]["reference"] == patient
     # Only its own resources; and no practitioner, no answer (the exchange's rule, relayed).
-    other = township_card.get("/fhir/DocumentReference", params={"patient": patient}, headers=DESK)
+    other = village_card.get("/fhir/DocumentReference", params={"patient": patient}, headers=DESK)
     assert other.status_code == 404
     assert other.json()["resourceType"] == "OperationOutcome"
-    anonymous = township_card.get("/fhir/Coverage", params=presented)
+    anonymous = village_card.get("/fhir/Coverage", params=presented)
     assert anonymous.status_code in (400, 403), anonymous.text
     assert anonymous.json()["resourceType"] == "OperationOutcome"
 
-    # exam-mutual-recognition: the county publishes a blood count; the township finds it before ordering.
+    # exam-mutual-recognition: the county publishes a blood count; the village clinic finds it before ordering.
     county_exam = apps.start("exam-mutual-recognition", COUNTY)
-    township_exam = apps.start("exam-mutual-recognition", TOWNSHIP)
+    village_exam = apps.start("exam-mutual-recognition", VILLAGE)
     issued = (datetime.now(UTC) - timedelta(days=1)).isoformat(timespec="seconds")
     report = created(post(county_exam, "/fhir/DiagnosticReport", cbc_report(COUNTY, {"reference": patient}, issued)))
-    found = township_exam.get(
+    found = village_exam.get(
         "/fhir/DiagnosticReport/$recognised", params={"patient": patient, "code": "58410-2"}, headers=DESK
     )
     assert [r["id"] for r in resources(found, "DiagnosticReport")] == [report["id"]]
 
-    # referrals: the township refers up; the county's app finds it in its inbox, tells the county's
+    # referrals: the village clinic refers up; the county's app finds it in its inbox, tells the county's
     # system and acknowledges it (received), with nobody at the county touching anything.
     apps.start("referrals", COUNTY, {"notify.url": notifications.url})
-    township_referrals = apps.start("referrals", TOWNSHIP)
+    village_referrals = apps.start("referrals", VILLAGE)
     referral = created(
         post(
-            township_referrals,
+            village_referrals,
             "/fhir/ServiceRequest",
-            service_request("referral", TOWNSHIP, COUNTY, patient, reason="persistent fever"),
+            service_request("referral", VILLAGE, COUNTY, patient, reason="persistent fever"),
         )
     )
 
     def acknowledged() -> Json | None:
-        outbox = township_referrals.get(
+        outbox = village_referrals.get(
             "/fhir/Task",
-            params={"requester": f"Organization/{TOWNSHIP}", "focus": f"ServiceRequest/{referral['id']}"},
+            params={"requester": f"Organization/{VILLAGE}", "focus": f"ServiceRequest/{referral['id']}"},
             headers=DESK,
         )
         (task,) = resources(outbox, "Task")
@@ -318,10 +239,10 @@ def test_apps_of_medclouds_own_code_do_their_jobs_end_to_end_for_their_hospitals
     assert {"task": f"Task/{task['id']}", "referral": f"ServiceRequest/{referral['id']}"}.items() <= (
         notifications.received[-1].items()
     )
-    assert notifications.received[-1]["from"] == f"Organization/{TOWNSHIP}"
+    assert notifications.received[-1]["from"] == f"Organization/{VILLAGE}"
     assert "persistent fever" not in json.dumps(notifications.received)
 
-    # appointments: the county's schedule is published as Slots, once; the township books one.
+    # appointments: the county's schedule is published as Slots, once; the village clinic books one.
     start = datetime.now(UTC) + timedelta(days=2)
     slots = [
         {
@@ -337,19 +258,19 @@ def test_apps_of_medclouds_own_code_do_their_jobs_end_to_end_for_their_hospitals
     later = job_report(county_appointments, runs=first["runs"] + 2)
     assert later["last"]["published"] == 0
     assert later["last"]["schedule"] == first["last"]["schedule"]
-    township_appointments = apps.start("appointments", TOWNSHIP)
+    village_appointments = apps.start("appointments", VILLAGE)
     free = resources(
-        township_appointments.get("/fhir/Slot", params={"schedule": first["last"]["schedule"]}, headers=DESK), "Slot"
+        village_appointments.get("/fhir/Slot", params={"schedule": first["last"]["schedule"]}, headers=DESK), "Slot"
     )
     assert len(free) == 2
     booked = created(
-        post(township_appointments, "/fhir/Appointment", appointment(patient, slot=f"Slot/{free[0]['id']}"))
+        post(village_appointments, "/fhir/Appointment", appointment(patient, slot=f"Slot/{free[0]['id']}"))
     )
     assert booked["status"] == "booked"
-    again = post(township_appointments, "/fhir/Appointment", appointment(patient, slot=f"Slot/{free[0]['id']}"))
+    again = post(village_appointments, "/fhir/Appointment", appointment(patient, slot=f"Slot/{free[0]['id']}"))
     assert again.status_code == 409, again.text
     # Slots come from the hospital's schedule through the job, not from callers of the facade.
-    assert post(township_appointments, "/fhir/Slot", {"resourceType": "Slot"}).status_code == 404
+    assert post(village_appointments, "/fhir/Slot", {"resourceType": "Slot"}).status_code == 404
 
     # remote-consultation: the county asks the city; the city answers in the thread.
     county_consult = apps.start("remote-consultation", COUNTY)

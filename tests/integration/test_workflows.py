@@ -2,8 +2,8 @@
 API server, MinIO, PostgreSQL, operator and key service.
 
 The Consortium is examples/consortium.yaml and the Hospitals' tiers and accreditation those of
-examples/hospital-*.yaml, renamed with a suffix so the run leaves other tests' objects alone. The
-township health centre plays the village clinic of the scenario: the lowest tier of the alliance.
+examples/hospital-*.yaml, renamed with a suffix so the run leaves other tests' objects alone
+(tests/exchange_harness.py ExampleAlliance; the fixtures are tests/integration/conftest.py's).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import base64
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +19,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import yaml
 from fhir.resources.R4B.appointment import Appointment
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.coverage import Coverage
@@ -28,143 +26,35 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
-from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from medcloud.models.consortium import ConsortiumSpec
 from medcloud_cli.localcluster.cluster import MinioInfo
-from medcloud_cli.localcluster.exchange import make_audit_bucket
-from medcloud_cli.localcluster.postgres import PostgresInfo, bin_dir
-from medcloud_exchange.app import create_app
-from tests.exchange_harness import (
-    admitted_callers,
-    consortium_members,
-    exchange_settings,
-    granted_exchange,
-    key_service,
-    new_database,
-    raw_objects,
-    serve,
-)
+from medcloud_cli.localcluster.postgres import bin_dir
+from tests.exchange_harness import ExampleAlliance, raw_objects
 from tests.exchange_support import (
     Caller,
     consent,
     document,
     outcome_of,
 )
-from tests.operator_support import REPO, ClusterAdmin, RunningOperator, institution_code
 from tests.workflows_data import INSURANCE_CARD, RESIDENT_ID, appointment, cbc_report, coverage, slot
 from tests.workflows_requests import SNOMED, recognition_task, service_request
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio]
 
-SUFFIX = uuid.uuid4().hex[:5]
-EXAMPLES = REPO / "examples"
-CITY, COUNTY, TOWNSHIP, COMMUNITY = (
-    f"city-general-{SUFFIX}",
-    f"county-people-{SUFFIX}",
-    f"township-maple-{SUFFIX}",
-    f"community-eastgate-{SUFFIX}",
+# The example alliance, stood up by the fixtures of tests/integration/conftest.py.
+ALLIANCE = ExampleAlliance("wf")
+CITY, COUNTY, TOWNSHIP, COMMUNITY, VILLAGE = (
+    ALLIANCE[e] for e in ("city-general", "county-people", "township-maple", "community-eastgate", "village-willow")
 )
-NAMES = {
-    "city-general": CITY,
-    "county-people": COUNTY,
-    "township-maple": TOWNSHIP,
-    "community-eastgate": COMMUNITY,
-}
-CONSORTIUM = f"riverton-wf-{SUFFIX}"
-STORE = "emr"
 FHIR = {"Content-Type": "application/fhir+json"}
 LOINC = "http://loinc.org"
 Json = dict[str, Any]
 
 
-def _renamed(value: Any) -> Any:
-    if isinstance(value, str):
-        return NAMES.get(value, value)
-    if isinstance(value, list):
-        return [_renamed(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _renamed(v) for k, v in value.items()}
-    return value
-
-
-def example_spec(kind: str, name: str) -> Json:
-    """The spec of ``kind``/``name`` in examples/, members renamed."""
-    for path in sorted(EXAMPLES.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") == kind and doc["metadata"]["name"] == name:
-                spec: Json = _renamed(doc["spec"])
-                return spec
-    raise LookupError(f"no {kind} {name} in examples/")
-
-
-SPEC = example_spec("Consortium", "riverton-medical-alliance")
-
-
-@pytest.fixture(scope="module")
-def admin(k8s_api_client: client.ApiClient) -> ClusterAdmin:
-    return ClusterAdmin(k8s_api_client)
-
-
-@pytest.fixture(scope="module")
-def members(admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str]]:
-    """The four example institutions, Ready with a Ready RecordStore ``emr`` each, and their Consortium."""
-    hospitals = {}
-    for example, name in NAMES.items():
-        hospitals[name] = {
-            **example_spec("Hospital", example),
-            "consortium": CONSORTIUM,
-            "institutionCode": institution_code(name),
-        }
-        hospitals[name].pop("quota", None)
-    store = {"recordClass": "emr", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
-    with consortium_members(admin, hospitals, CONSORTIUM, SPEC, STORE, store) as names:
-        yield names
-
-
-@pytest.fixture(scope="module")
-def keys(local_cluster: Any, operator: RunningOperator) -> Iterator[str]:
-    with key_service(local_cluster) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def database(postgres_server: PostgresInfo) -> str:
-    return new_database(postgres_server, f"workflows_{SUFFIX}")
-
-
-@pytest.fixture(scope="module")
-def exchange(
-    local_cluster: Any,
-    admin: ClusterAdmin,
-    members: list[str],
-    keys: str,
-    database: str,
-    minio_server: MinioInfo,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[httpx.Client]:
-    """The exchange of the example Consortium, as its own identity, in a thread."""
-    granted = granted_exchange(local_cluster, admin, CONSORTIUM)
-    assert granted["publishers"] == ConsortiumSpec.model_validate(SPEC).publishers()
-    settings = exchange_settings(
-        local_cluster,
-        admin,
-        CONSORTIUM,
-        database=database,
-        audit=make_audit_bucket(minio_server, f"exchange-audit-{CONSORTIUM}"),
-        minio_server=minio_server,
-        key_service_url=keys,
-        folder=tmp_path_factory.mktemp("workflows"),
-    )
-    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
-        yield http
-
-
-@pytest.fixture(scope="module")
-def callers(admin: ClusterAdmin, exchange: httpx.Client, members: list[str]) -> dict[str, Caller]:
-    """Each member's workflow apps' service account, bound to medcloud-exchange-client in its namespace."""
-    return admitted_callers(admin, exchange, members, "workflows")
+def test_the_operator_grants_the_exchange_the_consortiums_publishers(exchange_grant: Json) -> None:
+    assert exchange_grant["publishers"] == ConsortiumSpec.model_validate(ALLIANCE.consortium_spec()).publishers()
 
 
 # --------------------------------------------------------------------------- helpers

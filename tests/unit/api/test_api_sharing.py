@@ -20,7 +20,12 @@ def test_a_township_refers_up_and_sends_device_data_to_the_city() -> None:
     shares = flows("township-maple", 0)
     assert shares["referrals"] == ["city-general", "county-people"]
     assert shares["device-data"] == ["city-general"]
-    assert shares["emr"] == ["city-general", "community-eastgate", "county-people"], "* expands to the others"
+    assert shares["emr"] == [
+        "city-general",
+        "community-eastgate",
+        "county-people",
+        "village-willow",
+    ], "* expands to the others"
     assert "imaging" not in shares
 
 
@@ -43,3 +48,10 @@ def test_consent_is_carried_per_flow() -> None:
 def test_names_outside_the_members_are_ignored() -> None:
     spec = {"members": ["a"], "sharing": [{"category": "emr", "from": ["a"], "to": ["stranger"]}]}
     assert member_flows(spec) == {"a": ([], [])}
+
+
+def test_the_village_clinic_refers_up_to_the_hospitals_only() -> None:
+    shares = flows("village-willow", 0)
+    assert shares["referrals"] == ["city-general", "county-people"]
+    assert "device-data" not in shares
+    assert "village-willow" in flows("county-people", 0)["referrals"], "the county refers down to it"

@@ -10,7 +10,7 @@ import typer
 
 from medcloud_analytics import command as analytics_command
 from medcloud_api import command as api_command
-from medcloud_cli.commands import crds, dev, devices, onboard, records
+from medcloud_cli.commands import crds, demo, dev, devices, onboard, records
 from medcloud_exchange import command as exchange_command
 from medcloud_exchange.apps import command as apps_command
 from medcloud_gateway import command as gateway_command
@@ -29,6 +29,7 @@ app.add_typer(records.app, name="records")
 app.add_typer(devices.app, name="devices")
 app.add_typer(apps_command.app, name="app")
 app.add_typer(analytics_command.app, name="analytics")
+app.add_typer(demo.app, name="demo")
 app.command("api")(api_command.serve)
 app.command("exchange")(exchange_command.run)
 app.command("onboard")(onboard.run)

@@ -26,20 +26,27 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
-from prometheus_client.parser import text_string_to_metric_families
 
 from medcloud.models.consortium import ConsortiumSpec
+from medcloud_cli.demo.scenario import (
+    Cast,
+    Scenario,
+    ScenarioStepError,
+    exchange_desks,
+    new_card,
+    not_repeated_total,
+    run_scenario,
+)
 from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.postgres import bin_dir
 from tests.exchange_harness import ExampleAlliance, raw_objects
 from tests.exchange_support import (
     Caller,
     consent,
-    document,
     outcome_of,
 )
 from tests.workflows_data import INSURANCE_CARD, RESIDENT_ID, appointment, cbc_report, coverage, slot
-from tests.workflows_requests import SNOMED, recognition_task, service_request
+from tests.workflows_requests import recognition_task, service_request
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio]
 
@@ -62,8 +69,7 @@ def test_the_operator_grants_the_exchange_the_consortiums_publishers(exchange_gr
 
 def new_patient() -> tuple[str, str]:
     """A fresh patient's province insurance card number and resident identity card number."""
-    digits = str(uuid.uuid4().int)[:10]
-    return f"RV{digits}", f"11010119{digits}"
+    return new_card()
 
 
 def post(http: httpx.Client, caller: Caller, path: str, body: Json, **headers: str | None) -> httpx.Response:
@@ -186,11 +192,7 @@ def recognised_for(http: httpx.Client, caller: Caller, patient: str, test: str =
 
 
 def not_repeated(http: httpx.Client, producer: str) -> float:
-    for family in text_string_to_metric_families(http.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == "medcloud_exchange_tests_not_repeated_total" and sample.labels["producer"] == producer:
-                return float(sample.value)
-    return 0.0
+    return not_repeated_total(http.get("/metrics").text, producer)
 
 
 def registered(http: httpx.Client, caller: Caller) -> tuple[str, str]:
@@ -453,194 +455,60 @@ def test_two_bookings_of_one_slot_never_both_succeed(
 # --------------------------------------------------------------------------- the scenario across four institutions
 
 
-def readers_in(events: list[Json]) -> set[str]:
-    """The member organisations that read or searched (BALP read/search-type, success) in a disclosure."""
-    out = set()
-    for event in events:
-        codes = {s.get("code") for s in event.get("subtype", [])}
-        if event.get("outcome") == "0" and codes & {"read", "search-type"}:
-            for agent in event["agent"]:
-                reference = (agent.get("who") or {}).get("reference", "")
-                if reference.startswith("Organization/"):
-                    out.add(reference.removeprefix("Organization/"))
-    return out
-
-
 def test_the_village_clinic_to_county_to_city_scenario(exchange: httpx.Client, callers: dict[str, Caller]) -> None:
-    village, county, city, community = callers[TOWNSHIP], callers[COUNTY], callers[CITY], callers[COMMUNITY]
-    card, resident = new_patient()
-    # The patient was seen at the county hospital: card registered, a blood count two days ago.
-    cover = created(post(exchange, county, "/fhir/Coverage", coverage(card, resident)))
-    patient = cover["beneficiary"]["reference"]
-    cbc = created(post(exchange, county, "/fhir/DiagnosticReport", cbc_report(COUNTY, {"reference": patient}, ago(2))))
+    """The issue's scenario, as the driver `medcloud demo scenario` runs it (cli/medcloud_cli/demo/scenario.py),
+    every app of a member being the exchange with the member's token; each step checks itself."""
+    cast = Cast(village=VILLAGE, county=COUNTY, city=CITY, community=COMMUNITY)
+    # The county's own system has published its outpatient schedule (the appointments app's job, in a pod).
+    schedule_with_slots(exchange, callers[COUNTY], COUNTY, 1)
+    desk, close = exchange_desks(str(exchange.base_url), {h: c.token for h, c in callers.items()})
+    said: list[str] = []
+    try:
+        run = run_scenario(cast, desk, say=said.append, metrics=lambda: exchange.get("/metrics").text)
+    finally:
+        close()
 
-    # 1. The village clinic registers the patient by card: refused until the patient consents there.
-    assert present(exchange, village, card_token(card)).status_code == 403
-    everyone_consents(exchange, village, card)
-    found = present(exchange, village, card_token(card))
-    (person,) = entries(found, "Patient")
-    assert f"Patient/{person['id']}" == patient
-
-    # 2. It sees the county's recognised blood count and does not repeat it.
-    (recognised,) = recognised_for(exchange, village, patient)
-    assert recognised["id"] == cbc["id"]
-    order = created(
-        post(exchange, village, "/fhir/ServiceRequest", service_request("laboratory", TOWNSHIP, None, patient))
-    )
-    before = not_repeated(exchange, COUNTY)
-    closing = recognition_task(order["id"], cbc["id"], patient)
-    created(post(exchange, village, "/fhir/Task", closing))
-    assert not_repeated(exchange, COUNTY) == before + 1
-
-    # 3. It refers the patient up with the result attached (not sideways to another clinic).
-    sideways = post(
-        exchange, village, "/fhir/ServiceRequest", service_request("referral", TOWNSHIP, COMMUNITY, patient)
-    )
-    assert sideways.status_code == 403
-    referral = created(
-        post(
-            exchange,
-            village,
-            "/fhir/ServiceRequest",
-            service_request(
-                "referral",
-                TOWNSHIP,
-                COUNTY,
-                patient,
-                reason="fever 5 days, Hb 10.2 g/dL",
-                supporting=(f"DiagnosticReport/{cbc['id']}",),
-            ),
-        )
-    )
-
-    # 4. The county hospital finds it in its inbox, reads it and its supporting result, accepts it and books.
-    task = task_of(exchange, county, COUNTY, referral["id"], "owner")
-    assert step(exchange, village, task, "accepted").status_code == 403  # not the village's step
-    read = exchange.get(f"/fhir/ServiceRequest/{referral['id']}", headers=county.headers()).json()
-    (supporting,) = read["supportingInfo"]
-    assert exchange.get(f"/fhir/{supporting['reference']}", headers=county.headers()).status_code == 200
-    accepted = step(exchange, county, step(exchange, county, task, "received").json(), "accepted").json()
-    _, (visit,) = schedule_with_slots(exchange, county, COUNTY, 1)
-    booked = created(
-        post(
-            exchange,
-            county,
-            "/fhir/Appointment",
-            appointment(patient, slot=f"Slot/{visit}", based_on=f"ServiceRequest/{referral['id']}"),
-        )
-    )
-    double = post(exchange, community, "/fhir/Appointment", appointment(patient, slot=f"Slot/{visit}"))
-    assert double.status_code == 409
-    step(
-        exchange,
-        county,
-        accepted,
-        "in-progress",
-        output=[{"type": {"text": "Appointment"}, "valueReference": {"reference": f"Appointment/{booked['id']}"}}],
-    )
-    outbox = task_of(exchange, village, TOWNSHIP, referral["id"], "requester")
-    assert outbox["status"] == "in-progress"
-    assert outbox["output"][0]["valueReference"] == {"reference": f"Appointment/{booked['id']}"}
-    (carried,) = entries(
-        exchange.get(
-            "/fhir/Appointment", params={"based-on": f"ServiceRequest/{referral['id']}"}, headers=village.headers()
-        )
-    )
-    assert carried["id"] == booked["id"]
-
-    # 5. The county asks the city for a remote consultation on the case.
-    ask = service_request(
-        "consultation",
-        COUNTY,
-        CITY,
-        patient,
-        code=(SNOMED, "11429006"),
-        reason="anaemia with fever: haematology opinion",
-        supporting=(f"DiagnosticReport/{cbc['id']}",),
-    )
-    consultation = created(post(exchange, county, "/fhir/ServiceRequest", ask))
-    consult_task = task_of(exchange, city, CITY, consultation["id"], "owner")
-    step(exchange, city, consult_task, "accepted")
-    assert exchange.get(f"/fhir/ServiceRequest/{consultation['id']}", headers=city.headers()).status_code == 200
-    assert exchange.get(f"/fhir/DiagnosticReport/{cbc['id']}", headers=city.headers()).status_code == 200
-
-    def message(caller: Caller, text: str) -> Json:
-        body = {
-            "resourceType": "Communication",
-            "status": "completed",
-            "basedOn": [{"reference": f"ServiceRequest/{consultation['id']}"}],
-            "payload": [{"contentString": text}],
-        }
-        return created(post(exchange, caller, "/fhir/Communication", body))
-
-    message(city, "Any recent travel? Please add a peripheral smear.")
-    message(county, "No travel; smear shows microcytosis.")
-    thread = entries(
-        exchange.get(
-            "/fhir/Communication", params={"based-on": f"ServiceRequest/{consultation['id']}"}, headers=city.headers()
-        )
-    )
-    assert [m["sender"]["reference"] for m in thread] == [f"Organization/{CITY}", f"Organization/{COUNTY}"]
-    assert thread[1]["payload"][0]["contentString"] == "No travel; smear shows microcytosis."
-    assert (
-        exchange.get(
-            "/fhir/Communication",
-            params={"based-on": f"ServiceRequest/{consultation['id']}"},
-            headers=village.headers(),
-        ).status_code
-        == 404
-    )
-
-    session = appointment(patient, based_on=f"ServiceRequest/{consultation['id']}")
-    session.update({"start": later(2), "end": later(2.5)})
-    session["contained"] = [
-        {
-            "resourceType": "Location",
-            "id": "room",
-            "name": "Video consultation",
-            "physicalType": {
-                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/location-physical-type", "code": "vi"}]
-            },
-            "telecom": [{"system": "url", "value": "https://consult.city-general.riverton.example/room/42"}],
-        }
+    assert [line.split(".", 1)[0] for line in said] == [str(n) for n in range(8)]
+    assert said == run.steps
+    assert run.not_repeated is not None
+    assert run.not_repeated[1] == run.not_repeated[0] + 1
+    closed = exchange.get(f"/fhir/ServiceRequest/{run.order}", headers=callers[VILLAGE].headers())
+    assert closed.json()["status"] == "completed"
+    assert run.thread == [
+        (f"Organization/{CITY}", "Any recent travel? Please add a peripheral smear."),
+        (f"Organization/{COUNTY}", "No travel; smear shows microcytosis."),
     ]
-    session["participant"].append({"actor": {"reference": "#room"}, "status": "accepted"})
-    virtual = created(post(exchange, city, "/fhir/Appointment", session))
-    Appointment.model_validate(virtual)
-
-    # 6. The consult report comes back: into the county's record, the consultation completed.
-    note = document(
-        "emr",
-        b"Consult: iron-deficiency anaemia; oral iron, recheck CBC in 4 weeks.",
-        {"subject": {"reference": patient}},
-        type_code="11488-4",
+    # Nobody outside the consultation reads its thread; the report's content is the county's to read.
+    outsider = exchange.get(
+        "/fhir/Communication",
+        params={"based-on": f"ServiceRequest/{run.consultation}"},
+        headers=callers[VILLAGE].headers(),
     )
-    reported = exchange.post(
-        f"/fhir/ServiceRequest/{consultation['id']}/$consult-report",
-        content=json.dumps(note),
-        headers={**city.headers(), **FHIR},
-    )
-    assert reported.status_code == 201, reported.text
-    (report,) = entries(reported, "DocumentReference")
-    (done,) = entries(reported, "Task")
-    assert report["custodian"] == {"reference": f"Organization/{COUNTY}"}
-    assert done["status"] == "completed"
-    assert done["output"][-1]["valueReference"] == {"reference": f"DocumentReference/{report['id']}"}
-    own = entries(
-        exchange.get(
-            "/fhir/DocumentReference", params={"patient": patient, "type": f"{LOINC}|11488-4"}, headers=county.headers()
-        )
-    )
-    assert [d["id"] for d in own] == [report["id"]]
-    content = exchange.get(f"/fhir/Binary/{report['id']}", headers=county.headers())
+    assert outsider.status_code == 404
+    content = exchange.get(f"/fhir/Binary/{run.consult_report}", headers=callers[COUNTY].headers())
     assert content.content.startswith(b"Consult: iron-deficiency anaemia")
+    assert run.readers >= {VILLAGE, COUNTY, CITY}
+    assert COMMUNITY not in run.readers
+    assert TOWNSHIP not in run.readers
 
-    # 7. The patient's access disclosure lists every institution that read the record, and only those.
-    events = entries(
-        exchange.get("/fhir/AuditEvent", params={"patient": patient, "_count": 200}, headers=village.headers())
-    )
-    assert readers_in(events) >= {TOWNSHIP, COUNTY, CITY}
-    assert COMMUNITY not in readers_in(events)
+
+def test_a_scenario_step_that_goes_otherwise_fails_with_the_servers_answer(
+    exchange: httpx.Client, callers: dict[str, Caller]
+) -> None:
+    """The driver checks what it is told: once the patient has consented, the refusal step 1 expects is not
+    there, and it says so; a member that has published no free Slot fails step 4 and says why."""
+    cast = Cast(village=VILLAGE, county=COUNTY, city=CITY, community=COMMUNITY)
+    desk, close = exchange_desks(str(exchange.base_url), {h: c.token for h, c in callers.items()})
+    try:
+        scenario = Scenario(cast, desk, say=lambda _: None)
+        scenario.seen_at_the_county()
+        scenario.registers_by_card()
+        with pytest.raises(ScenarioStepError, match="answered 200, not 403"):
+            scenario.registers_by_card()
+        with pytest.raises(ScenarioStepError, match=f"{COMMUNITY} has published no free Slot"):
+            scenario.free_slot(COMMUNITY, "4.")
+    finally:
+        close()
 
 
 # --------------------------------------------------------------------------- at rest

@@ -25,11 +25,12 @@ from fhir.resources.R4B.slot import Slot
 from medcloud.models.consortium import SharingCategory
 from medcloud_exchange.app import FhirBody, FhirResponse, IfMatch, Reader, ResourceId, Writer
 from medcloud_exchange.audit import Interaction
-from medcloud_exchange.outcomes import FhirError, conflict, forbidden, not_found, unprocessable
+from medcloud_exchange.outcomes import conflict, forbidden, not_found, unprocessable
 from medcloud_exchange.resources import ORGANIZATION, PATIENT, _aware
 from medcloud_exchange.service import Context
 from medcloud_exchange.workflows.common import (
     FHIR_ERRORS,
+    Stepped,
     Workflows,
     bundle,
     dump,
@@ -37,8 +38,8 @@ from medcloud_exchange.workflows.common import (
     organization_of,
     path_id,
     reference_id,
-    refused,
     services,
+    take_step,
     transition_problem,
     validated,
 )
@@ -381,17 +382,13 @@ class Appointments:
             row = self._row(conn, appointment_id, lock=True)
             if row is None:
                 raise not_found(f"Appointment/{appointment_id} is not known")
-            problem = appointment_step_problem(row.status, target, row.roles(ctx.hospital))
-            if problem is not None:
-                raise refused(problem)
-            if expected is not None and expected != row.version:
-                raise FhirError(
-                    412, "conflict", f"Appointment/{appointment_id} is at version {row.version}, not {expected}"
-                )
-            version = row.version + 1
-            conn.execute(
-                "UPDATE appointment SET status = %s, written_by = %s, version = %s, updated_at = now() WHERE id = %s",
-                (target.value, ctx.hospital, version, appointment_id),
+            version = take_step(
+                conn,
+                Stepped("appointment", "Appointment", appointment_id, row.version),
+                target,
+                ctx.hospital,
+                problem=appointment_step_problem(row.status, target, row.roles(ctx.hospital)),
+                expected_version=expected,
             )
             if target in FREES_THE_SLOT and row.slot_id is not None:
                 conn.execute("UPDATE slot SET status = 'free' WHERE id = %s", (row.slot_id,))

@@ -10,11 +10,13 @@ an identifier or clinical text.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
+from psycopg import sql
 
 from medcloud_exchange import index
 from medcloud_exchange.audit import Interaction
@@ -250,6 +252,47 @@ def transition_problem(
 def refused(problem: tuple[int, str]) -> FhirError:
     status, diagnostics = problem
     return FhirError(status, {403: "forbidden", 404: "not-found"}.get(status, "conflict"), diagnostics)
+
+
+@dataclass(frozen=True)
+class Stepped:
+    """A stateful workflow row (Task, Appointment) as its step found it, locked in the step's transaction."""
+
+    table: str
+    """``task`` or ``appointment``: the index table, which keeps status, writer and version."""
+    what: str
+    """The FHIR resource type, for diagnostics."""
+    id: uuid.UUID
+    version: int
+
+
+def take_step(
+    conn: index.Conn,
+    row: Stepped,
+    target: StrEnum,
+    writer: str,
+    *,
+    problem: tuple[int, str] | None,
+    expected_version: int | None,
+    on_refused: Callable[[tuple[int, str]], None] | None = None,
+) -> int:
+    """Move the locked ``row`` to ``target`` as ``writer``, once the step table's ``problem`` is None and the
+    caller's If-Match (``expected_version``) names the current version; the new version. A refused step
+    is reported to ``on_refused`` (its audit) before it is raised; a stale one is 412."""
+    if problem is not None:
+        if on_refused is not None:
+            on_refused(problem)
+        raise refused(problem)
+    if expected_version is not None and expected_version != row.version:
+        raise FhirError(412, "conflict", f"{row.what}/{row.id} is at version {row.version}, not {expected_version}")
+    version = row.version + 1
+    conn.execute(
+        sql.SQL("UPDATE {} SET status = %s, written_by = %s, version = %s, updated_at = now() WHERE id = %s").format(
+            sql.Identifier(row.table)
+        ),
+        (target.value, writer, version, row.id),
+    )
+    return version
 
 
 def if_match_version(if_match: str | None) -> int | None:

@@ -22,11 +22,12 @@ from medcloud.models.consortium import ANY_MEMBER, ConsortiumSpec, SharingCatego
 from medcloud_exchange import index
 from medcloud_exchange.app import FhirBody, FhirResponse, IfMatch, Reader, ResourceId, Writer
 from medcloud_exchange.audit import Interaction
-from medcloud_exchange.outcomes import FhirError, conflict, forbidden, invalid, not_found, unprocessable
+from medcloud_exchange.outcomes import conflict, forbidden, invalid, not_found, unprocessable
 from medcloud_exchange.resources import ORGANIZATION, PATIENT
 from medcloud_exchange.service import Context
 from medcloud_exchange.workflows.common import (
     FHIR_ERRORS,
+    Stepped,
     Subject,
     Workflows,
     bundle,
@@ -35,9 +36,9 @@ from medcloud_exchange.workflows.common import (
     organization_of,
     path_id,
     reference_id,
-    refused,
     services,
     subject_of,
+    take_step,
     transition_problem,
     validated,
 )
@@ -394,23 +395,20 @@ class Requests:
             request = request_row(conn, row.service_request_id, lock=True) if row else None
             if row is None or request is None:
                 raise not_found(f"Task/{task_id} is not known")
-            problem = step_problem(row.status, target, row.party(ctx.hospital))
-            if problem is not None:
-                self.wf.audit(
-                    ctx,
-                    Interaction.UPDATE,
-                    ok=False,
-                    description=problem[1],
-                    patient=request.patient_id if problem[0] != 404 else None,
-                    objects=[f"Task/{task_id}"],
-                )
-                raise refused(problem)
-            if expected_version is not None and expected_version != row.version:
-                raise FhirError(412, "conflict", f"Task/{task_id} is at version {row.version}, not {expected_version}")
-            version = row.version + 1
-            conn.execute(
-                "UPDATE task SET status = %s, written_by = %s, version = %s, updated_at = now() WHERE id = %s",
-                (target.value, ctx.hospital, version, task_id),
+
+            def audit_refusal(problem: tuple[int, str], patient: uuid.UUID = request.patient_id) -> None:
+                objects = [f"Task/{task_id}"]
+                at = patient if problem[0] != 404 else None
+                self.wf.audit(ctx, Interaction.UPDATE, ok=False, description=problem[1], patient=at, objects=objects)
+
+            version = take_step(
+                conn,
+                Stepped("task", "Task", task_id, row.version),
+                target,
+                ctx.hospital,
+                problem=step_problem(row.status, target, row.party(ctx.hospital)),
+                expected_version=expected_version,
+                on_refused=audit_refusal,
             )
             if target in (S.COMPLETED, S.REJECTED, S.CANCELLED, S.FAILED):
                 closed = {S.COMPLETED: "completed", S.FAILED: "revoked"}.get(target, "revoked")

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from medcloud_cli.demo.scenario import Cast, app_desks, exchange_desks, run_scenario
 from medcloud_cli.localcluster.process import free_port
 from tests.exchange_harness import ExampleAlliance, admitted_callers
 from tests.exchange_support import consent, outcome_of
@@ -83,14 +84,19 @@ def notifications() -> Iterator[Notifications]:
 
 
 class Apps:
-    """Starts ``medcloud app <name>`` processes for hospitals, each with its own service account's token."""
+    """Starts ``medcloud app <name>`` processes for hospitals, each with its own service account's token: one
+    process per app and hospital, as the operator runs one Deployment per AppInstance (a second start of the
+    same app for the same hospital is the one already running, with the config it started with)."""
 
     def __init__(self, admin: ClusterAdmin, exchange_url: str, members: list[str], folder: Path) -> None:
         self.admin, self.exchange_url, self.members, self.folder = admin, exchange_url, members, folder
         self.processes: list[subprocess.Popen[bytes]] = []
         self.clients: list[httpx.Client] = []
+        self.running: dict[tuple[str, str], httpx.Client] = {}
 
     def start(self, app: str, hospital: str, config: dict[str, str] | None = None) -> httpx.Client:
+        if (hospital, app) in self.running:
+            return self.running[hospital, app]
         account = f"app-{app}"
         with httpx.Client(base_url=self.exchange_url, timeout=60) as exchange:
             (caller,) = admitted_callers(self.admin, exchange, [hospital], account).values()
@@ -124,6 +130,7 @@ class Apps:
             return False
 
         wait_for(up, f"{app} of {hospital} to listen", timeout=60)
+        self.running[hospital, app] = http
         return http
 
     def close(self) -> None:
@@ -302,3 +309,46 @@ def test_apps_of_medclouds_own_code_do_their_jobs_end_to_end_for_their_hospitals
     assert [(m["sender"]["reference"], m["payload"][0]["contentString"]) for m in thread] == [
         (f"Organization/{CITY}", "Please send the chest CT.")
     ]
+
+
+def test_the_scenario_runs_through_the_catalog_apps_each_hospital_runs(apps: Apps, exchange_url: str) -> None:
+    """The issue's scenario by the driver of `medcloud demo scenario`, every step through the app that fronts it
+    at its hospital (the AppInstances of examples/), the apps calling the exchange as their own accounts."""
+    cast = Cast(village=VILLAGE, county=COUNTY, city=CITY, community=ALLIANCE["community-eastgate"])
+    start = datetime.now(UTC) + timedelta(days=3)
+    slot = {"start": start.isoformat(timespec="seconds"), "end": (start + timedelta(minutes=30)).isoformat()}
+    schedule = json.dumps({"comment": f"Haematology outpatients {SUFFIX}", "slots": [slot]})
+    running = {
+        (COUNTY, "appointments"): apps.start("appointments", COUNTY, {"schedule.json": schedule}),
+        **{
+            (hospital, app): apps.start(app, hospital)
+            for hospital, app in (
+                (COUNTY, "insurance-card"),
+                (COUNTY, "exam-mutual-recognition"),
+                (COUNTY, "referrals"),
+                (COUNTY, "remote-consultation"),
+                (VILLAGE, "insurance-card"),
+                (VILLAGE, "exam-mutual-recognition"),
+                (VILLAGE, "referrals"),
+                (VILLAGE, "appointments"),
+                (CITY, "exam-mutual-recognition"),
+                (CITY, "remote-consultation"),
+            )
+        },
+    }
+    job_report(running[COUNTY, "appointments"], runs=1)  # the county's schedule is published
+    with httpx.Client(base_url=exchange_url, timeout=60) as exchange:
+        # Consent and the disclosure are the EMR-sharing integration's: straight at the exchange, as its account.
+        emr = admitted_callers(apps.admin, exchange, [VILLAGE], "app-emr-sharing")
+        direct, close_direct = exchange_desks(exchange_url, {h: c.token for h, c in emr.items()})
+        desk, close = app_desks({key: str(http.base_url) for key, http in running.items()}, direct)
+        said: list[str] = []
+        try:
+            run = run_scenario(cast, desk, say=said.append, metrics=lambda: exchange.get("/metrics").text)
+        finally:
+            close()
+            close_direct()
+    assert len(said) == 8
+    assert run.not_repeated is not None
+    assert run.not_repeated[1] == run.not_repeated[0] + 1
+    assert {VILLAGE, COUNTY, CITY} <= run.readers

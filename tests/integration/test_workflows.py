@@ -14,6 +14,7 @@ import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +27,7 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
+from typer.testing import CliRunner
 
 from medcloud.models.consortium import ConsortiumSpec
 from medcloud_cli.demo.scenario import (
@@ -35,10 +37,12 @@ from medcloud_cli.demo.scenario import (
     exchange_desks,
     new_card,
     not_repeated_total,
+    publish_free_slot,
     run_scenario,
 )
 from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.postgres import bin_dir
+from medcloud_cli.main import app as medcloud
 from tests.exchange_harness import ExampleAlliance, raw_objects
 from tests.exchange_support import (
     Caller,
@@ -459,9 +463,9 @@ def test_the_village_clinic_to_county_to_city_scenario(exchange: httpx.Client, c
     """The issue's scenario, as the driver `medcloud demo scenario` runs it (cli/medcloud_cli/demo/scenario.py),
     every app of a member being the exchange with the member's token; each step checks itself."""
     cast = Cast(village=VILLAGE, county=COUNTY, city=CITY, community=COMMUNITY)
-    # The county's own system has published its outpatient schedule (the appointments app's job, in a pod).
-    schedule_with_slots(exchange, callers[COUNTY], COUNTY, 1)
     desk, close = exchange_desks(str(exchange.base_url), {h: c.token for h, c in callers.items()})
+    # The county's own system has published its outpatient schedule (the appointments app's job, in a pod).
+    publish_free_slot(desk, COUNTY)
     said: list[str] = []
     try:
         run = run_scenario(cast, desk, say=said.append, metrics=lambda: exchange.get("/metrics").text)
@@ -490,6 +494,24 @@ def test_the_village_clinic_to_county_to_city_scenario(exchange: httpx.Client, c
     assert run.readers >= {VILLAGE, COUNTY, CITY}
     assert COMMUNITY not in run.readers
     assert TOWNSHIP not in run.readers
+
+
+def test_medcloud_demo_scenario_runs_it_and_says_each_step(
+    exchange: httpx.Client, callers: dict[str, Caller], tmp_path: Path
+) -> None:
+    tokens = []
+    for hospital in (VILLAGE, COUNTY, CITY, COMMUNITY):
+        (tmp_path / hospital).write_text(callers[hospital].token)
+        tokens += ["--token", f"{hospital}={tmp_path / hospital}"]
+    cast = ["--village", VILLAGE, "--county", COUNTY, "--city", CITY, "--community", COMMUNITY]
+    result = CliRunner().invoke(
+        medcloud, ["demo", "scenario", "--exchange-url", str(exchange.base_url), *tokens, *cast]
+    )
+    assert result.exit_code == 0, result.output
+    said = result.stdout.splitlines()
+    assert [line.split(".", 1)[0] for line in said[:-1]] == [str(n) for n in range(8)]
+    assert said[-1] == "scenario complete"
+    assert "7. the patient's access disclosure lists every institution that read the record: " in result.stdout
 
 
 def test_a_scenario_step_that_goes_otherwise_fails_with_the_servers_answer(

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from medcloud.models.common import hospital_namespace
 from medcloud_cli import environment as env
-from medcloud_cli.demo.scenario import Cast, ScenarioStepError, exchange_desks, run_scenario
+from medcloud_cli.demo.scenario import Cast, ScenarioStepError, exchange_desks, publish_free_slot, run_scenario
 
 app = typer.Typer(help="Run the example alliance's scenarios against a running exchange.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -90,6 +90,9 @@ def scenario(
     village: Annotated[str, typer.Option(help="The village clinic's Hospital.")] = "village-willow",
     county: Annotated[str, typer.Option(help="The county hospital's Hospital.")] = "county-people",
     city: Annotated[str, typer.Option(help="The city hospital's Hospital.")] = "city-general",
+    publish_slot: Annotated[
+        bool, typer.Option(help="Publish a free slot of the county first (else its appointments app's schedule).")
+    ] = True,
     community: Annotated[str, typer.Option(help="A member that takes no part (the disclosure must not name it).")] = (
         "community-eastgate"
     ),
@@ -107,6 +110,8 @@ def scenario(
     wait_admitted(exchange_url, tokens)
     desk, close = exchange_desks(exchange_url, tokens)
     try:
+        if publish_slot:
+            publish_free_slot(desk, county)
         with httpx.Client(base_url=exchange_url, timeout=30) as exchange:
             run_scenario(cast, desk, say=typer.echo, metrics=lambda: exchange.get("/metrics").text)
     except ScenarioStepError as error:

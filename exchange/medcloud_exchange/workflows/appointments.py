@@ -39,6 +39,7 @@ from medcloud_exchange.workflows.common import (
     path_id,
     reference_id,
     services,
+    steps_of,
     take_step,
     transition_problem,
     validated,
@@ -67,13 +68,9 @@ class Role(StrEnum):
 
 A = AppointmentStatus
 APPOINTMENT_STEPS: dict[tuple[AppointmentStatus, AppointmentStatus], Role] = {
-    (A.PROPOSED, A.BOOKED): Role.HOST,
-    (A.PROPOSED, A.CANCELLED): Role.EITHER,
-    (A.BOOKED, A.CANCELLED): Role.EITHER,
-    (A.BOOKED, A.ARRIVED): Role.HOST,
-    (A.BOOKED, A.FULFILLED): Role.HOST,
-    (A.BOOKED, A.NOSHOW): Role.HOST,
-    (A.ARRIVED, A.FULFILLED): Role.HOST,
+    **steps_of(Role.HOST, (A.PROPOSED, A.BOOKED), (A.BOOKED, A.ARRIVED), (A.BOOKED, A.NOSHOW)),
+    **steps_of(Role.HOST, (A.BOOKED, A.FULFILLED), (A.ARRIVED, A.FULFILLED)),
+    **steps_of(Role.EITHER, (A.PROPOSED, A.CANCELLED), (A.BOOKED, A.CANCELLED)),
 }
 FREES_THE_SLOT = (A.CANCELLED, A.NOSHOW)
 

@@ -233,6 +233,11 @@ def services(request: Request) -> Services:
     return found
 
 
+def steps_of(party: Any, *moves: tuple[Any, Any]) -> dict[tuple[Any, Any], Any]:
+    """A step table's rows that belong to ``party``: each ``(current, target)`` move is ``party``'s."""
+    return dict.fromkeys(moves, party)
+
+
 def transition_problem(
     steps: Mapping[tuple[Any, Any], Any], current: Any, target: Any, roles: set[Any], anyone: Any, what: str
 ) -> tuple[int, str] | None:

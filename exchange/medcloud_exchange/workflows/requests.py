@@ -37,6 +37,7 @@ from medcloud_exchange.workflows.common import (
     path_id,
     reference_id,
     services,
+    steps_of,
     subject_of,
     take_step,
     transition_problem,
@@ -86,17 +87,12 @@ class Party(StrEnum):
 
 S = TaskStatus
 STEPS: dict[tuple[TaskStatus, TaskStatus], Party] = {
-    (S.REQUESTED, S.RECEIVED): Party.RECEIVER,
-    (S.REQUESTED, S.ACCEPTED): Party.RECEIVER,
-    (S.REQUESTED, S.REJECTED): Party.RECEIVER,
-    (S.RECEIVED, S.ACCEPTED): Party.RECEIVER,
-    (S.RECEIVED, S.REJECTED): Party.RECEIVER,
-    (S.REQUESTED, S.CANCELLED): Party.SENDER,
-    (S.RECEIVED, S.CANCELLED): Party.SENDER,
-    (S.ACCEPTED, S.IN_PROGRESS): Party.RECEIVER,
-    (S.ACCEPTED, S.COMPLETED): Party.RECEIVER,
-    (S.IN_PROGRESS, S.COMPLETED): Party.RECEIVER,
-    (S.IN_PROGRESS, S.FAILED): Party.RECEIVER,
+    **steps_of(Party.RECEIVER, (S.REQUESTED, S.RECEIVED), (S.REQUESTED, S.ACCEPTED), (S.REQUESTED, S.REJECTED)),
+    **steps_of(Party.RECEIVER, (S.RECEIVED, S.ACCEPTED), (S.RECEIVED, S.REJECTED)),
+    **steps_of(Party.RECEIVER, (S.ACCEPTED, S.IN_PROGRESS), (S.ACCEPTED, S.COMPLETED)),
+    **steps_of(Party.RECEIVER, (S.IN_PROGRESS, S.COMPLETED), (S.IN_PROGRESS, S.FAILED)),
+    # The sender may withdraw until the receiver accepts.
+    **steps_of(Party.SENDER, (S.REQUESTED, S.CANCELLED), (S.RECEIVED, S.CANCELLED)),
 }
 
 

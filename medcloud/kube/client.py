@@ -93,6 +93,7 @@ SERVICE_ACCOUNT = Kind(
 SERVICE = Kind("v1", "Service", "services", namespaced=True, defaulted_fields=("spec",))
 DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments", namespaced=True, defaulted_fields=("spec",))
 INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses", namespaced=True, defaulted_fields=("spec",))
+ENDPOINT_SLICE = Kind("discovery.k8s.io/v1", "EndpointSlice", "endpointslices", namespaced=True)
 HOSPITAL = Kind("medcloud.io/v1alpha1", "Hospital", "hospitals", namespaced=False)
 RECORD_STORE = Kind("medcloud.io/v1alpha1", "RecordStore", "recordstores", namespaced=True)
 DEVICE_GATEWAY = Kind("medcloud.io/v1alpha1", "DeviceGateway", "devicegateways", namespaced=True)

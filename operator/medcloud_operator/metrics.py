@@ -59,7 +59,8 @@ RESOURCES = Gauge(
 )
 DEVICES = Gauge(
     "medcloud_devices",
-    "Devices of each DeviceGateway by enrolment state (pending, enrolled, revoked), counted from its Device objects.",
+    "Devices of each DeviceGateway by state: pending, enrolled, revoked (from its Device objects) and active "
+    "(enrolled devices a replica of the gateway saw within its grace period).",
     ["namespace", "gateway", "state"],
 )
 

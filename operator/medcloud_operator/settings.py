@@ -196,6 +196,7 @@ RUNTIME_FIELDS = frozenset(
         "log_format",
         "resync_seconds",
         "full_resync_seconds",
+        "gateway_presence_seconds",
         "max_concurrent_reconciles",
         "deletion_retry_seconds",
         "recordstore_refresh_seconds",
@@ -341,6 +342,23 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
         description=(
             "How often every Hospital is reconciled even without events: it catches what no watch "
             "reports (a deleted KEK Secret) and refreshes status. Read once, when handlers register."
+        ),
+    )
+    gateway_presence_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "How often the operator asks each DeviceGateway's ready replicas which devices they saw "
+            "(GET /devices on the health port) to count status.devices.active. Read once, at registration."
+        ),
+    )
+    gateway_presence_cidrs: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Pod address ranges the operator may open connections to when it asks gateway replicas for their "
+            "presence, e.g. '[\"10.88.0.0/24\"]'. Empty (the default): it asks none, and status.devices.active "
+            "stays unset. An endpoint outside them is never contacted, so no request leaves for an address the "
+            "operator was not told is a pod's."
         ),
     )
     kek_recheck_seconds: float = Field(

@@ -532,6 +532,9 @@ def env_of(deployment: dict[str, Any], downward: dict[str, str]) -> dict[str, st
 OPERATOR_DEFAULTED = {
     "metrics_address": "0.0.0.0 is right in a pod: Prometheus scrapes the pod address",
     "peering_priority": "random per replica, so exactly one of the peered replicas acts",
+    # The chart's operator is a pod in its own namespace, which the tenancy's default deny keeps from the
+    # gateways' health port: it asks no replica, and status.devices.active stays unset (docs/devices.md).
+    **dict.fromkeys(("gateway_presence_cidrs", "gateway_presence_seconds"), "presence off: unset pod ranges"),
 }
 API_DEFAULTED = {
     "kubeconfig": "unset, so the API uses its in-cluster ServiceAccount",

@@ -28,16 +28,16 @@ from kubernetes import config
 
 from medcloud.kube.crds import install_crds
 from medcloud.models import HospitalSpec, hospital_namespace
-from medcloud_cli.localcluster import images, netsetup, platformservices
+from medcloud_cli.localcluster import netsetup, platformservices
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, stop_from_state
 from medcloud_cli.localcluster.images import PAUSE_REFERENCE
-from medcloud_cli.localcluster.node import KWOK_TOLERATION, NODE_NAME, ctr_args, real_node_supported, shim_pids
+from medcloud_cli.localcluster.node import KWOK_TOLERATION, NODE_NAME, shim_pids
 from medcloud_operator.builders.hospital import build_namespace, build_network_policies
 from medcloud_operator.settings import OperatorSettings
+from tests.node_support import imported_image, private_node_cluster
 
 pytestmark = [pytest.mark.node, pytest.mark.cluster]
 
-SUPPORTED, WHY_NOT = real_node_supported()
 CONSORTIUM = "node-test-alliance"
 T = TypeVar("T")
 Json = dict[str, Any]
@@ -55,27 +55,15 @@ def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 120) -> 
 
 @pytest.fixture(scope="module")
 def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    if not SUPPORTED:
-        pytest.skip(WHY_NOT)
-    if netsetup.link_exists(netsetup.NODE_BRIDGE):
-        pytest.skip("another real node runs on this machine (one at a time)")
-    cluster = LocalCluster(
-        tmp_path_factory.mktemp("medcloud-node"),
-        # MinIO, the broker and PostgreSQL too: pods reach them through the platform Services.
-        ClusterOptions(nodes=1, real_node=True),
-        progress=lambda msg: print(f"[real node] {msg}", flush=True),
-    )
-    cluster.start()
-    try:
+    # MinIO, the broker and PostgreSQL too: pods reach them through the platform Services.
+    options = ClusterOptions(nodes=1, real_node=True)
+    with private_node_cluster(tmp_path_factory.mktemp("medcloud-node"), options, "real node") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")
 def image(node_cluster: LocalCluster) -> str:
-    assert node_cluster.node is not None
-    return images.ensure_imported(ctr_args(node_cluster.node.dir), progress=print).reference
+    return imported_image(node_cluster)
 
 
 def apply(cluster: LocalCluster, *manifests: Json, namespace: str = "default") -> None:

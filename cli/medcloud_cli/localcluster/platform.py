@@ -20,7 +20,7 @@ from pathlib import Path
 from kubernetes import client, config
 
 from medcloud.kube.crds import install_crds
-from medcloud_cli.localcluster import platformservices, prometheus
+from medcloud_cli.localcluster import netsetup, platformservices, prometheus
 from medcloud_cli.localcluster.cluster import LocalCluster
 from medcloud_cli.localcluster.exchange import example_consortium, start_exchange
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
@@ -137,6 +137,7 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
         "MEDCLOUD_EXCHANGE_AUDIT_RETENTION_DAYS": "1",
         **storage_env(cluster),
         **broker_env(cluster),
+        **presence_env(cluster),
     }
     operator = cluster.spawn(
         "operator",
@@ -210,6 +211,13 @@ def broker_env(cluster: LocalCluster) -> dict[str, str]:
         "MEDCLOUD_BROKER_CLIENT_CA_FILE": state.broker.ca_file,
         "MEDCLOUD_BROKER_CLIENT_CA_KEY_FILE": state.broker.ca_key_file,
     }
+
+
+def presence_env(cluster: LocalCluster) -> dict[str, str]:
+    """With a real node: the operator may ask gateway pods (on the node's pod range) which devices they saw."""
+    if cluster.node is None:
+        return {}
+    return {"MEDCLOUD_GATEWAY_PRESENCE_CIDRS": json.dumps([netsetup.POD_CIDR])}
 
 
 def storage_env(cluster: LocalCluster) -> dict[str, str]:

@@ -422,6 +422,10 @@ def next_status(
 ) -> DeviceGatewayStatus:
     """The gateway's status: conditions and phase, where devices connect, and device counts (from its Devices)."""
     shown = endpoints if endpoints is not None else dict(previous.endpoints)
+    counted = devices if devices is not None else (previous.devices or DeviceCounts())
+    if counted.active is None and previous.devices is not None:
+        # active is the presence timer's (handlers.devicegateway.gateway_presence): a reconcile keeps it.
+        counted = counted.model_copy(update={"active": previous.devices.active})
     ready_message = f"Accepting readings on {', '.join(sorted(shown)) or 'no protocol'}."
     outcome = workload.next_outcome(previous, ready_message=ready_message, **findings)
     return DeviceGatewayStatus(
@@ -429,5 +433,5 @@ def next_status(
         observed_generation=findings["generation"],
         conditions=outcome.conditions,
         endpoints=shown,
-        devices=devices if devices is not None else (previous.devices or DeviceCounts()),
+        devices=counted,
     )

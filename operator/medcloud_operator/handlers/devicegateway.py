@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from medcloud.kube.client import (
     DEPLOYMENT,
     DEVICE,
     DEVICE_GATEWAY,
+    ENDPOINT_SLICE,
     LIMIT_RANGE,
     NETWORK_POLICY,
     RECORD_STORE,
@@ -32,9 +35,9 @@ from medcloud.kube.client import (
     SERVICE_ACCOUNT,
     Manifest,
 )
-from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus
+from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus, DeviceState, DeviceStatus
 from medcloud.tenancy import labels
-from medcloud_operator import metrics
+from medcloud_operator import metrics, presence
 from medcloud_operator.builders import device as device_builder
 from medcloud_operator.builders import devicegateway as builder
 from medcloud_operator.builders.hospital import LIMITS_NAME
@@ -45,6 +48,9 @@ from medcloud_operator.handlers import workload
 from medcloud_operator.handlers.workload import Plan, Workload
 from medcloud_operator.kube import Kube
 from medcloud_operator.settings import OperatorSettings, WorkloadSettings
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+"""The label tying an EndpointSlice to its Service (set by the EndpointSlice controller)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,56 @@ def device_changed(
         logger.debug("DeviceGateway %s/%s: %s", namespace, gateway, exc)
 
 
+def count_active(kube: Kube, name: str, namespace: str, body: Manifest, cidrs: list[str]) -> int | None:
+    """The gateway's ``active`` devices from its ready replicas, written to its status when it changed.
+
+    None (nothing written) when a replica does not answer: see :mod:`medcloud_operator.presence`.
+    """
+    child = builder.child_name(name)
+    slices = kube.list(ENDPOINT_SLICE, namespace, label_selector=f"{SERVICE_NAME_LABEL}={child}")
+    reports = presence.ask_replicas(presence.endpoint_addresses(slices), builder.HEALTH_PORT, cidrs)
+    if reports is None:
+        return None
+    devices = kube.list(DEVICE, namespace, label_selector=f"{labels.DEVICE_GATEWAY}={name}")
+    enrolled = [
+        d["metadata"]["name"]
+        for d in devices
+        if DeviceStatus.model_validate(d.get("status") or {}).state is DeviceState.ENROLLED
+    ]
+    active = presence.active_devices(reports, enrolled)
+    metrics.DEVICES.labels(namespace=namespace, gateway=name, state="active").set(active)
+    if ((body.get("status") or {}).get("devices") or {}).get("active") != active:
+        kube.merge_patch(DEVICE_GATEWAY, name, {"status": {"devices": {"active": active}}}, namespace, "status")
+    return active
+
+
+def gateway_presence(
+    name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """The presence timer: not queued behind reconciles (it writes status.devices.active alone, and waits on no
+    reconcile), bounded by the replicas' 2 s timeout, asked in parallel."""
+    ctx = get_context(memo)
+    if namespace is None:
+        return
+    try:
+        count_active(ctx.kube, name, namespace, dict(body), ctx.settings.gateway_presence_cidrs)
+    except (ApiException, HTTPError, OSError) as exc:
+        # The next tick asks again; the count stays as it was meanwhile.
+        logger.debug("DeviceGateway %s/%s: presence not counted: %s", namespace, name, exc)
+
+
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     workload.register(registry, settings, GATEWAYS)
     kopf.on.event(DEVICE.api_version, DEVICE.plural, id="devicegateway-devices", registry=registry)(device_changed)
+    if not settings.gateway_presence_cidrs:
+        return  # no pod range to ask in: active stays unset
+    group, version = DEVICE_GATEWAY.api_version.split("/")
+    kopf.timer(
+        group,
+        version,
+        DEVICE_GATEWAY.plural,
+        id="devicegateway_presence",
+        interval=settings.gateway_presence_seconds,
+        initial_delay=settings.gateway_presence_seconds,
+        registry=registry,
+    )(gateway_presence)

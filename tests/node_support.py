@@ -1,0 +1,36 @@
+"""A private local cluster with the real kubelet node, for one test module (Linux root; one at a time per machine)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from medcloud_cli.localcluster import images, netsetup
+from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
+from medcloud_cli.localcluster.node import ctr_args, real_node_supported
+
+SUPPORTED, WHY_NOT = real_node_supported()
+
+
+@contextlib.contextmanager
+def private_node_cluster(directory: Path, options: ClusterOptions, label: str) -> Iterator[LocalCluster]:
+    """The cluster started in ``directory`` and stopped after the block; skips where a real node cannot run."""
+    if not SUPPORTED:
+        pytest.skip(WHY_NOT)
+    if netsetup.link_exists(netsetup.NODE_BRIDGE):
+        pytest.skip("another real node runs on this machine (one at a time)")
+    cluster = LocalCluster(directory, options, progress=lambda msg: print(f"[{label}] {msg}", flush=True))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def imported_image(cluster: LocalCluster) -> str:
+    """MedCloud's image, built from this tree if it changed, in the node's containerd; its reference."""
+    assert cluster.node is not None
+    return images.ensure_imported(ctr_args(cluster.node.dir), progress=print).reference

@@ -399,17 +399,32 @@ def create_app(settings: ExchangeSettings | None = None, exchange: Exchange | No
     def find_patients(
         request: Request,
         ctx: Reader,
-        identifier: Annotated[str, Query(max_length=256, description="system|value of a patient identifier")],
+        identifier: Annotated[
+            str | None, Query(max_length=256, description="system|value of a patient identifier")
+        ] = None,
+        patient_id: Annotated[str | None, Query(alias="_id", max_length=64, description="the Patient's id")] = None,
     ) -> FhirResponse:
-        """ITI-78 by identifier (blind-indexed); names, birth dates and the like are not indexed (they are only
-        inside the members' encrypted records), so they are refused as search parameters."""
-        unsupported = sorted(set(request.query_params) - {"identifier"})
+        """ITI-78 by identifier (blind-indexed) or _id; names, birth dates and the like are not indexed (they are
+        only inside the members' encrypted records), so they are refused as search parameters."""
+        unsupported = sorted(set(request.query_params) - {"identifier", "_id"})
         if unsupported:
             raise invalid(
-                f"Patient search supports only identifier=system|value; not {', '.join(unsupported)} "
+                f"Patient search supports only identifier=system|value and _id; not {', '.join(unsupported)} "
                 "(demographics are kept only encrypted, in the members' stores, and are not indexed)"
             )
-        patients = exchange.find_patients(ctx, parse_patient_token(identifier))
+        if (identifier is None) == (patient_id is None):
+            raise invalid("give exactly one of identifier and _id")
+        if patient_id is not None:
+            try:
+                patients = [exchange.read_patient(ctx, _id(patient_id, "Patient"))]
+            except FhirError as missing:
+                # A search that matches nothing is an empty Bundle, not a 404.
+                if missing.status != 404:
+                    raise
+                patients = []
+        else:
+            assert identifier is not None
+            patients = exchange.find_patients(ctx, parse_patient_token(identifier))
         return FhirResponse(searchset(patients, len(patients), "Patient"))
 
     @app.get("/fhir/DocumentReference", response_class=FhirResponse, responses=fhir_errors, tags=["MHD"])

@@ -57,7 +57,10 @@ def capability_statement(consortium: str, date: str) -> dict[str, Any]:
                     {
                         "type": "Patient",
                         "interaction": [{"code": "read"}, {"code": "search-type"}],
-                        "searchParam": [_param("identifier", "token", "system|value (blind-indexed)")],
+                        "searchParam": [
+                            _param("identifier", "token", "system|value (blind-indexed)"),
+                            _param("_id", "token", "the Patient's id"),
+                        ],
                     },
                     {
                         "type": "Consent",

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from medcloud.models.consortium import ConsortiumSpec
+from medcloud.records.keyclient import KeyAccessDeniedError
 from medcloud_exchange import index
 from medcloud_exchange.audit import AuditStore, Interaction, Requester, decision_event, rest_event
 from medcloud_exchange.cluster import Cluster
@@ -47,6 +48,7 @@ from medcloud_exchange.resources import (
 from medcloud_exchange.settings import ExchangeSettings
 from medcloud_exchange.stores import (
     PublisherStores,
+    StoreUnavailableError,
     content_name,
     metadata_name,
     patient_name,
@@ -651,11 +653,16 @@ class Exchange:
         if any(publisher != ctx.hospital for publisher, _ in records):
             decision = self.decide(ctx, patient, consents)
             visible |= {publisher for publisher, _ in decision.permitted}
-        sent = [
-            (publisher, self.stores.client(publisher).get_json(name))
-            for publisher, name in records
-            if publisher in visible
-        ]
+        sent: list[tuple[str, dict[str, Any]]] = []
+        for publisher, name in records:
+            if publisher not in visible:
+                continue
+            try:
+                sent.append((publisher, self.stores.client(publisher).get_json(name)))
+            except (StoreUnavailableError, KeyAccessDeniedError) as exc:
+                # A store the exchange no longer holds a grant for (spec.sharing changed): its demographics
+                # are simply not shown, rather than failing the whole answer.
+                log.info("demographics of %s not shown: %s", publisher, type(exc).__name__)
         return patient_out(patient, [resource for _, resource in sent], asked), [p for p, _ in sent]
 
 

@@ -445,6 +445,17 @@ def test_county_provides_a_document_bundle_city_finds_it_and_sees_the_patient_un
     outcome_of(unknown)
     nobody = exchange.http.get("/fhir/Patient", params={"identifier": f"{resident[0]}|nobody"}, headers=city.headers())
     assert valid_bundle(nobody)["total"] == 0
+    by_id = valid_bundle(
+        exchange.http.get("/fhir/Patient", params={"_id": patient.split("/")[1]}, headers=county.headers())
+    )
+    assert by_id["entry"][0]["resource"]["name"][0]["family"] == family
+    for missing in (str(uuid.uuid4()), "not-a-uuid"):
+        none = exchange.http.get("/fhir/Patient", params={"_id": missing}, headers=city.headers())
+        assert valid_bundle(none)["total"] == 0
+    both = exchange.http.get(
+        "/fhir/Patient", params={"_id": patient.split("/")[1], "identifier": token}, headers=city.headers()
+    )
+    assert both.status_code == 400
     by_name = exchange.http.get("/fhir/Patient", params={"identifier": token, "family": family}, headers=city.headers())
     assert by_name.status_code == 400
     assert "not indexed" in outcome_of(by_name)

@@ -4,7 +4,8 @@ Prints figures only; never passes or fails. Run:
 ``.venv/bin/python bench/bench_gateway.py [--count N] [--single N] [--batch N]``.
 
 It starts its own MinIO and Mosquitto (a LocalCluster without Kubernetes) and
-one gateway process in this process (HTTPS with TLS, MLLP, MQTT), storing into a
+one gateway process (HTTPS with TLS, MLLP, MQTT; its pid is printed, for a
+profiler: ``py-spy record --pid PID``), storing into a
 bucket with object lock like a RecordStore's, data keys from an in-process key
 ring. Each transport is driven by one sender, as one device or one hub would,
 and timed until every reading is stored:
@@ -29,11 +30,12 @@ import argparse
 import asyncio
 import io
 import json
+import multiprocessing
+import signal
 import socket
 import ssl
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -92,32 +94,58 @@ def _oru(n: int, obx: int) -> bytes:
     return ("\r".join(rows) + "\r").encode()
 
 
+def _serve_gateway(settings: GatewaySettings, store: dict[str, Any]) -> None:
+    """The gateway process: its own record client and key ring, serving until SIGTERM."""
+    minio = Minio(store["endpoint"], store["access_key"], store["secret_key"], secure=False)
+    keys = InMemoryKeyProvider.from_dict(store["ring"], kek=store["kek"])
+    gateway = Gateway(settings, Ingestor(RecordClient(minio, store["bucket"], keys), GatewayMetrics()))
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await gateway.run(stop)
+
+    asyncio.run(serve())
+
+
 class _Running:
-    """The gateway in a thread of its own."""
+    """The gateway in a process of its own, so senders and baselines in this one do not share its interpreter."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+    def __init__(self, settings: GatewaySettings, store: dict[str, Any]) -> None:
+        self.settings = settings
+        context = multiprocessing.get_context("spawn")
+        self._process = context.Process(target=_serve_gateway, args=(settings, store), name="gateway")
+        self._health = httpx.Client(base_url=f"http://127.0.0.1:{settings.health_port}", timeout=30)
 
-    async def _serve(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self._ready.set()
-        await self.gateway.run(self._stop)
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def stored(self, protocol: DeviceProtocol) -> float:
+        """The gateway's ``medcloud_gateway_readings_total`` for ``protocol`` and ``stored``, from /metrics."""
+        wanted = f'medcloud_gateway_readings_total{{protocol="{protocol.value}",result="{Result.STORED.value}"}}'
+        for line in self._health.get("/metrics").text.splitlines():
+            if line.startswith(wanted):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     def __enter__(self) -> _Running:
-        self._thread.start()
-        self._ready.wait(30)
+        self._process.start()
         deadline = time.monotonic() + 60
-        while self.gateway.readiness():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway not ready: {self.gateway.readiness()}")
+        while True:
+            try:
+                if self._health.get("/readyz").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or not self._process.is_alive():
+                raise RuntimeError("the gateway process did not become ready")
             time.sleep(0.1)
-        return self
 
     def __exit__(self, *_: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
+        self._process.terminate()
+        self._process.join(30)
+        self._health.close()
 
 
 def _rate(count: int, run: Callable[[], None]) -> float:
@@ -126,12 +154,12 @@ def _rate(count: int, run: Callable[[], None]) -> float:
     return count / (time.perf_counter() - start)
 
 
-def _wait_stored(metrics: GatewayMetrics, protocol: DeviceProtocol, target: float) -> None:
+def _wait_stored(gateway: _Running, protocol: DeviceProtocol, target: float) -> None:
     deadline = time.monotonic() + 600
-    while metrics.value(protocol, Result.STORED) < target:
+    while (stored := gateway.stored(protocol)) < target:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{protocol} stored {metrics.value(protocol, Result.STORED)} of {target}")
-        time.sleep(0.01)
+            raise RuntimeError(f"{protocol} stored {stored} of {target}")
+        time.sleep(0.02)
 
 
 def main() -> None:
@@ -236,14 +264,22 @@ def run(state: Path, minio_info: Any, broker: Any, count: int, single: int, batc
     minio = Minio(minio_info.endpoint, minio_info.access_key, minio_info.secret_key, secure=False)
     bucket = f"bench-gateway-{uuid.uuid4().hex[:8]}"
     minio.make_bucket(bucket, object_lock=True)
-    ring = KeyRing.create(hospital="bench", store="vitals", kek=generate_kek())
-    records = RecordClient(minio, bucket, InMemoryKeyProvider(ring))
+    kek = generate_kek()
+    ring = KeyRing.create(hospital="bench", store="vitals", kek=kek)
     ca = CertificateAuthority(state / "pki", "bench-ca", "bench CA")
     settings = _settings(state, minio_info, broker, bucket, ca)
-    metrics = GatewayMetrics()
+    store = {
+        "endpoint": minio_info.endpoint,
+        "access_key": minio_info.access_key,
+        "secret_key": minio_info.secret_key,
+        "bucket": bucket,
+        "ring": ring.to_dict(),
+        "kek": kek,
+    }
     figures: dict[str, float] = {}
     samples: dict[str, str] = {}
-    with _Running(Gateway(settings, Ingestor(records, metrics))):
+    with _Running(settings, store) as gateway:
+        print(f"gateway process pid {gateway.pid}", flush=True)
         context = ssl.create_default_context(cafile=str(ca.paths.cert))
         url = f"https://127.0.0.1:{settings.https_port}"
         with httpx.Client(base_url=url, verify=context, timeout=120) as client:
@@ -291,7 +327,7 @@ def run(state: Path, minio_info: Any, broker: Any, count: int, single: int, batc
             def publish() -> None:
                 for n in range(count):
                     device.publish("devices/hr-mqtt/readings", json.dumps(_reading(n)), qos=1)
-                _wait_stored(metrics, DeviceProtocol.MQTT, count)
+                _wait_stored(gateway, DeviceProtocol.MQTT, count)
 
             figures["MQTT, 1 reading/message"] = _rate(count, publish)
         finally:

@@ -14,8 +14,9 @@ and timed until every reading is stored:
 - HTTPS, ``--batch`` readings a request (a JSON array), ``--count`` in all;
 - MLLP, one ORU^R01 of one OBX and its ACK at a time (``--single``);
 - MLLP streaming: windows of 50 ORU^R01 of 10 OBX written at once, then their 50 ACKs (``--count`` OBX);
-- MQTT: ``--count`` QoS 1 publishes of one reading each; done when the gateway has stored them all
-  (the gateway batches them: a batch record is acknowledged once stored).
+- MQTT: ``--count`` QoS 1 publishes of one reading each, at most 5,000 ahead of what is stored (the
+  broker's queue for the gateway holds 10,000); done when the gateway has stored them all (the gateway
+  batches them: a batch's messages are acknowledged once its record is stored).
 
 Two baselines, both ``Minio.put_object`` of bytes the gateway stored (ciphertext and metadata), on the
 same MinIO in the same run: the record of one reading put once per reading (what storing each reading
@@ -59,6 +60,8 @@ from medcloud_gateway.metrics import GatewayMetrics, Result
 from medcloud_gateway.service import Gateway
 from medcloud_gateway.settings import GatewaySettings
 
+_MQTT_AHEAD = 5000
+"""Readings the MQTT sender may publish ahead of what the gateway has stored."""
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
@@ -326,6 +329,10 @@ def run(state: Path, minio_info: Any, broker: Any, count: int, single: int, batc
 
             def publish() -> None:
                 for n in range(count):
+                    if n % 1000 == 0:
+                        # Stay within what the broker queues for the gateway's session (max_queued_messages,
+                        # 10,000): past it Mosquitto drops QoS 1 messages for a subscriber that is behind.
+                        _wait_stored(gateway, DeviceProtocol.MQTT, n - _MQTT_AHEAD)
                     device.publish("devices/hr-mqtt/readings", json.dumps(_reading(n)), qos=1)
                 _wait_stored(gateway, DeviceProtocol.MQTT, count)
 

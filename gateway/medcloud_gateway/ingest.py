@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from medcloud.models import DeviceClass
 from medcloud.models import DeviceProtocol as Transport
@@ -29,6 +29,7 @@ from medcloud_gateway.normalize import check_accepted, from_observation, to_obse
 from medcloud_gateway.readings import Reading, ReadingError, parse_reading
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Payload = bytes | str | Mapping[str, Any] | list[Any]
 """What a transport hands over: the raw body, or JSON it decoded already."""
@@ -105,6 +106,21 @@ def batch_items(payload: Any) -> list[Any] | None:
     return None
 
 
+Decided = tuple[list[dict[str, Any]], list[tuple[int, str]]]
+"""The Observations of a batch's good items, and each bad item's index and what is wrong with it."""
+
+
+def decide_each(items: Sequence[T], decide: Callable[[T], dict[str, Any]]) -> Decided:
+    """``decide`` for every item of a batch, collecting :class:`ReadingError` by index instead of stopping."""
+    observations, errors = [], []
+    for index, item in enumerate(items):
+        try:
+            observations.append(decide(item))
+        except ReadingError as exc:
+            errors.append((index, str(exc)))
+    return observations, errors
+
+
 class Ingestor:
     """Turns readings into stored Observations for one gateway (thread-safe: it keeps no state of its own)."""
 
@@ -151,9 +167,7 @@ class Ingestor:
             reading = parse_reading(payload, device_id=device_id)
         return self.observe(reading)
 
-    def decide_payload(
-        self, payload: Payload, *, device_id: str | None = None
-    ) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    def decide_payload(self, payload: Payload, *, device_id: str | None = None) -> Decided:
         """A payload's Observations, one or a batch, and the errors of its bad readings by index.
 
         With any error the caller must store none of them: a batch is taken or refused whole."""
@@ -171,13 +185,7 @@ class Ingestor:
             return [], [(0, "an empty batch: send at least one reading")]
         if len(items) > MAX_BATCH:
             return [], [(MAX_BATCH, f"a batch holds at most {MAX_BATCH} readings, got {len(items)}")]
-        observations, errors = [], []
-        for index, item in enumerate(items):
-            try:
-                observations.append(self.decide(item, device_id=device_id))
-            except ReadingError as exc:
-                errors.append((index, str(exc)))
-        return observations, errors
+        return decide_each(items, lambda item: self.decide(item, device_id=device_id))
 
     # -- writing ---------------------------------------------------------------------
 
@@ -196,7 +204,8 @@ class Ingestor:
     def store_batch(self, transport: Transport, observations: Sequence[Mapping[str, Any]]) -> Outcome:
         """Store ``observations`` as one record: all of them, or none (FAILED: send the batch again)."""
         batch = Batch(observations)
-        ids = tuple(batch.ids)
+        # Every reading's id in the order sent, a reading sent twice in the batch too (the record holds it once).
+        ids = tuple(str(o["id"]) for o in observations)
         try:
             info = self._records.put(batch.name, batch.body, content_type=NDJSON_CONTENT_TYPE)
         except Exception as exc:
@@ -217,36 +226,4 @@ class Ingestor:
         observations, errors = self.decide_payload(payload, device_id=device_id)
         if errors:
             return self.refuse(transport, errors, max(1, len(observations) + len(errors)))
-        return self.store_batch(transport, observations)
-
-    def ingest_device(self, transport: Transport, observations: Sequence[DeviceObservation]) -> Outcome:
-        """Observations built from MDC-coded device data, taken together: one refused, none stored."""
-        documents, errors = self.gate_all(observations)
-        if errors:
-            return self.refuse(transport, errors, len(observations))
-        return self.store_batch(transport, documents)
-
-    def gate_all(self, observations: Sequence[DeviceObservation]) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
-        documents, errors = [], []
-        for index, item in enumerate(observations):
-            try:
-                documents.append(self.gate(item))
-            except ReadingError as exc:
-                errors.append((index, str(exc)))
-        return documents, errors
-
-    def observe_all(self, readings: Sequence[Reading]) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
-        observations, errors = [], []
-        for index, reading in enumerate(readings):
-            try:
-                observations.append(self.observe(reading))
-            except ReadingError as exc:
-                errors.append((index, str(exc)))
-        return observations, errors
-
-    def ingest_all(self, transport: Transport, readings: Sequence[Reading]) -> Outcome:
-        """Several readings taken together: if any is refused, none is stored (an HL7 message is one unit)."""
-        observations, errors = self.observe_all(readings)
-        if errors:
-            return self.refuse(transport, errors, len(readings))
         return self.store_batch(transport, observations)

@@ -30,7 +30,7 @@ from medcloud_gateway.hl7v2 import (
     parse_header,
     parse_oru,
 )
-from medcloud_gateway.ingest import Ingestor
+from medcloud_gateway.ingest import Ingestor, decide_each
 from medcloud_gateway.mdc import Vocabulary
 from medcloud_gateway.metrics import Result
 from medcloud_gateway.pcd01 import is_device_message, normalise_segments, parse_pcd01
@@ -93,7 +93,7 @@ class MllpServer:
             await self._server.wait_closed()
 
     def decide(self, message: bytes) -> Decision:
-        """What one message asks to store, or its refusal (pure: nothing is written)."""
+        """What one message asks to store, or its refusal: nothing is stored here (refusals are counted)."""
         header: Header | None = None
         observations: list[dict[str, Any]] = []
         try:
@@ -104,13 +104,13 @@ class MllpServer:
                 device = parse_pcd01(text, self._vocabulary, local=self._local)
                 errors = device.errors
                 if not errors:
-                    observations, refused = self._ingestor.gate_all(device.observations)
+                    observations, refused = decide_each(device.observations, self._ingestor.gate)
                     errors = [e for _, e in refused]
             else:
                 result = parse_oru(text, local=self._local)
                 errors = result.errors
                 if not errors:
-                    observations, refused = self._ingestor.observe_all(result.readings)
+                    observations, refused = decide_each(result.readings, self._ingestor.observe)
                     errors = [e for _, e in refused]
         except (UnicodeDecodeError, Hl7Error) as exc:
             reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
@@ -134,10 +134,6 @@ class MllpServer:
                 failed = AckCode.ERROR, outcome.error or "not stored"
                 decisions = [Decision(d.header, *failed) if d.observations else d for d in decisions]
         return [self._ack(d.header, d.code, d.text) for d in decisions]
-
-    def answer(self, message: bytes) -> str:
-        """The ACK for one message, after storing its readings."""
-        return self.answer_all([message])[0]
 
     @staticmethod
     def _ack(header: Header | None, code: AckCode, text: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -237,15 +238,18 @@ def _validated(document: Mapping[str, Any], shape: str | None) -> dict[str, Any]
         raise ReadingError(f"not a valid FHIR Observation: {describe(exc)}") from None
     dumped = model.model_dump(mode="json", exclude_none=True)
     if shape is not None and dumped == document:
-        if len(_TRUSTED_SHAPES) >= _MAX_SHAPES:
-            _TRUSTED_SHAPES.pop(next(iter(_TRUSTED_SHAPES)))
-        _TRUSTED_SHAPES[shape] = None
+        with _SHAPES_LOCK:
+            if len(_TRUSTED_SHAPES) >= _MAX_SHAPES:
+                _TRUSTED_SHAPES.pop(next(iter(_TRUSTED_SHAPES)))
+            _TRUSTED_SHAPES[shape] = None
     return dumped
 
 
 _MAX_SHAPES = 4096
-# Insertion-ordered, so the oldest is dropped first; a dict's single operations are atomic under the GIL.
+# Insertion-ordered, so the oldest is dropped first. Lookups need no lock (a dict's single operations are atomic
+# under the GIL); adding and evicting take one, since finding the oldest is two steps.
 _TRUSTED_SHAPES: dict[str, None] = {}
+_SHAPES_LOCK = threading.Lock()
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _FHIR_STRING = re.compile(r"[ \r\n\t\S]+")
 _FHIR_DATETIME = re.compile(

@@ -1001,6 +1001,26 @@ def test_records_cli_puts_lists_and_gets_with_either_key_source(
         assert got.exit_code == 0, got.output
         assert target.read_bytes() == source.read_bytes()
 
+    # A batch record, as the device gateway writes them: one resource out of it by id.
+    batch = tmp_path / "batch.ndjson"
+    batch.write_text("".join(json.dumps({"resourceType": "Observation", "id": f"o-{n}"}) + "\n" for n in range(3)))
+    ndjson = ["--content-type", "application/fhir+ndjson"]
+    put3 = runner.invoke(
+        medcloud_cli, ["records", "put", name, "fhir/Observation/b.ndjson", str(batch), *admin, *ndjson, *via_service]
+    )
+    assert put3.exit_code == 0, put3.output
+    one = runner.invoke(
+        medcloud_cli,
+        ["records", "get", name, "fhir/Observation/b.ndjson", "-", "--resource", "o-1", *admin, *via_service],
+    )
+    assert one.exit_code == 0, one.output
+    assert json.loads(one.output) == {"resourceType": "Observation", "id": "o-1"}
+    absent = runner.invoke(
+        medcloud_cli,
+        ["records", "get", name, "fhir/Observation/b.ndjson", "-", "--resource", "o-9", *admin, *via_service],
+    )
+    assert _one_line_error(absent) == "error: record fhir/Observation/b.ndjson holds no resource 'o-9'"
+
     stranger = key_service.token(hospital, "not-granted")
     refused_args = [*admin, "--key-service", key_service.url, "--token", stranger]
     denied = runner.invoke(medcloud_cli, ["records", "get", name, "reports/1", str(tmp_path / "x"), *refused_args])

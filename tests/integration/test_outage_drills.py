@@ -17,7 +17,8 @@ lasts, gone afterwards, read through Prometheus' HTTP API.
   on the same address, the same writers succeed, none restarted.
 - PostgreSQL restarted while members publish: every publish is either complete
   (index row and payload and metadata readable) or refused 503 with an
-  OperationOutcome, and nothing is half-written in the database or in MinIO.
+  OperationOutcome, and nothing is half-written in the database or in MinIO; the
+  Consortium goes Degraded (the operator asks the exchange's /readyz) and Ready again.
 
 The operator, key service, gateway and exchange run in this process (threads),
 as the other integration tests run them; MinIO, Mosquitto, PostgreSQL, the API
@@ -68,7 +69,13 @@ from medcloud_gateway.metrics import GatewayMetrics, Result
 from medcloud_gateway.service import Gateway
 from medcloud_keyservice.app import create_app as create_key_service
 from medcloud_keyservice.settings import KeyServiceSettings
-from tests.exchange_harness import admitted_callers, consortium_members, granted_exchange, new_database
+from tests.exchange_harness import (
+    admitted_callers,
+    consortium_members,
+    exchange_operator_env,
+    granted_exchange,
+    new_database,
+)
 from tests.exchange_harness import exchange_settings as harness_settings
 from tests.exchange_support import RESIDENT_ID, contained_patient, document
 from tests.integration import test_gateway as gateway_base
@@ -87,9 +94,12 @@ from tests.operator_support import (
     OPERATOR_NAMESPACE,
     REPO,
     SA_GROUPS,
+    Json,
     RunningOperator,
     condition,
     hospital_spec,
+    raw,
+    run_operator,
 )
 from tests.support import wait_for
 
@@ -101,10 +111,9 @@ READINGS_PER_SECOND = 10.0
 APP_WRITES_PER_SECOND = 5.0
 device = gateway_base.device
 serving_ca = gateway_base.serving_ca
-# This module's MinIO (stopped by drill 1), the operator on it, and the tenants: as the RecordStore tests have them.
+# This module's MinIO (stopped by drill 1) and the tenants: as the RecordStore tests have them.
 cluster = recordstores.cluster
 storage = recordstores.storage
-operator = recordstores.operator
 tenants = recordstores.tenants
 
 
@@ -142,6 +151,28 @@ class ThreadServer:
 
 
 @pytest.fixture(scope="module")
+def exchange_port() -> int:
+    """Where drill 3's exchange will listen: known before the operator and Prometheus start, which both ask it."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def operator(store_operator_kubeconfig: Path, storage: PrivateMinio, exchange_port: int) -> Iterator[RunningOperator]:
+    """The whole operator on this module's MinIO. It deploys exchanges, and asks drill 3's exchange (a local
+    process, where no kubelet probes it) whether it serves, every second (docs/exchange.md)."""
+    env = exchange_operator_env(
+        storage.info,
+        MEDCLOUD_RECORDSTORE_RETRY_MAX_SECONDS="2",
+        MEDCLOUD_RECORDSTORE_REFRESH_SECONDS="2",
+        MEDCLOUD_EXCHANGE_READINESS_URL=f"http://127.0.0.1:{exchange_port}/readyz",
+        MEDCLOUD_EXCHANGE_PROBE_SECONDS="1",
+        MEDCLOUD_EXCHANGE_PROBE_TIMEOUT_SECONDS="5",
+    )
+    with run_operator(store_operator_kubeconfig, env, timeout=120) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
 def keys_server(local_cluster: Any, operator: RunningOperator) -> Iterator[ThreadServer]:
     """The key service as its own identity (deploy/keyservice-rbac.yaml), on an address that outlives restarts."""
     local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "keyservice-rbac.yaml"))
@@ -160,12 +191,6 @@ def keys_server(local_cluster: Any, operator: RunningOperator) -> Iterator[Threa
 @pytest.fixture(scope="module")
 def key_service(keys_server: ThreadServer, cluster: Cluster) -> KeyService:
     return KeyService(keys_server.url, cluster)
-
-
-@pytest.fixture(scope="module")
-def exchange_port() -> int:
-    """Where drill 3's exchange will listen: known before Prometheus starts, so it is one of its targets."""
-    return free_port()
 
 
 @pytest.fixture(scope="module")
@@ -534,6 +559,15 @@ class Publications:
                 self.other.append(f"{response.status_code}: {response.text[:200]}")
 
 
+def exchange_phase(cluster: Cluster, consortium: str, phase: str, reason: str) -> Json | None:
+    """The Consortium's ExchangeReady condition once it is in ``phase`` with ``reason``."""
+    body = cluster.get("Consortium", consortium)
+    found = condition(body, "ExchangeReady")
+    if ((body or {}).get("status") or {}).get("phase") == phase and found and found["reason"] == reason:
+        return found
+    return None
+
+
 @pytest.fixture(scope="module")
 def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, PostgresInfo]]:
     """A PostgreSQL of this module's own: the session's serves every other test, so it is not restarted."""
@@ -571,13 +605,21 @@ def test_postgres_restarted_mid_publish_leaves_every_publish_complete_or_refused
     }
     store_body = {"recordClass": "documents", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
     hospitals = {name: hospital_spec(name) for name in (county, city)}
-    with consortium_members(cluster, hospitals, consortium, spec, "emr", store_body) as members:
+    database = new_database(postgres, f"exchange_{suffix}")
+    # The connection Secret the operator's exchange Deployment reads (docs/install.md).
+    database_secret = f"exchange-{consortium}-app"
+    cluster.core.create_namespaced_secret(
+        OPERATOR_NAMESPACE, {"metadata": {"name": database_secret}, "stringData": {"uri": database}}
+    )
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(raw, cluster.core.delete_namespaced_secret, database_secret, OPERATOR_NAMESPACE)
+        members = cleanup.enter_context(consortium_members(cluster, hospitals, consortium, spec, "emr", store_body))
         granted_exchange(local_cluster, cluster, consortium)
         settings = harness_settings(
             local_cluster,
             cluster,
             consortium,
-            database=new_database(postgres, f"exchange_{suffix}"),
+            database=database,
             audit=make_audit_bucket(storage.info, f"exchange-audit-{suffix}"),
             minio_server=storage.info,
             key_service_url=keys_server.url,
@@ -596,6 +638,7 @@ def test_postgres_restarted_mid_publish_leaves_every_publish_complete_or_refused
                     "Prometheus to scrape the exchange",
                 )
                 wait_alert(prometheus_url, "MedcloudExchangeDatabaseUnavailable", None)
+                wait_for(lambda: exchange_phase(cluster, consortium, "Ready", "ExchangeServing"), "ExchangeServing")
                 (server,) = [p for p in servers.processes if p.name == "postgres"]
                 stop = threading.Event()
                 counter = iter(range(10**9))
@@ -613,6 +656,12 @@ def test_postgres_restarted_mid_publish_leaves_every_publish_complete_or_refused
                 before = len(results.created)
                 server.stop(grace=0)  # killed outright: open transactions are cut, as in a crash or a failover
                 down_at = watch()
+                degraded = wait_for(
+                    lambda: exchange_phase(cluster, consortium, "Degraded", "ExchangeUnavailable"),
+                    "the Consortium Degraded",
+                )
+                degraded_after = watch() - down_at
+                assert "PostgreSQL" in degraded["message"], degraded["message"]
                 wait_alert(prometheus_url, "MedcloudExchangeDatabaseUnavailable", "firing")
                 fired_after = watch() - down_at
                 refused_while_down = results.refused
@@ -622,6 +671,11 @@ def test_postgres_restarted_mid_publish_leaves_every_publish_complete_or_refused
                 after = len(results.created)
                 wait_for(lambda: len(results.created) >= after + 10, "publishes to succeed again", timeout=120)
                 resumed_after = watch() - up_at
+                wait_for(
+                    lambda: exchange_phase(cluster, consortium, "Ready", "ExchangeServing"),
+                    "the Consortium Ready again on its own",
+                )
+                ready_after = watch() - up_at
                 stop.set()
                 for thread in threads:
                     thread.join(timeout=120)
@@ -656,7 +710,8 @@ def test_postgres_restarted_mid_publish_leaves_every_publish_complete_or_refused
     report(
         f"drill: PostgreSQL restarted under {PUBLISHERS} publishers: {len(results.created)} published "
         f"({before} before the stop), {results.refused} refused 503 OperationOutcome, 0 other answers; "
-        f"MedcloudExchangeDatabaseUnavailable firing {fired_after:.1f} s after the stop; publishing again "
-        f"{resumed_after:.1f} s after the start, alert cleared in {cleared_after:.1f} s; "
+        f"Consortium Degraded {degraded_after:.1f} s and MedcloudExchangeDatabaseUnavailable firing "
+        f"{fired_after:.1f} s after the stop; after the start: publishing again in {resumed_after:.1f} s, "
+        f"Consortium Ready in {ready_after:.1f} s, alert cleared in {cleared_after:.1f} s; "
         f"0 half-written (index rows = 201s; visible objects = content, metadata and demographics of each)"
     )

@@ -18,7 +18,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from medcloud.models.common import CELRule, MedCloudModel, unique_items
+from medcloud.models.common import CELRule, DNS1123Subdomain, MedCloudModel, unique_items
 
 DIRECT_IDENTIFIER_SEGMENTS = (
     "identifier",
@@ -112,6 +112,14 @@ class DeidentificationPolicy(MedCloudModel):
         ge=1,
         le=30,
         description="Width of the age bands replacing the birth date; ages 90 and over form one band.",
+    )
+    device_store: DNS1123Subdomain | None = Field(
+        default="device-data",
+        description=(
+            "RecordStore of each member where its DeviceGateways write device Observations; the export "
+            "carries them (de-identified like the rest) and the exchange is granted that store's keys. "
+            "Leave it out to export no device readings."
+        ),
     )
     retain: list[RetainedElement] = Field(
         default_factory=list,

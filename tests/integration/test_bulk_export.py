@@ -152,9 +152,9 @@ def test_the_commission_exports_de_identified_ndjson_and_since_carries_only_chan
     # _type narrows the export; a type the exchange does not export is a clear 400.
     only, _ = export(exchange, commission, _type="Coverage")
     assert [o["type"] for o in only["output"]] == ["Coverage"]
-    bad = kick_off(exchange, commission, _type="Observation,Claim")
+    bad = kick_off(exchange, commission, _type="Medication,Claim")
     assert bad.status_code == 400, bad.text
-    assert "does not export: Claim, Observation" in outcome_of(bad)
+    assert "does not export: Claim, Medication" in outcome_of(bad)
 
 
 def test_an_export_without_the_role_is_refused_and_audited(

@@ -10,6 +10,7 @@ ever written anywhere (docs/analytics.md).
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,12 +20,15 @@ from typing import Any
 from medcloud.auth import Caller
 from medcloud.models.deidentification import DeidentificationPolicy
 from medcloud_exchange.audit import Interaction, Requester, rest_event
-from medcloud_exchange.bulk import sources
+from medcloud_exchange.bulk import devices, sources
 from medcloud_exchange.bulk.deidentify import Deidentifier
 from medcloud_exchange.bulk.protocol import KickOff, Level
 from medcloud_exchange.cluster import namespace_of
 from medcloud_exchange.outcomes import FhirError, forbidden, not_found
 from medcloud_exchange.service import Exchange
+from medcloud_exchange.stores import PublisherStores, StoreUnavailableError
+
+log = logging.getLogger(__name__)
 
 PUBLIC_HEALTH = "PUBHLTH"
 """HL7 v3 PurposeOfUse of every export: public health (the commission's indicators)."""
@@ -61,12 +65,17 @@ def relink(resource: dict[str, Any], patient: uuid.UUID) -> dict[str, Any]:
     return out
 
 
+def ndjson_line(resource: dict[str, Any]) -> bytes:
+    return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
 class BulkExports:
     """The exchange's ``$export``: RBAC on ``consortia/export``, audited, de-identified by the Consortium's policy."""
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
         self._key = exchange.settings.blind_key()
+        self._device_stores: dict[str, PublisherStores] = {}
 
     # ------------------------------------------------------------------ who
 
@@ -136,7 +145,38 @@ class BulkExports:
 
     def counts(self, job: Job) -> list[tuple[str, int]]:
         with self.exchange.db.connection() as conn:
-            return [(t, sources.count(conn, t, job.selection(t))) for t in job.kick_off.types]
+            return [
+                (t, self._device_count(job) if t == devices.OBSERVATION else sources.count(conn, t, job.selection(t)))
+                for t in job.kick_off.types
+            ]
+
+    # ------------------------------------------------------------------ device Observations
+
+    def _device_stores_of(self, job: Job) -> list[tuple[str, devices.DeviceStore]]:
+        """Each member's device store the export reads (the group's alone); one unreachable is left out, logged."""
+        spec = self.exchange.cluster.consortium()
+        store = spec.deidentification.device_store if spec and spec.deidentification else None
+        if spec is None or store is None:
+            return []
+        clients = self._device_stores.setdefault(
+            store, PublisherStores(self.exchange.cluster, self.exchange.settings.model_copy(update={"store": store}))
+        )
+        out: list[tuple[str, devices.DeviceStore]] = []
+        for member in sorted(spec.members):
+            if job.kick_off.group not in (None, member):
+                continue
+            try:
+                out.append((member, clients.client(member)))
+            except StoreUnavailableError as exc:
+                log.info("export %s: no device Observations of %s: %s", job.id, member, exc)
+        return out
+
+    def _device_observations(self, job: Job) -> Iterator[devices.DeviceObservation]:
+        return devices.read(self._device_stores_of(job), job.transaction_time, job.kick_off.since)
+
+    def _device_count(self, job: Job) -> int:
+        # Batches hold several readings: counting means reading (and decrypting) them.
+        return sum(1 for _ in self._device_observations(job))
 
     def cancel(self, requester: Requester, job_id: uuid.UUID) -> None:
         self.job(requester, job_id)
@@ -152,6 +192,8 @@ class BulkExports:
             raise not_found(f"export {job.id} has no {resource_type} output")
         deidentifier = Deidentifier.for_purpose(self.policy(), self._key, job.kick_off.purpose, today)
         self._audit(requester, f"$export {job.id} output {resource_type}", [], job.request, Interaction.READ)
+        if resource_type == devices.OBSERVATION:
+            return self._device_lines(self._device_observations(job), deidentifier)
         with self.exchange.db.connection() as conn:
             rows = list(sources.rows(conn, resource_type, job.selection(resource_type)))
         return self._lines(rows, deidentifier)
@@ -164,7 +206,14 @@ class BulkExports:
                 stored = self.exchange.stores.client(row.holder).get_json(row.record)
                 resource = relink(stored, row.patient)
             clean = deidentifier.resource(resource, patient=str(row.patient))
-            yield json.dumps(clean, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            yield ndjson_line(clean)
+
+    def _device_lines(
+        self, observations: Iterator[devices.DeviceObservation], deidentifier: Deidentifier
+    ) -> Iterator[bytes]:
+        for observation in observations:
+            clean = deidentifier.resource(observation.resource, patient=observation.patient)
+            yield ndjson_line(clean)
 
     def _audit(
         self,

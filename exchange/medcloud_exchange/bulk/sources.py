@@ -3,6 +3,7 @@
 Every row names the resource, its patient, the member whose RecordStore holds the encrypted record, the
 record's name there and when it last changed (what ``_since`` compares). The exchange keeps no
 demographics, so a ``Patient`` is made from its index row alone (an opaque id, nothing to drop).
+Device Observations are not indexed: :mod:`.devices` reads them from the members' device stores.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from medcloud_exchange import index
+from medcloud_exchange.bulk.devices import OBSERVATION
 from medcloud_exchange.stores import metadata_name
 from medcloud_exchange.workflows.common import record_name
 
@@ -87,7 +89,8 @@ SOURCES: dict[str, Source] = {
         ),
     )
 }
-RESOURCE_TYPES = tuple(SOURCES)
+RESOURCE_TYPES = (*SOURCES, OBSERVATION)
+"""Every type the exchange exports: its index's, and the members' device Observations (:mod:`.devices`)."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@
   (TokenReview, SubjectAccessReview, get Consortia, create Events);
 - in the namespace of each member some sharing rule shares from, and no other, a Role and
   RoleBinding ``medcloud-exchange``: ``get`` on ``recordstores/keys`` of the exchange's store
-  and on that store's credentials Secret, by name.
+  and on that store's credentials Secret, by name; with a de-identification policy naming a
+  device store, every member's Role names that store too (the Bulk export's Observations).
 
 Every object is labelled with its Consortium, so a member that drops out of ``spec.sharing``
 loses its Role on the next reconcile (the handler prunes by that label), and owned by the
@@ -73,6 +74,18 @@ def exchange_meta(name: str, consortium: str, owner: Manifest, namespace: str | 
     return meta
 
 
+def exchange_stores(spec: ConsortiumSpec) -> dict[str, list[str]]:
+    """Per member, the RecordStores the exchange may read: the exchange's store of each member some rule
+    shares from, and, when the de-identification policy names a device store, that store of every member
+    (the FHIR Bulk export carries their device Observations, de-identified; docs/analytics.md)."""
+    out: dict[str, set[str]] = {m: {EXCHANGE_STORE} for m in spec.publishers()}
+    device_store = spec.deidentification.device_store if spec.deidentification else None
+    if device_store:
+        for member in spec.members:
+            out.setdefault(member, set()).add(device_store)
+    return {m: sorted(stores) for m, stores in sorted(out.items())}
+
+
 def build_exchange_rbac(
     consortium: Manifest, spec: ConsortiumSpec, operator_namespace: str, cluster_role: str
 ) -> list[Manifest]:
@@ -89,7 +102,7 @@ def build_exchange_rbac(
             "subjects": subjects,
         }
     ]
-    for hospital in spec.publishers():
+    for hospital, stores in exchange_stores(spec).items():
         namespace = hospital_namespace(hospital)
         out += [
             {
@@ -100,13 +113,13 @@ def build_exchange_rbac(
                     {
                         "apiGroups": ["medcloud.io"],
                         "resources": ["recordstores/keys"],
-                        "resourceNames": [EXCHANGE_STORE],
+                        "resourceNames": stores,
                         "verbs": ["get"],
                     },
                     {
                         "apiGroups": [""],
                         "resources": ["secrets"],
-                        "resourceNames": [credentials_secret_name(EXCHANGE_STORE)],
+                        "resourceNames": [credentials_secret_name(s) for s in stores],
                         "verbs": ["get"],
                     },
                 ],

@@ -138,7 +138,7 @@ def _grant_exchange(
         apply(ctx.kube, manifest, ctx.own_writes)
         if namespace is not None and manifest["kind"] == "RoleBinding":
             granted.append(str(hospital_of_namespace(namespace)))
-    wanted = set(spec.publishers())
+    wanted = set(exchange_rbac.exchange_stores(spec))
     before = set(previous.exchange.publishers) if previous.exchange else set()
     for hospital in sorted((before | set(spec.members)) - wanted):
         namespace = hospital_namespace(hospital)

@@ -28,8 +28,8 @@ def test_no_type_means_every_type_and_types_come_in_the_exchanges_order() -> Non
 
 
 def test_an_unknown_type_is_named_in_the_refusal() -> None:
-    with pytest.raises(KickOffError, match="does not export: Claim, Observation"):
-        parse_types(["Observation,Claim,Patient"])
+    with pytest.raises(KickOffError, match="does not export: Claim, Medication"):
+        parse_types(["Medication,Claim,Patient"])
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from medcloud.models.consortium import ConsortiumSpec
-from medcloud_operator.builders.exchange import account_name, build_exchange_rbac, exchange_selector
+from medcloud.models.deidentification import DeidentificationPolicy
+from medcloud_operator.builders.exchange import account_name, build_exchange_rbac, exchange_selector, exchange_stores
 
 OWNER: dict[str, Any] = {
     "apiVersion": "medcloud.io/v1alpha1",
@@ -56,3 +57,33 @@ def test_the_account_name_is_a_valid_name_however_long_the_consortium() -> None:
     long = account_name("a" * 63)
     assert len(long) <= 63
     assert long != account_name("a" * 62 + "b")
+
+
+def test_a_device_store_in_the_policy_grants_it_in_every_member_and_nothing_more() -> None:
+    consortium = spec({"category": "emr", "from": ["county"], "to": ["city"]}).model_copy(
+        update={"deidentification": DeidentificationPolicy.model_validate({"purposes": [{"name": "indicators"}]})}
+    )
+    roles = {
+        r["metadata"]["namespace"]: r["rules"]
+        for r in build_exchange_rbac(OWNER, consortium, "medcloud-system", "medcloud-exchange")
+        if r["kind"] == "Role"
+    }
+    assert sorted(roles) == ["hospital-city", "hospital-county", "hospital-village"]
+    assert roles["hospital-county"][0]["resourceNames"] == ["device-data", "emr"]
+    assert roles["hospital-county"][1]["resourceNames"] == ["device-data-credentials", "emr-credentials"]
+    assert roles["hospital-village"][0]["resourceNames"] == ["device-data"]
+    assert roles["hospital-village"][1]["resourceNames"] == ["device-data-credentials"]
+    assert exchange_stores(consortium) == {
+        "city": ["device-data"],
+        "county": ["device-data", "emr"],
+        "village": ["device-data"],
+    }
+    # A policy exporting no device readings grants no device store.
+    none = consortium.model_copy(
+        update={
+            "deidentification": DeidentificationPolicy.model_validate(
+                {"purposes": [{"name": "indicators"}], "deviceStore": None}
+            )
+        }
+    )
+    assert exchange_stores(none) == {"county": ["emr"]}

@@ -1,0 +1,107 @@
+"""The members' device Observations for ``$export``: read from each member's device RecordStore.
+
+The gateways write their Observations encrypted into each hospital's device store (the policy's
+``deviceStore``, ``device-data`` by default), which the exchange does not index. An export reads them
+where they are, through the record client and the key service like every other record (the operator
+grants the exchange that store's keys when the policy names it), and de-identifies them line by line.
+
+The ground-floor layout read here (docs/devices.md, ``medcloud.records``): every record under
+``fhir/Observation/`` holds either one Observation or a batch of them (a FHIR Bundle whose entries are
+Observations, or NDJSON of Observations, one per line). A record's last modification is when its
+readings changed: what ``_since`` and the export's transaction time compare.
+
+Each Observation leaves scoped to the member that holds it: ``performer`` is ``Organization/<member>``
+(the indicators count by institution; the gateway names none) and the subject, a hospital's own
+opaque patient id, becomes ``Patient/<member>.<id>`` before the pseudonym, so two hospitals' equal
+local ids stay two patients.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from medcloud.records.client import RecordInfo
+
+log = logging.getLogger(__name__)
+
+OBSERVATION = "Observation"
+DEVICE_PREFIX = f"fhir/{OBSERVATION}/"
+"""Where the gateway's records of Observations are, one reading or one batch per record."""
+
+
+class DeviceStore(Protocol):
+    """What the reader needs of a member's device store (a :class:`~medcloud.records.client.RecordClient`)."""
+
+    def list(self, prefix: str = "") -> Iterator[RecordInfo]: ...
+
+    def get_bytes(self, name: str, *, version_id: str | None = None) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class DeviceObservation:
+    """One exported reading: the Observation scoped to its member, and the patient keying its date shift."""
+
+    holder: str
+    patient: str
+    resource: dict[str, Any]
+
+
+def changed_between(info: RecordInfo, until: datetime, since: datetime | None) -> bool:
+    """Whether a record belongs to an export up to ``until`` of what changed after ``since``."""
+    when = info.last_modified
+    if when is None:
+        return False
+    return when <= until and (since is None or when > since)
+
+
+def observations_in(plaintext: bytes) -> list[dict[str, Any]]:
+    """The Observations a device record holds: one, a Bundle's entries, or NDJSON lines (anything else: none)."""
+    text = plaintext.decode("utf-8")
+    stripped = text.strip()
+    if not stripped:
+        return []
+    try:
+        documents: list[Any] = [json.loads(stripped)]
+    except json.JSONDecodeError:
+        documents = [json.loads(line) for line in stripped.splitlines() if line.strip()]
+    out: list[dict[str, Any]] = []
+    for document in documents:
+        if isinstance(document, dict) and document.get("resourceType") == "Bundle":
+            entries = [e.get("resource") for e in document.get("entry") or [] if isinstance(e, dict)]
+        else:
+            entries = [document]
+        out += [e for e in entries if isinstance(e, dict) and e.get("resourceType") == OBSERVATION]
+    return out
+
+
+def scoped(observation: dict[str, Any], holder: str) -> DeviceObservation:
+    """``observation`` as the export carries it before de-identification: its member's patient and performer."""
+    out = dict(observation)
+    reference = str((observation.get("subject") or {}).get("reference", ""))
+    local = reference.removeprefix("Patient/") if reference.startswith("Patient/") else ""
+    patient = f"{holder}.{local}" if local else ""
+    if patient:
+        out["subject"] = {"reference": f"Patient/{patient}"}
+    else:
+        out.pop("subject", None)
+    out["performer"] = [{"reference": f"Organization/{holder}"}]
+    return DeviceObservation(holder, patient, out)
+
+
+def read(
+    stores: Iterable[tuple[str, DeviceStore]], until: datetime, since: datetime | None = None
+) -> Iterator[DeviceObservation]:
+    """Every device Observation of ``stores`` (member, store) changed in the export's window, oldest first."""
+    for holder, store in stores:
+        infos = sorted(
+            (i for i in store.list(DEVICE_PREFIX) if i.is_record and changed_between(i, until, since)),
+            key=lambda i: (i.last_modified, i.name),
+        )
+        for info in infos:
+            for observation in observations_in(store.get_bytes(info.name, version_id=info.version_id)):
+                yield scoped(observation, holder)

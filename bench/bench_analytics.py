@@ -12,24 +12,35 @@ Prints figures only; never passes or fails. Run: ``.venv/bin/python bench/bench_
   month, share under 140/90 per institution and month). Ratio = NDJSON time / Parquet time; both
   answers are checked equal.
 - de-identify: ``Deidentifier.resource`` on the IHE blood-pressure example against ``json.loads`` and
-  ``json.dumps`` of the same line (what streaming a raw record through costs without it); the export's
-  other costs (PostgreSQL rows, MinIO reads, decryption) are those of bench_records.py and are not
-  repeated here, so this is not the whole export's throughput.
+  ``json.dumps`` of the same line (what streaming a raw record through costs without it).
+- export: the device readings of a generated month (tests/consortium_month.py, ``--patients`` per member
+  of the example consortium's five, ``--readings`` each), made Observations by the gateway's own
+  normaliser and stored encrypted by the record client into a real MinIO (a LocalCluster of MinIO
+  alone; data keys from an in-process ring, as bench_exchange.py does). Then, in the same run, (a) the
+  export's reader and NDJSON lines (``bulk.devices.read`` + ``bulk.service.device_lines``: list, get and
+  decrypt each record, scope it, de-identify, serialise) against (b) reading the same encrypted records
+  raw (list, get and decrypt each, nothing else). Ratio = export resources/s over raw records/s. Left
+  out: the HTTP response and the kick-off's PostgreSQL (once per export, not per resource).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
+from minio import Minio
 
 from medcloud.models.deidentification import DeidentificationPolicy
 from medcloud_exchange.bulk.deidentify import Deidentifier
+
+# The month's generator is the tests' (tests/consortium_month.py): the same month at a larger scale.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DATA = Path(__file__).parents[1] / "tests" / "data" / "analytics"
 
@@ -135,12 +146,72 @@ def deidentify(count: int) -> None:
     print(f"  ratio de-identified/raw throughput {raw / clean:.2f} (the de-identifier's share of a streamed line)")
 
 
+def _month_observations(patients: int, readings: int) -> list[dict[str, object]]:
+    """A generated month's device readings as the gateway's Observations (its normaliser, its ids)."""
+    from medcloud_gateway.normalize import to_observation
+    from medcloud_gateway.readings import parse_reading
+    from tests.consortium_month import Scale, plan, reading_json
+
+    tiers = {"city-general": "city", "county-people": "county", "township-maple": "township"}
+    tiers |= {"community-eastgate": "community", "village-willow": "village"}
+    month = plan(tiers, Scale(patients_per_member=patients, readings_per_patient=readings), datetime.now(UTC))
+    return [to_observation(parse_reading(reading_json(r))) for r in month.readings]
+
+
+def export(patients: int, readings: int) -> None:
+    from medcloud.records.client import InMemoryKeyProvider, RecordClient
+    from medcloud.records.keys import KeyRing, generate_kek
+    from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
+    from medcloud_exchange.bulk.devices import DEVICE_PREFIX, read
+    from medcloud_exchange.bulk.service import device_lines
+
+    observations = _month_observations(patients, readings)
+    policy = DeidentificationPolicy.model_validate({"purposes": [{"name": "bench"}]})
+    deid = Deidentifier.for_purpose(policy, b"k" * 32, "bench", date.today())
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as state:
+        servers = LocalCluster(Path(state), ClusterOptions(with_kubernetes=False, with_broker=False))
+        servers.start()
+        try:
+            assert servers.state is not None
+            assert servers.state.minio is not None
+            info = servers.state.minio
+            minio = Minio(info.endpoint, access_key=info.access_key, secret_key=info.secret_key, secure=False)
+            minio.make_bucket("bench-devices")
+            ring = KeyRing.create(hospital="township-maple", store="device-data", kek=generate_kek())
+            store = RecordClient(minio, "bench-devices", InMemoryKeyProvider(ring))
+            start = time.perf_counter()
+            for observation in observations:
+                store.put_fhir(observation)
+            stored = time.perf_counter() - start
+            print(
+                f"export of {len(observations):,} device Observations ({patients} patients x 5 members, "
+                f"{readings} readings each); stored in {stored:.1f} s"
+            )
+            start = time.perf_counter()
+            raw = sum(len(store.get_bytes(i.name)) for i in store.list(DEVICE_PREFIX))
+            raw_time = time.perf_counter() - start
+            until = datetime.now(UTC)
+            start = time.perf_counter()
+            lines = sum(1 for _ in device_lines(read([("township-maple", store)], until), deid))
+            export_time = time.perf_counter() - start
+            assert lines == len(observations), (lines, len(observations))
+            raw_rate, export_rate = len(observations) / raw_time, lines / export_time
+            print(f"  raw read (list, get, decrypt): {raw_rate:,.0f} records/s ({raw / 1e6:.1f} MB plaintext)")
+            print(f"  $export reader + NDJSON lines: {export_rate:,.0f} resources/s")
+            print(f"  ratio export/raw throughput {export_rate / raw_rate:.2f}")
+        finally:
+            servers.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--observations", type=int, default=1_000_000)
     parser.add_argument("--deidentify", type=int, default=20_000)
+    parser.add_argument("--patients", type=int, default=200, help="device patients per member in the month")
+    parser.add_argument("--readings", type=int, default=10, help="readings per patient in the month")
     args = parser.parse_args()
     deidentify(args.deidentify)
+    export(args.patients, args.readings)
     with tempfile.TemporaryDirectory(prefix="bench-analytics-") as folder:
         indicator(args.observations, Path(folder))
 

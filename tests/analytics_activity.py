@@ -67,16 +67,17 @@ def activity() -> Iterator[dict[str, Any]]:
         yield _sr("3457005", "county-people", "township-maple", f"down{i}", month)
     for i in range(6):  # township -> community: across
         yield _sr("3457005", "township-maple", "community-east", f"across{i}", month)
-    for i in range(8):  # lab orders, 6 of them closed by a recognised result (2 repeated: a small rest)
-        yield _sr("108252007", "township-maple", "county-people", f"lab{i}", month)
+    orders = [_sr("108252007", "township-maple", "county-people", f"lab{i}", month) for i in range(8)]
+    yield from orders  # lab orders, 6 of them closed by a recognised result (2 repeated: a small rest)
     for i in range(6):
+        # As the exchange writes them: no date of their own; the order they close gives the month.
         yield {
             "resourceType": "Task",
             "id": f"t{i}",
             "status": "completed",
             "intent": "order",
+            "focus": {"reference": f"ServiceRequest/{orders[i]['id']}"},
             "for": {"reference": f"Patient/lab{i}"},
-            "authoredOn": month,
             "output": [
                 {"type": {"coding": [{"code": "x"}]}, "valueReference": {"reference": f"DiagnosticReport/d{i}"}}
             ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -23,6 +24,30 @@ Json = dict[str, Any]
 
 def commission_caller(token: str) -> Caller:
     return Caller(token, practitioner="analyst-wang", purpose=None)
+
+
+def bind_commission(local_cluster: Any, admin: Any, exchange: httpx.Client, binding: str) -> Caller:
+    """The city health commission's service account, bound to medcloud-city-health-commission, once admitted."""
+    from kubernetes import client
+
+    from tests.exchange_harness import token
+    from tests.operator_support import REPO
+    from tests.support import wait_for
+
+    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "city-health-commission-rbac.yaml"))
+    with contextlib.suppress(client.ApiException):
+        admin.core.create_namespace({"metadata": {"name": COMMISSION_NAMESPACE}})
+    caller = commission_caller(token(admin, COMMISSION_NAMESPACE, "indicators", "medcloud-exchange"))
+    with contextlib.suppress(client.ApiException):
+        admin.rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": binding},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": COMMISSION_ROLE},
+                "subjects": [{"kind": "ServiceAccount", "name": "indicators", "namespace": COMMISSION_NAMESPACE}],
+            }
+        )
+    wait_for(lambda: kick_off(exchange, caller).status_code == 202, "the commission admitted", timeout=30)
+    return caller
 
 
 def kick_off(http: httpx.Client, caller: Caller, path: str = "/fhir/$export", **params: str) -> httpx.Response:

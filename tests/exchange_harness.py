@@ -267,6 +267,36 @@ def exchange_settings(
     )
 
 
+@contextlib.contextmanager
+def running_exchange(
+    local_cluster: Any,
+    admin: ClusterAdmin,
+    consortium: str,
+    *,
+    database: str,
+    minio_server: MinioInfo,
+    key_service_url: str,
+    folder: Path,
+) -> Iterator[httpx.Client]:
+    """The Consortium's exchange granted by the operator, serving in a thread as its own identity; a client."""
+    from medcloud_cli.localcluster.exchange import make_audit_bucket
+    from medcloud_exchange.app import create_app
+
+    granted_exchange(local_cluster, admin, consortium)
+    settings = exchange_settings(
+        local_cluster,
+        admin,
+        consortium,
+        database=database,
+        audit=make_audit_bucket(minio_server, f"exchange-audit-{consortium}"),
+        minio_server=minio_server,
+        key_service_url=key_service_url,
+        folder=folder,
+    )
+    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        yield http
+
+
 def admitted_callers(admin: ClusterAdmin, http: httpx.Client, members: list[str], account: str) -> dict[str, Caller]:
     """Each member's system ``account``, bound to medcloud-exchange-client in its namespace, once admitted."""
     out = {}

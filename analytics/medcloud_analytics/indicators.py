@@ -109,9 +109,12 @@ INDICATORS: tuple[Indicator, ...] = (
                 SELECT month, patient FROM records
                 WHERE resource_type = 'ServiceRequest' AND category IN {ORDERS}),
             recognised AS (
-                SELECT month, patient FROM records
-                WHERE resource_type = 'Task' AND status = 'completed'
-                  AND json_extract_string(resource, '$.output[0].valueReference.reference') LIKE 'DiagnosticReport/%')
+                -- In the month of the order it closed: the exchange's Tasks carry no date of their own.
+                SELECT o.month, t.patient FROM records t
+                JOIN records o ON o.resource_type = 'ServiceRequest' AND o.category IN {ORDERS}
+                 AND json_extract_string(t.resource, '$.focus.reference') = 'ServiceRequest/' || o.id
+                WHERE t.resource_type = 'Task' AND t.status = 'completed'
+                  AND json_extract_string(t.resource, '$.output[0].valueReference.reference') LIKE 'DiagnosticReport/%')
             SELECT o.month, o.orders, o.patients, coalesce(g.recognised, 0) AS recognised,
                    coalesce(g.recognised_patients, 0) AS recognised_patients
             FROM (SELECT month, count(*) AS orders, count(DISTINCT patient) AS patients FROM orders GROUP BY 1) o

@@ -24,17 +24,14 @@ from minio import Minio
 
 from medcloud.kube.crds import install_crds
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
-from medcloud_cli.localcluster.exchange import make_audit_bucket
 from medcloud_cli.localcluster.postgres import PostgresInfo
-from medcloud_exchange.app import create_app as create_exchange
 from tests.exchange_harness import (
     ExampleAlliance,
     admitted_callers,
     consortium_members,
-    exchange_settings,
     granted_exchange,
     new_database,
-    serve,
+    running_exchange,
 )
 from tests.exchange_harness import (
     key_service as running_key_service,
@@ -232,19 +229,19 @@ def exchange(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[httpx.Client]:
     """The alliance's exchange, as its own identity, in a thread, with the key service in another."""
-    with running_key_service(local_cluster) as keys:
-        settings = exchange_settings(
+    with (
+        running_key_service(local_cluster) as keys,
+        running_exchange(
             local_cluster,
             admin,
             alliance.consortium,
             database=database,
-            audit=make_audit_bucket(minio_server, f"exchange-audit-{alliance.consortium}"),
             minio_server=minio_server,
             key_service_url=keys,
             folder=tmp_path_factory.mktemp(f"exchange-{alliance.label}"),
-        )
-        with serve(create_exchange(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
-            yield http
+        ) as http,
+    ):
+        yield http
 
 
 @pytest.fixture(scope="module")

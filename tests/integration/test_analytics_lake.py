@@ -7,7 +7,9 @@ exchange's de-identifier, and blood pressures made from the IHE example across t
 from __future__ import annotations
 
 import copy
+import io
 import json
+import uuid
 from collections import Counter
 from datetime import date
 from pathlib import Path
@@ -15,11 +17,15 @@ from typing import Any
 
 import pytest
 from minio import Minio
+from minio.error import S3Error
 from typer.testing import CliRunner
 
 from medcloud.models.deidentification import DeidentificationPolicy
 from medcloud_analytics import flatten
+from medcloud_analytics.dashboard import DOCUMENT_KEY, document, publish
+from medcloud_analytics.indicators import compute_all
 from medcloud_analytics.lake import Lake, connect
+from medcloud_cli.localcluster.analytics import make_analytics_bucket
 from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.main import app
 from medcloud_exchange.bulk.deidentify import Deidentifier
@@ -121,3 +127,40 @@ def test_medcloud_analytics_prints_the_indicators_suppressed(lake: Lake) -> None
     as_json = CliRunner().invoke(app, ["analytics", "indicators", "--json", *tiers], env=env)
     cells = json.loads(as_json.output)
     assert {c["patients"] for c in cells["monitoring"] if c["suppressed"]} == {None}
+
+
+def test_the_analytics_users_reach_their_bucket_alone(minio_server: MinioInfo) -> None:
+    """The writer loads, queries and publishes; the dashboard reader gets the published document only."""
+    made = make_analytics_bucket(minio_server, f"analytics-{uuid.uuid4().hex[:8]}")
+    writer = Lake(minio_server.endpoint, made.bucket, made.writer_key, made.writer_secret)
+    writer.write(flatten.table(_resources()), "batch-1")
+    conn = connect(writer)
+    assert conn.execute("SELECT count(*) FROM records").fetchone() == (13,)
+    publish(writer, document(compute_all(conn, TIERS), "2026-12-02T00:00:00Z"))
+
+    def client(key: str, secret: str) -> Minio:
+        return Minio(minio_server.endpoint, access_key=key, secret_key=secret, secure=False)
+
+    def refused(call: Any) -> bool:
+        try:
+            call()
+        except S3Error as exc:
+            return exc.code == "AccessDenied"
+        return False
+
+    as_writer = client(made.writer_key, made.writer_secret)
+    root = client(minio_server.access_key, minio_server.secret_key)
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    root.make_bucket(other)
+    root.put_object(other, "x.json", io.BytesIO(b"{}"), 2)
+    assert refused(lambda: as_writer.get_object(other, "x.json"))
+    assert refused(lambda: as_writer.put_object(other, "y.json", io.BytesIO(b"{}"), 2))
+    parquet = _files(root, writer)[0]
+    assert refused(lambda: as_writer.remove_object(made.bucket, parquet.object_name))
+
+    reader = client(made.reader_key, made.reader_secret)
+    assert json.loads(reader.get_object(made.bucket, DOCUMENT_KEY).read())["charts"] is not None
+    assert refused(lambda: reader.get_object(made.bucket, parquet.object_name))
+    assert refused(lambda: list(reader.list_objects(made.bucket, recursive=True)))
+    assert refused(lambda: reader.put_object(made.bucket, DOCUMENT_KEY, io.BytesIO(b"{}"), 2))
+    assert made.dashboard_env()["MEDCLOUD_API_ANALYTICS_ACCESS_KEY"] == made.reader_key

@@ -7,14 +7,12 @@ The institutions are those of examples/ with a suffix of this module's own (test
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from kubernetes import client
 from minio import Minio
 
 from medcloud_analytics.indicators import MIN_PATIENTS, compute_all
@@ -22,20 +20,17 @@ from medcloud_analytics.ingest import BulkClient, load
 from medcloud_analytics.lake import connect
 from medcloud_cli.localcluster.cluster import MinioInfo
 from tests.bulk_support import (
-    COMMISSION_NAMESPACE,
-    COMMISSION_ROLE,
     analytics_lake,
     assert_no_secret_in_lake,
-    commission_caller,
+    bind_commission,
     export,
     kick_off,
     lines,
 )
-from tests.exchange_harness import ExampleAlliance, token
+from tests.exchange_harness import ExampleAlliance
 from tests.exchange_support import Caller, outcome_of
 from tests.integration.test_workflows import ago, created, new_patient, post
-from tests.operator_support import REPO, ClusterAdmin
-from tests.support import wait_for
+from tests.operator_support import ClusterAdmin
 from tests.workflows_data import cbc_report, coverage
 from tests.workflows_requests import service_request
 
@@ -50,21 +45,7 @@ Json = dict[str, Any]
 
 @pytest.fixture(scope="module")
 def commission(local_cluster: Any, admin: ClusterAdmin, exchange: httpx.Client) -> Caller:
-    """The city health commission's service account, bound to medcloud-city-health-commission."""
-    local_cluster.kubectl("apply", "-f", str(REPO / "deploy" / "city-health-commission-rbac.yaml"))
-    with contextlib.suppress(client.ApiException):
-        admin.core.create_namespace({"metadata": {"name": COMMISSION_NAMESPACE}})
-    caller = commission_caller(token(admin, COMMISSION_NAMESPACE, "indicators", "medcloud-exchange"))
-    with contextlib.suppress(client.ApiException):
-        admin.rbac.create_cluster_role_binding(
-            {
-                "metadata": {"name": f"commission-export-{SUFFIX}"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": COMMISSION_ROLE},
-                "subjects": [{"kind": "ServiceAccount", "name": "indicators", "namespace": COMMISSION_NAMESPACE}],
-            }
-        )
-    wait_for(lambda: kick_off(exchange, caller).status_code == 202, "the commission admitted", timeout=30)
-    return caller
+    return bind_commission(local_cluster, admin, exchange, f"commission-export-{SUFFIX}")
 
 
 def _index_count(database: str, table: str, until: str) -> int:

@@ -538,12 +538,15 @@ OPERATOR_DEFAULTED = {
 }
 API_DEFAULTED = {
     "kubeconfig": "unset, so the API uses its in-cluster ServiceAccount",
-    # The commission's dashboard (docs/analytics.md) is not a chart value yet: unset, /v1/dashboard answers 404.
-    **dict.fromkeys(
-        ("analytics_endpoint", "analytics_bucket", "analytics_access_key", "analytics_secret_key", "analytics_secure"),
-        "unset: no analytics bucket, so the dashboard is not served (docs/analytics.md)",
-    ),
 }
+ANALYTICS_FIELDS = {
+    "analytics_endpoint",
+    "analytics_bucket",
+    "analytics_access_key",
+    "analytics_secret_key",
+    "analytics_secure",
+}
+"""Set by the chart only with api.analytics.endpoint: without it the API serves no dashboard (404)."""
 KEYSERVICE_DEFAULTED = {"kubeconfig": "unset, so the key service uses its in-cluster ServiceAccount"}
 
 
@@ -653,6 +656,32 @@ def test_api_environment_is_read_by_api_settings(monkeypatch: pytest.MonkeyPatch
     assert settings.list_scan_limit == 1000000
     set_by_chart = {n.removeprefix("MEDCLOUD_API_").lower() for n in env}
     assert set_by_chart <= set(APISettings.model_fields), set_by_chart - set(APISettings.model_fields)
+    assert set(APISettings.model_fields) - set_by_chart == set(API_DEFAULTED) | ANALYTICS_FIELDS
+    assert settings.analytics_endpoint is None
+
+
+def test_the_dashboard_settings_reach_the_api_and_its_key_stays_in_its_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medcloud_api.config import APISettings
+
+    analytics = {
+        "endpoint": "minio.medcloud-storage.svc:9000",
+        "bucket": "city-analytics",
+        "credentials": {"secretName": "analytics-dashboard-key"},
+    }
+    env = env_of(one(render({"api": {"analytics": analytics}}), "Deployment", "medcloud-api"), {})
+    assert env["MEDCLOUD_API_ANALYTICS_ACCESS_KEY"] == "secret:analytics-dashboard-key/accessKey"
+    assert env["MEDCLOUD_API_ANALYTICS_SECRET_KEY"] == "secret:analytics-dashboard-key/secretKey"
+    for field in APISettings.model_fields:
+        monkeypatch.delenv(f"MEDCLOUD_API_{field.upper()}", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = APISettings()
+    assert (settings.analytics_endpoint, settings.analytics_bucket, settings.analytics_secure) == (
+        "minio.medcloud-storage.svc:9000",
+        "city-analytics",
+        True,
+    )
+    set_by_chart = {n.removeprefix("MEDCLOUD_API_").lower() for n in env}
     assert set(APISettings.model_fields) - set_by_chart == set(API_DEFAULTED)
 
 
@@ -900,6 +929,16 @@ INVALID_VALUES = [
         {"networkPolicy": {"enabled": True, "egress": {"enabled": True}}},
         "needs networkPolicy.egress.apiServerCidrs",
         id="egress-without-apiserver",
+    ),
+    pytest.param(
+        {"api": {"analytics": {"endpoint": "minio:9000"}}},
+        "api.analytics.credentials.secretName is required with api.analytics.endpoint",
+        id="dashboard-without-its-key",
+    ),
+    pytest.param(
+        {"api": {"analytics": {"endpoint": "minio:9000", "accessKey": "in-values"}}},
+        "accessKey",
+        id="dashboard-key-in-values",
     ),
 ]
 

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,11 @@ from medcloud_analytics import flatten
 from medcloud_analytics.lake import Lake
 from medcloud_api.config import APISettings
 from medcloud_api.main import create_app
+from medcloud_cli.localcluster.analytics import AnalyticsBucket, make_analytics_bucket
 from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.main import app as cli
 from tests.analytics_activity import TIERS, activity
-from tests.bulk_support import COMMISSION_ROLE, analytics_lake
+from tests.bulk_support import COMMISSION_ROLE
 from tests.integration.test_api import serve
 from tests.operator_support import REPO, ClusterAdmin
 from tests.png import pixels
@@ -75,8 +77,14 @@ def tokens(local_cluster: Any, k8s_api_client: client.ApiClient) -> Iterator[dic
 
 
 @pytest.fixture(scope="module")
-def lake(minio_server: MinioInfo) -> Lake:
-    lake = analytics_lake(minio_server)
+def bucket(minio_server: MinioInfo) -> AnalyticsBucket:
+    """An analytics bucket with its own two users (docs/analytics.md): the tests use no root key."""
+    return make_analytics_bucket(minio_server, f"analytics-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def lake(minio_server: MinioInfo, bucket: AnalyticsBucket) -> Lake:
+    lake = Lake(minio_server.endpoint, bucket.bucket, bucket.writer_key, bucket.writer_secret)
     lake.write(flatten.table(list(activity())), "batch-1")
     env = {
         "MEDCLOUD_ANALYTICS_ENDPOINT": lake.endpoint,
@@ -92,13 +100,14 @@ def lake(minio_server: MinioInfo) -> Lake:
 
 
 @pytest.fixture(scope="module")
-def api_url(local_cluster: Any, lake: Lake) -> Iterator[str]:
+def api_url(local_cluster: Any, lake: Lake, bucket: AnalyticsBucket) -> Iterator[str]:
+    # The API reads with the dashboard key: the published document, nothing else.
     settings = APISettings(
         kubeconfig=local_cluster.kubeconfig,
         analytics_endpoint=lake.endpoint,
         analytics_bucket=lake.bucket,
-        analytics_access_key=lake.access_key,
-        analytics_secret_key=lake.secret_key,
+        analytics_access_key=bucket.reader_key,
+        analytics_secret_key=bucket.reader_secret,
     )
     with serve(create_app(settings)) as url:
         yield url
@@ -169,13 +178,13 @@ def test_the_dashboard_is_the_commissions_alone_and_errors_are_problems(api_url:
 def test_an_api_without_published_indicators_answers_404(
     local_cluster: Any, minio_server: MinioInfo, tokens: dict[str, str]
 ) -> None:
-    empty = analytics_lake(minio_server)
+    empty = make_analytics_bucket(minio_server, f"analytics-{uuid.uuid4().hex[:8]}")
     settings = APISettings(
         kubeconfig=local_cluster.kubeconfig,
         analytics_endpoint=empty.endpoint,
         analytics_bucket=empty.bucket,
-        analytics_access_key=empty.access_key,
-        analytics_secret_key=empty.secret_key,
+        analytics_access_key=empty.reader_key,
+        analytics_secret_key=empty.reader_secret,
     )
     with serve(create_app(settings)) as url:
         got = httpx.get(f"{url}/v1/dashboard", headers={"Authorization": f"Bearer {tokens['commission']}"}, timeout=60)

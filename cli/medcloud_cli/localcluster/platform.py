@@ -21,6 +21,7 @@ from kubernetes import client, config
 
 from medcloud.kube.crds import install_crds
 from medcloud_cli.localcluster import netsetup, platformservices, prometheus
+from medcloud_cli.localcluster.analytics import make_analytics_bucket
 from medcloud_cli.localcluster.cluster import LocalCluster
 from medcloud_cli.localcluster.exchange import example_consortium, start_exchange
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
@@ -153,6 +154,15 @@ def start_platform(cluster: LocalCluster, python: str = sys.executable) -> Platf
         "MEDCLOUD_API_HOST": "127.0.0.1",
         "MEDCLOUD_API_PORT": str(api_port),
     }
+    if state.minio is not None:
+        # The analytics bucket and its two users: the API reads the dashboard with the reader's key alone;
+        # the writer's key is left for `medcloud analytics` in a file only this user reads (docs/analytics.md).
+        analytics = make_analytics_bucket(state.minio)
+        api_env.update(analytics.dashboard_env())
+        env_file = cluster.state_dir / "analytics.env"
+        env_file.write_text("".join(f"export {k}={v}\n" for k, v in analytics.writer_env().items()))
+        env_file.chmod(0o600)
+        state.extra["analytics"] = {"bucket": analytics.bucket, "envFile": str(env_file)}
     api_proc = cluster.spawn("api", [python, "-m", "medcloud_cli.main", "api"], (api_port,), env=api_env)
     api_proc.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{api_port}/readyz"), 60)
     exchange_url = consortium = None

@@ -5,10 +5,11 @@ The gateways write their Observations encrypted into each hospital's device stor
 where they are, through the record client and the key service like every other record (the operator
 grants the exchange that store's keys when the policy names it), and de-identifies them line by line.
 
-The ground-floor layout read here (docs/devices.md, ``medcloud.records``): every record under
-``fhir/Observation/`` holds either one Observation or a batch of them (a FHIR Bundle whose entries are
-Observations, or NDJSON of Observations, one per line). A record's last modification is when its
-readings changed: what ``_since`` and the export's transaction time compare.
+The ground-floor layout read here (docs/record-encryption.md, ``medcloud.records``): every record under
+``fhir/Observation/`` holds either one Observation (``<id>.json``) or a batch of them (``<batch>.ndjson``,
+one Observation a line; a FHIR Bundle of them is read too), each reading once per export however many
+batches hold it. A record's last modification is when its readings changed: what ``_since`` and the
+export's transaction time compare.
 
 Each Observation leaves scoped to the member that holds it: ``performer`` is ``Organization/<member>``
 (the indicators count by institution; the gateway names none) and the subject, a hospital's own
@@ -102,6 +103,11 @@ def read(
             (i for i in store.list(DEVICE_PREFIX) if i.is_record and changed_between(i, until, since)),
             key=lambda i: (i.last_modified, i.name),
         )
+        # A reading can be in two batches (stored, then delivered again with others before its ack): once here.
+        seen: set[str] = set()
         for info in infos:
             for observation in observations_in(store.get_bytes(info.name, version_id=info.version_id)):
-                yield scoped(observation, holder)
+                key = str(observation.get("id"))
+                if key not in seen:
+                    seen.add(key)
+                    yield scoped(observation, holder)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -67,6 +67,12 @@ def relink(resource: dict[str, Any], patient: uuid.UUID) -> dict[str, Any]:
 
 def ndjson_line(resource: dict[str, Any]) -> bytes:
     return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def device_lines(observations: Iterable[devices.DeviceObservation], deidentifier: Deidentifier) -> Iterator[bytes]:
+    """The NDJSON of device Observations, each de-identified keyed by its member-scoped patient."""
+    for observation in observations:
+        yield ndjson_line(deidentifier.resource(observation.resource, patient=observation.patient))
 
 
 class BulkExports:
@@ -193,7 +199,7 @@ class BulkExports:
         deidentifier = Deidentifier.for_purpose(self.policy(), self._key, job.kick_off.purpose, today)
         self._audit(requester, f"$export {job.id} output {resource_type}", [], job.request, Interaction.READ)
         if resource_type == devices.OBSERVATION:
-            return self._device_lines(self._device_observations(job), deidentifier)
+            return device_lines(self._device_observations(job), deidentifier)
         with self.exchange.db.connection() as conn:
             rows = list(sources.rows(conn, resource_type, job.selection(resource_type)))
         return self._lines(rows, deidentifier)
@@ -206,13 +212,6 @@ class BulkExports:
                 stored = self.exchange.stores.client(row.holder).get_json(row.record)
                 resource = relink(stored, row.patient)
             clean = deidentifier.resource(resource, patient=str(row.patient))
-            yield ndjson_line(clean)
-
-    def _device_lines(
-        self, observations: Iterator[devices.DeviceObservation], deidentifier: Deidentifier
-    ) -> Iterator[bytes]:
-        for observation in observations:
-            clean = deidentifier.resource(observation.resource, patient=observation.patient)
             yield ndjson_line(clean)
 
     def _audit(

@@ -90,3 +90,21 @@ def test_a_share_with_large_parts_is_shown() -> None:
     row = {"month": "2026-11", "orders": 24, "patients": 20, "recognised": 11, "recognised_patients": 10}
     (cell,) = suppress([row], BY_NAME["recognition"])
     assert (cell["not_repeated_share"], cell["recognised"], cell["suppressed"]) == (0.5, 11, False)
+
+
+def test_a_recognised_order_counts_in_the_month_of_the_order_it_closed() -> None:
+    """The exchange's Tasks carry no date: a Task counts where its focus ServiceRequest (the order) does."""
+    resources = list(activity())
+    lab = [
+        r
+        for r in resources
+        if r["resourceType"] == "ServiceRequest" and r["category"][0]["coding"][0]["code"] == "108252007"
+    ]
+    # Six more orders no result closed: 14 orders, 6 recognised, a rest of 8: the share can be shown.
+    more = [{**lab[0], "id": f"more-{i}", "subject": {"reference": f"Patient/more{i}"}} for i in range(6)]
+    conn = duckdb.connect()
+    conn.register("lake", flatten.table(resources + more))
+    conn.execute("CREATE VIEW records AS SELECT * FROM lake")
+    (cell,) = compute_all(conn, TIERS)["recognition"]
+    assert (cell["month"], cell["orders"], cell["patients"]) == ("2026-11", 14, 14)
+    assert (cell["recognised"], cell["recognised_patients"], cell["not_repeated_share"]) == (6, 6, round(6 / 14, 4))

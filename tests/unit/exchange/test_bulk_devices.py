@@ -4,6 +4,7 @@ to its member, de-identified, valid FHIR R4 and counted by institution (docs/ana
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from medcloud.models.deidentification import DeidentificationPolicy
 from medcloud.records.client import RecordInfo
 from medcloud_analytics.flatten import row
 from medcloud_exchange.bulk.deidentify import Deidentifier
-from medcloud_exchange.bulk.devices import changed_between, observations_in, scoped
+from medcloud_exchange.bulk.devices import changed_between, observations_in, read, scoped
 from medcloud_gateway.normalize import to_observation
 from medcloud_gateway.readings import parse_reading
 from tests.fhir_r4 import assert_valid_r4
@@ -101,3 +102,30 @@ def test_a_reading_without_a_patient_has_no_subject() -> None:
     exported = scoped(observation, "township-maple")
     assert exported.patient == ""
     assert "subject" not in exported.resource
+
+
+class _Store:
+    """Two batches in memory, as a store lists and returns them (the reader's protocol, no server)."""
+
+    def __init__(self, batches: dict[str, tuple[datetime, list[dict[str, Any]]]]) -> None:
+        self.batches = batches
+
+    def list(self, prefix: str = "") -> Iterator[RecordInfo]:
+        for name, (when, _) in self.batches.items():
+            yield RecordInfo(name, 1, 1, 1, "application/fhir+ndjson", last_modified=when)
+
+    def get_bytes(self, name: str, *, version_id: str | None = None) -> bytes:
+        return b"".join(json.dumps(o).encode() + b"\n" for o in self.batches[name][1])
+
+
+def test_a_reading_in_two_batches_is_exported_once_and_since_takes_the_later_batch() -> None:
+    one, two, three = _pressure(), _glucose(), {**_pressure("Patient/p-1003"), "id": "another-reading"}
+    early, late = datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 25, tzinfo=UTC)
+    store = _Store(
+        {"fhir/Observation/a.ndjson": (early, [one, two]), "fhir/Observation/b.ndjson": (late, [two, three])}
+    )
+    until = datetime(2026, 12, 1, tzinfo=UTC)
+    got = list(read([("township-maple", store)], until))
+    assert [o.resource["id"] for o in got] == [one["id"], two["id"], three["id"]]
+    later = list(read([("township-maple", store)], until, since=datetime(2026, 11, 22, tzinfo=UTC)))
+    assert [o.resource["id"] for o in later] == [two["id"], three["id"]]

@@ -30,6 +30,7 @@ import psycopg
 import pytest
 
 from medcloud.models import DeviceProtocol
+from medcloud.records.batches import read_resources
 from medcloud.records.client import RecordClient
 from medcloud_analytics.indicators import BY_NAME, GLUCOSE_CODES, MIN_PATIENTS, compute_all, suppress
 from medcloud_analytics.ingest import BulkClient, load
@@ -283,11 +284,12 @@ def _mqtt_stored(gateways: dict[str, Running], sent: int) -> bool:
 
 
 def source_observations(gateways: dict[str, Running]) -> dict[str, list[Json]]:
-    """Each member's device store read back with its gateway's own identity: the source records."""
+    """Each member's device store read back with its gateway's own identity: the source records (batched or
+    single, each reading once: the ground floor's reader, docs/record-encryption.md)."""
     out = {}
     for member, gateway in gateways.items():
         records = connect_records(gateway.settings)
-        out[member] = [records.get_json(i.name) for i in records.list("fhir/Observation/")]
+        out[member] = list(read_resources(records, "Observation"))
     return out
 
 

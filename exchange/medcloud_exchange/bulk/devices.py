@@ -7,8 +7,8 @@ grants the exchange that store's keys when the policy names it), and de-identifi
 
 The ground-floor layout read here (docs/record-encryption.md, ``medcloud.records``): every record under
 ``fhir/Observation/`` holds either one Observation (``<id>.json``) or a batch of them (``<batch>.ndjson``,
-one Observation a line; a FHIR Bundle of them is read too), each reading once per export however many
-batches hold it. A record's last modification is when its readings changed: what ``_since`` and the
+one Observation a line), read by the ground floor's ``medcloud.records.batches``: each reading once per
+export however many batches hold it. A record's last modification is when its readings changed: what ``_since`` and the
 export's transaction time compare.
 
 Each Observation leaves scoped to the member that holds it: ``performer`` is ``Organization/<member>``
@@ -19,20 +19,18 @@ local ids stay two patients.
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from medcloud.records.batches import read_resources
 from medcloud.records.client import RecordInfo
 
-log = logging.getLogger(__name__)
 
 OBSERVATION = "Observation"
 DEVICE_PREFIX = f"fhir/{OBSERVATION}/"
-"""Where the gateway's records of Observations are, one reading or one batch per record."""
+"""Where the gateway's records of Observations are, one reading or one batch per record (for the bench)."""
 
 
 class DeviceStore(Protocol):
@@ -60,26 +58,6 @@ def changed_between(info: RecordInfo, until: datetime, since: datetime | None) -
     return when <= until and (since is None or when > since)
 
 
-def observations_in(plaintext: bytes) -> list[dict[str, Any]]:
-    """The Observations a device record holds: one, a Bundle's entries, or NDJSON lines (anything else: none)."""
-    text = plaintext.decode("utf-8")
-    stripped = text.strip()
-    if not stripped:
-        return []
-    try:
-        documents: list[Any] = [json.loads(stripped)]
-    except json.JSONDecodeError:
-        documents = [json.loads(line) for line in stripped.splitlines() if line.strip()]
-    out: list[dict[str, Any]] = []
-    for document in documents:
-        if isinstance(document, dict) and document.get("resourceType") == "Bundle":
-            entries = [e.get("resource") for e in document.get("entry") or [] if isinstance(e, dict)]
-        else:
-            entries = [document]
-        out += [e for e in entries if isinstance(e, dict) and e.get("resourceType") == OBSERVATION]
-    return out
-
-
 def scoped(observation: dict[str, Any], holder: str) -> DeviceObservation:
     """``observation`` as the export carries it before de-identification: its member's patient and performer."""
     out = dict(observation)
@@ -94,20 +72,26 @@ def scoped(observation: dict[str, Any], holder: str) -> DeviceObservation:
     return DeviceObservation(holder, patient, out)
 
 
+class _Window:
+    """A device store as the ground floor's batch reader sees it: only the records changed in the window,
+    oldest first (so a reading held by two batches is taken from the first, as of the export)."""
+
+    def __init__(self, store: DeviceStore, until: datetime, since: datetime | None) -> None:
+        self._store, self._until, self._since = store, until, since
+
+    def list(self, prefix: str = "") -> Iterator[RecordInfo]:
+        infos = [i for i in self._store.list(prefix) if i.is_record and changed_between(i, self._until, self._since)]
+        return iter(sorted(infos, key=lambda i: (i.last_modified, i.name)))
+
+    def get_bytes(self, name: str, *, version_id: str | None = None) -> bytes:
+        return self._store.get_bytes(name, version_id=version_id)
+
+
 def read(
     stores: Iterable[tuple[str, DeviceStore]], until: datetime, since: datetime | None = None
 ) -> Iterator[DeviceObservation]:
-    """Every device Observation of ``stores`` (member, store) changed in the export's window, oldest first."""
+    """Every device Observation of ``stores`` (member, store) changed in the export's window, oldest first,
+    each reading once (``medcloud.records.batches.read_resources``: batched and single records alike)."""
     for holder, store in stores:
-        infos = sorted(
-            (i for i in store.list(DEVICE_PREFIX) if i.is_record and changed_between(i, until, since)),
-            key=lambda i: (i.last_modified, i.name),
-        )
-        # A reading can be in two batches (stored, then delivered again with others before its ack): once here.
-        seen: set[str] = set()
-        for info in infos:
-            for observation in observations_in(store.get_bytes(info.name, version_id=info.version_id)):
-                key = str(observation.get("id"))
-                if key not in seen:
-                    seen.add(key)
-                    yield scoped(observation, holder)
+        for observation in read_resources(_Window(store, until, since), OBSERVATION):
+            yield scoped(observation, holder)

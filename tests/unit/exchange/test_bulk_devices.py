@@ -1,4 +1,4 @@
-"""The export's reader of device records, without servers: what a record holds, and each reading scoped
+"""The export's reader of device records, without servers: single and batched records, and each reading scoped
 to its member, de-identified, valid FHIR R4 and counted by institution (docs/analytics.md)."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from medcloud.models.deidentification import DeidentificationPolicy
+from medcloud.records.batches import NDJSON_CONTENT_TYPE, encode_batch
 from medcloud.records.client import RecordInfo
 from medcloud_analytics.flatten import row
 from medcloud_exchange.bulk.deidentify import Deidentifier
-from medcloud_exchange.bulk.devices import changed_between, observations_in, read, scoped
+from medcloud_exchange.bulk.devices import changed_between, read, scoped
 from medcloud_gateway.normalize import to_observation
 from medcloud_gateway.readings import parse_reading
 from tests.fhir_r4 import assert_valid_r4
@@ -43,17 +44,6 @@ def _glucose() -> dict[str, Any]:
         "time": "2026-11-18T07:00:00+08:00",
     }
     return to_observation(parse_reading(reading))
-
-
-def test_a_record_holds_one_observation_a_bundle_of_them_or_ndjson() -> None:
-    one, two = _pressure(), _glucose()
-    assert observations_in(json.dumps(one).encode()) == [one]
-    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": one}, {"resource": two}]}
-    assert observations_in(json.dumps(bundle).encode()) == [one, two]
-    assert observations_in((json.dumps(one) + "\n" + json.dumps(two) + "\n").encode()) == [one, two]
-    # Anything that is not an Observation is not exported as one.
-    assert observations_in(b'{"resourceType": "Patient", "id": "x"}') == []
-    assert observations_in(b"  \n") == []
 
 
 def test_the_window_is_the_records_last_change() -> None:
@@ -105,27 +95,40 @@ def test_a_reading_without_a_patient_has_no_subject() -> None:
 
 
 class _Store:
-    """Two batches in memory, as a store lists and returns them (the reader's protocol, no server)."""
+    """Records in memory, as a store lists and returns them (the reader's protocol, no server): a single
+    Observation is ``<id>.json``, a batch ``<batch>.ndjson`` (medcloud.records.batches)."""
 
-    def __init__(self, batches: dict[str, tuple[datetime, list[dict[str, Any]]]]) -> None:
-        self.batches = batches
+    def __init__(self, records: dict[str, tuple[datetime, list[dict[str, Any]]]]) -> None:
+        self.records = records
 
     def list(self, prefix: str = "") -> Iterator[RecordInfo]:
-        for name, (when, _) in self.batches.items():
-            yield RecordInfo(name, 1, 1, 1, "application/fhir+ndjson", last_modified=when)
+        for name, (when, _) in self.records.items():
+            kind = NDJSON_CONTENT_TYPE if name.endswith(".ndjson") else "application/fhir+json"
+            yield RecordInfo(name, 1, 1, 1, kind, last_modified=when)
 
     def get_bytes(self, name: str, *, version_id: str | None = None) -> bytes:
-        return b"".join(json.dumps(o).encode() + b"\n" for o in self.batches[name][1])
+        resources = self.records[name][1]
+        if name.endswith(".ndjson"):
+            return encode_batch(resources)
+        (one,) = resources
+        return json.dumps(one).encode()
 
 
-def test_a_reading_in_two_batches_is_exported_once_and_since_takes_the_later_batch() -> None:
-    one, two, three = _pressure(), _glucose(), {**_pressure("Patient/p-1003"), "id": "another-reading"}
+def test_single_and_batched_records_each_reading_once_and_since_takes_the_later_records() -> None:
+    one, two = _pressure(), _glucose()
+    three = {**_pressure("Patient/p-1003"), "id": "another-reading"}
     early, late = datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 25, tzinfo=UTC)
     store = _Store(
-        {"fhir/Observation/a.ndjson": (early, [one, two]), "fhir/Observation/b.ndjson": (late, [two, three])}
+        {
+            f"fhir/Observation/{one['id']}.json": (early, [one]),
+            "fhir/Observation/a.ndjson": (early, [two]),
+            "fhir/Observation/b.ndjson": (late, [two, three]),
+        }
     )
     until = datetime(2026, 12, 1, tzinfo=UTC)
     got = list(read([("township-maple", store)], until))
-    assert [o.resource["id"] for o in got] == [one["id"], two["id"], three["id"]]
+    assert sorted(o.resource["id"] for o in got) == sorted([one["id"], two["id"], three["id"]])
+    assert {o.holder for o in got} == {"township-maple"}
     later = list(read([("township-maple", store)], until, since=datetime(2026, 11, 22, tzinfo=UTC)))
     assert [o.resource["id"] for o in later] == [two["id"], three["id"]]
+    assert list(read([("township-maple", store)], datetime(2026, 11, 19, tzinfo=UTC))) == []

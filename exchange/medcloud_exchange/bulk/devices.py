@@ -27,7 +27,6 @@ from typing import Any, Protocol
 from medcloud.records.batches import read_resources
 from medcloud.records.client import RecordInfo
 
-
 OBSERVATION = "Observation"
 DEVICE_PREFIX = f"fhir/{OBSERVATION}/"
 """Where the gateway's records of Observations are, one reading or one batch per record (for the bench)."""

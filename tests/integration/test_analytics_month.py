@@ -9,7 +9,7 @@ identifier, name, card number or exact date is in any byte of it or of its Parqu
 counts made here from the source records (the device stores read back, the exchange's index, what was
 sent); a second export with ``_since`` carries only what changed.
 
-The examples' four institutions plus a village clinic, renamed with a suffix of this module's own.
+The examples' five institutions, city to village, renamed with a suffix of this module's own.
 """
 
 from __future__ import annotations
@@ -52,24 +52,23 @@ from tests.consortium_month import TIER_RANK, Driver, GatewayAddress, Ledger, Re
 from tests.exchange_harness import (
     KEYS_AUDIENCE,
     ExampleAlliance,
-    consortium_members,
     key_service,
     running_exchange,
     token,
 )
 from tests.exchange_support import Caller
 from tests.integration.test_gateway import Running, device_client, running
-from tests.operator_support import ClusterAdmin, RunningOperator, institution_code
+from tests.operator_support import ClusterAdmin
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.minio, pytest.mark.broker]
 
-# The example alliance (tests/exchange_harness.py) and a village clinic of its own.
+# The example alliance (tests/exchange_harness.py): the city, county, township, village and community.
 ALLIANCE = ExampleAlliance("am")
 SUFFIX = ALLIANCE.suffix
 NAMES = ALLIANCE.names
-VILLAGE = f"village-willow-{SUFFIX}"
-TIERS = {**{name: h["tier"] for name, h in ALLIANCE.hospitals().items()}, VILLAGE: "village"}
+VILLAGE = NAMES["village-willow"]
+TIERS = {name: h["tier"] for name, h in ALLIANCE.hospitals().items()}
 CONSORTIUM = ALLIANCE.consortium
 DEVICE_STORE = "device-data"
 SCALE = Scale(patients_per_member=10, readings_per_patient=3, days=28, seed=14)
@@ -77,47 +76,26 @@ SCALE = Scale(patients_per_member=10, readings_per_patient=3, days=28, seed=14)
 Json = dict[str, Any]
 
 
-def _consortium() -> Json:
-    spec = ALLIANCE.consortium_spec()
-    # The village clinic refers up and shares its readings like the township.
-    spec["members"].append(VILLAGE)
-    for rule in spec["sharing"]:
-        if rule["category"] in ("referrals", "device-data") and NAMES["township-maple"] in rule["from"]:
-            rule["from"].append(VILLAGE)
-    return spec
-
-
 @pytest.fixture(scope="module")
-def members(admin: ClusterAdmin, operator: RunningOperator) -> Iterator[list[str]]:
-    """The alliance and the village clinic, each with a Ready ``emr`` and ``device-data`` RecordStore."""
-    hospitals = ALLIANCE.hospitals()
-    hospitals[VILLAGE] = {
-        **hospitals[NAMES["township-maple"]],
-        "displayName": "Willow Village Clinic",
-        "tier": "village",
-        "institutionCode": institution_code(VILLAGE),
-    }
-    retention = {"mode": "GOVERNANCE", "period": "1d"}
-    with consortium_members(
-        admin, hospitals, CONSORTIUM, _consortium(), "emr", {"recordClass": "emr", "retention": retention}
-    ) as names:
-        device_store = {"recordClass": "device-data", "retention": retention}
-        try:
-            for name in names:
-                admin.create("RecordStore", DEVICE_STORE, device_store, f"hospital-{name}")
-            for name in names:
+def members(alliance: ExampleAlliance, members: list[str], admin: ClusterAdmin) -> Iterator[list[str]]:
+    """The alliance's members (tests/integration/conftest.py), each with a Ready ``device-data`` store too."""
+    device_store = {"recordClass": "device-data", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
+    try:
+        for name in members:
+            admin.create("RecordStore", DEVICE_STORE, device_store, f"hospital-{name}")
+        for name in members:
 
-                def ready(name: str = name) -> bool:
-                    obj = admin.get("RecordStore", DEVICE_STORE, f"hospital-{name}")
-                    return bool((obj or {}).get("status", {}).get("phase") == "Ready")
+            def ready(name: str = name) -> bool:
+                obj = admin.get("RecordStore", DEVICE_STORE, f"hospital-{name}")
+                return bool((obj or {}).get("status", {}).get("phase") == "Ready")
 
-                wait_for(ready, f"RecordStore {name}/{DEVICE_STORE} Ready", timeout=180)
-            yield names
-        finally:
-            for name in names:
-                admin.delete("RecordStore", DEVICE_STORE, f"hospital-{name}")
-            for name in names:
-                wait_for(partial(admin.gone, "RecordStore", DEVICE_STORE, f"hospital-{name}"), "store gone", 120)
+            wait_for(ready, f"RecordStore {name}/{DEVICE_STORE} Ready", timeout=180)
+        yield members
+    finally:
+        for name in members:
+            admin.delete("RecordStore", DEVICE_STORE, f"hospital-{name}")
+        for name in members:
+            wait_for(partial(admin.gone, "RecordStore", DEVICE_STORE, f"hospital-{name}"), "store gone", 120)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,10 @@ from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
 
 from medcloud.records.keyclient import HttpKeyProvider, KeyAccessDeniedError
+from medcloud_analytics import flatten
+from medcloud_analytics.dashboard import document, publish
+from medcloud_analytics.indicators import compute_all
+from medcloud_analytics.lake import Lake, connect
 from medcloud_cli.commands.records import open_client, store_access
 from medcloud_cli.localcluster.cluster import ClusterOptions, ClusterState, LocalCluster
 from medcloud_cli.localcluster.platform import (
@@ -40,6 +44,8 @@ from medcloud_cli.localcluster.platform import (
 )
 from medcloud_cli.localcluster.process import pid_alive
 from medcloud_cli.main import app as medcloud_cli
+from tests.analytics_activity import TIERS, activity
+from tests.bulk_support import COMMISSION_ROLE
 from tests.operator_support import REPO, ClusterAdmin
 from tests.support import wait_for
 
@@ -334,3 +340,39 @@ def test_dev_up_runs_the_example_consortiums_exchange_which_serves_once_the_cons
     wait_for(served, "the exchange to serve the example consortium", timeout=60)
     found = httpx.get(f"{url}/fhir/DocumentReference", params=query, headers=headers).json()
     assert (found["resourceType"], found["total"]) == ("Bundle", 0)
+
+
+def test_dev_up_makes_the_analytics_bucket_and_the_api_serves_the_dashboard_with_its_read_only_key(
+    dev: DevPlatform,
+) -> None:
+    """The writer's key is left for `medcloud analytics` (mode 0600); the API reads with the dashboard key."""
+    state = ClusterState.load(dev.cluster.state_dir / LocalCluster.STATE_FILE)
+    env_file = Path(state.extra["analytics"]["envFile"])
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    env = dict(line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines())
+    assert env["MEDCLOUD_ANALYTICS_ACCESS_KEY"] == "analytics-writer"
+    assert env["MEDCLOUD_ANALYTICS_BUCKET"] == state.extra["analytics"]["bucket"] == "analytics"
+    lake = Lake(
+        env["MEDCLOUD_ANALYTICS_ENDPOINT"], "analytics", "analytics-writer", env["MEDCLOUD_ANALYTICS_SECRET_KEY"]
+    )
+    lake.write(flatten.table(list(activity())), "dev-batch")
+    publish(lake, document(compute_all(connect(lake), TIERS), "2026-12-02T00:00:00Z"))
+
+    dev.cluster.kubectl("apply", "-f", str(REPO / "deploy" / "city-health-commission-rbac.yaml"))
+    namespace = "city-health-commission"
+    dev.core.create_namespace({"metadata": {"name": namespace}})
+    dev.rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": "dev-commission"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": COMMISSION_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": "indicators", "namespace": namespace}],
+        }
+    )
+    token = dev.token(namespace, "indicators", audience=str(dev.api.configuration.host))
+
+    def page() -> httpx.Response | None:
+        got = httpx.get(f"{dev.info.api_url}/v1/dashboard", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        return got if got.status_code == 200 else None
+
+    served = wait_for(page, "the dashboard served", timeout=30)
+    assert served.text.count("<svg") == 5

@@ -21,9 +21,11 @@ MinIO only ever sees ciphertext.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -179,6 +181,41 @@ class KeySource:
     ca_file: Path | None
 
 
+def _option(name: str, annotation: object, default: object) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation, default=default)
+
+
+# In KeySource's field order: the wrapper hands them to KeySource positionally.
+_KEY_SOURCE_OPTIONS = (
+    _option("key_service", KeyServiceOpt, None),
+    _option("token", TokenOpt, None),
+    _option("token_file", TokenFileOpt, None),
+    _option("direct_keys", DirectOpt, False),
+    _option("operator_namespace", OperatorNamespaceOpt, "medcloud-system"),
+    _option("ca_file", CAOpt, None),
+)
+
+
+def with_key_source(command: Callable[..., None]) -> Callable[..., None]:
+    """The command's ``keys: KeySource`` parameter offered as the key-source options every keyed command takes.
+
+    Typer reads a command's options from its signature, so the wrapper shows the command's own
+    parameters followed by the six key-source options, and folds those into one KeySource.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [parameter for parameter in signature.parameters.values() if parameter.name != "keys"]
+
+    @functools.wraps(command)
+    def keyed(**options: Any) -> None:
+        keys = KeySource(*(options.pop(option.name) for option in _KEY_SOURCE_OPTIONS))
+        command(keys=keys, **options)
+
+    parameters = [*own, *_KEY_SOURCE_OPTIONS]
+    keyed.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    keyed.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return keyed
+
+
 def _api_client(kubeconfig: Path | None) -> client.ApiClient:
     # The kubernetes package leaves its config loaders unannotated.
     api: client.ApiClient = config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None)  # type: ignore[no-untyped-call]
@@ -230,22 +267,17 @@ def _reported(namespace: str, store: str, record: str | None = None) -> Iterator
 
 
 @app.command()
+@with_key_source
 def put(
     store: StoreArg,
     name: Annotated[str, typer.Argument(help="Record name: an opaque identifier, never a patient's name.")],
     source_file: Annotated[str, typer.Argument(metavar="FILE", help="File to store, or - for standard input.")],
     namespace: NamespaceOpt,
+    keys: KeySource,
     content_type: Annotated[str, typer.Option(help="Content type of the record.")] = "application/octet-stream",
     kubeconfig: KubeconfigOpt = None,
-    key_service: KeyServiceOpt = None,
-    token: TokenOpt = None,
-    token_file: TokenFileOpt = None,
-    direct_keys: DirectOpt = False,
-    operator_namespace: OperatorNamespaceOpt = "medcloud-system",
-    ca_file: CAOpt = None,
 ) -> None:
     """Encrypt FILE into record NAME under the store's current data key."""
-    keys = KeySource(key_service, token, token_file, direct_keys, operator_namespace, ca_file)
     with _reported(namespace, store, name):
         records = _run(kubeconfig, namespace, store, keys)
         if source_file == "-":
@@ -256,26 +288,21 @@ def put(
 
 
 @app.command()
+@with_key_source
 def get(
     store: StoreArg,
     name: Annotated[str, typer.Argument(help="Record name.")],
     target: Annotated[str, typer.Argument(metavar="FILE", help="Where to write the record, or - for standard output.")],
     namespace: NamespaceOpt,
+    keys: KeySource,
     version_id: Annotated[str | None, typer.Option(help="An older version of the record (S3 version id).")] = None,
     resource: Annotated[
         str | None,
         typer.Option(help="Only the resource with this id, from an NDJSON batch (fhir/<type>/<batch>.ndjson)."),
     ] = None,
     kubeconfig: KubeconfigOpt = None,
-    key_service: KeyServiceOpt = None,
-    token: TokenOpt = None,
-    token_file: TokenFileOpt = None,
-    direct_keys: DirectOpt = False,
-    operator_namespace: OperatorNamespaceOpt = "medcloud-system",
-    ca_file: CAOpt = None,
 ) -> None:
     """Decrypt record NAME into FILE; the file appears only if every byte authenticated."""
-    keys = KeySource(key_service, token, token_file, direct_keys, operator_namespace, ca_file)
     with _reported(namespace, store, name):
         records = _run(kubeconfig, namespace, store, keys)
         if resource is not None:

@@ -55,84 +55,46 @@ class CatalogEntry:
         return self.app in APPS_NEEDING_RECORD_STORE
 
 
-def _entry(
-    app: CatalogApp,
-    title: str,
-    requests: tuple[str, str],
-    limits: tuple[str, str],
-    *,
-    args: tuple[str, ...] = (),
-    exchange_client: bool = False,
-    store_keys: bool = False,
-) -> CatalogEntry:
-    return CatalogEntry(
-        app=app,
-        title=title,
-        requests=Compute(*requests),
-        limits=Compute(*limits),
-        args=args,
-        exchange_client=exchange_client,
-        store_keys=store_keys,
-    )
+@dataclass(frozen=True)
+class Size:
+    """What an app asks for and what it may use at most."""
+
+    requests: Compute
+    limits: Compute
 
 
 # Sized for a county hospital; the operator lowers them to fit a smaller
 # tenant's LimitRange (builders/workload.py), never raises them.
+SMALL = Size(Compute("100m", "128Mi"), Compute("250m", "256Mi"))
+MEDIUM = Size(Compute("100m", "256Mi"), Compute("500m", "512Mi"))
+LARGE = Size(Compute("250m", "512Mi"), Compute("1", "1Gi"))
+
+
+def own_app(app: CatalogApp, title: str, size: Size, *, store_keys: bool = False) -> CatalogEntry:
+    """An app with MedCloud's code (``medcloud app <app>``), a client of its consortium's exchange."""
+    return CatalogEntry(
+        app=app,
+        title=title,
+        requests=size.requests,
+        limits=size.limits,
+        args=("app", app.value),
+        exchange_client=True,
+        store_keys=store_keys,
+    )
+
+
 CATALOG: Mapping[CatalogApp, CatalogEntry] = MappingProxyType(
     {
         entry.app: entry
         for entry in (
-            # The hospital-side connector of the consortium exchange (docs/emr-sharing.md).
-            _entry(
-                CatalogApp.EMR_SHARING,
-                "EMR sharing",
-                ("250m", "512Mi"),
-                ("1", "1Gi"),
-                args=("app", "emr-sharing"),
-                exchange_client=True,
-                # It reads the EMR's documents from the store to publish them.
-                store_keys=True,
-            ),
-            _entry(
-                CatalogApp.APPOINTMENTS,
-                "Appointments",
-                ("100m", "256Mi"),
-                ("500m", "512Mi"),
-                args=("app", "appointments"),
-                exchange_client=True,
-            ),
-            _entry(
-                CatalogApp.REFERRALS,
-                "Referrals",
-                ("100m", "256Mi"),
-                ("500m", "512Mi"),
-                args=("app", "referrals"),
-                exchange_client=True,
-            ),
-            _entry(
-                CatalogApp.REMOTE_CONSULTATION,
-                "Remote consultation",
-                ("250m", "512Mi"),
-                ("1", "1Gi"),
-                args=("app", "remote-consultation"),
-                exchange_client=True,
-            ),
-            _entry(
-                CatalogApp.EXAM_MUTUAL_RECOGNITION,
-                "Exam-result mutual recognition",
-                ("100m", "256Mi"),
-                ("500m", "512Mi"),
-                args=("app", "exam-mutual-recognition"),
-                exchange_client=True,
-            ),
-            _entry(
-                CatalogApp.INSURANCE_CARD,
-                "Insurance card",
-                ("100m", "128Mi"),
-                ("250m", "256Mi"),
-                args=("app", "insurance-card"),
-                exchange_client=True,
-            ),
+            # The hospital-side connector of the consortium exchange (docs/emr-sharing.md); it reads
+            # the EMR's documents from the store to publish them, hence its store keys.
+            own_app(CatalogApp.EMR_SHARING, "EMR sharing", LARGE, store_keys=True),
+            own_app(CatalogApp.APPOINTMENTS, "Appointments", MEDIUM),
+            own_app(CatalogApp.REFERRALS, "Referrals", MEDIUM),
+            own_app(CatalogApp.REMOTE_CONSULTATION, "Remote consultation", LARGE),
+            own_app(CatalogApp.EXAM_MUTUAL_RECOGNITION, "Exam-result mutual recognition", MEDIUM),
+            own_app(CatalogApp.INSURANCE_CARD, "Insurance card", SMALL),
         )
     }
 )

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from medcloud.certificates import leaf_builder, private_key_pem, self_signed_ca
+
 CA_SECRET = "medcloud-device-ca"  # noqa: S105 - a Secret's name
 """The Secret (type kubernetes.io/tls) holding the tenant CA's certificate and key; the operator's alone."""
 TRUST_SECRET = "medcloud-device-trust"  # noqa: S105 - a Secret's name
@@ -69,36 +71,8 @@ def new_ca(hospital: str, *, now: dt.datetime) -> TenantCA:
             x509.NameAttribute(NameOID.COMMON_NAME, f"{hospital} device CA"),
         ]
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return TenantCA(cert.public_bytes(serialization.Encoding.PEM), key_pem)
+    cert = self_signed_ca(key, name, now=now, validity=CA_VALIDITY, path_length=0)
+    return TenantCA(cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key))
 
 
 def check_csr(csr_pem: str, device_id: str) -> x509.CertificateSigningRequest:
@@ -134,22 +108,17 @@ def sign_device(ca: TenantCA, csr_pem: str, device_id: str, *, now: dt.datetime)
         raise ValueError("the tenant CA key must be an EC private key")
     serial = x509.random_serial_number()
     not_after = min(now + DEVICE_VALIDITY, issuer.not_valid_after_utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-        .issuer_name(issuer.subject)
-        .public_key(csr.public_key())
-        .serial_number(serial)
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
+    builder = leaf_builder(
+        subject,
+        issuer.subject,
+        csr.public_key(),
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        now=now,
+        not_after=not_after,
+        serial=serial,
+    ).add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
     return Issued(cert.public_bytes(serialization.Encoding.PEM), serial, not_after)
 
 
@@ -193,26 +162,20 @@ def _sign_leaf(
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise ValueError("the issuing CA key must be an EC private key")
     key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(issuer.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(min(now + SERVING_VALIDITY, issuer.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    builder = leaf_builder(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
+        issuer.subject,
+        key.public_key(),
+        [usage],
+        now=now,
+        not_after=min(now + SERVING_VALIDITY, issuer.not_valid_after_utc),
     )
     if dns_names:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
         )
     cert = builder.sign(ca_key, hashes.SHA256())
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return TenantCA(cert.public_bytes(serialization.Encoding.PEM), key_pem)
+    return TenantCA(cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key))
 
 
 def serving_due(cert_pem: bytes | None, ca_cert_pem: bytes, dns_names: list[str], now: dt.datetime) -> bool:

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from medcloud.certificates import leaf_builder, private_key_pem, self_signed_ca
+
 _VALIDITY = dt.timedelta(days=365)
 
 
@@ -34,14 +36,6 @@ def _write_private(path: Path, data: bytes) -> None:
     path.chmod(0o600)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 class CertificateAuthority:
     """A self-signed CA that issues server and client certificates into a directory."""
 
@@ -56,34 +50,8 @@ class CertificateAuthority:
             return
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + 10 * _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        _write_private(self.paths.key, _key_pem(key))
+        cert = self_signed_ca(key, subject, now=dt.datetime.now(dt.UTC), validity=10 * _VALIDITY, path_length=None)
+        _write_private(self.paths.key, private_key_pem(key))
         self.paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         self._key = key
         self._cert = cert
@@ -113,18 +81,9 @@ class CertificateAuthority:
         now = dt.datetime.now(dt.UTC)
         issuer_key = self._key
         assert isinstance(issuer_key, ec.EllipticCurvePrivateKey)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attributes))
-            .issuer_name(self._cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
-        )
+        builder = leaf_builder(
+            x509.Name(attributes), self._cert.subject, key.public_key(), usages, now=now, not_after=now + _VALIDITY
+        ).add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
         if server_names:
             alt_names: list[x509.GeneralName] = []
             for entry in server_names:
@@ -135,7 +94,7 @@ class CertificateAuthority:
             builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         cert = builder.sign(issuer_key, hashes.SHA256())
         pair = KeyPair(self.directory / f"{name}.crt", self.directory / f"{name}.key")
-        _write_private(pair.key, _key_pem(key))
+        _write_private(pair.key, private_key_pem(key))
         pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return pair
 
@@ -146,7 +105,7 @@ def service_account_signer(directory: Path) -> KeyPair:
     if pair.cert.exists() and pair.key.exists():
         return pair
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _write_private(pair.key, _key_pem(key))
+    _write_private(pair.key, private_key_pem(key))
     pair.cert.write_bytes(
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )

@@ -53,6 +53,7 @@ from minio.objectlockconfig import DAYS, ObjectLockConfig
 from medcloud.models.consortium import ConsortiumSpec
 from medcloud.records.client import InMemoryKeyProvider, RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
+from medcloud_cli.demo import fhir
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
 from medcloud_exchange import index
 from medcloud_exchange.audit import AuditStore, Requester
@@ -174,29 +175,11 @@ def bench_publish(exchange: Exchange, minio: Minio, bucket: str, dsn: str, count
     print(f"  ratio exchange/raw (3 puts):   {raw3_s / exchange_s:8.2f}")
 
 
-BUNDLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "exchange" / "provide-bundle-binary.json"
-
-
 def _provide_bundle(patient_value: str) -> dict[str, Any]:
     """The NIST MHD test Bundle (tests/data/exchange/SOURCES.md): SubmissionSet, DocumentReference, a 4 KiB
     Binary, and a Patient entry carrying the identifier."""
-    bundle: dict[str, Any] = json.loads(BUNDLE.read_text())
-    patient_url = f"urn:uuid:{uuid.uuid4()}"
-    for entry in bundle["entry"]:
-        resource = entry["resource"]
-        if "subject" in resource:
-            resource["subject"] = {"reference": patient_url}
-        if resource["resourceType"] == "DocumentReference":
-            resource["type"] = {"coding": [{"system": "http://loinc.org", "code": "18842-5"}]}
-            resource["category"] = _document("x")["category"]
-            resource["content"][0]["attachment"]["contentType"] = "application/pdf"
-        if resource["resourceType"] == "Binary":
-            resource.update(contentType="application/pdf", data=base64.b64encode(DOCUMENT).decode())
     patient = {"resourceType": "Patient", "identifier": [{"system": RESIDENT_ID, "value": patient_value}]}
-    bundle["entry"].append(
-        {"fullUrl": patient_url, "resource": patient, "request": {"method": "POST", "url": "Patient"}}
-    )
-    return bundle
+    return fhir.provide_bundle("emr", DOCUMENT, patient, content_type="application/pdf")
 
 
 def bench_provide(exchange: Exchange, minio: Minio, bucket: str, dsn: str, count: int) -> None:

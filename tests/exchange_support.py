@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from medcloud_cli.demo import fhir
 
 DATA = Path(__file__).resolve().parent / "data" / "exchange"
 CATEGORY_SYSTEM = "https://medcloud.io/fhir/CodeSystem/sharing-category"
@@ -114,24 +115,9 @@ def outcome_of(response: httpx.Response) -> str:
 
 
 def provide_bundle(category: str, text: bytes, *identifiers: tuple[str, str], family: str = "Chalmers") -> Json:
-    """An ITI-65 Provide Document Bundle built from public examples (tests/data/exchange/SOURCES.md): the NIST
-    MHD test Bundle (SubmissionSet, DocumentReference, Binary) about the HL7 example Patient, who carries the
-    consortium's identifiers; the DocumentReference gains the type, date and category a consortium needs."""
-    bundle: Json = json.loads((DATA / "provide-bundle-binary.json").read_text())
+    """An ITI-65 Provide Document Bundle (``medcloud_cli.demo.fhir.provide_bundle``) about the HL7 example
+    Patient (tests/data/exchange/SOURCES.md), who carries the consortium's identifiers."""
     patient: Json = json.loads((DATA.parent / "analytics" / "patient-example.json").read_text())
     patient["identifier"] = [{"system": s, "value": v} for s, v in identifiers]
     patient["name"][0]["family"] = family
-    patient_url = "urn:uuid:" + str(uuid.uuid4())
-    for entry in bundle["entry"]:
-        resource = entry["resource"]
-        if "subject" in resource:
-            resource["subject"] = {"reference": patient_url}
-        if resource["resourceType"] == "DocumentReference":
-            resource["type"] = {"coding": [{"system": "http://loinc.org", "code": "18842-5"}]}
-            resource["category"] = [{"coding": [{"system": CATEGORY_SYSTEM, "code": category}]}]
-        if resource["resourceType"] == "Binary":
-            resource["data"] = base64.b64encode(text).decode()
-    bundle["entry"].append(
-        {"fullUrl": patient_url, "resource": patient, "request": {"method": "POST", "url": "Patient"}}
-    )
-    return bundle
+    return fhir.provide_bundle(category, text, patient)

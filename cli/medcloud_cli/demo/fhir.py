@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,31 @@ def consult_note(patient: str, text: bytes) -> Json:
     doc["content"] = [{"attachment": {"contentType": "text/plain", "data": base64.b64encode(text).decode()}}]
     doc["subject"] = {"reference": patient}
     return doc
+
+
+def provide_bundle(category: str, content: bytes, patient: Json, *, content_type: str | None = None) -> Json:
+    """An ITI-65 Provide Document Bundle about ``patient`` (its Patient entry), from the NIST MHD test Bundle.
+
+    The example's SubmissionSet, DocumentReference and Binary are kept (tests/data/exchange/SOURCES.md),
+    their subject pointed at the patient's entry; the DocumentReference gains the type and category a
+    consortium needs, the Binary carries ``content``; ``content_type``, if given, replaces the example's.
+    """
+    bundle = example("provide-bundle-binary.json", "exchange")
+    patient_url = f"urn:uuid:{uuid.uuid4()}"
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if "subject" in resource:
+            resource["subject"] = {"reference": patient_url}
+        if resource["resourceType"] == "DocumentReference":
+            resource["type"] = {"coding": [{"system": LOINC, "code": "18842-5"}]}
+            resource["category"] = [{"coding": [{"system": CATEGORY_SYSTEM, "code": category}]}]
+            if content_type is not None:
+                resource["content"][0]["attachment"]["contentType"] = content_type
+        if resource["resourceType"] == "Binary":
+            resource["data"] = base64.b64encode(content).decode()
+            if content_type is not None:
+                resource["contentType"] = content_type
+    bundle["entry"].append(
+        {"fullUrl": patient_url, "resource": patient, "request": {"method": "POST", "url": "Patient"}}
+    )
+    return bundle

@@ -43,6 +43,7 @@ from medcloud_cli.localcluster.exchange import AuditBucket, make_audit_bucket
 from medcloud_cli.localcluster.postgres import PostgresInfo, bin_dir
 from medcloud_cli.localcluster.process import free_port, port_accepts
 from medcloud_exchange.app import create_app
+from medcloud_exchange.s3 import minio_client
 from medcloud_exchange.settings import ExchangeSettings
 from tests.exchange_harness import (
     admitted_callers,
@@ -260,6 +261,16 @@ def post_consent(exchange: Exchange, caller: Caller, body: Json) -> httpx.Respon
 def break_glass_events(admin: ClusterAdmin) -> list[Any]:
     events = admin.core.list_namespaced_event("default").items
     return [e for e in events if e.involved_object.name == CONSORTIUM and e.reason == "BreakGlass"]
+
+
+def own_audit_client(settings: ExchangeSettings) -> Minio:
+    """MinIO as the exchange's own audit user (put, get and list only), the way the exchange reaches it."""
+    return minio_client(
+        settings.audit_endpoint,
+        settings.audit_access_key,
+        settings.audit_secret_key.get_secret_value(),
+        settings.audit_secure,
+    )
 
 
 # --------------------------------------------------------------------------- the scenario
@@ -618,12 +629,7 @@ def test_refusals_are_operation_outcomes_and_store_nothing(
         assert conn.execute("SELECT count(*) FROM document").fetchone() == before
     # An authenticated caller refused before naming a patient is audited too (BALP, outcome 4).
     settings = exchange.settings
-    own = Minio(
-        settings.audit_endpoint,
-        access_key=settings.audit_access_key,
-        secret_key=settings.audit_secret_key.get_secret_value(),
-        secure=False,
-    )
+    own = own_audit_client(settings)
     refusals = []
     for obj in own.list_objects(settings.audit_bucket, prefix="system/", recursive=True):
         stored = own.get_object(settings.audit_bucket, obj.object_name)
@@ -723,12 +729,7 @@ def test_an_audit_record_cannot_be_overwritten_or_deleted_with_the_exchanges_cre
     resident, _ = identifiers()
     publish(exchange, callers[COUNTY], document("emr", b"audited", contained_patient(resident)))
     settings = exchange.settings
-    own = Minio(
-        settings.audit_endpoint,
-        access_key=settings.audit_access_key,
-        secret_key=settings.audit_secret_key.get_secret_value(),
-        secure=False,
-    )
+    own = own_audit_client(settings)
     name = next(o.object_name for o in own.list_objects(settings.audit_bucket, prefix="patient/", recursive=True))
     original = own.get_object(settings.audit_bucket, name)
     try:

@@ -41,6 +41,21 @@ T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 Json = dict[str, Any]
 
 
+# What the store's credentials Secret adds to a gateway's environment (envFrom), as COSI writes it.
+STORE_CREDENTIALS = {
+    "COSI_S3_ENDPOINT": "http://10.89.0.1:9000",
+    "COSI_S3_BUCKET_ID": "b",
+    "COSI_S3_ACCESS_KEY_ID": "k",
+    "COSI_S3_ACCESS_SECRET_KEY": "s",
+}
+
+
+def _gateway_reads(container: Json) -> GatewaySettings:
+    """The settings the gateway reads from what the operator wrote into its container, plus the store's Secret."""
+    env = {e["name"]: e["value"] for e in container["env"]}
+    return GatewaySettings.model_validate({**env, **STORE_CREDENTIALS})
+
+
 def body(kind: str, name: str, spec: Json, namespace: str = NS) -> Json:
     return {
         "apiVersion": "medcloud.io/v1alpha1",
@@ -499,14 +514,7 @@ def test_the_gateway_pod_runs_medcloud_gateway_with_a_key_service_token_only() -
         "readOnly": True,
     }
     # The gateway reads what the operator wrote: the token file and the broker.
-    env = {e["name"]: e["value"] for e in container["env"]}
-    credentials = {
-        "COSI_S3_ENDPOINT": "http://10.89.0.1:9000",
-        "COSI_S3_BUCKET_ID": "b",
-        "COSI_S3_ACCESS_KEY_ID": "k",
-        "COSI_S3_ACCESS_SECRET_KEY": "s",
-    }
-    read = GatewaySettings.model_validate({**env, **credentials})
+    read = _gateway_reads(container)
     assert str(read.key_service_token_file) == "/var/run/secrets/medcloud/keyservice/token"
     assert (read.mqtt_broker_host, read.broker_port) == ("10.89.0.1", 18883)
     assert "MEDCLOUD_GATEWAY_MQTT_BROKER_HOST" not in {
@@ -834,15 +842,8 @@ def test_with_the_brokers_ca_the_gateway_pod_mounts_its_broker_client_certificat
     }
     assert volumes[gw_b.BROKER_VOLUME]["secret"] == {"secretName": "gw-wards-broker", "defaultMode": 0o440}
     assert all(m["readOnly"] for m in container["volumeMounts"] if m["name"] != "tmp")
-    env = {e["name"]: e["value"] for e in container["env"]}
-    credentials = {
-        "COSI_S3_ENDPOINT": "http://10.89.0.1:9000",
-        "COSI_S3_BUCKET_ID": "b",
-        "COSI_S3_ACCESS_KEY_ID": "k",
-        "COSI_S3_ACCESS_SECRET_KEY": "s",
-    }
     # With every protocol on, the gateway's own settings are complete (it refused mqtt before: no certificates).
-    read = GatewaySettings.model_validate({**env, **credentials})
+    read = _gateway_reads(container)
     assert (str(read.mqtt_ca_file), str(read.mqtt_cert_file), str(read.mqtt_key_file)) == (
         "/etc/medcloud/broker-tls/ca.crt",
         "/etc/medcloud/broker-tls/tls.crt",

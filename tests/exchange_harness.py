@@ -126,6 +126,16 @@ def exchange_operator_env(minio_server: MinioInfo, **extra: str) -> dict[str, st
     }
 
 
+def readiness_probed(port: int) -> dict[str, str]:
+    """Operator settings that ask the exchange on loopback ``port`` whether it serves, every second
+    (in a test the exchange runs as a process of its own, where no kubelet probes it; docs/exchange.md)."""
+    return {
+        "MEDCLOUD_EXCHANGE_READINESS_URL": f"http://127.0.0.1:{port}/readyz",
+        "MEDCLOUD_EXCHANGE_PROBE_SECONDS": "1",
+        "MEDCLOUD_EXCHANGE_PROBE_TIMEOUT_SECONDS": "5",
+    }
+
+
 def exchange_account(consortium: str) -> str:
     """The service account the operator grants the Consortium's exchange (docs/exchange.md)."""
     return f"medcloud-exchange-{consortium}"

@@ -25,7 +25,7 @@ from medcloud_cli.localcluster.exchange import AuditBucket
 from medcloud_cli.localcluster.postgres import PostgresInfo
 from medcloud_cli.localcluster.process import ServerProcess, free_port
 from medcloud_exchange.app import create_app
-from tests.exchange_harness import exchange_operator_env, exchange_settings, serve
+from tests.exchange_harness import exchange_operator_env, exchange_settings, readiness_probed, serve
 from tests.operator_support import (
     OPERATOR_NAMESPACE,
     ClusterAdmin,
@@ -50,12 +50,7 @@ EXCHANGE_PORT = free_port()
 @pytest.fixture(scope="module")
 def operator(store_operator_kubeconfig: Path, minio_server: MinioInfo) -> Iterator[RunningOperator]:
     """The operator that deploys exchanges and asks this module's exchange for its readiness every second."""
-    env = exchange_operator_env(
-        minio_server,
-        MEDCLOUD_EXCHANGE_READINESS_URL=f"http://127.0.0.1:{EXCHANGE_PORT}/readyz",
-        MEDCLOUD_EXCHANGE_PROBE_SECONDS="1",
-        MEDCLOUD_EXCHANGE_PROBE_TIMEOUT_SECONDS="5",
-    )
+    env = exchange_operator_env(minio_server, **readiness_probed(EXCHANGE_PORT))
     with run_operator(store_operator_kubeconfig, env, timeout=120) as running:
         yield running
 

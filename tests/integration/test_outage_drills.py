@@ -75,6 +75,7 @@ from tests.exchange_harness import (
     exchange_operator_env,
     granted_exchange,
     new_database,
+    readiness_probed,
 )
 from tests.exchange_harness import exchange_settings as harness_settings
 from tests.exchange_support import RESIDENT_ID, contained_patient, document
@@ -164,9 +165,7 @@ def operator(store_operator_kubeconfig: Path, storage: PrivateMinio, exchange_po
         storage.info,
         MEDCLOUD_RECORDSTORE_RETRY_MAX_SECONDS="2",
         MEDCLOUD_RECORDSTORE_REFRESH_SECONDS="2",
-        MEDCLOUD_EXCHANGE_READINESS_URL=f"http://127.0.0.1:{exchange_port}/readyz",
-        MEDCLOUD_EXCHANGE_PROBE_SECONDS="1",
-        MEDCLOUD_EXCHANGE_PROBE_TIMEOUT_SECONDS="5",
+        **readiness_probed(exchange_port),
     )
     with run_operator(store_operator_kubeconfig, env, timeout=120) as running:
         yield running

@@ -46,13 +46,10 @@ from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority, KeyPair
 from medcloud_cli.localcluster.process import ServerProcess
 from medcloud_cli.main import app as cli
-from medcloud_gateway.ingest import Ingestor
-from medcloud_gateway.metrics import GatewayMetrics
-from medcloud_gateway.service import Gateway
 from tests.integration import test_gateway as base
 from tests.integration.test_api import serve
 from tests.integration.test_gateway_broker_devices import device_mosquitto
-from tests.integration.test_gateway_device_tls import device_tls_settings, post
+from tests.integration.test_gateway_device_tls import device_tls_gateway, post
 from tests.operator_support import OPERATOR_NAMESPACE, RunningOperator
 from tests.support import wait_for
 
@@ -218,9 +215,9 @@ def gateway(
     serving_ca: CertificateAuthority,
     projection: Projection,
 ) -> Iterator[base.Running]:
-    plain = base.session_gateway_settings(records, minio_server, mqtt_broker, serving_ca)
-    settings = device_tls_settings(plain, projection.ca, projection.crl, ["https"])
-    with base.running(Gateway(settings, Ingestor(records, GatewayMetrics())), serving_ca.paths.cert) as running:
+    with device_tls_gateway(
+        records, minio_server, mqtt_broker, serving_ca, projection.ca, projection.crl, ["https"]
+    ) as running:
         yield running
 
 

@@ -10,6 +10,7 @@ at its next message.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
 import ssl
@@ -88,6 +89,23 @@ def device_tls_settings(plain: GatewaySettings, ca_file: Path, crl_file: Path, p
     )
 
 
+@contextlib.contextmanager
+def device_tls_gateway(
+    records: RecordClient,
+    minio_server: MinioInfo,
+    mqtt_broker: BrokerInfo,
+    serving_ca: CertificateAuthority,
+    ca_file: Path,
+    crl_file: Path,
+    protocols: list[str],
+) -> Iterator[base.Running]:
+    """The session's gateway with device certificates required on ``protocols``, running until the block ends."""
+    plain = base.session_gateway_settings(records, minio_server, mqtt_broker, serving_ca)
+    settings = device_tls_settings(plain, ca_file, crl_file, protocols)
+    with base.running(Gateway(settings, Ingestor(records, GatewayMetrics())), serving_ca.paths.cert) as running:
+        yield running
+
+
 @pytest.fixture
 def devices(tmp_path: Path) -> Devices:
     return Devices(tmp_path / "devices")
@@ -101,9 +119,9 @@ def gateway(
     serving_ca: CertificateAuthority,
     devices: Devices,
 ) -> Iterator[base.Running]:
-    plain = base.session_gateway_settings(records, minio_server, mqtt_broker, serving_ca)
-    settings = device_tls_settings(plain, devices.ca.paths.cert, devices.crl, ["https", "hl7v2"])
-    with base.running(Gateway(settings, Ingestor(records, GatewayMetrics())), serving_ca.paths.cert) as running:
+    with device_tls_gateway(
+        records, minio_server, mqtt_broker, serving_ca, devices.ca.paths.cert, devices.crl, ["https", "hl7v2"]
+    ) as running:
         yield running
 
 

@@ -91,7 +91,7 @@ def prometheus_url(local_cluster: Any, metrics_port: int) -> Iterator[str]:
     if not isinstance(local_cluster, LocalCluster):
         pytest.skip("the drills stop and start the local cluster's own servers")
     proc, url = prometheus.start_prometheus(
-        local_cluster, {prometheus.OPERATOR_JOB: f"127.0.0.1:{metrics_port}"}, rules=drill_rules()
+        local_cluster, {prometheus.OPERATOR_JOB: f"127.0.0.1:{metrics_port}"}, rules=drill_rules(), keep_history=False
     )
     yield url
     proc.stop()

@@ -100,10 +100,21 @@ def scrape_config(targets: Mapping[str, str], rule_file: Path) -> dict[str, Any]
 
 
 def start_prometheus(
-    cluster: LocalCluster, targets: Mapping[str, str], rules: Mapping[str, Any] | None = None
+    cluster: LocalCluster,
+    targets: Mapping[str, str],
+    rules: Mapping[str, Any] | None = None,
+    *,
+    keep_history: bool = True,
 ) -> tuple[ServerProcess, str]:
-    """Start Prometheus for ``targets`` (job -> host:port) with the chart's rules; its URL."""
+    """Start Prometheus for ``targets`` (job -> host:port) with the chart's rules; its URL.
+
+    ``keep_history=False`` starts from an empty database. A drill needs that: series an earlier
+    Prometheus stored here (another drill's ``up == 1`` of a target now gone) stay visible for the
+    five-minute lookback and would keep an ``absent(up == 1)`` alert from firing.
+    """
     directory = cluster.state_dir / "prometheus"
+    if not keep_history:
+        shutil.rmtree(directory / "data", ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     rule_file = directory / "medcloud-rules.yaml"
     rule_file.write_text(yaml.safe_dump(dict(rules) if rules is not None else chart_rules(), sort_keys=False))

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from minio import Minio
 from minio.error import S3Error
-from typer.testing import CliRunner
 
 from medcloud.models.deidentification import DeidentificationPolicy
 from medcloud_analytics import flatten
@@ -27,9 +26,9 @@ from medcloud_analytics.indicators import compute_all
 from medcloud_analytics.lake import Lake, connect
 from medcloud_cli.localcluster.analytics import make_analytics_bucket
 from medcloud_cli.localcluster.cluster import MinioInfo
-from medcloud_cli.main import app
 from medcloud_exchange.bulk.deidentify import Deidentifier
 from tests.analytics_activity import TIERS, activity
+from tests.analytics_support import analytics_cli
 from tests.bulk_support import analytics_lake, assert_no_secret_in_lake, parquet_objects
 
 pytestmark = [pytest.mark.minio]
@@ -107,14 +106,7 @@ def test_no_identifier_in_any_parquet_byte_or_value(lake: Lake, minio_server: Mi
 
 def test_medcloud_analytics_prints_the_indicators_suppressed(lake: Lake) -> None:
     lake.write(flatten.table(list(activity())), "batch-1")
-    env = {
-        "MEDCLOUD_ANALYTICS_ENDPOINT": lake.endpoint,
-        "MEDCLOUD_ANALYTICS_BUCKET": lake.bucket,
-        "MEDCLOUD_ANALYTICS_ACCESS_KEY": lake.access_key,
-        "MEDCLOUD_ANALYTICS_SECRET_KEY": lake.secret_key,
-    }
-    tiers = [arg for name, tier in TIERS.items() for arg in ("--tier", f"{name}={tier}")]
-    result = CliRunner().invoke(app, ["analytics", "indicators", *tiers], env=env)
+    result = analytics_cli(lake, "indicators")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "Referrals by tier and direction" in lines
@@ -124,7 +116,7 @@ def test_medcloud_analytics_prints_the_indicators_suppressed(lake: Lake) -> None
     assert down.split()[-2:] == ["<5", "<5"]
     (county,) = [line for line in lines if line.startswith("county-people")]
     assert "58.3%" in county  # 7 of 12 with a controlled blood pressure
-    as_json = CliRunner().invoke(app, ["analytics", "indicators", "--json", *tiers], env=env)
+    as_json = analytics_cli(lake, "indicators", "--json")
     cells = json.loads(as_json.output)
     assert {c["patients"] for c in cells["monitoring"] if c["suppressed"]} == {None}
 

@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import pytest
 from kubernetes import client
-from typer.testing import CliRunner
 
 from medcloud_analytics import flatten
 from medcloud_analytics.lake import Lake
@@ -30,8 +29,8 @@ from medcloud_api.config import APISettings
 from medcloud_api.main import create_app
 from medcloud_cli.localcluster.analytics import AnalyticsBucket, make_analytics_bucket
 from medcloud_cli.localcluster.cluster import MinioInfo
-from medcloud_cli.main import app as cli
-from tests.analytics_activity import TIERS, activity
+from tests.analytics_activity import activity
+from tests.analytics_support import analytics_cli
 from tests.bulk_support import COMMISSION_ROLE
 from tests.integration.test_api import serve
 from tests.operator_support import REPO, ClusterAdmin
@@ -86,14 +85,7 @@ def bucket(minio_server: MinioInfo) -> AnalyticsBucket:
 def lake(minio_server: MinioInfo, bucket: AnalyticsBucket) -> Lake:
     lake = Lake(minio_server.endpoint, bucket.bucket, bucket.writer_key, bucket.writer_secret)
     lake.write(flatten.table(list(activity())), "batch-1")
-    env = {
-        "MEDCLOUD_ANALYTICS_ENDPOINT": lake.endpoint,
-        "MEDCLOUD_ANALYTICS_BUCKET": lake.bucket,
-        "MEDCLOUD_ANALYTICS_ACCESS_KEY": lake.access_key,
-        "MEDCLOUD_ANALYTICS_SECRET_KEY": lake.secret_key,
-    }
-    tiers = [arg for name, tier in TIERS.items() for arg in ("--tier", f"{name}={tier}")]
-    result = CliRunner().invoke(cli, ["analytics", "publish", *tiers], env=env)
+    result = analytics_cli(lake, "publish")
     assert result.exit_code == 0, result.output
     assert f"s3://{lake.bucket}/dashboard/indicators.json" in result.output
     return lake

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 import typer
 import yaml
 from typer.testing import CliRunner
 
 from medcloud_cli.commands.demo import parse_tokens
-from medcloud_cli.demo.scenario import Cast, readers_in
+from medcloud_cli.demo.scenario import EMR_SHARING, Cast, ScenarioStepError, app_desks, readers_in
 from medcloud_cli.main import app
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -70,3 +71,20 @@ def test_the_disclosure_names_successful_readers_only() -> None:
         event("Practitioner/dr-li", "read"),
     ]
     assert readers_in(events) == {"county", "city"}
+
+
+def test_app_desks_send_each_app_to_its_facade_and_emr_sharing_to_the_exchange() -> None:
+    direct_client = httpx.Client(base_url="http://exchange.invalid")
+    desk, close = app_desks({("village", "referrals"): "http://referrals.invalid"}, lambda hospital, app: direct_client)
+    try:
+        referrals = desk("village", "referrals")
+        assert str(referrals.base_url) == "http://referrals.invalid"
+        assert "Authorization" not in referrals.headers  # the app holds its own account's token
+        assert referrals.headers["X-MedCloud-Purpose-Of-Use"] == "TREAT"
+        assert desk("village", "referrals") is referrals
+        assert desk("village", EMR_SHARING) is direct_client
+        with pytest.raises(ScenarioStepError, match="village runs no appointments app"):
+            desk("village", "appointments")
+    finally:
+        close()
+        direct_client.close()

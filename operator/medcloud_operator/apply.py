@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -77,37 +79,70 @@ class TerminatingError(RuntimeError):
 
 
 class OwnWrites:
-    """The resourceVersion of every object the operator last wrote.
+    """The resourceVersion of every object the operator last wrote, and the writes still in flight.
 
     A watch event that carries exactly that version is the echo of the
-    operator's own write, not drift, and needs no reconcile.
+    operator's own write, not drift, and needs no reconcile. The API server
+    may send the echo before the write's own response has arrived, so a write
+    is marked in flight first (:meth:`writing`) and :meth:`is_own` can wait for
+    it to finish rather than take its echo for someone else's change.
     """
 
     def __init__(self) -> None:
         self._versions: dict[tuple[str, str | None, str], str] = {}
-        self._lock = threading.Lock()
+        self._in_flight: dict[tuple[str, str | None, str], int] = {}
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def writing(self, kind: str, namespace: str | None, name: str) -> Iterator[None]:
+        """Around a write of this object: its echo is recognised even when it arrives before the response."""
+        key = (kind, namespace, name)
+        with self._changed:
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                if self._in_flight[key] == 1:
+                    del self._in_flight[key]
+                else:
+                    self._in_flight[key] -= 1
+                self._changed.notify_all()
 
     def record(self, obj: Manifest) -> None:
         meta = obj.get("metadata", {})
         version = meta.get("resourceVersion")
         if version:
-            with self._lock:
+            with self._changed:
                 self._versions[(obj["kind"], meta.get("namespace"), meta["name"])] = version
 
     def forget_namespace(self, namespace: str) -> None:
         """Drop what was recorded for a namespace and the objects in it (the tenant is gone)."""
-        with self._lock:
+        with self._changed:
             for key in [k for k in self._versions if k[1] == namespace or (k[0] == "Namespace" and k[2] == namespace)]:
                 del self._versions[key]
 
     def forget(self, kind: str, namespace: str | None, name: str) -> None:
         """Drop what was recorded for one object (it was deleted)."""
-        with self._lock:
+        with self._changed:
             self._versions.pop((kind, namespace, name), None)
 
-    def is_own(self, kind: str, namespace: str | None, name: str, resource_version: str | None) -> bool:
-        with self._lock:
-            return resource_version is not None and self._versions.get((kind, namespace, name)) == resource_version
+    def in_flight(self, kind: str, namespace: str | None, name: str) -> bool:
+        with self._changed:
+            return (kind, namespace, name) in self._in_flight
+
+    def is_own(
+        self, kind: str, namespace: str | None, name: str, resource_version: str | None, *, wait: float = 0.0
+    ) -> bool:
+        """Whether ``resource_version`` is the operator's own last write; ``wait`` seconds at most for one in flight.
+
+        Waiting blocks the calling thread: only worker threads wait, never the event loop.
+        """
+        key = (kind, namespace, name)
+        with self._changed:
+            if wait:
+                self._changed.wait_for(lambda: key not in self._in_flight, timeout=wait)
+            return resource_version is not None and self._versions.get(key) == resource_version
 
 
 def _quantity(value: Any) -> Any:
@@ -217,6 +252,12 @@ def apply(
     kind = kind_of(desired)
     meta = desired["metadata"]
     name, namespace = meta["name"], meta.get("namespace")
+    with own_writes.writing(kind.kind, namespace, name) if own_writes is not None else nullcontext():
+        return _apply(kube, kind, desired, own_writes, expect_absent)
+
+
+def _apply(kube: Kube, kind: Kind, desired: Manifest, own_writes: OwnWrites | None, expect_absent: bool) -> Applied:
+    name, namespace = desired["metadata"]["name"], desired["metadata"].get("namespace")
     if expect_absent:
         try:
             written = kube.create(desired)

@@ -16,6 +16,7 @@ from wsgiref.simple_server import WSGIServer
 import kopf
 
 from medcloud_operator.apply import OwnWrites
+from medcloud_operator.institutions import InstitutionCodes
 from medcloud_operator.kube import Kube
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.storage import Storage
@@ -49,6 +50,8 @@ class OperatorContext:
     own_writes: OwnWrites = field(default_factory=OwnWrites)
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     metrics_server: WSGIServer | None = None
+    institution_codes: InstitutionCodes = field(default_factory=InstitutionCodes)
+    """Who claims which institution code, kept from the Hospital watch (a lookup per reconcile, not a LIST)."""
     queue: WorkQueue = field(default_factory=lambda: WorkQueue(4))
     """Every reconcile waits here for one of its workers (``max_concurrent_reconciles``), changes first."""
     settings_fingerprint: str = field(init=False)

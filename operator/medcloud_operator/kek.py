@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from kubernetes.client.exceptions import ApiException
+
 from medcloud.kube.client import SECRET, Kube, Manifest
 from medcloud.tenancy import kek, labels
 
@@ -55,6 +57,13 @@ def ensure_kek(
     keeps every older one; no version's material is ever rewritten. Otherwise
     only the Secret's labels are repaired.
     """
+    if issued_version is None:
+        # No key issued yet (onboarding): create first, and read only if one turns out to exist.
+        try:
+            return _issue_first(kube, hospital, namespace, rotate_now)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
     live = kube.get(SECRET, kek.secret_name(hospital), namespace)
     if live is None:
         if issued_version is not None:
@@ -63,10 +72,7 @@ def ensure_kek(
                 "records wrapped with it cannot be unwrapped. Restore the Secret from backup, or clear "
                 "status.kek to accept the loss and issue a new key."
             )
-        # The first key answers whatever rotateNow the spec already carries.
-        first = kek.generate()
-        kube.create(kek.build_secret(hospital, namespace, first, observed_rotate_now=rotate_now))
-        return KekState(first, (first.version,), rotate_now, created=True)
+        return _issue_first(kube, hospital, namespace, rotate_now)
     current = kek.parse_secret(live)
     held = kek.versions(live)
     observed = _observed(live, observed_rotate_now)
@@ -77,6 +83,14 @@ def ensure_kek(
     if any(live_labels.get(k) != v for k, v in wanted.items()):
         kube.merge_patch(SECRET, kek.secret_name(hospital), {"metadata": {"labels": wanted}}, namespace)
     return KekState(current, held, observed)
+
+
+def _issue_first(kube: Kube, hospital: str, namespace: str, rotate_now: int) -> KekState:
+    """Create the Secret with version 1 (a 409 if one exists: never overwritten)."""
+    # The first key answers whatever rotateNow the spec already carries.
+    first = kek.generate()
+    kube.create(kek.build_secret(hospital, namespace, first, observed_rotate_now=rotate_now))
+    return KekState(first, (first.version,), rotate_now, created=True)
 
 
 def rotate_kek(

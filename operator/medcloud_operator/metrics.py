@@ -52,6 +52,12 @@ SETTLED_SKIPS = Counter(
     "by kind and trigger (resume, resync).",
     ["kind", "trigger"],
 )
+ECHO_SKIPS = Counter(
+    "medcloud_echo_skips_total",
+    "Child watch events found, once the operator's write of that child finished, to be the echo of that write "
+    "(the event overtook the write's response), and so not reconciled; by child kind.",
+    ["kind"],
+)
 RESOURCES = Gauge(
     "medcloud_resources",
     "MedCloud resources this operator replica knows, by kind and phase.",

@@ -154,6 +154,24 @@ def is_settled(body: Mapping[str, Any], settings_fingerprint: str) -> bool:
     )
 
 
+def last_write_was_status(body: Mapping[str, Any], own_manager: str) -> bool:
+    """Whether the object's newest write (by its managedFields' times) went to its status subresource alone.
+
+    A controller keeping a status current (the quota controller's usage) writes there; a person or a
+    tool editing the object writes the object, under a field manager of its own. The fields keep whole
+    seconds, so the operator's own write (``own_manager``) may tie with the status write that followed
+    it: a tie of the two counts as a status write (an edit by anyone else ties or wins with its own).
+    """
+    entries = (body.get("metadata") or {}).get("managedFields") or []
+    if not entries:
+        return False
+    newest = max(str(entry.get("time") or "") for entry in entries)
+    latest = [entry for entry in entries if str(entry.get("time") or "") == newest]
+    return any(entry.get("subresource") == "status" for entry in latest) and all(
+        entry.get("subresource") == "status" or entry.get("manager") == own_manager for entry in latest
+    )
+
+
 def full_resync_due(uid: str, now: float, interval: float, period: float) -> bool:
     """Whether this tick of the safety net is the object's one full reconcile of the ``period``.
 
@@ -292,6 +310,15 @@ EVENT_MESSAGE_LIMIT = 1024
 """Longer Event messages are cut: the API server refuses messages over 1 KiB in events.k8s.io/v1."""
 
 
+Repair = Callable[[OperatorContext, kopf.Memo, str, str | None, Logger], None]
+"""Reconcile an owner: the context, Kopf's memo, the owner's name, the child's namespace, the logger."""
+Refresh = Callable[[OperatorContext, str, Manifest, Logger], None]
+"""Bring an owner's status up to a refresh kind's child (the owner's name, the child as the watch shows it)."""
+
+ECHO_WAIT_SECONDS = 10.0
+"""How long a worker waits for the operator's own write of a child to finish before it judges that child's event."""
+
+
 def register_drift_handlers(
     registry: kopf.OperatorRegistry,
     child_kinds: Iterable[Kind],
@@ -300,18 +327,22 @@ def register_drift_handlers(
     labels: Mapping[str, Any],
     owner_kind: str,
     owner_of: Callable[[kopf.Body], str | None],
-    reconcile: Callable[[OperatorContext, kopf.Memo, str, str | None, Logger], None],
+    reconcile: Repair,
     refresh_kinds: Iterable[Kind] = (),
+    refresh: Refresh | None = None,
 ) -> None:
     """Watch children (by ``labels``): one changed or deleted by someone else reconciles its owner (queued as a change).
 
     ``owner_of`` names the owner of a child (None: not one of ours);
     ``reconcile`` is called with the context, Kopf's memo, that name, the
     child's namespace and the logger. A change that is the echo of the
-    operator's own write (the resourceVersion it wrote) reconciles nothing.
+    operator's own write (the resourceVersion it wrote) reconciles nothing,
+    even when the echo overtakes the write's response: its worker first waits
+    for a write of that child still in flight (:meth:`OwnWrites.is_own`).
     Events of ``refresh_kinds`` (children whose status a controller keeps moving, like a
-    ResourceQuota's usage) are queued as refreshes, behind changes and resumes: a province's
-    onboarding is not slowed by the quota controller's status updates of its new quotas.
+    ResourceQuota's usage) are queued as refreshes, behind changes and resumes, and call
+    ``refresh`` (when given) instead of a whole reconcile: a province's onboarding is not
+    slowed by the quota controller's status updates of its new quotas.
     """
     refreshing = {kind.kind for kind in refresh_kinds}
 
@@ -330,14 +361,23 @@ def register_drift_handlers(
         if owner is None:
             return
         ctx = get_context(memo)
-        namespace = meta.get("namespace")
-        if type != "DELETED" and ctx.own_writes.is_own(
-            body["kind"], namespace, meta["name"], meta.get("resourceVersion")
-        ):
+        kind, namespace, name, version = body["kind"], meta.get("namespace"), meta["name"], meta.get("resourceVersion")
+        may_be_echo = type != "DELETED"
+        if may_be_echo and ctx.own_writes.is_own(kind, namespace, name, version):
             return
-        logger.debug("%s %s %s: reconciling %s %s", body["kind"], meta["name"], type.lower(), owner_kind, owner)
-        repair = functools.partial(reconcile, ctx, memo, owner, namespace, logger)
-        priority = Priority.REFRESH if body["kind"] in refreshing else Priority.CHANGE
+        child = dict(body)  # Kopf's body is a live view; the worker reads it later
+
+        def repair() -> None:
+            if may_be_echo and ctx.own_writes.is_own(kind, namespace, name, version, wait=ECHO_WAIT_SECONDS):
+                metrics.ECHO_SKIPS.labels(kind=kind).inc()
+                return
+            if kind in refreshing and refresh is not None and type != "DELETED":
+                refresh(ctx, owner, child, logger)
+            else:
+                reconcile(ctx, memo, owner, namespace, logger)
+
+        logger.debug("%s %s %s: reconciling %s %s", kind, name, type.lower(), owner_kind, owner)
+        priority = Priority.REFRESH if kind in refreshing else Priority.CHANGE
         await ctx.queue.run(owner_kind.lower(), priority, repair)
 
     for kind in child_kinds:

@@ -22,6 +22,7 @@ tenant namespace, otherwise the namespace and then the KEK are removed.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NoReturn
 
 import kopf
@@ -61,12 +62,13 @@ from medcloud.models.conditions import Reason, now_utc
 from medcloud.tenancy import kek, labels, onboarding
 from medcloud.tenancy.institutions import code_holder
 from medcloud_operator import OPERATOR_NAME, events, metrics
-from medcloud_operator.apply import Action, Applied, TerminatingError, apply, prune
+from medcloud_operator.apply import Action, Applied, TerminatingError, apply, differences, prune
 from medcloud_operator.builders.hospital import (
     QUOTA_NAME,
     InvalidSpecError,
     admin_cluster_role_name,
     build_admin_cluster_access,
+    build_resource_quota,
     build_tenancy,
     next_status,
     onboarding_check,
@@ -80,6 +82,8 @@ from medcloud_operator.handlers.common import (
     api_message,
     classify_request,
     handling,
+    is_settled,
+    last_write_was_status,
     queued,
     raise_failure,
     reconcile_object,
@@ -184,11 +188,16 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
             stage = _condition_for(obj["kind"])
             results.append(apply(kube, obj, ctx.own_writes, expect_absent=fresh))
         stage = HospitalCondition.NETWORK_ISOLATED
-        if not (results and results[0].kind == NAMESPACE.kind and results[0].action is Action.CREATED):
+        new_tenancy = bool(results) and results[0].kind == NAMESPACE.kind and results[0].action is Action.CREATED
+        if not new_tenancy:
             # A namespace created just now holds nothing to prune.
             results += prune(kube, PRUNED_KINDS, namespace, labels.tenancy_selector(name), desired)
         stage = HospitalCondition.NAMESPACE_READY
-        results += prune(kube, CLUSTER_PRUNED_KINDS, None, labels.tenancy_selector(name), cluster_wide)
+        if not (fresh and new_tenancy):
+            # Nor is there cluster-wide access to prune for a Hospital never reconciled whose namespace is new:
+            # its names are its own, and an older Hospital of that name took its access with it when deleted
+            # (its offboarding deletes it; the owner references have the garbage collector do it otherwise).
+            results += prune(kube, CLUSTER_PRUNED_KINDS, None, labels.tenancy_selector(name), cluster_wide)
         checks[HospitalCondition.NAMESPACE_READY] = Check(
             ConditionStatus.TRUE,
             Reason.RECONCILED,
@@ -262,9 +271,14 @@ def _claim_institution_code(ctx: OperatorContext, name: str, code: str) -> None:
     """Refuse to build a tenancy for a Hospital whose code an older Hospital holds.
 
     Checked on every reconcile (the resync timer included), so the duplicate
-    recovers by itself once the holder is deleted.
+    recovers by itself once the holder is deleted. The claimants come from the
+    index the Hospital watch keeps (:mod:`medcloud_operator.institutions`), not a LIST.
     """
-    holder = code_holder(ctx.kube.list(HOSPITAL), code)
+    if ctx.settings.shard_selector:
+        # This replica watches its shard only, so its index does not see every claimant: ask the API server.
+        holder = code_holder(ctx.kube.list(HOSPITAL), code)
+    else:
+        holder = ctx.institution_codes.holder(code)
     if holder is not None and holder != name:
         raise ReconcileError(
             HospitalReason.INSTITUTION_CODE_TAKEN,
@@ -356,8 +370,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         reconcile=_repair,
         # The quota controller writes each quota's usage: status.quotaUsage follows, after changes.
         refresh_kinds=(RESOURCE_QUOTA,),
+        refresh=_refresh_quota_usage,
     )
-    kopf.on.event(GROUP, VERSION, PLURAL, id="hospital_gone", registry=registry)(hospital_gone)
+    # Its id is older than the index it now also keeps.
+    kopf.on.event(GROUP, VERSION, PLURAL, id="hospital_gone", registry=registry)(hospital_seen)
     kopf.on.delete(GROUP, VERSION, PLURAL, id="hospital_deleted", registry=registry)(
         queued(HOSPITAL.kind.lower(), Priority.CHANGE, hospital_deleted)
     )
@@ -375,19 +391,56 @@ def _repair(ctx: OperatorContext, memo: kopf.Memo, hospital: str, namespace: str
     reconcile(ctx, hospital, logger)
 
 
-def hospital_gone(type: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """A Hospital is gone for good: a younger one refused its institution code may now take it."""
-    if type != "DELETED":
-        return
-    code = (body.get("spec") or {}).get("institutionCode")
+def _refresh_quota_usage(ctx: OperatorContext, hospital: str, quota: Manifest, logger: Logger) -> None:
+    """The quota controller moved a quota's usage: copy it to ``status.quotaUsage`` (a GET and a PATCH).
+
+    A whole reconcile (the dozen children read and compared) happens instead when the quota's latest
+    write was not to its status (someone edited the object itself), when its spec no longer matches
+    the Hospital's, or when the Hospital is not settled: then something more than usage moved.
+    """
+    with handling(ctx, HOSPITAL, hospital):
+        body = ctx.kube.get(HOSPITAL, hospital)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        if _usage_only(ctx, body, quota):
+            previous = parse_status(HospitalStatus, body.get("status"))
+            used = (quota.get("status") or {}).get("used") or {}
+            refreshed = previous.model_copy(update={"quota_usage": dict(used)})
+            write_status(ctx.kube, HOSPITAL, hospital, previous, refreshed)
+            metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_SUCCESS).inc()
+            return
+    reconcile(ctx, hospital, logger)
+
+
+def _usage_only(ctx: OperatorContext, hospital: Manifest, quota: Manifest) -> bool:
+    """Whether all that moved is the quota's usage: a settled Hospital, its quota as built, last written in status."""
+    if quota["metadata"]["name"] != QUOTA_NAME or not is_settled(hospital, ctx.settings_fingerprint):
+        return False
+    if not last_write_was_status(quota, OPERATOR_NAME):
+        return False
+    try:
+        desired = build_resource_quota(hospital["metadata"]["name"], HospitalSpec.model_validate(hospital["spec"]))
+    except (ValidationError, KeyError):
+        return False
+    return not differences(desired, quota, RESOURCE_QUOTA)
+
+
+async def hospital_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Keep the institution-code index; a Hospital gone for good frees its code for a younger claimant."""
     ctx = get_context(memo)
-    for other in ctx.kube.list(HOSPITAL):
-        if (other.get("spec") or {}).get("institutionCode") == code:
-            try:
-                reconcile(ctx, other["metadata"]["name"], logger)
-            except (kopf.PermanentError, kopf.TemporaryError) as exc:
-                # Not this Hospital's event to retry: its own handlers and timer do.
-                logger.info("Hospital %s: %s", other["metadata"]["name"], exc)
+    name = body["metadata"]["name"]
+    if type != "DELETED":
+        ctx.institution_codes.observe(body)
+        return
+    ctx.institution_codes.forget(name)
+    code = (body.get("spec") or {}).get("institutionCode") or ""
+    for other in ctx.institution_codes.claimants(code):
+        try:
+            work = functools.partial(reconcile, ctx, other, logger)
+            await ctx.queue.run(HOSPITAL.kind.lower(), Priority.CHANGE, work)
+        except (kopf.PermanentError, kopf.TemporaryError) as exc:
+            # Not this Hospital's event to retry: its own handlers and timer do.
+            logger.info("Hospital %s: %s", other, exc)
 
 
 def hospital_deleted(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 from medcloud.kube.client import NAMESPACE, NETWORK_POLICY, RESOURCE_QUOTA, ROLE_BINDING
@@ -121,3 +122,26 @@ def test_own_writes_forget_a_removed_tenant() -> None:
     assert not own.is_own("Namespace", None, "hospital-a", "1")
     assert not own.is_own("Role", "hospital-a", "r", "2")
     assert own.is_own("Role", "hospital-b", "r", "3")
+
+
+def test_own_writes_wait_for_a_write_in_flight_before_judging_its_echo() -> None:
+    # The echo of a create can arrive before the create's response: judged only once the write is done.
+    own = OwnWrites()
+    answers: list[bool] = []
+    started = threading.Event()
+
+    def judge() -> None:
+        started.set()
+        answers.append(own.is_own("Role", "n", "r", "7", wait=60))
+
+    with own.writing("Role", "n", "r"):
+        assert own.in_flight("Role", "n", "r")
+        judging = threading.Thread(target=judge)
+        judging.start()
+        started.wait()
+        assert not answers  # still waiting: the write has not finished
+        own.record({"kind": "Role", "metadata": {"name": "r", "namespace": "n", "resourceVersion": "7"}})
+    judging.join()
+    assert answers == [True]
+    assert not own.in_flight("Role", "n", "r")
+    assert not own.is_own("Role", "n", "r", "8", wait=60)  # nothing in flight: answered at once

@@ -6,7 +6,7 @@ import copy
 from collections import Counter
 from typing import Any
 
-from medcloud_operator.handlers.common import desired_digest, full_resync_due, is_settled
+from medcloud_operator.handlers.common import desired_digest, full_resync_due, is_settled, last_write_was_status
 from medcloud_operator.settings import OperatorSettings
 
 FINGERPRINT = OperatorSettings().fingerprint()
@@ -60,3 +60,35 @@ def test_each_object_has_exactly_one_full_resync_per_period_and_they_are_spread(
     per_tick = Counter(times[0] for times in due.values())
     assert len(per_tick) == 12  # no tick left out ...
     assert max(per_tick.values()) < 2 * 1200 / 12  # ... and none carries twice its share
+
+
+def managed(*entries: tuple[str, str, str]) -> dict[str, Any]:
+    """A body whose managedFields are (manager, time, subresource) entries."""
+    return {
+        "metadata": {
+            "managedFields": [
+                {"manager": manager, "operation": "Update", "time": time_, **({"subresource": sub} if sub else {})}
+                for manager, time_, sub in entries
+            ]
+        }
+    }
+
+
+def test_a_status_write_after_the_operators_own_is_usage_only() -> None:
+    later = managed(("medcloud-operator", "2026-12-02T06:00:00Z", ""), ("kcm", "2026-12-02T06:00:05Z", "status"))
+    same_second = managed(("medcloud-operator", "2026-12-02T06:00:00Z", ""), ("kcm", "2026-12-02T06:00:00Z", "status"))
+    assert last_write_was_status(later, "medcloud-operator")
+    assert last_write_was_status(same_second, "medcloud-operator")
+
+
+def test_an_edit_by_anyone_else_is_not_usage_only_even_in_a_tie() -> None:
+    edited = managed(
+        ("medcloud-operator", "2026-12-02T06:00:00Z", ""),
+        ("kcm", "2026-12-02T06:00:05Z", "status"),
+        ("kubectl-patch", "2026-12-02T06:00:09Z", ""),
+    )
+    tie = managed(("kcm", "2026-12-02T06:00:05Z", "status"), ("kubectl-patch", "2026-12-02T06:00:05Z", ""))
+    assert not last_write_was_status(edited, "medcloud-operator")
+    assert not last_write_was_status(tie, "medcloud-operator")
+    assert not last_write_was_status(managed(("medcloud-operator", "2026-12-02T06:00:00Z", "")), "medcloud-operator")
+    assert not last_write_was_status({"metadata": {}}, "medcloud-operator")

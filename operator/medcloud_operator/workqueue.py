@@ -20,6 +20,7 @@ import contextvars
 import heapq
 import itertools
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from enum import IntEnum
@@ -96,9 +97,29 @@ class WorkQueue:
         self.workers = workers
         self._gate = PriorityGate(workers)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
+        self._pending: Counter[tuple[str, str]] = Counter()
 
-    async def run(self, controller: str, priority: Priority, work: Callable[[], T]) -> T:
-        """Run ``work`` (synchronous, blocking) when a worker is free; count it as one reconcile of ``controller``."""
+    def pending(self, controller: str, key: str) -> bool:
+        """Whether work for this object (``key``, as given to :meth:`run`) is waiting or running."""
+        return self._pending[(controller, key)] > 0
+
+    async def run(self, controller: str, priority: Priority, work: Callable[[], T], key: str | None = None) -> T:
+        """Run ``work`` (synchronous, blocking) when a worker is free; count it as one reconcile of ``controller``.
+
+        ``key`` names the object, so that :meth:`pending` can tell a later trigger (the safety net) that
+        a reconcile of it is already on its way, as controller-runtime's queue holds a key only once.
+        """
+        if key is None:
+            return await self._run(controller, priority, work)
+        self._pending[(controller, key)] += 1
+        try:
+            return await self._run(controller, priority, work)
+        finally:
+            self._pending[(controller, key)] -= 1
+            if not self._pending[(controller, key)]:
+                del self._pending[(controller, key)]
+
+    async def _run(self, controller: str, priority: Priority, work: Callable[[], T]) -> T:
         metrics.WORKQUEUE_ADDS.labels(name=controller).inc()
         metrics.WORKQUEUE_DEPTH.labels(name=controller).inc()
         queued = time.monotonic()

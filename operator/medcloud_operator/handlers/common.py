@@ -183,12 +183,18 @@ def full_resync_due(uid: str, now: float, interval: float, period: float) -> boo
     return int(now // interval) % ticks == slot
 
 
+def object_key(kwargs: Mapping[str, Any]) -> str | None:
+    """The work queue's key of the object a Kopf handler was called for (its namespace and name)."""
+    name = kwargs.get("name")
+    return None if name is None else f"{kwargs.get('namespace') or ''}/{name}"
+
+
 def queued(controller: str, priority: Priority, handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     """``handler`` (synchronous) as a Kopf handler that waits its turn in the work queue at ``priority``."""
 
     async def run_queued(memo: kopf.Memo, **kwargs: Any) -> Any:
         work = functools.partial(handler, memo=memo, **kwargs)
-        return await get_context(memo).queue.run(controller, priority, work)
+        return await get_context(memo).queue.run(controller, priority, work, key=object_key(kwargs))
 
     return run_queued
 
@@ -227,12 +233,18 @@ def register_triggers(
             # Nothing changed while no operator looked; the safety net's full reconcile comes in time.
             metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="resume").inc()
             return
-        await ctx.queue.run(controller, Priority.RESUME, functools.partial(changed, body=body, memo=memo, **kwargs))
+        work = functools.partial(changed, body=body, memo=memo, **kwargs)
+        await ctx.queue.run(controller, Priority.RESUME, work, key=object_key(kwargs))
 
     kopf.on.resume(group, version, kind.plural, id=f"{prefix}_changed", registry=registry)(on_resume)
 
     async def on_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         ctx = get_context(memo)
+        key = object_key(kwargs)
+        if key is not None and ctx.queue.pending(controller, key):
+            # A reconcile of it is already waiting or running (its creation, a change): the net adds nothing.
+            metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="pending").inc()
+            return
         if (
             safety_net
             and is_settled(body, ctx.settings_fingerprint)
@@ -242,7 +254,8 @@ def register_triggers(
         ):
             metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="resync").inc()
             return
-        await ctx.queue.run(controller, Priority.RESYNC, functools.partial(resync, body=body, memo=memo, **kwargs))
+        work = functools.partial(resync, body=body, memo=memo, **kwargs)
+        await ctx.queue.run(controller, Priority.RESYNC, work, key=key)
 
     kopf.timer(
         group,

@@ -185,7 +185,7 @@ def consortia_by_member(name: str, spec: kopf.Spec, **_: Any) -> dict[str, str]:
     return {str(member): name for member in spec.get("members") or []}
 
 
-def member_changed(
+async def member_changed(
     type: str | None, name: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     # Kopf passes every index as a keyword argument named after its function.
@@ -195,8 +195,15 @@ def member_changed(
         return
     claimed = (body.get("spec") or {}).get("consortium")
     affected = set(index.get(name, [])) | ({str(claimed)} if claimed else set())
+    if not affected:
+        return  # most Hospital events, answered in the event loop: no thread, no queue
     ctx = get_context(memo)
-    for consortium in sorted(affected):
+    work = functools.partial(_recount, ctx, sorted(affected), logger)
+    await ctx.queue.run(CONSORTIUM.kind.lower(), Priority.CHANGE, work)
+
+
+def _recount(ctx: OperatorContext, consortia: list[str], logger: Logger) -> None:
+    for consortium in consortia:
         try:
             reconcile(ctx, consortium, logger)
         except (kopf.PermanentError, kopf.TemporaryError) as exc:

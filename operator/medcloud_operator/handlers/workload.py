@@ -24,6 +24,7 @@ timer, so deleting a workload waits for the operator to remove it.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from medcloud_operator.handlers.common import (
 from medcloud_operator.kube import Kube
 from medcloud_operator.settings import OperatorSettings, WorkloadSettings
 from medcloud_operator.status import Check, parse_status, write_status
+from medcloud_operator.workqueue import Priority
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,18 @@ def _register_drift_handlers(registry: kopf.OperatorRegistry, workload: Workload
     )
 
 
+def _reconcile_dependents(
+    ctx: OperatorContext, workload: Workload[Any, Any], namespace: str, owners: list[str], logger: Logger
+) -> None:
+    for owner in owners:
+        try:
+            reconcile(ctx, ctx.settings, workload, namespace, owner, logger)
+        except (kopf.TemporaryError, kopf.PermanentError) as exc:
+            # Already in the workload's status and Events, and its own handlers and timer
+            # retry it; the remaining dependents of this event must still be reconciled.
+            logger.debug("%s %s/%s: %s", workload.kind.kind, namespace, owner, exc)
+
+
 DependencyKey = tuple[str, str, str]
 """(namespace, kind, name) of an object workloads depend on, as their index is keyed."""
 
@@ -298,7 +312,7 @@ def _register_dependency_handlers(registry: kopf.OperatorRegistry, workload: Wor
     """
 
     def register_kind(kind: Kind) -> None:
-        def dependency_changed(
+        async def dependency_changed(
             type: str | None,  # Kopf passes the watch event type by this name
             namespace: str | None,
             name: str,
@@ -311,15 +325,12 @@ def _register_dependency_handlers(registry: kopf.OperatorRegistry, workload: Wor
                 return
             # Kopf passes every index to every handler, as a keyword argument named by its id.
             index: kopf.Index[DependencyKey, str] = kwargs[workload.index_id]
+            owners = sorted(set(index.get((namespace, kind.kind, name), [])))
+            if not owners:
+                return  # answered in the event loop: no thread, no queue
             ctx = get_context(memo)
-            settings = ctx.settings
-            for owner in sorted(set(index.get((namespace, kind.kind, name), []))):
-                try:
-                    reconcile(ctx, settings, workload, namespace, owner, logger)
-                except (kopf.TemporaryError, kopf.PermanentError) as exc:
-                    # Already in the workload's status and Events, and its own handlers and timer
-                    # retry it; the remaining dependents of this event must still be reconciled.
-                    logger.debug("%s %s/%s: %s", workload.kind.kind, namespace, owner, exc)
+            work = functools.partial(_reconcile_dependents, ctx, workload, namespace, owners, logger)
+            await ctx.queue.run(workload.kind.kind.lower(), Priority.CHANGE, work)
 
         filters = {labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: labels.TENANCY} if kind is LIMIT_RANGE else None
         kopf.on.event(

@@ -130,3 +130,22 @@ def test_each_outcome_is_counted_as_controller_runtime_counts_it() -> None:
     assert value("controller_runtime_reconcile_time_seconds_count", controller="unit-outcomes") == 3
     assert value("workqueue_work_duration_seconds_count", name="unit-outcomes") == 3
     assert value("workqueue_queue_duration_seconds_count", name="unit-outcomes") == 3
+
+
+def test_an_object_is_pending_while_its_work_waits_or_runs_and_not_after() -> None:
+    async def scenario() -> list[bool]:
+        queue = WorkQueue(1)
+        release = threading.Event()
+        seen: list[bool] = []
+        running = asyncio.create_task(queue.run("hospital", Priority.CHANGE, release.wait, key="/maple"))
+        waiting = asyncio.create_task(queue.run("hospital", Priority.RESYNC, lambda: None, key="/oak"))
+        await asyncio.sleep(0)
+        seen += [queue.pending("hospital", "/maple"), queue.pending("hospital", "/oak")]
+        seen.append(queue.pending("hospital", "/elm"))
+        release.set()
+        await asyncio.gather(running, waiting)
+        seen += [queue.pending("hospital", "/maple"), queue.pending("hospital", "/oak")]
+        queue.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [True, True, False, False, False]

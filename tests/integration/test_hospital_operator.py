@@ -406,11 +406,16 @@ def test_children_edited_or_deleted_by_hand_are_put_back(
 
     wait_for(repaired, "every hand-made change to be reverted")
     assert is_ready(cluster.hospital(name))
-    repairs_after = sum(
-        sample(operator.metrics(), "medcloud_drift_repairs_total", kind=k)
-        for k in ("NetworkPolicy", "Role", "RoleBinding", "ResourceQuota", "Namespace")
-    )
-    assert repairs_after - repairs_before >= 7
+
+    # Counted once the repairing reconcile reports what it wrote, a moment after the last write.
+    def repairs_counted() -> bool:
+        repairs_after = sum(
+            sample(operator.metrics(), "medcloud_drift_repairs_total", kind=k)
+            for k in ("NetworkPolicy", "Role", "RoleBinding", "ResourceQuota", "Namespace")
+        )
+        return repairs_after - repairs_before >= 7
+
+    wait_for(repairs_counted, "each of the seven repairs to be counted")
 
     # Deleted outright, it is put back too.
     cluster.rbac.delete_namespaced_role_binding(OPERATOR_BINDING, ns)

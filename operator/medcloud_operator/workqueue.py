@@ -98,6 +98,7 @@ class WorkQueue:
         self._gate = PriorityGate(workers)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
         self._pending: Counter[tuple[str, str]] = Counter()
+        self._closed = False
 
     def pending(self, controller: str, key: str) -> bool:
         """Whether work for this object (``key``, as given to :meth:`run`) is waiting or running."""
@@ -135,6 +136,9 @@ class WorkQueue:
             # In a copy of this context, as Kopf runs its own synchronous handlers: Kopf's context
             # variables (its settings, the object being handled) are what kopf.event and its loggers read.
             context = contextvars.copy_context()
+            if self._closed:
+                # The operator is stopping (its cleanup closed the queue): this handler is cancelled, not failed.
+                raise asyncio.CancelledError
             value = await asyncio.get_running_loop().run_in_executor(self._executor, context.run, work)
             result = metrics.RESULT_SUCCESS
             return value
@@ -154,4 +158,5 @@ class WorkQueue:
                 metrics.CR_RECONCILE_ERRORS.labels(controller=controller).inc()
 
     def close(self) -> None:
+        self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)

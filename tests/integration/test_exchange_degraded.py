@@ -149,8 +149,15 @@ def test_the_consortium_is_degraded_while_postgres_is_down_and_ready_again_on_it
         degraded = wait_for(lambda: reached(admin, "Degraded", "ExchangeUnavailable"), "Degraded", 60)
         assert degraded["status"] == "False"
         assert "PostgreSQL" in degraded["message"], degraded["message"]
-        events = admin.core.list_namespaced_event("default").items
-        assert any(e.involved_object.name == CONSORTIUM and e.reason == "ExchangeUnavailable" for e in events)
+        # Kopf posts Events from a queue of its own: the Warning follows the status write, a moment later.
+        wait_for(
+            lambda: any(
+                e.involved_object.name == CONSORTIUM and e.reason == "ExchangeUnavailable"
+                for e in admin.core.list_namespaced_event("default").items
+            ),
+            "a Warning Event ExchangeUnavailable on the Consortium",
+            30,
+        )
 
         server.start()
         back = wait_for(lambda: reached(admin, "Ready", "ExchangeServing"), "Ready again on its own", 90)

@@ -18,11 +18,17 @@ broker) and measures, in the same run:
 - RSS of the node's processes with those 8 pods running: kubelet, containerd,
   every shim, kube-proxy, kube-router.
 
-Not yet: `kubectl apply -f examples/` to every pod Ready. The operator now
-refuses the examples' AppInstances (no catalog app has a published image:
-AppNotInCatalogImage, no pods), so the pods of examples/ are the DeviceGateways';
-they run `medcloud gateway`, which needs MinIO, the key service and the broker
-reachable from pods, i.e. `dev up` running MedCloud on the node (docs/real-node.md).
+- ``kubectl apply -f examples/`` to every pod Ready, MedCloud from its chart
+  on the node as `dev up` runs it (the operator a pod): seconds from the apply
+  to the last pod Ready (the kubelet's Ready transition times), with Hospitals,
+  RecordStores and the Consortium Ready on the way; then the examples are
+  deleted and the same Deployments (names, replicas, resource requests,
+  security contexts) are applied with the trivial image and no operator, and
+  the ratio is examples/trivial. Pods the node cannot schedule (2 cores: the
+  apps' and gateways' CPU requests do not all fit) and pods whose container
+  keeps exiting are counted and printed, not waited for: the ratio compares
+  the time to the same number of Ready pods on both sides.
+  ``--skip-examples`` leaves this part out.
 """
 
 from __future__ import annotations
@@ -33,13 +39,21 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from medcloud_cli.localcluster import images
+from medcloud_cli.localcluster import chartplatform, images
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
 from medcloud_cli.localcluster.node import ctr_args, shim_pids
+
+REPO = Path(__file__).resolve().parents[1]
+SETTLE_SECONDS = 20.0
+EXAMPLES_TIMEOUT = 600.0
+FAILING = {"CrashLoopBackOff", "Error", "ErrImageNeverPull", "CreateContainerConfigError", "RunContainerError"}
 
 DEPLOYMENTS, REPLICAS = 4, 2
 
@@ -132,11 +146,188 @@ def image_build(cold_base: bool) -> tuple[float, float]:
     return cold, warm
 
 
+def _timestamp(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _get(cluster: LocalCluster, *args: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)["items"]
+    return items
+
+
+def _condition(item: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in item.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def _unschedulable(pod: dict[str, Any]) -> bool:
+    scheduled = _condition(pod, "PodScheduled")
+    return scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+
+
+def _failing(pod: dict[str, Any]) -> bool:
+    """Scheduled but its container exits or cannot start: it will not be Ready by waiting."""
+    for status in pod.get("status", {}).get("containerStatuses", []):
+        waiting = (status.get("state", {}).get("waiting") or {}).get("reason", "")
+        if waiting in FAILING or (status.get("restartCount", 0) > 0 and not status.get("ready")):
+            return True
+    return False
+
+
+@dataclass
+class Settled:
+    ready: list[float]
+    """Seconds from the apply to each Ready pod's Ready transition, sorted."""
+    unschedulable: int
+    failing: int
+
+
+def settle(cluster: LocalCluster, pods: Callable[[], list[dict[str, Any]]], started: float) -> Settled:
+    """Wait until every pod is Ready, unschedulable or failing, and nothing changed for a while."""
+    deadline = time.monotonic() + EXAMPLES_TIMEOUT
+    last, quiet_since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        current = [p for p in pods() if not p["metadata"].get("deletionTimestamp")]
+        ready = sorted(
+            _timestamp(_condition(p, "Ready")["lastTransitionTime"]) - started
+            for p in current
+            if _condition(p, "Ready").get("status") == "True"
+        )
+        result = Settled(ready, sum(1 for p in current if _unschedulable(p)), sum(1 for p in current if _failing(p)))
+        seen = (len(current), len(ready), result.unschedulable, result.failing)
+        if seen != last:
+            last, quiet_since = seen, time.monotonic()
+        settled = current and len(ready) + result.unschedulable + result.failing == len(current)
+        if settled and time.monotonic() - quiet_since >= SETTLE_SECONDS:
+            return result
+        time.sleep(1)
+    raise RuntimeError(f"pods did not settle in {EXAMPLES_TIMEOUT:.0f} s: {last} (pods, Ready, unschedulable, failing)")
+
+
+def examples_namespaces() -> list[str]:
+    import yaml
+
+    return sorted(
+        doc["metadata"]["name"]
+        for path in (REPO / "examples").glob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") == "Namespace"
+    )
+
+
+def _workload_pods(cluster: LocalCluster, namespaces: list[str]) -> list[dict[str, Any]]:
+    """The examples' pods: every pod of their namespaces, and the Consortium's exchange (not the chart's own)."""
+    pods = [p for ns in namespaces for p in _get(cluster, "pods", "-n", ns)]
+    exchange = "app.kubernetes.io/component=exchange"
+    return pods + _get(cluster, "pods", "-n", chartplatform.NAMESPACE, "-l", exchange)
+
+
+def trivial_twin(deployment: dict[str, Any], image: str) -> dict[str, Any]:
+    """The same Deployment (replicas, requests, security context) running the trivial image with no operator."""
+    meta, spec = deployment["metadata"], deployment["spec"]
+    name = f"{meta['namespace']}-{meta['name']}"[:63].rstrip("-")
+    pod = spec["template"]["spec"]
+    containers = [
+        {
+            "name": c["name"],
+            "image": image,
+            "imagePullPolicy": "Never",
+            "command": ["/pause"],
+            "readinessProbe": {"exec": {"command": ["/pause", "-v"]}, "periodSeconds": 1},
+            "resources": c.get("resources", {}),
+            "securityContext": {**c.get("securityContext", {}), "runAsUser": 10001},
+        }
+        for c in pod["containers"]
+    ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": spec.get("replicas", 1),
+            "selector": {"matchLabels": {"bench": name}},
+            "template": {
+                "metadata": {"labels": {"bench": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "securityContext": pod.get("securityContext", {}),
+                    "containers": containers,
+                },
+            },
+        },
+    }
+
+
+def _ready_at(cluster: LocalCluster, kind: str, started: float) -> float:
+    """Seconds from ``started`` to the last object of ``kind`` turning Ready (all must be)."""
+    items = _get(cluster, kind, "-A")
+    times = [_condition(i, "Ready") for i in items]
+    if not items or any(c.get("status") != "True" for c in times):
+        raise RuntimeError(f"not every {kind} is Ready")
+    return max(_timestamp(c["lastTransitionTime"]) for c in times) - started
+
+
+def bench_examples(image: str) -> None:
+    """examples/ on MedCloud from its chart against the same Deployments with the trivial image."""
+    with tempfile.TemporaryDirectory(prefix="medcloud-bench-examples-") as tmp:
+        cluster = LocalCluster(Path(tmp), ClusterOptions(nodes=1, real_node=True))
+        cluster.start()
+        try:
+            assert cluster.node is not None
+            medcloud = images.ensure_imported(ctr_args(cluster.node.dir), progress=lambda _m: None).reference
+            started = time.perf_counter()
+            chartplatform.start_chart_platform(cluster, medcloud)
+            print(f"examples/: MedCloud from its chart Ready on the node in {time.perf_counter() - started:.1f} s")
+            namespaces = examples_namespaces()
+            applied = time.time()
+            cluster.kubectl("apply", "-f", str(REPO / "examples"))
+            examples = settle(cluster, lambda: _workload_pods(cluster, namespaces), applied)
+            kinds = {kind: _ready_at(cluster, kind, applied) for kind in ("hospitals", "recordstores", "consortia")}
+            deployments = [d for ns in namespaces for d in _get(cluster, "deployments", "-n", ns)]
+            deployments += _get(cluster, "deployments", "-n", chartplatform.NAMESPACE, "-l",
+                                "app.kubernetes.io/component=exchange")  # fmt: skip
+            print(
+                "  Ready after the apply: "
+                + ", ".join(f"{kind} {seconds:.0f} s" for kind, seconds in kinds.items())
+                + f"; of {len(deployments)} Deployments' pods {len(examples.ready)} Ready, "
+                f"{examples.unschedulable} unschedulable (CPU), {examples.failing} failing (not Ready by waiting)"
+            )
+            twins = [trivial_twin(d, images.PAUSE_REFERENCE) for d in deployments]
+            # The workloads go (their owners deleted, the operator's children collected); Hospitals and
+            # RecordStores stay, they run no pod.
+            for kind in ("appinstances", "devicegateways", "consortia"):
+                cluster.kubectl("delete", kind, "--all", "-A", "--wait=true", "--timeout=180s", check=False)
+            exchange = ("-n", chartplatform.NAMESPACE, "-l", "app.kubernetes.io/component=exchange")
+            for where in [*(("-n", ns, "--all") for ns in namespaces), exchange]:
+                cluster.kubectl("wait", "--for=delete", "pods", *where, "--timeout=180s", check=False)
+            cluster.kubectl("create", "namespace", "bench-trivial")
+            listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": twins})
+            applied_trivial = time.time()
+            cluster.kubectl("apply", "-n", "bench-trivial", "-f", "-", input=listing)
+            trivial = settle(cluster, lambda: _get(cluster, "pods", "-n", "bench-trivial"), applied_trivial)
+            count = min(len(examples.ready), len(trivial.ready))
+            if count == 0:
+                print("  no pod became Ready: no ratio")
+                return
+            medcloud_s, trivial_s = examples.ready[count - 1], trivial.ready[count - 1]
+            print(
+                f"  apply to {count} pods Ready: examples/ {medcloud_s:.0f} s, the same Deployments with the trivial "
+                f"image {trivial_s:.0f} s ({len(trivial.ready)} Ready, {trivial.unschedulable} unschedulable), "
+                f"ratio {medcloud_s / trivial_s:.2f} (Ready times have 1 s resolution)"
+            )
+        finally:
+            cluster.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cold-base", action="store_true", help="also rebuild the Debian base layer (mmdebstrap)")
+    parser.add_argument("--skip-examples", action="store_true", help="leave out kubectl apply -f examples/")
+    parser.add_argument("--examples-only", action="store_true", help="only kubectl apply -f examples/")
     args = parser.parse_args()
+    if args.examples_only:
+        bench_examples(images.ensure_medcloud_archive(progress=lambda _m: None).reference)
+        return
 
     cold, warm = image_build(args.cold_base)
     print(
@@ -183,6 +374,8 @@ def main() -> None:
             print(f"  (for scale) kube-apiserver {rss_mb(pids['kube-apiserver']):.0f} MB")
         finally:
             cluster.stop()
+    if not args.skip_examples:
+        bench_examples(medcloud)
 
 
 if __name__ == "__main__":

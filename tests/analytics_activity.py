@@ -13,7 +13,8 @@ TIERS = {"city-general": "city", "county-people": "county", "township-maple": "t
 _ids = itertools.count()
 
 
-def _sr(category: str, src: str, dst: str, patient: str, month: str, **extra: Any) -> dict[str, Any]:
+def service_request(category: str, src: str, dst: str, patient: str, month: str, **extra: Any) -> dict[str, Any]:
+    """A de-identified ServiceRequest of a SNOMED category (a referral, an order, a consultation) from src to dst."""
     return {
         "resourceType": "ServiceRequest",
         "id": f"sr{next(_ids)}",
@@ -61,13 +62,13 @@ def _glucose(org: str, patient: str, month: str, mmol: float) -> dict[str, Any]:
 def activity() -> Iterator[dict[str, Any]]:
     month = "2026-11"
     for i in range(7):  # township -> county: up, 7 patients, one of them twice
-        yield _sr("3457005", "township-maple", "county-people", f"up{i}", month)
-    yield _sr("3457005", "township-maple", "county-people", "up0", month)
+        yield service_request("3457005", "township-maple", "county-people", f"up{i}", month)
+    yield service_request("3457005", "township-maple", "county-people", "up0", month)
     for i in range(3):  # county -> township: down, 3 patients: suppressed
-        yield _sr("3457005", "county-people", "township-maple", f"down{i}", month)
+        yield service_request("3457005", "county-people", "township-maple", f"down{i}", month)
     for i in range(6):  # township -> community: across
-        yield _sr("3457005", "township-maple", "community-east", f"across{i}", month)
-    orders = [_sr("108252007", "township-maple", "county-people", f"lab{i}", month) for i in range(8)]
+        yield service_request("3457005", "township-maple", "community-east", f"across{i}", month)
+    orders = [service_request("108252007", "township-maple", "county-people", f"lab{i}", month) for i in range(8)]
     yield from orders  # lab orders, 6 of them closed by a recognised result (2 repeated: a small rest)
     for i in range(6):
         # As the exchange writes them: no date of their own; the order they close gives the month.
@@ -83,7 +84,7 @@ def activity() -> Iterator[dict[str, Any]]:
             ],
         }
     for i in range(5):  # consultations: cardiology (5 patients) and dermatology (2: suppressed)
-        yield _sr(
+        yield service_request(
             "11429006",
             "county-people",
             "city-general",
@@ -92,7 +93,7 @@ def activity() -> Iterator[dict[str, Any]]:
             performerType={"coding": [{"code": "394579002"}]},
         )
     for i in range(2):
-        yield _sr(
+        yield service_request(
             "11429006",
             "county-people",
             "city-general",

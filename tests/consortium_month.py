@@ -1,6 +1,8 @@
 """A month of consortium activity, driven through the public APIs only: the gateways (HTTPS, HL7 v2 over
 MLLP, MQTT), the exchange (insurance card registration, consent) and its workflow endpoints (orders,
-recognised results, referrals up and down, remote consultations).
+recognised results, referrals up and down, remote consultations and their messages, Schedules, Slots and
+the Appointments booked on them: at home, or at a referral's receiver carried by the referral; some
+cancelled, some no-shows).
 
 ``plan`` is pure and deterministic: the same seed and scale give the same month. ``Driver`` sends it.
 The ledger it returns says what was sent (ids, months, who to whom), so a test can compute the indicators
@@ -29,15 +31,18 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 
+from medcloud_cli.demo.fhir import message
 from medcloud_gateway.hl7v2 import MllpDecoder, frame
 from tests.exchange_support import Caller, consent
-from tests.workflows_data import INSURANCE_CARD, cbc_report, coverage
+from tests.workflows_data import INSURANCE_CARD, appointment, cbc_report, coverage, slot
 from tests.workflows_requests import SNOMED, recognition_task, service_request
 
 Json = dict[str, Any]
 FHIR = {"Content-Type": "application/fhir+json"}
 TIER_RANK = {"city": 3, "county": 2, "district": 2, "township": 1, "village": 1, "community": 1}
 SPECIALTIES = ("394579002", "394583002")  # SNOMED cardiology, endocrinology
+OUTCOMES = ("booked", "booked", "arrived", "fulfilled", "fulfilled", "fulfilled", "cancelled", "noshow")
+"""What becomes of an appointment (drawn evenly from these): cancelled and no-show ones are no visit."""
 HL7_DATA = Path(__file__).parent / "data" / "devices" / "hl7v2"
 
 
@@ -82,6 +87,13 @@ class Visit:
     order_recognised: bool
     consultation: str | None
     """The specialty of a remote consultation the home member asks the city for."""
+    appointment: str | None = None
+    """Where the patient is booked: ``home`` (a Slot of the home member), ``referral`` (a Slot of the referral's
+    receiver, booked by the home member and carried by the referral), or None."""
+    outcome: str = "booked"
+    """The appointment's last status: booked, arrived, fulfilled, cancelled (by the booker) or noshow (the host)."""
+    replies: int = 0
+    """Messages in the consultation's thread after the home member's first: the city and home by turns."""
 
 
 @dataclass
@@ -127,6 +139,9 @@ def plan(tiers: Mapping[str, str], scale: Scale, now: datetime, mqtt_member: str
             elif lower and rng.random() < 0.5:
                 referral = rng.choice(lower)
             order = rng.random() < 0.8
+            booked = rng.random()
+            where = "referral" if referral and booked < 0.5 else "home" if booked < 0.95 else None
+            consultation = rng.choice(SPECIALTIES) if city and member not in city and rng.random() < 0.6 else None
             visits.append(
                 Visit(
                     home=member,
@@ -136,9 +151,10 @@ def plan(tiers: Mapping[str, str], scale: Scale, now: datetime, mqtt_member: str
                     referral_to=referral,
                     order=order,
                     order_recognised=order and rng.random() < 0.6,
-                    consultation=(
-                        rng.choice(SPECIALTIES) if city and member not in city and rng.random() < 0.6 else None
-                    ),
+                    consultation=consultation,
+                    appointment=where,
+                    outcome=rng.choice(OUTCOMES),
+                    replies=rng.randrange(3) if consultation else 0,
                 )
             )
     return Month(readings, visits)
@@ -228,6 +244,10 @@ class Ledger:
     """ServiceRequest id -> kind, from, to, patient, month, specialty."""
     recognised: dict[str, Json] = field(default_factory=dict)
     """Task id -> order id, patient, month."""
+    appointments: dict[str, Json] = field(default_factory=dict)
+    """Appointment id -> host, booker, referral (its ServiceRequest id or None), status, patient, month."""
+    messages: dict[str, Json] = field(default_factory=dict)
+    """Communication id -> consultation id, sender."""
     readings: Counter[str] = field(default_factory=Counter)
     """Readings sent per transport."""
     secrets: list[str] = field(default_factory=list)
@@ -267,6 +287,7 @@ class Driver:
         self.gateways = gateways
         self.ledger = Ledger()
         self._https: dict[str, httpx.Client] = {}
+        self._schedules: dict[str, str] = {}
 
     def close(self) -> None:
         for client in self._https.values():
@@ -298,6 +319,13 @@ class Driver:
     def _post(self, caller: Caller, path: str, body: Json) -> Json:
         return _created(self.exchange.post(path, content=json.dumps(body), headers={**caller.headers(), **FHIR}))
 
+    def _put(self, caller: Caller, path: str, body: Json) -> Json:
+        response = self.exchange.put(path, content=json.dumps(body), headers={**caller.headers(), **FHIR})
+        if response.status_code != 200:
+            raise AssertionError(f"PUT {path}: {response.status_code} {response.text}")
+        moved: Json = response.json()
+        return moved
+
     def _request(self, caller: Caller, body: Json, when: datetime, **ledger: Any) -> str:
         body["authoredOn"] = when.isoformat()
         made = self._post(caller, "/fhir/ServiceRequest", body)
@@ -320,6 +348,61 @@ class Driver:
             "month": visit.when.strftime("%Y-%m"),
         }
 
+    def _free_slot(self, host: str, when: datetime) -> str:
+        """A Slot the host publishes on its outpatient Schedule (made on its first Slot) at ``when``."""
+        caller = self.callers[host]
+        schedule = self._schedules.get(host)
+        if schedule is None:
+            made = self._post(
+                caller,
+                "/fhir/Schedule",
+                {
+                    "resourceType": "Schedule",
+                    "actor": [{"reference": f"Organization/{host}"}],
+                    "comment": "Outpatients",
+                },
+            )
+            schedule = self._schedules[host] = str(made["id"])
+        ends = when + timedelta(minutes=20)
+        return str(
+            self._post(caller, "/fhir/Slot", slot(f"Schedule/{schedule}", when.isoformat(), ends.isoformat()))["id"]
+        )
+
+    def _book(self, visit: Visit, patient: str, referral: str | None) -> None:
+        """Book the visit's Slot (at home, or at the referral's receiver with the referral carrying it), then
+        move it to its outcome: the host marks arrivals, visits done and no-shows, the booker cancels."""
+        booker = visit.home
+        host = visit.referral_to if referral and visit.referral_to else visit.home
+        where = self._free_slot(host, visit.when)
+        body = appointment(patient, slot=f"Slot/{where}", based_on=f"ServiceRequest/{referral}" if referral else None)
+        booked = self._post(self.callers[booker], "/fhir/Appointment", body)
+        self.ledger.secrets += ["Jane", "Smith"]  # the public example's patient display, which the exporter drops
+        if visit.outcome != "booked":
+            mover = booker if visit.outcome == "cancelled" else host
+            step = {**booked, "status": visit.outcome}
+            if visit.outcome == "cancelled":
+                step["cancelationReason"] = {"text": f"patient {visit.card} moved away"}
+            self._put(self.callers[mover], f"/fhir/Appointment/{booked['id']}", step)
+        self.ledger.appointments[str(booked["id"])] = {
+            "host": host,
+            "booker": booker,
+            "referral": referral,
+            "status": visit.outcome,
+            "patient": patient,
+            "month": visit.when.strftime("%Y-%m"),
+        }
+
+    def _discuss(self, visit: Visit, consultation: str, city: str) -> None:
+        """The consultation's thread: the home member's question, then ``replies`` more by turns."""
+        for n in range(1 + visit.replies):
+            sender = visit.home if n % 2 == 0 else city
+            text = f"Case of card {visit.card}: home readings attached, question {n + 1}."
+            said = self._post(
+                self.callers[sender], "/fhir/Communication", message(f"ServiceRequest/{consultation}", text)
+            )
+            self.ledger.messages[str(said["id"])] = {"consultation": consultation, "sender": sender}
+            self.ledger.secrets.append(text)
+
     def send_visit(self, visit: Visit, tiers: Mapping[str, str]) -> None:
         home = self.callers[visit.home]
         self.ledger.secrets += [visit.card, visit.resident]
@@ -338,8 +421,9 @@ class Driver:
             )
             if visit.order_recognised:
                 self._recognise(visit, patient, order, tiers)
+        referral = None
         if visit.referral_to:
-            self._request(
+            referral = self._request(
                 home,
                 service_request("referral", visit.home, visit.referral_to, patient),
                 visit.when,
@@ -352,7 +436,12 @@ class Driver:
             city = next(m for m in sorted(tiers) if tiers[m] == "city")
             ask = service_request("consultation", visit.home, city, patient, code=(SNOMED, "11429006"))
             ask["performerType"] = {"coding": [{"system": SNOMED, "code": visit.consultation}]}
-            self._request(home, ask, visit.when, kind="consultation", specialty=visit.consultation, patient=patient)
+            asked = self._request(
+                home, ask, visit.when, kind="consultation", specialty=visit.consultation, patient=patient
+            )
+            self._discuss(visit, asked, city)
+        if visit.appointment:
+            self._book(visit, patient, referral if visit.appointment == "referral" else None)
 
     def send(self, month: Month, tiers: Mapping[str, str], progress: Callable[[str], None] | None = None) -> Ledger:
         for n, reading in enumerate(month.readings):

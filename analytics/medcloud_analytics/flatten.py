@@ -109,6 +109,10 @@ def _patient(resource: Mapping[str, Any]) -> str | None:
         ref = _reference(resource.get(key))
         if ref and ref.startswith("Patient/"):
             return ref.removeprefix("Patient/")
+    for participant in resource.get("participant") or []:  # an Appointment names its patient as a participant
+        ref = _reference(participant.get("actor")) if isinstance(participant, dict) else None
+        if ref and ref.startswith("Patient/"):
+            return ref.removeprefix("Patient/")
     return None
 
 

@@ -88,13 +88,25 @@ INDICATORS: tuple[Indicator, ...] = (
     ),
     Indicator(
         "visits",
-        "Visits (appointments) by tier",
-        ("month", "tier"),
+        "Visits (appointments) by tier and direction",
+        ("month", "tier", "direction"),
         ("visits", "patients"),
-        sql="""
-            SELECT r.month, h.tier, count(*) AS visits, count(DISTINCT r.patient) AS patients
-            FROM records r LEFT JOIN tiers h ON h.org = r.from_org
-            WHERE r.resource_type = 'Appointment' AND r.status IN ('booked', 'arrived', 'fulfilled', 'checked-in')
+        # The host's tier (the Slot's member, the Appointment's first Organization); a visit a referral carries
+        # (basedOn) goes that referral's way (up, down, across), any other is ``direct``. Cancelled and no-show
+        # appointments are no visit.
+        sql=f"""
+            WITH visits AS (
+                SELECT month, patient, from_org AS host,
+                       json_extract_string(resource, '$.basedOn[0].reference') AS based_on
+                FROM records
+                WHERE resource_type = 'Appointment' AND status IN ('booked', 'arrived', 'fulfilled', 'checked-in'))
+            SELECT v.month, h.tier,
+                   CASE WHEN s.id IS NULL THEN 'direct' ELSE direction(f.tier, t.tier) END AS direction,
+                   count(*) AS visits, count(DISTINCT v.patient) AS patients
+            FROM visits v LEFT JOIN tiers h ON h.org = v.host
+            LEFT JOIN records s ON s.resource_type = 'ServiceRequest' AND s.category = '{REFERRAL}'
+             AND v.based_on = 'ServiceRequest/' || s.id
+            LEFT JOIN tiers f ON f.org = s.from_org LEFT JOIN tiers t ON t.org = s.to_org
             GROUP BY ALL ORDER BY ALL""",
     ),
     Indicator(

@@ -5,7 +5,8 @@ Layout (Hive partitioning, which DuckDB, Trino and Spark all read)::
     s3://<bucket>/resource_type=Observation/month=2026-11/<batch>-0.parquet
 
 Each load writes new files under a batch name (the export's transaction time), never overwrites one, so
-a ``_since`` export adds files beside the first export's. The bucket is the analytics' own: it holds
+a ``_since`` export adds files beside the first export's; the ``records`` view reads each resource's newest
+row only (:data:`NEWEST_ROW_ONLY`). The bucket is the analytics' own: it holds
 only de-identified data, and no record store's credentials can reach it.
 """
 
@@ -87,10 +88,19 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
         .replace("$ssl", "true" if lake.secure else "false")
     )
     conn.execute(
-        f"CREATE VIEW records AS SELECT * FROM read_parquet({_literal(lake.glob())}, "  # noqa: S608 - a literal
-        "hive_partitioning = true, union_by_name = true)"
+        "CREATE VIEW records AS SELECT * EXCLUDE (filename) "  # noqa: S608 - a literal
+        f"FROM read_parquet({_literal(lake.glob())}, hive_partitioning = true, union_by_name = true, filename = true) "
+        f"{NEWEST_ROW_ONLY}"
     )
     return conn
+
+
+NEWEST_ROW_ONLY = (
+    "QUALIFY row_number() OVER (PARTITION BY resource_type, id ORDER BY regexp_extract(filename, '[^/]+$') DESC) = 1"
+)
+"""One row per resource, its newest batch's: a resource loaded again (the scheduled writer exports everything on
+each run; a ``_since`` export carries a Task or an Appointment again once it moved) counts once, as it is now.
+Batch names are the exports' transaction times, so the newest file name sorts last."""
 
 
 def _literal(value: str) -> str:

@@ -93,10 +93,16 @@ def test_parquet_is_partitioned_by_type_and_month_and_duckdb_reads_it_over_s3(
     ).fetchone() or (0,)
     assert patients == 4
 
-    # A second batch is added beside the first, never over it.
-    lake.write(flatten.table(resources[1:3]), "batch-2")
+    # A second batch is added beside the first, never over it; a resource in both counts once, as the newer says.
+    again = [resources[1], {**resources[2], "status": "amended"}]
+    second = lake.write(flatten.table(again), "batch-2")
+    assert {o.object_name for o in parquet_objects(root, lake)} == set(names) | {
+        w.removeprefix(f"{lake.bucket}/") for w in second
+    }
     (total,) = conn.execute("SELECT count(*) FROM records").fetchone() or (0,)
-    assert total == len(resources) + 2
+    assert total == len(resources)
+    (status,) = conn.execute("SELECT status FROM records WHERE id = ?", [resources[2]["id"]]).fetchone() or (None,)
+    assert status == "amended"
 
 
 def test_no_identifier_in_any_parquet_byte_or_value(lake: Lake, minio_server: MinioInfo) -> None:

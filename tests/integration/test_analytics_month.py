@@ -325,14 +325,49 @@ def expected_referrals(ledger: Ledger, database: str, until: str) -> list[Json]:
         ).fetchall()
     rows = []
     for rid, requester, performer, patient in indexed:
-        source, target = TIERS[requester], TIERS[performer]
-        rank = TIER_RANK[target] - TIER_RANK[source]
-        direction = "up" if rank > 0 else "down" if rank < 0 else "across"
         month = ledger.requests[str(rid)]["month"]
         rows.append(
-            {"month": month, "from_tier": source, "to_tier": target, "direction": direction, "patient": patient}
+            {
+                "month": month,
+                "from_tier": TIERS[requester],
+                "to_tier": TIERS[performer],
+                "direction": _direction(requester, performer),
+                "patient": patient,
+            }
         )
     return suppress(_cells(rows, ("month", "from_tier", "to_tier", "direction"), "referrals"), BY_NAME["referrals"])
+
+
+def _direction(source: str, target: str) -> str:
+    rank = TIER_RANK[TIERS[target]] - TIER_RANK[TIERS[source]]
+    return "up" if rank > 0 else "down" if rank < 0 else "across"
+
+
+def expected_visits(ledger: Ledger, database: str, until: str) -> list[Json]:
+    """Visit cells from the exchange's own index: the appointments' host, status, patient and start, and the
+    referral each is carried by (its requester and performer); cancelled and no-show ones are no visit."""
+    with psycopg.connect(database) as conn:
+        indexed = conn.execute(
+            "SELECT a.id, a.host, a.status, a.patient_id, a.starts, s.requester, s.performer FROM appointment a "
+            "LEFT JOIN service_request s ON s.id = a.service_request_id AND s.kind = 'referral' "
+            "WHERE a.updated_at <= %s",
+            (until,),
+        ).fetchall()
+    # The index holds what the generator did: every appointment, its outcome, the referral carrying it.
+    assert {str(r[0]): (r[1], r[2]) for r in indexed} == {
+        k: (a["host"], a["status"]) for k, a in ledger.appointments.items()
+    }
+    rows = [
+        {
+            "month": starts.astimezone(UTC).strftime("%Y-%m"),
+            "tier": TIERS[host],
+            "direction": _direction(requester, performer) if requester else "direct",
+            "patient": patient,
+        }
+        for _, host, status, patient, starts, requester, performer in indexed
+        if status in ("booked", "arrived", "fulfilled", "checked-in")
+    ]
+    return suppress(_cells(rows, ("month", "tier", "direction"), "visits"), BY_NAME["visits"])
 
 
 def expected_consultations(ledger: Ledger) -> list[Json]:
@@ -388,6 +423,9 @@ def test_a_month_of_activity_exports_de_identified_and_the_indicators_equal_the_
     assert counts["Patient"] == len(ledger.patients)
     exported = {t: lines(data, t) for t, data in files.items()}  # every line valid FHIR R4
     assert {t: len(v) for t, v in exported.items()} == counts
+    assert counts["Appointment"] == len(ledger.appointments)
+    assert counts["Communication"] == len(ledger.messages)
+    assert {a["status"] for a in exported["Appointment"]} == {"booked", "arrived", "fulfilled", "cancelled", "noshow"}
 
     # No identifier, name, card number, local patient or device id, nor an exact date, in any exported byte.
     secrets = [*ledger.secrets, "Doe", "John", "Chen", "Mei", "1990-03-07", "Riverton Province Medical Insurance"]
@@ -417,6 +455,11 @@ def test_a_month_of_activity_exports_de_identified_and_the_indicators_equal_the_
         expected_referrals(ledger, database, first.transaction_time), "month", "from_tier", "to_tier", "direction"
     )
     assert any(not c["suppressed"] and c["direction"] == "up" for c in referrals)
+    visits = _keyed(cells["visits"], "month", "tier", "direction")
+    assert visits == _keyed(expected_visits(ledger, database, first.transaction_time), "month", "tier", "direction")
+    assert any(not c["suppressed"] and c["direction"] == "direct" for c in visits)
+    assert any(not c["suppressed"] and c["direction"] == "up" for c in visits), "no referral-carried visit cell shown"
+    assert any(c["suppressed"] and c["visits"] is None and c["patients"] is None for c in visits)
     assert _keyed(cells["consultations"], "month", "specialty") == _keyed(
         expected_consultations(ledger), "month", "specialty"
     )
@@ -443,6 +486,7 @@ def test_a_month_of_activity_exports_de_identified_and_the_indicators_equal_the_
         order=False,
         order_recognised=False,
         consultation=None,
+        appointment=None,
     )
     driver.send_visit(newcomer, TIERS)
     second, second_files = export(exchange, commission, _since=until)

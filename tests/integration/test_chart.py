@@ -68,9 +68,21 @@ MONITORING_ON: dict[str, Any] = {
     }
 }
 
+# The analytics writer as a city turns it on (docs/analytics.md).
+ANALYTICS_WRITER: dict[str, Any] = {
+    "enabled": True,
+    "schedule": "15 3 * * *",
+    "timeZone": "Asia/Shanghai",
+    "exchangeUrl": "http://medcloud-exchange-riverton-medical-alliance.medcloud-system.svc",
+    "endpoint": "minio.medcloud-storage.svc:9000",
+    "credentials": {"secretName": "analytics-writer-key"},
+    "tiers": {"township-maple": "township", "county-people": "county", "city-general": "city"},
+}
+
 # Every optional part the API server can check, on at once.
 EVERYTHING_ON: dict[str, Any] = {
     **MONITORING_ON,
+    "analyticsWriter": ANALYTICS_WRITER,
     "api": {
         "ingress": {
             "enabled": True,
@@ -685,6 +697,87 @@ def test_the_dashboard_settings_reach_the_api_and_its_key_stays_in_its_secret(mo
     assert set(APISettings.model_fields) - set_by_chart == set(API_DEFAULTED)
 
 
+def _pod_env(item: list[dict[str, Any]]) -> dict[str, str]:
+    return {
+        e["name"]: e["value"] if "value" in e else "secret:{name}/{key}".format(**e["valueFrom"]["secretKeyRef"])
+        for e in item
+    }
+
+
+def test_the_analytics_writer_is_off_unless_enabled() -> None:
+    docs = render()
+    assert not [d for d in docs if d["kind"] == "CronJob" or "analytics-writer" in d["metadata"]["name"]]
+
+
+def test_the_analytics_writer_loads_then_publishes_on_its_schedule_as_the_commission_with_its_key_in_a_secret() -> None:
+    """A CronJob whose init container runs `medcloud analytics load` and whose container then runs `publish`,
+    as a ServiceAccount of its own bound to the commission's export role, restricted, the key in its Secret."""
+    import typer.main
+
+    from medcloud_analytics.command import app
+
+    docs = render({"analyticsWriter": ANALYTICS_WRITER})
+    cron = one(docs, "CronJob", "medcloud-analytics-writer")
+    assert (cron["spec"]["schedule"], cron["spec"]["timeZone"]) == ("15 3 * * *", "Asia/Shanghai")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    account = one(docs, "ServiceAccount", "medcloud-analytics-writer")["metadata"]["name"]
+    assert pod["serviceAccountName"] == account
+    binding = one(docs, "ClusterRoleBinding", "medcloud-analytics-writer")
+    assert binding["roleRef"]["name"] == one(docs, "ClusterRole", "medcloud-city-health-commission")["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    # No Kubernetes API token in the pod: only a projected token for the exchange's audience.
+    assert pod["automountServiceAccountToken"] is False
+    (projected,) = [v["projected"] for v in pod["volumes"] if "projected" in v]
+    assert projected["sources"][0]["serviceAccountToken"]["audience"] == "medcloud-exchange"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+    (load,) = pod["initContainers"]
+    (publish,) = pod["containers"]
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    for step, name in ((load, "load"), (publish, "publish")):
+        assert step["command"][:3] == ["medcloud", "analytics", name]
+        security = step["securityContext"]
+        assert (security["readOnlyRootFilesystem"], security["allowPrivilegeEscalation"]) == (True, False)
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        env = _pod_env(step["env"])
+        assert env["MEDCLOUD_ANALYTICS_ACCESS_KEY"] == "secret:analytics-writer-key/accessKey"
+        assert env["MEDCLOUD_ANALYTICS_SECRET_KEY"] == "secret:analytics-writer-key/secretKey"
+        assert (env["MEDCLOUD_ANALYTICS_ENDPOINT"], env["MEDCLOUD_ANALYTICS_BUCKET"]) == (
+            "minio.medcloud-storage.svc:9000",
+            "analytics",
+        )
+        # Every option the command requires is given, by the environment it reads or on the command line.
+        given = {a.split("=", 1)[0] for a in step["command"][3:]}
+        reads = {
+            p.name: {p.envvar} if isinstance(p.envvar, str) else set(p.envvar or ()) for p in commands[name].params
+        }
+        for param in commands[name].params:
+            if param.required:
+                assert given & set(param.opts) or reads[param.name] & set(env), (name, param.name)
+        assert given <= {o for p in commands[name].params for o in p.opts}, (name, given)
+        assert set(env) <= set().union(*reads.values()), (name, set(env) - set().union(*reads.values()))
+    assert "--token-file=/var/run/secrets/medcloud/exchange/token" in load["command"]
+    assert {m["mountPath"] for m in load["volumeMounts"]} >= {"/var/run/secrets/medcloud/exchange"}
+    assert _pod_env(load["env"])["MEDCLOUD_EXCHANGE_URL"] == ANALYTICS_WRITER["exchangeUrl"]
+    assert sorted(a for a in publish["command"] if a.startswith("--tier")) == [
+        "--tier=city-general=city",
+        "--tier=county-people=county",
+        "--tier=township-maple=township",
+    ]
+
+
+def test_the_analytics_writer_reuses_a_service_account_and_binds_nothing_without_rbac() -> None:
+    values = {**ANALYTICS_WRITER, "serviceAccount": {"create": False, "name": "commission-writer"}}
+    docs = render({"analyticsWriter": values, "rbac": {"create": False}})
+    cron = one(docs, "CronJob", "medcloud-analytics-writer")
+    assert cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"] == "commission-writer"
+    assert not [d for d in docs if "analytics-writer" in d["metadata"]["name"] and d["kind"] != "CronJob"]
+    assert not [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+
+
 def test_standalone_operator_and_namespaced_peering() -> None:
     standalone = render({"operator": {"replicaCount": 1, "peering": {"enabled": False}}})
     env = env_of(one(standalone, "Deployment", "medcloud-operator"), {"metadata.name": "p", "metadata.namespace": "n"})
@@ -939,6 +1032,26 @@ INVALID_VALUES = [
         {"api": {"analytics": {"endpoint": "minio:9000", "accessKey": "in-values"}}},
         "accessKey",
         id="dashboard-key-in-values",
+    ),
+    pytest.param(
+        {"analyticsWriter": {**ANALYTICS_WRITER, "credentials": {}}},
+        "analyticsWriter.credentials.secretName is required with analyticsWriter.enabled",
+        id="writer-without-its-key",
+    ),
+    pytest.param(
+        {"analyticsWriter": {**ANALYTICS_WRITER, "exchangeUrl": ""}},
+        "analyticsWriter.exchangeUrl is required with analyticsWriter.enabled",
+        id="writer-without-exchange",
+    ),
+    pytest.param(
+        {"analyticsWriter": {**ANALYTICS_WRITER, "secretKey": "in-values"}},
+        "secretKey",
+        id="writer-key-in-values",
+    ),
+    pytest.param(
+        {"analyticsWriter": {**ANALYTICS_WRITER, "tiers": {"township-maple": "hamlet"}}},
+        "at '/analyticsWriter/tiers/township-maple'",
+        id="writer-unknown-tier",
     ),
 ]
 

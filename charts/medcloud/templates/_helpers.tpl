@@ -173,3 +173,27 @@ that says what to change. Included once, from the operator's Deployment.
 {{- fail "networkPolicy.egress.enabled needs networkPolicy.egress.apiServerCidrs: without them neither the operator nor the API could reach the Kubernetes API." -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The analytics writer's lake settings (MEDCLOUD_ANALYTICS_*, read by `medcloud analytics`), the same for its
+load and publish steps; the MinIO key from its Secret, never a value.
+Called with (dict "writer" .Values.analyticsWriter "secret" <Secret name> "endpoint" <host:port>).
+*/}}
+{{- define "medcloud.analyticsWriterEnv" -}}
+- name: MEDCLOUD_ANALYTICS_ENDPOINT
+  value: {{ .endpoint | quote }}
+- name: MEDCLOUD_ANALYTICS_BUCKET
+  value: {{ .writer.bucket | quote }}
+- name: MEDCLOUD_ANALYTICS_SECURE
+  value: {{ .writer.secure | quote }}
+- name: MEDCLOUD_ANALYTICS_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret }}
+      key: {{ .writer.credentials.accessKeyKey }}
+- name: MEDCLOUD_ANALYTICS_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret }}
+      key: {{ .writer.credentials.secretKeyKey }}
+{{- end -}}

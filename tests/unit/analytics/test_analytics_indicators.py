@@ -10,7 +10,7 @@ import pytest
 
 from medcloud_analytics import flatten
 from medcloud_analytics.indicators import BY_NAME, MIN_PATIENTS, compute_all, suppress
-from tests.analytics_activity import TIERS, activity
+from tests.analytics_activity import TIERS, activity, service_request
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,37 @@ def test_a_recognised_order_counts_in_the_month_of_the_order_it_closed() -> None
     (cell,) = compute_all(conn, TIERS)["recognition"]
     assert (cell["month"], cell["orders"], cell["patients"]) == ("2026-11", 14, 14)
     assert (cell["recognised"], cell["recognised_patients"], cell["not_repeated_share"]) == (6, 6, round(6 / 14, 4))
+
+
+def _appointment(n: int, host: str, status: str, referral: str | None = None) -> dict[str, Any]:
+    """An Appointment as the exchange exports it: the patient, then the host (and the booker) as participants."""
+    return {
+        "resourceType": "Appointment",
+        "id": f"a{n}",
+        "status": status,
+        "start": "2026-11-01T00:00:00Z",
+        "participant": [
+            {"actor": {"reference": f"Patient/v{n}"}, "status": "accepted"},
+            {"actor": {"reference": f"Organization/{host}"}, "status": "accepted"},
+            {"actor": {"reference": "Organization/township-maple"}, "status": "accepted"},
+        ],
+        **({"basedOn": [{"reference": f"ServiceRequest/{referral}"}]} if referral else {}),
+    }
+
+
+def test_visits_by_tier_and_direction_a_referral_carries_its_way() -> None:
+    """Seven referral-carried visits at the county (two cancelled or no-shows: no visit), three direct ones at the
+    township: the county's up cell counts five, the township's direct cell is suppressed."""
+    referral = {**service_request("3457005", "township-maple", "county-people", "v0", "2026-11"), "id": "ref"}
+    statuses = ["booked", "arrived", "fulfilled", "fulfilled", "booked", "cancelled", "noshow"]
+    carried = [_appointment(n, "county-people", status, "ref") for n, status in enumerate(statuses)]
+    direct = [_appointment(10 + n, "township-maple", "fulfilled") for n in range(3)]
+    conn = duckdb.connect()
+    conn.register("lake", flatten.table([referral, *carried, *direct]))
+    conn.execute("CREATE VIEW records AS SELECT * FROM lake")
+    visits = compute_all(conn, TIERS)["visits"]
+    up = _cell(visits, tier="county", direction="up")
+    assert (up["month"], up["visits"], up["patients"], up["suppressed"]) == ("2026-11", 5, 5, False)
+    home = _cell(visits, tier="township", direction="direct")
+    assert (home["visits"], home["patients"], home["suppressed"]) == (None, None, True)
+    assert len(visits) == 2

@@ -18,7 +18,6 @@ import kopf
 from medcloud_operator.apply import OwnWrites
 from medcloud_operator.institutions import InstitutionCodes
 from medcloud_operator.kube import Kube
-from medcloud_operator.safetynet import SafetyNet
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.storage import Storage
 from medcloud_operator.workqueue import WorkQueue
@@ -56,12 +55,9 @@ class OperatorContext:
     queue: WorkQueue = field(default_factory=lambda: WorkQueue(4))
     """Every reconcile waits here for one of its workers (``max_concurrent_reconciles``), changes first."""
     settings_fingerprint: str = field(init=False)
-    safety_net: SafetyNet = field(init=False)
-    """Every safety-netted object as a small record, swept once per ``resync_seconds`` (no timer per object)."""
 
     def __post_init__(self) -> None:
         self.settings_fingerprint = self.settings.fingerprint()
-        self.safety_net = SafetyNet(self.settings.resync_seconds, self.settings.full_resync_seconds)
 
 
 def get_context(memo: kopf.Memo) -> OperatorContext:

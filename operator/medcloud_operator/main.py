@@ -55,33 +55,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     kopf.on.cleanup(id="shutdown", registry=registry)(shutdown)
     for module in HANDLER_MODULES:
         module.register(registry, settings)
-    _register_safety_net_tick(registry, settings)
     return registry
-
-
-SAFETY_NET_TICK = "safety-net"
-
-
-def _register_safety_net_tick(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
-    """The safety net's sweep (:mod:`medcloud_operator.safetynet`): a timer on the operator's namespace.
-
-    One object's timer, so Kopf pauses it with every other handler when a peer takes over.
-    """
-    namespace = settings.operator_namespace
-
-    async def tick(memo: kopf.Memo, **_: Any) -> None:
-        ctx = get_context(memo)
-        ctx.safety_net.sweep(ctx.queue, memo)
-
-    kopf.timer(
-        "v1",
-        "namespaces",
-        id=SAFETY_NET_TICK,
-        interval=settings.resync_seconds,
-        initial_delay=settings.resync_seconds,
-        when=lambda name, **_: bool(name == namespace),
-        registry=registry,
-    )(tick)
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

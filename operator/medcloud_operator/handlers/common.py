@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -171,6 +172,17 @@ def last_write_was_status(body: Mapping[str, Any], own_manager: str) -> bool:
     )
 
 
+def full_resync_due(uid: str, now: float, interval: float, period: float) -> bool:
+    """Whether this tick of the safety net is the object's one full reconcile of the ``period``.
+
+    The period is cut into ticks of ``interval``; each object owns one of them, chosen by its uid,
+    so full reconciles are spread evenly instead of all coming at once.
+    """
+    ticks = max(1, round(period / interval))
+    slot = int(hashlib.sha256(uid.encode()).hexdigest()[:8], 16) % ticks
+    return int(now // interval) % ticks == slot
+
+
 def object_key(kwargs: Mapping[str, Any]) -> str | None:
     """The work queue's key of the object a Kopf handler was called for (its namespace and name)."""
     name = kwargs.get("name")
@@ -198,13 +210,12 @@ def register_triggers(
     resync_id: str | None = None,
     safety_net: bool = True,
 ) -> None:
-    """A kind's own triggers: create, update and resume call ``changed``; the safety net ``resync``.
+    """A kind's own triggers: create, update and resume call ``changed``; a timer every ``interval`` ``resync``.
 
-    All of them wait in the work queue: create and update as changes, resume after them, the safety
-    net last. The resume skips a settled object (:func:`is_settled`). With ``safety_net`` the kind is
-    swept by the one safety net every ``resync_seconds`` (:mod:`medcloud_operator.safetynet`: settled
-    objects are skipped but for their one full reconcile per ``full_resync_seconds``); without it (work
-    of its own on every tick, like a RecordStore's usage count) a Kopf timer every ``interval`` runs it.
+    All of them wait in the work queue: create and update as changes, resume after them, the timer
+    last. With ``safety_net`` the resume and the timer skip a settled object (:func:`is_settled`)
+    except on its one full reconcile per ``full_resync_seconds``; without it (a timer that does
+    work of its own, like a RecordStore's usage count) the timer always runs.
 
     Handler ids (``<prefix>_changed``, ``<prefix>_resync``) name the handlers in Kopf's logs and in
     its progress annotations, so they stay as they are once released.
@@ -227,16 +238,21 @@ def register_triggers(
 
     kopf.on.resume(group, version, kind.plural, id=f"{prefix}_changed", registry=registry)(on_resume)
 
-    if safety_net:
-        _register_safety_net(registry, kind, resync, resync_id or f"{prefix}_resync")
-        return
-
     async def on_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         ctx = get_context(memo)
         key = object_key(kwargs)
         if key is not None and ctx.queue.pending(controller, key):
-            # A reconcile of it is already waiting or running (its creation, a change): the timer adds nothing.
+            # A reconcile of it is already waiting or running (its creation, a change): the net adds nothing.
             metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="pending").inc()
+            return
+        if (
+            safety_net
+            and is_settled(body, ctx.settings_fingerprint)
+            and not full_resync_due(
+                str(body["metadata"]["uid"]), time.time(), interval, ctx.settings.full_resync_seconds
+            )
+        ):
+            metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="resync").inc()
             return
         work = functools.partial(resync, body=body, memo=memo, **kwargs)
         await ctx.queue.run(controller, Priority.RESYNC, work, key=key)
@@ -250,25 +266,6 @@ def register_triggers(
         initial_delay=interval,
         registry=registry,
     )(on_timer)
-
-
-def _register_safety_net(registry: kopf.OperatorRegistry, kind: Kind, resync: Callable[..., None], id: str) -> None:
-    """Keep the kind's records in the one safety net (:mod:`medcloud_operator.safetynet`) from its watch events."""
-    group, version = kind.api_version.split("/")
-    controller = kind.kind.lower()
-
-    async def seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        ctx = get_context(memo)
-        meta = body["metadata"]
-        if type == "DELETED":
-            ctx.safety_net.forget(controller, meta["name"], meta.get("namespace"))
-            return
-        settled = is_settled(body, ctx.settings_fingerprint)
-        ctx.safety_net.observe(
-            controller, kind.kind, meta["name"], meta.get("namespace"), str(meta["uid"]), settled, resync
-        )
-
-    kopf.on.event(group, version, kind.plural, id=id, registry=registry)(seen)
 
 
 def raise_failure(body: Manifest, failure: ReconcileError, status_written: bool, logger: Logger) -> NoReturn:

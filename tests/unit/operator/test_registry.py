@@ -20,10 +20,14 @@ CHANGE_HANDLERS = {
     "recordstore_changed",
     "recordstore_deleted",
 }
-TIMERS = {"recordstore_refresh", "safety-net"}
-"""Kopf timers: a RecordStore's own refresh, and the one tick of the safety net (not a timer per object)."""
-SAFETY_NETTED = {"appinstance_resync", "consortium_resync", "device_resync", "devicegateway_resync", "hospital_resync"}
-"""Their safety net's records are kept by these watch handlers."""
+TIMERS = {
+    "appinstance_resync",
+    "consortium_resync",
+    "device_resync",
+    "devicegateway_resync",
+    "hospital_resync",
+    "recordstore_refresh",
+}
 INDEXES = {"appinstances_by_dependency", "consortia_by_member", "devicegateways_by_dependency"}
 
 
@@ -34,7 +38,7 @@ def test_every_kind_registers_its_triggers_under_the_released_ids() -> None:
     assert {h.id for h in registry._spawning.get_all_handlers()} == TIMERS
     assert {h.id for h in registry._indexing.get_all_handlers()} == INDEXES
     watching = {h.id for h in registry._watching.get_all_handlers()}
-    assert {"consortium-members", "drift-namespaces", "drift-appinstance-deployments", *SAFETY_NETTED} <= watching
+    assert {"consortium-members", "drift-namespaces", "drift-appinstance-deployments"} <= watching
     assert {"configure", "login", "shutdown", "hospitals"} == {h.id for h in registry._activities.get_all_handlers()}
 
 

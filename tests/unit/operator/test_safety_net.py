@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import threading
 from collections import Counter
 from typing import Any
 
-from medcloud_operator.handlers.common import desired_digest, is_settled, last_write_was_status
-from medcloud_operator.safetynet import SafetyNet
+from medcloud_operator.handlers.common import desired_digest, full_resync_due, is_settled, last_write_was_status
 from medcloud_operator.settings import OperatorSettings
-from medcloud_operator.workqueue import Priority, WorkQueue
 
 FINGERPRINT = OperatorSettings().fingerprint()
 
@@ -55,46 +51,15 @@ def test_the_digest_ignores_key_order() -> None:
     assert desired_digest(body, FINGERPRINT) == desired_digest(reordered, FINGERPRINT)
 
 
-def resync(**_: Any) -> None:
-    raise AssertionError("the sweep only chooses here; it does not reconcile")
-
-
-def test_each_settled_object_has_exactly_one_full_resync_per_period_and_they_are_spread() -> None:
-    net = SafetyNet(interval=300.0, period=3600.0)  # twelve ticks a period
-    queue = WorkQueue(1)
-    for i in range(1200):
-        net.observe("hospital", "Hospital", f"h{i}", None, f"uid-{i}", True, resync)
-    chosen = {tick: [t.name for t in net.due(tick, queue)] for tick in range(100, 112)}
-    per_object = Counter(name for names in chosen.values() for name in names)
-    assert len(per_object) == 1200
-    assert set(per_object.values()) == {1}
-    assert all(names for names in chosen.values())  # no tick left out ...
-    assert max(len(names) for names in chosen.values()) < 2 * 1200 / 12  # ... and none carries twice its share
-    queue.close()
-
-
-def test_an_unsettled_object_is_chosen_every_tick_unless_its_reconcile_is_queued() -> None:
-    net = SafetyNet(interval=300.0, period=3600.0)
-    queue = WorkQueue(1)
-    net.observe("hospital", "Hospital", "maple", None, "uid-1", False, resync)
-    net.observe("hospital", "Hospital", "gone", None, "uid-2", False, resync)
-    net.forget("hospital", "gone", None)
-    assert [[t.name for t in net.due(tick, queue)] for tick in range(3)] == [["maple"]] * 3
-
-    async def while_queued() -> list[str]:
-        release = threading.Event()
-        # A reconcile of maple is on its way (a change, say): the sweep adds none beside it.
-        change = asyncio.create_task(queue.run("hospital", Priority.CHANGE, release.wait, key="/maple"))
-        await asyncio.sleep(0)
-        try:
-            return [t.name for t in net.due(0, queue)]
-        finally:
-            release.set()
-            await change
-
-    assert asyncio.run(while_queued()) == []
-    assert len(net) == 1
-    queue.close()
+def test_each_object_has_exactly_one_full_resync_per_period_and_they_are_spread() -> None:
+    interval, period = 300.0, 3600.0  # twelve ticks a period
+    uids = [f"uid-{i}" for i in range(1200)]
+    ticks = [t * interval + 1 for t in range(12)]
+    due = {uid: [t for t in ticks if full_resync_due(uid, t, interval, period)] for uid in uids}
+    assert all(len(times) == 1 for times in due.values())
+    per_tick = Counter(times[0] for times in due.values())
+    assert len(per_tick) == 12  # no tick left out ...
+    assert max(per_tick.values()) < 2 * 1200 / 12  # ... and none carries twice its share
 
 
 def managed(*entries: tuple[str, str, str]) -> dict[str, Any]:

@@ -804,6 +804,32 @@ def test_a_lost_kek_is_reported_and_never_silently_regenerated(cluster: Cluster,
     assert restored_secret["data"] == backup["data"]
 
 
+def test_the_safety_net_finds_what_no_watch_reports(
+    cluster: Cluster, hospitals: HospitalFactory, operator_kubeconfig: Path
+) -> None:
+    # A KEK Secret deleted by hand: the operator never watches Secrets, so only a full reconcile sees it.
+    # With the full period equal to the tick, each tick reconciles every settled Hospital in full.
+    name = hospitals("sweep")
+    wait_ready(cluster, name)
+    backup = cluster.kek_secret(name)
+    assert backup is not None
+    env = {**TENANCY_ENV, "MEDCLOUD_RESYNC_SECONDS": "1", "MEDCLOUD_FULL_RESYNC_SECONDS": "1"}
+    with run_operator(operator_kubeconfig, env):
+        cluster.core.delete_namespaced_secret(f"kek-{name}", OPERATOR_NAMESPACE)
+
+        def reported() -> Json | None:
+            hospital = cluster.hospital(name)
+            key = condition(hospital, "KeyReady")
+            return hospital if key and key["reason"] == "KEKMissing" else None
+
+        wait_for(reported, "the safety net to find the KEK gone")
+        restored = {"metadata": {"name": backup["metadata"]["name"], "labels": backup["metadata"]["labels"]}}
+        cluster.core.create_namespaced_secret(
+            OPERATOR_NAMESPACE, {**restored, "type": backup["type"], "data": backup["data"]}
+        )
+        wait_ready(cluster, name)
+
+
 def test_an_unreadable_kek_secret_fails_the_hospital_and_deleting_it_heals(
     cluster: Cluster, operator_kubeconfig: Path
 ) -> None:

@@ -299,6 +299,19 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
         default_factory=lambda: {"k8s-app": "kube-dns"},
         description="Labels of the cluster DNS pods that tenants may query on port 53.",
     )
+    dns_cidrs: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Addresses of a cluster DNS server that is not a pod (the local cluster's CoreDNS on the node "
+            "address), which tenants may query on dns_port, UDP and TCP; empty: the DNS pods alone."
+        ),
+    )
+    dns_port: int = Field(
+        default=53,
+        ge=1,
+        le=65535,
+        description="Port of the DNS server at dns_cidrs as policies see it (after the Service's translation).",
+    )
     storage_cidrs: list[str] = Field(
         default_factory=list,
         description="CIDRs of the S3-compatible record storage endpoint tenants may reach.",

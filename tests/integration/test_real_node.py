@@ -28,7 +28,7 @@ from kubernetes import config
 
 from medcloud.kube.crds import install_crds
 from medcloud.models import HospitalSpec, hospital_namespace
-from medcloud_cli.localcluster import netsetup, platformservices
+from medcloud_cli.localcluster import clusterdns, netsetup, platformservices
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, stop_from_state
 from medcloud_cli.localcluster.images import PAUSE_REFERENCE
 from medcloud_cli.localcluster.node import KWOK_TOLERATION, NODE_NAME, shim_pids
@@ -514,6 +514,56 @@ def test_tenant_pods_reach_minio_and_the_broker_through_the_platform_services_an
         assert connects(node_cluster, namespace, "client", neighbour, 8080) == "blocked"
     finally:
         node_cluster.kubectl("delete", "namespace", namespace, other, "--wait=false", check=False)
+
+
+RESOLVE = (
+    "import socket, sys\ntry:\n    print(socket.gethostbyname(sys.argv[1]))\nexcept OSError:\n    print('unresolved')\n"
+)
+
+
+def resolves(cluster: LocalCluster, namespace: str, pod: str, name: str) -> str:
+    """The address ``name`` resolves to inside ``pod`` (its resolv.conf, the kubelet's), or 'unresolved'."""
+    args = ["exec", "-n", namespace, pod, "--", "python3", "-c", RESOLVE, name]
+    return str(cluster.kubectl(*args).stdout.strip())
+
+
+def test_a_tenant_pod_resolves_service_names_through_the_cluster_dns_and_still_cannot_reach_the_api(
+    node_cluster: LocalCluster, image: str, restricted_namespace: str
+) -> None:
+    """CoreDNS on the node behind kube-dns: a tenant's DNS egress admits it, and nothing more of the node."""
+    state = node_cluster.state
+    assert state is not None
+    with mock.patch.dict(os.environ, platformservices.operator_env(state)):
+        settings = OperatorSettings()
+    assert settings.dns_cidrs == [platformservices.NODE_CIDR]
+    suffix = uuid.uuid4().hex[:6]
+    namespace = tenant(node_cluster, f"np-dns-{suffix}", allow_consortium_ingress=False, settings=settings)
+    try:
+        http_server(node_cluster, image, namespace, "client")
+        resolv = node_cluster.kubectl("exec", "-n", namespace, "client", "--", "cat", "/etc/resolv.conf").stdout
+        assert f"nameserver {clusterdns.DNS_IP}" in resolv
+        # A Service made now (CoreDNS watches), by the short name an app uses (the pod's search path) ...
+        exchange_ip = node_address_service(node_cluster, restricted_namespace, "exchange-like", 18080)
+        wait_for(
+            lambda: (
+                resolves(node_cluster, namespace, "client", f"exchange-like.{restricted_namespace}.svc") == exchange_ip
+            ),
+            "a new Service's name resolving in a tenant pod",
+            60,
+        )
+        # ... and by its full name; the platform Services too.
+        full = f"minio.{platformservices.PLATFORM_NAMESPACE}.svc.cluster.local"
+        assert resolves(node_cluster, namespace, "client", full) == platformservices.MINIO.cluster_ip
+        api = get(node_cluster, "service", "kubernetes", "-n", "default")["spec"]["clusterIP"]
+        assert resolves(node_cluster, namespace, "client", "kubernetes.default.svc") == api
+        # Names outside the cluster are answered by no one: CoreDNS forwards nothing off the machine.
+        assert resolves(node_cluster, namespace, "client", "example.com") == "unresolved"
+        # DNS is let out; the API server (its Service, and its port on the node address) is not.
+        assert connects(node_cluster, namespace, "client", api, 443) == "blocked"
+        api_port = int(node_cluster.state.server.rsplit(":", 1)[1])
+        assert connects(node_cluster, namespace, "client", netsetup.NODE_IP, api_port) == "blocked"
+    finally:
+        node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_stop_leaves_no_chain_ipset_cgroup_bridge_mount_or_path(node_cluster: LocalCluster) -> None:

@@ -39,13 +39,15 @@ HELM_VERSION = "v3.21.4"
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
 # The NetworkPolicy enforcer of the real node; v2.1.0 is the only v2 release the module proxy serves.
 KUBE_ROUTER_VERSION = "v2.1.0"
+# The real node's cluster DNS (a host process); the newest release the module proxy serves.
+COREDNS_VERSION = "v1.15.0"
 
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 # The real node's binaries: same Kubernetes module and wrapper, a component of
 # their own so that clusters without a real node never wait for them.
 NODE_BINARIES = ("kubelet", "kube-proxy")
 ALL_BINARIES = (*KUBE_BINARIES, "etcd", "kwok", "minio", "helm")
-REAL_NODE_BINARIES = (*NODE_BINARIES, "kube-router")
+REAL_NODE_BINARIES = (*NODE_BINARIES, "kube-router", "coredns")
 
 Progress = Callable[[str], None]
 
@@ -88,6 +90,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("helm", HELM_VERSION, ("helm",)),
     Component("kubernetes-node", KUBERNETES_VERSION, NODE_BINARIES),
     Component("kube-router", KUBE_ROUTER_VERSION, ("kube-router",)),
+    Component("coredns", COREDNS_VERSION, ("coredns",)),
 )
 
 
@@ -314,6 +317,9 @@ class Builder:
 
     def _build_kube_router(self, component: Component, work: Path, out: Path) -> None:
         self._go_install(f"github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@{component.version}", out)
+
+    def _build_coredns(self, component: Component, work: Path, out: Path) -> None:
+        self._go_install(f"github.com/coredns/coredns@{component.version}", out)
 
     def _build_etcd(self, component: Component, work: Path, out: Path) -> None:
         (work / "go.mod").write_text(

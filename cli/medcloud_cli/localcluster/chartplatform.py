@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 from kubernetes import config
 
-from medcloud_cli.localcluster import platformservices, prometheus
+from medcloud_cli.localcluster import clusterdns, platformservices, prometheus
 from medcloud_cli.localcluster.cluster import ClusterState, LocalCluster
 from medcloud_cli.localcluster.exchange import example_consortium
 from medcloud_cli.localcluster.platform import (
@@ -83,6 +83,8 @@ def chart_values(image: str, state: ClusterState, api_server_port: int, broker_c
         "keyServiceUrl": f"http://{platformservices.KEY_SERVICE_IP}:{KEY_SERVICE_PORT}",
         # A development audit trail is locked for a day only.
         "exchangeAuditRetentionDays": 1,
+        # Tenants' DNS egress: CoreDNS on the node address (clusterdns.py).
+        **clusterdns.operator_config(state),
     }
     if broker := published.get("mosquitto"):
         operator_config |= {"brokerHost": broker.cluster_ip, "brokerPort": broker.port}

@@ -246,7 +246,7 @@ class LocalCluster:
             needed.append("minio")
         real_node = opts.with_kubernetes and opts.real_node
         if real_node:
-            needed += [*binaries.NODE_BINARIES, *(["kube-router"] if opts.network_policy else [])]
+            needed += [*binaries.NODE_BINARIES, "coredns", *(["kube-router"] if opts.network_policy else [])]
         self._bins.update(binaries.ensure_binaries(needed, progress=self.progress))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -680,6 +680,7 @@ def stop_from_state(state_dir: Path, grace: float = 10.0) -> list[str]:
         "mosquitto",
         "minio",
         "kube-router",
+        "coredns",
         "kube-proxy",
         "containerd",
         "kwok",

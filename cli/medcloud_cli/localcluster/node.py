@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from medcloud_cli.localcluster import binaries, images, netsetup
+from medcloud_cli.localcluster import binaries, clusterdns, images, netsetup
 from medcloud_cli.localcluster.process import StartupError, free_port, pid_alive
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ KWOK_TOLERATION = {"key": "medcloud.io/fake-node", "operator": "Equal", "value":
 KUBELET_PORT = 10250
 APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
 KUBE_ROUTER_USER = "system:kube-router"
-NODE_PROCESSES = ("kube-router", "kube-proxy", "kubelet", "containerd")
+NODE_PROCESSES = ("kube-router", "coredns", "kube-proxy", "kubelet", "containerd")
 CONTAINERD_NAMESPACE = "k8s.io"
 PAUSE_IMAGE = images.PAUSE_REFERENCE
 
@@ -132,7 +132,9 @@ def cni_conflist(state: Path, service_cidr: str) -> dict[str, Any]:
     }
 
 
-def kubelet_config(state: Path, ca_file: Path, serving: tuple[Path, Path], healthz_port: int) -> dict[str, Any]:
+def kubelet_config(
+    state: Path, ca_file: Path, serving: tuple[Path, Path], healthz_port: int, cluster_dns: str | None = None
+) -> dict[str, Any]:
     kubelet = state / "kubelet"
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -156,8 +158,10 @@ def kubelet_config(state: Path, ca_file: Path, serving: tuple[Path, Path], healt
         "failSwapOn": False,
         "containerRuntimeEndpoint": f"unix://{state / 'containerd' / 'containerd.sock'}",
         "podCIDR": netsetup.POD_CIDR,
-        # No cluster DNS yet: pods resolve nothing rather than the machine's resolver.
+        # Pods resolve through the cluster DNS (clusterdns.py), never the machine's resolver:
+        # this file is what a dnsPolicy Default pod gets, a nameserver that answers nothing.
         "resolvConf": str(kubelet / "resolv.conf"),
+        **({"clusterDNS": [cluster_dns], "clusterDomain": clusterdns.CLUSTER_DOMAIN} if cluster_dns else {}),
         "podLogsDir": str(kubelet / "pod-logs"),
         "rotateCertificates": False,
         "serverTLSBootstrap": False,
@@ -315,6 +319,7 @@ class RealNode:
         self._start_containerd()
         pause = images.ensure_pause_archive(cluster.progress)
         images.import_archive(ctr_args(self.dir), pause)
+        clusterdns.start(cluster)
         self._start_kubelet()
         self._start_kube_proxy()
         if self.with_network_policy:
@@ -352,7 +357,11 @@ class RealNode:
         (kubelet_dir / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         healthz = free_port()
         config = self.dir / "kubelet.yaml"
-        config.write_text(yaml.safe_dump(kubelet_config(self.dir, ca.paths.cert, (serving.cert, serving.key), healthz)))
+        config.write_text(
+            yaml.safe_dump(
+                kubelet_config(self.dir, ca.paths.cert, (serving.cert, serving.key), healthz, clusterdns.DNS_IP)
+            )
+        )
         proc = cluster.spawn(
             "kubelet",
             [

@@ -30,7 +30,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from medcloud_cli.localcluster import netsetup
+from medcloud_cli.localcluster import clusterdns, netsetup
 
 if TYPE_CHECKING:
     from medcloud_cli.localcluster.cluster import ClusterState, LocalCluster
@@ -176,7 +176,8 @@ def operator_env(state: ClusterState) -> dict[str, str]:
     - ``MEDCLOUD_STORAGE_CIDRS`` / ``MEDCLOUD_STORAGE_PORT``: tenants' storage egress, MinIO on the node;
     - ``MEDCLOUD_BROKER_HOST`` / ``MEDCLOUD_BROKER_PORT``: the broker's Service, for device gateways;
     - ``MEDCLOUD_PLATFORM_EGRESS``: the broker (and the exchange when published) on the node, each on
-      its own port. PostgreSQL is not in it: only the exchange uses it, never a tenant pod.
+      its own port. PostgreSQL is not in it: only the exchange uses it, never a tenant pod;
+    - ``MEDCLOUD_DNS_CIDRS`` / ``MEDCLOUD_DNS_PORT``: the cluster DNS on the node (clusterdns.py).
     """
     published = endpoints(state)
     env: dict[str, str] = {}
@@ -190,6 +191,9 @@ def operator_env(state: ClusterState) -> dict[str, str]:
     egress = platform_egress(published)
     if egress:
         env["MEDCLOUD_PLATFORM_EGRESS"] = json.dumps(egress)
+    if dns := clusterdns.operator_config(state):
+        env["MEDCLOUD_DNS_CIDRS"] = json.dumps(dns["dnsCidrs"])
+        env["MEDCLOUD_DNS_PORT"] = str(dns["dnsPort"])
     return env
 
 

@@ -171,6 +171,10 @@ def _platform_rule(peer: EgressPeer) -> Manifest:
     return {"to": peers, "ports": [{"protocol": "TCP", "port": peer.port}]}
 
 
+def _dns_ports(port: int) -> list[Manifest]:
+    return [{"protocol": "UDP", "port": port}, {"protocol": "TCP", "port": port}]
+
+
 def build_network_policies(name: str, spec: HospitalSpec, settings: OperatorSettings) -> list[Manifest]:
     """Default deny in both directions, then one policy per allowed kind of traffic.
 
@@ -198,8 +202,20 @@ def build_network_policies(name: str, spec: HospitalSpec, settings: OperatorSett
                             "podSelector": {"matchLabels": dict(settings.dns_pod_labels)},
                         }
                     ],
-                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-                }
+                    "ports": _dns_ports(53),
+                },
+                # A DNS server outside the pod network (a host process behind a selector-less Service):
+                # policies see its address and port after kube-proxy's translation.
+                *(
+                    [
+                        {
+                            "to": [{"ipBlock": {"cidr": c}} for c in settings.dns_cidrs],
+                            "ports": _dns_ports(settings.dns_port),
+                        }
+                    ]
+                    if settings.dns_cidrs
+                    else []
+                ),
             ],
         ),
     ]

@@ -122,6 +122,17 @@ def test_dns_egress_goes_to_the_dns_pods_on_port_53_only() -> None:
     assert rule["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
 
 
+def test_dns_egress_admits_a_dns_server_outside_the_pod_network_on_its_own_port_only() -> None:
+    cfg = settings(dns_cidrs=["10.89.0.1/32"], dns_port=40053)
+    spec = by_name(b.build_network_policies("riverton", make_spec(), cfg))[b.NP_DNS]["spec"]
+    pods, node = spec["egress"]
+    assert pods["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    assert node == {
+        "to": [{"ipBlock": {"cidr": "10.89.0.1/32"}}],
+        "ports": [{"protocol": "UDP", "port": 40053}, {"protocol": "TCP", "port": 40053}],
+    }
+
+
 def test_storage_egress_is_left_out_when_no_endpoint_is_configured() -> None:
     names = by_name(b.build_network_policies("riverton", make_spec(), settings()))
     assert b.NP_STORAGE not in names

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medcloud import __version__
 from medcloud.models import CatalogApp
+from medcloud.models.common import CpuQuantity
 from medcloud.tenancy.credentials import KEY_SERVICE_AUDIENCE
 from medcloud_operator import sharding
 
@@ -45,6 +46,15 @@ class WorkloadSettings(BaseModel):
         description=(
             "ClusterRole (use consortia/exchange) each app of MedCloud's own code is bound to in its hospital's "
             "namespace (deploy/exchange-client-rbac.yaml); the operator holds `bind` on this name only."
+        ),
+    )
+    max_cpu_request: CpuQuantity | None = Field(
+        default=None,
+        description=(
+            "The most CPU any container the operator makes may request (catalog apps, device gateways, "
+            "exchanges) and the tenants' default request (LimitRange); limits are left as they are. Unset: "
+            "the catalog's, the specs' and the defaults' requests. A small cluster sets it low (the local "
+            "cluster's real node: 25m): requests reserve CPU for scheduling, and idle pods use far less."
         ),
     )
     exchange_namespace: str = Field(

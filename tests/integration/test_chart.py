@@ -1114,6 +1114,7 @@ def test_the_local_clusters_chart_values_reach_the_operator_as_the_platform_cont
     )
     for process, port in {"minio": 21000, "mosquitto": 21001}.items():
         platformservices.record(state, process, port)
+    state.extra["clusterDNS"] = {"ip": "10.96.0.10", "node_port": 21053}
     values = chartplatform.chart_values("medcloud.local/medcloud:abc", state, 21005, broker_ca=True)
     docs = render(values)
     deployment = one(docs, "Deployment", "medcloud-operator")
@@ -1130,6 +1131,14 @@ def test_the_local_clusters_chart_values_reach_the_operator_as_the_platform_cont
     assert settings.broker_client_ca_file == "/etc/medcloud/broker-client-ca/ca.crt"
     assert settings.broker_client_ca_key_file == "/etc/medcloud/broker-client-ca/ca.key"
     assert (settings.image_pull_policy, settings.own_image) == ("Never", "medcloud.local/medcloud:abc")
+    # Tenants may query the node's CoreDNS on its own port; every pod reserves little CPU on the one node.
+    assert (settings.dns_cidrs, settings.dns_port) == (["10.89.0.1/32"], 21053)
+    assert settings.max_cpu_request == chartplatform.SMALL_CPU_REQUEST
+    for component in ("medcloud-operator", "medcloud-api", "medcloud-keyservice"):
+        resources = container(one(docs, "Deployment", component))["resources"]
+        assert resources["requests"]["cpu"] == chartplatform.SMALL_CPU_REQUEST
+        assert resources["requests"]["memory"]
+        assert resources["limits"]["memory"]
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["broker-client-ca"]["secret"]["secretName"] == chartplatform.BROKER_CA_SECRET
     assert one(docs, "Service", "medcloud-api")["spec"]["clusterIP"] == "10.96.0.31"

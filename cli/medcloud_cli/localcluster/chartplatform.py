@@ -58,12 +58,19 @@ API_PORT = 8080
 KEY_SERVICE_PORT = 8443
 EXCHANGE_PORT = 8080
 HELM_TIMEOUT = "300s"
+SMALL_CPU_REQUEST = "25m"
+"""What each pod requests on the local cluster's one real node (docs/real-node.md, "CPU on one node")."""
 MODE = "chart"
 """``state.extra["platformMode"]`` of a chart-mode cluster (absent: process mode)."""
 
 
 def chart() -> Path:
     return deploy_dir().parent / "charts" / "medcloud"
+
+
+def _small_resources() -> dict[str, Any]:
+    """The chart's pods on the one-node cluster: a small CPU request (Helm merges the chart's memory into it)."""
+    return {"requests": {"cpu": SMALL_CPU_REQUEST}}
 
 
 def chart_values(image: str, state: ClusterState, api_server_port: int, broker_ca: bool) -> dict[str, Any]:
@@ -85,6 +92,8 @@ def chart_values(image: str, state: ClusterState, api_server_port: int, broker_c
         "exchangeAuditRetentionDays": 1,
         # Tenants' DNS egress: CoreDNS on the node address (clusterdns.py).
         **clusterdns.operator_config(state),
+        # One 2-core node runs examples/ (39 pods): small reservations, not a larger node.
+        "maxCpuRequest": SMALL_CPU_REQUEST,
     }
     if broker := published.get("mosquitto"):
         operator_config |= {"brokerHost": broker.cluster_ip, "brokerPort": broker.port}
@@ -94,12 +103,19 @@ def chart_values(image: str, state: ClusterState, api_server_port: int, broker_c
             "replicaCount": 1,
             "peering": {"enabled": False},
             "config": operator_config,
+            "resources": _small_resources(),
             "minioCredentials": {"secretName": MINIO_SECRET},
             "brokerClientCA": {"secretName": BROKER_CA_SECRET if broker_ca else ""},
         },
-        "api": {"replicaCount": 1, "port": API_PORT, "service": {"clusterIP": platformservices.API_IP}},
+        "api": {
+            "replicaCount": 1,
+            "port": API_PORT,
+            "service": {"clusterIP": platformservices.API_IP},
+            "resources": _small_resources(),
+        },
         "keyService": {
             "replicaCount": 1,
+            "resources": _small_resources(),
             "port": KEY_SERVICE_PORT,
             "service": {"clusterIP": platformservices.KEY_SERVICE_IP, "port": KEY_SERVICE_PORT},
         },

@@ -144,10 +144,13 @@ def build_deployment(
     """
     entry = CATALOG[spec.app]
     name = app["metadata"]["name"]
-    resources = workload.fit_resources(
-        ComputeResources(cpu=entry.requests.cpu, memory=entry.requests.memory),
-        ComputeResources(cpu=entry.limits.cpu, memory=entry.limits.memory),
-        ceiling,
+    resources = workload.cap_cpu_request(
+        workload.fit_resources(
+            ComputeResources(cpu=entry.requests.cpu, memory=entry.requests.memory),
+            ComputeResources(cpu=entry.limits.cpu, memory=entry.limits.memory),
+            ceiling,
+        ),
+        settings.max_cpu_request,
     )
     container: Manifest = {
         "name": CONTAINER,

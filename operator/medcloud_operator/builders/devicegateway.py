@@ -178,7 +178,10 @@ def build_deployment(
     name, namespace = meta["name"], meta["namespace"]
     hospital = workload.hospital_of(namespace)
     token_path = gateway_env.DEFAULT_KEY_SERVICE_TOKEN_FILE
-    resources = workload.checked_resources(spec.resources.requests, spec.resources.limits, ceiling, "spec.resources")
+    resources = workload.cap_cpu_request(
+        workload.checked_resources(spec.resources.requests, spec.resources.limits, ceiling, "spec.resources"),
+        settings.max_cpu_request,
+    )
     child_labels = workload.child_labels(hospital, COMPONENT, name, NAME, settings.gateway_version)
     ports = [{"name": HEALTH_PORT_NAME, "containerPort": HEALTH_PORT, "protocol": "TCP"}] + [
         {"name": LISTENERS[p].port_name, "containerPort": LISTENERS[p].port, "protocol": "TCP"}

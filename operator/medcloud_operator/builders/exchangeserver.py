@@ -196,7 +196,10 @@ def build_deployment(
         "args": ["exchange"],
         "env": _env(names, database, audit_address, audit_secure, key_service_url),
         "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+        "resources": workload.cap_cpu_request(
+            {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+            settings.max_cpu_request,
+        ),
         "securityContext": workload.container_security_context(),
         "volumeMounts": [workload.tmp_mount(), {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}],
         **_probes(),

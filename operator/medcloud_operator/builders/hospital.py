@@ -123,10 +123,16 @@ def build_resource_quota(name: str, spec: HospitalSpec) -> Manifest:
     }
 
 
-def build_limit_range(name: str, spec: HospitalSpec) -> Manifest:
-    """Defaults for containers that state no resources, and no container above the whole quota."""
+def build_limit_range(name: str, spec: HospitalSpec, max_cpu_request: str | None = None) -> Manifest:
+    """Defaults for containers that state no resources, and no container above the whole quota.
+
+    ``max_cpu_request`` (the operator's setting) lowers the default CPU request further.
+    """
     quota = spec.quota
     cpu_limit = _not_above(DEFAULT_CPU_LIMIT, quota.cpu)
+    cpu_request = _not_above(DEFAULT_CPU_REQUEST, cpu_limit)
+    if max_cpu_request is not None:
+        cpu_request = _not_above(cpu_request, max_cpu_request)
     memory_limit = _not_above(DEFAULT_MEMORY_LIMIT, quota.memory)
     return {
         "apiVersion": "v1",
@@ -138,7 +144,7 @@ def build_limit_range(name: str, spec: HospitalSpec) -> Manifest:
                     "type": "Container",
                     "default": {"cpu": cpu_limit, "memory": memory_limit},
                     "defaultRequest": {
-                        "cpu": _not_above(DEFAULT_CPU_REQUEST, cpu_limit),
+                        "cpu": cpu_request,
                         "memory": _not_above(DEFAULT_MEMORY_REQUEST, memory_limit),
                     },
                     "max": {"cpu": quota.cpu, "memory": quota.memory},
@@ -464,7 +470,7 @@ def build_tenancy(name: str, spec: HospitalSpec, settings: OperatorSettings) -> 
     objects = [
         build_namespace(name, spec, settings),
         build_resource_quota(name, spec),
-        build_limit_range(name, spec),
+        build_limit_range(name, spec, settings.max_cpu_request),
         *build_network_policies(name, spec, settings),
         build_admin_role(name),
         build_operator_role_binding(name, settings),

@@ -239,6 +239,14 @@ def _smaller(value: str, ceiling: str | None) -> str:
     return ceiling if ceiling is not None and parse_quantity(ceiling) < parse_quantity(value) else value
 
 
+def cap_cpu_request(resources: Manifest, max_cpu_request: str | None) -> Manifest:
+    """``resources`` with the CPU request lowered to ``max_cpu_request`` (the operator's setting); limits kept."""
+    requests = resources.get("requests") or {}
+    if max_cpu_request is None or "cpu" not in requests:
+        return resources
+    return {**resources, "requests": {**requests, "cpu": _smaller(requests["cpu"], max_cpu_request)}}
+
+
 def fit_resources(requests: ComputeResources, limits: ComputeResources, ceiling: Ceiling) -> Manifest:
     """Catalog defaults lowered to fit the ceiling: limits at most the max, requests at most the limits."""
     out_limits: dict[str, str] = {}

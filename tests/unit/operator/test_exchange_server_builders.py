@@ -161,3 +161,10 @@ def test_the_same_findings_give_the_same_status() -> None:
     once = with_exchange(status, ExchangeOutcome(check), 1, NOW)
     twice = with_exchange(once, ExchangeOutcome(check), 1, datetime(2026, 12, 2, 5, 0, tzinfo=UTC))
     assert once == twice
+
+
+def test_the_exchange_requests_no_more_cpu_than_the_operators_max_cpu_request() -> None:
+    small = settings().model_copy(update={"max_cpu_request": "25m"})
+    built = build.build_deployment(BODY, NAMES, DATABASE, small, "m:9000", False, "http://ks")
+    resources = built["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "25m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}

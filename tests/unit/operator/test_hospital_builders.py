@@ -97,6 +97,15 @@ def test_limit_range_never_exceeds_a_small_quota() -> None:
     assert limit["max"] == {"cpu": "50m", "memory": "256Mi"}
 
 
+def test_the_operators_max_cpu_request_lowers_the_default_request_only() -> None:
+    (limit,) = b.build_limit_range("riverton", make_spec(), max_cpu_request="25m")["spec"]["limits"]
+    assert limit["defaultRequest"] == {"cpu": "25m", "memory": "128Mi"}
+    assert limit["default"] == {"cpu": "500m", "memory": "512Mi"}
+    objects = b.build_tenancy("riverton", make_spec(), settings(max_cpu_request="25m"))
+    (built,) = [o for o in objects if o["kind"] == "LimitRange"]
+    assert built["spec"]["limits"] == [limit]
+
+
 def test_default_deny_covers_both_directions_with_no_rules() -> None:
     policies = by_name(b.build_network_policies("riverton", make_spec(), settings()))
     deny = policies[b.NP_DEFAULT_DENY]["spec"]

@@ -438,6 +438,21 @@ def test_catalog_resources_are_lowered_to_fit_a_small_tenant_never_raised() -> N
     assert roomy["resources"] == container["resources"]
 
 
+def test_max_cpu_request_lowers_every_requested_cpu_and_leaves_limits_and_memory_alone() -> None:
+    small = pod(build_app(app_spec(), max_cpu_request="25m")["Deployment"])["containers"][0]
+    assert small["resources"] == {
+        "requests": {"cpu": "25m", "memory": "512Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    spec = gw_spec(resources={"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}})
+    gateway = pod(build_gw(spec, max_cpu_request="25m")["Deployment"])["containers"][0]
+    assert gateway["resources"]["requests"] == {"cpu": "25m", "memory": "512Mi"}
+    assert gateway["resources"]["limits"] == {"cpu": "2", "memory": "1Gi"}
+    # Never raised: a request below the cap stays.
+    assert w.cap_cpu_request({"requests": {"cpu": "10m"}}, "25m") == {"requests": {"cpu": "10m"}}
+    assert w.cap_cpu_request({"limits": {"cpu": "1"}}, "25m") == {"limits": {"cpu": "1"}}
+
+
 def test_the_ceiling_is_read_from_the_tenants_limit_range() -> None:
     limit_range = {"spec": {"limits": [{"type": "Container", "max": {"cpu": "4", "memory": "8Gi"}}]}}
     assert w.Ceiling.of(limit_range) == w.Ceiling(cpu="4", memory="8Gi")

@@ -22,6 +22,7 @@ from medcloud.records.client import RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
+from medcloud_gateway import mllp
 from medcloud_gateway.metrics import Result
 from tests.integration import test_gateway_devices as devices
 from tests.integration.test_gateway import Running, batches, oru, serving, stored
@@ -173,19 +174,23 @@ def hl7(n: int, value: str = "72") -> str:
     return oru(f"S-{n}", f"OBX|1|NM|8867-4^Heart rate^LN||{value}|/min|||||F|||{when}|||||hr-9")
 
 
+@pytest.mark.parametrize(("count", "bad", "max_messages"), [(40, 17, mllp.MAX_MESSAGES), (200, 130, 25)])
 def test_an_mllp_stream_is_stored_as_batches_and_each_message_answered_in_order(
-    gateway: Running, records: RecordClient
+    gateway: Running, records: RecordClient, monkeypatch: pytest.MonkeyPatch, count: int, bad: int, max_messages: int
 ) -> None:
-    messages = [hl7(n) for n in range(40)]
-    messages[17] = hl7(17, value="seventy")
+    # With small batches one read is several: each stored as its record, all answered in order.
+    monkeypatch.setattr(mllp, "MAX_MESSAGES", max_messages)
+    messages = [hl7(n) for n in range(count)]
+    messages[bad] = hl7(bad, value="seventy")
     msas = send_stream(gateway, messages)
-    assert [m.split("|")[2] for m in msas] == [f"S-{n}" for n in range(40)]
-    assert [m.split("|")[1] for m in msas] == ["AE" if n == 17 else "AA" for n in range(40)]
-    kept = stored(records)
-    assert len(kept) == len({d["id"] for d in kept}) == 39
+    assert [m.split("|")[2] for m in msas] == [f"S-{n}" for n in range(count)]
+    assert [m.split("|")[1] for m in msas] == ["AE" if n == bad else "AA" for n in range(count)]
+    found = batches(records)
+    kept = [d for batch in found for d in batch]
+    assert len(kept) == len({d["id"] for d in kept}) == count - 1
     # Fewer records than messages: what arrived together was stored together, in the order sent.
-    assert len(batches(records)) < 39
-    for batch in batches(records):
+    assert -(-(count - 1) // max_messages) <= len(found) < count - 1
+    for batch in found:
         assert times(batch) == sorted(times(batch))
 
 
@@ -204,6 +209,28 @@ def test_an_mllp_batch_that_cannot_be_stored_is_answered_ae_whole_and_stored_onc
     assert all(m.split("|")[1] == "AA" for m in accepted), accepted
     kept = stored(records)
     assert len(kept) == len({d["id"] for d in kept}) == 20
+
+
+def test_mllp_batches_of_one_read_when_storage_fails_are_all_answered_ae_in_order_and_stored_once_when_resent(
+    ring: KeyRing, outage_bucket: str, root: Minio, minio_server: MinioInfo, mqtt_broker: BrokerInfo,
+    serving_ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(mllp, "MAX_MESSAGES", 25)
+    records = connect_records(minio_server, outage_bucket, ring)
+    messages = [hl7(n) for n in range(100)]
+    with serving(records, minio_server, mqtt_broker, serving_ca) as gateway:
+        refused = send_stream(gateway, messages)
+        assert [m.split("|")[2] for m in refused] == [f"S-{n}" for n in range(100)]
+        assert all(m.split("|")[1] == "AE" and "not stored" in m for m in refused), refused
+        root.make_bucket(outage_bucket)
+        assert batches(records) == []
+        accepted = send_stream(gateway, messages)
+    assert [m.split("|")[2] for m in accepted] == [f"S-{n}" for n in range(100)]
+    assert all(m.split("|")[1] == "AA" for m in accepted), accepted
+    found = batches(records)
+    assert len(found) >= 4
+    kept = [d for batch in found for d in batch]
+    assert len(kept) == len({d["id"] for d in kept}) == 100
 
 
 # ----------------------------------------------------------------------------- MQTT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import hl7
@@ -19,7 +20,9 @@ from medcloud_gateway.hl7v2 import (
     parse_header,
     parse_oru,
     parse_timestamp,
+    parsed,
 )
+from medcloud_gateway.pcd01 import normalise_segments
 from medcloud_gateway.readings import Kind, ReadingError
 
 MSH = "MSH|^~\\&|BPMON|WARD3|MEDCLOUD|CITYHOSP|20240501083000+0800||ORU^R01^ORU_R01|MSG0001|P|2.5"
@@ -189,3 +192,31 @@ def test_mllp_decoder_refuses_an_oversized_message() -> None:
     decoder = MllpDecoder(max_message=10)
     with pytest.raises(MllpFramingError, match="longer than 10 bytes"):
         decoder.feed(b"\x0b" + b"x" * 20)
+
+
+def _tree(part: object) -> object:
+    """A parsed message as nested (container type, children), leaves as text: what python-hl7 built, exactly."""
+    if isinstance(part, str):
+        return part
+    assert isinstance(part, list)
+    return (type(part).__name__, [_tree(child) for child in part])
+
+
+CORPUS = sorted((Path(__file__).parents[2] / "data" / "devices" / "hl7v2").glob("*.hl7"))
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.name)
+def test_the_remembered_parse_plan_parses_exactly_as_python_hl7_does(path: Path) -> None:
+    text = normalise_segments(path.read_text())
+    ours, theirs = parsed.__wrapped__(text), hl7.parse(text)
+    assert _tree(ours) == _tree(theirs)
+    # Escapes and separators read from the message's own MSH-2, as python-hl7 reads them.
+    assert (ours.esc, ours.separators) == (theirs.esc, theirs.separators)
+    assert str(ours) == str(theirs)
+
+
+def test_the_remembered_parse_plan_keeps_escapes_and_other_delimiters() -> None:
+    text = "MSH#$~\\&#A#B\rOBX#1#ST#a$b~c$d&e\\F\\f##x\\S\\y\r"
+    ours, theirs = parsed.__wrapped__(text), hl7.parse(text)
+    assert _tree(ours) == _tree(theirs)
+    assert ours.unescape(str(ours.segment("OBX")[5])) == theirs.unescape(str(theirs.segment("OBX")[5]))

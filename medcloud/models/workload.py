@@ -32,4 +32,7 @@ class WorkloadReason(StrEnum):
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     """The rollout made no progress for 10 minutes (image missing, pods crashing, no room on nodes)."""
     APP_NOT_IN_CATALOG_IMAGE = "AppNotInCatalogImage"
+    EXCHANGE_NOT_READY = "ExchangeNotReady"
+    """An exchange-client app whose hospital's Consortium names no exchange yet: no children until it does
+    (its pods would refuse to start without ``MEDCLOUD_EXCHANGE_URL``); looked at again every few seconds."""
     """The catalog app has no published image here: no Deployment is made, and the AppInstance is never Ready."""

@@ -28,6 +28,7 @@ from minio.error import S3Error
 from minio.objectlockconfig import DAYS
 
 from medcloud_cli.localcluster.cluster import MinioInfo
+from medcloud_operator.handlers.appinstance import EXCHANGE_RECHECK_SECONDS
 from tests.exchange_harness import exchange_operator_env
 from tests.operator_support import (
     OPERATOR_NAMESPACE,
@@ -37,6 +38,7 @@ from tests.operator_support import (
     audit_lines,
     audit_writes,
     condition,
+    hospital_spec,
     raw,
     run_operator,
     sample,
@@ -126,6 +128,50 @@ def test_without_a_database_secret_the_audit_store_and_key_exist_and_the_reason_
     assert audit["secretKey"].decode() not in status_text
 
 
+APP = "referrals"
+APP_DEPLOYMENT = f"app-{APP}"
+
+
+@pytest.fixture(scope="module")
+def member(admin: ClusterAdmin, consortium: str) -> Iterator[str]:
+    """A Hospital of the consortium running an exchange-client app, made before the exchange has an endpoint."""
+    name = f"ex-prov-h-{uuid.uuid4().hex[:6]}"
+    namespace = f"hospital-{name}"
+    admin.create("Hospital", name, hospital_spec(name, consortium=consortium))
+    try:
+        wait_for(lambda: (condition(admin.get("Hospital", name), "Ready") or {}).get("status") == "True", name, 120)
+        store = {"recordClass": "device-data", "retention": {"mode": "GOVERNANCE", "period": "1d"}}
+        admin.create("RecordStore", "records", store, namespace)
+        admin.create("AppInstance", APP, {"app": APP, "version": "1.0.0", "recordStore": "records"}, namespace)
+        yield namespace
+    finally:
+        admin.delete("AppInstance", APP, namespace)
+        admin.delete("RecordStore", "records", namespace)
+        admin.delete("Hospital", name)
+        wait_for(lambda: admin.get("Hospital", name) is None, f"Hospital {name} gone", 180)
+
+
+def app_ready(admin: ClusterAdmin, namespace: str) -> Json | None:
+    return condition(admin.get("AppInstance", APP, namespace), "Ready")
+
+
+def test_an_app_of_a_consortium_with_no_exchange_endpoint_yet_gets_no_deployment_and_says_why(
+    admin: ClusterAdmin, member: str
+) -> None:
+    ready = wait_for(
+        lambda: (found := app_ready(admin, member)) and found["reason"] == "ExchangeNotReady" and found,
+        "the app Ready=False ExchangeNotReady",
+        60,
+    )
+    assert ready["status"] == "False"
+    assert f"Consortium {CONSORTIUM}" in ready["message"]
+    assert admin.get("AppInstance", APP, member)["status"]["phase"] != "Failed"
+    # Nothing its pods could crash-loop in: no Deployment at all.
+    assert raw(admin.apps.read_namespaced_deployment, APP_DEPLOYMENT, member) is None
+    time.sleep(EXCHANGE_RECHECK_SECONDS + 1)
+    assert raw(admin.apps.read_namespaced_deployment, APP_DEPLOYMENT, member) is None, "a re-check found no exchange"
+
+
 def test_with_the_database_secret_the_exchange_is_deployed_and_reports_ready(
     admin: ClusterAdmin, consortium: str
 ) -> None:
@@ -172,6 +218,18 @@ def test_with_the_database_secret_the_exchange_is_deployed_and_reports_ready(
     assert status["exchange"]["endpoint"] == f"http://{ACCOUNT}.{OPERATOR_NAMESPACE}.svc/fhir"
     assert status["exchange"]["auditBucket"] == BUCKET
     assert secret_data(admin, f"{ACCOUNT}-blind-index")["key"] == key_before, "the key is made once"
+
+
+def test_the_waiting_app_starts_once_the_consortium_names_its_exchange(admin: ClusterAdmin, member: str) -> None:
+    deployment = wait_for(
+        lambda: raw(admin.apps.read_namespaced_deployment, APP_DEPLOYMENT, member),
+        "the app's Deployment once the exchange has an endpoint",
+        EXCHANGE_RECHECK_SECONDS * 6,
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["MEDCLOUD_EXCHANGE_URL"] == f"http://{ACCOUNT}.{OPERATOR_NAMESPACE}.svc"
+    wait_for(lambda: (app_ready(admin, member) or {}).get("status") == "True", "the app Ready", 120)
 
 
 def test_a_reconcile_with_nothing_changed_writes_nothing(

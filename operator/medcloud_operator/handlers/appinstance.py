@@ -39,6 +39,7 @@ from medcloud.kube.client import (
     Manifest,
 )
 from medcloud.models import AppInstanceSpec, AppInstanceStatus
+from medcloud.models.workload import WorkloadReason
 from medcloud_operator.builders import appinstance as builder
 from medcloud_operator.builders.hospital import LIMITS_NAME
 from medcloud_operator.builders.workload import (
@@ -51,6 +52,7 @@ from medcloud_operator.builders.workload import (
 )
 from medcloud_operator.catalog import CATALOG, require_published
 from medcloud_operator.handlers import workload
+from medcloud_operator.handlers.common import ReconcileError
 from medcloud_operator.handlers.workload import Plan, Workload
 from medcloud_operator.kube import Kube
 from medcloud_operator.settings import OperatorSettings, WorkloadSettings
@@ -79,7 +81,11 @@ class AppWorkload(Workload[AppPlan, AppInstanceStatus]):
         gateway = kube.get(DEVICE_GATEWAY, spec.device_gateway, namespace) if spec.device_gateway else None
         ceiling = Ceiling.of(kube.get(LIMIT_RANGE, LIMITS_NAME, namespace))
         secret = credentials_secret(spec.record_store, store) if spec.record_store else None
-        exchange_url = _exchange_url(kube, namespace) if CATALOG[spec.app].exchange_client else None
+        exchange_url = None
+        if CATALOG[spec.app].exchange_client:
+            consortium, exchange_url = _exchange_of(kube, namespace)
+            if consortium is not None and exchange_url is None:
+                raise exchange_not_ready(spec.app, consortium)
         return AppPlan(
             desired=builder.build_app(body, spec, secret, ceiling, settings, exchange_url),
             dependencies=judge_dependencies(builder.dependencies(spec, store, gateway)),
@@ -97,15 +103,33 @@ class AppWorkload(Workload[AppPlan, AppInstanceStatus]):
         )
 
 
-def _exchange_url(kube: Kube, namespace: str) -> str | None:
-    """The exchange of the hospital's consortium, as its Consortium's status names it (None: none yet)."""
+EXCHANGE_RECHECK_SECONDS = 10.0
+"""How soon an app waiting for its exchange is looked at again (Kopf's retry of its own handler)."""
+
+
+def exchange_not_ready(app: str, consortium: str) -> ReconcileError:
+    """Nothing is made yet: the app's pods would start without ``MEDCLOUD_EXCHANGE_URL`` and crash-loop."""
+    return ReconcileError(
+        WorkloadReason.EXCHANGE_NOT_READY,
+        f"{app} calls its consortium's exchange, and Consortium {consortium} names none yet "
+        "(status.exchange.endpoint): the app starts once it does.",
+        delay=EXCHANGE_RECHECK_SECONDS,
+    )
+
+
+def exchange_of(hospital: Manifest | None, consortium: Manifest | None) -> tuple[str | None, str | None]:
+    """The hospital's consortium (None: it names none) and that consortium's exchange URL (None: none yet)."""
+    name = ((hospital or {}).get("spec") or {}).get("consortium")
+    if not name:
+        return None, None
+    endpoint = (((consortium or {}).get("status") or {}).get("exchange") or {}).get("endpoint")
+    return str(name), str(endpoint).removesuffix("/fhir") if endpoint else None
+
+
+def _exchange_of(kube: Kube, namespace: str) -> tuple[str | None, str | None]:
     hospital = kube.get(HOSPITAL, hospital_of(namespace))
-    consortium = ((hospital or {}).get("spec") or {}).get("consortium")
-    if not consortium:
-        return None
-    live = kube.get(CONSORTIUM, str(consortium))
-    endpoint = (((live or {}).get("status") or {}).get("exchange") or {}).get("endpoint")
-    return str(endpoint).removesuffix("/fhir") if endpoint else None
+    name = ((hospital or {}).get("spec") or {}).get("consortium")
+    return exchange_of(hospital, kube.get(CONSORTIUM, str(name)) if name else None)
 
 
 APPS = AppWorkload()

@@ -187,6 +187,37 @@ def test_the_operator_pod_reconciles_examples_with_real_minio_through_the_servic
         assert json.loads(response.read())["resourceType"] == "CapabilityStatement"
 
 
+IN_POD_GET = "import sys, urllib.request\nprint(urllib.request.urlopen(sys.argv[1], timeout=10).status)\n"
+
+
+def test_every_app_of_examples_runs_as_ready_pods_that_reach_their_exchange_by_its_service_name(
+    dev_up: DevUp,
+) -> None:
+    """The catalog apps of examples/ as pods on the one node: all scheduled (small requests), all Ready
+    (the kubelet's probe of each app's process), and each reaches the exchange by name (cluster DNS)."""
+    dev_up.kubectl("apply", "-f", str(REPO / "examples"))
+    started = time.monotonic()
+    apps = wait_all_ready(dev_up, "appinstances", examples_count("AppInstance"), timeout=900)
+    print(f"examples/ AppInstances all Ready {time.monotonic() - started:.0f} s after the apply")
+    for app in apps:
+        namespace, name = app["metadata"]["namespace"], app["metadata"]["name"]
+        selector = f"app.kubernetes.io/component=appinstance,app.kubernetes.io/instance={name}"
+        pods = dev_up.get("pods", "-n", namespace, "-l", selector)["items"]
+        assert pods, f"{namespace}/{name} has no pods"
+        for pod in pods:
+            assert pod["spec"]["nodeName"] == NODE_NAME
+            assert ready(pod), f"{namespace}/{pod['metadata']['name']}"
+        (container,) = pods[0]["spec"]["containers"]
+        exchange = next(e["value"] for e in container["env"] if e["name"] == "MEDCLOUD_EXCHANGE_URL")
+        assert ".svc" in exchange, exchange
+        # The app's own pod, through its tenant's policies: the name resolves and the exchange answers.
+        status = dev_up.kubectl(
+            "exec", "-n", namespace, pods[0]["metadata"]["name"], "--",
+            "python3", "-c", IN_POD_GET, f"{exchange}/fhir/metadata",
+        )  # fmt: skip
+        assert status.stdout.strip() == "200", (namespace, name, status.stderr)
+
+
 def test_dev_down_removes_everything_from_the_machine(dev_up: DevUp) -> None:
     down = medcloud("dev", "down", "--state-dir", str(dev_up.state_dir), timeout=300)
     assert down.returncode == 0, down.stderr

@@ -61,7 +61,7 @@ from medcloud.models import (
 from medcloud.models.conditions import Reason, now_utc
 from medcloud.tenancy import kek, labels, onboarding
 from medcloud.tenancy.institutions import code_holder
-from medcloud_operator import OPERATOR_NAME, events, metrics
+from medcloud_operator import OPERATOR_NAME, events, metrics, sharding
 from medcloud_operator.apply import Action, Applied, TerminatingError, apply, differences, prune
 from medcloud_operator.builders.hospital import (
     QUOTA_NAME,
@@ -402,6 +402,8 @@ def _refresh_quota_usage(ctx: OperatorContext, hospital: str, quota: Manifest, l
         body = ctx.kube.get(HOSPITAL, hospital)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
+        if not sharding.matches(ctx.settings.shard_selector, body["metadata"].get("labels")):
+            return  # children are watched cluster-wide: another shard's quota is its replica's to copy
         if _usage_only(ctx, body, quota):
             previous = parse_status(HospitalStatus, body.get("status"))
             used = (quota.get("status") or {}).get("used") or {}

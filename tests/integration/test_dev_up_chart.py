@@ -60,8 +60,11 @@ class DevUp:
         return dict(json.loads(self.kubectl("get", *args, "-o", "json").stdout))
 
 
-def medcloud(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def medcloud(
+    *args: str, timeout: float = 900, exports: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDCLOUD_") and k != "KUBECONFIG"}
+    env.update(exports or {})
     return subprocess.run(
         [*MEDCLOUD, *args], capture_output=True, text=True, check=False, timeout=timeout, env=env, cwd=REPO
     )
@@ -216,6 +219,23 @@ def test_every_app_of_examples_runs_as_ready_pods_that_reach_their_exchange_by_i
             "python3", "-c", IN_POD_GET, f"{exchange}/fhir/metadata",
         )  # fmt: skip
         assert status.stdout.strip() == "200", (namespace, name, status.stderr)
+
+
+def test_the_scenario_runs_through_the_app_pods_as_medcloud_demo_scenario_runs_it(dev_up: DevUp) -> None:
+    """The issue's scenario after `kubectl apply -f examples/`, as a person runs it with `dev up`'s exports:
+    every step through the app pod that fronts it at its hospital (its Service's ClusterIP, from the machine
+    through kube-proxy), each app calling the exchange pod as its own service account."""
+    dev_up.kubectl("apply", "-f", str(REPO / "examples"))
+    wait_all_ready(dev_up, "appinstances", examples_count("AppInstance"), timeout=900)
+    started = time.monotonic()
+    done = medcloud("demo", "scenario", "--mint", "--through-apps", timeout=600, exports=dev_up.exports)
+    print(f"the scenario through the app pods took {time.monotonic() - started:.0f} s")
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr[-4000:]}"
+    said = done.stdout.splitlines()
+    assert said[-1] == "scenario complete"
+    assert [line.split(".", 1)[0] for line in said[:-1]] == [str(step) for step in range(8)]
+    assert "tests not repeated" in said[2]
+    assert said[7].endswith(": city-general, county-people, village-willow")
 
 
 def test_dev_down_removes_everything_from_the_machine(dev_up: DevUp) -> None:

@@ -5,6 +5,10 @@ HOSPITAL=FILE``, e.g. ``kubectl create token ... --audience medcloud-exchange``)
 make them with your kubeconfig (a cluster administrator's, as ``dev up`` writes it): a ServiceAccount
 ``medcloud-demo`` in each member's namespace, bound to the shipped ``medcloud-exchange-client``
 ClusterRole, exactly what a hospital's own system gets (docs/apps/README.md).
+
+``--through-apps`` sends every step to the catalog app that fronts it at its hospital, the AppInstances'
+pods of ``kubectl apply -f examples/`` reached at their Services (docs/apps/scenario.md); the tokens are
+then only the EMR-sharing integration's (Consent, the disclosure, the county's free slot).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +28,16 @@ from rich.console import Console
 
 from medcloud.models.common import hospital_namespace
 from medcloud_cli import environment as env
-from medcloud_cli.demo.scenario import Cast, ScenarioStepError, exchange_desks, publish_free_slot, run_scenario
+from medcloud_cli.demo.podapps import cluster_app_urls
+from medcloud_cli.demo.scenario import (
+    Cast,
+    Desk,
+    ScenarioStepError,
+    app_desks,
+    exchange_desks,
+    publish_free_slot,
+    run_scenario,
+)
 
 app = typer.Typer(help="Run the example alliance's scenarios against a running exchange.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -80,6 +94,23 @@ def wait_admitted(url: str, tokens: dict[str, str], timeout: float = 30) -> None
                 time.sleep(0.5)
 
 
+def scenario_desks(url: str, tokens: dict[str, str], *, through_apps: bool) -> tuple[Desk, Callable[[], None]]:
+    """The exchange with each member's token; or, ``through_apps``, each catalog app at its Service (your
+    kubeconfig's cluster), with only what no app fronts going to the exchange with the tokens."""
+    direct, close_direct = exchange_desks(url, tokens)
+    if not through_apps:
+        return direct, close_direct
+    with config.new_client_from_config() as api:  # type: ignore[no-untyped-call]
+        urls = cluster_app_urls(api)
+    through, close_apps = app_desks(urls, direct)
+
+    def close() -> None:
+        close_apps()
+        close_direct()
+
+    return through, close
+
+
 @app.command("scenario")
 def scenario(
     exchange_url: Annotated[
@@ -93,6 +124,9 @@ def scenario(
     publish_slot: Annotated[
         bool, typer.Option(help="Publish a free slot of the county first (else its appointments app's schedule).")
     ] = True,
+    through_apps: Annotated[
+        bool, typer.Option(help="Go through each hospital's catalog apps (their AppInstances' Services).")
+    ] = False,
     community: Annotated[str, typer.Option(help="A member that takes no part (the disclosure must not name it).")] = (
         "community-eastgate"
     ),
@@ -108,7 +142,7 @@ def scenario(
         console.print(f"[red]no token for {', '.join(missing)}[/red]: --token HOSPITAL=FILE or --mint")
         raise typer.Exit(2)
     wait_admitted(exchange_url, tokens)
-    desk, close = exchange_desks(exchange_url, tokens)
+    desk, close = scenario_desks(exchange_url, tokens, through_apps=through_apps)
     try:
         if publish_slot:
             publish_free_slot(desk, county)

@@ -231,6 +231,9 @@ def test_the_scenario_runs_through_the_app_pods_as_medcloud_demo_scenario_runs_i
     done = medcloud("demo", "scenario", "--mint", "--through-apps", timeout=600, exports=dev_up.exports)
     print(f"the scenario through the app pods took {time.monotonic() - started:.0f} s")
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr[-4000:]}"
+    print(done.stdout)
+    # Every AppInstance of examples/ found at its Service (a step whose app is not there would stop the run).
+    assert f"through {examples_count('AppInstance')} catalog apps at their Services" in done.stderr
     said = done.stdout.splitlines()
     assert said[-1] == "scenario complete"
     assert [line.split(".", 1)[0] for line in said[:-1]] == [str(step) for step in range(8)]

@@ -102,6 +102,7 @@ def scenario_desks(url: str, tokens: dict[str, str], *, through_apps: bool) -> t
         return direct, close_direct
     with config.new_client_from_config() as api:  # type: ignore[no-untyped-call]
         urls = cluster_app_urls(api)
+    console.print(f"through {len(urls)} catalog apps at their Services")
     through, close_apps = app_desks(urls, direct)
 
     def close() -> None:

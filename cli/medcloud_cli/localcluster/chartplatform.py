@@ -238,6 +238,21 @@ def install(cluster: LocalCluster, image: str) -> None:
         done = helm(cluster, *upgrade, "--wait", f"--timeout={HELM_TIMEOUT}")
     if done.returncode != 0:
         raise StartupError(f"helm install failed: {done.stderr.strip()}\n{_diagnose(cluster)}")
+    # helm --wait counts a Deployment ready at replicas - maxUnavailable: the operator's rollout
+    # (maxUnavailable 1, one leader at a time) counts ready with no pod Ready, so wait for the pods.
+    waited = cluster.kubectl(
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-n",
+        NAMESPACE,
+        "-l",
+        f"app.kubernetes.io/instance={RELEASE}",
+        f"--timeout={HELM_TIMEOUT}",
+        check=False,
+    )
+    if waited.returncode != 0:
+        raise StartupError(f"the chart's pods are not Ready: {waited.stderr.strip()}\n{_diagnose(cluster)}")
 
 
 def _operator_metrics_address(cluster: LocalCluster) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -37,7 +36,6 @@ from medcloud_analytics.ingest import BulkClient, load
 from medcloud_analytics.lake import connect
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
-from medcloud_cli.localcluster.process import free_port
 from medcloud_gateway.metrics import Result
 from medcloud_gateway.service import build_gateway, connect_records
 from medcloud_gateway.settings import GatewaySettings
@@ -57,7 +55,7 @@ from tests.exchange_harness import (
     token,
 )
 from tests.exchange_support import Caller
-from tests.integration.test_gateway import Running, device_client, running
+from tests.integration.test_gateway import Running, device_client, loopback_listeners, running
 from tests.operator_support import ClusterAdmin
 from tests.support import wait_for
 
@@ -170,32 +168,19 @@ def _gateway_settings(
     token_file.write_text(token(admin, namespace, "gateway", KEYS_AUDIENCE))
     store = _decoded(admin, namespace, f"{DEVICE_STORE}-credentials")
     protocols = [DeviceProtocol.HTTPS, DeviceProtocol.HL7V2] + ([DeviceProtocol.MQTT] if member == VILLAGE else [])
-    suffix = uuid.uuid4().hex[:8]
     return GatewaySettings.model_validate(
         {
             "hospital": member,
             "namespace": namespace,
             "record_store": DEVICE_STORE,
             "protocols": protocols,
-            "host": "127.0.0.1",
-            "health_port": free_port(),
-            "https_port": free_port(),
-            "hl7v2_port": free_port(),
             "s3_endpoint": store["COSI_S3_ENDPOINT"],
             "bucket": store["BUCKET_NAME"],
             "access_key": store["AWS_ACCESS_KEY_ID"],
             "secret_key": store["AWS_SECRET_ACCESS_KEY"],
             "key_service_url": keys,
             "key_service_token_file": token_file,
-            "mqtt_broker_host": broker.host,
-            "mqtt_broker_port": broker.port,
-            "mqtt_ca_file": broker.ca_file,
-            "mqtt_cert_file": broker.client_cert,
-            "mqtt_key_file": broker.client_key,
-            "mqtt_client_id": f"gateway-{suffix}",
-            "mqtt_share_group": f"gateway-{suffix}",
-            "tls_cert_file": str(serving.cert),
-            "tls_key_file": str(serving.key),
+            **loopback_listeners(broker, serving),
         }
     )
 

@@ -87,34 +87,41 @@ class Running:
                     return acks[0].decode()
 
 
+def loopback_listeners(broker: BrokerInfo, serving: Any) -> dict[str, Any]:
+    """A gateway's listener settings on free loopback ports, subscribed to ``broker``, serving ``serving``."""
+    suffix = uuid.uuid4().hex[:8]
+    return {
+        "host": "127.0.0.1",
+        "health_port": free_port(),
+        "https_port": free_port(),
+        "hl7v2_port": free_port(),
+        "mqtt_broker_host": broker.host,
+        "mqtt_broker_port": broker.port,
+        "mqtt_ca_file": broker.ca_file,
+        "mqtt_cert_file": broker.client_cert,
+        "mqtt_key_file": broker.client_key,
+        "mqtt_client_id": f"gateway-{suffix}",
+        # A group per gateway: a gateway of another test must not take this test's readings.
+        "mqtt_share_group": f"gateway-{suffix}",
+        "tls_cert_file": str(serving.cert),
+        "tls_key_file": str(serving.key),
+    }
+
+
 def gateway_settings(
     records: RecordClient, s3_endpoint: str, access_key: str, secret_key: str, broker: BrokerInfo, serving: Any
 ) -> GatewaySettings:
     """Settings of a gateway on loopback ports, storing into ``records``' bucket, subscribed to ``broker``."""
-    suffix = uuid.uuid4().hex[:8]
     return GatewaySettings.model_validate(
         {
             "hospital": "city-hospital",
             "namespace": "hospital-city",
             "record_store": "vitals",
-            "host": "127.0.0.1",
-            "health_port": free_port(),
-            "https_port": free_port(),
-            "hl7v2_port": free_port(),
             "s3_endpoint": s3_endpoint,
             "bucket": records.bucket,
             "access_key": access_key,
             "secret_key": secret_key,
-            "mqtt_broker_host": broker.host,
-            "mqtt_broker_port": broker.port,
-            "mqtt_ca_file": broker.ca_file,
-            "mqtt_cert_file": broker.client_cert,
-            "mqtt_key_file": broker.client_key,
-            "mqtt_client_id": f"gateway-{suffix}",
-            # A group per test: a gateway of another test must not take this test's readings.
-            "mqtt_share_group": f"gateway-{suffix}",
-            "tls_cert_file": str(serving.cert),
-            "tls_key_file": str(serving.key),
+            **loopback_listeners(broker, serving),
         }
     )
 

@@ -191,10 +191,63 @@ def parsed(text: str) -> Any:
     The message is only read, never changed."""
     if _RememberedPlan is None:
         return hl7.parse(text)
-    # What hl7.parse does, with a plan that makes each level's plan once (see _RememberedPlan).
+    # What hl7.parse does (python-hl7's create_parse_plan and _split), with a plan that makes each level's plan once
+    # (see _RememberedPlan), and each field text parsed once for many messages (see _remembered_fields).
     message = text.strip()
     plan = create_parse_plan(message)
-    return split(message, _RememberedPlan(plan.separator, plan.separators, plan.containers, plan.esc, plan.factory))
+    remembered = _RememberedPlan(plan.separator, plan.separators, plan.containers, plan.esc, plan.factory)
+    if not remembered.applies(message):
+        return split(message, remembered)
+    segment_plan = remembered.next()
+    fields = _remembered_fields(plan.separators, plan.esc)
+    return remembered.container([_segment(s, segment_plan, fields) for s in message.split(remembered.separator)])
+
+
+_MAX_REMEMBERED_FIELDS = 8192
+_LONGEST_REMEMBERED_FIELD = 256
+"""Longer field texts (waveforms, free text) are parsed every time: they rarely repeat, and memory stays bounded."""
+_FIELDS: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def _remembered_fields(separators: str, esc: str) -> dict[str, Any]:
+    """Parsed fields by their text, for messages of these delimiters.
+
+    A device's messages repeat most field texts (segment names, codes, units, sub-ids, status, the device; often the
+    time across one message's OBX), and python-hl7 builds several containers for each field (repetitions,
+    components), the largest part of its parse time. A remembered field is shared by every message it occurs in,
+    which the gateway never changes. Dict reads and writes are atomic under the GIL, so threads may share it; when
+    full it is emptied and refilled from the messages that follow."""
+    fields = _FIELDS.get((separators, esc))
+    if fields is None:
+        fields = _FIELDS.setdefault((separators, esc), {})
+    elif len(fields) >= _MAX_REMEMBERED_FIELDS:
+        fields.clear()
+    return fields
+
+
+def _segment(text: str, plan: Any, fields: dict[str, Any]) -> Any:
+    """python-hl7's ``_split`` of one segment (MSH's delimiters field included), its fields from ``fields``."""
+    if not plan.applies(text):
+        return plan.container([text])
+    data = []
+    if text[:3] in ("MSH", "BHS", "FHS"):
+        # As python-hl7: MSH-1 and MSH-2 hold the delimiters themselves and are not split.
+        name, sep0 = text[:3], text[3]
+        sep_end_off = text.find(sep0, 4)
+        seps = text[4:sep_end_off]
+        text = text[sep_end_off + 1 :]
+        create = plan.factory.create_field
+        data = [create(sequence=[part], esc=plan.esc, separators=plan.separators) for part in (name, sep0, seps)]
+    if text:
+        field_plan = plan.next()
+        for field_text in text.split(plan.separator):
+            parsed_field = fields.get(field_text)
+            if parsed_field is None:
+                parsed_field = split(field_text, field_plan)
+                if len(field_text) <= _LONGEST_REMEMBERED_FIELD:
+                    fields[field_text] = parsed_field
+            data.append(parsed_field)
+    return plan.container(data)
 
 
 try:

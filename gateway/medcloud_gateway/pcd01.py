@@ -106,18 +106,34 @@ def _segments(message: Any, name: str) -> list[Any]:
         return []
 
 
-def _repetitions(segment: Any, number: int) -> list[list[str]]:
+def _repetitions(segment: Any, number: int) -> tuple[tuple[str, ...], ...]:
     """Field ``number`` as repetitions of component strings (python-hl7 nests only where separators were)."""
     if len(segment) <= number:
-        return []
+        return ()
     field_ = segment[number]
-    out: list[list[str]] = []
+    # A short field is usually one hl7v2.parsed shares between messages: its repetitions are read once. The entry
+    # holds the field itself, so its id cannot name another object while it is remembered.
+    known = _REMEMBERED_REPETITIONS.get(id(field_))
+    if known is not None and known[0] is field_:
+        return known[1]
+    out: list[tuple[str, ...]] = []
     for repetition in field_:
         if isinstance(repetition, str):
-            out.append([repetition])
+            out.append((repetition,))
         else:
-            out.append([str(component) for component in repetition])
-    return [r for r in out if any(r)]
+            out.append(tuple(str(component) for component in repetition))
+    found = tuple(r for r in out if any(r))
+    if sum(len(c) for r in found for c in r) <= _LONGEST_REMEMBERED_FIELD:
+        if len(_REMEMBERED_REPETITIONS) >= _MAX_REMEMBERED_FIELDS:
+            _REMEMBERED_REPETITIONS.clear()
+        _REMEMBERED_REPETITIONS[id(field_)] = (field_, found)
+    return found
+
+
+_MAX_REMEMBERED_FIELDS = 8192
+_LONGEST_REMEMBERED_FIELD = 256
+"""Longer fields (waveforms, free text) are read every time: memory stays bounded."""
+_REMEMBERED_REPETITIONS: dict[int, tuple[Any, tuple[tuple[str, ...], ...]]] = {}
 
 
 def _component(segment: Any, number: int, component: int = 1, repetition: int = 0) -> str:

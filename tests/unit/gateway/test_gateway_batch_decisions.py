@@ -93,3 +93,12 @@ def test_a_known_shape_with_a_bad_value_is_still_refused() -> None:
         assert normalize.shape_of(bad) is None
         with pytest.raises(ReadingError, match="not a valid FHIR Observation"):
             validated(bad)
+
+
+def test_shapes_tell_booleans_integers_and_lists_of_pairs_apart() -> None:
+    good = to_observation(parse_reading(reading(1)))
+    assert normalize.shape_of({**good, "x": True}) != normalize.shape_of({**good, "x": 1})
+    assert normalize.shape_of({**good, "x": 1}) != normalize.shape_of({**good, "x": 1.0})
+    assert normalize.shape_of({**good, "x": {"a": "b"}}) != normalize.shape_of({**good, "x": [["a", "b"]]})
+    assert normalize.shape_of({**good, "x": ["a"]}) != normalize.shape_of({**good, "x": "a"})
+    assert normalize.shape_of({**good, "id": "other-id"}) == normalize.shape_of(good)

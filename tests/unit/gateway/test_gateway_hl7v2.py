@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import hl7
 import pytest
 
+from medcloud_gateway import hl7v2
 from medcloud_gateway.hl7v2 import (
     AckCode,
     Header,
@@ -220,3 +221,28 @@ def test_the_remembered_parse_plan_keeps_escapes_and_other_delimiters() -> None:
     ours, theirs = parsed.__wrapped__(text), hl7.parse(text)
     assert _tree(ours) == _tree(theirs)
     assert ours.unescape(str(ours.segment("OBX")[5])) == theirs.unescape(str(theirs.segment("OBX")[5]))
+
+
+def test_fields_remembered_from_other_messages_parse_exactly_as_python_hl7_does() -> None:
+    # Every message of the corpus parsed once, so that the second time most of their fields come from the memory.
+    texts = [normalise_segments(path.read_text()) for path in CORPUS]
+    for text in texts:
+        parsed.__wrapped__(text)
+    for text in texts:
+        ours, theirs = parsed.__wrapped__(text), hl7.parse(text)
+        assert _tree(ours) == _tree(theirs)
+        assert str(ours) == str(theirs)
+
+
+def test_a_remembered_field_is_only_shared_between_messages_of_the_same_delimiters() -> None:
+    default = "MSH|^~\\&|A\rOBX|1|CWE|a^b#c\r"
+    other = "MSH#^~\\&#A\rOBX#1#CWE#a^b#c\r"
+    for text in (default, other, default):
+        assert _tree(parsed.__wrapped__(text)) == _tree(hl7.parse(text))
+
+
+def test_long_fields_are_not_remembered() -> None:
+    waveform = "^".join(str(n) for n in range(2000))
+    text = f"MSH|^~\\&|A\rOBX|1|NA|131329^MDC_ECG_ELEC_POTL_I^MDC|1.1.1.1|{waveform}\r"
+    assert _tree(parsed.__wrapped__(text)) == _tree(hl7.parse(text))
+    assert all(waveform not in fields for fields in hl7v2._FIELDS.values())

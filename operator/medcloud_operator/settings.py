@@ -121,11 +121,35 @@ class WorkloadSettings(BaseModel):
         default=None,
         description="ingressClassName of the Ingresses of exposed apps; unset: the cluster's default class.",
     )
+    gateway_presence_from_namespace: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Namespace of the operator's own pods, when it runs as pods (the chart's release namespace): each "
+            "DeviceGateway's NetworkPolicy then admits the pods of that namespace with "
+            "gateway_presence_from_pod_labels to the gateway's health port, where the operator asks which "
+            "devices the replica saw (status.devices.active). Unset: no such rule (an operator on the node "
+            "reaches the pods as the node does)."
+        ),
+    )
+    gateway_presence_from_pod_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels of the operator's pods in that namespace (the chart's selector labels); JSON.",
+    )
 
     @model_validator(mode="after")
     def _broker_ca_whole(self) -> WorkloadSettings:
         if (self.broker_client_ca_file is None) != (self.broker_client_ca_key_file is None):
             raise ValueError("set both broker_client_ca_file and broker_client_ca_key_file, or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _presence_peer_whole(self) -> WorkloadSettings:
+        # Labels alone would name no namespace; a namespace alone would admit every pod in it.
+        if (self.gateway_presence_from_namespace is None) != (not self.gateway_presence_from_pod_labels):
+            raise ValueError(
+                "set both gateway_presence_from_namespace and gateway_presence_from_pod_labels, or neither"
+            )
         return self
 
 

@@ -302,6 +302,28 @@ def test_optional_ingress_and_network_policies_render() -> None:
     assert egress_cidrs == {"10.96.0.1/32", "192.168.10.0/24", "10.20.0.0/24"}
 
 
+def gateway_health_rules(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in policy["spec"]["egress"] if r["ports"] == [{"protocol": "TCP", "port": 8080}]]
+
+
+def test_operator_egress_reaches_the_gateways_health_port_in_tenant_namespaces_only_with_presence_on() -> None:
+    assert gateway_health_rules(one(render(EVERYTHING_ON), "NetworkPolicy", "medcloud-operator")) == []
+    values = {**EVERYTHING_ON, "operator": {"config": {"gatewayPresenceCidrs": ["10.244.0.0/16"]}}}
+    (rule,) = gateway_health_rules(one(render(values), "NetworkPolicy", "medcloud-operator"))
+    # One peer, both selectors (ANDed): gateway pods (the operator's children) of tenant namespaces.
+    assert rule["to"] == [
+        {
+            "namespaceSelector": {"matchExpressions": [{"key": "medcloud.io/hospital", "operator": "Exists"}]},
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/managed-by": "medcloud-operator",
+                    "app.kubernetes.io/component": "devicegateway",
+                }
+            },
+        }
+    ]
+
+
 def test_object_names_stay_within_kubernetes_limits_for_a_long_release_name() -> None:
     release = "riverton-city-medical-consortium-production-west"  # 49 characters
     docs = render(MONITORING_ON, release=release)
@@ -544,9 +566,6 @@ def env_of(deployment: dict[str, Any], downward: dict[str, str]) -> dict[str, st
 OPERATOR_DEFAULTED = {
     "metrics_address": "0.0.0.0 is right in a pod: Prometheus scrapes the pod address",
     "peering_priority": "random per replica, so exactly one of the peered replicas acts",
-    # The chart's operator is a pod in its own namespace, which the tenancy's default deny keeps from the
-    # gateways' health port: it asks no replica, and status.devices.active stays unset (docs/devices.md).
-    **dict.fromkeys(("gateway_presence_cidrs", "gateway_presence_seconds"), "presence off: unset pod ranges"),
 }
 API_DEFAULTED = {
     "kubeconfig": "unset, so the API uses its in-cluster ServiceAccount",
@@ -578,6 +597,7 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
                 "minioEndpoint": "https://minio.medcloud-storage.svc:9000",
                 "minioPublicEndpoint": "https://s3.city.example",
                 "keyServiceUrl": "https://keys.medcloud-system.svc",
+                "gatewayPresenceCidrs": ["10.244.0.0/16"],
             },
             "minioCredentials": {"secretName": "minio-admin"},
             "minioCA": {"secretName": "minio-ca", "key": "bundle.pem"},
@@ -589,7 +609,14 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
     # operator with their defaults, as it did when they were a settings class of their own. What the
     # chart derives from the release counts: MedCloud's own image (the exchange's, and the apps' with
     # MedCloud's code), the key service's audience, the exchange-client ClusterRole and the namespace.
-    from_release = {"own_image", "key_service_audience", "exchange_client_cluster_role", "exchange_namespace"}
+    from_release = {
+        "own_image",
+        "key_service_audience",
+        "exchange_client_cluster_role",
+        "exchange_namespace",
+        "gateway_presence_from_namespace",
+        "gateway_presence_from_pod_labels",
+    }
     fields = set(OperatorSettings.model_fields) - (set(WorkloadSettings.model_fields) - from_release)
     # Only what the chart sets may count: drop settings this shell happens to carry.
     for field in OperatorSettings.model_fields:
@@ -625,6 +652,11 @@ def test_operator_environment_is_read_by_operator_settings(monkeypatch: pytest.M
     assert keys.pod_labels == key_pods
     one(render(values), "ClusterRole", settings.gateway_keys_cluster_role)
     one(render(values), "ClusterRole", settings.tenant_secrets_cluster_role)
+    # The operator pods ask gateway pods in the pod range, and each gateway's policy admits them (their
+    # namespace and their selector labels) to its health port.
+    assert settings.gateway_presence_cidrs == ["10.244.0.0/16"]
+    assert settings.gateway_presence_from_namespace == NAMESPACE
+    assert settings.gateway_presence_from_pod_labels == deployment["spec"]["selector"]["matchLabels"]
     assert storage.minio_endpoint == "https://minio.medcloud-storage.svc:9000"
     assert storage.minio_public_endpoint == "https://s3.city.example"
     assert storage.key_service_url == "https://keys.medcloud-system.svc"

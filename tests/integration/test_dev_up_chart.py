@@ -32,6 +32,8 @@ from medcloud_cli.localcluster import netsetup, platformservices
 from medcloud_cli.localcluster.chartplatform import NAMESPACE, RELEASE
 from medcloud_cli.localcluster.cluster import ClusterState, LocalCluster
 from medcloud_cli.localcluster.node import NODE_NAME, real_node_supported
+from tests.device_support import device_csr, https_reading
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.node, pytest.mark.cluster]
 
@@ -188,6 +190,103 @@ def test_the_operator_pod_reconciles_examples_with_real_minio_through_the_servic
     wait_all_ready(dev_up, "consortia", examples_count("Consortium"))
     with urllib.request.urlopen(f"{dev_up.exports[env.EXCHANGE_URL]}/fhir/metadata", timeout=10) as response:  # noqa: S310
         assert json.loads(response.read())["resourceType"] == "CapabilityStatement"
+
+
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close(); print('open')\n"
+    "except OSError:\n"
+    "    print('blocked')\n"
+)
+PRESENCE_DEVICE = "ward-7-cuff-03"
+
+
+def gateway_pods(dev_up: DevUp, namespace: str, expected: int) -> list[Json]:
+    """The gateway ``wards`` of ``namespace``: its pods once ``expected`` of them are Ready."""
+
+    def all_ready() -> list[Json] | None:
+        found = dev_up.get("pods", "-n", namespace, "-l", "app.kubernetes.io/instance=wards")["items"]
+        return found if len(found) == expected and all(ready(p) for p in found) else None
+
+    return wait_for(all_ready, f"{namespace}/wards: {expected} pods Ready", 600, interval=2)
+
+
+def test_the_operator_pod_counts_a_device_that_sent_over_https_and_other_tenants_cannot_ask(
+    dev_up: DevUp, tmp_path: Path
+) -> None:
+    """status.devices.active from the chart's operator pod: the gateway's policy admits it (its namespace and
+    labels) to the health port, its own egress policy lets it out to that port; a pod of another hospital,
+    whose egress reaches that hospital (a fellow consortium member), still cannot open the port."""
+    city, county = "hospital-city-general", "hospital-county-people"
+    dev_up.kubectl("apply", "-f", str(REPO / "examples" / "hospital-city-general.yaml"))
+    dev_up.kubectl("apply", "-f", str(REPO / "examples" / "hospital-county-people.yaml"))
+    csr, key_file = device_csr(tmp_path, PRESENCE_DEVICE)
+    device = {
+        "apiVersion": "medcloud.io/v1alpha1",
+        "kind": "Device",
+        "metadata": {"name": PRESENCE_DEVICE, "namespace": city, "labels": {"medcloud.io/device-gateway": "wards"}},
+        "spec": {"gateway": "wards", "deviceClass": "blood-pressure", "owner": "ward 7", "csr": csr, "approved": True},
+    }
+    dev_up.cluster.kubectl("apply", "-f", "-", input=json.dumps(device))
+
+    def enrolled() -> str | None:
+        status = dev_up.get("device", PRESENCE_DEVICE, "-n", city).get("status") or {}
+        return status.get("certificate") if status.get("state") == "Enrolled" else None
+
+    cert_file = tmp_path / f"{PRESENCE_DEVICE}.crt"
+    cert_file.write_text(wait_for(enrolled, "the device enrolled", 300, interval=1))
+    city_pods = gateway_pods(dev_up, city, 3)
+
+    # The policy the operator pod built: its namespace and its selector labels, the health port only.
+    policy = dev_up.get("networkpolicy", "gw-wards", "-n", city)
+    operator_pods = dev_up.get("deployment", f"{RELEASE}-operator", "-n", NAMESPACE)["spec"]["selector"]
+    assert policy["spec"]["ingress"][-1] == {
+        "from": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+                "podSelector": operator_pods,
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": 8080}],
+    }
+
+    service = dev_up.get("service", "gw-wards", "-n", city)["spec"]["clusterIP"]
+    trust = dev_up.get("secret", "medcloud-device-trust", "-n", city)
+    ca_pem = base64.b64decode(trust["data"]["ca.crt"])
+    reading = {
+        "patient": "Patient/p-1001",
+        "kind": "blood-pressure",
+        "systolic": 128,
+        "diastolic": 84,
+        "unit": "mmHg",
+        "time": "2024-05-01T08:30:00+08:00",
+    }
+    status, body = https_reading(service, f"gw-wards.{city}.svc", ca_pem, cert_file, key_file, reading)
+    assert (status, body["result"]) == (201, "stored"), body
+
+    def active() -> int | None:
+        devices = dev_up.get("devicegateway", "wards", "-n", city)["status"]["devices"]
+        return devices.get("active") or None
+
+    try:
+        # The operator asks every 30 s (the chart's gatewayPresenceSeconds).
+        assert wait_for(active, "status.devices.active", 180, interval=2) == 1
+    except AssertionError:
+        logs = dev_up.kubectl("logs", "-n", NAMESPACE, f"deployment/{RELEASE}-operator", "--tail=60", check=False)
+        raise AssertionError(f"active never counted:\n{logs.stdout[-4000:]}") from None
+
+    # Another hospital's pod (a City General gateway's, a consortium member whose egress reaches County
+    # People): County People's gateway takes it on its device port, never on its health port.
+    county_ip = gateway_pods(dev_up, county, 2)[0]["status"]["podIP"]
+    caller = city_pods[0]["metadata"]["name"]
+
+    def connects(port: int) -> str:
+        args = ["exec", "-n", city, caller, "--", "python3", "-c", CONNECT, county_ip, str(port)]
+        return str(dev_up.kubectl(*args).stdout.strip())
+
+    assert wait_for(lambda: connects(2575) == "open" or None, "the device port open to another tenant", 60)
+    assert connects(8080) == "blocked"
 
 
 IN_POD_GET = "import sys, urllib.request\nprint(urllib.request.urlopen(sys.argv[1], timeout=10).status)\n"

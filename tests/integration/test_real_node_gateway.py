@@ -24,7 +24,6 @@ identity; `kubectl logs` and `kubectl exec` work on a gateway pod.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import socket
 import ssl
@@ -38,10 +37,6 @@ from typing import Any
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kubernetes import config
 from minio import Minio
 from typer.testing import CliRunner
@@ -52,6 +47,7 @@ from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.process import free_port
 from medcloud_cli.main import app as medcloud_cli
+from tests.device_support import device_csr, https_reading
 from tests.node_support import imported_image, private_node_cluster
 from tests.operator_support import RunningOperator, run_operator, sample
 from tests.support import wait_for
@@ -186,22 +182,6 @@ def operator(
 # --------------------------------------------------------------------------- a device of the ward
 
 
-def device_csr(directory: Path) -> tuple[str, Path]:
-    """A key (kept here, as a device keeps it) and its CSR with CN = the device id."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_file = directory / f"{DEVICE}.key"
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    key_file.chmod(0o600)
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DEVICE)]))
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode(), key_file
-
-
 def mllp_tls(host: str, server_name: str, ca_pem: bytes, cert: Path, key: Path, message: bytes) -> str:
     """One MLLP block over TLS with a device certificate; the ACK's text."""
     context = ssl.create_default_context(cadata=ca_pem.decode())
@@ -220,23 +200,6 @@ def mllp_tls(host: str, server_name: str, ca_pem: bytes, cert: Path, key: Path, 
     return answer.strip(b"\x0b\x1c\x0d").decode()
 
 
-def https_reading(host: str, server_name: str, ca_pem: bytes, cert: Path, key: Path, reading: Json) -> tuple[int, Json]:
-    """POST /v1/readings over mutual TLS; the status and JSON body."""
-    context = ssl.create_default_context(cadata=ca_pem.decode())
-    context.load_cert_chain(str(cert), str(key))
-    connection = http.client.HTTPSConnection(host, 8443, timeout=30, context=context)
-    # The certificate names the Service, not its address: check it for the name (SNI and hostname).
-    connection.sock = context.wrap_socket(
-        socket.create_connection((host, 8443), timeout=30), server_hostname=server_name
-    )
-    try:
-        connection.request("POST", "/v1/readings", json.dumps(reading), {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        return response.status, dict(json.loads(response.read()))
-    finally:
-        connection.close()
-
-
 # --------------------------------------------------------------------------- the test
 
 
@@ -252,7 +215,7 @@ def test_the_example_gateway_runs_as_ready_pods_and_stores_a_pcd01_message_read_
         example(city, "DeviceGateway", GATEWAY),
         example(EXAMPLES / "ward-devices.yaml", "Device", "ward-7-oximeter-01"),
     )
-    csr, key_file = device_csr(tmp_path)
+    csr, key_file = device_csr(tmp_path, DEVICE)
     device = {
         "apiVersion": "medcloud.io/v1alpha1",
         "kind": "Device",

@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 from kubernetes import config
 
-from medcloud_cli.localcluster import clusterdns, platformservices, prometheus
+from medcloud_cli.localcluster import clusterdns, netsetup, platformservices, prometheus
 from medcloud_cli.localcluster.cluster import ClusterState, LocalCluster
 from medcloud_cli.localcluster.exchange import example_consortium
 from medcloud_cli.localcluster.platform import (
@@ -94,6 +94,8 @@ def chart_values(image: str, state: ClusterState, api_server_port: int, broker_c
         **clusterdns.operator_config(state),
         # One 2-core node runs examples/ (39 pods): small reservations, not a larger node.
         "maxCpuRequest": SMALL_CPU_REQUEST,
+        # The node's pod range: the operator pod asks the gateway pods which devices they saw (docs/devices.md).
+        "gatewayPresenceCidrs": [netsetup.POD_CIDR],
     }
     if broker := published.get("mosquitto"):
         operator_config |= {"brokerHost": broker.cluster_ip, "brokerPort": broker.port}

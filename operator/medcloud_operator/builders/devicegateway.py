@@ -24,7 +24,7 @@ from typing import Unpack
 
 from medcloud.kube.client import Manifest
 from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus, DeviceProtocol
-from medcloud.tenancy import deviceca, devicecrl
+from medcloud.tenancy import deviceca, devicecrl, labels
 from medcloud.tenancy import gateway as gateway_env
 from medcloud_operator.builders import workload
 from medcloud_operator.builders.workload import Ceiling, Dependency, Findings
@@ -329,17 +329,22 @@ def build_service(gateway: Manifest, spec: DeviceGatewaySpec, settings: Workload
 
 
 def build_device_ingress(gateway: Manifest, spec: DeviceGatewaySpec, settings: WorkloadSettings) -> Manifest:
-    """Devices may open the gateway's listener ports from anywhere; nothing else reaches its pods.
+    """Devices may open the gateway's listener ports from anywhere; the operator's pods its health port; nothing
+    else reaches its pods.
 
     Devices sit on hospital and home networks, outside every namespace, so the
     tenancy's default deny would shut them out. Each listener takes only a
     device certificate of the hospital's CA that is not in its CRL (the MQTT
     port is the broker's side: the gateway listens on none but those below).
     The health port stays closed to other namespaces (the kubelet's probes come
-    from the node).
+    from the node) but for the operator's own pods, when it runs as pods: it
+    asks each replica there which devices it saw (:func:`presence_ingress`).
     """
     meta = _identity_meta(gateway, settings)
     ports = [{"protocol": "TCP", "port": LISTENERS[p].port} for p in _protocols(spec) if p is not DeviceProtocol.MQTT]
+    rules: list[Manifest] = [{"ports": ports}] if ports else []
+    if (presence := presence_ingress(settings)) is not None:
+        rules.append(presence)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -347,8 +352,29 @@ def build_device_ingress(gateway: Manifest, spec: DeviceGatewaySpec, settings: W
         "spec": {
             "podSelector": {"matchLabels": workload.selector_labels(COMPONENT, gateway["metadata"]["name"])},
             "policyTypes": ["Ingress"],
-            "ingress": [{"ports": ports}] if ports else [],
+            "ingress": rules,
         },
+    }
+
+
+def presence_ingress(settings: WorkloadSettings) -> Manifest | None:
+    """The rule admitting the operator's pods (its namespace and its labels, both) to the health port alone.
+
+    None when the operator does not run as pods (no namespace set): then no rule, rather than one whose empty
+    peer list would mean everyone. The namespace is matched by ``kubernetes.io/metadata.name``, which the API
+    server sets and no tenant can forge.
+    """
+    namespace = settings.gateway_presence_from_namespace
+    if namespace is None:
+        return None
+    return {
+        "from": [
+            {
+                "namespaceSelector": {"matchLabels": {labels.NAMESPACE_NAME: namespace}},
+                "podSelector": {"matchLabels": dict(settings.gateway_presence_from_pod_labels)},
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": HEALTH_PORT}],
     }
 
 

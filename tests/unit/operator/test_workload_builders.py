@@ -915,3 +915,37 @@ def test_devices_reach_the_gateways_listeners_from_anywhere_and_its_readiness_is
     container = pod(children["Deployment"])["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+OPERATOR_PODS = {"app.kubernetes.io/name": "medcloud", "app.kubernetes.io/component": "operator"}
+
+
+def test_the_operators_pods_alone_reach_the_gateways_health_port_when_it_runs_as_pods() -> None:
+    presence = {"gateway_presence_from_namespace": "medcloud-system", "gateway_presence_from_pod_labels": OPERATOR_PODS}
+    rules = build_gw(gw_spec(protocols=["mqtt", "https"]), **presence)["NetworkPolicy"]["spec"]["ingress"]
+    assert rules == [
+        {"ports": [{"protocol": "TCP", "port": 8443}]},
+        # One peer with both selectors (ANDed): the operator's pods of its namespace, not every pod there,
+        # and not pods with those labels in a tenant's namespace; on the health port only.
+        {
+            "from": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "medcloud-system"}},
+                    "podSelector": {"matchLabels": OPERATOR_PODS},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": gw_b.HEALTH_PORT}],
+        },
+    ]
+    # An MQTT-only gateway: no device port, and still the operator's rule (never an empty peer list).
+    (only,) = build_gw(gw_spec(protocols=["mqtt"]), **presence)["NetworkPolicy"]["spec"]["ingress"]
+    assert only["from"]
+    assert only["ports"] == [{"protocol": "TCP", "port": gw_b.HEALTH_PORT}]
+
+
+def test_an_operator_on_the_node_gets_no_presence_rule_and_half_a_peer_is_refused() -> None:
+    assert gw_b.presence_ingress(WorkloadSettings()) is None
+    with pytest.raises(ValueError, match="both"):
+        WorkloadSettings(gateway_presence_from_namespace="medcloud-system")  # every pod of the namespace
+    with pytest.raises(ValueError, match="both"):
+        WorkloadSettings(gateway_presence_from_pod_labels=OPERATOR_PODS)  # no namespace named

@@ -1,0 +1,50 @@
+"""A device as the node tests play one: its own key and CSR, and a reading over mutual TLS to a gateway."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+Json = dict[str, Any]
+
+
+def device_csr(directory: Path, device: str) -> tuple[str, Path]:
+    """A key (kept here, as a device keeps it) and its CSR with CN = the device id."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file = directory / f"{device}.key"
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_file.chmod(0o600)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode(), key_file
+
+
+def https_reading(host: str, server_name: str, ca_pem: bytes, cert: Path, key: Path, reading: Json) -> tuple[int, Json]:
+    """POST /v1/readings over mutual TLS; the status and JSON body."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    context.load_cert_chain(str(cert), str(key))
+    connection = http.client.HTTPSConnection(host, 8443, timeout=30, context=context)
+    # The certificate names the Service, not its address: check it for the name (SNI and hostname).
+    connection.sock = context.wrap_socket(
+        socket.create_connection((host, 8443), timeout=30), server_hostname=server_name
+    )
+    try:
+        connection.request("POST", "/v1/readings", json.dumps(reading), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, dict(json.loads(response.read()))
+    finally:
+        connection.close()

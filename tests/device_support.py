@@ -33,6 +33,28 @@ def device_csr(directory: Path, device: str) -> tuple[str, Path]:
     return csr.public_bytes(serialization.Encoding.PEM).decode(), key_file
 
 
+def device(name: str, namespace: str, gateway: str, device_class: str, csr: str) -> Json:
+    """A Device of ``gateway``, approved, as the control API writes one (the gateway label makes it listable)."""
+    return {
+        "apiVersion": "medcloud.io/v1alpha1",
+        "kind": "Device",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"medcloud.io/device-gateway": gateway}},
+        "spec": {"gateway": gateway, "deviceClass": device_class, "owner": "ward 7", "csr": csr, "approved": True},
+    }
+
+
+def blood_pressure(patient: str, systolic: int, diastolic: int) -> Json:
+    """A reading in the gateway's own JSON, as a cuff sends it over HTTPS."""
+    return {
+        "patient": patient,
+        "kind": "blood-pressure",
+        "systolic": systolic,
+        "diastolic": diastolic,
+        "unit": "mmHg",
+        "time": "2024-05-01T08:30:00+08:00",
+    }
+
+
 def https_reading(host: str, server_name: str, ca_pem: bytes, cert: Path, key: Path, reading: Json) -> tuple[int, Json]:
     """POST /v1/readings over mutual TLS; the status and JSON body."""
     context = ssl.create_default_context(cadata=ca_pem.decode())

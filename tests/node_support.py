@@ -34,3 +34,18 @@ def imported_image(cluster: LocalCluster) -> str:
     """MedCloud's image, built from this tree if it changed, in the node's containerd; its reference."""
     assert cluster.node is not None
     return images.ensure_imported(ctr_args(cluster.node.dir), progress=print).reference
+
+
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close(); print('open')\n"
+    "except OSError:\n"
+    "    print('blocked')\n"
+)
+
+
+def connects(cluster: LocalCluster, namespace: str, pod: str, host: str, port: int) -> str:
+    """'open' or 'blocked': a TCP connection from inside ``pod`` (its image has python3: MedCloud's has)."""
+    args = ["exec", "-n", namespace, pod, "--", "python3", "-c", CONNECT, host, str(port)]
+    return str(cluster.kubectl(*args).stdout.strip())

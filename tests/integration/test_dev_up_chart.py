@@ -32,7 +32,8 @@ from medcloud_cli.localcluster import netsetup, platformservices
 from medcloud_cli.localcluster.chartplatform import NAMESPACE, RELEASE
 from medcloud_cli.localcluster.cluster import ClusterState, LocalCluster
 from medcloud_cli.localcluster.node import NODE_NAME, real_node_supported
-from tests.device_support import device_csr, https_reading
+from tests.device_support import blood_pressure, device, device_csr, https_reading
+from tests.node_support import connects
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.node, pytest.mark.cluster]
@@ -192,13 +193,6 @@ def test_the_operator_pod_reconciles_examples_with_real_minio_through_the_servic
         assert json.loads(response.read())["resourceType"] == "CapabilityStatement"
 
 
-CONNECT = (
-    "import socket, sys\n"
-    "try:\n"
-    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close(); print('open')\n"
-    "except OSError:\n"
-    "    print('blocked')\n"
-)
 PRESENCE_DEVICE = "ward-7-cuff-03"
 
 
@@ -222,13 +216,8 @@ def test_the_operator_pod_counts_a_device_that_sent_over_https_and_other_tenants
     dev_up.kubectl("apply", "-f", str(REPO / "examples" / "hospital-city-general.yaml"))
     dev_up.kubectl("apply", "-f", str(REPO / "examples" / "hospital-county-people.yaml"))
     csr, key_file = device_csr(tmp_path, PRESENCE_DEVICE)
-    device = {
-        "apiVersion": "medcloud.io/v1alpha1",
-        "kind": "Device",
-        "metadata": {"name": PRESENCE_DEVICE, "namespace": city, "labels": {"medcloud.io/device-gateway": "wards"}},
-        "spec": {"gateway": "wards", "deviceClass": "blood-pressure", "owner": "ward 7", "csr": csr, "approved": True},
-    }
-    dev_up.cluster.kubectl("apply", "-f", "-", input=json.dumps(device))
+    cuff = device(PRESENCE_DEVICE, city, "wards", "blood-pressure", csr)
+    dev_up.cluster.kubectl("apply", "-f", "-", input=json.dumps(cuff))
 
     def enrolled() -> str | None:
         status = dev_up.get("device", PRESENCE_DEVICE, "-n", city).get("status") or {}
@@ -254,14 +243,7 @@ def test_the_operator_pod_counts_a_device_that_sent_over_https_and_other_tenants
     service = dev_up.get("service", "gw-wards", "-n", city)["spec"]["clusterIP"]
     trust = dev_up.get("secret", "medcloud-device-trust", "-n", city)
     ca_pem = base64.b64decode(trust["data"]["ca.crt"])
-    reading = {
-        "patient": "Patient/p-1001",
-        "kind": "blood-pressure",
-        "systolic": 128,
-        "diastolic": 84,
-        "unit": "mmHg",
-        "time": "2024-05-01T08:30:00+08:00",
-    }
+    reading = blood_pressure("Patient/p-1001", 128, 84)
     status, body = https_reading(service, f"gw-wards.{city}.svc", ca_pem, cert_file, key_file, reading)
     assert (status, body["result"]) == (201, "stored"), body
 
@@ -281,12 +263,11 @@ def test_the_operator_pod_counts_a_device_that_sent_over_https_and_other_tenants
     county_ip = gateway_pods(dev_up, county, 2)[0]["status"]["podIP"]
     caller = city_pods[0]["metadata"]["name"]
 
-    def connects(port: int) -> str:
-        args = ["exec", "-n", city, caller, "--", "python3", "-c", CONNECT, county_ip, str(port)]
-        return str(dev_up.kubectl(*args).stdout.strip())
+    def opens(port: int) -> str:
+        return connects(dev_up.cluster, city, caller, county_ip, port)
 
-    assert wait_for(lambda: connects(2575) == "open" or None, "the device port open to another tenant", 60)
-    assert connects(8080) == "blocked"
+    assert wait_for(lambda: opens(2575) == "open" or None, "the device port open to another tenant", 60)
+    assert opens(8080) == "blocked"
 
 
 IN_POD_GET = "import sys, urllib.request\nprint(urllib.request.urlopen(sys.argv[1], timeout=10).status)\n"

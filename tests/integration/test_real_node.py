@@ -34,7 +34,7 @@ from medcloud_cli.localcluster.images import PAUSE_REFERENCE
 from medcloud_cli.localcluster.node import KWOK_TOLERATION, NODE_NAME, shim_pids
 from medcloud_operator.builders.hospital import build_namespace, build_network_policies
 from medcloud_operator.settings import OperatorSettings
-from tests.node_support import imported_image, private_node_cluster
+from tests.node_support import connects, imported_image, private_node_cluster
 
 pytestmark = [pytest.mark.node, pytest.mark.cluster]
 
@@ -329,21 +329,6 @@ def http_server(cluster: LocalCluster, image: str, namespace: str, name: str) ->
     container["readinessProbe"] = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 2}
     apply(cluster, pod, namespace=namespace)
     return str(ready_pod(cluster, namespace, name)["status"]["podIP"])
-
-
-CONNECT = (
-    "import socket, sys\n"
-    "try:\n"
-    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close(); print('open')\n"
-    "except OSError:\n"
-    "    print('blocked')\n"
-)
-
-
-def connects(cluster: LocalCluster, namespace: str, pod: str, host: str, port: int) -> str:
-    """'open' or 'blocked': a TCP connection from inside ``pod``."""
-    args = ["exec", "-n", namespace, pod, "--", "python3", "-c", CONNECT, host, str(port)]
-    return str(cluster.kubectl(*args).stdout.strip())
 
 
 def settle(cluster: LocalCluster, namespace: str, pod: str, host: str, port: int, expected: str) -> None:

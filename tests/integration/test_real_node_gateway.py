@@ -47,7 +47,7 @@ from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.process import free_port
 from medcloud_cli.main import app as medcloud_cli
-from tests.device_support import device_csr, https_reading
+from tests.device_support import blood_pressure, device, device_csr, https_reading
 from tests.node_support import imported_image, private_node_cluster
 from tests.operator_support import RunningOperator, run_operator, sample
 from tests.support import wait_for
@@ -216,13 +216,7 @@ def test_the_example_gateway_runs_as_ready_pods_and_stores_a_pcd01_message_read_
         example(EXAMPLES / "ward-devices.yaml", "Device", "ward-7-oximeter-01"),
     )
     csr, key_file = device_csr(tmp_path, DEVICE)
-    device = {
-        "apiVersion": "medcloud.io/v1alpha1",
-        "kind": "Device",
-        "metadata": {"name": DEVICE, "namespace": NAMESPACE, "labels": {"medcloud.io/device-gateway": GATEWAY}},
-        "spec": {"gateway": GATEWAY, "deviceClass": "blood-pressure", "owner": "ward 7", "csr": csr, "approved": True},
-    }
-    apply(node_cluster, device)
+    apply(node_cluster, device(DEVICE, NAMESPACE, GATEWAY, "blood-pressure", csr))
 
     def enrolled() -> str | None:
         status = get(node_cluster, "device", DEVICE, "-n", NAMESPACE).get("status") or {}
@@ -283,14 +277,7 @@ def test_the_example_gateway_runs_as_ready_pods_and_stores_a_pcd01_message_read_
     assert msa[1:4] == ["AA", "MSGID1234", "stored 1 observation(s)"], ack
 
     # HTTPS with the same certificate: the reading's device is the certificate's.
-    reading = {
-        "patient": "Patient/789567",
-        "kind": "blood-pressure",
-        "systolic": 131,
-        "diastolic": 86,
-        "unit": "mmHg",
-        "time": "2024-05-01T08:30:00+08:00",
-    }
+    reading = blood_pressure("Patient/789567", 131, 86)
     status, body = https_reading(service, f"gw-{GATEWAY}.{NAMESPACE}.svc", ca_pem, cert_file, key_file, reading)
     assert (status, body["result"]) == (201, "stored"), body
 

@@ -6,12 +6,14 @@ import base64
 import copy
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from medcloud_cli.demo import fhir
+from medcloud_cli.demo.scenario import new_card
 
 DATA = Path(__file__).resolve().parent / "data" / "exchange"
 CATEGORY_SYSTEM = "https://medcloud.io/fhir/CodeSystem/sharing-category"
@@ -19,6 +21,7 @@ RESIDENT_ID = "urn:oid:2.16.156.10011.1.2"
 INSURANCE_CARD = "urn:medcloud:insurance-card:riverton-province"
 CLIENT_ROLE = "medcloud-exchange-client"
 RBAC = "rbac.authorization.k8s.io"
+FHIR = {"Content-Type": "application/fhir+json"}
 Json = dict[str, Any]
 
 
@@ -42,6 +45,28 @@ class Caller:
         }
         values.update(override)
         return {k: v for k, v in values.items() if v is not None}
+
+
+def post(http: httpx.Client, caller: Caller, path: str, body: Json, **headers: str | None) -> httpx.Response:
+    """A FHIR resource POSTed as ``caller`` (its headers, ``headers`` overriding them)."""
+    return http.post(path, content=json.dumps(body), headers={**caller.headers(**headers), **FHIR})
+
+
+def created(response: httpx.Response) -> Json:
+    """The resource a 201 answered with; anything else fails with the server's answer."""
+    assert response.status_code == 201, response.text
+    body: Json = response.json()
+    return body
+
+
+def new_patient() -> tuple[str, str]:
+    """A fresh patient's province insurance card number and resident identity card number."""
+    return new_card()
+
+
+def ago(days: float) -> str:
+    """An instant ``days`` before now, as FHIR dateTime with an offset."""
+    return (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="seconds")
 
 
 def document(category: str, text: bytes, subject: Json, *, type_code: str = "18842-5") -> Json:

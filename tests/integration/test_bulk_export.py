@@ -28,8 +28,7 @@ from tests.bulk_support import (
     lines,
 )
 from tests.exchange_harness import ExampleAlliance
-from tests.exchange_support import Caller, outcome_of
-from tests.integration.test_workflows import ago, created, new_patient, post
+from tests.exchange_support import Caller, ago, created, new_patient, outcome_of, post
 from tests.operator_support import ClusterAdmin
 from tests.workflows_data import cbc_report, coverage
 from tests.workflows_requests import service_request

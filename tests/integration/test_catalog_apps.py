@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -26,7 +25,7 @@ import pytest
 from medcloud_cli.demo.scenario import Cast, app_desks, exchange_desks, run_scenario
 from medcloud_cli.localcluster.process import free_port
 from tests.exchange_harness import ExampleAlliance, admitted_callers
-from tests.exchange_support import consent, outcome_of
+from tests.exchange_support import FHIR, ago, consent, created, new_patient, outcome_of
 from tests.operator_support import ClusterAdmin
 from tests.support import wait_for
 from tests.workflows_data import INSURANCE_CARD, appointment, cbc_report, coverage
@@ -38,7 +37,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.minio]
 ALLIANCE = ExampleAlliance("apps")
 SUFFIX = ALLIANCE.suffix
 CITY, COUNTY, VILLAGE = (ALLIANCE[e] for e in ("city-general", "county-people", "village-willow"))
-FHIR = {"Content-Type": "application/fhir+json"}
 DESK = {"X-MedCloud-Practitioner": "Practitioner/dr-li", "X-MedCloud-Purpose-Of-Use": "TREAT"}
 MEDCLOUD = str(Path(sys.executable).parent / "medcloud")
 Json = dict[str, Any]
@@ -150,12 +148,6 @@ def apps(
     runner.close()
 
 
-def created(response: httpx.Response) -> Json:
-    assert response.status_code == 201, response.text
-    body: Json = response.json()
-    return body
-
-
 def post(http: httpx.Client, path: str, body: Json, **headers: str) -> httpx.Response:
     return http.post(path, content=json.dumps(body), headers={**DESK, **FHIR, **headers})
 
@@ -163,11 +155,6 @@ def post(http: httpx.Client, path: str, body: Json, **headers: str) -> httpx.Res
 def resources(response: httpx.Response, resource_type: str) -> list[Json]:
     assert response.status_code == 200, response.text
     return [e["resource"] for e in response.json().get("entry", []) if e["resource"]["resourceType"] == resource_type]
-
-
-def new_card() -> tuple[str, str]:
-    digits = str(uuid.uuid4().int)[:10]
-    return f"RV{digits}", f"11010119{digits}"
 
 
 def job_report(http: httpx.Client, *, runs: int) -> Json:
@@ -185,7 +172,7 @@ def test_apps_of_medclouds_own_code_do_their_jobs_end_to_end_for_their_hospitals
     county_card = apps.start("insurance-card", COUNTY)
 
     # insurance-card: registered once at the county's desk, presented at the village clinic's.
-    card, resident = new_card()
+    card, resident = new_patient()
     patient = created(post(county_card, "/fhir/Coverage", coverage(card, resident)))["beneficiary"]["reference"]
     presented = {"beneficiary.identifier": f"{INSURANCE_CARD}|{card}"}
     refused = village_card.get("/fhir/Coverage", params=presented, headers=DESK)
@@ -214,7 +201,7 @@ def test_apps_of_medclouds_own_code_do_their_jobs_end_to_end_for_their_hospitals
     # exam-mutual-recognition: the county publishes a blood count; the village clinic finds it before ordering.
     county_exam = apps.start("exam-mutual-recognition", COUNTY)
     village_exam = apps.start("exam-mutual-recognition", VILLAGE)
-    issued = (datetime.now(UTC) - timedelta(days=1)).isoformat(timespec="seconds")
+    issued = ago(1)
     report = created(post(county_exam, "/fhir/DiagnosticReport", cbc_report(COUNTY, {"reference": patient}, issued)))
     found = village_exam.get(
         "/fhir/DiagnosticReport/$recognised", params={"patient": patient, "code": "58410-2"}, headers=DESK

@@ -35,7 +35,6 @@ from medcloud_cli.demo.scenario import (
     Scenario,
     ScenarioStepError,
     exchange_desks,
-    new_card,
     not_repeated_total,
     publish_free_slot,
     run_scenario,
@@ -45,9 +44,14 @@ from medcloud_cli.localcluster.postgres import bin_dir
 from medcloud_cli.main import app as medcloud
 from tests.exchange_harness import ExampleAlliance, raw_objects
 from tests.exchange_support import (
+    FHIR,
     Caller,
+    ago,
     consent,
+    created,
+    new_patient,
     outcome_of,
+    post,
 )
 from tests.workflows_data import INSURANCE_CARD, RESIDENT_ID, appointment, cbc_report, coverage, slot
 from tests.workflows_requests import recognition_task, service_request
@@ -59,7 +63,6 @@ ALLIANCE = ExampleAlliance("wf")
 CITY, COUNTY, TOWNSHIP, COMMUNITY, VILLAGE = (
     ALLIANCE[e] for e in ("city-general", "county-people", "township-maple", "community-eastgate", "village-willow")
 )
-FHIR = {"Content-Type": "application/fhir+json"}
 LOINC = "http://loinc.org"
 Json = dict[str, Any]
 
@@ -69,21 +72,6 @@ def test_the_operator_grants_the_exchange_the_consortiums_publishers(exchange_gr
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def new_patient() -> tuple[str, str]:
-    """A fresh patient's province insurance card number and resident identity card number."""
-    return new_card()
-
-
-def post(http: httpx.Client, caller: Caller, path: str, body: Json, **headers: str | None) -> httpx.Response:
-    return http.post(path, content=json.dumps(body), headers={**caller.headers(**headers), **FHIR})
-
-
-def created(response: httpx.Response) -> Json:
-    assert response.status_code == 201, response.text
-    body: Json = response.json()
-    return body
 
 
 def entries(response: httpx.Response, resource_type: str | None = None) -> list[Json]:
@@ -180,10 +168,6 @@ def test_unknown_expired_and_malformed_cards_get_a_clear_refusal(
 
 
 # --------------------------------------------------------------------------- exam-result mutual recognition
-
-
-def ago(days: float) -> str:
-    return (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="seconds")
 
 
 def recognised_for(http: httpx.Client, caller: Caller, patient: str, test: str = "58410-2") -> list[Json]:

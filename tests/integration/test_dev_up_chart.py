@@ -258,8 +258,9 @@ def test_the_operator_pod_counts_a_device_that_sent_over_https_and_other_tenants
         logs = dev_up.kubectl("logs", "-n", NAMESPACE, f"deployment/{RELEASE}-operator", "--tail=60", check=False)
         raise AssertionError(f"active never counted:\n{logs.stdout[-4000:]}") from None
 
-    # Another hospital's pod (a City General gateway's, a consortium member whose egress reaches County
-    # People): County People's gateway takes it on its device port, never on its health port.
+    # Another hospital's pod (a City General gateway's: a consortium member, whose egress reaches County
+    # People, which admits members, allowConsortiumIngress being the default): County People's gateway
+    # takes it on its device port, never on its health port.
     county_ip = gateway_pods(dev_up, county, 2)[0]["status"]["podIP"]
     caller = city_pods[0]["metadata"]["name"]
 

@@ -47,6 +47,8 @@ NP_STORAGE = "medcloud-allow-record-storage-egress"
 NP_PLATFORM = "medcloud-allow-platform-egress"
 NP_INGRESS_CONTROLLER = "medcloud-allow-ingress-controller"
 NP_CONSORTIUM = "medcloud-allow-consortium-ingress"
+DEVICE_GATEWAY_COMPONENT = "devicegateway"
+"""``app.kubernetes.io/component`` of a DeviceGateway's pods (``builders.devicegateway.COMPONENT``)."""
 NP_CONSORTIUM_EGRESS = "medcloud-allow-consortium-egress"
 NP_LISTED_NAMESPACES = "medcloud-allow-listed-namespaces"
 
@@ -261,7 +263,12 @@ def build_network_policies(name: str, spec: HospitalSpec, settings: OperatorSett
         # in is each receiving hospital's own allowConsortiumIngress.
         policies.append(_policy(NP_CONSORTIUM_EGRESS, name, ["Egress"], egress=[{"to": [members]}]))
         if spec.network.allow_consortium_ingress:
-            policies.append(_policy(NP_CONSORTIUM, name, ["Ingress"], ingress=[{"from": [members]}]))
+            consortium = _policy(NP_CONSORTIUM, name, ["Ingress"], ingress=[{"from": [members]}])
+            # Not the device gateways' pods: their own policy takes devices (members' too) on the device
+            # ports from anywhere, and only the operator on the health port (which lists device ids).
+            not_gateways = {"key": labels.COMPONENT, "operator": "NotIn", "values": [DEVICE_GATEWAY_COMPONENT]}
+            consortium["spec"]["podSelector"] = {"matchExpressions": [not_gateways]}
+            policies.append(consortium)
     if spec.network.allow_from_namespaces:
         selector = {
             "matchExpressions": [

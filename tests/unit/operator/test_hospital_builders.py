@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from medcloud.models import HospitalSpec
+from medcloud_operator.builders import devicegateway as gw_b
 from medcloud_operator.builders import hospital as b
 from medcloud_operator.settings import OperatorSettings
 
@@ -209,6 +210,11 @@ def test_consortium_members_are_selected_by_the_consortium_label_both_ways() -> 
     policies = by_name(b.build_network_policies("riverton", spec, settings()))
     members = [{"namespaceSelector": {"matchLabels": {"medcloud.io/consortium": "riverton-alliance"}}}]
     assert policies[b.NP_CONSORTIUM]["spec"]["ingress"] == [{"from": members}]
+    # Every pod of the hospital but its device gateways', which admit devices on their own terms.
+    assert policies[b.NP_CONSORTIUM]["spec"]["podSelector"] == {
+        "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "NotIn", "values": ["devicegateway"]}]
+    }
+    assert b.DEVICE_GATEWAY_COMPONENT == gw_b.COMPONENT
     assert policies[b.NP_CONSORTIUM_EGRESS]["spec"] == {
         "podSelector": {},
         "policyTypes": ["Egress"],

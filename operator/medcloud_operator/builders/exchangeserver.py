@@ -174,8 +174,9 @@ def _probes() -> Manifest:
     return {
         # /readyz asks PostgreSQL and the audit bucket: an exchange that cannot store leaves the Service.
         "readinessProbe": {**probe("/readyz"), "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
-        # /healthz only says the process answers: a database outage must not restart it.
-        "livenessProbe": {**probe("/healthz"), "initialDelaySeconds": 10, "periodSeconds": 20, "failureThreshold": 3},
+        # /healthz only says the process answers: a database outage must not restart it, nor a slow start.
+        "startupProbe": workload.STARTUP_PROBE | probe("/healthz"),
+        "livenessProbe": {**probe("/healthz"), "periodSeconds": 20, "failureThreshold": 3},
     }
 
 

@@ -201,13 +201,20 @@ def tmp_mount() -> Manifest:
     return {"name": TMP_VOLUME, "mountPath": "/tmp"}  # noqa: S108 - an emptyDir of the pod's own
 
 
+STARTUP_PROBE: Manifest = {"periodSeconds": 5, "failureThreshold": 60}
+"""Up to 5 minutes to answer once: a gateway started on a loaded 2-core node took over the old 70 s
+(initial delay plus three failed liveness checks) and was restarted before it had ever answered."""
+
+
 def http_probes(port: str, path: str, ready_path: str | None = None) -> Manifest:
     """Readiness and liveness on the container's health endpoint (readiness on ``ready_path`` when it has one)."""
     probe = {"httpGet": {"path": path, "port": port, "scheme": "HTTP"}}
     ready = {"httpGet": {"path": ready_path or path, "port": port, "scheme": "HTTP"}}
     return {
+        # Liveness waits for the start: a process still importing on a busy node is slow, not stuck.
+        "startupProbe": STARTUP_PROBE | probe,
         "readinessProbe": {**ready, "periodSeconds": 10, "failureThreshold": 3},
-        "livenessProbe": {**probe, "initialDelaySeconds": 10, "periodSeconds": 20, "failureThreshold": 3},
+        "livenessProbe": {**probe, "periodSeconds": 20, "failureThreshold": 3},
     }
 
 

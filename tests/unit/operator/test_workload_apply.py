@@ -77,7 +77,7 @@ def served_deployment(desired: Json) -> Json:
             volume["configMap"]["defaultMode"] = 420
     for container in pod["containers"]:
         container.update({"terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"})
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             container[probe].update({"successThreshold": 1, "timeoutSeconds": 1})
         container["resources"]["limits"]["memory"] = "1024Mi"  # the same quantity, spelled otherwise
     live["status"] = {"observedGeneration": 1, "replicas": 2, "readyReplicas": 2}

@@ -55,6 +55,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from medcloud.models import DeviceProtocol
 from medcloud.records.client import InMemoryKeyProvider, RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
+from medcloud.tenancy.mqtt import readings_topic
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
 from medcloud_cli.localcluster.pki import CertificateAuthority
 from medcloud_cli.localcluster.process import free_port
@@ -359,7 +360,7 @@ def run(state: Path, minio_info: Any, broker: Any, count: int, single: int, batc
                         # Stay within what the broker queues for the gateway's session (max_queued_messages,
                         # 10,000): past it Mosquitto drops QoS 1 messages for a subscriber that is behind.
                         _wait_stored(gateway, DeviceProtocol.MQTT, n - _MQTT_AHEAD)
-                    device.publish("devices/hr-mqtt/readings", json.dumps(_reading(n)), qos=1)
+                    device.publish(readings_topic("bench", "hr-mqtt"), json.dumps(_reading(n)), qos=1)
                 _wait_stored(gateway, DeviceProtocol.MQTT, count)
 
             figures.measure("MQTT, 1 reading/message", count, publish)

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 
+from medcloud.tenancy.mqtt import readings_topic
 from medcloud_cli.demo.fhir import message
 from medcloud_gateway.hl7v2 import MllpDecoder, frame
 from tests.exchange_support import Caller, consent
@@ -311,7 +312,9 @@ class Driver:
                 raise AssertionError(f"HL7 reading refused: {ack}")
         else:
             assert address.mqtt is not None, f"{reading.member}'s gateway takes no MQTT"
-            info = address.mqtt.publish(f"devices/{reading.device}/readings", json.dumps(reading_json(reading)), qos=1)
+            info = address.mqtt.publish(
+                readings_topic(reading.member, reading.device), json.dumps(reading_json(reading)), qos=1
+            )
             info.wait_for_publish(timeout=30)
 
     # ------------------------------------------------------------------ exchange and workflows

@@ -1,19 +1,29 @@
-"""The device-facing MQTT broker's configuration (Mosquitto 2): device certificates, topic per device, CRL (pure).
+"""The platform MQTT broker's configuration (Mosquitto 2): every hospital's device CA and CRL, hospital topics (pure).
 
 The gateway subscribes to the broker; it never sees a publisher's certificate.
-So the broker is where a device is authenticated and bound to its topic:
+So the broker is where a device is authenticated and bound to its topic
+(names in :mod:`medcloud.tenancy.mqtt`):
 
-- ``require_certificate`` with the hospital's device CA, and the CRL
-  (``crlfile``): a device without a valid, unrevoked certificate cannot connect;
-- ``use_identity_as_username``: the certificate's common name is the MQTT user,
-  and the ACL lets user ``<deviceId>`` write ``devices/<deviceId>/readings``
-  and read ``devices/<deviceId>/errors`` only (``pattern ... %u``), so a device
-  publishes for itself alone; the gateway's identity reads every readings topic
-  and writes the error topics.
+- ``require_certificate`` with one ``cafile`` holding every hospital's device
+  CA (and the broker's own client CA, which issues the gateways' identities),
+  and one ``crlfile`` holding every one of those CAs' CRLs: a device without a
+  valid, unrevoked certificate of some hospital cannot connect;
+- ``use_identity_as_username``: the certificate's CN, ``<hospital>/<deviceId>``,
+  is the MQTT user, and the ACL lets it write ``devices/<hospital>/<deviceId>/readings``
+  and read its errors topic only; each gateway's identity reads its own
+  hospital's readings and writes its error topics, nothing of another hospital.
 
-Mosquitto re-reads the ACL and the CRL on SIGHUP (the operator sends one when
-the CRL Secret changes); an already connected device keeps its session until it
-reconnects, which bounds revocation on MQTT by the device's reconnect.
+What Mosquitto 2.0 re-reads on SIGHUP (src/loop.c, ``config__read(reload)`` then
+``mosquitto_security_apply_default``): the ACL file, and, for a listener with
+``crlfile`` and ``require_certificate``, a new TLS context with ``cafile``,
+``capath``, ``certfile``, ``keyfile`` and ``crlfile`` read again (fixed in 1.6.5,
+"CRL file not being reloaded on HUP"). Listener options themselves (ports,
+``use_identity_as_username``, the file paths) are not reloadable. So a new
+hospital's CA, a new CRL or a new gateway takes effect at the next SIGHUP, for
+new connections; a device already connected keeps its session until it
+reconnects (Mosquitto re-derives its user name from the certificate it holds but
+does not re-check revocation), which bounds revocation on MQTT by the device's
+reconnect.
 """
 
 from __future__ import annotations
@@ -31,24 +41,11 @@ class BrokerFiles:
     acl_file: Path
 
 
-def acl(gateway_identity: str) -> str:
-    """The ACL: each device its own topics, the gateway every readings topic and the error topics."""
-    return "\n".join(
-        [
-            f"user {gateway_identity}",
-            "topic read devices/+/readings",
-            "topic read $share/+/devices/+/readings",
-            "topic write devices/+/errors",
-            "",
-            "pattern write devices/%u/readings",
-            "pattern read devices/%u/errors",
-            "",
-        ]
-    )
-
-
 def mosquitto_config(files: BrokerFiles, *, host: str, port: int, max_queued: int = 10000) -> str:
-    """A mosquitto.conf with one TLS listener that only enrolled, unrevoked devices can use."""
+    """A mosquitto.conf with one TLS listener that only enrolled, unrevoked devices (and gateways) can use.
+
+    The ACL is :func:`medcloud.tenancy.mqtt.acl`'s; the CA and CRL files are bundles of every hospital's.
+    """
     return "\n".join(
         [
             "per_listener_settings false",

@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from medcloud.tenancy.devicecrl import revoked_serials
+from medcloud.tenancy.mqtt import parse_device_identity
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,14 @@ DEVICE_SCOPE_KEY = "medcloud.device"
 
 
 def device_of_certificate(der: bytes) -> str:
-    """The device id a device certificate names: its subject common name."""
+    """The device id a device certificate names: its subject CN ``<hospital>/<deviceId>`` (or, older, the id alone).
+
+    The listener trusts its own hospital's CA only, so the hospital part is always its own.
+    """
     names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not names:
         raise ValueError("the device certificate has no common name")
-    return str(names[0].value)
+    return parse_device_identity(str(names[0].value))[1]
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""MQTT: readings published by devices to ``devices/<deviceId>/readings``, taken from the broker over TLS.
+"""MQTT: readings published by devices to ``devices/<hospital>/<deviceId>/readings``, taken from the broker over TLS.
+
+The topics carry the hospital (:mod:`medcloud.tenancy.mqtt`): the platform broker serves every hospital, and
+a gateway subscribes to its own hospital's topics only (the broker's ACL allows it nothing else).
 
 The gateway subscribes (QoS 1) as one member of a shared subscription, so
 gateway replicas split the stream instead of each storing every reading; the
@@ -8,7 +11,7 @@ message is acknowledged (PUBACK) only once its batch is stored or it is refused:
 while storage is down the gateway retries the batch it holds and the broker
 keeps the rest, so an outage loses nothing. A message's payload may itself be a
 batch (a JSON array of readings), taken or refused whole. The only thing published back is,
-when enabled, a refused reading's reason on ``devices/<deviceId>/errors``.
+when enabled, a refused reading's reason on ``devices/<hospital>/<deviceId>/errors``.
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ from typing import Any
 import aiomqtt
 
 from medcloud.models import DeviceProtocol
+from medcloud.tenancy import mqtt as topics
 from medcloud_gateway.ingest import Ingestor, Outcome
 from medcloud_gateway.metrics import Result
 from medcloud_gateway.readings import DEVICE_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
-READINGS_FILTER = "devices/+/readings"
-_TOPIC = re.compile(r"^devices/([^/]+)/readings$")
+_TOPIC = re.compile(r"^devices/([^/]+)/([^/]+)/readings$")
 _MAX_BACKOFF = 30.0
 _STORE_RETRY = 0.5
 _MAX_STORE_RETRY = 10.0
@@ -42,21 +45,21 @@ LINGER = 0.005
 """Seconds a batch waits after its first message for more: what a single reading's latency gains at most."""
 
 
-def device_of(topic: str) -> str | None:
-    """The device id in a readings topic, or None if the topic or the id is not one."""
+def device_of(topic: str, hospital: str) -> str | None:
+    """The device id in one of ``hospital``'s readings topics, or None if the topic or the id is not one."""
     match = _TOPIC.match(topic)
-    if match is None or not re.match(DEVICE_ID_PATTERN, match.group(1)):
+    if match is None or match.group(1) != hospital or not re.match(DEVICE_ID_PATTERN, match.group(2)):
         return None
-    return match.group(1)
+    return match.group(2)
 
 
-def error_topic(device_id: str) -> str:
-    return f"devices/{device_id}/errors"
+def error_topic(hospital: str, device_id: str) -> str:
+    return topics.errors_topic(hospital, device_id)
 
 
-def subscription(share_group: str) -> str:
-    """The topic filter to subscribe: shared among the gateway's replicas unless the group is empty."""
-    return f"$share/{share_group}/{READINGS_FILTER}" if share_group else READINGS_FILTER
+def subscription(hospital: str, share_group: str) -> str:
+    """The topic filter to subscribe: the hospital's readings, shared among the replicas unless the group is empty."""
+    return topics.shared_readings_filter(hospital, share_group)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class BrokerConnection:
     cert_file: Path
     key_file: Path
     client_id: str
+    hospital: str
+    """Whose topics the gateway reads: ``devices/<hospital>/+/readings``."""
     share_group: str = "medcloud-gateway"
     publish_errors: bool = True
 
@@ -125,10 +130,15 @@ class MqttListener:
                 # its paho client does.
                 client._client.manual_ack_set(True)
                 async with client:
-                    await client.subscribe(subscription(self._broker.share_group), qos=1)
+                    await client.subscribe(subscription(self._broker.hospital, self._broker.share_group), qos=1)
                     self.subscribed.set()
                     backoff = 1.0
-                    log.info("subscribed to %s on %s:%s", READINGS_FILTER, self._broker.host, self._broker.port)
+                    log.info(
+                        "subscribed to %s on %s:%s",
+                        topics.readings_filter(self._broker.hospital),
+                        self._broker.host,
+                        self._broker.port,
+                    )
                     await self._consume(client)
             except aiomqtt.MqttError as exc:
                 self.subscribed.clear()
@@ -174,9 +184,9 @@ class MqttListener:
         received = []
         for message in batch:
             topic = message.topic.value
-            device_id = device_of(topic)
+            device_id = device_of(topic, self._broker.hospital)
             if device_id is None:
-                error = f"topic {topic!r} is not devices/<deviceId>/readings"
+                error = f"topic {topic!r} is not devices/{self._broker.hospital}/<deviceId>/readings"
                 received.append(_Received(message, None, refused=self._ingestor.reject(DeviceProtocol.MQTT, error)))
                 continue
             raw = message.payload
@@ -216,6 +226,6 @@ class MqttListener:
 
     async def _report(self, client: aiomqtt.Client, device_id: str, outcome: Outcome) -> None:
         try:
-            await client.publish(error_topic(device_id), json.dumps(outcome.as_json()), qos=1)
+            await client.publish(error_topic(self._broker.hospital, device_id), json.dumps(outcome.as_json()), qos=1)
         except aiomqtt.MqttError as exc:
             log.warning("could not publish the error for %s: %s", device_id, exc)

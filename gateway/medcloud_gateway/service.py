@@ -90,6 +90,7 @@ def broker_connection(settings: GatewaySettings) -> BrokerConnection:
         cert_file=settings.mqtt_cert_file,
         key_file=settings.mqtt_key_file,
         client_id=settings.mqtt_client_id or f"medcloud-gateway-{socket.gethostname()}",
+        hospital=settings.hospital,
         share_group=settings.mqtt_share_group,
         publish_errors=settings.mqtt_publish_errors,
     )

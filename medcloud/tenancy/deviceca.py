@@ -9,8 +9,11 @@ a gateway never holds the CA key. Both live in the hospital's namespace, so
 offboarding (the namespace deleted) removes the key with everything the
 hospital had; there is no copy elsewhere.
 
-A device certificate names the device in its subject CN (the Device object's
-name), is for TLS client authentication only, and carries a random 159-bit
+A device certificate names the hospital and the device in its subject CN,
+``<hospital>/<deviceId>`` (:func:`medcloud.tenancy.mqtt.device_identity`: the
+platform MQTT broker's user name, unique across hospitals; the hospital is the
+CA's own ``O``), while the device's CSR names the device id alone; it is for
+TLS client authentication only, and carries a random 159-bit
 serial, the number the CRL revokes.
 """
 
@@ -25,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from medcloud.certificates import leaf_builder, private_key_pem, self_signed_ca
+from medcloud.tenancy.mqtt import device_identity
 
 CA_SECRET = "medcloud-device-ca"  # noqa: S105 - a Secret's name
 """The Secret (type kubernetes.io/tls) holding the tenant CA's certificate and key; the operator's alone."""
@@ -99,8 +103,20 @@ def check_csr(csr_pem: str, device_id: str) -> x509.CertificateSigningRequest:
     return csr
 
 
+def hospital_of_ca(cert_pem: bytes) -> str:
+    """The hospital a tenant device CA belongs to: its subject's organisation (:func:`new_ca`)."""
+    names = x509.load_pem_x509_certificate(cert_pem).subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    if len(names) != 1:
+        raise ValueError("a tenant device CA names its hospital as its one subject O")
+    return str(names[0].value)
+
+
 def sign_device(ca: TenantCA, csr_pem: str, device_id: str, *, now: dt.datetime) -> Issued:
-    """The device's client certificate: CN ``device_id`` and the CSR's key, nothing else taken from the CSR."""
+    """The device's client certificate: CN ``<hospital>/<device_id>`` and the CSR's key, nothing else from the CSR.
+
+    The CSR names the device id alone (what a device knows of itself); the CA adds its hospital, so a device
+    of one hospital never shares a broker identity with another hospital's device of the same id.
+    """
     csr = check_csr(csr_pem, device_id)
     issuer = x509.load_pem_x509_certificate(ca.cert_pem)
     key = serialization.load_pem_private_key(ca.key_pem, password=None)
@@ -108,7 +124,9 @@ def sign_device(ca: TenantCA, csr_pem: str, device_id: str, *, now: dt.datetime)
         raise ValueError("the tenant CA key must be an EC private key")
     serial = x509.random_serial_number()
     not_after = min(now + DEVICE_VALIDITY, issuer.not_valid_after_utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, device_identity(hospital_of_ca(ca.cert_pem), device_id))]
+    )
     builder = leaf_builder(
         subject,
         issuer.subject,

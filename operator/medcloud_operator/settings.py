@@ -27,6 +27,13 @@ from medcloud_operator import sharding
 class WorkloadSettings(BaseModel):
     """Images and publishing of the workloads the operator runs (apps and device gateways)."""
 
+    operator_namespace: str = Field(
+        default="medcloud-system",
+        description=(
+            "Where the operator runs and where tenant KEK Secrets and the MQTT broker's trust bundle "
+            "(ConfigMap medcloud-broker-trust) live (never in a tenant namespace)."
+        ),
+    )
     app_image_prefix: str = Field(
         default="registry.medcloud.local/apps",
         min_length=1,
@@ -255,10 +262,6 @@ class OperatorSettings(WorkloadSettings, StorageSettings, BaseSettings):
     namespaces: list[str] = Field(
         default_factory=list,
         description="Namespaces (or globs like hospital-*) whose namespaced objects are served; empty: all.",
-    )
-    operator_namespace: str = Field(
-        default="medcloud-system",
-        description="Where the operator runs and where tenant KEK Secrets live (never in a tenant namespace).",
     )
     operator_subject_kind: Literal["ServiceAccount", "User", "Group"] = Field(
         default="ServiceAccount",

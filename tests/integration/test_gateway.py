@@ -31,6 +31,7 @@ from medcloud.models import DeviceProtocol
 from medcloud.records.batches import NDJSON_CONTENT_TYPE, batch_name, decode_batch
 from medcloud.records.client import RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
+from medcloud.tenancy.mqtt import errors_topic, readings_topic
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
 from medcloud_cli.localcluster.process import free_port
@@ -45,6 +46,8 @@ pytestmark = [pytest.mark.minio, pytest.mark.broker]
 
 UCUM = "http://unitsofmeasure.org"
 WHEN = "2024-05-01T08:30:00+08:00"
+HOSPITAL = "city-hospital"
+"""The hospital of the gateways these tests run: their MQTT topics are devices/<it>/<device>/readings."""
 
 
 @pytest.fixture
@@ -114,7 +117,7 @@ def gateway_settings(
     """Settings of a gateway on loopback ports, storing into ``records``' bucket, subscribed to ``broker``."""
     return GatewaySettings.model_validate(
         {
-            "hospital": "city-hospital",
+            "hospital": HOSPITAL,
             "namespace": "hospital-city",
             "record_store": "vitals",
             "s3_endpoint": s3_endpoint,
@@ -239,7 +242,7 @@ def device(mqtt_broker: BrokerInfo) -> Iterator[mqtt.Client]:
 
 
 def publish(client: mqtt.Client, device_id: str, reading: dict[str, Any]) -> None:
-    info = client.publish(f"devices/{device_id}/readings", json.dumps(reading), qos=1)
+    info = client.publish(readings_topic(HOSPITAL, device_id), json.dumps(reading), qos=1)
     info.wait_for_publish(timeout=30)
     assert info.is_published()
 
@@ -288,7 +291,7 @@ def test_bad_mqtt_reading_is_reported_on_the_error_topic_and_stored_nowhere(
     errors: queue.Queue[dict[str, Any]] = queue.Queue()
     subscribed = threading.Event()
     watcher = device_client(mqtt_broker, "watcher")
-    watcher.on_connect = lambda c, *_: c.subscribe("devices/ox-12/errors", qos=1)
+    watcher.on_connect = lambda c, *_: c.subscribe(errors_topic(HOSPITAL, "ox-12"), qos=1)
     watcher.on_subscribe = lambda *_: subscribed.set()
     watcher.on_message = lambda _c, _u, msg: errors.put(json.loads(msg.payload))
     watcher.connect(mqtt_broker.host, mqtt_broker.port)

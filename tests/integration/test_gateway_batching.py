@@ -20,12 +20,13 @@ from medcloud.models import DeviceProtocol
 from medcloud.records.batches import batch_name
 from medcloud.records.client import RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
+from medcloud.tenancy.mqtt import readings_topic
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
 from medcloud_gateway import mllp
 from medcloud_gateway.metrics import Result
 from tests.integration import test_gateway_devices as devices
-from tests.integration.test_gateway import Running, batches, oru, serving, stored
+from tests.integration.test_gateway import HOSPITAL, Running, batches, oru, serving, stored
 from tests.support import connect_records, wait_for
 
 pytestmark = [pytest.mark.minio, pytest.mark.broker]
@@ -253,7 +254,7 @@ def test_mqtt_readings_across_an_outage_are_stored_once_in_batches_in_order(
                 body: Any = {k: v for k, v in reading(n).items() if k != "deviceId"}
                 if n == 200:
                     body = [body, {**body, "unit": "furlongs"}]  # a batch in one message: refused whole
-                published.append(device.publish("devices/hr-5/readings", json.dumps(body), qos=1))
+                published.append(device.publish(readings_topic(HOSPITAL, "hr-5"), json.dumps(body), qos=1))
             for info in published:
                 info.wait_for_publish(timeout=60)
             wait_for(lambda: metrics.value(DeviceProtocol.MQTT, Result.FAILED) >= 1, "a failed store", timeout=60)

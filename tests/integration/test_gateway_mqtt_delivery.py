@@ -25,6 +25,7 @@ from medcloud.models import DeviceProtocol
 from medcloud.records.batches import decode_batch
 from medcloud.records.client import RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
+from medcloud.tenancy.mqtt import readings_topic
 from medcloud_cli.localcluster import binaries
 from medcloud_cli.localcluster.cluster import BrokerInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
@@ -138,7 +139,7 @@ def test_a_storage_outage_loses_and_doubles_no_mqtt_reading(
                 "unit": "/min",
                 "time": f"2024-05-01T{8 + minute // 60:02d}:{minute % 60:02d}:{second:02d}+08:00",
             }
-            info = device.publish("devices/hr-1/readings", json.dumps(reading), qos=1)
+            info = device.publish(readings_topic(base.HOSPITAL, "hr-1"), json.dumps(reading), qos=1)
             info.wait_for_publish(timeout=30)
             assert info.is_published()
         # Nothing could be stored, yet the gateway is holding on to what it received.

@@ -52,6 +52,7 @@ from medcloud.models import DeviceProtocol
 from medcloud.records.client import RecordClient
 from medcloud.records.keyclient import HttpKeyProvider
 from medcloud.records.keys import KeyUnavailableError
+from medcloud.tenancy.mqtt import readings_topic
 from medcloud_cli.commands.record_errors import EXIT_RETRYABLE
 from medcloud_cli.commands.records import open_client, store_access
 from medcloud_cli.localcluster import prometheus
@@ -291,7 +292,7 @@ def reading(n: int) -> dict[str, Any]:
 
 def publish(client: mqtt.Client, n: int) -> None:
     """One reading at QoS 1, returned once the broker acknowledged it (PUBACK)."""
-    info = client.publish("devices/hr-1/readings", json.dumps(reading(n)), qos=1)
+    info = client.publish(readings_topic(gateway_base.HOSPITAL, "hr-1"), json.dumps(reading(n)), qos=1)
     info.wait_for_publish(timeout=30)
     assert info.is_published(), f"reading {n} was not acknowledged by the broker"
 

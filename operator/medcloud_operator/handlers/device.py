@@ -22,6 +22,7 @@ from medcloud.kube.client import DEVICE, Kube, Manifest
 from medcloud.models import DeviceStatus
 from medcloud.models.conditions import Reason
 from medcloud_operator import events
+from medcloud_operator.brokertrust import ensure_broker_trust
 from medcloud_operator.builders import device as builder
 from medcloud_operator.builders.workload import InvalidWorkloadError, hospital_of
 from medcloud_operator.context import get_context
@@ -34,7 +35,7 @@ from medcloud_operator.handlers.common import (
     reconcile_object,
     register_triggers,
 )
-from medcloud_operator.settings import OperatorSettings
+from medcloud_operator.settings import OperatorSettings, WorkloadSettings
 from medcloud_operator.status import merge_patch
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,24 @@ def _dump(status: DeviceStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def reconcile_device(kube: Kube, body: Manifest, logger: Logger = log, now: dt.datetime | None = None) -> bool:
-    """One Device brought to its next state; True if its status was written. A second call writes nothing."""
+def reconcile_device(
+    kube: Kube,
+    body: Manifest,
+    logger: Logger = log,
+    now: dt.datetime | None = None,
+    settings: WorkloadSettings | None = None,
+) -> bool:
+    """One Device brought to its next state; True if its status was written. A second call writes nothing.
+
+    With ``settings`` (the operator's), a CRL signed again also reaches the platform broker's trust bundle.
+    """
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     moment = now or dt.datetime.now(dt.UTC)
     hospital = hospital_of(namespace)
     trust = ensure_trust(kube, namespace, hospital, moment)
+    if settings is not None and trust.crl_signed:
+        ensure_broker_trust(kube, settings, settings.operator_namespace, moment)
     if trust.created_ca:
         events.post(body, events.NORMAL, "DeviceCACreated", f"made the device CA of hospital {hospital}")
     previous = DeviceStatus.model_validate(body.get("status") or {})
@@ -62,15 +74,17 @@ def reconcile_device(kube: Kube, body: Manifest, logger: Logger = log, now: dt.d
     if new.state != previous.state:
         logger.info("Device %s/%s: %s (%s)", namespace, name, new.state, new.message)
         events.post(body, events.NORMAL, f"Device{new.state}", new.message or "")
-    if new.revoked_at != previous.revoked_at:
-        # The Device is Revoked in the API server now: the CRL must list it before this reconcile ends.
-        ensure_trust(kube, namespace, hospital, moment)
+    # The Device is Revoked in the API server now: the CRL must list it before this reconcile ends, and the
+    # platform broker's bundle with it.
+    resigned = new.revoked_at != previous.revoked_at and ensure_trust(kube, namespace, hospital, moment).crl_signed
+    if resigned and settings is not None:
+        ensure_broker_trust(kube, settings, settings.operator_namespace, moment)
     return True
 
 
-def _reconcile(kube: Kube, body: Manifest, logger: Logger) -> None:
+def _reconcile(kube: Kube, body: Manifest, logger: Logger, settings: WorkloadSettings) -> None:
     try:
-        reconcile_device(kube, body, logger)
+        reconcile_device(kube, body, logger, settings=settings)
     except InvalidWorkloadError as exc:
         raise_failure(body, ReconcileError(Reason.INVALID_SPEC, str(exc), permanent=True), False, logger)
     except (ApiException, HTTPError, OSError) as exc:
@@ -81,7 +95,7 @@ def _reconcile(kube: Kube, body: Manifest, logger: Logger) -> None:
 
 def device_changed(name: str, namespace: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     ctx = get_context(memo)
-    reconcile_object(ctx, DEVICE, name, namespace, lambda body: _reconcile(ctx.kube, body, logger))
+    reconcile_object(ctx, DEVICE, name, namespace, lambda body: _reconcile(ctx.kube, body, logger, ctx.settings))
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:

@@ -87,19 +87,21 @@ def test_unknown_protocol_or_zone_is_refused(monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize(
     ("topic", "device"),
     [
-        ("devices/spo2-7/readings", "spo2-7"),
-        ("devices/spo2-7/errors", None),
-        ("devices/a b/readings", None),
-        ("devices/x/y/readings", None),
+        ("devices/city/spo2-7/readings", "spo2-7"),
+        ("devices/city/spo2-7/errors", None),
+        ("devices/city/a b/readings", None),
+        ("devices/county/spo2-7/readings", None),
+        ("devices/spo2-7/readings", None),
+        ("devices/city/x/y/readings", None),
     ],
 )
-def test_device_id_comes_from_the_readings_topic(topic: str, device: str | None) -> None:
-    assert device_of(topic) == device
+def test_device_id_comes_from_the_hospitals_readings_topic(topic: str, device: str | None) -> None:
+    assert device_of(topic, "city") == device
 
 
-def test_replicas_share_one_subscription() -> None:
-    assert subscription("medcloud-gateway") == "$share/medcloud-gateway/devices/+/readings"
-    assert subscription("") == "devices/+/readings"
+def test_replicas_share_one_subscription_of_their_hospitals_topics() -> None:
+    assert subscription("city", "medcloud-gateway") == "$share/medcloud-gateway/devices/city/+/readings"
+    assert subscription("city", "") == "devices/city/+/readings"
 
 
 def test_code_mappings_reach_the_gateway_as_the_operator_writes_them(monkeypatch: pytest.MonkeyPatch) -> None:

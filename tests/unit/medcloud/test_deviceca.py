@@ -39,11 +39,15 @@ def test_the_ca_is_a_ca_for_certificates_and_crls(ca: deviceca.TenantCA) -> None
     assert "city-hospital" in cert.subject.rfc4514_string()
 
 
-def test_a_device_certificate_names_the_device_and_is_for_clients_only(ca: deviceca.TenantCA) -> None:
+def test_a_device_certificate_names_its_hospital_and_the_device_and_is_for_clients_only(
+    ca: deviceca.TenantCA,
+) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     issued = deviceca.sign_device(ca, csr("ox-12", key), "ox-12", now=NOW)
     cert = x509.load_pem_x509_certificate(issued.cert_pem)
-    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "ox-12"
+    # The broker's user name: unique across hospitals, though device ids are unique within one only.
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "city-hospital/ox-12"
+    assert deviceca.hospital_of_ca(ca.cert_pem) == "city-hospital"
     assert cert.serial_number == issued.serial
     assert cert.public_key() == key.public_key()
     assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [

@@ -1,0 +1,100 @@
+"""The platform broker's side of the trust bundle: the operator's ConfigMap to Mosquitto's files, then SIGHUP.
+
+The operator keeps every hospital's device CA, every CRL and the ACL in the
+ConfigMap :data:`medcloud.tenancy.mqtt.TRUST_CONFIGMAP`. This loop, beside the
+broker, reads it every ``interval`` seconds, writes what changed into the
+directory Mosquitto's ``cafile``, ``crlfile`` and ``acl_file`` name (each file
+replaced atomically, so the broker never reads half a bundle) and sends the
+broker SIGHUP, on which Mosquitto 2.0 reads the three again
+(:mod:`medcloud_gateway.broker` says exactly what it re-reads). ``extra_acl``
+is prepended to the operator's ACL: identities the operator does not know (a
+local cluster's own test client).
+
+Run: ``python -m medcloud_gateway.brokersync --directory D --pid-file P [--namespace N]``
+with a kubeconfig (``KUBECONFIG``) allowed to ``get`` that one ConfigMap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from medcloud.kube.client import CONFIG_MAP, Kube
+from medcloud.tenancy import mqtt
+
+log = logging.getLogger(__name__)
+
+FILES = {mqtt.CA_BUNDLE_KEY: "ca-bundle.crt", mqtt.CRL_BUNDLE_KEY: "crl-bundle.crl", mqtt.ACL_KEY: "acl"}
+"""ConfigMap key -> file name in the broker's trust directory."""
+
+
+def write_trust_files(data: Mapping[str, str], directory: Path, extra_acl: str = "") -> bool:
+    """The bundle's files brought to ``data``; True if any changed. A bundle missing a key changes nothing."""
+    if any(key not in data for key in FILES):
+        return False
+    wanted = {**data, mqtt.ACL_KEY: extra_acl + data[mqtt.ACL_KEY]}
+    changed = False
+    for key, name in FILES.items():
+        target = directory / name
+        content = wanted[key].encode()
+        if target.exists() and target.read_bytes() == content:
+            continue
+        partial = target.with_name(f".{name}.tmp")
+        partial.write_bytes(content)
+        partial.replace(target)
+        changed = True
+    return changed
+
+
+def reload_broker(pid_file: Path) -> bool:
+    """SIGHUP to the broker whose pid ``pid_file`` holds (Mosquitto's ``pid_file``); False if it is not running."""
+    try:
+        os.kill(int(pid_file.read_text().strip()), signal.SIGHUP)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def sync_once(kube: Kube, namespace: str, directory: Path, pid_file: Path, extra_acl: str = "") -> bool:
+    """One pass: the ConfigMap read, the files written if it changed, the broker told; True if it was."""
+    live = kube.get(CONFIG_MAP, mqtt.TRUST_CONFIGMAP, namespace)
+    if live is None or not write_trust_files(live.get("data") or {}, directory, extra_acl):
+        return False
+    if not reload_broker(pid_file):
+        log.warning("trust bundle written to %s but no broker to reload (%s)", directory, pid_file)
+    else:
+        log.info("trust bundle written to %s; broker reloaded", directory)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--directory", type=Path, required=True)
+    parser.add_argument("--pid-file", type=Path, required=True)
+    parser.add_argument("--namespace", default="medcloud-system")
+    parser.add_argument("--extra-acl", type=Path, default=None)
+    parser.add_argument("--interval", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config.load_kube_config()  # type: ignore[no-untyped-call]
+    kube = Kube(client.ApiClient(), field_manager="medcloud-broker-sync")
+    extra = args.extra_acl.read_text() if args.extra_acl is not None else ""
+    while True:
+        try:
+            sync_once(kube, args.namespace, args.directory, args.pid_file, extra)
+        except (ApiException, HTTPError, OSError) as exc:
+            log.warning("broker trust bundle not read: %s", exc)
+        time.sleep(args.interval)
+
+
+if __name__ == "__main__":
+    main()

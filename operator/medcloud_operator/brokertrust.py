@@ -1,0 +1,55 @@
+"""Keeping the platform broker's trust bundle (every hospital's device CA and CRL) and ACL current.
+
+The operator's side of :mod:`medcloud.tenancy.mqtt`: one ConfigMap in the
+operator's namespace, rebuilt from every Hospital's trust Secret (read by name,
+``hospital-<name>``/``medcloud-device-trust``: the operator lists no Secrets)
+and the MQTT DeviceGateways, written only when it changed. Called when a
+hospital's CRL is signed again (a revocation reaches the bundle in the same
+reconcile) and on every DeviceGateway reconcile (a new gateway or hospital).
+Nothing is done when the operator does not know the broker's client CA.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from medcloud.kube.client import CONFIG_MAP, DEVICE_GATEWAY, HOSPITAL, SECRET, Kube
+from medcloud.models.common import hospital_namespace
+from medcloud.tenancy import deviceca, devicecrl, mqtt
+from medcloud_operator.builders import brokertrust as builder
+from medcloud_operator.deviceca import read_broker_ca
+from medcloud_operator.settings import WorkloadSettings
+
+
+def ensure_broker_trust(kube: Kube, settings: WorkloadSettings, namespace: str, now: dt.datetime | None = None) -> bool:
+    """The broker's trust ConfigMap brought up to date; True if it was written."""
+    broker_ca = read_broker_ca(settings)
+    if broker_ca is None:
+        return False
+    moment = now or dt.datetime.now(dt.UTC)
+    hospitals = []
+    for hospital in kube.list(HOSPITAL):
+        secret = kube.get(SECRET, deviceca.TRUST_SECRET, hospital_namespace(hospital["metadata"]["name"]))
+        trust = builder.hospital_trust(secret) if secret is not None else None
+        if trust is not None:
+            hospitals.append(trust)
+    live = kube.get(CONFIG_MAP, mqtt.TRUST_CONFIGMAP, namespace)
+    platform_crl = builder.platform_crl_in_force(live, broker_ca.cert_pem, moment) or devicecrl.build_crl(
+        broker_ca.cert_pem,
+        broker_ca.key_pem,
+        [],
+        now=moment,
+        number=int(moment.timestamp()),
+        validity=builder.PLATFORM_CRL_VALIDITY,
+    )
+    grants = builder.gateway_grants(kube.list(DEVICE_GATEWAY))
+    desired = builder.trust_configmap(namespace, hospitals, broker_ca.cert_pem, platform_crl, grants)
+    if not builder.trust_due(live, desired):
+        return False
+    if live is None:
+        kube.create(desired)
+    else:
+        # resourceVersion: a concurrent writer's bundle is not overwritten; the 409 retries.
+        desired["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+        kube.replace(desired)
+    return True

@@ -21,18 +21,26 @@ from medcloud_operator.deviceca import read_broker_ca
 from medcloud_operator.settings import WorkloadSettings
 
 
-def ensure_broker_trust(kube: Kube, settings: WorkloadSettings, namespace: str, now: dt.datetime | None = None) -> bool:
-    """The broker's trust ConfigMap brought up to date; True if it was written."""
+def ensure_broker_trust(
+    kube: Kube, settings: WorkloadSettings, namespace: str, hospital_ns: str, now: dt.datetime | None = None
+) -> bool:
+    """The broker's trust ConfigMap brought up to date; True if it was written.
+
+    ``hospital_ns`` (the tenant namespace being reconciled) is taken even before its Hospital is listed.
+    """
     broker_ca = read_broker_ca(settings)
     if broker_ca is None:
         return False
     moment = now or dt.datetime.now(dt.UTC)
     hospitals = []
-    for hospital in kube.list(HOSPITAL):
-        secret = kube.get(SECRET, deviceca.TRUST_SECRET, hospital_namespace(hospital["metadata"]["name"]))
+    gateways = []
+    tenants = {hospital_namespace(h["metadata"]["name"]) for h in kube.list(HOSPITAL)} | {hospital_ns}
+    for namespace_of_hospital in sorted(tenants):
+        secret = kube.get(SECRET, deviceca.TRUST_SECRET, namespace_of_hospital)
         trust = builder.hospital_trust(secret) if secret is not None else None
         if trust is not None:
             hospitals.append(trust)
+        gateways += kube.list(DEVICE_GATEWAY, namespace_of_hospital)
     live = kube.get(CONFIG_MAP, mqtt.TRUST_CONFIGMAP, namespace)
     platform_crl = builder.platform_crl_in_force(live, broker_ca.cert_pem, moment) or devicecrl.build_crl(
         broker_ca.cert_pem,
@@ -42,7 +50,7 @@ def ensure_broker_trust(kube: Kube, settings: WorkloadSettings, namespace: str, 
         number=int(moment.timestamp()),
         validity=builder.PLATFORM_CRL_VALIDITY,
     )
-    grants = builder.gateway_grants(kube.list(DEVICE_GATEWAY))
+    grants = builder.gateway_grants(gateways)
     desired = builder.trust_configmap(namespace, hospitals, broker_ca.cert_pem, platform_crl, grants)
     if not builder.trust_due(live, desired):
         return False

@@ -40,6 +40,7 @@ from typer.testing import CliRunner
 from medcloud.models import GROUP, VERSION
 from medcloud.records.client import RecordClient
 from medcloud.tenancy import deviceca, devicecrl
+from medcloud.tenancy import mqtt as mqtt_names
 from medcloud_api.config import APISettings
 from medcloud_api.main import create_app
 from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
@@ -359,11 +360,27 @@ def test_an_approved_device_is_served_on_https_and_mqtt_and_refused_everywhere_o
     wait_state(api, requester, "ox-21", "Revoked")
     # Operator -> trust Secret -> files (the kubelet's part) -> gateway re-read / broker SIGHUP.
     wait_for(lambda: projection.sync() and serial in projection.revoked(), "the CRL Secret to list ox-21", timeout=120)
+    # The platform broker's bundle too, by the same operator (builders.brokertrust), for the broker's sync.
+    wait_for(lambda: serial in bundle_revocations(k8s_api_client), "the broker's trust bundle to list ox-21", 60)
     assert broker.pid is not None
     os.kill(broker.pid, signal.SIGHUP)  # Mosquitto re-reads its CRL (docs/devices.md: who sends it in a pod)
     wait_for(lambda: post_reading(gateway, cert, key, 2) != 201, "HTTPS to refuse the revoked device", timeout=30)
     wait_for(lambda: not mqtt_connects(port, serving_ca.paths.cert, cert, key), "the broker to refuse it", timeout=30)
     counted(k8s_api_client, operator, pending=0, enrolled=0, revoked=1)
+
+
+def bundle_revocations(api_client: client.ApiClient) -> set[int]:
+    """Serials revoked by any CRL of the operator's broker trust ConfigMap (empty while there is none)."""
+    try:
+        live = client.CoreV1Api(api_client).read_namespaced_config_map(mqtt_names.TRUST_CONFIGMAP, OPERATOR_NAMESPACE)
+    except ApiException as exc:
+        if exc.status == 404:
+            return set()
+        raise
+    bundle = (live.data or {}).get(mqtt_names.CRL_BUNDLE_KEY, "")
+    end = "-----END X509 CRL-----"
+    blocks = [part + end for part in bundle.split(end) if "BEGIN X509 CRL" in part]
+    return {r.serial_number for block in blocks for r in x509.load_pem_x509_crl(block.strip().encode())}
 
 
 def test_enrolment_refuses_bad_requests_with_problems(

@@ -254,7 +254,8 @@ def test_the_example_gateway_runs_as_ready_pods_and_stores_a_pcd01_message_read_
     # kubectl logs: the real process, subscribed at the real broker through its Service.
     logs = node_cluster.kubectl("logs", "-n", NAMESPACE, pod_name).stdout
     broker = platformservices.BROKER
-    assert f"subscribed to devices/+/readings on {broker.cluster_ip}:{broker.port}" in logs
+    hospital = NAMESPACE.removeprefix("hospital-")
+    assert f"subscribed to devices/{hospital}/+/readings on {broker.cluster_ip}:{broker.port}" in logs
     # kubectl exec: the broker client certificate is there, on a read-only mount, and it is the operator's.
     mounts = node_cluster.kubectl("exec", "-n", NAMESPACE, pod_name, "--", "cat", "/proc/self/mounts").stdout
     options = {line.split()[1]: line.split()[3].split(",") for line in mounts.splitlines()}

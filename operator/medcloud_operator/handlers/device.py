@@ -62,7 +62,7 @@ def reconcile_device(
     hospital = hospital_of(namespace)
     trust = ensure_trust(kube, namespace, hospital, moment)
     if settings is not None and trust.crl_signed:
-        ensure_broker_trust(kube, settings, settings.operator_namespace, moment)
+        ensure_broker_trust(kube, settings, settings.operator_namespace, namespace, moment)
     if trust.created_ca:
         events.post(body, events.NORMAL, "DeviceCACreated", f"made the device CA of hospital {hospital}")
     previous = DeviceStatus.model_validate(body.get("status") or {})
@@ -78,7 +78,7 @@ def reconcile_device(
     # platform broker's bundle with it.
     resigned = new.revoked_at != previous.revoked_at and ensure_trust(kube, namespace, hospital, moment).crl_signed
     if resigned and settings is not None:
-        ensure_broker_trust(kube, settings, settings.operator_namespace, moment)
+        ensure_broker_trust(kube, settings, settings.operator_namespace, namespace, moment)
     return True
 
 

@@ -81,7 +81,7 @@ class GatewayWorkload(Workload[GatewayPlan, DeviceGatewayStatus]):
         if broker_ca is not None and builder.broker_tls(spec, settings):
             certificates.append(ensure_broker_client(kube, body, broker_ca, settings))
         # A new gateway's grant (or a new hospital's CA) reaches the platform broker's bundle.
-        ensure_broker_trust(kube, settings, settings.operator_namespace)
+        ensure_broker_trust(kube, settings, settings.operator_namespace, namespace)
         devices = kube.list(DEVICE, namespace, label_selector=f"{labels.DEVICE_GATEWAY}={meta['name']}")
         counts = device_builder.counts(devices)
         for state in ("pending", "enrolled", "revoked"):

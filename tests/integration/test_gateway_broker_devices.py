@@ -153,22 +153,32 @@ def device_mosquitto(
     directory: Path, ca_file: Path, serving: KeyPair, crl_file: Path
 ) -> Iterator[tuple[int, ServerProcess]]:
     """A Mosquitto of medcloud_gateway.broker's configuration over one CA and CRL, no gateway grants: port, process."""
-    port = free_port()
     files = BrokerFiles(ca_file, serving.cert, serving.key, crl_file, directory / "acl")
     files.acl_file.write_text(acl([]))
+    port, process = mosquitto_of(files, directory, "mosquitto-devices", directory / "mosquitto.log")
+    with running(port, process):
+        yield port, process
+
+
+def mosquitto_of(files: BrokerFiles, directory: Path, name: str, log_path: Path) -> tuple[int, ServerProcess]:
+    """A Mosquitto of medcloud_gateway.broker's configuration over ``files`` on a free port, not started yet.
+    It stays as this user (the keys are readable by it alone), as the local cluster's broker does."""
+    port = free_port()
     config = directory / "mosquitto.conf"
     config.write_text(f"user {getpass.getuser()}\n" + mosquitto_config(files, host="127.0.0.1", port=port))
     process = ServerProcess(
-        name="mosquitto-devices",
-        args=["mosquitto", "-c", str(config)],
-        log_path=directory / "mosquitto.log",
-        ports=(port,),
-        die_with_parent=True,
+        name=name, args=["mosquitto", "-c", str(config)], log_path=log_path, ports=(port,), die_with_parent=True
     )
+    return port, process
+
+
+@contextlib.contextmanager
+def running(port: int, process: ServerProcess) -> Iterator[None]:
+    """``process`` started and taking connections on ``port``, stopped afterwards."""
     process.start()
     try:
         process.wait_ready(lambda: port_accepts(port), 30)
-        yield port, process
+        yield
     finally:
         process.stop()
 
@@ -181,7 +191,6 @@ def platform_broker(tmp_path: Path) -> Iterator[PlatformBroker]:
     serving = platform.issue("broker", "broker", server_names=("127.0.0.1",), client=False)
     hospitals = [Hospital(CITY, tmp_path / CITY), Hospital(COUNTY, tmp_path / COUNTY)]
     grants = [GatewayGrant(f"gw-wards.hospital-{h.name}", h.name) for h in hospitals]
-    port = free_port()
     files = BrokerFiles(
         directory / FILES["ca-bundle.crt"],
         serving.cert,
@@ -189,16 +198,7 @@ def platform_broker(tmp_path: Path) -> Iterator[PlatformBroker]:
         directory / FILES["crl-bundle.crl"],
         directory / FILES["acl"],
     )
-    config = directory / "mosquitto.conf"
-    # Stay as this user (the keys are readable by it alone), as the local cluster's broker does.
-    config.write_text(f"user {getpass.getuser()}\n" + mosquitto_config(files, host="127.0.0.1", port=port))
-    process = ServerProcess(
-        name="mosquitto-platform",
-        args=["mosquitto", "-c", str(config)],
-        log_path=tmp_path / "mosquitto.log",
-        ports=(port,),
-        die_with_parent=True,
-    )
+    port, process = mosquitto_of(files, directory, "mosquitto-platform", tmp_path / "mosquitto.log")
     broker = PlatformBroker(
         BrokerInfo(host="127.0.0.1", port=port, ca_file=str(platform.paths.cert), client_cert="", client_key=""),
         process,
@@ -216,12 +216,8 @@ def platform_broker(tmp_path: Path) -> Iterator[PlatformBroker]:
         grants,
     )
     write_trust_files(configmap["data"], directory)
-    process.start()
-    try:
-        process.wait_ready(lambda: port_accepts(port), 30)
+    with running(port, process):
         yield broker
-    finally:
-        process.stop()
 
 
 def connect(

@@ -78,18 +78,24 @@ class GatewayGrant:
     hospital: str
 
 
+def grant_block(grant: GatewayGrant) -> str:
+    """One gateway's lines of the ACL, ending with a blank line."""
+    lines = [
+        f"user {grant.identity}",
+        f"topic read {readings_filter(grant.hospital)}",
+        # A shared subscription is checked against the whole filter, $share/<group>/ included.
+        f"topic read $share/+/{readings_filter(grant.hospital)}",
+        f"topic write devices/{grant.hospital}/+/errors",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def acl(gateways: Iterable[GatewayGrant]) -> str:
     """Mosquitto's ACL file: each device its own topics; each gateway its hospital's topics and nothing else."""
     lines: list[str] = []
     for grant in sorted(set(gateways), key=lambda g: (g.identity, g.hospital)):
-        lines += [
-            f"user {grant.identity}",
-            f"topic read {readings_filter(grant.hospital)}",
-            # A shared subscription is checked against the whole filter, $share/<group>/ included.
-            f"topic read $share/+/{readings_filter(grant.hospital)}",
-            f"topic write devices/{grant.hospital}/+/errors",
-            "",
-        ]
+        lines.append(grant_block(grant))
     # Patterns apply to every user, gateways included: a gateway's identity has no "/" and is no hospital's
     # device, so devices/<gateway>/readings names nothing anyone reads.
     lines += ["pattern write devices/%u/readings", "pattern read devices/%u/errors", ""]

@@ -13,12 +13,31 @@ from __future__ import annotations
 
 import datetime as dt
 
-from medcloud.kube.client import CONFIG_MAP, DEVICE_GATEWAY, HOSPITAL, SECRET, Kube
+from medcloud.kube.client import CONFIG_MAP, DEVICE_GATEWAY, HOSPITAL, SECRET, Kube, Manifest
 from medcloud.models.common import hospital_namespace
 from medcloud.tenancy import deviceca, devicecrl, mqtt
 from medcloud_operator.builders import brokertrust as builder
 from medcloud_operator.deviceca import read_broker_ca
 from medcloud_operator.settings import WorkloadSettings
+
+
+def ensure_gateway_in_broker_trust(
+    kube: Kube, settings: WorkloadSettings, gateway: Manifest, now: dt.datetime | None = None
+) -> bool:
+    """A DeviceGateway's reconcile: the bundle rebuilt (every hospital read) only when it lacks this gateway's
+    grant, its hospital's CA or CRL, or a fresh broker CA CRL; otherwise two reads, whatever the hospital count.
+    True if it was written."""
+    broker_ca = read_broker_ca(settings)
+    if broker_ca is None:
+        return False
+    namespace = gateway["metadata"]["namespace"]
+    moment = now or dt.datetime.now(dt.UTC)
+    live = kube.get(CONFIG_MAP, mqtt.TRUST_CONFIGMAP, settings.operator_namespace)
+    secret = kube.get(SECRET, deviceca.TRUST_SECRET, namespace)
+    trust = builder.hospital_trust(secret) if secret is not None else None
+    if builder.bundle_holds(live, broker_ca.cert_pem, trust, builder.gateway_grants([gateway]), moment):
+        return False
+    return ensure_broker_trust(kube, settings, settings.operator_namespace, namespace, moment)
 
 
 def ensure_broker_trust(

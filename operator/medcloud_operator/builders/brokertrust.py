@@ -101,6 +101,28 @@ def trust_configmap(
     }
 
 
+def bundle_holds(
+    live: Manifest | None,
+    broker_ca_pem: bytes,
+    hospital: tuple[bytes, bytes] | None,
+    grants: Iterable[mqtt.GatewayGrant],
+    now: dt.datetime,
+) -> bool:
+    """Whether the live ConfigMap already holds what one hospital's reconcile contributes: its CA and CRL,
+    its gateways' grants, and a broker CA CRL in force. Then that reconcile need not read every hospital."""
+    if live is None or platform_crl_in_force(live, broker_ca_pem, now) is None:
+        return False
+    data = live.get("data") or {}
+    if hospital is not None:
+        ca, crl = hospital
+        if ca.strip().decode() not in data.get(mqtt.CA_BUNDLE_KEY, ""):
+            return False
+        if crl.strip().decode() not in data.get(mqtt.CRL_BUNDLE_KEY, ""):
+            return False
+    held = "\n" + data.get(mqtt.ACL_KEY, "")
+    return all("\n" + mqtt.grant_block(grant) in held for grant in grants)
+
+
 def trust_due(live: Manifest | None, desired: Manifest) -> bool:
     """Whether the live ConfigMap differs from the desired one in what the broker reads."""
     return live is None or (live.get("data") or {}) != desired["data"]

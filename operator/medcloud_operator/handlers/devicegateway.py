@@ -38,7 +38,7 @@ from medcloud.kube.client import (
 from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus, DeviceState, DeviceStatus
 from medcloud.tenancy import labels
 from medcloud_operator import metrics, presence
-from medcloud_operator.brokertrust import ensure_broker_trust
+from medcloud_operator.brokertrust import ensure_gateway_in_broker_trust
 from medcloud_operator.builders import device as device_builder
 from medcloud_operator.builders import devicegateway as builder
 from medcloud_operator.builders.hospital import LIMITS_NAME
@@ -81,7 +81,7 @@ class GatewayWorkload(Workload[GatewayPlan, DeviceGatewayStatus]):
         if broker_ca is not None and builder.broker_tls(spec, settings):
             certificates.append(ensure_broker_client(kube, body, broker_ca, settings))
         # A new gateway's grant (or a new hospital's CA) reaches the platform broker's bundle.
-        ensure_broker_trust(kube, settings, settings.operator_namespace, namespace)
+        ensure_gateway_in_broker_trust(kube, settings, body)
         devices = kube.list(DEVICE, namespace, label_selector=f"{labels.DEVICE_GATEWAY}={meta['name']}")
         counts = device_builder.counts(devices)
         for state in ("pending", "enrolled", "revoked"):

@@ -69,3 +69,21 @@ def test_the_bundle_holds_every_ca_and_crl_and_is_the_same_bytes_for_the_same_in
     assert brokertrust.platform_crl_in_force(first, platform.cert_pem, NOW) == platform_crl.strip() + b"\n"
     assert brokertrust.platform_crl_in_force(first, platform.cert_pem, NOW + dt.timedelta(days=6)) is None
     assert brokertrust.platform_crl_in_force(first, deviceca.new_ca("other", now=NOW).cert_pem, NOW) is None
+
+
+def test_a_bundle_holds_a_hospitals_part_only_with_its_ca_crl_grants_and_a_fresh_platform_crl() -> None:
+    city, county, platform = (deviceca.new_ca(name, now=NOW) for name in ("city", "county", "platform"))
+    city_trust = (city.cert_pem, build_crl(city.cert_pem, city.key_pem, [], now=NOW, number=1))
+    county_trust = (county.cert_pem, build_crl(county.cert_pem, county.key_pem, [], now=NOW, number=1))
+    platform_crl = build_crl(platform.cert_pem, platform.key_pem, [], now=NOW, number=1)
+    wards = brokertrust.gateway_grants([gateway("wards", "hospital-city", ["mqtt"])])
+    live = brokertrust.trust_configmap("medcloud-system", [city_trust], platform.cert_pem, platform_crl, wards)
+    assert brokertrust.bundle_holds(live, platform.cert_pem, city_trust, wards, NOW)
+    # What the reconcile of another gateway or hospital would add is missing: it rebuilds.
+    ward2 = brokertrust.gateway_grants([gateway("ward", "hospital-city", ["mqtt"])])
+    assert not brokertrust.bundle_holds(live, platform.cert_pem, city_trust, ward2, NOW)
+    assert not brokertrust.bundle_holds(live, platform.cert_pem, county_trust, [], NOW)
+    resigned = (city.cert_pem, build_crl(city.cert_pem, city.key_pem, [], now=NOW, number=2))
+    assert not brokertrust.bundle_holds(live, platform.cert_pem, resigned, wards, NOW)
+    assert not brokertrust.bundle_holds(live, platform.cert_pem, city_trust, wards, NOW + dt.timedelta(days=6))
+    assert not brokertrust.bundle_holds(None, platform.cert_pem, city_trust, wards, NOW)

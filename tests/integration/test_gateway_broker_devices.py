@@ -285,28 +285,29 @@ def city_gateway_settings(
     return GatewaySettings.model_validate({**plain.model_dump(), "protocols": ["mqtt"], "hospital": CITY})
 
 
+def listening(broker: PlatformBroker, hospital: str, subscribe: str) -> tuple[mqtt.Client, queue.Queue[str]]:
+    """A client of ``hospital``'s gateway identity subscribed to ``subscribe``, and the topics it receives."""
+    received: queue.Queue[str] = queue.Queue()
+    client = connect(
+        broker.info,
+        broker.gateway_identity(hospital),
+        on_message=lambda _c, _u, message: received.put(message.topic),
+        subscribe=subscribe,
+    )
+    assert client is not None
+    return client, received
+
+
 def test_devices_publish_only_for_themselves_within_their_hospital(
     platform_broker: PlatformBroker, records: RecordClient, minio_server: MinioInfo, serving_ca: CertificateAuthority
 ) -> None:
     city, county = platform_broker.hospitals
     settings = city_gateway_settings(records, minio_server, platform_broker, serving_ca)
-    county_seen: queue.Queue[str] = queue.Queue()
-    county_gateway = connect(
-        platform_broker.info,
-        platform_broker.gateway_identity(COUNTY),
-        on_message=lambda _c, _u, message: county_seen.put(message.topic),
-        subscribe=f"$share/gw-wards.hospital-{COUNTY}/devices/{COUNTY}/+/readings",
+    county_gateway, county_seen = listening(
+        platform_broker, COUNTY, f"$share/gw-wards.hospital-{COUNTY}/devices/{COUNTY}/+/readings"
     )
-    assert county_gateway is not None
     # A gateway identity may not read another hospital's topics: its subscription is granted, nothing delivered.
-    snooping: queue.Queue[str] = queue.Queue()
-    snooper = connect(
-        platform_broker.info,
-        platform_broker.gateway_identity(COUNTY),
-        on_message=lambda _c, _u, message: snooping.put(message.topic),
-        subscribe=f"devices/{CITY}/+/readings",
-    )
-    assert snooper is not None
+    snooper, snooping = listening(platform_broker, COUNTY, f"devices/{CITY}/+/readings")
     ox = city.enrol("ox-12")
     # The same device id at the county hospital: another device, another broker user.
     county_ox = county.enrol("ox-12")

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import quote
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 Manifest = dict[str, Any]
 """A Kubernetes object as the API server's JSON: a plain dictionary in camelCase."""
@@ -52,6 +53,10 @@ class Kind:
             if not namespace:
                 raise ValueError(f"{self.kind} is namespaced: a namespace is required")
             return f"{self.base_path()}/namespaces/{quote(namespace, safe='')}/{self.plural}"
+        return f"{self.base_path()}/{self.plural}"
+
+    def every_namespace_path(self) -> str:
+        """The collection across every namespace (for a cluster-scoped kind, the collection itself)."""
         return f"{self.base_path()}/{self.plural}"
 
     def object_path(self, name: str, namespace: str | None = None) -> str:
@@ -101,6 +106,7 @@ DEVICE = Kind("medcloud.io/v1alpha1", "Device", "devices", namespaced=True)
 APP_INSTANCE = Kind("medcloud.io/v1alpha1", "AppInstance", "appinstances", namespaced=True)
 CONSORTIUM = Kind("medcloud.io/v1alpha1", "Consortium", "consortia", namespaced=False)
 CLUSTER_KOPF_PEERING = Kind("kopf.dev/v1", "ClusterKopfPeering", "clusterkopfpeerings", namespaced=False)
+KOPF_PEERING = Kind("kopf.dev/v1", "KopfPeering", "kopfpeerings", namespaced=True)
 
 KINDS: dict[tuple[str, str], Kind] = {
     (k.api_version, k.kind): k
@@ -154,9 +160,16 @@ def load_configuration() -> client.Configuration:
     return configuration
 
 
-def new_api_client(user_agent: str) -> client.ApiClient:
-    """An API client that names itself ``user_agent`` in the API server's logs."""
-    api = client.ApiClient(load_configuration())
+def new_api_client(user_agent: str, *, connections: int | None = None) -> client.ApiClient:
+    """An API client that names itself ``user_agent`` in the API server's logs.
+
+    ``connections``: how many connections it keeps open at once (the library's default is five per CPU);
+    a client holding long-lived watches needs one per watch.
+    """
+    configuration = load_configuration()
+    if connections is not None:
+        configuration.connection_pool_maxsize = connections
+    api = client.ApiClient(configuration)
     api.user_agent = f"{user_agent}/python"
     return api
 
@@ -215,6 +228,58 @@ class Kube:
         query = [("labelSelector", label_selector)] if label_selector else []
         result = self._request("GET", kind.collection_path(namespace), query=query)
         return cast(list[Manifest], result.get("items") or [])
+
+    def current_version(self, kind: Kind, label_selector: str | None = None) -> str:
+        """The collection's resourceVersion now, from a LIST of at most one object: where a watch can start.
+
+        A watch started there sees every later change and none of what exists already, which is what a
+        controller that only repairs drift needs (what happened before, its safety net finds).
+        """
+        query = [("limit", "1")] + ([("labelSelector", label_selector)] if label_selector else [])
+        result = self._request("GET", kind.every_namespace_path(), query=query)
+        return str(result["metadata"]["resourceVersion"])
+
+    def watch(
+        self,
+        kind: Kind,
+        resource_version: str,
+        *,
+        label_selector: str | None = None,
+        timeout_seconds: int = 270,
+    ) -> Iterator[Manifest]:
+        """Watch events of ``kind`` in every namespace after ``resource_version``, as the API server's JSON.
+
+        Each item is ``{"type": ..., "object": ...}``; bookmarks are asked for, so a quiet stream still
+        moves its resourceVersion on. The server ends the stream after ``timeout_seconds``; an ``ERROR``
+        event (410 Gone: the version is too old) is handed on for the caller to start again from
+        :meth:`current_version`.
+        """
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(timeout_seconds)),
+        ] + ([("labelSelector", label_selector)] if label_selector else [])
+        request = self.api_client.param_serialize(
+            method="GET",
+            resource_path=kind.every_namespace_path(),
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        # The read timeout outlasts the server's own, so the server's clean end wins over a client error.
+        response = self.api_client.call_api(*request, _request_timeout=(30, timeout_seconds + 30))
+        try:
+            if not 200 <= response.status <= 299:
+                response.read()  # type: ignore[no-untyped-call]
+                raise ApiException.from_response(http_resp=response, body=None, data=None)
+            for line in iter_resp_lines(response.response):  # type: ignore[no-untyped-call]  # unannotated
+                if line:
+                    yield cast(Manifest, json.loads(line))
+        finally:
+            # Closed, not drained: a stream left early (its consumer stopped) must not go back to the pool unread.
+            response.response.close()
+            response.response.release_conn()
 
     def create(self, manifest: Manifest) -> Manifest:
         kind = kind_of(manifest)

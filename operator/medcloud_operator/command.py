@@ -62,9 +62,13 @@ def run(
 
     # Imported here: the handlers (and what they import) load only when the operator runs.
     from medcloud_operator.main import build_registry
+    from medcloud_operator.peeringpause import own_identity
 
+    # Made here, not by Kopf: the child watches and the safety net follow Kopf's peering under the same identity.
+    identity = own_identity()
     kopf.run(
-        registry=build_registry(settings),
+        registry=build_registry(settings, identity=identity, namespaces=namespaces),
+        identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str, not exported
         clusterwide=not namespaces,
         namespaces=namespaces,
         standalone=True if standalone else None,

@@ -8,6 +8,7 @@ per-object locks, the work queue and the metrics server.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ class OperatorContext:
     """Who claims which institution code, kept from the Hospital watch (a lookup per reconcile, not a LIST)."""
     queue: WorkQueue = field(default_factory=lambda: WorkQueue(4))
     """Every reconcile waits here for one of its workers (``max_concurrent_reconciles``), changes first."""
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    """The child watches, the safety net and the peering pause they follow (``medcloud_operator.main``)."""
     settings_fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:

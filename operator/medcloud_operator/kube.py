@@ -24,6 +24,6 @@ class Kube(kube_client.Kube):
         super().__init__(api_client, field_manager=OPERATOR_NAME, on_write=_count_write)
 
 
-def new_api_client() -> client.ApiClient:
+def new_api_client(*, connections: int | None = None) -> client.ApiClient:
     """An API client that names itself ``medcloud-operator`` in the API server's logs."""
-    return kube_client.new_api_client(OPERATOR_NAME)
+    return kube_client.new_api_client(OPERATOR_NAME, connections=connections)

@@ -9,8 +9,11 @@ The startup handler tunes Kopf and builds the one context the handlers share.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import kopf
@@ -23,15 +26,19 @@ from medcloud.kube.client import (
     CONSORTIUM,
     DEVICE_GATEWAY,
     HOSPITAL,
-    NAMESPACE,
+    KOPF_PEERING,
+    LIMIT_RANGE,
     RECORD_STORE,
     load_configuration,
 )
 from medcloud.tenancy import labels
-from medcloud_operator import OPERATOR_NAME, health, metrics
+from medcloud_operator import OPERATOR_NAME, background, health, metrics
+from medcloud_operator.childwatch import ChildWatcher
 from medcloud_operator.context import MEMO_KEY, OperatorContext, get_context
 from medcloud_operator.handlers import appinstance, consortium, device, devicegateway, hospital, recordstore
+from medcloud_operator.handlers.common import full_resync_due
 from medcloud_operator.kube import Kube, new_api_client
+from medcloud_operator.peeringpause import PeeringObject, PeeringPause, Self, own_identity
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.storage import Storage
 from medcloud_operator.workqueue import WorkQueue
@@ -47,11 +54,26 @@ KOPF_DEFAULT_PEERING = "default"
 STATE_PREFIX = "kopf.medcloud.io"
 
 
-def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
-    """Every handler of the operator, registered with ``settings`` (read once, at start)."""
+def build_registry(
+    settings: OperatorSettings, *, identity: str | None = None, namespaces: Sequence[str] = ()
+) -> kopf.OperatorRegistry:
+    """Every handler of the operator, registered with ``settings`` (read once, at start).
+
+    ``identity`` is the one given to ``kopf.run`` (its peering identity) and ``namespaces`` the ones it
+    serves (none: the cluster): the work outside Kopf follows the same peering.
+    """
     registry = kopf.OperatorRegistry()
     kopf.on.login(id="login", registry=registry)(login)
     kopf.on.startup(id="configure", registry=registry)(functools.partial(configure, operator_settings=settings))
+    # After configure (Kopf runs startup handlers in order), which builds the context it starts from.
+    start = functools.partial(
+        start_background,
+        work=background.of(registry),
+        identity=identity or own_identity(),
+        namespaces=tuple(namespaces),
+    )
+    kopf.on.startup(id="background", registry=registry)(start)
+    kopf.on.cleanup(id="background_stop", registry=registry)(stop_background)
     kopf.on.cleanup(id="shutdown", registry=registry)(shutdown)
     for module in HANDLER_MODULES:
         module.register(registry, settings)
@@ -129,13 +151,10 @@ def configure(
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
 
-    # Server-side selectors: of the child kinds, stream only what this
-    # operator manages (a cluster may hold thousands of Roles and
-    # ClusterRoles). Not for namespaces: Kopf also lists namespaces to
-    # resolve --namespace globs.
-    for kind in (*hospital.CHILD_KINDS, *appinstance.APPS.child_kinds, *devicegateway.GATEWAYS.child_kinds):
-        if kind is not NAMESPACE:
-            settings.watching.label_selectors[kind.api_version, kind.plural] = labels.managed_selector()
+    # Server-side selectors: of the child kinds Kopf still watches (the LimitRange, which workloads depend
+    # on), stream only what this operator manages. The other children are watched outside Kopf, by label
+    # (medcloud_operator.childwatch).
+    settings.watching.label_selectors[LIMIT_RANGE.api_version, LIMIT_RANGE.plural] = labels.managed_selector()
 
     # Reconciles run in the work queue's own threads, changes first; Kopf's pool (the handlers
     # that are not reconciles: deletions' bookkeeping, indexes, member events) gets the same size.
@@ -200,6 +219,74 @@ def _ensure_peering_object(kube: Kube, name: str, logger: kopf.Logger) -> None:
         if exc.status != 409:  # another replica created it first
             raise
     logger.info("Created ClusterKopfPeering %s", name)
+
+
+async def start_background(
+    memo: kopf.Memo,
+    settings: kopf.OperatorSettings,
+    logger: kopf.Logger,
+    work: background.Background,
+    identity: str,
+    namespaces: tuple[str, ...],
+    **_: Any,
+) -> None:
+    """Start the child watches and the safety net, and the peering pause they follow, on Kopf's event loop."""
+    ctx = memo.get(MEMO_KEY)
+    if not isinstance(ctx, OperatorContext):
+        raise kopf.TemporaryError("waiting for the configure handler", delay=0.1)
+    me = Self(identity, settings.peering.priority, sharded=bool(getattr(settings.watching, "shard_selectors", None)))
+    peering = _peering_objects(settings, namespaces, logger)
+    pause = PeeringPause(ctx.kube, peering, me, mandatory=settings.peering.mandatory)
+    # Its own client: a connection per watch, held for minutes, apart from the reconciles' pool.
+    watching = Kube(new_api_client(connections=len(work.child_watches) + 2))
+
+    def borrowed() -> contextvars.Context | None:
+        return work.kopf_context
+
+    watcher = ChildWatcher(watching, work.child_watches, memo, pause, kopf_context=borrowed)
+    full_period = ctx.settings.full_resync_seconds
+
+    def due(uid: str, now: float, interval: float) -> bool:
+        return full_resync_due(uid, now, interval, full_period)
+
+    loop = asyncio.get_running_loop()
+    ctx.background = [
+        loop.create_task(pause.run(), name="peering-pause"),
+        loop.create_task(watcher.run(), name="child-watches"),
+        loop.create_task(
+            work.safety_net.run(memo, ctx.queue, pause, due=due, kopf_context=borrowed),
+            name="safety-net",
+        ),
+    ]
+    logger.info(
+        "Watching %d child kinds outside Kopf; safety net over %s; peering identity %s",
+        len(work.child_watches),
+        ", ".join(work.safety_net.kinds),
+        identity,
+    )
+
+
+def _peering_objects(
+    settings: kopf.OperatorSettings, namespaces: tuple[str, ...], logger: kopf.Logger
+) -> list[PeeringObject]:
+    """The peering objects Kopf follows: none standalone, the cluster's, or one per namespace served."""
+    if settings.peering.standalone:
+        return []
+    if settings.peering.clusterwide:
+        return [PeeringObject(CLUSTER_KOPF_PEERING, settings.peering.name)]
+    literal = [ns for ns in namespaces if not any(c in ns for c in "*?[")]
+    if len(literal) < len(namespaces):
+        logger.warning("Namespace globs: the child watches and safety net follow the peering of %s only", literal)
+    return [PeeringObject(KOPF_PEERING, settings.peering.name, ns) for ns in literal]
+
+
+async def stop_background(memo: kopf.Memo, **_: Any) -> None:
+    ctx = memo.get(MEMO_KEY)
+    if not isinstance(ctx, OperatorContext):
+        return
+    for task in ctx.background:
+        task.cancel()
+    await asyncio.gather(*ctx.background, return_exceptions=True)
 
 
 def shutdown(memo: kopf.Memo, **_: Any) -> None:

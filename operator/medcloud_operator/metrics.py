@@ -41,6 +41,26 @@ API_WRITES = Counter(
     "Write requests the operator sent to the API server, by object kind and verb (create, update, patch, delete).",
     ["kind", "verb"],
 )
+CHILD_WATCH_EVENTS = Counter(
+    "medcloud_child_watch_events_total",
+    "Watch events of child objects (received outside Kopf, from the current resourceVersion), by child kind.",
+    ["kind"],
+)
+CHILD_WATCH_RESTARTS = Counter(
+    "medcloud_child_watch_restarts_total",
+    "Child watches started again from the current resourceVersion, by kind and why (gone: 410, failed: an error).",
+    ["kind", "reason"],
+)
+SAFETY_NET_SWEEPS = Counter(
+    "medcloud_safety_net_sweeps_total",
+    "Ticks of the safety net's sweep over the objects of a kind (one per resync interval while not paused).",
+    ["kind"],
+)
+PEERING_PAUSED = Gauge(
+    "medcloud_peering_paused",
+    "1 while Kopf's peering pauses this replica (a peer of higher priority is alive), which the child watches "
+    "and the safety net follow; 0 while it acts.",
+)
 DRIFT_REPAIRS = Counter(
     "medcloud_drift_repairs_total",
     "Child objects found changed or deleted by someone else and put back, by kind.",

@@ -1,6 +1,6 @@
 """The reconcile frame every kind (Hospital, RecordStore, DeviceGateway, AppInstance, Consortium) runs in.
 
-- Triggers (:func:`register_triggers`): created, changed or found at startup, and a resync timer,
+- Triggers (:func:`register_triggers`): created, changed or found at startup, and the safety net's sweep,
   all funnelled into the kind's one ``reconcile`` through the work queue (``medcloud_operator.workqueue``),
   changes first. An object found at startup or by the timer that is *settled* (Ready at its generation,
   with the digest of its spec and the settings in status) is not reconciled: the safety net costs no
@@ -11,17 +11,17 @@
 - Failures: classified into a :class:`ReconcileError` (a reason a person can act on, and a retry
   decision); :func:`raise_failure` reports it (an Event when new, a metric, a log line) and raises
   Kopf's permanent or temporary error.
-- Drift: watch events on children reconcile their owner (:func:`register_drift_handlers`), and
+- Drift: watch events on children (watched outside Kopf) reconcile their owner (:func:`register_drift_handlers`), and
   :func:`report_applied` posts one Event per child written.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -33,9 +33,11 @@ from urllib3.exceptions import HTTPError
 from medcloud.kube.client import Kind, Manifest
 from medcloud.models import ConditionStatus, Phase, StatusBase
 from medcloud.models.conditions import Reason
-from medcloud_operator import events, metrics, sharding
+from medcloud_operator import background, childwatch, events, metrics, sharding
 from medcloud_operator.apply import Action, Applied
+from medcloud_operator.childwatch import ChildWatch
 from medcloud_operator.context import OperatorContext, get_context
+from medcloud_operator.safetynet import SweptKind
 from medcloud_operator.status import RECONCILING_DIGEST, Check
 from medcloud_operator.workqueue import Priority
 
@@ -210,15 +212,17 @@ def register_triggers(
     resync_id: str | None = None,
     safety_net: bool = True,
 ) -> None:
-    """A kind's own triggers: create, update and resume call ``changed``; a timer every ``interval`` ``resync``.
+    """A kind's own triggers: create, update and resume call ``changed``; the safety net ``resync`` every ``interval``.
 
-    All of them wait in the work queue: create and update as changes, resume after them, the timer
-    last. With ``safety_net`` the resume and the timer skip a settled object (:func:`is_settled`)
-    except on its one full reconcile per ``full_resync_seconds``; without it (a timer that does
-    work of its own, like a RecordStore's usage count) the timer always runs.
+    All of them wait in the work queue: create and update as changes, resume after them, the safety
+    net last (:mod:`medcloud_operator.safetynet`: one sweep of the kind per interval). With
+    ``safety_net`` the resume and the sweep skip a settled object (:func:`is_settled`) except on its
+    one full reconcile per ``full_resync_seconds``; without it (a resync that does work of its own,
+    like a RecordStore's usage count) the sweep resyncs every object.
 
     Handler ids (``<prefix>_changed``, ``<prefix>_resync``) name the handlers in Kopf's logs and in
-    its progress annotations, so they stay as they are once released.
+    its progress annotations, so they stay as they are once released; ``<prefix>_resync`` now keeps
+    the safety net's records.
     """
     group, version = kind.api_version.split("/")
     prefix = prefix or kind.kind.lower()
@@ -238,34 +242,17 @@ def register_triggers(
 
     kopf.on.resume(group, version, kind.plural, id=f"{prefix}_changed", registry=registry)(on_resume)
 
-    async def on_timer(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        ctx = get_context(memo)
-        key = object_key(kwargs)
-        if key is not None and ctx.queue.pending(controller, key):
-            # A reconcile of it is already waiting or running (its creation, a change): the net adds nothing.
-            metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="pending").inc()
-            return
-        if (
-            safety_net
-            and is_settled(body, ctx.settings_fingerprint)
-            and not full_resync_due(
-                str(body["metadata"]["uid"]), time.time(), interval, ctx.settings.full_resync_seconds
-            )
-        ):
-            metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="resync").inc()
-            return
-        work = functools.partial(resync, body=body, memo=memo, **kwargs)
-        await ctx.queue.run(controller, Priority.RESYNC, work, key=key)
+    # The safety net: one sweep of the kind per interval, over records kept from this watch (no timer per object).
+    work = background.of(registry)
+    net = work.safety_net
+    net.add(SweptKind(kind, resync, interval, safety_net))
 
-    kopf.timer(
-        group,
-        version,
-        kind.plural,
-        id=resync_id or f"{prefix}_resync",
-        interval=interval,
-        initial_delay=interval,
-        registry=registry,
-    )(on_timer)
+    async def on_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        if work.kopf_context is None:
+            work.kopf_context = contextvars.copy_context()
+        net.observe(kind.kind, type, body, is_settled(body, get_context(memo).settings_fingerprint))
+
+    kopf.on.event(group, version, kind.plural, id=resync_id or f"{prefix}_resync", registry=registry)(on_seen)
 
 
 def raise_failure(body: Manifest, failure: ReconcileError, status_written: bool, logger: Logger) -> NoReturn:
@@ -339,12 +326,15 @@ def register_drift_handlers(
     id_prefix: str,
     labels: Mapping[str, Any],
     owner_kind: str,
-    owner_of: Callable[[kopf.Body], str | None],
+    owner_of: Callable[[Manifest], str | None],
     reconcile: Repair,
     refresh_kinds: Iterable[Kind] = (),
     refresh: Refresh | None = None,
 ) -> None:
     """Watch children (by ``labels``): one changed or deleted by someone else reconciles its owner (queued as a change).
+
+    The watches run outside Kopf (:mod:`medcloud_operator.childwatch`: from the current resourceVersion,
+    selected on the server by ``labels``, nothing kept per child).
 
     ``owner_of`` names the owner of a child (None: not one of ours);
     ``reconcile`` is called with the context, Kopf's memo, that name, the
@@ -359,16 +349,7 @@ def register_drift_handlers(
     """
     refreshing = {kind.kind for kind in refresh_kinds}
 
-    async def child_changed(
-        type: str | None,  # Kopf passes the watch event type by this name
-        body: kopf.Body,
-        memo: kopf.Memo,
-        logger: kopf.Logger,
-        **_: Any,
-    ) -> None:
-        if type is None:
-            # The initial listing at startup: the resume handlers reconcile every owner anyway.
-            return
+    async def child_changed(type: str, body: Manifest, memo: kopf.Memo, logger: logging.Logger) -> None:
         meta = body["metadata"]
         owner = owner_of(body)
         if owner is None:
@@ -378,7 +359,7 @@ def register_drift_handlers(
         may_be_echo = type != "DELETED"
         if may_be_echo and ctx.own_writes.is_own(kind, namespace, name, version):
             return
-        child = dict(body)  # Kopf's body is a live view; the worker reads it later
+        child = body
 
         def repair() -> None:
             if may_be_echo and ctx.own_writes.is_own(kind, namespace, name, version, wait=ECHO_WAIT_SECONDS):
@@ -393,7 +374,6 @@ def register_drift_handlers(
         priority = Priority.REFRESH if kind in refreshing else Priority.CHANGE
         await ctx.queue.run(owner_kind.lower(), priority, repair)
 
+    watches = background.of(registry).child_watches
     for kind in child_kinds:
-        kopf.on.event(
-            kind.api_version, kind.plural, id=f"{id_prefix}-{kind.plural}", labels=dict(labels), registry=registry
-        )(child_changed)
+        watches.append(ChildWatch(f"{id_prefix}-{kind.plural}", kind, childwatch.label_selector(labels), child_changed))

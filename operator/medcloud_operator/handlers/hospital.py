@@ -383,7 +383,7 @@ def hospital_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) 
     reconcile(get_context(memo), name, logger)
 
 
-def _hospital_of(child: kopf.Body) -> str | None:
+def _hospital_of(child: Manifest) -> str | None:
     return (child["metadata"].get("labels") or {}).get(labels.HOSPITAL) or None
 
 

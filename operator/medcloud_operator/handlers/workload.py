@@ -270,7 +270,7 @@ def owner_of(body: Mapping[str, Any], kind: Kind) -> str | None:
 def _register_drift_handlers(registry: kopf.OperatorRegistry, workload: Workload[Any, Any]) -> None:
     """Watch the workload's children: a child changed or deleted by someone else reconciles its owner."""
 
-    def owner(body: kopf.Body) -> str | None:
+    def owner(body: Manifest) -> str | None:
         return owner_of(body, workload.kind) if body["metadata"].get("namespace") else None
 
     def repair(ctx: OperatorContext, memo: kopf.Memo, owner: str, namespace: str | None, logger: Logger) -> None:

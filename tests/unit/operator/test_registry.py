@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from medcloud_operator import background
 from medcloud_operator.main import build_registry
 from medcloud_operator.settings import OperatorSettings
 
@@ -20,7 +21,7 @@ CHANGE_HANDLERS = {
     "recordstore_changed",
     "recordstore_deleted",
 }
-TIMERS = {
+SAFETY_NET = {
     "appinstance_resync",
     "consortium_resync",
     "device_resync",
@@ -35,18 +36,34 @@ def test_every_kind_registers_its_triggers_under_the_released_ids() -> None:
     registry = build_registry(OperatorSettings())
 
     assert {h.id for h in registry._changing.get_all_handlers()} == CHANGE_HANDLERS
-    assert {h.id for h in registry._spawning.get_all_handlers()} == TIMERS
     assert {h.id for h in registry._indexing.get_all_handlers()} == INDEXES
     watching = {h.id for h in registry._watching.get_all_handlers()}
-    assert {"consortium-members", "drift-namespaces", "drift-appinstance-deployments"} <= watching
-    assert {"configure", "login", "shutdown", "hospitals"} == {h.id for h in registry._activities.get_all_handlers()}
+    # The safety net's records come from these watch handlers (the old timers' ids); no timer per object.
+    assert SAFETY_NET | {"consortium-members"} <= watching
+    timers = {h.id for h in registry._spawning.get_all_handlers()}
+    assert timers <= {"devicegateway_presence", "consortium_exchange_probe"}
+    activities = {h.id for h in registry._activities.get_all_handlers()}
+    assert activities == {"configure", "background", "background_stop", "login", "shutdown", "hospitals"}
 
 
-def test_timer_intervals_come_from_the_settings_given_not_from_import_time() -> None:
+def test_children_are_watched_outside_kopf_by_a_server_side_label_selector() -> None:
+    registry = build_registry(OperatorSettings())
+
+    watches = {watch.id: watch for watch in background.of(registry).child_watches}
+    assert {"drift-namespaces", "drift-resourcequotas", "drift-appinstance-deployments"} <= set(watches)
+    assert watches["drift-namespaces"].selector == (
+        "app.kubernetes.io/managed-by=medcloud-operator,app.kubernetes.io/component=tenancy,medcloud.io/hospital"
+    )
+    kopf_watched = {h.selector.any_name for h in registry._watching.get_all_handlers() if h.selector is not None}
+    assert not kopf_watched & {"namespaces", "resourcequotas", "networkpolicies", "roles", "deployments"}
+
+
+def test_sweep_intervals_come_from_the_settings_given_not_from_import_time() -> None:
     registry = build_registry(OperatorSettings(resync_seconds=7, recordstore_refresh_seconds=3))
 
-    intervals = {h.id: getattr(h, "interval", None) for h in registry._spawning.get_all_handlers()}
-    assert intervals == {timer: 3.0 if timer == "recordstore_refresh" else 7.0 for timer in TIMERS}
+    intervals = {kind: swept.interval for kind, swept in background.of(registry).safety_net.kinds.items()}
+    assert intervals == {kind: 3.0 if kind == "RecordStore" else 7.0 for kind in intervals}
+    assert set(intervals) == {"AppInstance", "Consortium", "Device", "DeviceGateway", "Hospital", "RecordStore"}
 
 
 def test_importing_the_operator_reads_no_environment() -> None:

@@ -90,7 +90,7 @@ def to_sweep(swept: SweptKind, now: float, *, pending: Callable[[str], bool], du
 
 
 def record_key(namespace: str | None, name: str) -> str:
-    """The work queue's key of an object (:func:`medcloud_operator.handlers.common.object_key`)."""
+    """The work queue's key of an object, and its record's: ``<namespace>/<name>`` (empty namespace: cluster-scoped)."""
     return f"{namespace or ''}/{name}"
 
 

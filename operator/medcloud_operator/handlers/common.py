@@ -37,7 +37,7 @@ from medcloud_operator import background, childwatch, events, metrics, sharding
 from medcloud_operator.apply import Action, Applied
 from medcloud_operator.childwatch import ChildWatch
 from medcloud_operator.context import OperatorContext, get_context
-from medcloud_operator.safetynet import SweptKind
+from medcloud_operator.safetynet import SweptKind, record_key
 from medcloud_operator.status import RECONCILING_DIGEST, Check
 from medcloud_operator.workqueue import Priority
 
@@ -188,7 +188,7 @@ def full_resync_due(uid: str, now: float, interval: float, period: float) -> boo
 def object_key(kwargs: Mapping[str, Any]) -> str | None:
     """The work queue's key of the object a Kopf handler was called for (its namespace and name)."""
     name = kwargs.get("name")
-    return None if name is None else f"{kwargs.get('namespace') or ''}/{name}"
+    return None if name is None else record_key(kwargs.get("namespace"), name)
 
 
 def queued(controller: str, priority: Priority, handler: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -359,14 +359,13 @@ def register_drift_handlers(
         may_be_echo = type != "DELETED"
         if may_be_echo and ctx.own_writes.is_own(kind, namespace, name, version):
             return
-        child = body
 
         def repair() -> None:
             if may_be_echo and ctx.own_writes.is_own(kind, namespace, name, version, wait=ECHO_WAIT_SECONDS):
                 metrics.ECHO_SKIPS.labels(kind=kind).inc()
                 return
             if kind in refreshing and refresh is not None and type != "DELETED":
-                refresh(ctx, owner, child, logger)
+                refresh(ctx, owner, body, logger)
             else:
                 reconcile(ctx, memo, owner, namespace, logger)
 

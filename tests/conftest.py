@@ -20,7 +20,8 @@ import pytest
 from kubernetes import client, config
 
 from medcloud_cli.localcluster import binaries
-from medcloud_cli.localcluster.cluster import BrokerInfo, ClusterOptions, LocalCluster, MinioInfo, run_kubectl
+from medcloud_cli.localcluster.broker import BrokerInfo
+from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster, MinioInfo, run_kubectl
 from medcloud_cli.localcluster.postgres import PostgresInfo
 
 

@@ -43,15 +43,16 @@ def device(name: str, namespace: str, gateway: str, device_class: str, csr: str)
     }
 
 
-def blood_pressure(patient: str, systolic: int, diastolic: int) -> Json:
-    """A reading in the gateway's own JSON, as a cuff sends it over HTTPS."""
+def blood_pressure(patient: str, systolic: int, diastolic: int, time: str = "2024-05-01T08:30:00+08:00") -> Json:
+    """A reading in the gateway's own JSON, as a cuff sends it over HTTPS. Its Observation id comes from
+    the device, kind and time: the same reading sent twice is stored once."""
     return {
         "patient": patient,
         "kind": "blood-pressure",
         "systolic": systolic,
         "diastolic": diastolic,
         "unit": "mmHg",
-        "time": "2024-05-01T08:30:00+08:00",
+        "time": time,
     }
 
 
@@ -70,3 +71,26 @@ def https_reading(host: str, server_name: str, ca_pem: bytes, cert: Path, key: P
         return response.status, dict(json.loads(response.read()))
     finally:
         connection.close()
+
+
+def mqtt_reading(host: str, port: int, ca_file: str, cert: Path, key: Path, topic: str, reading: Json) -> bool:
+    """One QoS 1 PUBLISH with the device's certificate, acknowledged by the broker; False if it refused us."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"device-{cert.stem}")
+    publisher.tls_set(ca_certs=ca_file, certfile=str(cert), keyfile=str(key))
+    try:
+        publisher.connect(host, port)
+    except (ssl.SSLError, OSError):
+        return False
+    publisher.loop_start()
+    try:
+        info = publisher.publish(topic, json.dumps(reading), qos=1)
+        info.wait_for_publish(timeout=30)
+        return info.is_published()
+    except (RuntimeError, ValueError):  # not connected: the broker closed the connection
+        return False
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()

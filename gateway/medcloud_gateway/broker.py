@@ -28,6 +28,7 @@ reconnect.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,21 +42,24 @@ class BrokerFiles:
     acl_file: Path
 
 
-def mosquitto_config(files: BrokerFiles, *, host: str, port: int, max_queued: int = 10000) -> str:
-    """A mosquitto.conf with one TLS listener that only enrolled, unrevoked devices (and gateways) can use.
+def mosquitto_config(
+    files: BrokerFiles,
+    *,
+    hosts: Sequence[str],
+    port: int,
+    max_queued: int = 10000,
+    pid_file: Path | None = None,
+) -> str:
+    """A mosquitto.conf with a TLS listener per address that only enrolled, unrevoked devices (and gateways)
+    can use; with ``pid_file``, where the broker's sync finds the process to send SIGHUP.
 
     The ACL is :func:`medcloud.tenancy.mqtt.acl`'s; the CA and CRL files are bundles of every hospital's.
     """
-    return "\n".join(
-        [
-            "per_listener_settings false",
-            "allow_anonymous false",
-            # QoS 1 readings held while the gateway has not acknowledged them (it does once stored).
-            f"max_queued_messages {max_queued}",
-            # Unacknowledged readings sent to the gateway at once (default 20): it takes up to 500 a batch and
-            # acknowledges them once the batch is stored (mqtt.MAX_BATCH).
-            "max_inflight_messages 1000",
-            f"acl_file {files.acl_file}",
+    # TLS settings belong to each listener (per_listener_settings false covers security, not TLS).
+    listeners = [
+        line
+        for host in dict.fromkeys(hosts)
+        for line in (
             f"listener {port} {host}",
             f"cafile {files.ca_file}",
             f"certfile {files.cert_file}",
@@ -64,6 +68,20 @@ def mosquitto_config(files: BrokerFiles, *, host: str, port: int, max_queued: in
             "require_certificate true",
             "use_identity_as_username true",
             "tls_version tlsv1.2",
+        )
+    ]
+    return "\n".join(
+        [
+            "per_listener_settings false",
+            "allow_anonymous false",
+            *([f"pid_file {pid_file}"] if pid_file is not None else []),
+            # QoS 1 readings held while the gateway has not acknowledged them (it does once stored).
+            f"max_queued_messages {max_queued}",
+            # Unacknowledged readings sent to the gateway at once (default 20): it takes up to 500 a batch and
+            # acknowledges them once the batch is stored (mqtt.MAX_BATCH).
+            "max_inflight_messages 1000",
+            f"acl_file {files.acl_file}",
+            *listeners,
             "",
         ]
     )

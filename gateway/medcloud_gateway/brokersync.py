@@ -6,12 +6,14 @@ broker, reads it every ``interval`` seconds, writes what changed into the
 directory Mosquitto's ``cafile``, ``crlfile`` and ``acl_file`` name (each file
 replaced atomically, so the broker never reads half a bundle) and sends the
 broker SIGHUP, on which Mosquitto 2.0 reads the three again
-(:mod:`medcloud_gateway.broker` says exactly what it re-reads). ``extra_acl``
-is prepended to the operator's ACL: identities the operator does not know (a
-local cluster's own test client).
+(:mod:`medcloud_gateway.broker` says exactly what it re-reads). Extras are
+prepended to the operator's files, key by key: what the operator does not know
+(a local cluster's own client CA, its CRL and its test client's ACL entry), so
+the broker keeps trusting them whatever an operator writes.
 
-Run: ``python -m medcloud_gateway.brokersync --directory D --pid-file P [--namespace N]``
-with a kubeconfig (``KUBECONFIG``) allowed to ``get`` that one ConfigMap.
+Run: ``python -m medcloud_gateway.brokersync --directory D --pid-file P [--namespace N]
+[--extra-ca F] [--extra-crl F] [--extra-acl F]`` with a kubeconfig (``KUBECONFIG``)
+allowed to ``get`` that one ConfigMap.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ FILES = {mqtt.CA_BUNDLE_KEY: "ca-bundle.crt", mqtt.CRL_BUNDLE_KEY: "crl-bundle.c
 """ConfigMap key -> file name in the broker's trust directory."""
 
 
-def write_trust_files(data: Mapping[str, str], directory: Path, extra_acl: str = "") -> bool:
-    """The bundle's files brought to ``data``; True if any changed. A bundle missing a key changes nothing."""
+def write_trust_files(data: Mapping[str, str], directory: Path, extra: Mapping[str, str] | None = None) -> bool:
+    """The bundle's files brought to ``data`` (each after its ``extra``); True if any changed. A bundle
+    missing a key changes nothing."""
     if any(key not in data for key in FILES):
         return False
-    wanted = {**data, mqtt.ACL_KEY: extra_acl + data[mqtt.ACL_KEY]}
+    wanted = {key: (extra or {}).get(key, "") + data[key] for key in FILES}
     changed = False
     for key, name in FILES.items():
         target = directory / name
@@ -64,10 +67,12 @@ def reload_broker(pid_file: Path) -> bool:
     return True
 
 
-def sync_once(kube: Kube, namespace: str, directory: Path, pid_file: Path, extra_acl: str = "") -> bool:
+def sync_once(
+    kube: Kube, namespace: str, directory: Path, pid_file: Path, extra: Mapping[str, str] | None = None
+) -> bool:
     """One pass: the ConfigMap read, the files written if it changed, the broker told; True if it was."""
     live = kube.get(CONFIG_MAP, mqtt.TRUST_CONFIGMAP, namespace)
-    if live is None or not write_trust_files(live.get("data") or {}, directory, extra_acl):
+    if live is None or not write_trust_files(live.get("data") or {}, directory, extra):
         return False
     if not reload_broker(pid_file):
         log.warning("trust bundle written to %s but no broker to reload (%s)", directory, pid_file)
@@ -81,13 +86,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--directory", type=Path, required=True)
     parser.add_argument("--pid-file", type=Path, required=True)
     parser.add_argument("--namespace", default="medcloud-system")
-    parser.add_argument("--extra-acl", type=Path, default=None)
+    parser.add_argument("--extra-ca", type=Path, default=None, help="PEM certificates trusted beside the bundle's")
+    parser.add_argument("--extra-crl", type=Path, default=None, help="PEM CRLs of the extra CAs")
+    parser.add_argument("--extra-acl", type=Path, default=None, help="ACL lines before the operator's")
     parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config.load_kube_config()  # type: ignore[no-untyped-call]
     kube = Kube(client.ApiClient(), field_manager="medcloud-broker-sync")
-    extra = args.extra_acl.read_text() if args.extra_acl is not None else ""
+    given = {mqtt.CA_BUNDLE_KEY: args.extra_ca, mqtt.CRL_BUNDLE_KEY: args.extra_crl, mqtt.ACL_KEY: args.extra_acl}
+    extra = {key: path.read_text() for key, path in given.items() if path is not None}
     while True:
         try:
             sync_once(kube, args.namespace, args.directory, args.pid_file, extra)

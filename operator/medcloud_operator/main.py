@@ -38,6 +38,7 @@ from medcloud_operator.context import MEMO_KEY, OperatorContext, get_context
 from medcloud_operator.handlers import appinstance, consortium, device, devicegateway, hospital, recordstore
 from medcloud_operator.handlers.common import full_resync_due
 from medcloud_operator.kube import Kube, new_api_client
+from medcloud_operator.memorytrim import trim_after_bursts
 from medcloud_operator.peeringpause import PeeringObject, PeeringPause, Self, own_identity
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.storage import Storage
@@ -52,6 +53,8 @@ CONTROLLERS = tuple(kind.kind.lower() for kind in SHARDED_KINDS)
 
 KOPF_DEFAULT_PEERING = "default"
 STATE_PREFIX = "kopf.medcloud.io"
+TRIM_CHECK_SECONDS = 15.0
+"""How long the work queue stays idle after a burst before freed heap memory goes back (memorytrim.py)."""
 
 
 def build_registry(
@@ -256,6 +259,9 @@ async def start_background(
         loop.create_task(
             work.safety_net.run(memo, ctx.queue, pause, due=due, kopf_context=borrowed),
             name="safety-net",
+        ),
+        loop.create_task(
+            trim_after_bursts(lambda: ctx.queue.completed, ctx.queue.idle, TRIM_CHECK_SECONDS), name="memory-trim"
         ),
     ]
     logger.info(

@@ -99,6 +99,12 @@ class WorkQueue:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
         self._pending: Counter[tuple[str, str]] = Counter()
         self._closed = False
+        self.completed = 0
+        """Reconciles finished (any result) since the queue was made."""
+
+    def idle(self) -> bool:
+        """Nothing waiting for a worker and nothing running."""
+        return self._gate.held == 0 and self._gate.waiting == 0
 
     def pending(self, controller: str, key: str) -> bool:
         """Whether work for this object (``key``, as given to :meth:`run`) is waiting or running."""
@@ -150,6 +156,7 @@ class WorkQueue:
         finally:
             elapsed = time.monotonic() - started
             self._gate.release()
+            self.completed += 1
             metrics.ACTIVE_WORKERS.labels(controller=controller).dec()
             metrics.WORKQUEUE_WORK_DURATION.labels(name=controller).observe(elapsed)
             metrics.CR_RECONCILE_TIME.labels(controller=controller).observe(elapsed)

@@ -23,7 +23,8 @@ from kubernetes.client.exceptions import ApiException
 from minio import Minio
 
 from medcloud.kube.crds import install_crds
-from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
+from medcloud_cli.localcluster.broker import BrokerInfo
+from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.postgres import PostgresInfo
 from tests.exchange_harness import (
     ExampleAlliance,

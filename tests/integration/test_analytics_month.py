@@ -34,7 +34,8 @@ from medcloud.records.client import RecordClient
 from medcloud_analytics.indicators import BY_NAME, GLUCOSE_CODES, MIN_PATIENTS, compute_all, suppress
 from medcloud_analytics.ingest import BulkClient, load
 from medcloud_analytics.lake import connect
-from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
+from medcloud_cli.localcluster.broker import BrokerInfo
+from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
 from medcloud_gateway.metrics import Result
 from medcloud_gateway.service import build_gateway, connect_records

@@ -1132,7 +1132,8 @@ def test_the_local_clusters_chart_values_reach_the_operator_as_the_platform_cont
     """`dev up`'s chart mode: the platform Services in the operator's settings, the broker CA mounted, fixed
     Service addresses for the API and the key service."""
     from medcloud_cli.localcluster import chartplatform, platformservices
-    from medcloud_cli.localcluster.cluster import BrokerInfo, ClusterState, MinioInfo
+    from medcloud_cli.localcluster.broker import BrokerInfo
+    from medcloud_cli.localcluster.cluster import ClusterState, MinioInfo
     from medcloud_operator.settings import OperatorSettings
 
     state = ClusterState(

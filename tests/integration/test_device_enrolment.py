@@ -43,7 +43,8 @@ from medcloud.tenancy import deviceca, devicecrl
 from medcloud.tenancy import mqtt as mqtt_names
 from medcloud_api.config import APISettings
 from medcloud_api.main import create_app
-from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
+from medcloud_cli.localcluster.broker import BrokerInfo
+from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority, KeyPair
 from medcloud_cli.localcluster.process import ServerProcess
 from medcloud_cli.main import app as cli
@@ -435,3 +436,25 @@ def test_medcloud_devices_enrolls_approves_and_revokes(
     (row,) = [line for line in output.splitlines() if line.strip().startswith("bp-7 ")]
     assert "Revoked" in row
     assert issued["serial"] in row
+
+
+def bundle_acl(api_client: client.ApiClient) -> str:
+    """The ACL of the operator's broker trust ConfigMap ('' while there is none)."""
+    selector = f"metadata.name={mqtt_names.TRUST_CONFIGMAP}"
+    found = client.CoreV1Api(api_client).list_namespaced_config_map(OPERATOR_NAMESPACE, field_selector=selector)
+    return "".join((item.data or {}).get(mqtt_names.ACL_KEY, "") for item in found.items)
+
+
+def test_a_deleted_mqtt_gateways_broker_grant_is_withdrawn(k8s_api_client: client.ApiClient, tenant: str) -> None:
+    """Its identity's certificate stays valid until it expires, so the ACL is what stops it reading readings."""
+    custom = client.CustomObjectsApi(k8s_api_client)
+    spec = {"protocols": ["mqtt"], "deviceClasses": ["spo2"], "recordStore": "vitals"}
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DeviceGateway", "metadata": {"name": "ward-9"}, "spec": spec}
+    custom.create_namespaced_custom_object(GROUP, VERSION, tenant, "devicegateways", body)
+    grant = f"user gw-ward-9.{tenant}\n"
+    wait_for(lambda: grant in bundle_acl(k8s_api_client), "the new gateway's grant in the broker's ACL", 120)
+
+    custom.delete_namespaced_custom_object(GROUP, VERSION, tenant, "devicegateways", "ward-9")
+
+    wait_for(lambda: grant not in bundle_acl(k8s_api_client), "the deleted gateway's grant withdrawn", 120)
+    assert f"user gw-{GATEWAY}.{tenant}\n" in bundle_acl(k8s_api_client), "the other gateway's grant is kept"

@@ -32,7 +32,8 @@ from medcloud.records.batches import NDJSON_CONTENT_TYPE, batch_name, decode_bat
 from medcloud.records.client import RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
 from medcloud.tenancy.mqtt import errors_topic, readings_topic
-from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
+from medcloud_cli.localcluster.broker import BrokerInfo
+from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
 from medcloud_cli.localcluster.process import free_port
 from medcloud_gateway.hl7v2 import MllpDecoder, frame

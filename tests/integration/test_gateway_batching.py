@@ -21,7 +21,8 @@ from medcloud.records.batches import batch_name
 from medcloud.records.client import RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
 from medcloud.tenancy.mqtt import readings_topic
-from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
+from medcloud_cli.localcluster.broker import BrokerInfo
+from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
 from medcloud_gateway import mllp
 from medcloud_gateway.metrics import Result

@@ -34,13 +34,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from paho.mqtt.enums import CallbackAPIVersion
 
 from medcloud.records.client import RecordClient
 from medcloud.tenancy import deviceca
 from medcloud.tenancy.devicecrl import Revocation, build_crl
-from medcloud.tenancy.mqtt import GatewayGrant, acl, readings_topic
-from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
+from medcloud.tenancy.mqtt import TRUST_CONFIGMAP, GatewayGrant, acl, readings_topic
+from medcloud_cli.localcluster.broker import TRUST_NAMESPACE as SYNC_NAMESPACE
+from medcloud_cli.localcluster.broker import BrokerInfo
+from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority, KeyPair
 from medcloud_cli.localcluster.process import ServerProcess, free_port, port_accepts
 from medcloud_gateway.broker import BrokerFiles, mosquitto_config
@@ -165,7 +169,7 @@ def mosquitto_of(files: BrokerFiles, directory: Path, name: str, log_path: Path)
     It stays as this user (the keys are readable by it alone), as the local cluster's broker does."""
     port = free_port()
     config = directory / "mosquitto.conf"
-    config.write_text(f"user {getpass.getuser()}\n" + mosquitto_config(files, host="127.0.0.1", port=port))
+    config.write_text(f"user {getpass.getuser()}\n" + mosquitto_config(files, hosts=["127.0.0.1"], port=port))
     process = ServerProcess(
         name=name, args=["mosquitto", "-c", str(config)], log_path=log_path, ports=(port,), die_with_parent=True
     )
@@ -382,3 +386,71 @@ def test_a_new_hospitals_ca_joins_and_a_revoked_device_is_refused_after_the_relo
     still = connect(platform_broker.info, other)
     assert still is not None
     close(still)
+
+
+# ------------------------------------------------------- the local cluster's broker and its sync
+
+
+def put_configmap(api: client.CoreV1Api, configmap: dict[str, Any]) -> None:
+    name, namespace = configmap["metadata"]["name"], configmap["metadata"]["namespace"]
+    try:
+        api.replace_namespaced_config_map(name, namespace, configmap)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        api.create_namespaced_config_map(namespace, configmap)
+
+
+@pytest.mark.cluster
+@pytest.mark.broker
+def test_the_local_clusters_broker_follows_the_operators_trust_configmap_through_its_sync(
+    mqtt_broker: BrokerInfo, k8s_api_client: client.ApiClient, tmp_path: Path
+) -> None:
+    """`dev up`'s broker (and the session's) is held to the ConfigMap the operator writes: a new hospital's
+    device gets in once the bundle names its CA, writes only its own topic, and is refused once revoked;
+    the cluster's own client stays trusted whatever the bundle holds."""
+    core = client.CoreV1Api(k8s_api_client)
+    lake = Hospital("lakeside", tmp_path / "lakeside")
+    monitor = lake.enrol("bp-1")
+    own_client = KeyPair(Path(mqtt_broker.client_cert), Path(mqtt_broker.client_key))
+    broker_ca = deviceca.TenantCA(Path(mqtt_broker.ca_file).read_bytes(), Path(mqtt_broker.ca_key_file).read_bytes())
+
+    def bundle() -> dict[str, Any]:
+        platform_crl = build_crl(broker_ca.cert_pem, broker_ca.key_pem, [], now=dt.datetime.now(dt.UTC), number=1)
+        time.sleep(1.1)  # each new CRL one second newer at least (lastUpdate is in seconds)
+        return trust_configmap(SYNC_NAMESPACE, [(lake.ca.cert_pem, lake.crl())], broker_ca.cert_pem, platform_crl, [])
+
+    selector = f"metadata.name={TRUST_CONFIGMAP}"
+    previous = next(iter(core.list_namespaced_config_map(SYNC_NAMESPACE, field_selector=selector).items), None)
+    assert connect(mqtt_broker, monitor) is None  # its hospital's CA is in no bundle yet
+    try:
+        put_configmap(core, bundle())
+        started = time.monotonic()
+        device = wait_for(lambda: connect(mqtt_broker, monitor), "the device accepted once the sync wrote the bundle")
+        print(f"bundle to broker: {time.monotonic() - started:.1f} s")
+        received: queue.Queue[str] = queue.Queue()
+        watcher = connect(mqtt_broker, own_client, lambda _c, _u, m: received.put(m.topic), "devices/lakeside/#")
+        assert watcher is not None, "the cluster's own client is still trusted"
+        try:
+            device.publish(readings_topic("lakeside", "bp-2"), reading(1), qos=1).wait_for_publish(timeout=30)
+            device.publish(readings_topic("lakeside", "bp-1"), reading(2), qos=1).wait_for_publish(timeout=30)
+            # In order on one connection: the first delivered is its own topic's; the other was dropped.
+            assert received.get(timeout=30) == readings_topic("lakeside", "bp-1")
+        finally:
+            close(device)
+            close(watcher)
+
+        lake.revoke(monitor)
+        put_configmap(core, bundle())
+        started = time.monotonic()
+        wait_for(lambda: connect(mqtt_broker, monitor) is None, "the revoked device refused")
+        print(f"revocation to broker: {time.monotonic() - started:.1f} s")
+        assert connect(mqtt_broker, own_client) is not None
+    finally:
+        if previous is not None:
+            kept = k8s_api_client.sanitize_for_serialization(previous)
+            meta = kept["metadata"]
+            kept["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}
+            put_configmap(core, kept)
+        else:
+            core.delete_namespaced_config_map(TRUST_CONFIGMAP, SYNC_NAMESPACE)

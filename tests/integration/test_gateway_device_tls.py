@@ -23,7 +23,8 @@ from cryptography import x509
 
 from medcloud.records.client import RecordClient
 from medcloud.tenancy.devicecrl import Revocation, build_crl
-from medcloud_cli.localcluster.cluster import BrokerInfo, MinioInfo
+from medcloud_cli.localcluster.broker import BrokerInfo
+from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority, KeyPair
 from medcloud_gateway.hl7v2 import MllpDecoder, frame
 from medcloud_gateway.ingest import Ingestor

@@ -27,7 +27,7 @@ from medcloud.records.client import RecordClient
 from medcloud.records.keys import KeyRing, generate_kek
 from medcloud.tenancy.mqtt import readings_topic
 from medcloud_cli.localcluster import binaries
-from medcloud_cli.localcluster.cluster import BrokerInfo
+from medcloud_cli.localcluster.broker import BrokerInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority
 from medcloud_cli.localcluster.process import ServerProcess, free_port
 from medcloud_gateway.ingest import Ingestor

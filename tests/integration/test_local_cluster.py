@@ -19,9 +19,9 @@ from minio.retention import Retention
 from paho.mqtt.enums import CallbackAPIVersion
 from typer.testing import CliRunner
 
+from medcloud_cli.localcluster.broker import BrokerInfo
 from medcloud_cli.localcluster.cluster import (
     UNPRIVILEGED_USER,
-    BrokerInfo,
     ClusterOptions,
     ClusterState,
     LocalCluster,
@@ -257,7 +257,7 @@ def test_start_and_stop_twice_leaves_nothing_behind(tmp_path: Path) -> None:
         cluster.start()
         pids = [p.pid for p in cluster.processes if p.pid is not None]
         ports = cluster.held_ports()
-        assert len(pids) == 8, [p.name for p in cluster.processes]
+        assert len(pids) == 9, [p.name for p in cluster.processes]  # the broker's sync is the ninth
         postgres = cluster.state.postgres if cluster.state else None
         assert postgres is not None
         assert Path(postgres.data_dir).is_dir()

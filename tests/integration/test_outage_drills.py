@@ -56,7 +56,8 @@ from medcloud.tenancy.mqtt import readings_topic
 from medcloud_cli.commands.record_errors import EXIT_RETRYABLE
 from medcloud_cli.commands.records import open_client, store_access
 from medcloud_cli.localcluster import prometheus
-from medcloud_cli.localcluster.cluster import BrokerInfo, ClusterOptions, LocalCluster
+from medcloud_cli.localcluster.broker import BrokerInfo
+from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
 from medcloud_cli.localcluster.exchange import make_audit_bucket
 from medcloud_cli.localcluster.pki import CertificateAuthority
 from medcloud_cli.localcluster.postgres import PostgresInfo

@@ -42,12 +42,13 @@ from minio import Minio
 from typer.testing import CliRunner
 
 from medcloud.kube.crds import install_crds
+from medcloud.tenancy.mqtt import readings_topic
 from medcloud_cli.localcluster import netsetup, platform, platformservices
 from medcloud_cli.localcluster.cluster import ClusterOptions, LocalCluster
 from medcloud_cli.localcluster.kubeconfig import build_token_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.process import free_port
 from medcloud_cli.main import app as medcloud_cli
-from tests.device_support import blood_pressure, device, device_csr, https_reading
+from tests.device_support import blood_pressure, device, device_csr, https_reading, mqtt_reading
 from tests.node_support import imported_image, private_node_cluster
 from tests.operator_support import RunningOperator, run_operator, sample
 from tests.support import wait_for
@@ -282,6 +283,22 @@ def test_the_example_gateway_runs_as_ready_pods_and_stores_a_pcd01_message_read_
     status, body = https_reading(service, f"gw-{GATEWAY}.{NAMESPACE}.svc", ca_pem, cert_file, key_file, reading)
     assert (status, body["result"]) == (201, "stored"), body
 
+    # MQTT through the platform broker: the operator's trust bundle names the hospital's CA and the gateway's
+    # grant, dev up's broker-sync hands it to Mosquitto; the enrolled device publishes on its own topic and a
+    # gateway pod, subscribed under its identity, stores it.
+    platform_broker = node_cluster.state.broker if node_cluster.state else None
+    assert platform_broker is not None
+    topic = readings_topic(hospital, DEVICE)
+    over_mqtt = blood_pressure("Patient/789567", 128, 82, time="2024-05-01T08:45:00+08:00")  # a later reading
+    wait_for(
+        lambda: mqtt_reading(
+            platform_broker.host, platform_broker.port, platform_broker.ca_file, cert_file, key_file, topic, over_mqtt
+        ),
+        "the broker accepting the enrolled device once the sync wrote the operator's bundle",
+        60,
+        interval=1,
+    )
+
     # Active: the enrolled device one replica saw just now (the MLLP message named its monitor, no Device).
     def active() -> int | None:
         devices = get(node_cluster, "devicegateway", GATEWAY, "-n", NAMESPACE)["status"]["devices"]
@@ -299,8 +316,22 @@ def test_the_example_gateway_runs_as_ready_pods_and_stores_a_pcd01_message_read_
     root = Minio(
         state.minio.endpoint, access_key=state.minio.access_key, secret_key=state.minio.secret_key, secure=False
     )
-    stored = [str(o.object_name) for o in root.list_objects(bucket, prefix="fhir/Observation/", recursive=True)]
-    assert len(stored) == 2
+
+    def stored_three() -> list[str] | None:
+        names = [str(o.object_name) for o in root.list_objects(bucket, prefix="fhir/Observation/", recursive=True)]
+        return names if len(names) >= 3 else None
+
+    try:
+        stored = wait_for(stored_three, "the MLLP, HTTPS and MQTT readings stored", 60, interval=1)
+    except AssertionError:
+        # What a failure needs to be read: the pods' logs, the broker's, the sync's and the ACL it wrote.
+        for pod in pods:
+            print(node_cluster.kubectl("logs", "-n", NAMESPACE, pod["metadata"]["name"]).stdout[-4000:])
+        for log_name in ("mosquitto.log", "broker-sync.log"):
+            print(log_name, (node_cluster.log_dir / log_name).read_text()[-4000:])
+        print((node_cluster.state_dir / "broker-trust" / "acl").read_text())
+        raise
+    assert len(stored) == 3
     for name in stored:
         response = root.get_object(bucket, name)
         try:
@@ -329,14 +360,17 @@ def test_the_example_gateway_runs_as_ready_pods_and_stores_a_pcd01_message_read_
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         observations.append(json.loads(result.stdout))
-    by_device = {o["device"]["identifier"]["value"]: o for o in observations}
+    by_device: dict[str, list[Json]] = {}
+    for observation in observations:
+        by_device.setdefault(observation["device"]["identifier"]["value"], []).append(observation)
     assert set(by_device) == {"0123456789ABCDEF", DEVICE}
-    pcd01 = by_device["0123456789ABCDEF"]
+    [pcd01] = by_device["0123456789ABCDEF"]
     assert pcd01["resourceType"] == "Observation"
     assert pcd01["subject"] == {"reference": "Patient/789567"}
     assert [c["code"] for c in pcd01["code"]["coding"]] == ["85354-9", "150020"]
     assert pcd01["effectiveDateTime"] == "2009-08-13T09:57:15+05:00"
-    assert [c["valueQuantity"]["value"] for c in by_device[DEVICE]["component"]] == [131, 86]
+    cuff = sorted([c["valueQuantity"]["value"] for c in o["component"]] for o in by_device[DEVICE])
+    assert cuff == [[128, 82], [131, 86]]  # over MQTT, over HTTPS
 
     # Revocation through a real kubelet: the operator re-signs the CRL Secret, the kubelet swaps the mounted
     # file at its next sync of the pod's Secret volume (syncFrequency, 60 s by default), each replica re-reads

@@ -35,7 +35,7 @@ from kubernetes import client
 from paho.mqtt.enums import CallbackAPIVersion
 
 from medcloud.tenancy import deviceca
-from medcloud_cli.localcluster.cluster import BrokerInfo
+from medcloud_cli.localcluster.broker import BrokerInfo
 from tests.operator_support import (
     GROUP,
     PLURALS,

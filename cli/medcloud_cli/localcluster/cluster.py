@@ -11,7 +11,6 @@ test process).
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import secrets
 import shutil
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 
 from medcloud_cli.localcluster import binaries, netsetup, platformservices
+from medcloud_cli.localcluster.broker import BrokerInfo, start_broker
 from medcloud_cli.localcluster.kubeconfig import build_kubeconfig, write_kubeconfig
 from medcloud_cli.localcluster.node import RealNode, kill_workloads, teardown_node
 from medcloud_cli.localcluster.pki import CertificateAuthority, KeyPair, service_account_signer
@@ -37,7 +37,6 @@ from medcloud_cli.localcluster.process import (
     free_port,
     log_tail,
     pid_alive,
-    port_accepts,
 )
 
 ADMIN_USER = "medcloud-admin"
@@ -72,17 +71,6 @@ class MinioInfo:
     @property
     def port(self) -> int:
         return int(self.endpoint.rsplit(":", 1)[1])
-
-
-@dataclass
-class BrokerInfo:
-    host: str
-    port: int
-    ca_file: str
-    client_cert: str
-    client_key: str
-    ca_key_file: str = ""
-    """The key of the CA the broker checks client certificates with: the operator issues gateways' from it."""
 
 
 @dataclass
@@ -269,7 +257,7 @@ class LocalCluster:
             if opts.with_minio:
                 self._start_minio()
             if opts.with_broker:
-                self._start_broker()
+                self._require_state().broker = start_broker(self)
             if opts.with_postgres:
                 self._require_state().postgres = start_postgres(self)
             if self.node is not None:
@@ -532,69 +520,6 @@ class LocalCluster:
             env=env,
         )
         minio.wait_ready(lambda: _http_ok(f"http://{host}:{port}/minio/health/ready"), 90)
-
-    def _start_broker(self) -> None:
-        state = self._require_state()
-        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(mosquitto).exists():
-            raise StartupError("mosquitto is not installed: apt-get install mosquitto")
-        port = free_port()
-        state.ports["mosquitto"] = port
-        broker_ca = CertificateAuthority(self.pki_dir, "mqtt-ca", "medcloud-dev-device-ca")
-        # Pods reach it by its Service address (or, with DNS one day, its Service name).
-        names: tuple[str, ...] = ("127.0.0.1", "localhost")
-        if self.node is not None:
-            service = platformservices.BROKER
-            names += (netsetup.NODE_IP, service.cluster_ip, service.dns_name, f"{service.dns_name}.cluster.local")
-        serving = broker_ca.issue("mqtt-server", "mosquitto", server_names=names, client=False)
-        client = broker_ca.issue("mqtt-client", "medcloud-dev-client")
-        config = self.state_dir / "mosquitto.conf"
-        config.write_text(
-            "\n".join(
-                [
-                    # Stay as this user: the keys are readable by it alone.
-                    f"user {getpass.getuser()}",
-                    "per_listener_settings false",
-                    "persistence false",
-                    "log_dest stdout",
-                    "log_type error",
-                    "log_type warning",
-                    "log_type notice",
-                    "allow_anonymous false",
-                    # QoS 1 messages held for a subscriber that has not acknowledged yet (the gateway acknowledges
-                    # only stored readings): enough for a storage outage of a few thousand readings.
-                    "max_queued_messages 10000",
-                    # Unacknowledged QoS 1 messages sent to a subscriber at once (default 20): the gateway takes
-                    # up to 500 a batch and acknowledges them once the batch is stored.
-                    "max_inflight_messages 1000",
-                    # TLS settings belong to each listener: the same ones on loopback and the node address.
-                    *(
-                        line
-                        for address in dict.fromkeys(("127.0.0.1", self.server_host))
-                        for line in (
-                            f"listener {port} {address}",
-                            f"cafile {broker_ca.paths.cert}",
-                            f"certfile {serving.cert}",
-                            f"keyfile {serving.key}",
-                            "require_certificate true",
-                            "use_identity_as_username true",
-                            "tls_version tlsv1.2",
-                        )
-                    ),
-                    "",
-                ]
-            )
-        )
-        broker = self.spawn("mosquitto", [mosquitto, "-c", str(config)], (port,))
-        broker.wait_ready(lambda: port_accepts(port), 30)
-        state.broker = BrokerInfo(
-            host="127.0.0.1",
-            port=port,
-            ca_file=str(broker_ca.paths.cert),
-            client_cert=str(client.cert),
-            client_key=str(client.key),
-            ca_key_file=str(broker_ca.paths.key),
-        )
 
     # ------------------------------------------------------------- kubectl
     def kubectl(self, *args: str, check: bool = True, kubeconfig: Path | None = None, input: str | None = None) -> Any:

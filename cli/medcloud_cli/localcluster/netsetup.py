@@ -67,6 +67,12 @@ def link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
+def stale_pod_bridge() -> bool:
+    """The pod bridge exists with no port attached (no pod's veth)."""
+    ports = Path("/sys/class/net", POD_BRIDGE, "brif")
+    return ports.is_dir() and not any(ports.iterdir())
+
+
 @dataclass
 class HostFootprint:
     """What the node may change outside its state folder, recorded before it starts."""
@@ -99,6 +105,10 @@ class HostFootprint:
     # ------------------------------------------------------------ set up
     def create_bridges(self) -> None:
         """The node bridge with its /32 address, and the pod bridge the service range is routed to."""
+        if not link_exists(NODE_BRIDGE) and stale_pod_bridge():
+            # Every node creates both bridges and removes the pod bridge first: one left
+            # alone, with no port, is an interrupted teardown's (no pod can use it).
+            _run(["ip", "link", "del", POD_BRIDGE], check=False)
         for bridge in (NODE_BRIDGE, POD_BRIDGE):
             if link_exists(bridge):
                 raise HostCommandError(f"{bridge} exists already: another real node runs, or a teardown was skipped")

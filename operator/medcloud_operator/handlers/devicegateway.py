@@ -10,7 +10,11 @@ The triggers are those of every workload (``handlers.workload.register``):
 
 Children carry an owner reference to the gateway: deleting it lets the
 garbage collector remove them, so there is no deletion handler (Kopf's
-finalizer, there because of the timer, is simply removed).
+finalizer, there because of the presence timer, is simply removed). What the
+garbage collector cannot remove is the gateway's grant in the platform
+broker's ACL (a ConfigMap of the operator's namespace, not a child): the
+DELETED event rebuilds the bundle without it, so the deleted gateway's
+identity reads no hospital's readings from the next sync on.
 """
 
 from __future__ import annotations
@@ -35,10 +39,17 @@ from medcloud.kube.client import (
     SERVICE_ACCOUNT,
     Manifest,
 )
-from medcloud.models import DeviceCounts, DeviceGatewaySpec, DeviceGatewayStatus, DeviceState, DeviceStatus
+from medcloud.models import (
+    DeviceCounts,
+    DeviceGatewaySpec,
+    DeviceGatewayStatus,
+    DeviceProtocol,
+    DeviceState,
+    DeviceStatus,
+)
 from medcloud.tenancy import labels
 from medcloud_operator import metrics, presence
-from medcloud_operator.brokertrust import ensure_gateway_in_broker_trust
+from medcloud_operator.brokertrust import ensure_broker_trust, ensure_gateway_in_broker_trust
 from medcloud_operator.builders import device as device_builder
 from medcloud_operator.builders import devicegateway as builder
 from medcloud_operator.builders.hospital import LIMITS_NAME
@@ -162,8 +173,28 @@ def gateway_presence(
         logger.debug("DeviceGateway %s/%s: presence not counted: %s", namespace, name, exc)
 
 
+def gateway_deleted(
+    type: str | None, name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """A deleted MQTT gateway's grant withdrawn from the broker's ACL (the bundle rebuilt without it)."""
+    protocols = (body.get("spec") or {}).get("protocols") or []
+    if type != "DELETED" or namespace is None or DeviceProtocol.MQTT.value not in protocols:
+        return
+    ctx = get_context(memo)
+    try:
+        if ensure_broker_trust(ctx.kube, ctx.settings, ctx.settings.operator_namespace, namespace):
+            logger.info("DeviceGateway %s/%s deleted: its broker grant withdrawn", namespace, name)
+    except (ApiException, HTTPError, OSError) as exc:
+        # Not retried by Kopf (an event handler): the next rebuild of the bundle (any gateway's new grant,
+        # any hospital's new CRL) leaves it out too.
+        logger.warning("DeviceGateway %s/%s deleted: broker grant not withdrawn yet: %s", namespace, name, exc)
+
+
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     workload.register(registry, settings, GATEWAYS)
+    kopf.on.event(
+        DEVICE_GATEWAY.api_version, DEVICE_GATEWAY.plural, id="devicegateway_broker_grant", registry=registry
+    )(gateway_deleted)
     kopf.on.event(DEVICE.api_version, DEVICE.plural, id="devicegateway-devices", registry=registry)(device_changed)
     if not settings.gateway_presence_cidrs:
         return  # no pod range to ask in: active stays unset

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from medcloud_cli.commands import dev
 from medcloud_cli.localcluster import node
-from medcloud_cli.localcluster.cluster import BrokerInfo, ClusterState, LocalCluster, MinioInfo
+from medcloud_cli.localcluster.broker import BrokerInfo
+from medcloud_cli.localcluster.cluster import ClusterState, LocalCluster, MinioInfo
 from medcloud_cli.localcluster.platform import KEY_SERVICE_AUDIENCE, PlatformInfo, broker_env, storage_env
 from medcloud_cli.main import app as medcloud_cli
 

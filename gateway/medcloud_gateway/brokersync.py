@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 
 FILES = {mqtt.CA_BUNDLE_KEY: "ca-bundle.crt", mqtt.CRL_BUNDLE_KEY: "crl-bundle.crl", mqtt.ACL_KEY: "acl"}
 """ConfigMap key -> file name in the broker's trust directory."""
+EXTRA_FLAGS = {mqtt.CA_BUNDLE_KEY: "--extra-ca", mqtt.CRL_BUNDLE_KEY: "--extra-crl", mqtt.ACL_KEY: "--extra-acl"}
+"""ConfigMap key -> the option naming a file to prepend to it."""
+EXTRA_HELP = {
+    mqtt.CA_BUNDLE_KEY: "PEM certificates trusted beside the bundle's",
+    mqtt.CRL_BUNDLE_KEY: "PEM CRLs of the extra CAs",
+    mqtt.ACL_KEY: "ACL lines before the operator's",
+}
 
 
 def write_trust_files(data: Mapping[str, str], directory: Path, extra: Mapping[str, str] | None = None) -> bool:
@@ -86,16 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--directory", type=Path, required=True)
     parser.add_argument("--pid-file", type=Path, required=True)
     parser.add_argument("--namespace", default="medcloud-system")
-    parser.add_argument("--extra-ca", type=Path, default=None, help="PEM certificates trusted beside the bundle's")
-    parser.add_argument("--extra-crl", type=Path, default=None, help="PEM CRLs of the extra CAs")
-    parser.add_argument("--extra-acl", type=Path, default=None, help="ACL lines before the operator's")
+    for key, flag in EXTRA_FLAGS.items():
+        parser.add_argument(flag, dest=key, metavar="FILE", type=Path, default=None, help=EXTRA_HELP[key])
     parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config.load_kube_config()  # type: ignore[no-untyped-call]
     kube = Kube(client.ApiClient(), field_manager="medcloud-broker-sync")
-    given = {mqtt.CA_BUNDLE_KEY: args.extra_ca, mqtt.CRL_BUNDLE_KEY: args.extra_crl, mqtt.ACL_KEY: args.extra_acl}
-    extra = {key: path.read_text() for key, path in given.items() if path is not None}
+    extra = {key: path.read_text() for key in EXTRA_FLAGS if (path := getattr(args, key)) is not None}
     while True:
         try:
             sync_once(kube, args.namespace, args.directory, args.pid_file, extra)

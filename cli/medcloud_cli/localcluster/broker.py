@@ -32,7 +32,7 @@ from medcloud_cli.localcluster import netsetup, platformservices
 from medcloud_cli.localcluster.pki import CertificateAuthority
 from medcloud_cli.localcluster.process import StartupError, free_port, port_accepts
 from medcloud_gateway.broker import BrokerFiles, mosquitto_config
-from medcloud_gateway.brokersync import FILES, write_trust_files
+from medcloud_gateway.brokersync import EXTRA_FLAGS, FILES, write_trust_files
 
 if TYPE_CHECKING:
     from medcloud_cli.localcluster.cluster import LocalCluster
@@ -105,8 +105,8 @@ def start_broker(cluster: LocalCluster) -> BrokerInfo:
 
     trust = cluster.state_dir / "broker-trust"
     trust.mkdir(exist_ok=True)
-    extras = _extra_files(cluster.state_dir / "broker-extra", broker_ca)
-    extra = {key: path.read_text() for key, path in extras.items()}
+    extra = _extras(broker_ca)
+    extra_files = _write_extras(cluster.state_dir / "broker-extra", extra)
     # Until the operator writes its bundle: the extras alone, and every device's own-topic patterns.
     write_trust_files({mqtt.CA_BUNDLE_KEY: "", mqtt.CRL_BUNDLE_KEY: "", mqtt.ACL_KEY: mqtt.acl([])}, trust, extra)
     files = BrokerFiles(
@@ -132,7 +132,7 @@ def start_broker(cluster: LocalCluster) -> BrokerInfo:
         kubeconfig = cluster.kubeconfig_for_user(SYNC_USER)
         args = [sys.executable, "-m", "medcloud_gateway.brokersync", "--directory", str(trust)]
         args += ["--pid-file", str(pid_file), "--namespace", TRUST_NAMESPACE]
-        args += [arg for key, path in extras.items() for arg in (f"--extra-{_FLAG[key]}", str(path))]
+        args += [arg for key, path in extra_files.items() for arg in (EXTRA_FLAGS[key], str(path))]
         cluster.spawn("broker-sync", args, (), env=_sync_env(kubeconfig))
 
     return BrokerInfo(
@@ -145,22 +145,29 @@ def start_broker(cluster: LocalCluster) -> BrokerInfo:
     )
 
 
-_FLAG = {mqtt.CA_BUNDLE_KEY: "ca", mqtt.CRL_BUNDLE_KEY: "crl", mqtt.ACL_KEY: "acl"}
-
-
-def _extra_files(directory: Path, broker_ca: CertificateAuthority) -> dict[str, Path]:
-    """The cluster's own CA, its (empty) CRL and its test client's ACL entry, as files the sync reads."""
-    directory.mkdir(exist_ok=True)
-    key_pem = broker_ca.paths.key.read_bytes()
+def _extras(broker_ca: CertificateAuthority) -> dict[str, str]:
+    """The cluster's own CA, its (empty) CRL and its test client's ACL entry, by ConfigMap key."""
     crl = devicecrl.build_crl(
-        broker_ca.cert_pem, key_pem, [], now=dt.datetime.now(dt.UTC), number=1, validity=DEV_CRL_VALIDITY
+        broker_ca.cert_pem,
+        broker_ca.paths.key.read_bytes(),
+        [],
+        now=dt.datetime.now(dt.UTC),
+        number=1,
+        validity=DEV_CRL_VALIDITY,
     )
-    content = {mqtt.CA_BUNDLE_KEY: broker_ca.cert_pem, mqtt.CRL_BUNDLE_KEY: crl, mqtt.ACL_KEY: DEV_CLIENT_ACL.encode()}
-    paths = {}
-    for key, data in content.items():
-        path = directory / FILES[key]
-        path.write_bytes(data)
-        paths[key] = path
+    return {
+        mqtt.CA_BUNDLE_KEY: broker_ca.cert_pem.decode(),
+        mqtt.CRL_BUNDLE_KEY: crl.decode(),
+        mqtt.ACL_KEY: DEV_CLIENT_ACL,
+    }
+
+
+def _write_extras(directory: Path, extra: dict[str, str]) -> dict[str, Path]:
+    """The extras as the files the sync reads (it prepends them at every write)."""
+    directory.mkdir(exist_ok=True)
+    paths = {key: directory / FILES[key] for key in extra}
+    for key, path in paths.items():
+        path.write_text(extra[key])
     return paths
 
 

@@ -26,6 +26,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from medcloud.tenancy import mqtt as mqtt_names
 from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.process import free_port
 from medcloud_operator.main import build_registry
@@ -262,3 +263,27 @@ def run_operator(
             yield RunningOperator(metrics_port, probe_port, runner)
     assert runner.exception is None, runner.output
     assert runner.exit_code == 0, runner.output
+
+
+def create_device_tenant(api_client: client.ApiClient, namespace: str) -> None:
+    """A hospital namespace as the Hospital tenancy leaves it for devices: with the operator's Secret RoleBinding."""
+    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": namespace}})
+    client.RbacAuthorizationV1Api(api_client).create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "medcloud-operator-tenant"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "medcloud-operator-tenant-secrets",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "medcloud-operator", "namespace": OPERATOR_NAMESPACE}],
+        },
+    )
+
+
+def bundle_acl(api_client: client.ApiClient) -> str:
+    """The ACL of the operator's broker trust ConfigMap ('' while there is none)."""
+    selector = f"metadata.name={mqtt_names.TRUST_CONFIGMAP}"
+    found = client.CoreV1Api(api_client).list_namespaced_config_map(OPERATOR_NAMESPACE, field_selector=selector)
+    return "".join((item.data or {}).get(mqtt_names.ACL_KEY, "") for item in found.items)

@@ -33,7 +33,8 @@ from urllib3.exceptions import HTTPError
 from medcloud.kube.client import CONFIG_MAP, Kube
 from medcloud.tenancy import mqtt
 
-log = logging.getLogger(__name__)
+# By its module name even when run as ``python -m`` (where __name__ is "__main__").
+log = logging.getLogger("medcloud_gateway.brokersync")
 
 FILES = {mqtt.CA_BUNDLE_KEY: "ca-bundle.crt", mqtt.CRL_BUNDLE_KEY: "crl-bundle.crl", mqtt.ACL_KEY: "acl"}
 """ConfigMap key -> file name in the broker's trust directory."""

@@ -224,6 +224,12 @@ class Kube:
                 return None
             raise
 
+    def list_every_namespace(self, kind: Kind, label_selector: str | None = None) -> list[Manifest]:
+        """The objects of ``kind`` in every namespace (one LIST; for a cluster-scoped kind, :meth:`list`)."""
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = self._request("GET", kind.every_namespace_path(), query=query)
+        return cast(list[Manifest], result.get("items") or [])
+
     def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None) -> list[Manifest]:
         query = [("labelSelector", label_selector)] if label_selector else []
         result = self._request("GET", kind.collection_path(namespace), query=query)

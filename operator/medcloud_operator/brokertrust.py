@@ -41,25 +41,27 @@ def ensure_gateway_in_broker_trust(
 
 
 def ensure_broker_trust(
-    kube: Kube, settings: WorkloadSettings, namespace: str, hospital_ns: str, now: dt.datetime | None = None
+    kube: Kube, settings: WorkloadSettings, namespace: str, hospital_ns: str | None, now: dt.datetime | None = None
 ) -> bool:
     """The broker's trust ConfigMap brought up to date; True if it was written.
 
-    ``hospital_ns`` (the tenant namespace being reconciled) is taken even before its Hospital is listed.
+    ``hospital_ns`` (the tenant namespace being reconciled, if any) is taken even before its Hospital is listed.
     """
     broker_ca = read_broker_ca(settings)
     if broker_ca is None:
         return False
     moment = now or dt.datetime.now(dt.UTC)
     hospitals = []
-    gateways = []
-    tenants = {hospital_namespace(h["metadata"]["name"]) for h in kube.list(HOSPITAL)} | {hospital_ns}
+    tenants = {hospital_namespace(h["metadata"]["name"]) for h in kube.list(HOSPITAL)}
+    if hospital_ns is not None:
+        tenants.add(hospital_ns)
     for namespace_of_hospital in sorted(tenants):
         secret = kube.get(SECRET, deviceca.TRUST_SECRET, namespace_of_hospital)
         trust = builder.hospital_trust(secret) if secret is not None else None
         if trust is not None:
             hospitals.append(trust)
-        gateways += kube.list(DEVICE_GATEWAY, namespace_of_hospital)
+    # One LIST, not one per hospital; the grants are the same ones withdraw_outlived_grants compares with.
+    gateways = kube.list_every_namespace(DEVICE_GATEWAY)
     live = kube.get(CONFIG_MAP, mqtt.TRUST_CONFIGMAP, namespace)
     platform_crl = builder.platform_crl_in_force(live, broker_ca.cert_pem, moment) or devicecrl.build_crl(
         broker_ca.cert_pem,
@@ -80,3 +82,19 @@ def ensure_broker_trust(
         desired["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
         kube.replace(desired)
     return True
+
+
+def withdraw_outlived_grants(kube: Kube, settings: WorkloadSettings) -> set[str]:
+    """The bundle rebuilt if its ACL grants an identity whose MQTT DeviceGateway is gone; those identities.
+
+    Two reads when nothing outlived its gateway (the ConfigMap, one LIST of the gateways), whatever the count.
+    """
+    if read_broker_ca(settings) is None:
+        return set()
+    live = kube.get(CONFIG_MAP, mqtt.TRUST_CONFIGMAP, settings.operator_namespace)
+    if live is None:
+        return set()
+    outlived = builder.outlived_grants(live, kube.list_every_namespace(DEVICE_GATEWAY))
+    if outlived:
+        ensure_broker_trust(kube, settings, settings.operator_namespace, None)
+    return outlived

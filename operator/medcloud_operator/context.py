@@ -17,6 +17,7 @@ from wsgiref.simple_server import WSGIServer
 import kopf
 
 from medcloud_operator.apply import OwnWrites
+from medcloud_operator.brokergrants import BrokerGrants
 from medcloud_operator.institutions import InstitutionCodes
 from medcloud_operator.kube import Kube
 from medcloud_operator.settings import OperatorSettings
@@ -57,6 +58,8 @@ class OperatorContext:
     """Every reconcile waits here for one of its workers (``max_concurrent_reconciles``), changes first."""
     background: list[asyncio.Task[None]] = field(default_factory=list)
     """The child watches, the safety net and the peering pause they follow (``medcloud_operator.main``)."""
+    broker_grants: BrokerGrants = field(default_factory=BrokerGrants)
+    """Withdraws deleted MQTT gateways' grants from the broker's ACL (a task of ``background``)."""
     settings_fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:

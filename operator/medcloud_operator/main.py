@@ -27,12 +27,11 @@ from medcloud.kube.client import (
     DEVICE_GATEWAY,
     HOSPITAL,
     KOPF_PEERING,
-    LIMIT_RANGE,
     RECORD_STORE,
     load_configuration,
 )
-from medcloud.tenancy import labels
 from medcloud_operator import OPERATOR_NAME, background, health, metrics
+from medcloud_operator.brokertrust import ensure_broker_trust, withdraw_outlived_grants
 from medcloud_operator.childwatch import ChildWatcher
 from medcloud_operator.context import MEMO_KEY, OperatorContext, get_context
 from medcloud_operator.handlers import appinstance, consortium, device, devicegateway, hospital, recordstore
@@ -154,11 +153,6 @@ def configure(
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 30
 
-    # Server-side selectors: of the child kinds Kopf still watches (the LimitRange, which workloads depend
-    # on), stream only what this operator manages. The other children are watched outside Kopf, by label
-    # (medcloud_operator.childwatch).
-    settings.watching.label_selectors[LIMIT_RANGE.api_version, LIMIT_RANGE.plural] = labels.managed_selector()
-
     # Reconciles run in the work queue's own threads, changes first; Kopf's pool (the handlers
     # that are not reconciles: deletions' bookkeeping, indexes, member events) gets the same size.
     settings.execution.max_workers = cfg.max_concurrent_reconciles
@@ -259,6 +253,18 @@ async def start_background(
         loop.create_task(
             work.safety_net.run(memo, ctx.queue, pause, due=due, kopf_context=borrowed),
             name="safety-net",
+        ),
+        loop.create_task(
+            ctx.broker_grants.run(
+                ctx.queue,
+                pause,
+                rebuild=functools.partial(
+                    ensure_broker_trust, ctx.kube, ctx.settings, ctx.settings.operator_namespace, None
+                ),
+                withdraw_outlived=functools.partial(withdraw_outlived_grants, ctx.kube, ctx.settings),
+                check_seconds=ctx.settings.resync_seconds,
+            ),
+            name="broker-grants",
         ),
         loop.create_task(
             trim_after_bursts(lambda: ctx.queue.completed, ctx.queue.idle, TRIM_CHECK_SECONDS), name="memory-trim"

@@ -51,6 +51,12 @@ CHILD_WATCH_RESTARTS = Counter(
     "Child watches started again from the current resourceVersion, by kind and why (gone: 410, failed: an error).",
     ["kind", "reason"],
 )
+BROKER_GRANT_WITHDRAWALS = Counter(
+    "medcloud_broker_grant_withdrawals_total",
+    "Deleted MQTT gateways' broker grants: withdrawn after a deletion, outlived (found at a check), "
+    "failed (the API refused; tried again).",
+    ["result"],
+)
 SAFETY_NET_SWEEPS = Counter(
     "medcloud_safety_net_sweeps_total",
     "Ticks of the safety net's sweep over the objects of a kind (one per resync interval while not paused).",

@@ -93,21 +93,22 @@ def store_operator_kubeconfig(local_cluster: Any, operator_kubeconfig: Path) -> 
 
 
 @pytest.fixture(scope="module")
-def operator(
-    store_operator_kubeconfig: Path, minio_server: MinioInfo, mqtt_broker: BrokerInfo
-) -> Iterator[RunningOperator]:
-    """The whole operator, every handler, with the session's MinIO as RecordStore storage, for the module.
-
-    It is given the session broker's client CA, so gateways with MQTT get a broker client certificate.
-    """
-    env = {
+def operator_env(minio_server: MinioInfo, mqtt_broker: BrokerInfo) -> dict[str, str]:
+    """The whole operator's settings: the session's MinIO as RecordStore storage, the session broker's client CA
+    (gateways with MQTT get a broker client certificate)."""
+    return {
         **storage_env(minio_server),
         "MEDCLOUD_BROKER_CLIENT_CA_FILE": mqtt_broker.ca_file,
         "MEDCLOUD_BROKER_CLIENT_CA_KEY_FILE": mqtt_broker.ca_key_file,
         "MEDCLOUD_APP_IMAGE_PREFIX": "registry.test.example/apps",
         "MEDCLOUD_OWN_IMAGE": "registry.test.example/medcloud:test",
     }
-    with run_operator(store_operator_kubeconfig, env, timeout=120) as running:
+
+
+@pytest.fixture(scope="module")
+def operator(store_operator_kubeconfig: Path, operator_env: dict[str, str]) -> Iterator[RunningOperator]:
+    """The whole operator, every handler (``operator_env``), for the module."""
+    with run_operator(store_operator_kubeconfig, operator_env, timeout=120) as running:
         yield running
 
 

@@ -52,7 +52,7 @@ from tests.integration import test_gateway as base
 from tests.integration.test_api import serve
 from tests.integration.test_gateway_broker_devices import device_mosquitto
 from tests.integration.test_gateway_device_tls import device_tls_gateway, post
-from tests.operator_support import OPERATOR_NAMESPACE, RunningOperator
+from tests.operator_support import OPERATOR_NAMESPACE, RunningOperator, bundle_acl, create_device_tenant
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.minio]
@@ -126,20 +126,7 @@ def core(k8s_api_client: client.ApiClient) -> client.CoreV1Api:
 def tenant(k8s_api_client: client.ApiClient, core: client.CoreV1Api, operator: RunningOperator) -> Iterator[str]:
     """A hospital namespace as the Hospital tenancy leaves it for devices: the operator's Secret RoleBinding, a
     DeviceGateway (its RecordStore is not needed to enrol)."""
-    rbac = client.RbacAuthorizationV1Api(k8s_api_client)
-    core.create_namespace({"metadata": {"name": NAMESPACE}})
-    rbac.create_namespaced_role_binding(
-        NAMESPACE,
-        {
-            "metadata": {"name": "medcloud-operator-tenant"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "medcloud-operator-tenant-secrets",
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": "medcloud-operator", "namespace": OPERATOR_NAMESPACE}],
-        },
-    )
+    create_device_tenant(k8s_api_client, NAMESPACE)
     client.CustomObjectsApi(k8s_api_client).create_namespaced_custom_object(
         GROUP,
         VERSION,
@@ -436,13 +423,6 @@ def test_medcloud_devices_enrolls_approves_and_revokes(
     (row,) = [line for line in output.splitlines() if line.strip().startswith("bp-7 ")]
     assert "Revoked" in row
     assert issued["serial"] in row
-
-
-def bundle_acl(api_client: client.ApiClient) -> str:
-    """The ACL of the operator's broker trust ConfigMap ('' while there is none)."""
-    selector = f"metadata.name={mqtt_names.TRUST_CONFIGMAP}"
-    found = client.CoreV1Api(api_client).list_namespaced_config_map(OPERATOR_NAMESPACE, field_selector=selector)
-    return "".join((item.data or {}).get(mqtt_names.ACL_KEY, "") for item in found.items)
 
 
 def test_a_deleted_mqtt_gateways_broker_grant_is_withdrawn(k8s_api_client: client.ApiClient, tenant: str) -> None:

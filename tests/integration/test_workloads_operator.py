@@ -611,6 +611,36 @@ def test_resources_above_the_tenants_limit_fail_with_a_reason(cluster: Cluster, 
     cluster.delete("DeviceGateway", "greedy", ns)
 
 
+def test_a_raised_quota_lets_a_refused_workload_roll_out_at_the_limit_ranges_change(
+    cluster: Cluster, made: Made
+) -> None:
+    """The LimitRange is watched outside Kopf (a child watch): its change alone reconciles the workloads that read it.
+
+    The refused gateway is settled (Failed at its generation), so neither a resume nor the safety net's
+    comparison would look at it again before its full reconcile hours later: only the LimitRange's event can.
+    """
+    hospital = made.hospital("tight", quota={"cpu": "8", "memory": "16Gi"})
+    ns = f"hospital-{hospital}"
+    made.store(ns, "device-data")
+    cluster.wait_ready("RecordStore", "device-data", ns)
+    resources = {"requests": {"cpu": "1", "memory": "256Mi"}, "limits": {"cpu": "12", "memory": "1Gi"}}
+    spec = {"protocols": ["mqtt"], "deviceClasses": ["ecg"], "recordStore": "device-data", "resources": resources}
+    cluster.create("DeviceGateway", "grows", spec, ns)
+    cluster.wait_condition("DeviceGateway", "grows", ns, "Ready", "False", "InvalidSpec")
+
+    cluster.custom.patch_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURALS["Hospital"],
+        hospital,
+        {"spec": {"quota": {"cpu": "16", "memory": "16Gi"}}},
+        _content_type="application/merge-patch+json",
+    )
+    gateway = cluster.wait_ready("DeviceGateway", "grows", ns)
+    assert cluster.deployment(ns, "gw-grows") is not None
+    assert gateway["status"]["observedGeneration"] == gateway["metadata"]["generation"]
+
+
 def test_a_consortium_reports_its_members(cluster: Cluster, made: Made, tenant: Tenant) -> None:
     name = f"alliance-{uuid.uuid4().hex[:6]}"
     county = made.hospital("county", consortium=name)

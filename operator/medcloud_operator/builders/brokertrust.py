@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import Iterable
 
 from cryptography import x509
+from pydantic import ValidationError
 
 from medcloud.kube.client import Manifest
 from medcloud.models import DeviceGatewaySpec, DeviceProtocol
@@ -121,6 +122,23 @@ def bundle_holds(
             return False
     held = "\n" + data.get(mqtt.ACL_KEY, "")
     return all("\n" + mqtt.grant_block(grant) in held for grant in grants)
+
+
+def granted_identities(live: Manifest | None) -> set[str]:
+    """The broker identities the live ConfigMap's ACL grants topics to (the gateways' ``user`` blocks)."""
+    acl = ((live or {}).get("data") or {}).get(mqtt.ACL_KEY, "")
+    return {line.removeprefix("user ").strip() for line in acl.splitlines() if line.startswith("user ")}
+
+
+def outlived_grants(live: Manifest | None, gateways: Iterable[Manifest]) -> set[str]:
+    """The identities the ACL still grants though no MQTT DeviceGateway of theirs exists any more."""
+    wanted = set()
+    for gateway in gateways:
+        try:
+            wanted |= {grant.identity for grant in gateway_grants([gateway])}
+        except ValidationError:
+            continue  # a gateway the model refuses has no grant (its reconcile reports InvalidSpec)
+    return granted_identities(live) - wanted
 
 
 def trust_due(live: Manifest | None, desired: Manifest) -> bool:

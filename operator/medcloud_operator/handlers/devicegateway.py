@@ -49,7 +49,7 @@ from medcloud.models import (
 )
 from medcloud.tenancy import labels
 from medcloud_operator import metrics, presence
-from medcloud_operator.brokertrust import ensure_broker_trust, ensure_gateway_in_broker_trust
+from medcloud_operator.brokertrust import ensure_gateway_in_broker_trust
 from medcloud_operator.builders import device as device_builder
 from medcloud_operator.builders import devicegateway as builder
 from medcloud_operator.builders.hospital import LIMITS_NAME
@@ -173,21 +173,11 @@ def gateway_presence(
         logger.debug("DeviceGateway %s/%s: presence not counted: %s", namespace, name, exc)
 
 
-def gateway_deleted(
-    type: str | None, name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
-) -> None:
-    """A deleted MQTT gateway's grant withdrawn from the broker's ACL (the bundle rebuilt without it)."""
+async def gateway_deleted(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted MQTT gateway's grant withdrawn from the broker's ACL (:mod:`medcloud_operator.brokergrants`)."""
     protocols = (body.get("spec") or {}).get("protocols") or []
-    if type != "DELETED" or namespace is None or DeviceProtocol.MQTT.value not in protocols:
-        return
-    ctx = get_context(memo)
-    try:
-        if ensure_broker_trust(ctx.kube, ctx.settings, ctx.settings.operator_namespace, namespace):
-            logger.info("DeviceGateway %s/%s deleted: its broker grant withdrawn", namespace, name)
-    except (ApiException, HTTPError, OSError) as exc:
-        # Not retried by Kopf (an event handler): the next rebuild of the bundle (any gateway's new grant,
-        # any hospital's new CRL) leaves it out too.
-        logger.warning("DeviceGateway %s/%s deleted: broker grant not withdrawn yet: %s", namespace, name, exc)
+    if type == "DELETED" and DeviceProtocol.MQTT.value in protocols:
+        get_context(memo).broker_grants.withdraw()
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:

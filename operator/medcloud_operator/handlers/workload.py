@@ -25,6 +25,7 @@ timer, so deleting a workload waits for the operator to remove it.
 from __future__ import annotations
 
 import functools
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,12 +40,14 @@ from medcloud.models import GROUP, VERSION, ConditionStatus, Reason, StatusBase
 from medcloud.models.conditions import now_utc
 from medcloud.models.workload import WorkloadReason
 from medcloud.tenancy import labels
-from medcloud_operator import OPERATOR_NAME, events, metrics
+from medcloud_operator import OPERATOR_NAME, background, childwatch, events, metrics
 from medcloud_operator.apply import Applied, TerminatingError, apply, prune
 from medcloud_operator.builders.hospital import LIMITS_NAME
 from medcloud_operator.builders.workload import Findings, InvalidWorkloadError, child_selector, judge_rollout
 from medcloud_operator.catalog import AppWithoutImageError
+from medcloud_operator.childwatch import ChildWatch
 from medcloud_operator.context import OperatorContext, get_context
+from medcloud_operator.dependencies import DependencyIndex
 from medcloud_operator.handlers.common import (
     Logger,
     ReconcileError,
@@ -108,11 +111,6 @@ class Workload(ABC, Generic[P, S]):
     def handler_prefix(self) -> str:
         """Kopf handler ids start with it (``appinstance_changed``); they name the handlers in Kopf's logs."""
         return self.kind.kind.lower()
-
-    @property
-    def index_id(self) -> str:
-        """The id of the index of workloads by what they read, and the keyword Kopf passes it to handlers by."""
-        return f"{self.kind.plural}_by_dependency"
 
 
 # --------------------------------------------------------------------------- failures
@@ -236,26 +234,23 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, worklo
         registry, workload.kind, changed=changed, resync=changed, interval=settings.resync_seconds, prefix=prefix
     )
 
-    def deleted(type: str | None, namespace: str | None, name: str, **_: Any) -> None:
+    index = DependencyIndex()
+
+    async def seen(type: str | None, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> None:
+        """Keep the dependency index (what this workload reads) and the phase metric of a deleted one."""
+        assert namespace is not None  # workloads are namespaced
         if type == "DELETED":
+            index.forget(namespace, name)
             # Out of ``medcloud_resources``; its children go with it (owner references).
             metrics.PHASES.forget(workload.kind.kind, f"{namespace}/{name}")
-
-    kopf.on.event(GROUP, VERSION, plural, id=f"{prefix}-deleted", registry=registry)(deleted)
-
-    def by_dependency(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[DependencyKey, str]:
-        """Which workloads read which objects and LimitRange: the objects' events reach them without a LIST."""
-        if namespace is None:
-            return {}
-        found = {
-            (namespace, kind.kind, str(spec[field])): name for field, kind in workload.depends_on if spec.get(field)
-        }
+            return
+        reads = [(namespace, kind.kind, str(spec[field])) for field, kind in workload.depends_on if spec.get(field)]
         # The tenant's LimitRange is every workload's ceiling.
-        found[(namespace, LIMIT_RANGE.kind, LIMITS_NAME)] = name
-        return found
+        reads.append((namespace, LIMIT_RANGE.kind, LIMITS_NAME))
+        index.update(namespace, name, reads)
 
-    kopf.index(GROUP, VERSION, plural, id=workload.index_id, registry=registry)(by_dependency)
-    _register_dependency_handlers(registry, workload)
+    kopf.on.event(GROUP, VERSION, plural, id=f"{prefix}-deleted", registry=registry)(seen)
+    _register_dependency_handlers(registry, workload, index)
     _register_drift_handlers(registry, workload)
 
 
@@ -300,16 +295,27 @@ def _reconcile_dependents(
             logger.debug("%s %s/%s: %s", workload.kind.kind, namespace, owner, exc)
 
 
-DependencyKey = tuple[str, str, str]
-"""(namespace, kind, name) of an object workloads depend on, as their index is keyed."""
+def _register_dependency_handlers(
+    registry: kopf.OperatorRegistry, workload: Workload[Any, Any], index: DependencyIndex
+) -> None:
+    """Watch what workloads depend on: a change reconciles the workloads that ``index`` says read it.
 
-
-def _register_dependency_handlers(registry: kopf.OperatorRegistry, workload: Workload[Any, Any]) -> None:
-    """Watch what workloads depend on: a change reconciles the workloads that the index says read it.
-
-    The index makes this a lookup, never a LIST. The tenant's LimitRange is
-    watched by label, like the Hospital handler does.
+    The index makes this a lookup, never a LIST. The MedCloud kinds a workload reads are Kopf's
+    watches; the tenant's LimitRange is a child watch (:mod:`medcloud_operator.childwatch`, selected
+    by label like the Hospital's own children, from the current resourceVersion: nothing listed or
+    kept per tenant).
     """
+
+    async def reconcile_readers(
+        type: str, namespace: str, kind: str, name: str, memo: kopf.Memo, logger: Logger
+    ) -> None:
+        owners = index.readers(namespace, kind, name)
+        if not owners:
+            return  # answered in the event loop: no thread, no queue
+        logger.debug("%s %s/%s %s: reconciling %s %s", kind, namespace, name, type.lower(), workload.kind.kind, owners)
+        ctx = get_context(memo)
+        work = functools.partial(_reconcile_dependents, ctx, workload, namespace, owners, logger)
+        await ctx.queue.run(workload.kind.kind.lower(), Priority.CHANGE, work)
 
     def register_kind(kind: Kind) -> None:
         async def dependency_changed(
@@ -318,29 +324,25 @@ def _register_dependency_handlers(registry: kopf.OperatorRegistry, workload: Wor
             name: str,
             memo: kopf.Memo,
             logger: kopf.Logger,
-            **kwargs: Any,
+            **_: Any,
         ) -> None:
             if type is None or namespace is None:
                 # The initial listing at startup: the resume handlers reconcile every workload anyway.
                 return
-            # Kopf passes every index to every handler, as a keyword argument named by its id.
-            index: kopf.Index[DependencyKey, str] = kwargs[workload.index_id]
-            owners = sorted(set(index.get((namespace, kind.kind, name), [])))
-            if not owners:
-                return  # answered in the event loop: no thread, no queue
-            ctx = get_context(memo)
-            work = functools.partial(_reconcile_dependents, ctx, workload, namespace, owners, logger)
-            await ctx.queue.run(workload.kind.kind.lower(), Priority.CHANGE, work)
+            await reconcile_readers(type, namespace, kind.kind, name, memo, logger)
 
-        filters = {labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: labels.TENANCY} if kind is LIMIT_RANGE else None
-        kopf.on.event(
-            kind.api_version,
-            kind.plural,
-            id=f"{workload.component}-dependency-{kind.plural}",
-            labels=filters,
-            registry=registry,
-        )(dependency_changed)
+        handler_id = f"{workload.component}-dependency-{kind.plural}"
+        kopf.on.event(kind.api_version, kind.plural, id=handler_id, registry=registry)(dependency_changed)
 
     for _field, kind in workload.depends_on:
         register_kind(kind)
-    register_kind(LIMIT_RANGE)
+
+    async def limits_changed(type: str, body: Manifest, memo: kopf.Memo, logger: logging.Logger) -> None:
+        meta = body["metadata"]
+        if meta.get("namespace") and meta.get("name") == LIMITS_NAME:
+            await reconcile_readers(type, meta["namespace"], LIMIT_RANGE.kind, LIMITS_NAME, memo, logger)
+
+    selector = childwatch.label_selector({labels.MANAGED_BY: OPERATOR_NAME, labels.COMPONENT: labels.TENANCY})
+    background.of(registry).child_watches.append(
+        ChildWatch(f"{workload.component}-dependency-{LIMIT_RANGE.plural}", LIMIT_RANGE, selector, limits_changed)
+    )

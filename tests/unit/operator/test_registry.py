@@ -29,7 +29,8 @@ SAFETY_NET = {
     "hospital_resync",
     "recordstore_refresh",
 }
-INDEXES = {"appinstances_by_dependency", "consortia_by_member", "devicegateways_by_dependency"}
+INDEXES = {"consortia_by_member"}
+"""Kopf indexes: each makes Kopf list and keep its kind. The workloads' dependency index is the operator's own."""
 
 
 def test_every_kind_registers_its_triggers_under_the_released_ids() -> None:
@@ -55,7 +56,12 @@ def test_children_are_watched_outside_kopf_by_a_server_side_label_selector() -> 
         "app.kubernetes.io/managed-by=medcloud-operator,app.kubernetes.io/component=tenancy,medcloud.io/hospital"
     )
     kopf_watched = {h.selector.any_name for h in registry._watching.get_all_handlers() if h.selector is not None}
-    assert not kopf_watched & {"namespaces", "resourcequotas", "networkpolicies", "roles", "deployments"}
+    children = {"namespaces", "resourcequotas", "networkpolicies", "roles", "deployments", "limitranges"}
+    assert not kopf_watched & children
+    # The tenant's LimitRange, which every workload reads, is a child watch too (Kopf would list every tenant's).
+    for component in ("appinstance", "devicegateway"):
+        limits = watches[f"{component}-dependency-limitranges"]
+        assert limits.selector == "app.kubernetes.io/managed-by=medcloud-operator,app.kubernetes.io/component=tenancy"
 
 
 def test_sweep_intervals_come_from_the_settings_given_not_from_import_time() -> None:

@@ -224,16 +224,17 @@ class Kube:
                 return None
             raise
 
-    def list_every_namespace(self, kind: Kind, label_selector: str | None = None) -> list[Manifest]:
-        """The objects of ``kind`` in every namespace (one LIST; for a cluster-scoped kind, :meth:`list`)."""
+    def _items(self, collection_path: str, label_selector: str | None) -> list[Manifest]:
         query = [("labelSelector", label_selector)] if label_selector else []
-        result = self._request("GET", kind.every_namespace_path(), query=query)
+        result = self._request("GET", collection_path, query=query)
         return cast(list[Manifest], result.get("items") or [])
 
+    def list_every_namespace(self, kind: Kind, label_selector: str | None = None) -> list[Manifest]:
+        """The objects of ``kind`` in every namespace (one LIST; for a cluster-scoped kind, :meth:`list`)."""
+        return self._items(kind.every_namespace_path(), label_selector)
+
     def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None) -> list[Manifest]:
-        query = [("labelSelector", label_selector)] if label_selector else []
-        result = self._request("GET", kind.collection_path(namespace), query=query)
-        return cast(list[Manifest], result.get("items") or [])
+        return self._items(kind.collection_path(namespace), label_selector)
 
     def current_version(self, kind: Kind, label_selector: str | None = None) -> str:
         """The collection's resourceVersion now, from a LIST of at most one object: where a watch can start.

@@ -249,7 +249,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, worklo
         reads.append((namespace, LIMIT_RANGE.kind, LIMITS_NAME))
         index.update(namespace, name, reads)
 
-    kopf.on.event(GROUP, VERSION, plural, id=f"{prefix}-deleted", registry=registry)(seen)
+    kopf.on.event(GROUP, VERSION, plural, id=f"{prefix}-dependencies", registry=registry)(seen)
     _register_dependency_handlers(registry, workload, index)
     _register_drift_handlers(registry, workload)
 

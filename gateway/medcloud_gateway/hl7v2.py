@@ -128,11 +128,13 @@ class OruResult:
     errors: list[str] = field(default_factory=list)
 
 
-_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$")
+# Mindray monitors send milliseconds without HL7's dot (20260124131539000+0800); a DTM has 14 digits before its
+# fraction, so three more digits after the seconds can only be milliseconds.
+_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4})|(?<=\d{14})(\d{3}))?([+-]\d{4})?$")
 
 
 def parse_timestamp(value: str, local: tzinfo | None) -> datetime:
-    """An HL7 TS/DTM (``YYYYMMDDHHMM[SS[.S]][+ZZZZ]``) as an aware datetime.
+    """An HL7 TS/DTM (``YYYYMMDDHHMM[SS[.S]][+ZZZZ]``, or Mindray's ``YYYYMMDDHHMMSSsss``) as an aware datetime.
 
     Without an offset the time is in ``local`` (the gateway's configured HL7
     time zone); with no zone configured such a time is refused, not guessed.
@@ -140,7 +142,8 @@ def parse_timestamp(value: str, local: tzinfo | None) -> datetime:
     match = _TS.match(value.strip())
     if not match or match.group(4) is None or match.group(5) is None:
         raise ReadingError(f"time {value!r} is not an HL7 timestamp to the minute (YYYYMMDDHHMM[SS][+ZZZZ])")
-    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    year, month, day, hour, minute, second, fraction, milliseconds, offset = match.groups()
+    fraction = fraction or milliseconds
     zone: tzinfo
     if offset:
         sign = -1 if offset[0] == "-" else 1

@@ -250,7 +250,10 @@ def family_of(code: int) -> tuple[PressureFamily, str] | None:
     return None
 
 
-# ECG leads, two spellings in use: MDC_ECG_LEAD_* (131073...) and MDC_ECG_ELEC_POTL_* (the same + 256).
+# ECG leads, two spellings in use: MDC_ECG_LEAD_<lead> (partition 2, 131072 + the lead's term code) and
+# MDC_ECG_ELEC_POTL_<lead> (the same + 256: MDC_ECG_ELEC_POTL 131328 pre-coordinated with the lead). The term codes
+# are IEEE 11073-10101's as DICOM CID 3001 "ECG Lead" and CID 3688 reprint them (I 1, II 2, V1-V6 3-8, III 61,
+# aVR 62, aVL 63, aVF 64) and HL7's PoCD IG ValueSet 11073MDC-metric lists them (131073 MDC_ECG_LEAD_I ...).
 _LEAD_OFFSETS = {
     "I": 1,
     "II": 2,
@@ -266,10 +269,16 @@ _LEAD_OFFSETS = {
     "AVF": 64,
 }
 _LEAD_BASE = 2 * 65536
+_ELEC_POTL_BASE = _LEAD_BASE + 256
 ECG_LEADS: dict[int, str] = {
     **{_LEAD_BASE + o: name for name, o in _LEAD_OFFSETS.items()},
-    **{_LEAD_BASE + 256 + o: name for name, o in _LEAD_OFFSETS.items()},
+    **{_ELEC_POTL_BASE + o: name for name, o in _LEAD_OFFSETS.items()},
 }
+LEAD_REFERENCE_IDS: dict[str, int] = {
+    **{f"MDC_ECG_LEAD_{name}": _LEAD_BASE + o for name, o in _LEAD_OFFSETS.items()},
+    **{f"MDC_ECG_ELEC_POTL_{name}": _ELEC_POTL_BASE + o for name, o in _LEAD_OFFSETS.items()},
+}
+"""The code of each lead reference id (upper case, as RTMMS spells them: ``MDC_ECG_ELEC_POTL_AVR``)."""
 ECG_ELEC_POTL = mdc(131328, "MDC_ECG_ELEC_POTL")
 """The code of a multi-lead ECG Observation (its components are the leads)."""
 
@@ -278,18 +287,23 @@ def lead_code(name: str) -> Code:
     """The MDC code of lead ``name`` (``I``, ``II``, ``aVR``, ``V1``...) as MDC_ECG_ELEC_POTL_<lead>."""
     key = name.upper()
     if key not in _LEAD_OFFSETS:
-        known = ", ".join(_display_lead(n) for n in _LEAD_OFFSETS)
+        known = ", ".join({"AVR": "aVR", "AVL": "aVL", "AVF": "aVF"}.get(n, n) for n in _LEAD_OFFSETS)
         raise KeyError(f"ECG lead {name!r} is not one of {known}")
-    return mdc(_LEAD_BASE + 256 + _LEAD_OFFSETS[key], f"MDC_ECG_ELEC_POTL_{_display_lead(key)}")
+    return mdc(_ELEC_POTL_BASE + _LEAD_OFFSETS[key], f"MDC_ECG_ELEC_POTL_{key}")
 
 
-def _display_lead(key: str) -> str:
-    return {"AVR": "aVR", "AVL": "aVL", "AVF": "aVF"}.get(key, key)
+def lead_reference_id(code: int) -> str:
+    """The reference id of ECG lead ``code`` (one of :data:`ECG_LEADS`) in the spelling its number belongs to."""
+    prefix = "MDC_ECG_ELEC_POTL_" if code > _ELEC_POTL_BASE else "MDC_ECG_LEAD_"
+    return prefix + ECG_LEADS[code]
 
 
 # Attributes that describe the device or a waveform, not a measurement of the patient (IEEE 11073-20601 / IHE PCD).
 DEVICE_ATTRIBUTES = frozenset({"MDC_ATTR_TIME_ABS", "MDC_TIME_SYNC_PROTOCOL", "MDC_ATTR_TIME_REL"})
 WAVEFORM_ATTRIBUTES = frozenset({"MDC_ATTR_SAMP_RATE", "MDC_ATTR_NU_MSMT_RES", "MDC_ATTR_DATA_RANGE"})
+INOPERATIVE = "MDC_EVT_INOP"
+"""A waveform's child event (OBX-4 ``<lead>.n``): the channel's inoperative condition, 0 when it works."""
+SAMPLE_RATE_UNITS = ("/s", "Hz")
 
 # MDC units (IEEE 11073-10101 partition 4) as UCUM; matched by reference id, then by code.
 UNITS: dict[str, tuple[int, str]] = {
@@ -316,6 +330,7 @@ UNITS: dict[str, tuple[int, str]] = {
     "MDC_DIM_HZ": (264640, "Hz"),
 }
 _UNIT_BY_CODE = {code: ucum for code, ucum in UNITS.values()}
+_UNIT_NAME_BY_CODE = {code: name for name, (code, _) in UNITS.items()}
 # Device spellings seen in the field (compared without case or spaces) -> UCUM.
 SPELLINGS: dict[str, str] = {
     "mmhg": "mm[Hg]",
@@ -365,7 +380,13 @@ def ucum_of(code: str, text: str, system: str) -> str:
     if system.upper() == "UCUM" and code:
         return code
     if text.upper() in UNITS:
-        return UNITS[text.upper()][1]
+        named_code, ucum = UNITS[text.upper()]
+        # Which one the device meant cannot be told (266418^MDC_DIM_PERCENT: mV or %?): refused, not guessed.
+        if code.isdigit() and int(code) != named_code and int(code) in _UNIT_NAME_BY_CODE:
+            raise UnknownUnitError(
+                f"unit {code}^{text}: MDC {code} is {_UNIT_NAME_BY_CODE[int(code)]}, but {text} is {named_code}"
+            )
+        return ucum
     if code.isdigit() and int(code) in _UNIT_BY_CODE:
         return _UNIT_BY_CODE[int(code)]
     for spelling in (code, text):

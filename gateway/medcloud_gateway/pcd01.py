@@ -45,8 +45,11 @@ from medcloud_gateway.mdc import (
     EKG_STUDY,
     EVENT_PARTITION,
     FAMILIES,
+    INOPERATIVE,
+    LEAD_REFERENCE_IDS,
     MDC_SYSTEM,
     PART_LOINC,
+    SAMPLE_RATE_UNITS,
     TERMS,
     WAVEFORM_ATTRIBUTES,
     PressureFamily,
@@ -55,6 +58,7 @@ from medcloud_gateway.mdc import (
     Vocabulary,
     family_of,
     lead_code,
+    lead_reference_id,
     mdc,
     ucum_of,
 )
@@ -307,7 +311,9 @@ def _value(row: Row, term: Term) -> dict[str, Any]:
     """OBX-5 as a FHIR value[x]: NM and SN as Quantity, Range or Ratio; CWE as CodeableConcept."""
     kind = row.value_type
     if kind == "NM":
-        (text, *_) = _single(row)
+        (text, *rest) = _single(row)
+        if any(c.strip() for c in rest):
+            raise ReadingError(f"OBX-2 is NM, but OBX-5 has {len(rest) + 1} components: a waveform is NA or MA")
         return {"valueQuantity": quantity(_number(text, "OBX-5"), _unit(row, term.units, term.reference_id))}
     if kind == "SN":
         parts = [*_single(row), "", "", ""][:4]
@@ -375,8 +381,11 @@ def _read(reader: _Reader, rows: list[Row], by_path: dict[tuple[int, str], Row])
             continue
         if not row.has_value:
             continue  # the containment tree: MDS, VMD, channel, a pressure compound
+        if text == INOPERATIVE and _operative_waveform_channel(row, by_path):
+            continue
         try:
             code = _mdc_code(row, reader.vocabulary)
+            _check_lead_code(row, code)
             device = reader.device_of(row, by_path)
             if code in ECG_LEADS or row.value_type in _WAVEFORM_TYPES:
                 waveforms.setdefault((row.group, device), []).append((row, code))
@@ -413,6 +422,25 @@ def _read(reader: _Reader, rows: list[Row], by_path: dict[tuple[int, str], Row])
             reader.out.extend(_waveforms(reader, device, leads, attributes))
         except ReadingError as exc:
             reader.errors.append(f"{leads[0][0].where()}: {exc}")
+
+
+def _operative_waveform_channel(row: Row, by_path: dict[tuple[int, str], Row]) -> bool:
+    """True for a waveform's MDC_EVT_INOP child (OBX-4 ``<lead>.n``) of 0: the channel works, nothing to alert."""
+    parent = by_path.get((row.group, row.sub_id.rsplit(".", 1)[0]))
+    if parent is None or parent.value_type not in _WAVEFORM_TYPES:
+        return False
+    (value, *_) = row.values[0]
+    return _NUMBER.match(value.strip()) is not None and float(value) == 0
+
+
+def _check_lead_code(row: Row, code: int) -> None:
+    """An ECG lead's number and reference id must name the same lead: which one the device meant cannot be told."""
+    text = row.observation.text
+    named = LEAD_REFERENCE_IDS.get(text.upper())
+    if named is not None and named != code:
+        raise ReadingError(f"OBX-3 says {code} is {text}, but {text} is MDC {named}")
+    if named is None and code in ECG_LEADS and text.startswith("MDC_"):
+        raise ReadingError(f"OBX-3 says {code} is {text}, but MDC {code} is {lead_reference_id(code)}")
 
 
 def _measurement(row: Row, term: Term, context: Context) -> DeviceObservation:
@@ -501,6 +529,8 @@ def _waveforms(
         if rate_row is None or not rate_row.has_value:
             raise ReadingError(f"waveform {code} has no MDC_ATTR_SAMP_RATE child (OBX-4 {row.sub_id}.n)")
         rate = _number(rate_row.values[0][0], "MDC_ATTR_SAMP_RATE")
+        # Samples per second whichever MDC spelling (MDC_DIM_PER_SEC, MDC_DIM_HZ): the period is 1000 / rate ms.
+        _unit(rate_row, SAMPLE_RATE_UNITS, "MDC_ATTR_SAMP_RATE")
         if rate <= 0:
             raise ReadingError(f"sample rate {rate} is not positive")
         resolution_row = _attribute(own, "MDC_ATTR_NU_MSMT_RES")

@@ -17,8 +17,8 @@ import pytest
 
 from medcloud.models import CodeMapping, DeviceGatewaySpec
 from medcloud_gateway import ecg, omh
-from medcloud_gateway.hl7v2 import MllpDecoder, frame
-from medcloud_gateway.mdc import MDC_SYSTEM, Vocabulary
+from medcloud_gateway.hl7v2 import Hl7Error, MllpDecoder, frame
+from medcloud_gateway.mdc import MDC_SYSTEM, UnknownUnitError, Vocabulary, ucum_of
 from medcloud_gateway.normalize import to_observation
 from medcloud_gateway.pcd01 import DeviceResult, is_device_message, parse_pcd01
 from medcloud_gateway.readings import ReadingError
@@ -228,6 +228,108 @@ def test_ecg_waveform_alerts_and_heart_rate_from_one_message() -> None:
     assert alert["category"][0]["coding"][0]["code"] == "device-alert"
     assert alert["valueString"] == "V2 lead off"
     assert codes(found["147842"])[0] == (LOINC, "8867-4")
+
+
+def admitted(text: str) -> str:
+    """``text`` as the monitor sends it once a patient is admitted: PID-3 holds the patient's id."""
+    assert "PID|||^^^Hospital^PI|" in text
+    return text.replace("PID|||^^^Hospital^PI|", "PID|||p-5005^^^Hospital^PI|")
+
+
+def mindray_waveforms_as_stored() -> str:
+    """The capture's waveforms with a patient admitted and the pleth read as the NA it is (Mindray's own parser
+    reads it so): every OBX of it is then stored."""
+    waveforms = read("mindray_hl7_pipeline-oru-r01-ecg-pleth-waveforms.hl7")
+    return admitted(waveforms).replace("OBX|5|NM|150452", "OBX|5|NA|150452")
+
+
+def test_a_mindray_alarm_oru_r40_is_refused_by_its_message_type() -> None:
+    alarm = read("mindray_hl7_pipeline-oru-r40-lead-off-alarm.hl7")
+    assert is_device_message(alarm)
+    with pytest.raises(Hl7Error, match=re.escape("message type ORU^R40 is not ORU^R01")):
+        parse(alarm)
+
+
+def test_a_mindray_waveform_message_without_an_admitted_patient_is_refused_naming_pid_3() -> None:
+    waveforms = read("mindray_hl7_pipeline-oru-r01-ecg-pleth-waveforms.hl7")
+    with pytest.raises(Hl7Error, match="no PID-3 patient identifier"):
+        parse(waveforms)
+
+
+def test_a_mindray_pleth_sent_as_nm_with_samples_is_refused_naming_the_obx() -> None:
+    waveforms = read("mindray_hl7_pipeline-oru-r01-ecg-pleth-waveforms.hl7")
+    result = parse(admitted(waveforms))
+    assert result.observations == []
+    assert result.errors == [
+        "OBX 5 (150452^MDC_PULS_OXIM_PLETH^MDC): OBX-2 is NM, but OBX-5 has 58 components: a waveform is NA or MA"
+    ]
+
+
+def test_a_mindray_ecg_lead_becomes_sampled_data_with_its_rate_resolution_and_inop_alert() -> None:
+    result = parse(mindray_waveforms_as_stored())
+    assert result.errors == []
+    strip = by_mdc(result)["131328"]
+    assert codes(strip) == [(LOINC, "11524-6"), (MDC_SYSTEM, "131328")]
+    (lead,) = strip["component"]
+    assert lead["code"]["coding"] == [{"system": MDC_SYSTEM, "code": "131329", "display": "MDC_ECG_ELEC_POTL_I"}]
+    data = lead["valueSampledData"]
+    samples = data.pop("data").split(" ")
+    # 500 samples at MDC_ATTR_SAMP_RATE 500 MDC_DIM_HZ: one second; MDC_ATTR_NU_MSMT_RES 0.001221 mV per step.
+    assert (len(samples), samples[:4], samples[-1]) == (500, ["80", "88", "92", "96"], "136")
+    assert data == {
+        "origin": {"value": 0, "unit": "mV", "system": "http://unitsofmeasure.org", "code": "mV"},
+        "period": 2.0,
+        "factor": 0.001221,
+        "dimensions": 1,
+    }
+    # OBX-18 as EUI-64, OBX-11 R, the time OBR-7's with Mindray's undotted milliseconds.
+    assert strip["device"]["identifier"]["value"] == "00A037000000"
+    assert strip["status"] == "preliminary"
+    assert strip["effectiveDateTime"] == "2026-01-24T13:15:39+08:00"
+    assert by_mdc(result)["150452"]["valueSampledData"]["period"] == pytest.approx(1000 / 60)
+    # Each channel's MDC_EVT_INOP 32767 (lead off, as the capture's README reads it) is a device alert as sent.
+    alerts = [o.document for o in result.observations if o.document["code"]["coding"][0]["code"] == "196660"]
+    assert [a["valueString"] for a in alerts] == ["32767", "32767"]
+    assert {a["category"][0]["coding"][0]["code"] for a in alerts} == {"device-alert"}
+
+
+def test_a_waveform_inop_of_zero_says_the_channel_works_and_stores_nothing() -> None:
+    text = mindray_waveforms_as_stored()
+    zero = text.replace("1.7.6.131329.3|32767|", "1.7.6.131329.3|0|")
+    assert zero != text
+    alerts = [o for o in parse(zero).observations if o.document["code"]["coding"][0]["code"] == "196660"]
+    assert len(alerts) == 1  # the pleth's 32767 only
+
+
+def test_a_sample_rate_in_a_unit_that_is_not_per_second_is_refused() -> None:
+    text = mindray_waveforms_as_stored().replace("|500|264640^MDC_DIM_HZ^MDC|", "|500|264320^MDC_DIM_SEC^MDC|")
+    (error,) = parse(text).errors
+    assert error == ("OBX 1 (131329^MDC_ECG_ELEC_POTL_I^MDC): unit s is not one of /s, Hz for MDC_ATTR_SAMP_RATE")
+
+
+def test_lead_numbers_that_contradict_their_reference_ids_are_refused_naming_both() -> None:
+    result = parse(read("icu-heart-mindray-egateway-dummy-waveform.hl7"))
+    assert result.observations == []
+    mismatches = [e for e in result.errors if "OBX-3 says" in e]
+    assert mismatches[0] == (
+        "OBX 1 (131330^MDC_PULS_OXIM_PLETH^MDC): "
+        "OBX-3 says 131330 is MDC_PULS_OXIM_PLETH, but MDC 131330 is MDC_ECG_ELEC_POTL_II"
+    )
+    # The leads are numbered from 131310 in this published example; IEEE 11073-10101 numbers them from 131329.
+    expected = {"I": 131329, "II": 131330, "III": 131389, "AVR": 131390, "AVL": 131391, "AVF": 131392}
+    for error, (lead, code) in zip(mismatches[1:], expected.items(), strict=True):
+        assert error.endswith(f"but MDC_ECG_ELEC_POTL_{lead} is MDC {code}"), error
+    # V1 (131331) is numbered right: that OBX fails only for the sender's id, MSH-3 'Mindray_eGateway'.
+    assert any(
+        e.startswith("OBX 29 (131331^MDC_ECG_ELEC_POTL_V1^MDC): device id 'Mindray_eGateway'") for e in result.errors
+    )
+
+
+def test_a_unit_whose_mdc_code_and_reference_id_disagree_is_refused() -> None:
+    # OBX 3 of the icu-heart example: the resolution of a pleth in "266418^MDC_DIM_PERCENT" (266418 is millivolts).
+    with pytest.raises(UnknownUnitError, match="MDC 266418 is MDC_DIM_MILLI_VOLT, but MDC_DIM_PERCENT is 262688"):
+        ucum_of("266418", "MDC_DIM_PERCENT", "MDC")
+    assert ucum_of("266418", "MDC_DIM_MILLI_VOLT", "MDC") == "mV"
 
 
 def test_several_messages_in_one_mllp_stream_split_whatever_the_chunks() -> None:

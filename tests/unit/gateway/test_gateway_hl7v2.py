@@ -125,13 +125,18 @@ def test_times_without_offset_need_a_configured_zone() -> None:
         ("20240501083015-0500", datetime(2024, 5, 1, 8, 30, 15, tzinfo=timezone(timedelta(hours=-5)))),
         ("202405010830+0000", datetime(2024, 5, 1, 8, 30, tzinfo=UTC)),
         ("20240501083015.25+0100", datetime(2024, 5, 1, 8, 30, 15, 250000, tzinfo=timezone(timedelta(hours=1)))),
+        # Mindray's milliseconds without the dot (tests/data/devices/hl7v2/mindray_hl7_pipeline-raw-hl7-sample.hl7).
+        ("20260124131539000+0800", datetime(2026, 1, 24, 13, 15, 39, tzinfo=timezone(timedelta(hours=8)))),
+        ("20260124131539125+0800", datetime(2026, 1, 24, 13, 15, 39, 125000, tzinfo=timezone(timedelta(hours=8)))),
     ],
 )
 def test_hl7_timestamps(value: str, expected: datetime) -> None:
     assert parse_timestamp(value, None) == expected
 
 
-@pytest.mark.parametrize("value", ["20240501", "2024-05-01T08:30", "20241301083000+0000"])
+@pytest.mark.parametrize(
+    "value", ["20240501", "2024-05-01T08:30", "20241301083000+0000", "202405010830000+0000", "2024050108301512+0000"]
+)
 def test_hl7_timestamps_that_are_refused(value: str) -> None:
     with pytest.raises(ReadingError):
         parse_timestamp(value, UTC)

@@ -221,7 +221,10 @@ REQUEST_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<
 
 
 def api_requests(api: Any) -> Counter[str]:
-    """The API server's own count of requests served so far (apiserver_request_total), by verb; watches left out."""
+    """The API server's own count of requests served so far (apiserver_request_total); watches left out.
+
+    Keyed ``<VERB> <resource>[/<subresource>]``, so that where the requests go can be printed beside their sum.
+    """
     response = api.rest_client.pool_manager.request("GET", api.configuration.host + "/metrics")
     counts: Counter[str] = Counter()
     for line in response.data.decode().splitlines():
@@ -230,12 +233,20 @@ def api_requests(api: Any) -> Counter[str]:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
         if labels.get("verb") != "WATCH":
-            counts[labels.get("verb", "")] += int(float(match["value"]))
+            subresource = labels.get("subresource")
+            resource = labels.get("resource", "") + (f"/{subresource}" if subresource else "")
+            counts[f"{labels.get('verb', '')} {resource}"] += int(float(match["value"]))
     return counts
 
 
 def per_hospital(before: Counter[str], after: Counter[str], n: int) -> float:
     return sum((after - before).values()) / n
+
+
+def breakdown(before: Counter[str], after: Counter[str], n: int) -> dict[str, float]:
+    """Requests per Hospital by verb and resource, largest first, those under 0.05 per Hospital left out."""
+    rows = ((key, count / n) for key, count in (after - before).most_common())
+    return {key: round(share, 2) for key, share in rows if share >= 0.05}
 
 
 def raw_status() -> dict[str, Any]:
@@ -262,7 +273,10 @@ def raw_onboard(kube: Kube, settings: OperatorSettings, name: str) -> None:
     kube.merge_patch(HOSPITAL, name, raw_status(), subresource="status")
 
 
-def measure(n: int, concurrency: int, idle_window: float, workdir: Path) -> dict[str, float]:
+def measure(
+    n: int, concurrency: int, idle_window: float, workdir: Path, where: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """The figures of one N; ``where`` receives each phase's requests per Hospital by verb and resource."""
     figures: dict[str, float] = {}
     state = workdir / f"cluster-{n}"
     with LocalCluster(
@@ -294,11 +308,14 @@ def measure(n: int, concurrency: int, idle_window: float, workdir: Path) -> dict
         requests_ready = api_requests(api)
         # Everyone's requests while the operator onboarded: the bench's creates and its LIST a second included.
         figures["requests_per_hospital"] = per_hospital(requests_before, requests_ready, n)
+        where["onboarding"] = breakdown(requests_before, requests_ready, n)
 
         # 2. Idle: once no reconcile has run for 10 s (the quota controller's status updates of the new
         # quotas come after Ready, and each reconciles its Hospital), CPU over three safety-net ticks.
         figures["settle_after_ready_s"] = operator.wait_quiet(quiet=10, limit=600)
-        figures["settle_requests_per_hospital"] = per_hospital(requests_ready, api_requests(api), n)
+        requests_settled = api_requests(api)
+        figures["settle_requests_per_hospital"] = per_hospital(requests_ready, requests_settled, n)
+        where["settling"] = breakdown(requests_ready, requests_settled, n)
         cpu_before, reconciles_before = operator.cpu_seconds(), operator.metric("controller_runtime_reconcile_total")
         time.sleep(idle_window)
         idle_cpu = operator.cpu_seconds() - cpu_before
@@ -329,7 +346,9 @@ def measure(n: int, concurrency: int, idle_window: float, workdir: Path) -> dict
         in_parallel(concurrency, raw_names, lambda name: raw_onboard(kube, settings, name))
         figures["raw_s"] = ready.wait("raw-", n, limit=60 + n * 2.0) - started  # timed like the operator
         ready.stop()
-        figures["raw_requests_per_hospital"] = per_hospital(requests_before, api_requests(api), n)
+        requests_raw = api_requests(api)
+        figures["raw_requests_per_hospital"] = per_hospital(requests_before, requests_raw, n)
+        where["ceiling"] = breakdown(requests_before, requests_raw, n)
         figures["raw_per_s"] = n / figures["raw_s"]
         figures["ratio"] = figures["operator_per_s"] / figures["raw_per_s"]
         figures["namespaces"] = len(kube.list(NAMESPACE))
@@ -346,9 +365,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="medcloud-bench-scale-") as tmp:
         rows = []
         for n in args.sizes:
-            figures = measure(n, args.concurrency, args.idle_window, Path(tmp))
+            where: dict[str, dict[str, float]] = {}
+            figures = measure(n, args.concurrency, args.idle_window, Path(tmp), where)
             rows.append((n, figures))
             print(json.dumps({"n": n, **{k: round(v, 3) for k, v in figures.items()}}), flush=True)
+            print(json.dumps({"n": n, "requests_per_hospital_by_kind": where}), flush=True)
     print()
     print(f"client concurrency = operator workers = {args.concurrency}; idle window {args.idle_window:.0f} s")
     print("      N  operator/s  ceiling/s  ratio  all Ready s  settled s  RSS MB  idle CPU s/min (%)  new on restart s")

@@ -20,6 +20,7 @@ from medcloud_operator.apply import OwnWrites
 from medcloud_operator.brokergrants import BrokerGrants
 from medcloud_operator.institutions import InstitutionCodes
 from medcloud_operator.kube import Kube
+from medcloud_operator.quotausage import SeenQuotaUsage
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.storage import Storage
 from medcloud_operator.workqueue import WorkQueue
@@ -54,6 +55,8 @@ class OperatorContext:
     metrics_server: WSGIServer | None = None
     institution_codes: InstitutionCodes = field(default_factory=InstitutionCodes)
     """Who claims which institution code, kept from the Hospital watch (a lookup per reconcile, not a LIST)."""
+    quota_usage: SeenQuotaUsage = field(default_factory=SeenQuotaUsage)
+    """Each Hospital's ``status.quotaUsage`` as last watched (a hash): an unchanged quota usage costs no request."""
     queue: WorkQueue = field(default_factory=lambda: WorkQueue(4))
     """Every reconcile waits here for one of its workers (``max_concurrent_reconciles``), changes first."""
     background: list[asyncio.Task[None]] = field(default_factory=list)

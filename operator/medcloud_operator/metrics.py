@@ -72,6 +72,12 @@ DRIFT_REPAIRS = Counter(
     "Child objects found changed or deleted by someone else and put back, by kind.",
     ["kind"],
 )
+STALE_BODIES = Counter(
+    "medcloud_stale_bodies_total",
+    "Reconciles started from the body of the watch event that caused them whose status write found the object "
+    "changed since (409): it was read again and reconciled at once.",
+    ["kind"],
+)
 SETTLED_SKIPS = Counter(
     "medcloud_settled_skips_total",
     "Objects found settled (Ready at their generation, from this spec and these settings) and so not reconciled, "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from medcloud.kube.client import Kind
@@ -22,6 +23,16 @@ from medcloud_operator.kube import Kube
 
 RECONCILING_DIGEST: ContextVar[str | None] = ContextVar("RECONCILING_DIGEST", default=None)
 """The digest of the object being reconciled in this thread (set by the reconcile frame); written with its status."""
+STATUS_PRECONDITION: ContextVar[str | None] = ContextVar("STATUS_PRECONDITION", default=None)
+"""The resourceVersion the reconcile's body had, when that body came from the watch rather than a fresh read.
+
+The status write then carries it, so the API server refuses it (409) if the object changed since:
+a status is never written from a body that was not the newest.
+"""
+
+
+class StaleBodyError(Exception):
+    """The object changed after the watch event the reconcile started from: read it again and start over."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,8 @@ def write_status(
 
     Within a reconcile frame the new status carries the digest the frame is reconciling
     (``observedDigest``): it goes out in the same patch, so recording it costs no request of its own.
+    When the frame's body came from the watch (:data:`STATUS_PRECONDITION`), the patch is conditional
+    on that resourceVersion; :class:`StaleBodyError` when the object has moved on since.
     """
     digest = RECONCILING_DIGEST.get()
     if digest is not None:
@@ -143,5 +156,22 @@ def write_status(
     patch = merge_patch(dump(stored) if stored is not None else {}, dump(new))
     if not patch:
         return False
-    kube.merge_patch(kind, name, {"status": patch}, namespace, subresource="status")
+    precondition = STATUS_PRECONDITION.get()
+    if precondition is None:
+        kube.merge_patch(kind, name, {"status": patch}, namespace, subresource="status")
+        return True
+    try:
+        kube.merge_patch(
+            kind,
+            name,
+            {"metadata": {"resourceVersion": precondition}, "status": patch},
+            namespace,
+            subresource="status",
+        )
+    except ApiException as exc:
+        if exc.status == 409:
+            raise StaleBodyError(f"{kind.kind} {name} changed after the event its reconcile started from") from exc
+        raise
+    # This write moved the object on: a later write of the same reconcile goes without the precondition.
+    STATUS_PRECONDITION.set(None)
     return True

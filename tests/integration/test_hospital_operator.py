@@ -267,6 +267,11 @@ def test_a_hospital_becomes_ready_with_every_child_as_specified(cluster: Cluster
 
     events = wait_for(reported, "Events about the Hospital")
     assert all(material not in json.dumps(e) for e in events)
+    # The onboarding's one Ready Event says what it created; no Event of its own for that.
+    (ready,) = [e for e in events if e["reason"] == "Ready"]
+    assert f"Namespace {ns}" in ready["message"]
+    assert "NetworkPolicy medcloud-default-deny" in ready["message"]
+    assert "Created" not in {e["reason"] for e in events}
 
 
 def test_the_operator_holds_secrets_in_tenant_namespaces_only_and_never_lists_them(
@@ -677,6 +682,42 @@ def test_network_policies_say_what_the_specs_say(cluster: Cluster, hospitals: Ho
     assert allowed(pa, storage, STORAGE_PORT)
     assert not allowed(pa, storage, 22)
     assert not allowed(pa, outside("internet", ip="8.8.8.8"), 443)
+
+
+def test_onboarding_writes_the_hospitals_status_once_and_the_quota_controller_finds_nothing_to_add(
+    cluster: Cluster, local_cluster: Any, hospitals: HospitalFactory, operator: RunningOperator
+) -> None:
+    """The Ready status already reports a new namespace's zero usage; the quota's first count costs no write."""
+    audit_log = getattr(local_cluster, "audit_log", None)
+    if audit_log is None:
+        pytest.skip("needs the local cluster's audit log")
+    mark = audit_lines(audit_log)
+    skips = sample(operator.metrics(), "medcloud_settled_skips_total", kind="Hospital", trigger="quota-usage")
+    name = hospitals("counted")
+    ns = f"hospital-{name}"
+    wait_ready(cluster, name)
+    used = wait_for(
+        lambda: (
+            (raw(cluster.core.read_namespaced_resource_quota, "medcloud-quota", ns) or {}).get("status") or {}
+        ).get("used"),
+        "the quota controller's count of the new quota",
+    )
+    wait_for(
+        lambda: (
+            sample(operator.metrics(), "medcloud_settled_skips_total", kind="Hospital", trigger="quota-usage") > skips
+        ),
+        "the quota's count to reach the operator",
+    )
+    # As the quota controller wrote it, string for string.
+    assert (cluster.hospital(name) or {})["status"]["quotaUsage"] == used
+    status_writes = [
+        w
+        for w in audit_writes(audit_log, mark)
+        if w["objectRef"].get("resource") == "hospitals"
+        and w["objectRef"].get("subresource") == "status"
+        and w["objectRef"].get("name") == name
+    ]
+    assert len(status_writes) == 1, [w["verb"] for w in status_writes]
 
 
 # Quantities at the model's bounds must be stored exactly as written, or the

@@ -125,6 +125,21 @@ def build_resource_quota(name: str, spec: HospitalSpec) -> Manifest:
     }
 
 
+def reported_usage(quota: Manifest | None, *, created_in_new_namespace: bool) -> dict[str, str]:
+    """The ``status.quotaUsage`` a reconcile reports: the quota's own ``status.used``, once counted.
+
+    A quota just created in a namespace just created has not been counted yet, and nothing can be in
+    that namespace to count: every resource it limits is at zero, which is what the quota controller
+    then writes (and so the refresh it causes finds nothing to copy).
+    """
+    used = ((quota or {}).get("status") or {}).get("used")
+    if used:
+        return dict(used)
+    if quota is not None and created_in_new_namespace:
+        return {resource: "0" for resource in (quota.get("spec") or {}).get("hard") or {}}
+    return {}
+
+
 def build_limit_range(name: str, spec: HospitalSpec, max_cpu_request: str | None = None) -> Manifest:
     """Defaults for containers that state no resources, and no container above the whole quota.
 

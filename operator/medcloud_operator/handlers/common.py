@@ -24,7 +24,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -38,7 +38,7 @@ from medcloud_operator.apply import Action, Applied
 from medcloud_operator.childwatch import ChildWatch
 from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.safetynet import SweptKind, record_key
-from medcloud_operator.status import RECONCILING_DIGEST, Check
+from medcloud_operator.status import RECONCILING_DIGEST, STATUS_PRECONDITION, Check, StaleBodyError
 from medcloud_operator.workqueue import Priority
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -115,26 +115,56 @@ def reconcile_object(
     name: str,
     namespace: str | None,
     reconcile: Callable[[Manifest], None],
+    seen: Mapping[str, Any] | None = None,
 ) -> None:
-    """Read the object and ``reconcile`` it unless it is gone or being deleted; count the result."""
+    """Read the object and ``reconcile`` it unless it is gone or being deleted; count the result.
+
+    ``seen`` is the body the watch event that caused this reconcile carried (Kopf's create, update and
+    resume handlers have one): it is reconciled without a fresh GET, and the status write is
+    conditional on its resourceVersion. If the object moved on in the meantime (a 409), it is read
+    and reconciled again at once; the children the first pass applied from the older spec are then
+    brought to the newer one.
+    """
     with handling(ctx, kind, name, namespace):
+        if seen is not None:
+            try:
+                _reconcile_body(ctx, kind, plain(seen), reconcile, precondition=True)
+                return
+            except StaleBodyError:
+                metrics.STALE_BODIES.labels(kind=kind.kind).inc()
         body = ctx.kube.get(kind, name, namespace)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        if not sharding.matches(ctx.settings.shard_selector, body["metadata"].get("labels")):
-            return  # another shard's (a child's or a member's event led here): its replica acts on it
-        token = RECONCILING_DIGEST.set(desired_digest(body, ctx.settings_fingerprint))
-        try:
-            reconcile(body)
-        except kopf.TemporaryError:
-            metrics.RECONCILE_TOTAL.labels(kind=kind.kind, result=metrics.RESULT_REQUEUE).inc()
-            raise
-        except Exception:
-            metrics.RECONCILE_TOTAL.labels(kind=kind.kind, result=metrics.RESULT_ERROR).inc()
-            raise
-        finally:
-            RECONCILING_DIGEST.reset(token)
-        metrics.RECONCILE_TOTAL.labels(kind=kind.kind, result=metrics.RESULT_SUCCESS).inc()
+        if body is not None:
+            _reconcile_body(ctx, kind, body, reconcile, precondition=False)
+
+
+def plain(body: Mapping[str, Any]) -> Manifest:
+    """A plain, detached copy of a body Kopf handed over (its nested mappings are views)."""
+    return cast(Manifest, json.loads(json.dumps(body, default=dict)))
+
+
+def _reconcile_body(
+    ctx: OperatorContext, kind: Kind, body: Manifest, reconcile: Callable[[Manifest], None], *, precondition: bool
+) -> None:
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    if not sharding.matches(ctx.settings.shard_selector, body["metadata"].get("labels")):
+        return  # another shard's (a child's or a member's event led here): its replica acts on it
+    token = RECONCILING_DIGEST.set(desired_digest(body, ctx.settings_fingerprint))
+    condition = STATUS_PRECONDITION.set(body["metadata"].get("resourceVersion") if precondition else None)
+    try:
+        reconcile(body)
+    except StaleBodyError:
+        raise
+    except kopf.TemporaryError:
+        metrics.RECONCILE_TOTAL.labels(kind=kind.kind, result=metrics.RESULT_REQUEUE).inc()
+        raise
+    except Exception:
+        metrics.RECONCILE_TOTAL.labels(kind=kind.kind, result=metrics.RESULT_ERROR).inc()
+        raise
+    finally:
+        STATUS_PRECONDITION.reset(condition)
+        RECONCILING_DIGEST.reset(token)
+    metrics.RECONCILE_TOTAL.labels(kind=kind.kind, result=metrics.RESULT_SUCCESS).inc()
 
 
 def desired_digest(body: Mapping[str, Any], settings_fingerprint: str) -> str:
@@ -281,13 +311,21 @@ def is_steady(previous: StatusBase, generation: int | None) -> bool:
 
 
 def report_applied(
-    body: Manifest, previous: StatusBase, generation: int | None, results: list[Applied], logger: Logger
-) -> None:
+    body: Manifest,
+    previous: StatusBase,
+    generation: int | None,
+    results: list[Applied],
+    logger: Logger,
+    *,
+    defer: bool = False,
+) -> list[tuple[str, str]]:
     """A log line per child that changed; Events: one per drift repair, one per action the spec caused.
 
     A change while the spec stood still is drift being repaired, worth an Event of its own. What a new
     or changed spec caused is one Event per action (``Created``: the dozen objects of a new tenancy),
-    so onboarding a Hospital posts one Event, not one per child.
+    so onboarding a Hospital posts one Event, not one per child. With ``defer`` those (reason, message)
+    pairs are returned instead of posted, for the caller to fold into an Event of its own
+    (:func:`post_caused`).
     """
     steady = is_steady(previous, generation)
     caused: dict[Action, list[str]] = {}
@@ -301,9 +339,27 @@ def report_applied(
         else:
             caused.setdefault(result.action, []).append(f"{result.kind} {result.name}")
             logger.info("%s", result.describe())
-    for action, objects in caused.items():
-        message = f"{action.value.capitalize()} {len(objects)}: {', '.join(objects)}"
-        events.post(body, events.NORMAL, action.value.capitalize(), message[:EVENT_MESSAGE_LIMIT])
+    summaries = [
+        (action.value.capitalize(), f"{action.value.capitalize()} {len(objects)}: {', '.join(objects)}")
+        for action, objects in caused.items()
+    ]
+    if not defer:
+        post_caused(body, summaries)
+    return summaries
+
+
+def post_caused(body: Manifest, summaries: list[tuple[str, str]], *, into: tuple[str, str] | None = None) -> None:
+    """Post what :func:`report_applied` deferred: an Event each, or, ``into`` an Event (reason, message), one Event.
+
+    A Hospital's onboarding says in its one Ready Event what it created, rather than in an Event of its own.
+    """
+    if into is None:
+        for reason, message in summaries:
+            events.post(body, events.NORMAL, reason, message[:EVENT_MESSAGE_LIMIT])
+        return
+    reason, message = into
+    folded = " ".join([message, *(f"{summary}." for _, summary in summaries)])
+    events.post(body, events.NORMAL, reason, folded[:EVENT_MESSAGE_LIMIT])
 
 
 EVENT_MESSAGE_LIMIT = 1024

@@ -23,6 +23,7 @@ tenant namespace, otherwise the namespace and then the KEK are removed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import kopf
@@ -72,6 +73,7 @@ from medcloud_operator.builders.hospital import (
     build_tenancy,
     next_status,
     onboarding_check,
+    reported_usage,
     terminating_status,
 )
 from medcloud_operator.context import OperatorContext, get_context
@@ -84,6 +86,7 @@ from medcloud_operator.handlers.common import (
     handling,
     is_settled,
     last_write_was_status,
+    post_caused,
     queued,
     raise_failure,
     reconcile_object,
@@ -163,9 +166,12 @@ def _network_summary(objects: list[Manifest]) -> str:
     return f"Default deny in place; {len(names)} network policies: {', '.join(names)}."
 
 
-def reconcile(ctx: OperatorContext, name: str, logger: Logger) -> None:
-    """Bring one Hospital's tenancy to its spec and report it; raises Kopf errors for retries."""
-    reconcile_object(ctx, HOSPITAL, name, None, lambda body: _reconcile(ctx, body, logger))
+def reconcile(ctx: OperatorContext, name: str, logger: Logger, seen: Mapping[str, Any] | None = None) -> None:
+    """Bring one Hospital's tenancy to its spec and report it; raises Kopf errors for retries.
+
+    ``seen``: the body of the watch event behind this reconcile, which saves a GET (:func:`reconcile_object`).
+    """
+    reconcile_object(ctx, HOSPITAL, name, None, lambda body: _reconcile(ctx, body, logger), seen)
 
 
 def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
@@ -230,7 +236,8 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
     except Exception as exc:
         _fail(ctx, body, previous, generation, namespace, checks, stage, classify(exc, stage, settings), logger)
 
-    quota = next((r.obj for r in results if r.kind == RESOURCE_QUOTA.kind and r.name == QUOTA_NAME), None)
+    quota_result = next((r for r in results if r.kind == RESOURCE_QUOTA.kind and r.name == QUOTA_NAME), None)
+    quota = quota_result.obj if quota_result is not None else None
     kek_status = KeyEncryptionKey(
         version=key.version,
         created_at=key.created_at,
@@ -243,17 +250,30 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
         namespace=namespace,
         checks=checks,
         kek=kek_status,
-        quota_usage=((quota or {}).get("status") or {}).get("used") or {},
+        quota_usage=reported_usage(quota, created_in_new_namespace=new_tenancy and _created(quota_result)),
         spec_failed=False,
         now=now_utc(),
     )
-    _report_changes(body, previous, generation, results, state, settings, logger)
-    if write_status(kube, HOSPITAL, name, previous, new) and new.phase is not previous.phase:
-        events.post(body, events.NORMAL, "Ready", new.message or "")
+    caused = _report_changes(body, previous, generation, results, state, settings, logger)
+    try:
+        changed_phase = write_status(kube, HOSPITAL, name, previous, new) and new.phase is not previous.phase
+    except Exception:
+        post_caused(body, caused)  # the children were written: said even though the status was not
+        raise
+    ctx.quota_usage.record(name, new.quota_usage)
+    if changed_phase:
+        # One Event, not two, for an onboarding: the phase it reached and what it created for it.
+        post_caused(body, caused, into=("Ready", new.message or ""))
         logger.info("Hospital %s is %s", name, new.phase)
+    else:
+        post_caused(body, caused)
     assert new.phase is not None
     metrics.PHASES.set(KIND, name, new.phase)
     metrics.KEK_AGE.set(name, key.created_at)
+
+
+def _created(result: Applied | None) -> bool:
+    return result is not None and result.action is Action.CREATED
 
 
 def _onboarding(ctx: OperatorContext, body: Manifest, namespace: str) -> Check:
@@ -336,9 +356,12 @@ def _report_changes(
     key: KekState,
     settings: OperatorSettings,
     logger: Logger,
-) -> None:
-    """One Event per object that changed (drift repaired, or the spec's doing), and per KEK created or rotated."""
-    report_applied(body, previous, generation, results, logger)
+) -> list[tuple[str, str]]:
+    """Events per drift repaired and per KEK created or rotated; what the spec caused is returned (deferred).
+
+    The caller posts those (:func:`post_caused`), folded into its Ready Event when the phase changes.
+    """
+    caused = report_applied(body, previous, generation, results, logger, defer=True)
     if key.created:
         message = f"KEK version {key.current.version} created in namespace {settings.operator_namespace}"
         announce(body, "KEKCreated", message, logger)
@@ -349,6 +372,7 @@ def _report_changes(
             "has re-wrapped its data keys"
         )
         announce(body, "KEKRotated", message, logger)
+    return caused
 
 
 # --------------------------------------------------------------------------- handlers
@@ -379,8 +403,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     )
 
 
-def hospital_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    reconcile(get_context(memo), name, logger)
+def hospital_changed(name: str, memo: kopf.Memo, logger: kopf.Logger, body: kopf.Body | None = None, **_: Any) -> None:
+    # The resync (the safety net) has no body: it reads the Hospital; a create, update or resume starts from Kopf's.
+    reconcile(get_context(memo), name, logger, body)
 
 
 def _hospital_of(child: Manifest) -> str | None:
@@ -394,11 +419,19 @@ def _repair(ctx: OperatorContext, memo: kopf.Memo, hospital: str, namespace: str
 def _refresh_quota_usage(ctx: OperatorContext, hospital: str, quota: Manifest, logger: Logger) -> None:
     """The quota controller moved a quota's usage: copy it to ``status.quotaUsage`` (a GET and a PATCH).
 
-    A whole reconcile (the dozen children read and compared) happens instead when the quota's latest
+    Nothing at all when the quota's latest write was to its status and the Hospital, as last watched,
+    already shows that usage (:mod:`medcloud_operator.quotausage`). A whole reconcile (the dozen
+    children read and compared) happens instead when the quota's latest
     write was not to its status (someone edited the object itself), when its spec no longer matches
     the Hospital's, or when the Hospital is not settled: then something more than usage moved.
     """
+    used = (quota.get("status") or {}).get("used") or {}
     with handling(ctx, HOSPITAL, hospital):
+        # Under the Hospital's lock: a reconcile that was writing its status has finished and recorded it.
+        if last_write_was_status(quota, OPERATOR_NAME) and ctx.quota_usage.shows(hospital, used):
+            # The quota controller recounted and found what the Hospital already shows (a new quota's zeros).
+            metrics.SETTLED_SKIPS.labels(kind=KIND, trigger="quota-usage").inc()
+            return
         body = ctx.kube.get(HOSPITAL, hospital)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
@@ -406,9 +439,9 @@ def _refresh_quota_usage(ctx: OperatorContext, hospital: str, quota: Manifest, l
             return  # children are watched cluster-wide: another shard's quota is its replica's to copy
         if _usage_only(ctx, body, quota):
             previous = parse_status(HospitalStatus, body.get("status"))
-            used = (quota.get("status") or {}).get("used") or {}
             refreshed = previous.model_copy(update={"quota_usage": dict(used)})
             write_status(ctx.kube, HOSPITAL, hospital, previous, refreshed)
+            ctx.quota_usage.record(hospital, refreshed.quota_usage)
             metrics.RECONCILE_TOTAL.labels(kind=KIND, result=metrics.RESULT_SUCCESS).inc()
             return
     reconcile(ctx, hospital, logger)
@@ -433,8 +466,10 @@ async def hospital_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, logg
     name = body["metadata"]["name"]
     if type != "DELETED":
         ctx.institution_codes.observe(body)
+        ctx.quota_usage.observe(name, body.get("status"))
         return
     ctx.institution_codes.forget(name)
+    ctx.quota_usage.forget(name)
     code = (body.get("spec") or {}).get("institutionCode") or ""
     for other in ctx.institution_codes.claimants(code):
         try:

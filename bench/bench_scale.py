@@ -308,6 +308,8 @@ def measure(
         requests_ready = api_requests(api)
         # Everyone's requests while the operator onboarded: the bench's creates and its LIST a second included.
         figures["requests_per_hospital"] = per_hospital(requests_before, requests_ready, n)
+        # Reconciles that started from Kopf's body but found it stale at their status write (then read it again).
+        figures["stale_bodies"] = operator.metric("medcloud_stale_bodies_total")
         where["onboarding"] = breakdown(requests_before, requests_ready, n)
 
         # 2. Idle: once no reconcile has run for 10 s (the quota controller's status updates of the new
@@ -316,6 +318,10 @@ def measure(
         requests_settled = api_requests(api)
         figures["settle_requests_per_hospital"] = per_hospital(requests_ready, requests_settled, n)
         where["settling"] = breakdown(requests_ready, requests_settled, n)
+        # Quota recounts the Hospital already showed (no request), against those that read the Hospital.
+        figures["quota_usage_skips"] = operator.metric(
+            'medcloud_settled_skips_total{kind="Hospital",trigger="quota-usage"}'
+        )
         cpu_before, reconciles_before = operator.cpu_seconds(), operator.metric("controller_runtime_reconcile_total")
         time.sleep(idle_window)
         idle_cpu = operator.cpu_seconds() - cpu_before

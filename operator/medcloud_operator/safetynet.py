@@ -159,6 +159,27 @@ class SafetyNet:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
+    def retry_later(self, kind: str, key: str, delay: float, memo: kopf.Memo, queue: WorkQueue) -> None:
+        """An object whose resume failed for now: its resync after ``delay``, retried like the sweep's own.
+
+        Meanwhile the sweep leaves it alone, as it does an object it is retrying itself.
+        """
+        swept = self.kinds[kind]
+        logger = logging.getLogger(f"medcloud_operator.safetynet.{swept.kind.plural}")
+        marker = (kind, key)
+
+        async def later() -> None:
+            self._retrying.add(marker)
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._retrying.discard(marker)
+            await self._resync(swept, key, memo, queue, logger)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _resync(
         self, swept: SweptKind, key: str, memo: kopf.Memo, queue: WorkQueue, logger: logging.Logger
     ) -> None:

@@ -241,14 +241,22 @@ def register_triggers(
     prefix: str | None = None,
     resync_id: str | None = None,
     safety_net: bool = True,
+    seen: Callable[..., Awaitable[None]] | None = None,
 ) -> None:
     """A kind's own triggers: create, update and resume call ``changed``; the safety net ``resync`` every ``interval``.
 
+    Create and update are Kopf's handlers; the resume is the kind's Kopf event handler seeing the
+    listing (type None), which also keeps the safety net's records: one handler per object at a
+    restart instead of two, and none of Kopf's per-handler bookkeeping for the settled majority (a
+    resume that fails for now is retried by the safety net after the error's delay).
     All of them wait in the work queue: create and update as changes, resume after them, the safety
     net last (:mod:`medcloud_operator.safetynet`: one sweep of the kind per interval). With
     ``safety_net`` the resume and the sweep skip a settled object (:func:`is_settled`) except on its
     one full reconcile per ``full_resync_seconds``; without it (a resync that does work of its own,
     like a RecordStore's usage count) the sweep resyncs every object.
+
+    ``seen``, when given, is called with every watch event of the kind as a Kopf event handler would
+    be (``type``, ``body``, ``memo``, ``logger``), from the same handler: one invocation per event.
 
     Handler ids (``<prefix>_changed``, ``<prefix>_resync``) name the handlers in Kopf's logs and in
     its progress annotations, so they stay as they are once released; ``<prefix>_resync`` now keeps
@@ -261,26 +269,44 @@ def register_triggers(
     for cause in (kopf.on.update, kopf.on.create):
         cause(group, version, kind.plural, id=f"{prefix}_changed", registry=registry)(on_change)
 
-    async def on_resume(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-        ctx = get_context(memo)
-        if is_settled(body, ctx.settings_fingerprint):
-            # Nothing changed while no operator looked; the safety net's full reconcile comes in time.
-            metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="resume").inc()
-            return
-        work = functools.partial(changed, body=body, memo=memo, **kwargs)
-        await ctx.queue.run(controller, Priority.RESUME, work, key=object_key(kwargs))
-
-    kopf.on.resume(group, version, kind.plural, id=f"{prefix}_changed", registry=registry)(on_resume)
-
     # The safety net: one sweep of the kind per interval, over records kept from this watch (no timer per object).
     work = background.of(registry)
     net = work.safety_net
     net.add(SweptKind(kind, resync, interval, safety_net))
 
-    async def on_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def resume(body: kopf.Body, memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
+        ctx = get_context(memo)
+        key = object_key(kwargs)
+        job = functools.partial(changed, body=body, memo=memo, retry=0, **kwargs)
+        try:
+            await ctx.queue.run(controller, Priority.RESUME, job, key=key)
+        except kopf.PermanentError as exc:
+            kwargs["logger"].info("%s: %s", kind.kind, exc)  # its status says so; the safety net tries again
+        except kopf.TemporaryError as exc:
+            if key is not None:
+                net.retry_later(kind.kind, key, exc.delay or 1.0, memo, ctx.queue)
+        except Exception:
+            # Not a failure the reconcile could classify (Kopf retried those after a minute): the same here.
+            kwargs["logger"].exception("%s: the resume's reconcile failed", kind.kind)
+            if key is not None:
+                net.retry_later(kind.kind, key, UNEXPECTED_RETRY_SECONDS, memo, ctx.queue)
+
+    async def on_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         if work.kopf_context is None:
             work.kopf_context = contextvars.copy_context()
-        net.observe(kind.kind, type, body, is_settled(body, get_context(memo).settings_fingerprint))
+        settled = is_settled(body, get_context(memo).settings_fingerprint)
+        net.observe(kind.kind, type, body, settled)
+        if seen is not None:
+            await seen(type=type, body=body, memo=memo, **kwargs)
+        if type is not None:
+            return
+        # Kopf's listing (at start, and when a watch must list anew) is the resume, in this one handler
+        # rather than Kopf's resume handlers, whose bookkeeping per object cost more than the check.
+        if settled:
+            # Nothing changed while no operator looked; the safety net's full reconcile comes in time.
+            metrics.SETTLED_SKIPS.labels(kind=kind.kind, trigger="resume").inc()
+            return
+        await resume(body, memo, kwargs)
 
     kopf.on.event(group, version, kind.plural, id=resync_id or f"{prefix}_resync", registry=registry)(on_seen)
 
@@ -370,6 +396,9 @@ Repair = Callable[[OperatorContext, kopf.Memo, str, str | None, Logger], None]
 """Reconcile an owner: the context, Kopf's memo, the owner's name, the child's namespace, the logger."""
 Refresh = Callable[[OperatorContext, str, Manifest, Logger], None]
 """Bring an owner's status up to a refresh kind's child (the owner's name, the child as the watch shows it)."""
+
+UNEXPECTED_RETRY_SECONDS = 60.0
+"""When an object's resume fails with an error no reconcile classified, its retry comes this much later."""
 
 ECHO_WAIT_SECONDS = 10.0
 """How long a worker waits for the operator's own write of a child to finish before it judges that child's event."""

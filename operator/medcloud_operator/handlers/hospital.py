@@ -381,7 +381,13 @@ def _report_changes(
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     """The Hospital's triggers: its own events, a resync timer, its tenancy's children, its deletion."""
     register_triggers(
-        registry, HOSPITAL, changed=hospital_changed, resync=hospital_changed, interval=settings.resync_seconds
+        registry,
+        HOSPITAL,
+        changed=hospital_changed,
+        resync=hospital_changed,
+        interval=settings.resync_seconds,
+        # The indexes the Hospital watch feeds, in the kind's one event handler (a Kopf handler each cost more).
+        seen=hospital_seen,
     )
     # A tenancy child changed: reconcile its Hospital unless the change is the echo of our own write.
     register_drift_handlers(
@@ -396,8 +402,6 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         refresh_kinds=(RESOURCE_QUOTA,),
         refresh=_refresh_quota_usage,
     )
-    # Its id is older than the index it now also keeps.
-    kopf.on.event(GROUP, VERSION, PLURAL, id="hospital_gone", registry=registry)(hospital_seen)
     kopf.on.delete(GROUP, VERSION, PLURAL, id="hospital_deleted", registry=registry)(
         queued(HOSPITAL.kind.lower(), Priority.CHANGE, hospital_deleted)
     )

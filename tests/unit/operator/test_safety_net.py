@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections import Counter
 from typing import Any
 
+import kopf
+
+from medcloud.kube.client import HOSPITAL
 from medcloud_operator.handlers.common import desired_digest, full_resync_due, is_settled, last_write_was_status
+from medcloud_operator.safetynet import SafetyNet, SweptKind, record_key
 from medcloud_operator.settings import OperatorSettings
+from medcloud_operator.workqueue import WorkQueue
 
 FINGERPRINT = OperatorSettings().fingerprint()
 
@@ -92,3 +98,32 @@ def test_an_edit_by_anyone_else_is_not_usage_only_even_in_a_tie() -> None:
     assert not last_write_was_status(tie, "medcloud-operator")
     assert not last_write_was_status(managed(("medcloud-operator", "2026-12-02T06:00:00Z", "")), "medcloud-operator")
     assert not last_write_was_status({"metadata": {}}, "medcloud-operator")
+
+
+def test_a_resume_that_failed_for_now_is_retried_by_the_net_after_each_delay_until_it_succeeds() -> None:
+    calls: list[int] = []
+
+    def resync(name: str, namespace: str | None, memo: kopf.Memo, logger: object, retry: int) -> None:
+        calls.append(retry)
+        if retry < 2:
+            raise kopf.TemporaryError("the API server is away", delay=0.01)
+
+    async def scenario() -> tuple[bool, bool]:
+        net = SafetyNet([SweptKind(HOSPITAL, resync, 300, True)])
+        net.observe("Hospital", None, {"metadata": {"name": "riverton", "uid": "u1"}}, False)
+        queue = WorkQueue(1)
+        key = record_key(None, "riverton")
+        net.retry_later("Hospital", key, 0.01, kopf.Memo(), queue)
+        await asyncio.sleep(0)
+        marked_while_waiting = ("Hospital", key) in net._retrying
+        for _ in range(1000):  # bounded: a broken retry fails the assertions below instead of hanging
+            if len(calls) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
+        return marked_while_waiting, ("Hospital", key) in net._retrying
+
+    marked, still_marked = asyncio.run(scenario())
+    assert marked  # the sweep leaves it alone meanwhile
+    assert calls == [0, 1, 2]
+    assert not still_marked

@@ -51,6 +51,7 @@ from medcloud_operator.handlers.common import (
     Logger,
     ReconcileError,
     classify_request,
+    on_watch_event,
     raise_failure,
     reconcile_object,
     register_drift_handlers,
@@ -218,7 +219,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     )
     kopf.on.event(GROUP, VERSION, PLURAL, id="consortium-deleted", registry=registry)(consortium_deleted)
     kopf.index(GROUP, VERSION, PLURAL, id=MEMBER_INDEX, registry=registry)(consortia_by_member)
-    kopf.on.event(GROUP, VERSION, HOSPITAL.plural, id="consortium-members", registry=registry)(member_changed)
+    # From the Hospital's own event handler: no Kopf handler of its own per Hospital event (Kopf still hands it
+    # the member index, as it hands every index to every handler).
+    on_watch_event(registry, HOSPITAL, member_changed)
     # The exchange's Deployment (its pods' readiness) and Service: a change reconciles their Consortium.
     register_drift_handlers(
         registry,

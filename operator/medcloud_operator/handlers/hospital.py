@@ -86,6 +86,7 @@ from medcloud_operator.handlers.common import (
     handling,
     is_settled,
     last_write_was_status,
+    on_watch_event,
     post_caused,
     queued,
     raise_failure,
@@ -386,9 +387,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         changed=hospital_changed,
         resync=hospital_changed,
         interval=settings.resync_seconds,
-        # The indexes the Hospital watch feeds, in the kind's one event handler (a Kopf handler each cost more).
-        seen=hospital_seen,
     )
+    # The indexes the Hospital watch feeds, from the kind's one event handler (a Kopf handler each cost more).
+    on_watch_event(registry, HOSPITAL, hospital_seen)
     # A tenancy child changed: reconcile its Hospital unless the change is the echo of our own write.
     register_drift_handlers(
         registry,

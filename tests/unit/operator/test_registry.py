@@ -40,7 +40,14 @@ def test_every_kind_registers_its_triggers_under_the_released_ids() -> None:
     assert {h.id for h in registry._indexing.get_all_handlers()} == INDEXES
     watching = {h.id for h in registry._watching.get_all_handlers()}
     # The safety net's records come from these watch handlers (the old timers' ids); no timer per object.
-    assert SAFETY_NET | {"consortium-members"} <= watching
+    assert watching >= SAFETY_NET
+    # A Hospital event costs one Kopf handler invocation: the indexes it feeds hang off that one handler.
+    on_hospitals = [
+        h for h in registry._watching.get_all_handlers() if h.selector and h.selector.any_name == "hospitals"
+    ]
+    assert [h.id for h in on_hospitals] == ["hospital_resync"]
+    hooks = background.of(registry).watch_hooks["Hospital"]
+    assert {hook.__name__ for hook in hooks} == {"hospital_seen", "member_changed"}
     timers = {h.id for h in registry._spawning.get_all_handlers()}
     assert timers <= {"devicegateway_presence", "consortium_exchange_probe"}
     activities = {h.id for h in registry._activities.get_all_handlers()}

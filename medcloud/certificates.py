@@ -28,6 +28,22 @@ CA_KEY_USAGE = x509.KeyUsage(
     decipher_only=False,
 )
 """What a CA's key is for: signing certificates and CRLs, and digital signatures."""
+CERTIFICATE_MARKER = b"CERTIFICATE"
+CRL_MARKER = b"X509 CRL"
+"""The labels of PEM blocks (``-----BEGIN <label>-----``) that :func:`pem_blocks` splits bundles by."""
+
+
+def pem_blocks(bundle: bytes, marker: bytes) -> list[bytes]:
+    """Each ``marker`` PEM block of a bundle (several certificates or CRLs in one file), in order, newline-ended."""
+    begin = b"-----BEGIN " + marker + b"-----"
+    end = b"-----END " + marker + b"-----"
+    blocks = []
+    rest = bundle
+    while (start := rest.find(begin)) >= 0:
+        stop = rest.index(end, start) + len(end)
+        blocks.append(rest[start:stop] + b"\n")
+        rest = rest[stop:]
+    return blocks
 
 
 def private_key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:

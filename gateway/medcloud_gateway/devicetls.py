@@ -9,7 +9,11 @@ which OpenSSL calls for every ClientHello), so a new CRL needs no restart; an
 MLLP connection already open is also checked message by message
 (:meth:`DeviceTrust.revoked`). A CRL that cannot be read or is not the CA's
 leaves the previous one in force (logged); an expired CRL makes OpenSSL refuse
-every device: fail closed.
+every device: fail closed. While the hospital's device CA is rotated the CA file
+holds two CAs and the CRL file one CRL of each (:mod:`medcloud.tenancy.deviceca`):
+OpenSSL loads every certificate and CRL of a file, so devices of both are
+admitted, each checked against its own CA's CRL; both files are watched, so the
+old CA's retirement (one CA and one CRL again) takes effect the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from medcloud.tenancy.devicecrl import revoked_serials
+from medcloud.tenancy.devicecrl import revoked_certificates
 from medcloud.tenancy.mqtt import parse_device_identity
 
 log = logging.getLogger(__name__)
@@ -55,7 +59,8 @@ class DeviceTrust:
     reload_seconds: float = 10.0
     _current: ssl.SSLContext | None = field(default=None, init=False, repr=False)
     _digest: str = field(default="", init=False, repr=False)
-    _revoked: frozenset[int] = field(default=frozenset(), init=False, repr=False)
+    _revoked: frozenset[tuple[bytes, int]] = field(default=frozenset(), init=False, repr=False)
+    """(issuer DER, serial) of each revoked certificate: serials are unique per CA only."""
 
     def __post_init__(self) -> None:
         if not self.refresh():
@@ -72,13 +77,13 @@ class DeviceTrust:
         return context
 
     def refresh(self) -> bool:
-        """Re-read the CRL if it changed; False if it cannot be used (the previous one stays)."""
+        """Re-read the CAs and CRLs if either file changed; False if they cannot be used (the previous stay)."""
         try:
-            crl = self.crl_file.read_bytes()
-            digest = hashlib.sha256(crl).hexdigest()
+            crl, cas = self.crl_file.read_bytes(), self.ca_file.read_bytes()
+            digest = hashlib.sha256(hashlib.sha256(crl).digest() + hashlib.sha256(cas).digest()).hexdigest()
             if digest == self._digest:
                 return True
-            revoked = revoked_serials(crl, self.ca_file.read_bytes())
+            revoked = revoked_certificates(crl, cas)
             context = self._context()
         except (OSError, ValueError, ssl.SSLError) as exc:
             log.error("device CRL %s not loaded: %s", self.crl_file, exc)
@@ -105,7 +110,8 @@ class DeviceTrust:
         """Whether a connected peer's certificate (DER) is revoked by the CRL now in force."""
         if peer_der is None:
             return True
-        return x509.load_der_x509_certificate(peer_der).serial_number in self._revoked
+        cert = x509.load_der_x509_certificate(peer_der)
+        return (cert.issuer.public_bytes(), cert.serial_number) in self._revoked
 
     async def watch(self) -> None:
         """Re-read the CRL every ``reload_seconds`` until cancelled."""

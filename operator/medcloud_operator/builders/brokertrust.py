@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from cryptography import x509
 from pydantic import ValidationError
 
+from medcloud.certificates import CRL_MARKER, pem_blocks
 from medcloud.kube.client import Manifest
 from medcloud.models import DeviceGatewaySpec, DeviceProtocol
 from medcloud.tenancy import deviceca, devicecrl, labels, mqtt
@@ -51,23 +52,11 @@ def gateway_grants(gateways: Iterable[Manifest]) -> list[mqtt.GatewayGrant]:
     return grants
 
 
-def _pem_blocks(bundle: bytes, marker: bytes) -> list[bytes]:
-    begin = b"-----BEGIN " + marker + b"-----"
-    end = b"-----END " + marker + b"-----"
-    blocks = []
-    rest = bundle
-    while (start := rest.find(begin)) >= 0:
-        stop = rest.index(end, start) + len(end)
-        blocks.append(rest[start:stop] + b"\n")
-        rest = rest[stop:]
-    return blocks
-
-
 def platform_crl_in_force(live: Manifest | None, broker_ca_pem: bytes, now: dt.datetime) -> bytes | None:
     """The broker CA's CRL from the live ConfigMap, if it is that CA's and not near its nextUpdate."""
     bundle = ((live or {}).get("data") or {}).get(mqtt.CRL_BUNDLE_KEY, "").encode()
     issuer = x509.load_pem_x509_certificate(broker_ca_pem).subject
-    for block in _pem_blocks(bundle, b"X509 CRL"):
+    for block in pem_blocks(bundle, CRL_MARKER):
         crl = x509.load_pem_x509_crl(block)
         next_update = crl.next_update_utc
         if crl.issuer == issuer and next_update is not None and next_update - now > PLATFORM_CRL_REFRESH_MARGIN:

@@ -44,6 +44,9 @@ from medcloud.models.devicegateway import (
     DeviceProtocol,
 )
 from medcloud.models.hospital import (
+    DeviceCACertificate,
+    DeviceCARotation,
+    DeviceCAStatus,
     Hospital,
     HospitalAdmins,
     HospitalCondition,
@@ -54,6 +57,7 @@ from medcloud.models.hospital import (
     HospitalStatus,
     KekRotation,
     KeyEncryptionKey,
+    PreviousDeviceCA,
     Tier,
 )
 from medcloud.models.recordstore import (
@@ -108,6 +112,9 @@ __all__ = [
     "ConsortiumStatus",
     "DeletionPolicy",
     "Device",
+    "DeviceCACertificate",
+    "DeviceCARotation",
+    "DeviceCAStatus",
     "DeviceClass",
     "DeviceCounts",
     "DeviceGateway",
@@ -131,6 +138,7 @@ __all__ = [
     "KeyRotation",
     "ObjectMeta",
     "Phase",
+    "PreviousDeviceCA",
     "PrinterColumn",
     "Reason",
     "RecordClass",

@@ -117,6 +117,29 @@ class KekRotation(MedCloudModel):
     )
 
 
+class DeviceCARotation(MedCloudModel):
+    """On-demand rotation of the hospital's tenant device CA (it also rotates by itself near its end)."""
+
+    rotate_now: Annotated[
+        int,
+        CELRule(
+            rule="self >= oldSelf",
+            message="deviceCaRotation.rotateNow can only be increased; raise it by one to request a device CA rotation",
+            reason="FieldValueForbidden",
+        ),
+    ] = Field(
+        default=0,
+        ge=0,
+        description=(
+            "On-demand device CA rotation counter: increase it by one to make a new device CA current. The "
+            "previous CA stays trusted (gateways, the platform broker, its CRL) until no unexpired, unrevoked "
+            "device certificate it issued remains, then its key is deleted; new enrolments and the gateways' "
+            "serving certificates come from the new CA. The operator rotates whenever it exceeds "
+            "status.deviceCa.observedRotateNow (one overlap at a time). It can only grow."
+        ),
+    )
+
+
 class HospitalSpec(MedCloudModel):
     """Desired state of a hospital tenant."""
 
@@ -165,6 +188,11 @@ class HospitalSpec(MedCloudModel):
         description="On-demand rotation of the tenant's key-encryption key.",
         json_schema_extra=empty_default(),
     )
+    device_ca_rotation: DeviceCARotation = Field(
+        default_factory=DeviceCARotation,
+        description="On-demand rotation of the tenant's device CA (devices' client certificates).",
+        json_schema_extra=empty_default(),
+    )
 
 
 class KeyEncryptionKey(MedCloudModel):
@@ -184,11 +212,47 @@ class KeyEncryptionKey(MedCloudModel):
     )
 
 
+class DeviceCACertificate(MedCloudModel):
+    """A tenant device CA as status names it: facts of its public certificate, never anything of its key."""
+
+    name: str = Field(description="Subject CN of the CA, e.g. city device CA 2 (its generation after the first).")
+    serial: str = Field(description="Serial of the CA certificate, upper-case hex as openssl x509 -serial shows it.")
+    not_after: AwareDatetime = Field(description="When the CA certificate expires.")
+
+
+class PreviousDeviceCA(DeviceCACertificate):
+    """The CA a rotation replaced, still trusted while devices hold certificates of it."""
+
+    trusted_until: AwareDatetime = Field(
+        description=(
+            "When it is dropped from trust at the latest: the expiry of the last unrevoked device certificate it "
+            "issued (sooner once those devices are re-enrolled or revoked), never past its own expiry."
+        )
+    )
+
+
+class DeviceCAStatus(MedCloudModel):
+    """The tenant's device CA: which one is current and whether a previous one is still trusted."""
+
+    generation: int = Field(ge=1, description="Generation of the current CA: 1 at first, one more per rotation.")
+    current: DeviceCACertificate = Field(description="The CA that signs new enrolments and the gateways' leaves.")
+    observed_rotate_now: int = Field(
+        default=0, ge=0, description="The spec.deviceCaRotation.rotateNow the current CA answers."
+    )
+    previous: PreviousDeviceCA | None = Field(
+        default=None, description="The CA the last rotation replaced, while it is still trusted."
+    )
+    message: str | None = Field(default=None, description="A rotation that is due but waits, and why.")
+
+
 class HospitalStatus(StatusBase):
     """Observed state of a hospital tenant, written by the operator."""
 
     namespace: str | None = Field(default=None, description="Name of the tenant namespace, hospital-<name>.")
     kek: KeyEncryptionKey | None = Field(default=None, description="The tenant's current key-encryption key.")
+    device_ca: DeviceCAStatus | None = Field(
+        default=None, description="The tenant's device CA, once a Device or DeviceGateway made it."
+    )
     quota_usage: dict[str, str] = Field(
         default_factory=dict,
         description="Current use of the namespace quota by resource, e.g. requests.cpu: 2500m.",

@@ -15,11 +15,21 @@ platform MQTT broker's user name, unique across hospitals; the hospital is the
 CA's own ``O``), while the device's CSR names the device id alone; it is for
 TLS client authentication only, and carries a random 159-bit
 serial, the number the CRL revokes.
+
+Rotation (docs/devices.md, "Rotating the device CA"): a new CA, of the next
+*generation*, becomes :data:`CA_SECRET`; the one it replaces moves to
+:data:`PREVIOUS_CA_SECRET` and stays trusted (its certificate in ``ca.crt``,
+its CRL in ``ca.crl``, both bundles) while an unexpired, unrevoked device
+certificate it issued remains (:func:`trusted_until`), then it is dropped and
+its key deleted. Each generation has its own subject (:func:`ca_common_name`),
+so OpenSSL finds each device's CA and each CRL's signer by name, and a
+certificate of the previous CA is told from the current one's by its issuer.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -32,6 +42,8 @@ from medcloud.tenancy.mqtt import device_identity
 
 CA_SECRET = "medcloud-device-ca"  # noqa: S105 - a Secret's name
 """The Secret (type kubernetes.io/tls) holding the tenant CA's certificate and key; the operator's alone."""
+PREVIOUS_CA_SECRET = "medcloud-device-ca-previous"  # noqa: S105 - a Secret's name
+"""The CA a rotation replaced, while its devices still need it (same format as :data:`CA_SECRET`)."""
 TRUST_SECRET = "medcloud-device-trust"  # noqa: S105 - a Secret's name
 """The Secret the gateway mounts: the CA certificate (:data:`CA_CERT_KEY`) and the CRL (``ca.crl``)."""
 CA_CERT_KEY = "ca.crt"
@@ -41,8 +53,17 @@ CRL_NUMBER_ANNOTATION = "medcloud.io/crl-number"
 """On the trust Secret: the number of the CRL it holds (each new CRL's number is one more)."""
 CRL_NEXT_UPDATE_ANNOTATION = "medcloud.io/crl-next-update"
 """On the trust Secret: the CRL's nextUpdate (ISO 8601), so a timer knows when to sign a fresh one."""
+GENERATION_ANNOTATION = "medcloud.io/device-ca-generation"
+"""On a CA Secret: its CA's generation, 1 for a hospital's first CA, one more on each rotation."""
+ROTATE_NOW_ANNOTATION = "medcloud.io/device-ca-rotate-now"
+"""On a CA Secret: the Hospital's ``spec.deviceCaRotation.rotateNow`` its CA answers (a larger one asks anew)."""
+SUCCESSOR_ROTATE_NOW_ANNOTATION = "medcloud.io/device-ca-successor-rotate-now"
+"""On the previous CA Secret: the ``rotateNow`` its successor answers, so a rotation cut short is finished as asked."""
 CA_VALIDITY = dt.timedelta(days=3650)
 DEVICE_VALIDITY = dt.timedelta(days=365)
+CA_RENEW_BEFORE = DEVICE_VALIDITY + dt.timedelta(days=30)
+"""A CA is rotated by itself once it has this long left: past it, a device certificate would be cut short by the
+CA's end (:func:`sign_device`), so a new CA takes over while its predecessor still covers every device it signed."""
 MIN_RSA_BITS = 2048
 MAX_CSR_BYTES = 8192
 RESERVED_DEVICE_IDS = frozenset({"medcloud-gateway"})
@@ -66,17 +87,51 @@ class Issued:
     not_after: dt.datetime
 
 
-def new_ca(hospital: str, *, now: dt.datetime) -> TenantCA:
-    """A fresh P-256 CA for ``hospital``'s devices, valid for :data:`CA_VALIDITY`."""
+def ca_common_name(hospital: str, generation: int) -> str:
+    """The subject CN of ``hospital``'s CA of ``generation``: the first keeps the name CAs always had."""
+    return f"{hospital} device CA" if generation == 1 else f"{hospital} device CA {generation}"
+
+
+def new_ca(hospital: str, *, now: dt.datetime, generation: int = 1) -> TenantCA:
+    """A fresh P-256 CA for ``hospital``'s devices, valid for :data:`CA_VALIDITY`, named for its ``generation``."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, hospital),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"{hospital} device CA"),
+            x509.NameAttribute(NameOID.COMMON_NAME, ca_common_name(hospital, generation)),
         ]
     )
     cert = self_signed_ca(key, name, now=now, validity=CA_VALIDITY, path_length=0)
     return TenantCA(cert.public_bytes(serialization.Encoding.PEM), private_key_pem(key))
+
+
+def rotation_due(ca_cert_pem: bytes, *, rotate_now: int, observed_rotate_now: int, now: dt.datetime) -> str | None:
+    """Why the CA must be replaced now (for the Event), or None: asked for (``rotate_now`` grew past what the
+    CA answers), or it has :data:`CA_RENEW_BEFORE` or less left."""
+    if rotate_now > observed_rotate_now:
+        return f"spec.deviceCaRotation.rotateNow is {rotate_now}"
+    not_after = x509.load_pem_x509_certificate(ca_cert_pem).not_valid_after_utc
+    if not_after - now <= CA_RENEW_BEFORE:
+        return f"it expires at {not_after.isoformat()}, within {CA_RENEW_BEFORE.days} days"
+    return None
+
+
+def trusted_until(ca_cert_pem: bytes, certificates: Iterable[bytes], now: dt.datetime) -> dt.datetime | None:
+    """Until when a replaced CA must stay trusted: the latest expiry of the unrevoked device ``certificates``
+    it issued and that are still valid, never past its own; None once no such certificate remains (or it expired),
+    when it is dropped from trust and its key deleted. Certificates of other CAs, or unreadable, are ignored."""
+    ca = x509.load_pem_x509_certificate(ca_cert_pem)
+    if ca.not_valid_after_utc <= now:
+        return None
+    ends = []
+    for pem in certificates:
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            continue
+        if cert.issuer == ca.subject and cert.not_valid_after_utc > now:
+            ends.append(cert.not_valid_after_utc)
+    return min(max(ends), ca.not_valid_after_utc) if ends else None
 
 
 def check_csr(csr_pem: str, device_id: str) -> x509.CertificateSigningRequest:
@@ -101,6 +156,12 @@ def check_csr(csr_pem: str, device_id: str) -> x509.CertificateSigningRequest:
     elif not (isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name in ("secp256r1", "secp384r1")):
         raise CSRError("the key must be EC P-256, EC P-384 or RSA of at least 2048 bits")
     return csr
+
+
+def ca_name(cert_pem: bytes) -> str:
+    """A CA's subject CN, as Events and status name it (the certificate is public; nothing of its key)."""
+    names = x509.load_pem_x509_certificate(cert_pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
 
 
 def hospital_of_ca(cert_pem: bytes) -> str:

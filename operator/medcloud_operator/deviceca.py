@@ -1,10 +1,14 @@
-"""A hospital's tenant device CA and its trust Secret (CA certificate + CRL): making and keeping them.
+"""A hospital's tenant device CA and its trust Secret (CA certificates + CRLs): making, rotating, retiring them.
 
-The operator's side of :mod:`medcloud.tenancy.deviceca`. The CA is made once,
-on first need, and never rewritten (its Secret is immutable); a lost CA Secret
-is made again, which invalidates every device certificate (they must
-re-enrol): said in the Event the handler posts. The trust Secret is signed
-again when the revoked serials change or its nextUpdate is near.
+The operator's side of :mod:`medcloud.tenancy.deviceca`. The CA is made on
+first need and never rewritten (its Secret is immutable); a lost CA Secret is
+made again, which invalidates every device certificate (they must re-enrol):
+said in the Event the handler posts. A rotation (:func:`rotate_ca`, asked
+through the Hospital or due near the CA's end: :func:`keep_device_ca`) moves
+the CA to the previous CA's Secret and makes a successor; the trust Secret then
+carries both until the previous one is retired (:func:`ensure_trust`). The
+trust Secret is signed again when its CAs or revoked serials change or a CRL's
+nextUpdate is near.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from pathlib import Path
 
 from kubernetes.client.exceptions import ApiException
 
-from medcloud.kube.client import DEVICE, SECRET, Kube, Manifest
+from medcloud.kube.client import DEVICE, HOSPITAL, SECRET, Kube, Manifest
+from medcloud.models import DeviceCAStatus
 from medcloud.tenancy import deviceca
 from medcloud_operator.builders import device as builder
 from medcloud_operator.builders import devicegateway as gateway_builder
@@ -29,16 +34,40 @@ class Trust:
     ca: deviceca.TenantCA
     created_ca: bool
     crl_signed: bool
+    previous: deviceca.TenantCA | None = None
+    """The CA a rotation replaced, while it is still trusted."""
+    previous_until: dt.datetime | None = None
+    retired: deviceca.TenantCA | None = None
+    """The previous CA, if this call dropped it from trust and deleted its key."""
 
 
-def ensure_ca(kube: Kube, namespace: str, hospital: str, now: dt.datetime) -> tuple[deviceca.TenantCA, bool]:
-    """The hospital's CA, made if there is none; True when it was made now."""
+@dataclass(frozen=True)
+class CurrentCA:
+    ca: deviceca.TenantCA
+    created: bool
+    generation: int
+    rotate_now: int
+    """The Hospital's ``spec.deviceCaRotation.rotateNow`` this CA answers."""
+
+
+def ensure_ca(kube: Kube, namespace: str, hospital: str, now: dt.datetime) -> CurrentCA:
+    """The hospital's CA, made if there is none.
+
+    With none but a previous CA's Secret, a rotation was cut short between moving the CA aside and making its
+    successor (:func:`rotate_ca`): the successor is made now, of the next generation, answering what was asked.
+    """
     live = kube.get(SECRET, deviceca.CA_SECRET, namespace)
     if live is not None:
-        return builder.read_ca(live), False
-    ca = deviceca.new_ca(hospital, now=now)
+        return CurrentCA(builder.read_ca(live), False, builder.ca_generation(live), builder.ca_rotate_now(live))
+    previous = kube.get(SECRET, deviceca.PREVIOUS_CA_SECRET, namespace)
+    if previous is not None:
+        generation, rotate_now = builder.ca_generation(previous) + 1, builder.successor_rotate_now(previous)
+    else:
+        # The first CA answers whatever rotation the Hospital already asks for: it is new.
+        generation, rotate_now = 1, builder.rotate_now_of(kube.get(HOSPITAL, hospital))
+    ca = deviceca.new_ca(hospital, now=now, generation=generation)
     try:
-        kube.create(builder.ca_secret(namespace, hospital, ca))
+        kube.create(builder.ca_secret(namespace, hospital, ca, generation=generation, rotate_now=rotate_now))
     except ApiException as exc:
         if exc.status != 409:
             raise
@@ -46,26 +75,135 @@ def ensure_ca(kube: Kube, namespace: str, hospital: str, now: dt.datetime) -> tu
         raced = kube.get(SECRET, deviceca.CA_SECRET, namespace)
         if raced is None:
             raise
-        return builder.read_ca(raced), False
-    return ca, True
+        return CurrentCA(builder.read_ca(raced), False, builder.ca_generation(raced), builder.ca_rotate_now(raced))
+    return CurrentCA(ca, True, generation, rotate_now)
+
+
+class PreviousCATrustedError(Exception):
+    """A rotation is due but the previous CA is still trusted: one overlap at a time (the message says until when)."""
+
+
+def rotate_ca(kube: Kube, namespace: str, hospital: str, rotate_now: int, now: dt.datetime) -> CurrentCA:
+    """The current CA moved to the previous CA's Secret and a new one of the next generation made current.
+
+    Three writes, each safe to repeat if the next never happens: the previous CA's Secret created (a copy of
+    the current one, saying what its successor answers), the current one deleted, the successor made
+    (:func:`ensure_ca`, which also finishes a rotation cut short after the delete). The trust Secret still
+    holds the old CA meanwhile; :func:`ensure_trust` then writes both. :class:`PreviousCATrustedError` when a previous
+    CA other than the current one is still trusted.
+    """
+    live = kube.get(SECRET, deviceca.CA_SECRET, namespace)
+    if live is None:
+        return ensure_ca(kube, namespace, hospital, now)
+    current = builder.read_ca(live)
+    aside = builder.ca_secret(
+        namespace,
+        hospital,
+        current,
+        generation=builder.ca_generation(live),
+        rotate_now=builder.ca_rotate_now(live),
+        name=deviceca.PREVIOUS_CA_SECRET,
+        successor_rotate_now=rotate_now,
+    )
+    try:
+        kube.create(aside)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        held = kube.get(SECRET, deviceca.PREVIOUS_CA_SECRET, namespace)
+        if held is None:
+            raise
+        if builder.read_ca(held).cert_pem != current.cert_pem:
+            raise PreviousCATrustedError(
+                f"the previous device CA {deviceca.ca_name(builder.read_ca(held).cert_pem)} is still trusted; "
+                "a new rotation starts once it is retired"
+            ) from exc
+    kube.delete(SECRET, deviceca.CA_SECRET, namespace)
+    return ensure_ca(kube, namespace, hospital, now)
 
 
 def ensure_trust(kube: Kube, namespace: str, hospital: str, now: dt.datetime | None = None) -> Trust:
-    """CA made if missing, and the trust Secret's CRL signed again if due; writes nothing when neither is needed."""
+    """CA made if missing, the trust Secret written when its CAs or CRLs are due, and a previous CA no device
+    needs any more dropped from trust and then its key deleted; writes nothing when nothing is due."""
     moment = now or dt.datetime.now(dt.UTC)
-    ca, created = ensure_ca(kube, namespace, hospital, moment)
-    wanted = builder.revocations(kube.list(DEVICE, namespace))
+    current = ensure_ca(kube, namespace, hospital, moment)
+    held = kube.get(SECRET, deviceca.PREVIOUS_CA_SECRET, namespace)
+    previous = builder.read_ca(held) if held is not None else None
+    plan = builder.plan_trust(current.ca, previous, kube.list(DEVICE, namespace), moment)
     live = kube.get(SECRET, deviceca.TRUST_SECRET, namespace)
-    if not builder.crl_due(live, ca.cert_pem, wanted, moment):
-        return Trust(ca, created, False)
-    desired = builder.trust_secret(namespace, hospital, ca, live, wanted, moment)
-    if live is None:
-        kube.create(desired)
-    else:
-        # resourceVersion: a concurrent signer's CRL (same number) is not overwritten; the 409 retries.
-        desired["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
-        kube.replace(desired)
-    return Trust(ca, created, True)
+    signed = builder.crl_due(live, plan.cas, moment)
+    if signed:
+        desired = builder.trust_secret(namespace, hospital, plan.cas, live, moment)
+        if live is None:
+            kube.create(desired)
+        else:
+            # resourceVersion: a concurrent signer's CRL (same number) is not overwritten; the 409 retries.
+            desired["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+            kube.replace(desired)
+    retired = None
+    if plan.retire_previous and previous is not None:
+        # Only now that the trust Secret no longer carries it: a key deleted first could not sign its CRL again.
+        kube.delete(SECRET, deviceca.PREVIOUS_CA_SECRET, namespace)
+        retired = previous
+    kept = plan.cas[1].ca if len(plan.cas) > 1 else None
+    return Trust(current.ca, current.created, signed, kept, plan.previous_until, retired)
+
+
+@dataclass(frozen=True)
+class DeviceCAState:
+    """What the Hospital's reconcile did to its device CA, and the status that says so."""
+
+    status: DeviceCAStatus
+    trust: Trust
+    rotated_because: str | None
+    """Why this reconcile rotated the CA (None: it did not)."""
+    replaced: deviceca.TenantCA | None
+    """The CA the rotation replaced."""
+
+
+def keep_device_ca(
+    kube: Kube, namespace: str, hospital: str, rotate_now: int, now: dt.datetime | None = None
+) -> DeviceCAState | None:
+    """The Hospital's share of its device CA: rotated when asked (``rotate_now`` above what the CA answers) or
+    within :data:`deviceca.CA_RENEW_BEFORE` of its end, then the trust brought up to date (:func:`ensure_trust`,
+    which also retires a previous CA no device needs). None while the hospital has no CA: a Device or
+    DeviceGateway makes it, and there is nothing to rotate before. A rotation due while a previous CA is still
+    trusted waits (the status message says so); nothing is written when nothing is due.
+    """
+    moment = now or dt.datetime.now(dt.UTC)
+    live = kube.get(SECRET, deviceca.CA_SECRET, namespace)
+    held = kube.get(SECRET, deviceca.PREVIOUS_CA_SECRET, namespace)
+    if live is None and held is None:
+        return None
+    current = ensure_ca(kube, namespace, hospital, moment)
+    due = deviceca.rotation_due(
+        current.ca.cert_pem, rotate_now=rotate_now, observed_rotate_now=current.rotate_now, now=moment
+    )
+    rotated_because = replaced = waiting = None
+    overlapping = held is not None and builder.read_ca(held).cert_pem != current.ca.cert_pem
+    if due is not None and overlapping:
+        assert held is not None
+        waiting = (
+            f"a rotation is due ({due}) and waits: the previous device CA "
+            f"{deviceca.ca_name(builder.read_ca(held).cert_pem)} is still trusted"
+        )
+    elif due is not None:
+        try:
+            replaced = current.ca
+            current = rotate_ca(kube, namespace, hospital, max(rotate_now, current.rotate_now), moment)
+            rotated_because = due
+        except PreviousCATrustedError as exc:  # another reconcile rotated meanwhile
+            replaced, waiting = None, str(exc)
+    trust = ensure_trust(kube, namespace, hospital, moment)
+    status = builder.device_ca_status(
+        trust.ca.cert_pem,
+        generation=current.generation,
+        rotate_now=current.rotate_now,
+        previous_pem=trust.previous.cert_pem if trust.previous is not None else None,
+        previous_until=trust.previous_until,
+        message=waiting,
+    )
+    return DeviceCAState(status, trust, rotated_because, replaced)
 
 
 def ensure_serving(kube: Kube, gateway: Manifest, ca: deviceca.TenantCA, settings: WorkloadSettings) -> bytes:

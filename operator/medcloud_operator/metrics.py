@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from wsgiref.simple_server import WSGIServer
 
@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from medcloud.models import Phase
+from medcloud.models import DeviceCAStatus, Phase
 
 RECONCILE_TOTAL = Counter(
     "medcloud_reconcile_total",
@@ -101,6 +101,28 @@ DEVICES = Gauge(
     "(enrolled devices a replica of the gateway saw within its grace period).",
     ["namespace", "gateway", "state"],
 )
+
+DEVICE_CA_EXPIRY = Gauge(
+    "medcloud_device_ca_expiry_timestamp_seconds",
+    "When each hospital's device CA ends (Unix time): ca=current its certificate's expiry, ca=previous when the CA a "
+    "rotation replaced is dropped from trust at the latest (absent when there is none).",
+    ["hospital", "ca"],
+)
+
+
+def set_device_ca_expiry(hospital: str, status: DeviceCAStatus | None) -> None:
+    """The hospital's device CA series from its ``status.deviceCa`` (none while it has no CA)."""
+    ends: dict[str, datetime | None] = {"current": None, "previous": None}
+    if status is not None:
+        ends["current"] = status.current.not_after
+        ends["previous"] = status.previous.trusted_until if status.previous is not None else None
+    for ca, end in ends.items():
+        if end is not None:
+            DEVICE_CA_EXPIRY.labels(hospital=hospital, ca=ca).set(end.timestamp())
+        else:
+            with suppress(KeyError):
+                DEVICE_CA_EXPIRY.remove(hospital, ca)
+
 
 RESULT_SUCCESS = "success"
 RESULT_ERROR = "error"

@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 
+from medcloud.certificates import CRL_MARKER, pem_blocks
 from medcloud.kube.client import Manifest
-from medcloud.models import READY, ConditionStatus, DeviceCounts, DeviceSpec, DeviceState, DeviceStatus
+from medcloud.models import (
+    READY,
+    ConditionStatus,
+    DeviceCACertificate,
+    DeviceCAStatus,
+    DeviceCounts,
+    DeviceSpec,
+    DeviceState,
+    DeviceStatus,
+    PreviousDeviceCA,
+)
 from medcloud.models.conditions import set_condition
 from medcloud.models.device import PHASE_OF_STATE
 from medcloud.tenancy import deviceca, devicecrl, labels
@@ -44,13 +56,33 @@ def _secret(name: str, namespace: str, hospital: str, data: dict[str, bytes], **
     }
 
 
-def ca_secret(namespace: str, hospital: str, ca: deviceca.TenantCA) -> Manifest:
-    """The Secret holding the tenant CA (the operator's alone); immutable: a CA key is never rewritten."""
+def ca_secret(
+    namespace: str,
+    hospital: str,
+    ca: deviceca.TenantCA,
+    *,
+    generation: int = 1,
+    rotate_now: int = 0,
+    name: str = deviceca.CA_SECRET,
+    successor_rotate_now: int | None = None,
+) -> Manifest:
+    """A Secret holding a tenant CA (the operator's alone); immutable: a CA key is never rewritten.
+
+    The annotations say which generation it is, which ``spec.deviceCaRotation.rotateNow`` it answers and, on
+    the previous CA's Secret (``name`` :data:`deviceca.PREVIOUS_CA_SECRET`), which one its successor answers.
+    """
+    annotations = {
+        deviceca.GENERATION_ANNOTATION: str(generation),
+        deviceca.ROTATE_NOW_ANNOTATION: str(rotate_now),
+    }
+    if successor_rotate_now is not None:
+        annotations[deviceca.SUCCESSOR_ROTATE_NOW_ANNOTATION] = str(successor_rotate_now)
     manifest = _secret(
-        deviceca.CA_SECRET,
+        name,
         namespace,
         hospital,
         {deviceca.TLS_CERT_KEY: ca.cert_pem, deviceca.TLS_KEY_KEY: ca.key_pem},
+        annotations=annotations,
     )
     return {**manifest, "type": "kubernetes.io/tls", "immutable": True}
 
@@ -62,51 +94,149 @@ def read_ca(secret: Manifest) -> deviceca.TenantCA:
     )
 
 
-def revocations(devices: Iterable[Manifest]) -> list[Revocation]:
-    """The serials the CRL must list: every Device the operator marked Revoked after issuing it a certificate."""
+def _annotation_number(secret: Manifest, key: str, default: int) -> int:
+    try:
+        return int((secret["metadata"].get("annotations") or {}).get(key, default))
+    except ValueError:
+        return default
+
+
+def ca_generation(secret: Manifest) -> int:
+    """The generation of a CA Secret's CA (1: a CA made before rotation existed)."""
+    return _annotation_number(secret, deviceca.GENERATION_ANNOTATION, 1)
+
+
+def ca_rotate_now(secret: Manifest) -> int:
+    """The ``rotateNow`` a CA Secret's CA answers (0: none asked when it was made)."""
+    return _annotation_number(secret, deviceca.ROTATE_NOW_ANNOTATION, 0)
+
+
+def successor_rotate_now(previous: Manifest) -> int:
+    """The ``rotateNow`` the successor of the previous CA answers (its own, when the annotation is missing)."""
+    return _annotation_number(previous, deviceca.SUCCESSOR_ROTATE_NOW_ANNOTATION, ca_rotate_now(previous))
+
+
+def rotate_now_of(hospital: Manifest | None) -> int:
+    """A Hospital's ``spec.deviceCaRotation.rotateNow`` as read (0 without a Hospital or the field)."""
+    value = (((hospital or {}).get("spec") or {}).get("deviceCaRotation") or {}).get("rotateNow", 0)
+    return value if isinstance(value, int) else 0
+
+
+@dataclass(frozen=True)
+class TrustedCA:
+    """A CA the trust Secret carries and the revocations its CRL lists."""
+
+    ca: deviceca.TenantCA
+    revoked: tuple[Revocation, ...]
+
+
+@dataclass(frozen=True)
+class TrustPlan:
+    """What the trust Secret holds: the current CA first, then the previous one while it is needed."""
+
+    cas: tuple[TrustedCA, ...]
+    previous_until: dt.datetime | None
+    """Until when the previous CA stays trusted at the latest (None: there is none, or it is retired now)."""
+    retire_previous: bool
+    """A previous CA exists that no device needs any more: drop it from trust, then delete its key."""
+
+
+def _certificate(status: DeviceStatus) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(status.certificate.encode()) if status.certificate else None
+    except ValueError:
+        return None
+
+
+def revocations(devices: Iterable[Manifest], ca_cert_pem: bytes) -> list[Revocation]:
+    """The serials the CA's CRL must list: every Device the operator marked Revoked after this CA issued its
+    certificate (one whose certificate is not in its status is listed by every CA: a random 159-bit serial
+    another CA never issued revokes nothing)."""
+    subject = x509.load_pem_x509_certificate(ca_cert_pem).subject
     out = []
     for device in devices:
         status = DeviceStatus.model_validate(device.get("status") or {})
-        if status.state is DeviceState.REVOKED and status.serial and status.revoked_at:
+        if status.state is not DeviceState.REVOKED or not status.serial or not status.revoked_at:
+            continue
+        cert = _certificate(status)
+        if cert is None or cert.issuer == subject:
             out.append(Revocation(int(status.serial, 16), status.revoked_at))
     return sorted(out, key=lambda r: r.serial)
 
 
-def _crl_facts(trust: Manifest | None) -> tuple[int, dt.datetime | None, frozenset[int] | None]:
-    """The trust Secret's CRL number, nextUpdate and revoked serials (None: no readable CRL)."""
-    if trust is None:
-        return 0, None, None
-    annotations = trust["metadata"].get("annotations") or {}
+def enrolled_certificates(devices: Iterable[Manifest]) -> list[bytes]:
+    """The certificates (PEM) of the Devices that are Enrolled: issued and not revoked."""
+    out = []
+    for device in devices:
+        status = DeviceStatus.model_validate(device.get("status") or {})
+        if status.state is DeviceState.ENROLLED and status.certificate:
+            out.append(status.certificate.encode())
+    return out
+
+
+def plan_trust(
+    current: deviceca.TenantCA, previous: deviceca.TenantCA | None, devices: list[Manifest], now: dt.datetime
+) -> TrustPlan:
+    """Which CAs the trust Secret carries, with their revocations: the current one always; the previous one
+    (if distinct) until no unexpired, unrevoked device certificate of it remains or it expires."""
+    if previous is not None and previous.cert_pem == current.cert_pem:
+        previous = None  # a rotation cut short before the new CA was made: nothing to overlap yet
+    until = deviceca.trusted_until(previous.cert_pem, enrolled_certificates(devices), now) if previous else None
+    kept = [current] + ([previous] if previous is not None and until is not None else [])
+    cas = tuple(TrustedCA(ca, tuple(revocations(devices, ca.cert_pem))) for ca in kept)
+    return TrustPlan(cas, until, previous is not None and until is None)
+
+
+def _crl_number(trust: Manifest | None) -> int:
+    annotations = ((trust or {}).get("metadata") or {}).get("annotations") or {}
     try:
-        number = int(annotations.get(deviceca.CRL_NUMBER_ANNOTATION, "0"))
-        crl = x509.load_pem_x509_crl(base64.b64decode((trust.get("data") or {})[devicecrl.CRL_KEY]))
+        return int(annotations.get(deviceca.CRL_NUMBER_ANNOTATION, "0"))
+    except ValueError:
+        return 0
+
+
+def _crls(trust: Manifest | None) -> dict[x509.Name, tuple[dt.datetime | None, frozenset[int]]] | None:
+    """The trust Secret's CRLs by issuer: nextUpdate and revoked serials (None: no readable CRL)."""
+    try:
+        bundle = base64.b64decode(((trust or {}).get("data") or {})[devicecrl.CRL_KEY])
+        crls = [x509.load_pem_x509_crl(block) for block in pem_blocks(bundle, CRL_MARKER)]
     except (KeyError, ValueError):
-        return 0, None, None
-    return number, crl.next_update_utc, frozenset(r.serial_number for r in crl)
+        return None
+    return {crl.issuer: (crl.next_update_utc, frozenset(r.serial_number for r in crl)) for crl in crls} or None
 
 
-def crl_due(trust: Manifest | None, ca_cert_pem: bytes, wanted: list[Revocation], now: dt.datetime) -> bool:
-    """Whether a new CRL must be signed: none yet, another CA's, other serials, or nextUpdate near."""
-    _, next_update, serials = _crl_facts(trust)
-    if serials is None or next_update is None:
+def _ca_bundle(cas: Sequence[TrustedCA]) -> bytes:
+    return b"".join(trusted.ca.cert_pem for trusted in cas)
+
+
+def crl_due(trust: Manifest | None, cas: Sequence[TrustedCA], now: dt.datetime) -> bool:
+    """Whether the trust Secret must be written again: no CRL yet, other CAs than ``cas``, a CA whose CRL is
+    missing or lists other serials, or a CRL's nextUpdate near."""
+    crls = _crls(trust)
+    if crls is None:
         return True
-    shipped = base64.b64decode((trust or {}).get("data", {}).get(deviceca.CA_CERT_KEY, ""))
-    if shipped != ca_cert_pem:
+    shipped = base64.b64decode(((trust or {}).get("data") or {}).get(deviceca.CA_CERT_KEY, ""))
+    if shipped != _ca_bundle(cas) or len(crls) != len(cas):
         return True
-    return serials != frozenset(r.serial for r in wanted) or next_update - now <= CRL_REFRESH_MARGIN
+    for trusted in cas:
+        next_update, serials = crls.get(x509.load_pem_x509_certificate(trusted.ca.cert_pem).subject, (None, None))
+        if next_update is None or next_update - now <= CRL_REFRESH_MARGIN:
+            return True
+        if serials != frozenset(r.serial for r in trusted.revoked):
+            return True
+    return False
 
 
 def trust_secret(
-    namespace: str,
-    hospital: str,
-    ca: deviceca.TenantCA,
-    previous: Manifest | None,
-    wanted: list[Revocation],
-    now: dt.datetime,
+    namespace: str, hospital: str, cas: Sequence[TrustedCA], previous: Manifest | None, now: dt.datetime
 ) -> Manifest:
-    """The Secret the gateway mounts: CA certificate and a freshly signed CRL, its number one more than before."""
-    number = _crl_facts(previous)[0] + 1
-    crl = devicecrl.build_crl(ca.cert_pem, ca.key_pem, wanted, now=now, number=number, validity=CRL_VALIDITY)
+    """The Secret the gateway mounts: the CAs' certificates (``ca.crt``) and a freshly signed CRL of each
+    (``ca.crl``), both PEM bundles in the same order, the CRLs' number one more than before."""
+    number = _crl_number(previous) + 1
+    crls = [
+        devicecrl.build_crl(t.ca.cert_pem, t.ca.key_pem, t.revoked, now=now, number=number, validity=CRL_VALIDITY)
+        for t in cas
+    ]
     annotations = {
         deviceca.CRL_NUMBER_ANNOTATION: str(number),
         deviceca.CRL_NEXT_UPDATE_ANNOTATION: (now + CRL_VALIDITY).isoformat(),
@@ -115,8 +245,39 @@ def trust_secret(
         deviceca.TRUST_SECRET,
         namespace,
         hospital,
-        {deviceca.CA_CERT_KEY: ca.cert_pem, devicecrl.CRL_KEY: crl},
+        {deviceca.CA_CERT_KEY: _ca_bundle(cas), devicecrl.CRL_KEY: b"".join(crls)},
         annotations=annotations,
+    )
+
+
+def _described(cert_pem: bytes) -> DeviceCACertificate:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return DeviceCACertificate(
+        name=deviceca.ca_name(cert_pem),
+        serial=deviceca.serial_text(cert.serial_number),
+        not_after=cert.not_valid_after_utc,
+    )
+
+
+def device_ca_status(
+    current_pem: bytes,
+    *,
+    generation: int,
+    rotate_now: int,
+    previous_pem: bytes | None,
+    previous_until: dt.datetime | None,
+    message: str | None,
+) -> DeviceCAStatus:
+    """The Hospital's ``status.deviceCa``: the current CA, the previous one while trusted (public facts only)."""
+    previous = None
+    if previous_pem is not None and previous_until is not None:
+        previous = PreviousDeviceCA(**_described(previous_pem).model_dump(), trusted_until=previous_until)
+    return DeviceCAStatus(
+        generation=generation,
+        current=_described(current_pem),
+        observed_rotate_now=rotate_now,
+        previous=previous,
+        message=message,
     )
 
 

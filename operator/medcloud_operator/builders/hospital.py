@@ -17,6 +17,7 @@ from medcloud.kube.client import Manifest
 from medcloud.models import (
     API_VERSION,
     ConditionStatus,
+    DeviceCAStatus,
     HospitalCondition,
     HospitalReason,
     HospitalSpec,
@@ -521,6 +522,7 @@ def next_status(
     namespace: str,
     checks: Mapping[HospitalCondition, Check],
     kek: KeyEncryptionKey | None,
+    device_ca: DeviceCAStatus | None,
     quota_usage: Mapping[str, str] | None,
     spec_failed: bool,
     now: datetime,
@@ -545,6 +547,7 @@ def next_status(
         conditions=summary.conditions,
         namespace=namespace,
         kek=kek if kek is not None else previous.kek,
+        device_ca=device_ca,
         quota_usage=dict(quota_usage) if quota_usage is not None else dict(previous.quota_usage),
         message=summary.ready.message,
     )

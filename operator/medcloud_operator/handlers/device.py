@@ -21,6 +21,7 @@ from urllib3.exceptions import HTTPError
 from medcloud.kube.client import DEVICE, Kube, Manifest
 from medcloud.models import DeviceStatus
 from medcloud.models.conditions import Reason
+from medcloud.tenancy import deviceca
 from medcloud_operator import events
 from medcloud_operator.brokertrust import ensure_broker_trust
 from medcloud_operator.builders import device as builder
@@ -65,6 +66,9 @@ def reconcile_device(
         ensure_broker_trust(kube, settings, settings.operator_namespace, namespace, moment)
     if trust.created_ca:
         events.post(body, events.NORMAL, "DeviceCACreated", f"made the device CA of hospital {hospital}")
+    if trust.retired is not None:
+        message = f"device CA {deviceca.ca_name(trust.retired.cert_pem)} retired: no device certificate of it remains"
+        events.post(body, events.NORMAL, "DeviceCARetired", message)
     previous = DeviceStatus.model_validate(body.get("status") or {})
     new = builder.next_status(body, previous, trust.ca, moment)
     patch = merge_patch(_dump(previous), _dump(new))

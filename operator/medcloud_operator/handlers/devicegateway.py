@@ -54,9 +54,10 @@ from medcloud_operator.builders import device as device_builder
 from medcloud_operator.builders import devicegateway as builder
 from medcloud_operator.builders.hospital import LIMITS_NAME
 from medcloud_operator.builders.workload import Ceiling, Findings, credentials_secret, hospital_of, judge_dependencies
-from medcloud_operator.context import get_context
+from medcloud_operator.context import OperatorContext, get_context
 from medcloud_operator.deviceca import ensure_broker_client, ensure_serving, ensure_trust, read_broker_ca
 from medcloud_operator.handlers import workload
+from medcloud_operator.handlers.common import Logger
 from medcloud_operator.handlers.workload import Plan, Workload
 from medcloud_operator.kube import Kube
 from medcloud_operator.settings import OperatorSettings, WorkloadSettings
@@ -127,12 +128,22 @@ def device_changed(
     gateway = (body.get("spec") or {}).get("gateway")
     if type is None or namespace is None or not gateway:
         return  # the initial listing: every gateway is resumed anyway
-    ctx = get_context(memo)
+    _reconcile_gateway(get_context(memo), namespace, str(gateway), logger)
+
+
+def _reconcile_gateway(ctx: OperatorContext, namespace: str, name: str, logger: Logger) -> None:
     try:
-        workload.reconcile(ctx, ctx.settings, GATEWAYS, namespace, str(gateway), logger)
+        workload.reconcile(ctx, ctx.settings, GATEWAYS, namespace, name, logger)
     except (kopf.TemporaryError, kopf.PermanentError) as exc:
         # The gateway's own handlers and timer retry it.
-        logger.debug("DeviceGateway %s/%s: %s", namespace, gateway, exc)
+        logger.debug("DeviceGateway %s/%s: %s", namespace, name, exc)
+
+
+def refresh_gateways(ctx: OperatorContext, namespace: str, logger: Logger) -> None:
+    """Every gateway of the namespace reconciled now: after a device CA rotation each gets a serving certificate
+    of the new CA (its pods roll onto it) instead of waiting for its resync."""
+    for gateway in ctx.kube.list(DEVICE_GATEWAY, namespace):
+        _reconcile_gateway(ctx, namespace, gateway["metadata"]["name"], logger)
 
 
 def count_active(kube: Kube, name: str, namespace: str, body: Manifest, cidrs: list[str]) -> int | None:

@@ -14,7 +14,10 @@ The tenancy includes the RoleBinding that grants the operator itself Secrets
 in the tenant namespace (for RecordStore credentials), so the operator's own
 RBAC needs no Secrets cluster-wide. ``spec.keyRotation.rotateNow`` growing
 adds a KEK version (see :mod:`medcloud_operator.kek`); RecordStores re-wrap
-their data keys under it on their next refresh.
+their data keys under it on their next refresh. ``spec.deviceCaRotation.rotateNow``
+growing, or the device CA nearing its end, rotates the device CA
+(:func:`medcloud_operator.deviceca.keep_device_ca`); each reconcile also
+retires a previous device CA no device needs any more.
 
 Deletion goes through a finalizer: refused while RecordStores remain in the
 tenant namespace, otherwise the namespace and then the KEK are removed.
@@ -60,10 +63,11 @@ from medcloud.models import (
     hospital_namespace,
 )
 from medcloud.models.conditions import Reason, now_utc
-from medcloud.tenancy import kek, labels, onboarding
+from medcloud.tenancy import deviceca, kek, labels, onboarding
 from medcloud.tenancy.institutions import code_holder
 from medcloud_operator import OPERATOR_NAME, events, metrics, sharding
 from medcloud_operator.apply import Action, Applied, TerminatingError, apply, differences, prune
+from medcloud_operator.brokertrust import ensure_broker_trust
 from medcloud_operator.builders.hospital import (
     QUOTA_NAME,
     InvalidSpecError,
@@ -77,6 +81,7 @@ from medcloud_operator.builders.hospital import (
     terminating_status,
 )
 from medcloud_operator.context import OperatorContext, get_context
+from medcloud_operator.deviceca import DeviceCAState, keep_device_ca
 from medcloud_operator.handlers.common import (
     Logger,
     ReconcileError,
@@ -96,6 +101,7 @@ from medcloud_operator.handlers.common import (
     report_applied,
     retry_on_conflict,
 )
+from medcloud_operator.handlers.devicegateway import refresh_gateways
 from medcloud_operator.kek import KekMissingError, KekState, ensure_kek
 from medcloud_operator.settings import OperatorSettings
 from medcloud_operator.status import Check, parse_status, write_status
@@ -229,6 +235,9 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
             f"KEK version {key.version} is in place in namespace {settings.operator_namespace}"
             + (f" (versions {_listed(state.versions)} kept)." if len(state.versions) > 1 else "."),
         )
+        # The device CA is a tenant key too: a failure to rotate or retire it is the KeyReady part's.
+        # A namespace created just now holds no device CA (a Device or DeviceGateway makes one): no reads for it.
+        device_ca = None if new_tenancy else keep_device_ca(kube, namespace, name, spec.device_ca_rotation.rotate_now)
         stage = HospitalCondition.ONBOARDED
         checks[HospitalCondition.ONBOARDED] = _onboarding(ctx, body, namespace)
     except ApiException as exc:
@@ -251,11 +260,14 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
         namespace=namespace,
         checks=checks,
         kek=kek_status,
+        device_ca=device_ca.status if device_ca is not None else None,
         quota_usage=reported_usage(quota, created_in_new_namespace=new_tenancy and _created(quota_result)),
         spec_failed=False,
         now=now_utc(),
     )
     caused = _report_changes(body, previous, generation, results, state, settings, logger)
+    if device_ca is not None:
+        _device_ca_changed(ctx, body, namespace, device_ca, logger)
     try:
         changed_phase = write_status(kube, HOSPITAL, name, previous, new) and new.phase is not previous.phase
     except Exception:
@@ -271,6 +283,29 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
     assert new.phase is not None
     metrics.PHASES.set(KIND, name, new.phase)
     metrics.KEK_AGE.set(name, key.created_at)
+    metrics.set_device_ca_expiry(name, device_ca.status if device_ca is not None else None)
+
+
+def _device_ca_changed(
+    ctx: OperatorContext, body: Manifest, namespace: str, device_ca: DeviceCAState, logger: Logger
+) -> None:
+    """What a rotation or retirement must reach at once: the platform broker's bundle (both CAs, or one fewer),
+    the hospital's gateways (serving certificates of the new CA); and one Event each, naming CAs, never keys."""
+    trust = device_ca.trust
+    if trust.crl_signed:
+        ensure_broker_trust(ctx.kube, ctx.settings, ctx.settings.operator_namespace, namespace)
+    if device_ca.rotated_because is not None and device_ca.replaced is not None:
+        kept = (
+            f"; {deviceca.ca_name(device_ca.replaced.cert_pem)} stays trusted until {trust.previous_until.isoformat()}"
+            if trust.previous_until is not None
+            else f"; {deviceca.ca_name(device_ca.replaced.cert_pem)} is retired: no device certificate of it remains"
+        )
+        message = f"device CA {deviceca.ca_name(trust.ca.cert_pem)} is now current ({device_ca.rotated_because}){kept}"
+        announce(body, "DeviceCARotated", message, logger)
+        refresh_gateways(ctx, namespace, logger)
+    if trust.retired is not None and device_ca.rotated_because is None:
+        message = f"device CA {deviceca.ca_name(trust.retired.cert_pem)} retired: no device certificate of it remains"
+        announce(body, "DeviceCARetired", message, logger)
 
 
 def _created(result: Applied | None) -> bool:
@@ -338,6 +373,7 @@ def _fail(
         namespace=namespace,
         checks=checks,
         kek=None,
+        device_ca=previous.device_ca,
         quota_usage=None,
         # Failed: what no retry alone can mend (someone must change the spec or the KEK Secret).
         spec_failed=failure.reason in (Reason.INVALID_SPEC, HospitalReason.INSTITUTION_CODE_TAKEN, Reason.KEK_INVALID),

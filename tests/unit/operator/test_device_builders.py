@@ -79,20 +79,21 @@ def test_the_crl_lists_revoked_serials_and_is_signed_again_only_when_due(ca: dev
     enrolled = b.next_status(device(approved=True), DeviceStatus(), ca, T0)
     revoked = b.next_status(device(approved=True, revoked=True), enrolled, ca, T0)
     others = [device("bp-1", b.next_status(device("bp-1"), DeviceStatus(), ca, T0))]
-    wanted = b.revocations([device(status=revoked), *others])
+    wanted = b.revocations([device(status=revoked), *others], ca.cert_pem)
     assert [format(r.serial, "X") for r in wanted] == [enrolled.serial]
-    assert b.crl_due(None, ca.cert_pem, wanted, T0)
-    trust = b.trust_secret(NS, "city", ca, None, wanted, T0)
+    cas = [b.TrustedCA(ca, tuple(wanted))]
+    assert b.crl_due(None, cas, T0)
+    trust = b.trust_secret(NS, "city", cas, None, T0)
     trust["metadata"]["resourceVersion"] = "1"
     crl_pem = base64.b64decode(trust["data"][devicecrl.CRL_KEY])
     assert devicecrl.revoked_serials(crl_pem, ca.cert_pem) == {r.serial for r in wanted}
     assert base64.b64decode(trust["data"][deviceca.CA_CERT_KEY]) == ca.cert_pem
     assert deviceca.TLS_KEY_KEY not in trust["data"]  # the gateway's Secret never holds the CA key
-    assert not b.crl_due(trust, ca.cert_pem, wanted, T0 + dt.timedelta(days=1))
-    assert b.crl_due(trust, ca.cert_pem, [], T0)  # a serial fewer (or more): sign again
-    assert b.crl_due(trust, ca.cert_pem, wanted, T0 + b.CRL_VALIDITY - b.CRL_REFRESH_MARGIN)
-    assert b.crl_due(trust, deviceca.new_ca("city", now=T0).cert_pem, wanted, T0)  # a new CA
-    again = b.trust_secret(NS, "city", ca, trust, wanted, T0 + dt.timedelta(days=6))
+    assert not b.crl_due(trust, cas, T0 + dt.timedelta(days=1))
+    assert b.crl_due(trust, [b.TrustedCA(ca, ())], T0)  # a serial fewer (or more): sign again
+    assert b.crl_due(trust, cas, T0 + b.CRL_VALIDITY - b.CRL_REFRESH_MARGIN)
+    assert b.crl_due(trust, [b.TrustedCA(deviceca.new_ca("city", now=T0), tuple(wanted))], T0)  # a new CA
+    again = b.trust_secret(NS, "city", cas, trust, T0 + dt.timedelta(days=6))
     assert again["metadata"]["annotations"][deviceca.CRL_NUMBER_ANNOTATION] == "2"
 
 

@@ -45,6 +45,7 @@ PLURALS = {
     "Hospital": "hospitals",
     "RecordStore": "recordstores",
     "DeviceGateway": "devicegateways",
+    "Device": "devices",
     "AppInstance": "appinstances",
     "Consortium": "consortia",
 }

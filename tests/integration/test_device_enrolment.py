@@ -70,8 +70,8 @@ READING = {"patient": "Patient/p-1001", "kind": "spo2", "value": 97, "unit": "%"
 class Projection:
     """The trust Secret's ``ca.crt`` and ``ca.crl`` as files, rewritten atomically when the Secret changes."""
 
-    def __init__(self, core: client.CoreV1Api, directory: Path) -> None:
-        self.core, self.directory = core, directory
+    def __init__(self, core: client.CoreV1Api, directory: Path, namespace: str = NAMESPACE) -> None:
+        self.core, self.directory, self.namespace = core, directory, namespace
         directory.mkdir(parents=True, exist_ok=True)
         self.ca, self.crl = directory / deviceca.CA_CERT_KEY, directory / devicecrl.CRL_KEY
         self.version = ""
@@ -79,7 +79,7 @@ class Projection:
     def sync(self) -> bool:
         """True once the files hold the Secret as it is now."""
         try:
-            secret = self.core.read_namespaced_secret(deviceca.TRUST_SECRET, NAMESPACE)
+            secret = self.core.read_namespaced_secret(deviceca.TRUST_SECRET, self.namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return False

@@ -37,6 +37,7 @@ from medcloud.kube.client import (
     APP_INSTANCE,
     CLUSTER_ROLE,
     CLUSTER_ROLE_BINDING,
+    DEVICE,
     DEVICE_GATEWAY,
     HOSPITAL,
     LIMIT_RANGE,
@@ -65,6 +66,7 @@ from medcloud.models import (
 from medcloud.models.conditions import Reason, now_utc
 from medcloud.tenancy import deviceca, kek, labels, onboarding
 from medcloud.tenancy.institutions import code_holder
+from medcloud.tenancy.store import hospital_of_namespace
 from medcloud_operator import OPERATOR_NAME, events, metrics, sharding
 from medcloud_operator.apply import Action, Applied, TerminatingError, apply, differences, prune
 from medcloud_operator.brokertrust import ensure_broker_trust
@@ -267,7 +269,7 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
     )
     caused = _report_changes(body, previous, generation, results, state, settings, logger)
     if device_ca is not None:
-        _device_ca_changed(ctx, body, namespace, device_ca, logger)
+        _device_ca_changed(ctx, body, namespace, previous, device_ca, logger)
     try:
         changed_phase = write_status(kube, HOSPITAL, name, previous, new) and new.phase is not previous.phase
     except Exception:
@@ -287,7 +289,12 @@ def _reconcile(ctx: OperatorContext, body: Manifest, logger: Logger) -> None:
 
 
 def _device_ca_changed(
-    ctx: OperatorContext, body: Manifest, namespace: str, device_ca: DeviceCAState, logger: Logger
+    ctx: OperatorContext,
+    body: Manifest,
+    namespace: str,
+    previous: HospitalStatus,
+    device_ca: DeviceCAState,
+    logger: Logger,
 ) -> None:
     """What a rotation or retirement must reach at once: the platform broker's bundle (both CAs, or one fewer),
     the hospital's gateways (serving certificates of the new CA); and one Event each, naming CAs, never keys."""
@@ -303,8 +310,10 @@ def _device_ca_changed(
         message = f"device CA {deviceca.ca_name(trust.ca.cert_pem)} is now current ({device_ca.rotated_because}){kept}"
         announce(body, "DeviceCARotated", message, logger)
         refresh_gateways(ctx, namespace, logger)
-    if trust.retired is not None and device_ca.rotated_because is None:
-        message = f"device CA {deviceca.ca_name(trust.retired.cert_pem)} retired: no device certificate of it remains"
+    # Said when the status stops naming it, whoever retired it (this reconcile, or a Device's or gateway's).
+    was = previous.device_ca.previous if previous.device_ca is not None else None
+    if was is not None and device_ca.status.previous is None and device_ca.rotated_because is None:
+        message = f"device CA {was.name} retired: no unexpired, unrevoked device certificate of it remains"
         announce(body, "DeviceCARetired", message, logger)
 
 
@@ -439,6 +448,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         refresh_kinds=(RESOURCE_QUOTA,),
         refresh=_refresh_quota_usage,
     )
+    # A Device deleted while a previous device CA is trusted may let it retire: from the Device's own event handler.
+    on_watch_event(registry, DEVICE, device_gone)
     kopf.on.delete(GROUP, VERSION, PLURAL, id="hospital_deleted", registry=registry)(
         queued(HOSPITAL.kind.lower(), Priority.CHANGE, hospital_deleted)
     )
@@ -519,6 +530,27 @@ async def hospital_seen(type: str | None, body: kopf.Body, memo: kopf.Memo, logg
         except (kopf.PermanentError, kopf.TemporaryError) as exc:
             # Not this Hospital's event to retry: its own handlers and timer do.
             logger.info("Hospital %s: %s", other, exc)
+
+
+async def device_gone(type: str | None, namespace: str | None, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """A Device deleted (re-enrolled) while its hospital still trusts a previous device CA may have held the last
+    certificate of it: the Hospital is reconciled, which retires that CA if so and says it in its status. Any
+    other Device event, or a hospital with one CA, costs nothing (one GET of the Hospital on a deletion)."""
+    hospital = hospital_of_namespace(namespace) if type == "DELETED" and namespace is not None else None
+    if hospital is None:
+        return
+    ctx = get_context(memo)
+
+    def retire_if_overlapping() -> None:
+        body = ctx.kube.get(HOSPITAL, hospital)
+        if (((body or {}).get("status") or {}).get("deviceCa") or {}).get("previous") is not None:
+            reconcile(ctx, hospital, logger)
+
+    try:
+        await ctx.queue.run(HOSPITAL.kind.lower(), Priority.CHANGE, retire_if_overlapping)
+    except (kopf.PermanentError, kopf.TemporaryError) as exc:
+        # The Hospital's own handlers and timer retry it.
+        logger.info("Hospital %s: %s", hospital, exc)
 
 
 def hospital_deleted(name: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:

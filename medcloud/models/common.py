@@ -104,6 +104,15 @@ def immutable(field_name: str, why: str) -> CELRule:
     )
 
 
+def only_grows(field_name: str, request: str) -> CELRule:
+    """A transition rule for a counter that asks for something each time it is raised (a rotation)."""
+    return CELRule(
+        rule="self >= oldSelf",
+        message=f"{field_name} can only be increased; raise it by one to request {request}",
+        reason="FieldValueForbidden",
+    )
+
+
 @dataclass(frozen=True)
 class PrinterColumn:
     """One ``additionalPrinterColumns`` entry: what ``kubectl get`` shows."""

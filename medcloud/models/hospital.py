@@ -28,6 +28,7 @@ from medcloud.models.common import (
     empty_default,
     hospital_namespace,
     immutable,
+    only_grows,
 )
 
 INSTITUTION_CODE_PATTERN = r"^[A-Z0-9]{6,24}$"
@@ -101,11 +102,7 @@ class KekRotation(MedCloudModel):
 
     rotate_now: Annotated[
         int,
-        CELRule(
-            rule="self >= oldSelf",
-            message="keyRotation.rotateNow can only be increased; raise it by one to request a KEK rotation",
-            reason="FieldValueForbidden",
-        ),
+        only_grows("keyRotation.rotateNow", "a KEK rotation"),
     ] = Field(
         default=0,
         ge=0,
@@ -122,11 +119,7 @@ class DeviceCARotation(MedCloudModel):
 
     rotate_now: Annotated[
         int,
-        CELRule(
-            rule="self >= oldSelf",
-            message="deviceCaRotation.rotateNow can only be increased; raise it by one to request a device CA rotation",
-            reason="FieldValueForbidden",
-        ),
+        only_grows("deviceCaRotation.rotateNow", "a device CA rotation"),
     ] = Field(
         default=0,
         ge=0,

@@ -23,6 +23,7 @@ from medcloud.models.common import (
     duration_days_cel,
     empty_default,
     immutable,
+    only_grows,
 )
 
 
@@ -110,11 +111,7 @@ class KeyRotation(MedCloudModel):
     )
     rotate_now: Annotated[
         int,
-        CELRule(
-            rule="self >= oldSelf",
-            message="keyRotation.rotateNow can only be increased; raise it by one to request a rotation",
-            reason="FieldValueForbidden",
-        ),
+        only_grows("keyRotation.rotateNow", "a rotation"),
     ] = Field(
         default=0,
         ge=0,

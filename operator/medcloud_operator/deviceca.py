@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kubernetes.client.exceptions import ApiException
@@ -66,17 +66,27 @@ def ensure_ca(kube: Kube, namespace: str, hospital: str, now: dt.datetime) -> Cu
         # The first CA answers whatever rotation the Hospital already asks for: it is new.
         generation, rotate_now = 1, builder.rotate_now_of(kube.get(HOSPITAL, hospital))
     ca = deviceca.new_ca(hospital, now=now, generation=generation)
+    raced = _create_unless_made(
+        kube, builder.ca_secret(namespace, hospital, ca, generation=generation, rotate_now=rotate_now)
+    )
+    if raced is not None:
+        # Another reconcile made it first: use that one, never ours.
+        return CurrentCA(builder.read_ca(raced), False, builder.ca_generation(raced), builder.ca_rotate_now(raced))
+    return CurrentCA(ca, True, generation, rotate_now)
+
+
+def _create_unless_made(kube: Kube, secret: Manifest) -> Manifest | None:
+    """The Secret created (None), or the one of that name someone made first (the create's 409), as it is."""
     try:
-        kube.create(builder.ca_secret(namespace, hospital, ca, generation=generation, rotate_now=rotate_now))
+        kube.create(secret)
     except ApiException as exc:
         if exc.status != 409:
             raise
-        # Another reconcile made it first: use that one, never ours.
-        raced = kube.get(SECRET, deviceca.CA_SECRET, namespace)
-        if raced is None:
+        live = kube.get(SECRET, secret["metadata"]["name"], secret["metadata"]["namespace"])
+        if live is None:
             raise
-        return CurrentCA(builder.read_ca(raced), False, builder.ca_generation(raced), builder.ca_rotate_now(raced))
-    return CurrentCA(ca, True, generation, rotate_now)
+        return live
+    return None
 
 
 class PreviousCATrustedError(Exception):
@@ -105,19 +115,13 @@ def rotate_ca(kube: Kube, namespace: str, hospital: str, rotate_now: int, now: d
         name=deviceca.PREVIOUS_CA_SECRET,
         successor_rotate_now=rotate_now,
     )
-    try:
-        kube.create(aside)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        held = kube.get(SECRET, deviceca.PREVIOUS_CA_SECRET, namespace)
-        if held is None:
-            raise
-        if builder.read_ca(held).cert_pem != current.cert_pem:
-            raise PreviousCATrustedError(
-                f"the previous device CA {deviceca.ca_name(builder.read_ca(held).cert_pem)} is still trusted; "
-                "a new rotation starts once it is retired"
-            ) from exc
+    held = _create_unless_made(kube, aside)
+    # Held already: by this rotation cut short (a copy of the current CA: go on), or by an overlap not yet over.
+    if held is not None and builder.read_ca(held).cert_pem != current.cert_pem:
+        raise PreviousCATrustedError(
+            f"the previous device CA {deviceca.ca_name(builder.read_ca(held).cert_pem)} is still trusted; "
+            "a new rotation starts once it is retired"
+        )
     kube.delete(SECRET, deviceca.CA_SECRET, namespace)
     return ensure_ca(kube, namespace, hospital, now)
 
@@ -171,30 +175,31 @@ def keep_device_ca(
     trusted waits (the status message says so); nothing is written when nothing is due.
     """
     moment = now or dt.datetime.now(dt.UTC)
-    live = kube.get(SECRET, deviceca.CA_SECRET, namespace)
-    held = kube.get(SECRET, deviceca.PREVIOUS_CA_SECRET, namespace)
-    if live is None and held is None:
+    made = kube.get(SECRET, deviceca.CA_SECRET, namespace) or kube.get(SECRET, deviceca.PREVIOUS_CA_SECRET, namespace)
+    if made is None:
         return None
+    # Retirement first: a rotation due at the end of an overlap then happens in this same reconcile.
+    trust = ensure_trust(kube, namespace, hospital, moment)
     current = ensure_ca(kube, namespace, hospital, moment)
     due = deviceca.rotation_due(
         current.ca.cert_pem, rotate_now=rotate_now, observed_rotate_now=current.rotate_now, now=moment
     )
     rotated_because = replaced = waiting = None
-    overlapping = held is not None and builder.read_ca(held).cert_pem != current.ca.cert_pem
-    if due is not None and overlapping:
-        assert held is not None
+    if due is not None and trust.previous is not None:
         waiting = (
             f"a rotation is due ({due}) and waits: the previous device CA "
-            f"{deviceca.ca_name(builder.read_ca(held).cert_pem)} is still trusted"
+            f"{deviceca.ca_name(trust.previous.cert_pem)} is still trusted"
         )
     elif due is not None:
         try:
-            replaced = current.ca
-            current = rotate_ca(kube, namespace, hospital, max(rotate_now, current.rotate_now), moment)
-            rotated_because = due
+            rotated = rotate_ca(kube, namespace, hospital, max(rotate_now, current.rotate_now), moment)
+            current, replaced, rotated_because = rotated, current.ca, due
         except PreviousCATrustedError as exc:  # another reconcile rotated meanwhile
-            replaced, waiting = None, str(exc)
-    trust = ensure_trust(kube, namespace, hospital, moment)
+            waiting = str(exc)
+        before = trust
+        trust = ensure_trust(kube, namespace, hospital, moment)
+        # What the broker's bundle must follow: either write of the trust Secret.
+        trust = replace(trust, crl_signed=trust.crl_signed or before.crl_signed)
     status = builder.device_ca_status(
         trust.ca.cert_pem,
         generation=current.generation,

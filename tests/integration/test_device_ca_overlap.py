@@ -26,16 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from medcloud.models import GROUP, VERSION
-from medcloud.records.client import RecordClient
 from medcloud.tenancy import deviceca, mqtt
-from medcloud_cli.localcluster.broker import BrokerInfo
-from medcloud_cli.localcluster.cluster import MinioInfo
 from medcloud_cli.localcluster.pki import CertificateAuthority, KeyPair
 from medcloud_cli.localcluster.process import ServerProcess
+from tests.integration import test_device_enrolment as enrolment
 from tests.integration import test_gateway as base
 from tests.integration.test_device_enrolment import Projection, mqtt_connects, post_reading
-from tests.integration.test_gateway_broker_devices import device_mosquitto
-from tests.integration.test_gateway_device_tls import device_tls_gateway
 from tests.operator_support import OPERATOR_NAMESPACE, ClusterAdmin, RunningOperator, hospital_spec, is_ready
 from tests.support import wait_for
 
@@ -43,6 +39,9 @@ pytestmark = [pytest.mark.minio]
 
 records = base.records
 serving_ca = base.serving_ca
+# The enrolment test's gateway and broker, each over this module's projection of the trust Secret.
+gateway = enrolment.gateway
+device_broker = enrolment.device_broker
 HOSPITAL = f"carot-{uuid.uuid4().hex[:6]}"
 NAMESPACE = f"hospital-{HOSPITAL}"
 GATEWAY = "ward-3"
@@ -70,29 +69,6 @@ def projection(admin: ClusterAdmin, tenant: str, tmp_path: Path) -> Projection:
     trust = Projection(admin.core, tmp_path / "device-trust", NAMESPACE)
     wait_for(trust.sync, "the operator to write the hospital's trust Secret", timeout=120)
     return trust
-
-
-@pytest.fixture
-def gateway(
-    records: RecordClient,
-    minio_server: MinioInfo,
-    mqtt_broker: BrokerInfo,
-    serving_ca: CertificateAuthority,
-    projection: Projection,
-) -> Iterator[base.Running]:
-    with device_tls_gateway(
-        records, minio_server, mqtt_broker, serving_ca, projection.ca, projection.crl, ["https"]
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def device_broker(
-    tmp_path: Path, projection: Projection, serving_ca: CertificateAuthority
-) -> Iterator[tuple[int, ServerProcess]]:
-    serving = serving_ca.issue("broker", "broker", server_names=("127.0.0.1",), client=False)
-    with device_mosquitto(tmp_path, projection.ca, serving, projection.crl) as running:
-        yield running
 
 
 def enrolled(admin: ClusterAdmin, device_id: str, directory: Path) -> KeyPair:
@@ -238,3 +214,35 @@ def test_a_rotation_keeps_the_old_cas_devices_until_it_is_retired(
     assert served(fresh, 7)
     assert connects(fresh)
     wait_for(lambda: broker_trusts(admin) == [second], "the platform broker's bundle to drop the old CA", 60)
+
+
+def test_a_rotation_cut_short_after_the_old_ca_was_moved_aside_is_finished_once_as_asked(
+    admin: ClusterAdmin, projection: Projection
+) -> None:
+    """The operator stopped between deleting the current CA's Secret and making its successor (done here by hand,
+    as the operator does it): the next reconcile makes the successor, answering the rotateNow that was asked."""
+    wait_for(lambda: device_ca_status(admin).get("generation"), "the Hospital's status to name its CA", 60)
+    before = device_ca_status(admin)
+    generation, asked = before["generation"], before["observedRotateNow"] + 1
+    live = admin.core.read_namespaced_secret(deviceca.CA_SECRET, NAMESPACE)
+    annotations = {**(live.metadata.annotations or {}), deviceca.SUCCESSOR_ROTATE_NOW_ANNOTATION: str(asked)}
+    aside = {
+        "metadata": {"name": deviceca.PREVIOUS_CA_SECRET, "labels": live.metadata.labels, "annotations": annotations},
+        "type": live.type,
+        "immutable": True,
+        "data": live.data,
+    }
+    assert "previous" not in before, "no overlap in progress: this rotation is not one that waits"
+    admin.core.create_namespaced_secret(NAMESPACE, aside)
+    admin.core.delete_namespaced_secret(deviceca.CA_SECRET, NAMESPACE)
+
+    admin.custom.patch_cluster_custom_object(
+        GROUP, VERSION, "hospitals", HOSPITAL, {"spec": {"deviceCaRotation": {"rotateNow": asked}}}
+    )
+    wait_for(
+        lambda: device_ca_status(admin).get("observedRotateNow") == asked, "the Hospital to answer the rotation", 120
+    )
+    status = device_ca_status(admin)
+    assert status["generation"] == generation + 1, "one rotation, not two"
+    assert status["current"]["name"] == f"{HOSPITAL} device CA {generation + 1}"
+    assert trusted_cas(projection)[0] == status["current"]["name"]

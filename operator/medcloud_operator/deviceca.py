@@ -30,9 +30,17 @@ from medcloud_operator.settings import WorkloadSettings
 
 
 @dataclass(frozen=True)
-class Trust:
+class CurrentCA:
     ca: deviceca.TenantCA
-    created_ca: bool
+    created: bool
+    generation: int
+    rotate_now: int
+    """The Hospital's ``spec.deviceCaRotation.rotateNow`` this CA answers."""
+
+
+@dataclass(frozen=True)
+class Trust:
+    current: CurrentCA
     crl_signed: bool
     previous: deviceca.TenantCA | None = None
     """The CA a rotation replaced, while it is still trusted."""
@@ -40,14 +48,13 @@ class Trust:
     retired: deviceca.TenantCA | None = None
     """The previous CA, if this call dropped it from trust and deleted its key."""
 
+    @property
+    def ca(self) -> deviceca.TenantCA:
+        return self.current.ca
 
-@dataclass(frozen=True)
-class CurrentCA:
-    ca: deviceca.TenantCA
-    created: bool
-    generation: int
-    rotate_now: int
-    """The Hospital's ``spec.deviceCaRotation.rotateNow`` this CA answers."""
+    @property
+    def created_ca(self) -> bool:
+        return self.current.created
 
 
 def ensure_ca(kube: Kube, namespace: str, hospital: str, now: dt.datetime) -> CurrentCA:
@@ -150,7 +157,7 @@ def ensure_trust(kube: Kube, namespace: str, hospital: str, now: dt.datetime | N
         kube.delete(SECRET, deviceca.PREVIOUS_CA_SECRET, namespace)
         retired = previous
     kept = plan.cas[1].ca if len(plan.cas) > 1 else None
-    return Trust(current.ca, current.created, signed, kept, plan.previous_until, retired)
+    return Trust(current, signed, kept, plan.previous_until, retired)
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,7 @@ def keep_device_ca(
         return None
     # Retirement first: a rotation due at the end of an overlap then happens in this same reconcile.
     trust = ensure_trust(kube, namespace, hospital, moment)
-    current = ensure_ca(kube, namespace, hospital, moment)
+    current = trust.current
     due = deviceca.rotation_due(
         current.ca.cert_pem, rotate_now=rotate_now, observed_rotate_now=current.rotate_now, now=moment
     )
@@ -192,8 +199,8 @@ def keep_device_ca(
         )
     elif due is not None:
         try:
-            rotated = rotate_ca(kube, namespace, hospital, max(rotate_now, current.rotate_now), moment)
-            current, replaced, rotated_because = rotated, current.ca, due
+            rotate_ca(kube, namespace, hospital, max(rotate_now, current.rotate_now), moment)
+            replaced, rotated_because = current.ca, due
         except PreviousCATrustedError as exc:  # another reconcile rotated meanwhile
             waiting = str(exc)
         before = trust
@@ -202,8 +209,8 @@ def keep_device_ca(
         trust = replace(trust, crl_signed=trust.crl_signed or before.crl_signed)
     status = builder.device_ca_status(
         trust.ca.cert_pem,
-        generation=current.generation,
-        rotate_now=current.rotate_now,
+        generation=trust.current.generation,
+        rotate_now=trust.current.rotate_now,
         previous_pem=trust.previous.cert_pem if trust.previous is not None else None,
         previous_until=trust.previous_until,
         message=waiting,

@@ -12,6 +12,7 @@ As in ``test_device_enrolment``, :class:`Projection` stands in for the kubelet
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import os
 import signal
 import uuid
@@ -24,15 +25,25 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from kubernetes import client
 
+from medcloud.kube.client import SECRET, Kube
 from medcloud.models import GROUP, VERSION
 from medcloud.tenancy import deviceca, mqtt
 from medcloud_cli.localcluster.pki import CertificateAuthority, KeyPair
 from medcloud_cli.localcluster.process import ServerProcess
+from medcloud_operator.deviceca import ensure_trust, keep_device_ca
 from tests.integration import test_device_enrolment as enrolment
 from tests.integration import test_gateway as base
 from tests.integration.test_device_enrolment import Projection, mqtt_connects, post_reading
-from tests.operator_support import OPERATOR_NAMESPACE, ClusterAdmin, RunningOperator, hospital_spec, is_ready
+from tests.operator_support import (
+    OPERATOR_NAMESPACE,
+    ClusterAdmin,
+    RunningOperator,
+    create_device_tenant,
+    hospital_spec,
+    is_ready,
+)
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.minio]
@@ -246,3 +257,45 @@ def test_a_rotation_cut_short_after_the_old_ca_was_moved_aside_is_finished_once_
     assert status["generation"] == generation + 1, "one rotation, not two"
     assert status["current"]["name"] == f"{HOSPITAL} device CA {generation + 1}"
     assert trusted_cas(projection)[0] == status["current"]["name"]
+
+
+def test_a_ca_near_its_end_is_rotated_by_itself_and_a_second_reconcile_writes_nothing(
+    k8s_api_client: client.ApiClient, crds: None
+) -> None:
+    """The Hospital's device-CA step (``keep_device_ca``) against the real API server, in a namespace no
+    Hospital owns (the running operator leaves it alone), with the clock moved to the renew-before window."""
+    namespace = f"hospital-carot-auto-{uuid.uuid4().hex[:6]}"
+    create_device_tenant(k8s_api_client, namespace)
+    writes: list[str] = []
+    kube = Kube(k8s_api_client, field_manager="test-carotate", on_write=lambda kind, verb: writes.append(verb))
+    hospital = namespace.removeprefix("hospital-")
+    try:
+        assert keep_device_ca(kube, namespace, hospital, 0) is None  # no CA yet: nothing to rotate, nothing made
+        assert writes == []
+        first = ensure_trust(kube, namespace, hospital).ca
+        end = x509.load_pem_x509_certificate(first.cert_pem).not_valid_after_utc
+        soon = end - deviceca.CA_RENEW_BEFORE + dt.timedelta(hours=1)
+        early = keep_device_ca(kube, namespace, hospital, 0, soon - dt.timedelta(days=2))
+        assert early is not None
+        assert (early.rotated_because, early.status.generation) == (None, 1)
+
+        rotated = keep_device_ca(kube, namespace, hospital, 0, soon)
+        assert rotated is not None
+        assert rotated.rotated_because is not None
+        assert "within 395 days" in rotated.rotated_because
+        assert rotated.status.generation == 2
+        # No Device holds a certificate of the old CA: it is retired at once, its key deleted.
+        assert rotated.status.previous is None
+        assert rotated.trust.retired == first
+        assert kube.get(SECRET, deviceca.PREVIOUS_CA_SECRET, namespace) is None
+        trust = kube.get(SECRET, deviceca.TRUST_SECRET, namespace)
+        assert trust is not None
+        assert names(base64.b64decode(trust["data"][deviceca.CA_CERT_KEY])) == [f"{hospital} device CA 2"]
+
+        writes.clear()
+        again = keep_device_ca(kube, namespace, hospital, 0, soon)
+        assert again is not None
+        assert (again.rotated_because, again.status) == (None, rotated.status)
+        assert writes == [], "a second reconcile with nothing changed writes nothing"
+    finally:
+        client.CoreV1Api(k8s_api_client).delete_namespace(namespace)
